@@ -1,0 +1,1 @@
+"""Scale-up experiments on transformers (to come: see the scale-up issue)."""

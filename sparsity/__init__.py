@@ -1,0 +1,23 @@
+"""The sparsity core: mask selection, the masked optimizer, penalties toward the
+initialisation and update metrics. It imports nothing from toys/, scaleup/ or lessons/."""
+
+from sparsity import masks
+from sparsity.metrics import distances, mask_overlap, update_norms, update_rank, update_sparsity
+from sparsity.optim import MaskedAdamW, MaskedSGD
+from sparsity.regularize import l1_to_init, nuclear_to_init, prox_l1_to_init_, prox_nuclear_to_init_, snapshot
+
+__all__ = [
+    "masks",
+    "MaskedAdamW",
+    "MaskedSGD",
+    "snapshot",
+    "l1_to_init",
+    "nuclear_to_init",
+    "prox_l1_to_init_",
+    "prox_nuclear_to_init_",
+    "distances",
+    "update_norms",
+    "update_sparsity",
+    "update_rank",
+    "mask_overlap",
+]

@@ -1,0 +1,199 @@
+"""The masked optimizer: only the selected entries of a model ever move.
+
+The naive way to fine-tune a subnetwork is to zero the gradient of frozen entries.
+With AdamW that is wrong: decoupled weight decay shrinks every entry whatever its
+gradient, and momentum keeps moving an entry after its gradient is gone. Here the
+update is computed as usual and then written back only where the mask is True,
+``p <- where(mask, p_new, p)``, so a masked-out entry stays bit-identical for any
+number of steps, whatever the weight decay, momentum or bias correction.
+
+Conventions follow ``torch.optim``: param groups, ``step()``, ``zero_grad()``,
+``state_dict()``/``load_state_dict()`` (the mask travels inside the state dict).
+Parameters are given by name, ``model.named_parameters()``, so the mask can be
+matched to them. A parameter absent from the mask is fully trainable; one whose
+mask is all False is skipped and holds no optimizer state. With a full mask the
+trajectory equals ``torch.optim.AdamW``/``SGD`` (``foreach=False``) bit for bit.
+
+The optimizer state of a partly masked tensor is still dense here; the compact
+variant that stores state only for the selected entries is a separate class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+
+from sparsity.validate import Mask, check_mask, check_nonnegative
+
+
+class _MaskedOptimizer(torch.optim.Optimizer):
+    """Shared machinery: named params, mask validation, mask in the state dict."""
+
+    def __init__(self, params: Iterable[Any], mask: Mask | None, defaults: dict[str, Any]) -> None:
+        super().__init__(params, defaults)
+        for group in self.param_groups:
+            if "param_names" not in group:
+                raise TypeError(
+                    f"{type(self).__name__} needs named parameters to match the mask: "
+                    "pass model.named_parameters() (or groups of (name, param) pairs)"
+                )
+        self.mask = self._check_mask({} if mask is None else mask)
+
+    def _named(self) -> dict[str, torch.Tensor]:
+        return {n: p for g in self.param_groups for n, p in zip(g["param_names"], g["params"])}
+
+    def _check_mask(self, mask: object) -> Mask:
+        return check_mask(self._named(), mask)
+
+    def _movable(self, group: dict[str, Any]) -> Iterable[tuple[torch.Tensor, torch.Tensor | None]]:
+        """(param, mask or None) for every param of the group that can move this step."""
+        for name, p in zip(group["param_names"], group["params"]):
+            if p.grad is None:
+                continue
+            m = self.mask.get(name)
+            if m is not None:
+                if not m.any():
+                    continue
+                if m.all():
+                    m = None
+            yield p, m
+
+    def state_dict(self) -> dict[str, Any]:
+        sd = super().state_dict()
+        sd["mask"] = {n: m.clone() for n, m in self.mask.items()}
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state_dict = dict(state_dict)
+        if "mask" not in state_dict:
+            raise ValueError("state_dict has no 'mask': it was not saved by a masked optimizer")
+        named = self._named()
+        mask = {n: m.to(named[n].device) if n in named else m for n, m in state_dict.pop("mask").items()}
+        checked = self._check_mask(mask)
+        super().load_state_dict(state_dict)
+        self.mask = checked
+
+
+def _write_back(p: torch.Tensor, new: torch.Tensor, mask: torch.Tensor | None) -> None:
+    """Store the new values where the mask allows; masked entries keep their exact bits."""
+    if mask is None:
+        p.copy_(new)
+    else:
+        p.copy_(torch.where(mask, new, p))
+
+
+class MaskedAdamW(_MaskedOptimizer):
+    """AdamW (Loshchilov & Hutter 2019) that moves only the entries selected by ``mask``."""
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        mask: Mask | None = None,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+    ) -> None:
+        check_nonnegative(lr, "lr")
+        check_nonnegative(eps, "eps")
+        check_nonnegative(weight_decay, "weight_decay")
+        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {betas}")
+        super().__init__(params, mask, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
+            beta1, beta2 = group["betas"]
+            for p, mask in self._movable(group):
+                grad = p.grad if mask is None else torch.where(mask, p.grad, 0.0)
+                state = self.state[p]
+                if not state:
+                    state["step"] = torch.tensor(0.0)
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["step"] += 1
+                step = state["step"].item()
+                # Same operations in the same order as torch.optim.AdamW(foreach=False).
+                new = p.mul(1 - lr * wd) if wd != 0 else p.clone()
+                state["exp_avg"].lerp_(grad, 1 - beta1)
+                state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                step_size = lr / (1 - beta1**step)
+                denom = (state["exp_avg_sq"].sqrt() / (1 - beta2**step) ** 0.5).add_(eps)
+                new.addcdiv_(state["exp_avg"], denom, value=-step_size)
+                _write_back(p, new, mask)
+        return loss
+
+    @torch.no_grad()
+    def adaptive_lr(self) -> dict[str, torch.Tensor]:
+        """Per-entry step scale ``lr / (sqrt(v_hat) + eps)`` of the last step, by parameter name.
+
+        Adam moves an entry by about this much per unit of (momentum) gradient, so it is
+        the threshold scale of a proximal step taken after Adam (Yun et al. 2021, ProxGen):
+        ``prox_l1_to_init_(model, ref, {n: lam * a for n, a in opt.adaptive_lr().items()})``.
+        Parameters that have not stepped yet are absent.
+        """
+        scales = {}
+        for group in self.param_groups:
+            beta2 = group["betas"][1]
+            for name, p in zip(group["param_names"], group["params"]):
+                state = self.state.get(p)
+                if not state:
+                    continue
+                v_hat = state["exp_avg_sq"] / (1 - beta2 ** state["step"].item())
+                scales[name] = group["lr"] / (v_hat.sqrt() + group["eps"])
+        return scales
+
+
+class MaskedSGD(_MaskedOptimizer):
+    """SGD with momentum (and optional Nesterov) that moves only the entries selected by ``mask``."""
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        mask: Mask | None = None,
+        lr: float = 1e-2,
+        momentum: float = 0.0,
+        dampening: float = 0.0,
+        weight_decay: float = 0.0,
+        nesterov: bool = False,
+    ) -> None:
+        check_nonnegative(lr, "lr")
+        check_nonnegative(momentum, "momentum")
+        check_nonnegative(dampening, "dampening")
+        check_nonnegative(weight_decay, "weight_decay")
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError("nesterov needs momentum > 0 and dampening = 0")
+        defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov)
+        super().__init__(params, mask, defaults)
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, wd, momentum = group["lr"], group["weight_decay"], group["momentum"]
+            for p, mask in self._movable(group):
+                # Same operations in the same order as torch.optim.SGD(foreach=False).
+                grad = p.grad.add(p, alpha=wd) if wd != 0 else p.grad
+                if mask is not None:
+                    grad = torch.where(mask, grad, 0.0)
+                if momentum != 0:
+                    state = self.state[p]
+                    buf = state.get("momentum_buffer")
+                    if buf is None:
+                        buf = state["momentum_buffer"] = grad.clone()
+                    else:
+                        buf.mul_(momentum).add_(grad, alpha=1 - group["dampening"])
+                    grad = grad.add(buf, alpha=momentum) if group["nesterov"] else buf
+                _write_back(p, p.add(grad, alpha=-lr), mask)
+        return loss

@@ -1,0 +1,86 @@
+"""Input checks shared by every public function of the core.
+
+A mask, a reference snapshot or a density that is wrong should fail loudly at the
+call that received it, with a message naming the argument and the problem, never
+turn into a silently wrong experiment later on.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+Mask = dict[str, torch.Tensor]
+"""A mask: parameter name -> bool tensor of the parameter's shape (True = trainable)."""
+
+TensorDict = dict[str, torch.Tensor]
+"""Parameter name -> tensor, e.g. a reference snapshot of the weights."""
+
+
+def check_module(model: object, arg: str = "model") -> nn.Module:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{arg} must be a torch.nn.Module, got {type(model).__name__}")
+    return model
+
+
+def check_density(density: object, arg: str = "density") -> float:
+    """A density is the share of entries selected: a real number in (0, 1]."""
+    if isinstance(density, bool) or not isinstance(density, (int, float)):
+        raise TypeError(f"{arg} must be a number in (0, 1], got {type(density).__name__}")
+    if math.isnan(density) or not 0.0 < density <= 1.0:
+        raise ValueError(f"{arg} must be in (0, 1], got {density}")
+    return float(density)
+
+
+def check_nonnegative(value: object, arg: str = "tol") -> float:
+    """A tolerance, a penalty strength or a learning rate: a real number >= 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{arg} must be a non-negative number, got {type(value).__name__}")
+    if math.isnan(value) or value < 0:
+        raise ValueError(f"{arg} must be >= 0, got {value}")
+    return float(value)
+
+
+def _check_tensor_dict(
+    params: Mapping[str, torch.Tensor],
+    tensors: object,
+    arg: str,
+    *,
+    want_bool: bool,
+) -> None:
+    if not isinstance(tensors, Mapping):
+        raise TypeError(f"{arg} must be a mapping from parameter name to tensor, got {type(tensors).__name__}")
+    for name, t in tensors.items():
+        if name not in params:
+            known = ", ".join(list(params)[:8])
+            raise ValueError(f"{arg} key '{name}' is not a parameter of the model (known: {known}, ...)")
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{arg}['{name}'] must be a tensor, got {type(t).__name__}")
+        p = params[name]
+        if t.shape != p.shape:
+            raise ValueError(f"{arg}['{name}'] has shape {tuple(t.shape)}, but the parameter has shape {tuple(p.shape)}")
+        if t.device != p.device:
+            raise ValueError(f"{arg}['{name}'] is on {t.device}, but the parameter is on {p.device}")
+        if want_bool and t.dtype != torch.bool:
+            raise TypeError(f"{arg}['{name}'] must have dtype torch.bool, got {t.dtype}")
+        if not want_bool and t.is_floating_point() and torch.isnan(t).any():
+            raise ValueError(f"{arg}['{name}'] contains NaN")
+
+
+def check_mask(params: Mapping[str, torch.Tensor], mask: object, arg: str = "mask") -> Mask:
+    """Validate a mask against named parameters: known keys, same shape and device, bool dtype."""
+    _check_tensor_dict(params, mask, arg, want_bool=True)
+    return dict(mask)  # type: ignore[arg-type]
+
+
+def check_reference(params: Mapping[str, torch.Tensor], reference: object, arg: str = "reference") -> TensorDict:
+    """Validate a reference snapshot: known keys, same shape and device, no NaN."""
+    _check_tensor_dict(params, reference, arg, want_bool=False)
+    return dict(reference)  # type: ignore[arg-type]
+
+
+def named_params(model: nn.Module) -> dict[str, torch.Tensor]:
+    return dict(check_module(model).named_parameters())

@@ -1,0 +1,1 @@
+"""Small worlds: the teacher-student MLP (and, later, modular compositional tasks)."""
