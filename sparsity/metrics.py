@@ -26,7 +26,7 @@ def distances(model: nn.Module, other: nn.Module | TensorDict, ord: float = 1) -
 
     Only tensors present in ``other`` are measured (a snapshot may cover a subset).
     """
-    if ord not in (1, 2, float("inf")):
+    if isinstance(ord, bool) or ord not in (1, 2, float("inf")):
         raise ValueError(f"ord must be 1, 2 or inf, got {ord}")
     params = named_params(model)
     reference = check_reference(params, _as_tensors(other), "other")

@@ -70,7 +70,7 @@ class _MaskedOptimizer(torch.optim.Optimizer):
         if "mask" not in state_dict:
             raise ValueError("state_dict has no 'mask': it was not saved by a masked optimizer")
         named = self._named()
-        mask = {n: m.to(named[n].device) if n in named else m for n, m in state_dict.pop("mask").items()}
+        mask = {n: m.to(named[n].device, copy=True) if n in named else m for n, m in state_dict.pop("mask").items()}
         checked = self._check_mask(mask)
         super().load_state_dict(state_dict)
         self.mask = checked

@@ -30,6 +30,8 @@ def snapshot(model: nn.Module) -> TensorDict:
 def _deltas(model: nn.Module, reference: TensorDict) -> dict[str, torch.Tensor]:
     params = named_params(model)
     reference = check_reference(params, reference)
+    if not reference:
+        raise ValueError("reference is empty: snapshot(model) gives one with every parameter")
     return {name: params[name] - ref for name, ref in reference.items()}
 
 

@@ -1,0 +1,58 @@
+"""The optimizer-step benchmark runs end to end in fast mode and reports what it claims."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks import optimizer_step
+
+DENSITIES = ("1%", "5%", "20%", "100%")
+OPTIMIZERS = ("MaskedAdamW", "AdamW (foreach=False)", "AdamW (default)")
+# The fast MLP is 320-640-640-320-320 with bias-free Linear layers.
+FAST_PARAMETERS = 320 * 640 + 640 * 640 + 640 * 320 + 320 * 320  # = 921,600
+
+
+def _table_rows(markdown: str) -> dict[tuple[str, str], list[str]]:
+    """(density, optimizer) -> the other cells of each data row of the markdown table."""
+    rows = {}
+    for line in markdown.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and cells[0].endswith("%"):
+            rows[(cells[0], cells[1])] = cells[2:]
+    return rows
+
+
+def test_optimizer_step_benchmark_fast_mode(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("LAB_FAST", "1")
+    out = tmp_path / "optimizer_step.md"
+    assert optimizer_step.main(["--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    written = out.read_text()
+
+    counts = re.findall(r"([\d,]+) parameters", printed)
+    assert counts, "the benchmark must print the parameter count"
+    assert {int(c.replace(",", "")) for c in counts} == {FAST_PARAMETERS}
+
+    rows = _table_rows(written)
+    assert set(rows) == {(d, o) for d in DENSITIES for o in OPTIMIZERS}
+    assert len(rows) == len(DENSITIES) * len(OPTIMIZERS)
+    for step_ms, time_ratio, _, _ in rows.values():
+        assert float(step_ms) > 0 and float(time_ratio) > 0
+    for density in DENSITIES:
+        assert float(rows[(density, "AdamW (foreach=False)")][1]) == 1.0  # the baseline of the ratios
+
+    def state_bytes(density: str, optimizer: str) -> int:
+        return int(rows[(density, optimizer)][2].replace(",", ""))
+
+    # A full mask trains every entry, and v1 MaskedAdamW keeps AdamW's dense state.
+    adamw = state_bytes("100%", "AdamW (foreach=False)")
+    assert adamw > 0
+    assert state_bytes("100%", "MaskedAdamW") == adamw
+    assert state_bytes("100%", "AdamW (default)") == adamw
+    assert f"torch: {torch.__version__}" in written
