@@ -39,7 +39,7 @@ class _MaskedOptimizer(torch.optim.Optimizer):
                     f"{type(self).__name__} needs named parameters to match the mask: "
                     "pass model.named_parameters() (or groups of (name, param) pairs)"
                 )
-        self.mask = self._check_mask({} if mask is None else mask)
+        self._set_mask(self._check_mask({} if mask is None else mask))
 
     def _named(self) -> dict[str, torch.Tensor]:
         return {n: p for g in self.param_groups for n, p in zip(g["param_names"], g["params"])}
@@ -47,18 +47,17 @@ class _MaskedOptimizer(torch.optim.Optimizer):
     def _check_mask(self, mask: object) -> Mask:
         return check_mask(self._named(), mask)
 
+    def _set_mask(self, mask: Mask) -> None:
+        """Keep the mask, and sort its tensors once into frozen, fully trainable or partial."""
+        self.mask = mask
+        self._frozen = {n for n, m in mask.items() if not m.any()}
+        self._partial = {n: m for n, m in mask.items() if n not in self._frozen and not m.all()}
+
     def _movable(self, group: dict[str, Any]) -> Iterable[tuple[torch.Tensor, torch.Tensor | None]]:
-        """(param, mask or None) for every param of the group that can move this step."""
+        """(param, mask or None for "all of it") for every param of the group that can move this step."""
         for name, p in zip(group["param_names"], group["params"]):
-            if p.grad is None:
-                continue
-            m = self.mask.get(name)
-            if m is not None:
-                if not m.any():
-                    continue
-                if m.all():
-                    m = None
-            yield p, m
+            if p.grad is not None and name not in self._frozen:
+                yield p, self._partial.get(name)
 
     def state_dict(self) -> dict[str, Any]:
         sd = super().state_dict()
@@ -73,7 +72,7 @@ class _MaskedOptimizer(torch.optim.Optimizer):
         mask = {n: m.to(named[n].device, copy=True) if n in named else m for n, m in state_dict.pop("mask").items()}
         checked = self._check_mask(mask)
         super().load_state_dict(state_dict)
-        self.mask = checked
+        self._set_mask(checked)
 
 
 def _write_back(p: torch.Tensor, new: torch.Tensor, mask: torch.Tensor | None) -> None:
@@ -81,7 +80,7 @@ def _write_back(p: torch.Tensor, new: torch.Tensor, mask: torch.Tensor | None) -
     if mask is None:
         p.copy_(new)
     else:
-        p.copy_(torch.where(mask, new, p))
+        torch.where(mask, new, p, out=p)
 
 
 class MaskedAdamW(_MaskedOptimizer):
