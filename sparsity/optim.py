@@ -48,8 +48,12 @@ class _MaskedOptimizer(torch.optim.Optimizer):
         return check_mask(self._named(), mask)
 
     def _set_mask(self, mask: Mask) -> None:
-        """Keep the mask, and sort its tensors once into frozen, fully trainable or partial."""
-        self.mask = mask
+        """Keep a private copy of the mask, sorted once into frozen, fully trainable or partial tensors.
+
+        The mask is fixed for the optimizer's life: to change it, build a new optimizer or
+        load a state dict (editing the caller's tensors afterwards changes nothing here).
+        """
+        self.mask = {n: m.clone() for n, m in mask.items()}
         self._frozen = {n for n, m in mask.items() if not m.any()}
         self._partial = {n: m for n, m in mask.items() if n not in self._frozen and not m.all()}
 
@@ -69,7 +73,7 @@ class _MaskedOptimizer(torch.optim.Optimizer):
         if "mask" not in state_dict:
             raise ValueError("state_dict has no 'mask': it was not saved by a masked optimizer")
         named = self._named()
-        mask = {n: m.to(named[n].device, copy=True) if n in named else m for n, m in state_dict.pop("mask").items()}
+        mask = {n: m.to(named[n].device) if n in named else m for n, m in state_dict.pop("mask").items()}
         checked = self._check_mask(mask)
         super().load_state_dict(state_dict)
         self._set_mask(checked)
