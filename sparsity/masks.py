@@ -11,71 +11,42 @@ than their share) or tensor by tensor (``scope="per_tensor"``: every tensor gets
 same density). The number selected is ``round(density * n)``, at least one.
 Ties in the score are broken by position (the earlier entry wins), so a selection is
 deterministic.
+
+Three layers, kept apart so each can change alone: a *criterion* scores every entry
+(``sparsity.criteria``), a *selection policy* here turns scores into a mask (``top_k``,
+``lora_equal``, ``n_m``), and a *storage* trains the selected entries (``sparsity.optim``
+with a dense mask, ``sparsity.compact`` with indices). The selectors ``random``,
+``magnitude`` and ``lift`` are a criterion plus ``top_k``.
 """
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Iterable
 
 import torch
 from torch import nn
 
+from sparsity import criteria
+from sparsity.eligibility import KINDS, eligible, match_parameters, parameter_kinds
 from sparsity.validate import (
     Mask,
     check_density,
     check_mask,
-    check_module,
     check_nonnegative,
     check_reference,
     named_params,
 )
 
-KINDS = ("weight", "bias", "norm", "embedding")
-"""Parameter kinds a budget can be restricted to (see :func:`parameter_kinds`)."""
+__all__ = [
+    "KINDS", "SCOPES", "parameter_kinds", "eligible", "top_k", "lora_equal", "n_m",
+    "random", "magnitude", "lift", "layers", "from_update", "validate", "density",
+]
 
 SCOPES = ("global", "per_tensor")
 
 
-def parameter_kinds(model: nn.Module) -> dict[str, str]:
-    """Classify each parameter as weight, bias, norm or embedding by its owning module.
-
-    Embedding tables and normalisation gains are usually left out of sparse fine-tuning
-    budgets (their entries are few, or indexed by token rather than computed with), so
-    a budget names the kinds it spends on.
-    """
-    kinds: dict[str, str] = {}
-    for module_name, module in check_module(model).named_modules():
-        is_norm = "norm" in type(module).__name__.lower()
-        for param_name, p in module.named_parameters(recurse=False):
-            full = f"{module_name}.{param_name}" if module_name else param_name
-            if isinstance(module, nn.Embedding):
-                kinds[full] = "embedding"
-            elif is_norm:
-                kinds[full] = "norm"
-            elif p.ndim >= 2:
-                kinds[full] = "weight"
-            else:
-                kinds[full] = "bias"
-    return {name: kinds[name] for name, _ in model.named_parameters()}
-
-
-def eligible(model: nn.Module, include: str | Iterable[str] = "weight") -> list[str]:
-    """Names of the parameters whose kind is in ``include`` ("all" for every parameter)."""
-    if isinstance(include, str):
-        include = KINDS if include == "all" else (include,)
-    include = tuple(include)
-    unknown = [k for k in include if k not in KINDS]
-    if unknown or not include:
-        raise ValueError(f"include must name kinds among {KINDS} or be 'all', got {include}")
-    names = [n for n, kind in parameter_kinds(model).items() if kind in include]
-    if not names:
-        raise ValueError(f"include={include} selects no parameter of this model")
-    return names
-
-
 def _empty_mask(model: nn.Module) -> Mask:
-    return {n: torch.zeros_like(p, dtype=torch.bool) for n, p in model.named_parameters()}
+    return {n: torch.zeros_like(p, dtype=torch.bool) for n, p in named_params(model).items()}
 
 
 def _count(density: float, n: int) -> int:
@@ -90,6 +61,13 @@ def _top_entries(scores: torch.Tensor, k: int) -> torch.Tensor:
     return chosen.view(scores.shape)
 
 
+def _checked_scores(model: nn.Module, scores: object) -> dict[str, torch.Tensor]:
+    scores = check_reference(named_params(model), scores, "scores")
+    if not scores:
+        raise ValueError("scores is empty: no parameter to select from")
+    return scores
+
+
 def top_k(model: nn.Module, scores: dict[str, torch.Tensor], density: float, scope: str = "global") -> Mask:
     """Turn per-entry scores into a mask holding the top ``density`` share of entries.
 
@@ -98,10 +76,7 @@ def top_k(model: nn.Module, scores: dict[str, torch.Tensor], density: float, sco
     density = check_density(density)
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
-    params = named_params(model)
-    check_reference(params, scores, "scores")
-    if not scores:
-        raise ValueError("scores is empty: no parameter to select from")
+    scores = _checked_scores(model, scores)
     mask = _empty_mask(model)
     if scope == "per_tensor":
         for name, s in scores.items():
@@ -116,6 +91,47 @@ def top_k(model: nn.Module, scores: dict[str, torch.Tensor], density: float, sco
     return mask
 
 
+def lora_equal(model: nn.Module, scores: dict[str, torch.Tensor], rank: int) -> Mask:
+    """In each matrix of shape (m, n), the top ``rank * (m + n)`` entries by score.
+
+    That is exactly the trainable count of a LoRA adapter of rank ``rank`` on the same
+    matrix, so a sparse method and LoRA can be compared at a matched budget.
+    """
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise ValueError(f"rank must be a positive int, got {rank!r}")
+    scores = _checked_scores(model, scores)
+    mask = _empty_mask(model)
+    for name, s in scores.items():
+        if s.ndim < 2:
+            raise ValueError(f"lora_equal budgets matrices; '{name}' has shape {tuple(s.shape)}")
+        m, n = s.shape[0], s[0].numel()
+        mask[name] = _top_entries(s, min(rank * (m + n), s.numel()))
+    return mask
+
+
+def n_m(model: nn.Module, scores: dict[str, torch.Tensor], n: int = 2, m: int = 4) -> Mask:
+    """N:M structure: in every group of ``m`` consecutive entries along the input dimension
+    (the last one), the ``n`` best by score. 2:4 is what sparse tensor cores accelerate.
+    """
+    for arg, value in (("n", n), ("m", m)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{arg} must be a positive int, got {value!r}")
+    if n > m:
+        raise ValueError(f"n must be <= m, got {n}:{m}")
+    scores = _checked_scores(model, scores)
+    mask = _empty_mask(model)
+    for name, s in scores.items():
+        if s.ndim < 2:
+            raise ValueError(f"N:M needs matrices; '{name}' has shape {tuple(s.shape)}")
+        if s.shape[-1] % m:
+            raise ValueError(f"N:M with m={m} needs the input dimension divisible by {m}; '{name}' has {s.shape[-1]}")
+        groups = s.detach().reshape(-1, m)
+        best = torch.sort(groups, dim=1, descending=True, stable=True).indices[:, :n]
+        chosen = torch.zeros(groups.shape, dtype=torch.bool, device=s.device).scatter_(1, best, True)
+        mask[name] = chosen.view(s.shape)
+    return mask
+
+
 def random(
     model: nn.Module,
     density: float,
@@ -125,13 +141,8 @@ def random(
     include: str | Iterable[str] = "weight",
 ) -> Mask:
     """A uniformly random subset of the eligible entries: the baseline every criterion must beat."""
-    density = check_density(density)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-    gen = torch.Generator().manual_seed(seed)
-    params = named_params(model)
-    scores = {n: torch.rand(params[n].shape, generator=gen).to(params[n].device) for n in eligible(model, include)}
-    return top_k(model, scores, density, scope)
+    check_density(density)
+    return top_k(model, criteria.random(model, seed, include), density, scope)
 
 
 def magnitude(
@@ -142,30 +153,29 @@ def magnitude(
     include: str | Iterable[str] = "weight",
 ) -> Mask:
     """The largest-magnitude entries: the classic pruning criterion used as a selector."""
-    params = named_params(model)
-    scores = {n: params[n].detach().abs() for n in eligible(model, include)}
-    return top_k(model, scores, density, scope)
+    return top_k(model, criteria.magnitude(model, include), density, scope)
+
+
+def lift(
+    model: nn.Module,
+    density: float,
+    rank: int,
+    *,
+    scope: str = "per_tensor",
+    include: str | Iterable[str] = "weight",
+    method: str = "svd",
+) -> Mask:
+    """LIFT principal weights (Liu et al. 2025): top entries of each matrix's rank-r approximation."""
+    check_density(density)
+    return top_k(model, criteria.lift(model, rank, include, method), density, scope)
 
 
 def layers(model: nn.Module, names_or_patterns: str | Iterable[str]) -> Mask:
-    """Whole tensors: every parameter matched by a name, a module prefix or a glob pattern.
-
-    ``"fc2"`` selects ``fc2.weight`` and ``fc2.bias``; ``"*.weight"`` every weight;
-    ``"blocks.1.*"`` one block. A pattern that matches nothing is an error (a typo would
-    otherwise freeze the whole model without a word).
-    """
-    if isinstance(names_or_patterns, str):
-        names_or_patterns = [names_or_patterns]
-    patterns = list(names_or_patterns)
-    if not patterns or not all(isinstance(p, str) for p in patterns):
-        raise ValueError(f"names_or_patterns must be a non-empty list of strings, got {patterns!r}")
+    """Whole tensors: every parameter matched by a name, a module prefix or a glob pattern."""
+    chosen = set(match_parameters(model, names_or_patterns))
     mask = _empty_mask(model)
-    for pattern in patterns:
-        hits = [n for n in mask if n == pattern or n.startswith(pattern + ".") or fnmatch.fnmatchcase(n, pattern)]
-        if not hits:
-            raise ValueError(f"pattern '{pattern}' matches no parameter (parameters: {', '.join(mask)})")
-        for n in hits:
-            mask[n].fill_(True)
+    for name in chosen:
+        mask[name].fill_(True)
     return mask
 
 
@@ -182,13 +192,9 @@ def from_update(
     (Mukherjee et al. 2025 use tol = 1e-5) or the one an L1-to-init run kept.
     """
     tol = check_nonnegative(tol, "tol")
-    params = named_params(model)
-    reference = check_reference(params, reference)
     mask = _empty_mask(model)
-    for name in eligible(model, include):
-        if name not in reference:
-            raise ValueError(f"reference has no entry for parameter '{name}'")
-        mask[name] = (params[name].detach() - reference[name]).abs() > tol
+    for name, delta in criteria.update(model, reference, include).items():
+        mask[name] = delta > tol
     return mask
 
 

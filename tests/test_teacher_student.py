@@ -139,3 +139,15 @@ def test_cli_runs_as_a_module() -> None:
         cwd=ROOT, capture_output=True, text=True, timeout=120, check=True,
     )
     assert set(json.loads(proc.stdout)["update_share"]) == {"W1", "b1", "W2", "b2", "W3", "b3"}
+
+
+def test_training_with_a_mask_moves_only_the_subnetwork() -> None:
+    from sparsity import criteria, masks
+
+    cfg = ts.Config(steps=100)
+    teacher, student = ts.make_teacher_student(cfg)
+    mask = masks.top_k(student, criteria.snip(student, ts.mse_loss, ts.batches(cfg, teacher)), 0.05)
+    result = ts.train(cfg, progress=False, mask=mask)
+    for name, p in result.student.named_parameters():
+        assert torch.equal(p[~mask[name]], result.init[name][~mask[name]])
+    assert result.final_loss < result.initial_loss

@@ -30,6 +30,7 @@ from sparsity.fastmode import fast_mode
 from sparsity.metrics import distances, update_norms
 from sparsity.optim import MaskedAdamW, MaskedSGD
 from sparsity.regularize import l1_to_init, prox_l1_to_init_, snapshot
+from sparsity.validate import Mask
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "silu": nn.SiLU}
 OPTIMIZERS = ("adam", "sgd")
@@ -180,10 +181,22 @@ def _labelled(values: dict[str, float]) -> dict[str, float]:
     return {label(n): v for n, v in values.items()}
 
 
-def _make_optimizer(cfg: Config, student: nn.Module) -> torch.optim.Optimizer:
+def _make_optimizer(cfg: Config, student: nn.Module, mask: Mask | None) -> torch.optim.Optimizer:
     if cfg.optimizer == "adam":
-        return MaskedAdamW(student.named_parameters(), lr=cfg.learning_rate, weight_decay=0.0)
-    return MaskedSGD(student.named_parameters(), lr=cfg.learning_rate, momentum=cfg.momentum)
+        return MaskedAdamW(student.named_parameters(), mask=mask, lr=cfg.learning_rate, weight_decay=0.0)
+    return MaskedSGD(student.named_parameters(), mask=mask, lr=cfg.learning_rate, momentum=cfg.momentum)
+
+
+def mse_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """The task loss as ``loss_fn(model, batch)``, the form the gradient criteria take."""
+    x, y = batch
+    return nn.functional.mse_loss(model(x), y)
+
+
+def batches(cfg: Config, teacher: nn.Module, n: int = 4) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The training set cut into ``n`` batches, for criteria that need data (SNIP, Fisher, ...)."""
+    x, y, _, _ = make_data(cfg, teacher)
+    return list(zip(x.chunk(n), y.chunk(n)))
 
 
 def _prox_step(opt: torch.optim.Optimizer, student: nn.Module, init: dict[str, torch.Tensor], lam: float) -> None:
@@ -195,17 +208,19 @@ def _prox_step(opt: torch.optim.Optimizer, student: nn.Module, init: dict[str, t
         prox_l1_to_init_(student, init, lam * opt.param_groups[0]["lr"])
 
 
-def train(cfg: Config, progress: bool = True) -> Result:
+def train(cfg: Config, progress: bool = True, mask: Mask | None = None) -> Result:
     """Train the student on the teacher's data with MSE + lam * L1-to-init and record everything.
 
     ``penalty="loss"`` adds the L1 term to the loss (Liu 2026); ``penalty="prox"`` instead
     soft-thresholds the update toward the initialisation after each step (exact zeros).
+    ``mask`` (for the student built by ``make_teacher_student(cfg)``) restricts training to
+    a subnetwork: sparse fine-tuning, with the masked optimizer.
     """
     teacher, student = make_teacher_student(cfg)
     x, y, x_test, y_test = make_data(cfg, teacher)
     init = snapshot(student)
     teacher_weights = snapshot(teacher)
-    opt = _make_optimizer(cfg, student)
+    opt = _make_optimizer(cfg, student, mask)
     lr_at = (
         (lambda t: cfg.learning_rate * 0.5 * (1 + math.cos(math.pi * t / cfg.steps)))
         if cfg.schedule == "cosine"
