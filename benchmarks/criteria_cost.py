@@ -1,0 +1,119 @@
+"""How long does choosing the weights take? Seconds per criterion, per 10M parameters.
+
+A mask criterion is paid once (or every K steps for dynamic masks), so its cost matters
+next to the fine-tuning it saves. This script scores an MLP of about 10M parameters with
+every criterion of ``sparsity.criteria``, turns the scores into a 5% mask with the
+``top_k`` policy, and reports the wall time of each part, normalised to 10M parameters.
+Gradient criteria see ``--batches`` batches of 64 random inputs (one forward and
+backward each); LIFT is timed with the exact SVD and with ``torch.svd_lowrank``.
+
+Run from the repository root::
+
+    PYTHONPATH=. python -m benchmarks.criteria_cost [--rank 64] [--batches 4] [--out PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from benchmarks.optimizer_step import FULL_WIDTHS, build_mlp
+from sparsity import criteria, masks
+from sparsity.fastmode import fast_mode
+
+FAST_WIDTHS = (128, 256, 256, 128, 128)
+DENSITY = 0.05
+
+
+def make_batches(widths: tuple[int, ...], n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    gen = torch.Generator().manual_seed(1)
+    return [(torch.randn(64, widths[0], generator=gen), torch.randn(64, widths[-1], generator=gen)) for _ in range(n)]
+
+
+def mse(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    x, y = batch
+    return nn.functional.mse_loss(model(x), y)
+
+
+def criteria_to_time(model: nn.Module, data: list, rank: int) -> dict[str, Callable[[], dict]]:
+    """Each criterion as a zero-argument call on this model."""
+    return {
+        "random": lambda: criteria.random(model, seed=0),
+        "magnitude": lambda: criteria.magnitude(model),
+        "gradient": lambda: criteria.gradient(model, mse, data),
+        "SNIP": lambda: criteria.snip(model, mse, data),
+        "Fisher": lambda: criteria.fisher(model, mse, data),
+        "movement": lambda: criteria.movement(model, mse, data),
+        f"LIFT rank {rank} (exact SVD)": lambda: criteria.lift(model, rank, method="svd"),
+        f"LIFT rank {rank} (svd_lowrank)": lambda: criteria.lift(model, rank, method="lowrank"),
+    }
+
+
+def seconds(fn: Callable[[], object]) -> tuple[float, object]:
+    start = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - start, out
+
+
+def run(widths: tuple[int, ...], rank: int, n_batches: int) -> tuple[int, list[tuple[str, float, float]]]:
+    model = build_mlp(widths)
+    n_params = sum(p.numel() for p in model.parameters())
+    rows = []
+    for name, score in criteria_to_time(model, make_batches(widths, n_batches), rank).items():
+        print(f"timing {name} ...", file=sys.stderr, flush=True)
+        score_s, scores = seconds(score)
+        select_s, _ = seconds(lambda: masks.top_k(model, scores, DENSITY))
+        rows.append((name, score_s, select_s))
+    return n_params, rows
+
+
+def format_report(widths: tuple[int, ...], n_params: int, rows: list, rank: int, n_batches: int, command: str) -> str:
+    per_10m = 10_000_000 / n_params
+    lines = [
+        "# Cost of choosing the weights: each criterion, scored and selected",
+        "",
+        f"- torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
+        f"{datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}",
+        f"- command: `{command}`",
+        f"- model: MLP {'-'.join(map(str, widths))} without bias, {n_params:,} parameters; "
+        f"gradient criteria on {n_batches} batches of 64; selection = global top-k at {DENSITY:.0%}",
+        "",
+        "| criterion | score s | select s | total s per 10M params |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for name, score_s, select_s in rows:
+        lines.append(f"| {name} | {score_s:.3f} | {select_s:.3f} | {(score_s + select_s) * per_10m:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.criteria_cost", description=__doc__.splitlines()[0])
+    parser.add_argument("--rank", type=int, default=8 if fast_mode() else 64, help="LIFT rank (default %(default)s)")
+    parser.add_argument("--batches", type=int, default=4, help="batches for gradient criteria (default %(default)s)")
+    parser.add_argument("--out", type=Path, default=None, help="also write the report to this markdown file")
+    args = parser.parse_args(argv)
+    if args.rank < 1 or args.batches < 1:
+        parser.error("--rank and --batches must be at least 1")
+    widths = FAST_WIDTHS if fast_mode() else FULL_WIDTHS
+    n_params, rows = run(widths, args.rank, args.batches)
+    prefix = "LAB_FAST=1 " if fast_mode() else ""
+    report = format_report(widths, n_params, rows, args.rank, args.batches,
+                           f"{prefix}PYTHONPATH=. python -m benchmarks.criteria_cost {shlex.join(argv)}".rstrip())
+    print(report)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(report)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
