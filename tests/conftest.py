@@ -2,9 +2,13 @@
 
 import os
 
-import matplotlib
-import torch
-
 os.environ["LAB_FAST"] = "1"
+# Idle OpenMP threads spin by default and starve other processes on a 2-core machine
+# (the notebook kernels the lesson tests start, for one): let them sleep instead.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import matplotlib  # noqa: E402
+import torch  # noqa: E402
+
 matplotlib.use("Agg")
 torch.set_num_threads(2)

@@ -1,0 +1,239 @@
+"""The compact masked optimizer: optimizer state only for the selected entries.
+
+``MaskedAdamW`` keeps dense moments and writes the update back through the mask, so a
+5% subnetwork costs as much optimizer memory as full fine-tuning. Here each partly
+selected tensor is stored the way sparse fine-tuning methods store it (Ansell et al.
+2022 and 2024, SpIEL; the "optimizer state only for active weights" of seed 001):
+``theta = theta0 + scatter(values, indices)`` with ``indices`` the flat positions of
+the selected entries (sorted, unique, ``torch.int32``). The moments ``exp_avg`` and
+``exp_avg_sq`` have shape ``[k]`` (k = number of selected entries), so optimizer state
+and weight decay touch the selected entries only, by construction.
+
+One step gathers the gradient and the current values at ``indices``, applies the
+elementwise AdamW operations of ``MaskedAdamW`` in the same order (decoupled decay,
+lerp, addcmul, bias corrections, addcdiv) and scatters the new values back in place.
+Entries not selected are never written, so they stay bit-identical, and the
+trajectory equals ``MaskedAdamW``'s for the same mask bit for bit.
+
+Conventions follow ``MaskedAdamW``: named parameters, a mask validated against them,
+param groups, ``step(closure)``, and a ``state_dict`` that carries the selection (as
+``indices``). A parameter absent from the mask, or whose mask is all True, trains
+densely (plain AdamW); one whose mask is all False holds no state.
+:meth:`CompactAdamW.reselect` changes which entries train at a constant count per
+tensor, the storage side of dynamic sparsity (RigL, Evci et al. 2020; see
+``sparsity.dynamic``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+
+from sparsity.validate import Mask, check_mask, check_nonnegative
+
+MOMENTS = ("exp_avg", "exp_avg_sq")
+
+
+def _adamw_update(
+    value: torch.Tensor, grad: torch.Tensor, state: dict[str, Any], group: dict[str, Any]
+) -> torch.Tensor:
+    """One AdamW update of ``value`` (not modified) with its moments in ``state``; returns the new value.
+
+    The operations and their order are those of ``MaskedAdamW.step`` (itself those of
+    ``torch.optim.AdamW(foreach=False)``): elementwise, so they give the same bits on a
+    gathered ``[k]`` array as on the dense tensor.
+    """
+    lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
+    beta1, beta2 = group["betas"]
+    if not state:
+        state["step"] = torch.tensor(0.0)
+        state["exp_avg"] = torch.zeros_like(value, memory_format=torch.preserve_format)
+        state["exp_avg_sq"] = torch.zeros_like(value, memory_format=torch.preserve_format)
+    state["step"] += 1
+    step = state["step"].item()
+    new = value.mul(1 - lr * wd) if wd != 0 else value.clone()
+    state["exp_avg"].lerp_(grad, 1 - beta1)
+    state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    step_size = lr / (1 - beta1**step)
+    denom = (state["exp_avg_sq"].sqrt() / (1 - beta2**step) ** 0.5).add_(eps)
+    new.addcdiv_(state["exp_avg"], denom, value=-step_size)
+    return new
+
+
+class CompactAdamW(torch.optim.Optimizer):
+    """AdamW (Loshchilov & Hutter 2019) on the selected entries only, with ``[k]``-sized state.
+
+    ``indices`` maps each partly selected parameter to its selected flat positions
+    (int32, sorted, unique) and each frozen one (mask all False) to an empty tensor;
+    parameters not in ``indices`` train densely (a mask entry that is all True means
+    the same as an absent one and is not kept). ``mask`` rebuilds the dense bool mask
+    of the parameters in ``indices``, e.g. for ``sparsity.dynamic.rigl_swap``.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        mask: Mask | None = None,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+    ) -> None:
+        check_nonnegative(lr, "lr")
+        check_nonnegative(eps, "eps")
+        check_nonnegative(weight_decay, "weight_decay")
+        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {betas}")
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
+        for group in self.param_groups:
+            if "param_names" not in group:
+                raise TypeError(
+                    "CompactAdamW needs named parameters to match the mask: "
+                    "pass model.named_parameters() (or groups of (name, param) pairs)"
+                )
+        self.indices = self._indices_of(check_mask(self._named(), {} if mask is None else mask))
+
+    def _named(self) -> dict[str, torch.Tensor]:
+        return {n: p for g in self.param_groups for n, p in zip(g["param_names"], g["params"])}
+
+    def _indices_of(self, mask: Mask, arg: str = "mask") -> dict[str, torch.Tensor]:
+        """Flat int32 positions of the selected entries of every tensor that is not fully selected."""
+        named = self._named()
+        indices = {}
+        for name, m in mask.items():
+            count = int(m.sum())
+            if count == m.numel():
+                continue
+            if m.numel() > torch.iinfo(torch.int32).max:
+                raise ValueError(f"{arg}['{name}'] has {m.numel()} entries, too many for int32 indices")
+            if count and not named[name].is_contiguous():
+                raise ValueError(f"parameter '{name}' is not contiguous: flat indices need a contiguous tensor")
+            indices[name] = m.reshape(-1).nonzero().squeeze(1).to(torch.int32)
+        return indices
+
+    @property
+    def mask(self) -> Mask:
+        """The dense bool mask of the parameters in ``indices`` (rebuilt on each access)."""
+        named = self._named()
+        out = {}
+        for name, idx in self.indices.items():
+            m = torch.zeros(named[name].numel(), dtype=torch.bool, device=idx.device)
+            m[idx] = True
+            out[name] = m.view(named[name].shape)
+        return out
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        """One AdamW step: gather the selected entries, update them, scatter them back (the rest is never written)."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for name, p in zip(group["param_names"], group["params"]):
+                idx = self.indices.get(name)
+                if p.grad is None or (idx is not None and idx.numel() == 0):
+                    continue
+                if idx is None:
+                    p.copy_(_adamw_update(p, p.grad, self.state[p], group))
+                    continue
+                flat = p.view(-1)
+                grad = p.grad.reshape(-1).index_select(0, idx)
+                new = _adamw_update(flat.index_select(0, idx), grad, self.state[p], group)
+                flat.index_put_((idx,), new)
+        return loss
+
+    def state_bytes(self) -> int:
+        """Bytes of optimizer state: every tensor in ``state`` (moments, step counters) plus the indices."""
+        moments = sum(t.nbytes for s in self.state.values() for t in s.values() if isinstance(t, torch.Tensor))
+        return moments + sum(idx.nbytes for idx in self.indices.values())
+
+    def _count(self, indices: dict[str, torch.Tensor], name: str) -> int:
+        return indices[name].numel() if name in indices else self._named()[name].numel()
+
+    @torch.no_grad()
+    def reselect(self, new_mask: Mask) -> None:
+        """Train another set of entries with the same count per tensor (dynamic sparsity).
+
+        Moments of entries selected before and after move to their new positions in the
+        compact arrays; newly grown entries start with zero moments and the step counter
+        is kept, as in RigL (Evci et al. 2020). A dropped entry keeps its current value.
+        """
+        named = self._named()
+        new_indices = self._indices_of(check_mask(named, new_mask, "new_mask"), "new_mask")
+        for name in named:
+            old_k, new_k = self._count(self.indices, name), self._count(new_indices, name)
+            if old_k != new_k:
+                raise ValueError(
+                    f"new_mask['{name}'] selects {new_k} entries but '{name}' trains {old_k}: "
+                    "reselect keeps the count per tensor (absent from a mask = all entries)"
+                )
+        for name, new in new_indices.items():
+            state = self.state.get(named[name])
+            if not state or new.numel() == 0:
+                continue
+            old = self.indices[name]
+            pos = torch.searchsorted(old, new).clamp_(max=old.numel() - 1)
+            kept = old[pos] == new
+            for key in MOMENTS:
+                moved = torch.zeros_like(state[key])
+                moved[kept] = state[key][pos[kept]]
+                state[key] = moved
+        self.indices = new_indices
+
+    def state_dict(self) -> dict[str, Any]:
+        """torch's state dict plus ``indices`` (a copy): the selection travels with the [k]-sized moments."""
+        sd = super().state_dict()
+        sd["indices"] = {n: idx.clone() for n, idx in self.indices.items()}
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore moments and selection; everything is checked first, so a bad state dict changes nothing."""
+        state_dict = dict(state_dict)
+        if "indices" not in state_dict:
+            raise ValueError("state_dict has no 'indices': it was not saved by CompactAdamW")
+        indices = self._check_indices(state_dict.pop("indices"))
+        self._check_moment_shapes(state_dict, indices)
+        super().load_state_dict(state_dict)
+        self.indices = indices
+
+    def _check_indices(self, indices: object) -> dict[str, torch.Tensor]:
+        """Validate saved indices (known names, int32, 1-D, sorted, unique, in range) and move them to the params."""
+        if not isinstance(indices, dict):
+            raise TypeError(f"state_dict['indices'] must be a dict, got {type(indices).__name__}")
+        named = self._named()
+        out = {}
+        for name, idx in indices.items():
+            arg = f"state_dict['indices']['{name}']"
+            if name not in named:
+                raise ValueError(f"{arg}: '{name}' is not a parameter of this optimizer")
+            if not isinstance(idx, torch.Tensor) or idx.dtype != torch.int32 or idx.ndim != 1:
+                raise TypeError(f"{arg} must be a 1-D torch.int32 tensor")
+            if idx.numel() and not named[name].is_contiguous():
+                raise ValueError(f"parameter '{name}' is not contiguous: flat indices need a contiguous tensor")
+            if idx.numel() and (int(idx[0]) < 0 or int(idx[-1]) >= named[name].numel()):
+                raise ValueError(f"{arg} holds positions outside [0, {named[name].numel()})")
+            if (idx[1:] <= idx[:-1]).any():
+                raise ValueError(f"{arg} must be sorted and unique")
+            out[name] = idx.to(named[name].device)
+        return out
+
+    def _check_moment_shapes(self, state_dict: dict[str, Any], indices: dict[str, torch.Tensor]) -> None:
+        """Every saved moment must have the size its selection implies: [k] for a partial tensor."""
+        saved_ids = [i for g in state_dict.get("param_groups", []) for i in g["params"]]
+        names = [n for g in state_dict.get("param_groups", []) for n in g.get("param_names", [])]
+        id_to_name = dict(zip(saved_ids, names))
+        named = self._named()
+        for pid, state in state_dict.get("state", {}).items():
+            name = id_to_name.get(pid)
+            if name not in named:
+                continue
+            want = (indices[name].numel(),) if name in indices else tuple(named[name].shape)
+            for key in MOMENTS:
+                if key in state and tuple(state[key].shape) != want:
+                    raise ValueError(
+                        f"state_dict state of '{name}' has {key} of shape {tuple(state[key].shape)}, "
+                        f"but its selection needs {want}"
+                    )

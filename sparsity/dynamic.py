@@ -1,0 +1,118 @@
+"""Mask update rules for dynamic sparsity: change which entries train, not how many.
+
+A fixed mask commits to a subnetwork before training has said which entries matter.
+Dynamic sparse training revisits the choice every few steps at a constant budget:
+
+* :func:`rigl_swap` (RigL, Evci et al. 2020; for fine-tuning, SpIEL, Ansell et al.
+  2024): in each tensor drop the selected entries that moved least and grow as many
+  unselected entries with the largest gradient magnitude;
+* :func:`reselect_top` (LIFT, seed 003): periodically re-select each tensor's top
+  entries by freshly computed scores, e.g. principal weights of the current model.
+
+Both keep the count of every tensor, so the result can be handed straight to
+``CompactAdamW.reselect``. Ties are broken by position: the earlier entry is picked
+first, so an update is deterministic. A training loop with RigL every ``K`` steps::
+
+    ref = snapshot(model)
+    opt = CompactAdamW(model.named_parameters(), mask, lr=1e-3)
+    for t in range(T):
+        opt.zero_grad()
+        loss_fn(model).backward()                  # the dense gradient, unselected entries too
+        if t > 0 and t % K == 0:
+            grads = {n: p.grad for n, p in model.named_parameters()}
+            deltas = {n: p.detach() - ref[n] for n, p in model.named_parameters()}
+            fraction = 0.3 * (1 + math.cos(math.pi * t / T)) / 2   # RigL's cosine decay
+            opt.reselect(rigl_swap(opt.mask, deltas, grads, fraction))
+        opt.step()
+
+A dropped entry keeps its current value (SpIEL resets it to the reference instead).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+
+from sparsity.validate import Mask, check_mask, check_reference
+
+
+def _check_fraction(fraction: object) -> float:
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)):
+        raise TypeError(f"fraction must be a number in [0, 1], got {type(fraction).__name__}")
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"fraction must be in [0, 1], got {fraction}")
+    return float(fraction)
+
+
+def _check_scores(mask: Mask, scores: object, arg: str, names: list[str]) -> dict[str, torch.Tensor]:
+    """The scores of ``names``: present, tensors of the mask's shape and device, no NaN (other keys are ignored)."""
+    if not isinstance(scores, Mapping):
+        raise TypeError(f"{arg} must be a mapping from parameter name to tensor, got {type(scores).__name__}")
+    missing = [n for n in names if n not in scores]
+    if missing:
+        raise ValueError(f"{arg} has no entry for '{missing[0]}'")
+    return check_reference(mask, {n: scores[n] for n in names}, arg)
+
+
+def _partial(mask: Mask) -> list[str]:
+    """Names of the tensors with something to choose: some but not all entries selected."""
+    return [n for n, m in mask.items() if 0 < int(m.sum()) < m.numel()]
+
+
+def _first_k(scores: torch.Tensor, k: int, descending: bool) -> torch.Tensor:
+    """Positions of the k largest (or smallest) scores; ties go to the earlier position."""
+    return torch.sort(scores, descending=descending, stable=True).indices[:k]
+
+
+def rigl_swap(
+    mask: Mask,
+    drop_scores: Mapping[str, torch.Tensor],
+    grow_scores: Mapping[str, torch.Tensor],
+    fraction: float,
+) -> Mask:
+    """RigL drop/grow (Evci et al. 2020) at a constant count per tensor; returns a new mask.
+
+    In each tensor with k selected entries, the ``n = round(fraction * k)`` selected
+    entries with the smallest ``abs(drop_scores)`` (for fine-tuning: the change from
+    the reference, ``theta - theta_ref``) are dropped and the ``n`` entries unselected
+    before the swap with the largest ``abs(grow_scores)`` (the gradient) are grown.
+    Unlike RigL, a just-dropped entry cannot regrow in the same swap, so ``n`` entries
+    really change; ``n`` is capped by the number of unselected entries. Scores are
+    needed only for partly selected tensors; other keys are ignored.
+    """
+    mask = check_mask(mask, mask)
+    fraction = _check_fraction(fraction)
+    names = _partial(mask)
+    drop_scores = _check_scores(mask, drop_scores, "drop_scores", names)
+    grow_scores = _check_scores(mask, grow_scores, "grow_scores", names)
+    out = {n: m.clone() for n, m in mask.items()}
+    for name in names:
+        flat = out[name].view(-1)
+        selected = flat.nonzero().squeeze(1)
+        unselected = (~flat).nonzero().squeeze(1)
+        n = min(round(fraction * selected.numel()), unselected.numel())
+        drop = selected[_first_k(drop_scores[name].reshape(-1)[selected].abs(), n, descending=False)]
+        grow = unselected[_first_k(grow_scores[name].reshape(-1)[unselected].abs(), n, descending=True)]
+        flat[drop] = False
+        flat[grow] = True
+    return out
+
+
+def reselect_top(mask: Mask, scores: Mapping[str, torch.Tensor]) -> Mask:
+    """LIFT-style periodic re-selection: each tensor keeps its count, taken from the top ``scores``.
+
+    LIFT (seed 003) selects principal weights once; recomputing the scores on the
+    current model and calling this every few steps lets the selection follow the
+    model as it changes. Larger score = more important; scores are needed only for
+    partly selected tensors; other keys are ignored.
+    """
+    mask = check_mask(mask, mask)
+    names = _partial(mask)
+    scores = _check_scores(mask, scores, "scores", names)
+    out = {n: m.clone() for n, m in mask.items()}
+    for name in names:
+        flat = torch.zeros_like(out[name]).view(-1)
+        flat[_first_k(scores[name].reshape(-1), int(mask[name].sum()), descending=True)] = True
+        out[name] = flat.view(mask[name].shape)
+    return out

@@ -1,0 +1,169 @@
+"""Dynamic sparsity (sparsity.dynamic): drop/grow and re-selection at a constant count per tensor."""
+
+import math
+from collections import OrderedDict
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from sparsity import masks
+from sparsity.compact import CompactAdamW
+from sparsity.dynamic import reselect_top, rigl_swap
+from sparsity.regularize import snapshot
+
+
+def positions(m: torch.Tensor) -> list[int]:
+    return m.flatten().nonzero().squeeze(1).tolist()
+
+
+def select(n: int, where: list[int]) -> torch.Tensor:
+    m = torch.zeros(n, dtype=torch.bool)
+    m[where] = True
+    return m
+
+
+# ---------------------------------------------------------------- (a) rigl_swap by hand
+
+
+def test_rigl_swap_drops_the_smallest_changes_and_grows_the_largest_gradients() -> None:
+    mask = {"w": select(10, [0, 2, 4, 6, 8])}
+    # |delta| of the selected 0, 2, 4, 6, 8: .5 .1 .3 .05 .9 (unselected entries' deltas are ignored)
+    delta = {"w": torch.tensor([0.5, 0.0, -0.1, 0.0, 0.3, 0.0, -0.05, 0.0, 0.9, 0.0])}
+    # |grad| of the unselected 1, 3, 5, 7, 9: .2 .8 .1 .7 .3; a huge gradient at 2, which is dropped
+    grad = {"w": torch.tensor([9.0, 0.2, 99.0, -0.8, 9.0, 0.1, 9.0, 0.7, 9.0, -0.3])}
+    new = rigl_swap(mask, delta, grad, 0.4)  # round(0.4 * 5) = 2 swaps
+    assert positions(new["w"]) == [0, 3, 4, 7, 8]  # 2 and 6 dropped, 3 and 7 grown, 2 does not regrow
+    assert positions(mask["w"]) == [0, 2, 4, 6, 8]  # the input is left alone
+
+
+def test_rigl_swap_breaks_ties_by_position() -> None:
+    mask = {"w": select(8, [1, 2, 5, 6])}
+    zeros = {"w": torch.zeros(8)}
+    assert positions(rigl_swap(mask, zeros, zeros, 0.5)["w"]) == [0, 3, 5, 6]  # drop 1, 2; grow 0, 3
+
+
+def test_rigl_swap_is_capped_and_leaves_full_and_frozen_tensors_alone() -> None:
+    mask = {
+        "w": select(10, [0, 1, 2, 3, 4, 5, 6, 7]),  # 8 of 10: at most 2 can swap
+        "full": torch.ones(3, dtype=torch.bool),
+        "frozen": torch.zeros(4, dtype=torch.bool),
+    }
+    delta = {"w": torch.arange(10.0)}  # 0 and 1 moved least
+    grad = {"w": torch.arange(10.0)}
+    new = rigl_swap(mask, delta, grad, 0.5)  # round(0.5 * 8) = 4, capped at 2; no scores for full, frozen
+    assert positions(new["w"]) == [2, 3, 4, 5, 6, 7, 8, 9]
+    assert new["full"].all() and not new["frozen"].any()
+    assert new["full"] is not mask["full"]
+    assert all(torch.equal(rigl_swap(mask, delta, grad, 0.0)[n], mask[n]) for n in mask)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    seed=st.integers(0, 2**16),
+    rows=st.integers(1, 8),
+    cols=st.integers(1, 8),
+    density=st.floats(0.05, 0.95),
+    fraction=st.floats(0.0, 1.0),
+)
+def test_property_rigl_swap_keeps_counts_and_swaps_the_right_entries(seed, rows, cols, density, fraction) -> None:
+    g = torch.Generator().manual_seed(seed)
+    mask = {"a": torch.rand(rows, cols, generator=g) < density, "b": torch.rand(cols, generator=g) < density}
+    delta = {n: torch.randn(m.shape, generator=g) for n, m in mask.items()}
+    grad = {n: torch.randn(m.shape, generator=g) for n, m in mask.items()}
+    new = rigl_swap(mask, delta, grad, fraction)
+    for name, old in mask.items():
+        m = new[name]
+        k, n_total = int(old.sum()), old.numel()
+        assert m.shape == old.shape and m.dtype == torch.bool
+        assert int(m.sum()) == k
+        dropped, grown, kept = old & ~m, m & ~old, old & m
+        expected = min(round(fraction * k), n_total - k) if 0 < k < n_total else 0
+        assert int(dropped.sum()) == int(grown.sum()) == expected
+        if expected:
+            d, gr = delta[name].abs(), grad[name].abs()
+            if kept.any():
+                assert d[dropped].max() <= d[kept].min()
+            if (~old & ~m).any():
+                assert gr[grown].min() >= gr[~old & ~m].max()
+
+
+# ---------------------------------------------------------------- (b) reselect_top
+
+
+def test_reselect_top_keeps_each_count_and_takes_the_top_scores() -> None:
+    mask = {"w": select(6, [0, 1]), "v": select(5, [4, 3, 2]), "frozen": torch.zeros(2, dtype=torch.bool)}
+    scores = {"w": torch.tensor([0.0, 0.1, 5.0, -9.0, 3.0, 1.0]), "v": torch.tensor([1.0, 1.0, 1.0, 2.0, 0.0])}
+    new = reselect_top(mask, scores)
+    assert positions(new["w"]) == [2, 4]  # larger score wins (no abs: the score is the score)
+    assert positions(new["v"]) == [0, 1, 3]  # 3 by score, then ties at 1.0: the earlier 0 and 1
+    assert not new["frozen"].any()
+
+
+# ---------------------------------------------------------------- (c) errors
+
+
+def test_bad_arguments_are_rejected() -> None:
+    mask = {"w": select(4, [0, 1])}
+    s = {"w": torch.zeros(4)}
+    with pytest.raises(ValueError, match=r"fraction must be in \[0, 1\], got 1.5"):
+        rigl_swap(mask, s, s, 1.5)
+    for bad in ("0.5", True, None):
+        with pytest.raises(TypeError, match="fraction must be a number in"):
+            rigl_swap(mask, s, s, bad)
+    with pytest.raises(ValueError, match="grow_scores has no entry for 'w'"):
+        rigl_swap(mask, s, {"v": torch.zeros(4)}, 0.5)
+    with pytest.raises(ValueError, match=r"drop_scores\['w'\] has shape \(3,\)"):
+        rigl_swap(mask, {"w": torch.zeros(3)}, s, 0.5)
+    with pytest.raises(ValueError, match=r"grow_scores\['w'\] contains NaN"):
+        rigl_swap(mask, s, {"w": torch.tensor([0.0, float("nan"), 0.0, 0.0])}, 0.5)
+    with pytest.raises(TypeError, match="drop_scores must be a mapping"):
+        rigl_swap(mask, [torch.zeros(4)], s, 0.5)
+    with pytest.raises(TypeError, match=r"mask\['w'\] must have dtype torch.bool"):
+        rigl_swap({"w": torch.ones(4)}, s, s, 0.5)
+    with pytest.raises(ValueError, match="scores has no entry for 'w'"):
+        reselect_top(mask, {})
+    with pytest.raises(TypeError, match=r"scores\['w'\] must be a tensor"):
+        reselect_top(mask, {"w": [0.0, 1.0, 2.0, 3.0]})
+
+
+# ---------------------------------------------------------------- (d) a training run
+
+
+def test_training_with_rigl_every_k_steps_keeps_the_selection_valid() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(OrderedDict(fc1=nn.Linear(8, 16), act=nn.Tanh(), fc2=nn.Linear(16, 4)))
+    ref = snapshot(model)
+    mask = masks.random(model, 0.2, seed=0, scope="per_tensor", include="all")
+    counts = {n: int(m.sum()) for n, m in mask.items()}
+    opt = CompactAdamW(model.named_parameters(), mask, lr=1e-2, weight_decay=0.1)
+    ever = {n: m.clone() for n, m in mask.items()}
+    steps, every = 60, 10
+    losses = []
+    for t in range(steps):
+        g = torch.Generator().manual_seed(t % 4)  # four fixed batches: the loss can go down
+        x, y = torch.randn(16, 8, generator=g), torch.randn(16, 4, generator=g)
+        opt.zero_grad()
+        loss = ((model(x) - y) ** 2).mean()
+        loss.backward()
+        losses.append(loss.item())
+        if t > 0 and t % every == 0:
+            grads = {n: p.grad for n, p in model.named_parameters()}
+            deltas = {n: p.detach() - ref[n] for n, p in model.named_parameters()}
+            new = rigl_swap(opt.mask, deltas, grads, 0.3 * (1 + math.cos(math.pi * t / steps)) / 2)
+            opt.reselect(new)
+            for name, idx in opt.indices.items():
+                assert idx.dtype == torch.int32
+                assert (idx[1:] > idx[:-1]).all(), name  # sorted, unique
+                assert idx.numel() == counts[name], name
+                assert torch.equal(opt.mask[name], new[name])
+                assert opt.state[dict(model.named_parameters())[name]]["exp_avg"].shape == (counts[name],)
+                ever[name] |= new[name]
+        opt.step()
+    grew = sum(int(ever[n].sum()) - counts[n] for n in counts)
+    assert grew > 0  # the selection did move
+    for name, p in model.named_parameters():
+        assert torch.equal(p.detach()[~ever[name]], ref[name][~ever[name]]), name  # never selected: never moved
+    assert sum(losses[-4:]) < sum(losses[:4])
