@@ -31,35 +31,10 @@ from typing import Any
 
 import torch
 
+from sparsity.optim import adamw_update
 from sparsity.validate import Mask, check_mask, check_nonnegative
 
 MOMENTS = ("exp_avg", "exp_avg_sq")
-
-
-def _adamw_update(
-    value: torch.Tensor, grad: torch.Tensor, state: dict[str, Any], group: dict[str, Any]
-) -> torch.Tensor:
-    """One AdamW update of ``value`` (not modified) with its moments in ``state``; returns the new value.
-
-    The operations and their order are those of ``MaskedAdamW.step`` (itself those of
-    ``torch.optim.AdamW(foreach=False)``): elementwise, so they give the same bits on a
-    gathered ``[k]`` array as on the dense tensor.
-    """
-    lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
-    beta1, beta2 = group["betas"]
-    if not state:
-        state["step"] = torch.tensor(0.0)
-        state["exp_avg"] = torch.zeros_like(value, memory_format=torch.preserve_format)
-        state["exp_avg_sq"] = torch.zeros_like(value, memory_format=torch.preserve_format)
-    state["step"] += 1
-    step = state["step"].item()
-    new = value.mul(1 - lr * wd) if wd != 0 else value.clone()
-    state["exp_avg"].lerp_(grad, 1 - beta1)
-    state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-    step_size = lr / (1 - beta1**step)
-    denom = (state["exp_avg_sq"].sqrt() / (1 - beta2**step) ** 0.5).add_(eps)
-    new.addcdiv_(state["exp_avg"], denom, value=-step_size)
-    return new
 
 
 class CompactAdamW(torch.optim.Optimizer):
@@ -137,11 +112,11 @@ class CompactAdamW(torch.optim.Optimizer):
                 if p.grad is None or (idx is not None and idx.numel() == 0):
                     continue
                 if idx is None:
-                    p.copy_(_adamw_update(p, p.grad, self.state[p], group))
+                    p.copy_(adamw_update(p, p.grad, self.state[p], group))
                     continue
                 flat = p.view(-1)
                 grad = p.grad.reshape(-1).index_select(0, idx)
-                new = _adamw_update(flat.index_select(0, idx), grad, self.state[p], group)
+                new = adamw_update(flat.index_select(0, idx), grad, self.state[p], group)
                 flat.index_put_((idx,), new)
         return loss
 

@@ -87,6 +87,32 @@ def _write_back(p: torch.Tensor, new: torch.Tensor, mask: torch.Tensor | None) -
         torch.where(mask, new, p, out=p)
 
 
+def adamw_update(
+    value: torch.Tensor, grad: torch.Tensor, state: dict[str, Any], group: dict[str, Any]
+) -> torch.Tensor:
+    """One AdamW update of ``value`` (not modified) with its moments in ``state``; returns the new value.
+
+    The operations and their order are those of ``torch.optim.AdamW(foreach=False)``.
+    They are elementwise, so they give the same bits on a gathered ``[k]`` array
+    (``CompactAdamW``) as on the dense tensor (``MaskedAdamW``).
+    """
+    lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
+    beta1, beta2 = group["betas"]
+    if not state:
+        state["step"] = torch.tensor(0.0)
+        state["exp_avg"] = torch.zeros_like(value, memory_format=torch.preserve_format)
+        state["exp_avg_sq"] = torch.zeros_like(value, memory_format=torch.preserve_format)
+    state["step"] += 1
+    step = state["step"].item()
+    new = value.mul(1 - lr * wd) if wd != 0 else value.clone()
+    state["exp_avg"].lerp_(grad, 1 - beta1)
+    state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    step_size = lr / (1 - beta1**step)
+    denom = (state["exp_avg_sq"].sqrt() / (1 - beta2**step) ** 0.5).add_(eps)
+    new.addcdiv_(state["exp_avg"], denom, value=-step_size)
+    return new
+
+
 class MaskedAdamW(_MaskedOptimizer):
     """AdamW (Loshchilov & Hutter 2019) that moves only the entries selected by ``mask``."""
 
@@ -113,25 +139,9 @@ class MaskedAdamW(_MaskedOptimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
-            beta1, beta2 = group["betas"]
             for p, mask in self._movable(group):
                 grad = p.grad if mask is None else torch.where(mask, p.grad, 0.0)
-                state = self.state[p]
-                if not state:
-                    state["step"] = torch.tensor(0.0)
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["step"] += 1
-                step = state["step"].item()
-                # Same operations in the same order as torch.optim.AdamW(foreach=False).
-                new = p.mul(1 - lr * wd) if wd != 0 else p.clone()
-                state["exp_avg"].lerp_(grad, 1 - beta1)
-                state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-                step_size = lr / (1 - beta1**step)
-                denom = (state["exp_avg_sq"].sqrt() / (1 - beta2**step) ** 0.5).add_(eps)
-                new.addcdiv_(state["exp_avg"], denom, value=-step_size)
-                _write_back(p, new, mask)
+                _write_back(p, adamw_update(p, grad, self.state[p], group), mask)
         return loss
 
     @torch.no_grad()
