@@ -11,7 +11,7 @@ import torch
 from benchmarks import optimizer_step
 
 DENSITIES = ("1%", "5%", "20%", "100%")
-OPTIMIZERS = ("MaskedAdamW", "AdamW (foreach=False)", "AdamW (default)")
+OPTIMIZERS = ("CompactAdamW", "MaskedAdamW", "AdamW (foreach=False)", "AdamW (default)")
 # The fast MLP is 320-640-640-320-320 with bias-free Linear layers.
 FAST_PARAMETERS = 320 * 640 + 640 * 640 + 640 * 320 + 320 * 320  # = 921,600
 
@@ -42,8 +42,8 @@ def test_optimizer_step_benchmark_fast_mode(
     rows = _table_rows(written)
     assert set(rows) == {(d, o) for d in DENSITIES for o in OPTIMIZERS}
     assert len(rows) == len(DENSITIES) * len(OPTIMIZERS)
-    for step_ms, time_ratio, _, _ in rows.values():
-        assert float(step_ms) > 0 and float(time_ratio) > 0
+    for step_ms, time_ratio, _, _, peak_mb in rows.values():
+        assert float(step_ms) > 0 and float(time_ratio) > 0 and float(peak_mb) >= 0
     for density in DENSITIES:
         assert float(rows[(density, "AdamW (foreach=False)")][1]) == 1.0  # the baseline of the ratios
 
@@ -55,4 +55,20 @@ def test_optimizer_step_benchmark_fast_mode(
     assert adamw > 0
     assert state_bytes("100%", "MaskedAdamW") == adamw
     assert state_bytes("100%", "AdamW (default)") == adamw
+    # The compact form: 12 bytes per selected entry (two float32 moments, one int32 index).
+    assert state_bytes("5%", "CompactAdamW") <= 0.08 * adamw
+    assert state_bytes("1%", "CompactAdamW") < state_bytes("5%", "CompactAdamW") < state_bytes("20%", "CompactAdamW")
     assert f"torch: {torch.__version__}" in written
+
+
+def test_criteria_cost_benchmark_fast_mode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from benchmarks import criteria_cost
+
+    monkeypatch.setenv("LAB_FAST", "1")
+    out = tmp_path / "criteria_cost.md"
+    assert criteria_cost.main(["--batches", "1", "--out", str(out)]) == 0
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| ") and "criterion" not in line and "---" not in line]
+    names = [row.split("|")[1].strip() for row in rows]
+    assert names[:6] == ["random", "magnitude", "gradient", "SNIP", "Fisher", "movement"]
+    assert any(n.startswith("LIFT") and "exact" in n for n in names) and any("svd_lowrank" in n for n in names)
+    assert all(float(row.split("|")[4]) > 0 for row in rows)
