@@ -29,6 +29,64 @@ zero_box.value = True
 train_button.click()
 assert last_run["result"].config.lam == 0.0
 """,
+    "02_modular_subnetworks.py": """
+subnet_pick.value = "t1"
+mode_pick.value = "mean"
+scores = last_ablation["scores"]
+assert set(scores) == set(report.world.targets)
+assert scores["t1"] < min(v for t, v in scores.items() if t != "t1"), scores
+assert last_ablation["figure"].axes[0].patches
+subnet_pick.value = "none"
+assert last_ablation["scores"]["t1"] > scores["t1"]
+way_pick.value = "freeze A's core"
+density_slider.value = 0.1
+units_box.value = False
+finetune_button.click()
+assert len(tried) == 1 and tried[0][0].endswith("entries")
+assert 0.0 <= last_finetune["target"] <= 1.0 and 0.0 <= last_finetune["retained"] <= 1.0
+entries_only = last_finetune["mask"]
+assert modular.trunk_share(iso.pretrained, entries_only) > modular.trunk_share(iso.pretrained, modular.way_mask(
+    "freeze A's core", modular.a_core(iso.pretrained, 0.1), iso.subnetwork, cfg.task_b))
+""",
+    "03_choosing_the_weights.py": """
+criterion_menu.value = "snip"
+density_slider.value = 0.01
+policy_buttons.value = "per_tensor"
+train_button.click()
+row = last_run["row"]
+assert (row.criterion, row.density, row.scope) == ("snip", 0.01, "per_tensor"), row
+assert row.selected == 44 and last_run["result"].config.steps == cfg.steps
+assert len(last_run["figure"].axes) == 2 and last_run["figure"].axes[0].lines
+criterion_menu.value = "lift"
+rank_slider.value = 2
+policy_buttons.value = "global"
+train_button.click()
+assert last_run["row"].criterion == "lift" and last_run["row"].scope == "global"
+""",
+    "04_prune_and_recover.py": """
+sparsity_slider.value = 0.8
+method_dropdown.value = "one-shot + recovery"
+run_button.click()
+assert last_run["method"] == "one-shot + recovery" and abs(last_run["sparsity"] - 0.8) < 1e-9, last_run
+assert last_run["accuracy"] > 0.9 * dense.accuracy, last_run
+assert len(last_run["figure"].axes) == 1 and len(last_run["figure"].axes[0].lines) >= 8
+method_dropdown.value = "IMP, rewind"
+sparsity_slider.value = 0.9
+run_button.click()
+assert last_run["method"] == "IMP, rewind" and abs(last_run["sparsity"] - 0.9) < 1e-9
+assert dense.world.chance < last_run["accuracy"] <= 1.0
+method_dropdown.value = "2:4 + recovery"
+run_button.click()
+assert last_run["method"] == "2:4 + recovery" and last_run["sparsity"] == 0.5
+""",
+    "07_principal_weights.py": """
+rank_slider.value = 3
+density_slider.value = 0.1
+train_button.click()
+run = last_run["study"]
+assert run.density == 0.1 and [r.name for r in run.rows] == ["full FT", "magnitude", "LIFT r=3"], run.rows
+assert len(last_run["figure"].axes) == 2
+""",
 }
 
 

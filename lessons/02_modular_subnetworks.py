@@ -1,0 +1,272 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Lesson 2: Modular subnetworks: find them, ablate them, protect them
+#
+# If fine-tuning a *small* subnetwork can match fine-tuning everything, the function we
+# fine-tune must live in a small part of the network. Do networks even keep their functions
+# apart? Three claims from the literature, tested here in a world where we know the answer:
+#
+# 1. A network trained on a compositional task splits it into **separate subnetworks**:
+#    ablating one damages only its own function (Csordás et al. 2021, "Are Neural Nets
+#    Modular?"; Lepori et al. 2023, "Break It Down").
+# 2. **Pretraining** makes that modular structure more consistent across seeds (Lepori et al.).
+# 3. **Freezing a task's core parameters** while fine-tuning on another task reduces
+#    interference and forgetting compared with full fine-tuning (core-parameter isolation,
+#    Wang et al. 2025).
+#
+# **The world.** The input has 4 groups of 8 features. Each group has its own *primitives*
+# (4 random projections). Task `t_k` reads group k only and answers with 2 parity bits of
+# its primitives' signs, e.g. [sign(p0) == sign(p1)] and [sign(p2) == sign(p3)]: 4 classes,
+# chance = 0.25. Parities need hidden units, so the shared trunk (two ReLU layers) must
+# compute every task's features; each task has its own output head. *Related* tasks `r_k`
+# combine the same primitives differently: pretraining on them teaches the trunk the
+# primitives without the target labels. Ground truth: `t_k` needs only group k's inputs;
+# nothing forces the trunk to keep the tasks apart.
+#
+# **Finding a task's subnetwork** (`sparsity.discover.learn_mask`): freeze the weights and
+# learn a binary mask over the trunk that keeps the task working while removing as many
+# entries as possible (a Gumbel-sigmoid mask with straight-through gradients, plus a penalty
+# on the expected share of kept entries). Heads are left out of the search: head k belongs
+# to task k by construction, finding it would prove nothing.
+#
+# Everything below runs the lab's code: `toys/modular.py` for the world and the experiments,
+# `sparsity/` for discovery, ablation, the masked optimizer and the overlap metric.
+
+# %%
+import ipywidgets as widgets
+import matplotlib.pyplot as plt
+from IPython.display import display
+
+from sparsity.ablate import ablate
+from sparsity.discover import exclusive
+from sparsity.fastmode import fast_mode
+from toys import modular
+
+FAST = fast_mode()  # LAB_FAST=1 shrinks the runs so the notebook executes in CI
+cfg = modular.default_config()
+print(f"fast mode: {FAST}; {cfg.n_tasks} tasks, trunk {cfg.hidden}, {cfg.steps} training steps, "
+      f"{cfg.mask_steps} mask steps, {cfg.n_seeds} seeds per arm")
+
+# %% [markdown]
+# ## Run the experiment
+# One call trains every network, learns every mask and runs the fine-tuning comparison
+# (a minute or two in full mode). The rest of the lesson reads its results.
+
+# %%
+report = modular.run(cfg)
+print(modular.format_report(report))
+
+# %% [markdown]
+# ## 1. The ablation matrix
+# Row i: the **exclusive** part of task i's learned subnetwork (the entries no other task's
+# subnetwork uses) is zeroed; column j: task j's accuracy then. Shared entries are left in
+# place: ablating them would hit every task that shares them, which says nothing about
+# specialisation. A modular network gives a dark diagonal (own task down to chance) and a
+# bright rest. The **modularity score** is the mean damage on the diagonal minus the mean
+# damage off it, damage being the share of the way from the task's accuracy to chance
+# (1 = perfectly modular, 0 = no specialisation).
+
+# %%
+fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+for ax, arm in zip(axes, ("random init", "pretrained")):
+    seed0 = report.runs[arm][0]
+    modular.plot_ablation_matrix(seed0.matrix, cfg.chance, ax, f"{arm}, seed 0: modularity {seed0.modularity:.2f}")
+fig.tight_layout()
+plt.show()
+checks = report.checks()
+for arm in ("random init", "pretrained"):
+    print(f"{arm}: ablated task falls to at most {checks[f'{arm}: own task after ablation, max']:.2f} "
+          f"(chance {cfg.chance:.2f}); every other task keeps at least "
+          f"{checks[f'{arm}: other tasks retained, min share']:.0%} of its accuracy")
+
+# %% [markdown]
+# How big are the subnetworks, and does each one suffice on its own? The mask learner
+# reports the density it ended at (it is not set in advance: the penalty and the task loss
+# negotiate it). Below, the learning curves of the random-init network's masks, then each
+# task scored with *only* its subnetwork left in the trunk (the rest zeroed): a subnetwork
+# that is both sufficient (this) and necessary (the matrix's diagonal) is the task's module.
+
+# %%
+seed0 = report.runs["random init"][0]
+fig, (ax_loss, ax_density) = plt.subplots(1, 2, figsize=(11, 3.5))
+for task, learned in seed0.masks.items():
+    ax_loss.plot(learned.task_loss, label=task, alpha=0.8)
+    ax_density.plot(learned.expected_density, label=f"{task}: ends at {learned.density:.1%}")
+ax_loss.set(yscale="log", xlabel="mask-learning step", ylabel="task loss (masked network)",
+            title="Task loss while the mask is learned")
+ax_density.set(xlabel="mask-learning step", ylabel="expected share of trunk kept", title="Mask density")
+ax_loss.legend()
+ax_density.legend()
+fig.tight_layout()
+plt.show()
+for task, learned in seed0.masks.items():
+    print(f"{task}: subnetwork keeps {learned.density:.1%} of the trunk; with only it left, {task} scores "
+          f"{seed0.alone[task]:.3f} (full network {seed0.matrix.baseline[seed0.matrix.tasks.index(task)]:.3f})")
+
+# %% [markdown]
+# ## Try it: ablate a subnetwork
+# Pick a network and a subnetwork to knock out, and how: **zero** (remove the weights) or
+# **mean** (replace them by their tensor's mean). *Whole mask* ablates every entry of the
+# subnetwork, shared ones included: watch the other tasks suffer.
+
+# %%
+arm_pick = widgets.ToggleButtons(options=["random init", "pretrained"], description="network")
+subnet_pick = widgets.Dropdown(options=["none", *modular.make_world(cfg).targets], value="t0",
+                               description="ablate")
+mode_pick = widgets.ToggleButtons(options=["zero", "mean"], description="mode")
+part_pick = widgets.ToggleButtons(options=["exclusive part", "whole mask"], description="which entries")
+ablation_out = widgets.Output()
+last_ablation = {}
+
+
+def show_ablation(_=None):
+    """Score every task with the chosen subnetwork ablated and draw the bars."""
+    run0 = report.runs[arm_pick.value][0]
+    masks = {t: learned.mask for t, learned in run0.masks.items()}
+    if part_pick.value == "exclusive part":
+        masks = exclusive(masks)
+    scorers = modular.evaluators(report.world, report.world.targets)
+    if subnet_pick.value == "none":
+        scores = {t: f(run0.model) for t, f in scorers.items()}
+    else:
+        with ablate(run0.model, masks[subnet_pick.value], mode_pick.value):
+            scores = {t: f(run0.model) for t, f in scorers.items()}
+    with ablation_out:
+        ablation_out.clear_output(wait=True)
+        fig, ax = plt.subplots(figsize=(6, 3))
+        ax.bar(list(scores), list(scores.values()), color=["tab:red" if t == subnet_pick.value else "tab:blue"
+                                                           for t in scores])
+        ax.axhline(cfg.chance, color="gray", linestyle="--", label="chance")
+        ax.set(ylim=(0, 1), xlabel="task", ylabel="accuracy",
+               title=f"{arm_pick.value}: {subnet_pick.value} ablated ({part_pick.value}, {mode_pick.value})")
+        ax.legend()
+        plt.show()
+    last_ablation.update(scores=scores, figure=fig)
+
+
+for control in (arm_pick, subnet_pick, mode_pick, part_pick):
+    control.observe(show_ablation, names="value")
+display(widgets.VBox([arm_pick, subnet_pick, mode_pick, part_pick, ablation_out]))
+show_ablation()
+
+# %% [markdown]
+# ## 2. Does pretraining make the structure more consistent?
+# Three ways the networks differ from seed to seed:
+# - **random init**: a fresh initialisation and batch order per seed;
+# - **same init**: one initialisation, only the batch order changes (a control);
+# - **pretrained**: one trunk pretrained on the related tasks `r_k`, then fresh target heads
+#   and a batch order per seed, fine-tuned on the targets.
+#
+# Left: the modularity score of every seed's network. Right: how much the same task's
+# subnetwork overlaps across seeds (Jaccard), against what two random masks of the same
+# densities would give.
+
+# %%
+modular.plot_consistency(report)
+plt.show()
+for arm, overlap in report.overlaps.items():
+    per_tensor = ", ".join(f"{n} {j:.2f} (chance {c:.2f})" for n, (j, c) in overlap.per_tensor.items())
+    print(f"{arm:>12}: Jaccard {overlap.jaccard:.3f} vs chance {overlap.chance:.3f}  [{per_tensor}]")
+
+# %% [markdown]
+# Read it carefully. From random inits the same task ends in weights that barely overlap
+# across seeds: hidden units are interchangeable, so the *same* function can sit in
+# *different* units (permutation symmetry). Sharing a pretrained trunk makes the
+# subnetworks overlap far above chance. But the *same init* control shows how much of that
+# comes from merely starting at the same point: compare the two bars before crediting
+# pretraining. The modularity scores (left) say whether pretraining also makes the split
+# itself cleaner and steadier from seed to seed.
+#
+# ## 3. Protecting a task: core-parameter isolation
+# Pretrain on task A (`t0`, with an L1 penalty on the weights: sparse-weight training keeps
+# A's circuit compact), then fine-tune on task B (`t1`, another group) three ways:
+# - **full**: every parameter;
+# - **freeze A's core**: the top 5% of the trunk's weights by magnitude after training on A
+#   (magnitude pruning), closed over **whole units** (a unit whose weights are in the core
+#   keeps its entire fan-in frozen), everything else trains;
+# - **B's subnetwork only**: the entries a full fine-tuning on B moved most (20% of the
+#   trunk) plus B's head; A's core is not protected.
+
+# %%
+iso = report.isolation
+print(f"after pretraining on A: A {iso.a_before:.3f}, B {iso.b_before:.3f} (chance {cfg.chance:.2f})")
+print(f"{'way':<22}{'B (target)':>12}{'A (retained)':>14}{'trainable share of trunk':>26}")
+for way in modular.WAYS:
+    print(f"{way:<22}{iso.target[way]:>12.3f}{iso.retained[way]:>14.3f}{iso.trainable[way]:>26.2f}")
+modular.plot_isolation(iso)
+plt.show()
+
+# %% [markdown]
+# Why whole units? A unit's activation depends on *every* incoming weight. Freeze only the
+# core's entries and fine-tuning on B writes new signals into A's units through the other
+# entries of the same rows: A's features change although "its" weights did not. Try it
+# below with *whole units* unticked.
+#
+# ## Try it: how to fine-tune on B
+# Choose the way, the density of A's core (or of B's subnetwork) and whether the core is
+# closed over whole units, then press **Fine-tune**. Each run adds a point to the plot.
+
+# %%
+way_pick = widgets.ToggleButtons(options=list(modular.WAYS), value="freeze A's core", description="way")
+density_slider = widgets.FloatLogSlider(value=cfg.core_density, base=10, min=-2, max=-0.3, step=0.1,
+                                        description="density", continuous_update=False)
+units_box = widgets.Checkbox(value=True, description="whole units (A's core)")
+finetune_button = widgets.Button(description="Fine-tune", button_style="primary")
+finetune_out = widgets.Output()
+tried = []
+last_finetune = {}
+
+
+def on_finetune(_=None):
+    """Fine-tune a copy of the A-pretrained model on B the chosen way and plot forgetting vs target."""
+    core = modular.a_core(iso.pretrained, density_slider.value, units=units_box.value)
+    subnetwork = modular.b_subnetwork(iso.pretrained, iso.models["full"], density_slider.value)
+    mask = modular.way_mask(way_pick.value, core, subnetwork, cfg.task_b)
+    with finetune_out:
+        finetune_out.clear_output(wait=True)
+        tuned = modular.finetune_b(iso.pretrained, report.world, mask)
+        b = modular.accuracy(tuned, report.world, cfg.task_b)
+        a = modular.accuracy(tuned, report.world, cfg.task_a)
+        label = f"{way_pick.value}, d={density_slider.value:.2f}" + ("" if units_box.value else ", entries")
+        tried.append((label, b, a))
+        ax = modular.plot_isolation(iso, tried)
+        plt.show()
+        print(f"{label}: B {b:.3f}, A {a:.3f}; trainable share of trunk {modular.trunk_share(tuned, mask):.2f}")
+    last_finetune.update(target=b, retained=a, mask=mask, figure=ax.figure)
+
+
+finetune_button.on_click(on_finetune)
+display(widgets.VBox([way_pick, widgets.HBox([density_slider, units_box]), finetune_button, finetune_out]))
+
+# %% [markdown]
+# ## Questions to think about
+# 1. The ablation matrix uses each subnetwork's *exclusive* part. Switch the widget to
+#    *whole mask*: what do the shared entries carry, and why must a modularity test leave
+#    them alone?
+# 2. Set `overlap=4` (`modular.default_config(overlap=4)`): neighbouring tasks now share
+#    half their inputs. What happens to the diagonal and the off-diagonal of the matrix?
+# 3. The mask learner's penalty `mask_sparsity` sets how small the subnetworks get. With a
+#    weak penalty (try 1.0) masks stay dense and overlap: how does the modularity score move?
+# 4. The same-init control: is "pretraining makes subnetworks consistent" a claim about
+#    pretraining, or about sharing a starting point? What experiment would separate the two?
+# 5. Untick *whole units* at the same density: how much of A does freezing its core's
+#    *entries* save? Then pretrain A without the L1 penalty (`pretrain_l1=0.0` in the
+#    config, and `modular.isolation(modular.make_world(cfg))`): the core's units now cover
+#    most of the trunk. What does that say about when freezing a core can work?
+# 6. B's subnetwork alone (20% of the trunk) trails full fine-tuning on B. Raise its density:
+#    where does it catch up, and what happens to A on the way?
+#
+# ## What next
+# - Lesson 3 compares ways of *choosing* the weights to fine-tune at a fixed budget.
+# - Lesson 4 prunes first and then fine-tunes the fixed sparse pattern.
