@@ -61,7 +61,8 @@ print(f"fast mode: {FAST}; {cfg.n_tasks} tasks, trunk {cfg.hidden}, {cfg.steps} 
 # %% [markdown]
 # ## Run the experiment
 # One call trains every network, learns every mask and runs the fine-tuning comparison
-# (a minute or two in full mode). The rest of the lesson reads its results.
+# (about 20 s in fast mode, two to three minutes in full mode on 2 CPU cores). The rest of
+# the lesson reads its results.
 
 # %%
 report = modular.run(cfg)
@@ -261,9 +262,10 @@ display(widgets.VBox([way_pick, widgets.HBox([density_slider, units_box]), finet
 # 4. The same-init control: is "pretraining makes subnetworks consistent" a claim about
 #    pretraining, or about sharing a starting point? What experiment would separate the two?
 # 5. Untick *whole units* at the same density: how much of A does freezing its core's
-#    *entries* save? Then pretrain A without the L1 penalty (`pretrain_l1=0.0` in the
-#    config, and `modular.isolation(modular.make_world(cfg))`): the core's units now cover
-#    most of the trunk. What does that say about when freezing a core can work?
+#    *entries* save? Then pretrain A without the L1 penalty:
+#    `modular.isolation(modular.make_world(modular.default_config(pretrain_l1=0.0)))`.
+#    The core's units now cover most of the trunk. What does that say about when freezing
+#    a core can work?
 # 6. B's subnetwork alone (20% of the trunk) trails full fine-tuning on B. Raise its density:
 #    where does it catch up, and what happens to A on the way?
 #

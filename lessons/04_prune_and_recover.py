@@ -111,6 +111,7 @@ plt.show()
 
 # %%
 x, y = dense.world.x_train[:256], dense.world.y_train[:256]
+n_pruned = sum(int((~k).sum()) for k in keep.values())
 for label, make_opt in [
     ("MaskedAdamW(mask=keep)", lambda m: MaskedAdamW(m.named_parameters(), mask=keep, lr=1e-3, weight_decay=0.1)),
     ("torch.optim.AdamW", lambda m: torch.optim.AdamW(m.parameters(), lr=1e-3, weight_decay=0.1)),
@@ -122,7 +123,7 @@ for label, make_opt in [
         torch.nn.functional.cross_entropy(probe(x), y).backward()
         opt.step()
     regrown = sum(int((p.detach()[~keep[n]] != 0).sum()) for n, p in probe.named_parameters())
-    print(f"{label:>24}: {regrown:,} of {sum(int((~k).sum()) for k in keep.values()):,} pruned entries are no longer zero")
+    print(f"{label:>24}: {regrown:,} of {n_pruned:,} pruned entries are no longer zero")
 
 # %%
 prune.recover(pruned, keep, tc.trainer(dense.world, **study.recovery))
@@ -193,7 +194,7 @@ for ax, (name, mask) in zip(axes, [("2:4", two_four), ("unstructured 50%", unstr
 fig.tight_layout()
 plt.show()
 acc_24, acc_50 = result.accuracy["2:4 + recovery"][0.5], result.accuracy["one-shot + recovery"][0.5]
-print(f"right after pruning: 2:4 {result.two_four_one_shot:.3f} vs unstructured {result.accuracy['one-shot'][0.5]:.3f}; "
+print(f"right after pruning: 2:4 {result.two_four_one_shot:.3f} vs unstructured {result.accuracy['one-shot'][0.5]:.3f};",
       f"after recovery: 2:4 {acc_24:.3f} vs unstructured {acc_50:.3f} (dense {result.dense:.3f})")
 
 # %% [markdown]

@@ -114,7 +114,9 @@ def magnitude_prune(
         n, m = structure
         selected = masks.n_m(model, scores, n, m)  # checks n, m and the divisibility of the input dimension
         if sparsity is not None and not math.isclose(_check_sparsity(sparsity), 1 - n / m):
-            raise ValueError(f"structure={structure} fixes the sparsity at 1 - n/m = {1 - n / m:g}; got sparsity={sparsity}")
+            raise ValueError(
+                f"structure={structure} fixes the sparsity at 1 - n/m = {1 - n / m:g}; got sparsity={sparsity}"
+            )
     else:
         if sparsity is None:
             raise ValueError("sparsity is required for unstructured pruning (a number in [0, 1))")
@@ -195,7 +197,7 @@ class ImpRound:
 
 @dataclass
 class ImpResult:
-    """The final keep-mask (the "ticket") and one record per round (round 0: the dense training)."""
+    """The final keep-mask (the "ticket") and one record per round (round 0, with train_first: dense)."""
 
     keep: Mask
     rounds: list[ImpRound]

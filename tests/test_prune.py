@@ -358,6 +358,13 @@ def trained() -> tuple[tc.World, nn.Module, float]:
 
 
 def test_recovery_brings_a_heavily_pruned_student_back_near_dense(trained) -> None:
+    """Seed 001's "95-100% of dense" after fixed-pattern fine-tuning, checked where it holds.
+
+    Measured at this fast size (student 16-128-128-8, 500 steps): dense 0.926; at 80% sparsity
+    one-shot 0.750 -> recovered 0.914 (99% of dense); at 90% 0.539 -> 0.862 (93%). So the claim
+    holds at 80% and falls just short at 90% (asserted: >= 90%). At full size the knee is
+    further out (98% of dense at 87.5%, 94% at 93.8%; lesson 4).
+    """
     world, dense_model, dense = trained
     assert dense > 0.85 > 3 * world.chance, f"the dense student should learn the task, got {dense:.3f}"
     one_shot, recovered = {}, {}

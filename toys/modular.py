@@ -643,7 +643,8 @@ def plot_consistency(report: Report, fig: object = None) -> object:
     for i, arm in enumerate(ARMS):
         values = [r.modularity for r in report.runs[arm]]
         ax_mod.scatter([i] * len(values), values, s=40, label=arm)
-    ax_mod.set(xticks=range(len(ARMS)), xticklabels=ARMS, ylim=(0, 1.05), ylabel="modularity score",
+    ax_mod.set(xticks=range(len(ARMS)), xticklabels=ARMS, xlim=(-0.5, len(ARMS) - 0.5), ylim=(0, 1.05),
+               xlabel="how the seeds' networks differ", ylabel="modularity score",
                title="Modularity of each seed's network")
     if report.overlaps:
         arms = list(report.overlaps)
@@ -652,9 +653,9 @@ def plot_consistency(report: Report, fig: object = None) -> object:
                        label="measured")
         ax_overlap.bar([i + width / 2 for i in range(len(arms))], [report.overlaps[a].chance for a in arms], width,
                        label="chance (random masks, same densities)")
-        ax_overlap.set(xticks=range(len(arms)), xticklabels=arms, ylabel="Jaccard overlap",
-                       title="Same task's subnetwork, across seeds")
-        ax_overlap.legend()
+        ax_overlap.set(xticks=range(len(arms)), xticklabels=arms, xlabel="how the seeds' networks differ",
+                       ylabel="Jaccard overlap", title="Same task's subnetwork, across seeds")
+        ax_overlap.legend(loc="upper left", fontsize="small")
     fig.tight_layout()
     return fig
 
@@ -675,6 +676,7 @@ def plot_isolation(iso: Isolation, extra: Sequence[tuple[str, float, float]] = (
     ax.set(xlabel="B accuracy (target)", ylabel="A accuracy lost (forgetting)",
            title=f"Fine-tuning on B after A: forgetting vs target (A was {iso.a_before:.2f})")
     ax.axhline(0, color="gray", linewidth=0.8)
+    ax.margins(x=0.25, y=0.1)
     return ax
 
 

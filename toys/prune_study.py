@@ -233,8 +233,9 @@ def verdict(study: Study) -> str:
         where = f"up to {best:.1%} sparsity" if best is not None else "at no sparsity of the ladder"
         lines.append(f"{method}: keeps >= 95% of dense accuracy {where}.")
     tf = study.accuracy["2:4 + recovery"][0.5]
+    unstructured = study.accuracy["one-shot + recovery"].get(0.5, float("nan"))
     lines.append(f"2:4: {study.two_four_one_shot:.3f} right after pruning, {tf:.3f} ({tf / study.dense:.0%} of dense) "
-                 f"after recovery; unstructured 50% recovers to {study.accuracy['one-shot + recovery'].get(0.5, float('nan')):.3f}.")
+                 f"after recovery; unstructured 50% recovers to {unstructured:.3f}.")
     return "\n".join(lines)
 
 
@@ -259,7 +260,8 @@ def plot_study(study: Study, fig: object = None, highlight: tuple[str, float, fl
     ax.axhline(study.chance, color="grey", linestyle=":", linewidth=1, label="chance")
     if highlight is not None:
         label, sparsity, acc = highlight
-        ax.plot([100 * (1 - sparsity)], [acc], "*", color="red", markersize=16, label=f"{label} at {sparsity:.0%}: {acc:.3f}")
+        ax.plot([100 * (1 - sparsity)], [acc], "*", color="red", markersize=16,
+                label=f"{label} at {sparsity:.0%}: {acc:.3f}")
     ax.set_xscale("log")
     ax.invert_xaxis()
     ticks = [100 * (1 - s) for s in study.config.sparsities]
