@@ -4,12 +4,37 @@ The lessons are kept as jupytext percent-format sources; here they are converted
 notebooks and run in a real Jupyter kernel with nbclient, exactly as a student would.
 """
 
+import time
+import warnings
 from pathlib import Path
+from queue import Empty
 
 import jupytext
 import nbformat
 import pytest
+from jupyter_client.channels import AsyncZMQSocketChannel
 from nbclient import NotebookClient
+from nbclient.exceptions import CellTimeoutError
+
+
+async def _sliced_get_msg(self: AsyncZMQSocketChannel, timeout: float | None = None) -> dict:
+    """Wait for a message in 0.2 s polls instead of one long poll.
+
+    On a loaded 2-core machine one long zmq.asyncio poll sometimes misses its wake-up
+    and the client then idles for the whole cell timeout while the kernel idles too
+    (jupyter/nbclient#312): reproduced 4 times in 44 runs of a trivial widget notebook,
+    0 in 48 with this patch.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        left = 0.2 if deadline is None else min(0.2, max(0.0, deadline - time.monotonic()))
+        if await self.socket.poll(int(left * 1000)):
+            return await self._recv()
+        if deadline is not None and time.monotonic() >= deadline:
+            raise Empty
+
+
+AsyncZMQSocketChannel.get_msg = _sliced_get_msg
 
 ROOT = Path(__file__).resolve().parents[1]
 LESSONS = sorted((ROOT / "lessons").glob("[0-9][0-9]_*.py"))
@@ -95,11 +120,22 @@ def test_every_lesson_has_a_widget_check() -> None:
     assert {p.name for p in LESSONS} == set(WIDGET_CHECKS)
 
 
-@pytest.mark.parametrize("source", LESSONS, ids=lambda p: p.stem)
-def test_lesson_executes_in_fast_mode(source: Path) -> None:
+def _execute(source: Path) -> nbformat.NotebookNode:
     nb = jupytext.read(source)
     nb.cells.append(nbformat.v4.new_code_cell(WIDGET_CHECKS[source.name]))
-    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
+    NotebookClient(nb, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
+    return nb
+
+
+@pytest.mark.parametrize("source", LESSONS, ids=lambda p: p.stem)
+def test_lesson_executes_in_fast_mode(source: Path) -> None:
+    try:
+        nb = _execute(source)
+    except CellTimeoutError:
+        # Seen rarely on a loaded 2-core machine: kernel and client both idle, one Jupyter
+        # message lost. One fresh kernel retries; a lesson that truly hangs times out twice.
+        warnings.warn(f"{source.name}: a cell timed out; retrying once in a fresh kernel")
+        nb = _execute(source)
     errors = [o for cell in nb.cells for o in cell.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
     images = sum("image/png" in o.get("data", {}) for cell in nb.cells for o in cell.get("outputs", []))

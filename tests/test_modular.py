@@ -137,6 +137,13 @@ def test_cli_prints_the_json_summary() -> None:
         modular.main(["--overlap", "99"])
 
 
+def test_experiment_helpers_reject_bad_input(small_report: modular.Report) -> None:
+    with pytest.raises(ValueError, match="at least two seeds"):
+        modular.cross_seed_overlap(small_report.runs["random init"][:1])
+    with pytest.raises(ValueError, match="arm"):
+        modular.seed_run("lottery", 0, small_report.world, small_report.pretrained, progress=False)
+
+
 def test_way_mask_rejects_unknown_ways() -> None:
     model = modular.make_model(modular.Config(**SMALL))
     empty = {n: torch.zeros_like(p, dtype=torch.bool) for n, p in model.named_parameters()}

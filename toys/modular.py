@@ -2,27 +2,28 @@
 
 The world: the input holds ``n_tasks`` groups of features (neighbouring groups may share
 ``overlap`` features). Each group has its own *primitives*, random projections of its
-features; subtask k reads group k only and outputs a class made of parity bits of its
+features; task ``t<k>`` reads group k only and outputs a class made of parity bits of its
 primitives' signs, e.g. bit 0 = [sign(p0) == sign(p1)], bit 1 = [sign(p2) == sign(p3)]
 (4 classes, chance 0.25). Parities need hidden units (no linear read-out solves them), so
-the shared trunk must compute each subtask's features: the ground truth says subtask k
-needs only the trunk weights reading group k, but nothing forces the trunk to keep them
-apart. One MLP solves all subtasks: a shared trunk (``fc1``, ``fc2``, ...) and one output
-head per subtask (``heads.k``). Subnetworks are searched in the trunk only (head k
-belongs to subtask k by construction, so finding it would prove nothing).
+the shared trunk must compute each task's features: the ground truth says ``t<k>`` needs
+only the trunk weights reading group k, but nothing forces the trunk to keep the tasks
+apart. One MLP solves all tasks: a shared ReLU trunk (``fc1``, ``fc2``, ...) and one
+output head per task (``heads.t0``, ...). Subnetworks are searched in the trunk only (a
+task's head belongs to it by construction, so finding it would prove nothing).
 
-*Related* tasks compose the same primitives differently (other pairs), so pretraining on
-them teaches the trunk each group's primitives without the target labels.
+*Related* tasks ``r<k>`` compose the same primitives differently (other pairs), so
+pretraining on them teaches the trunk each group's primitives without the target labels.
 
 Three experiments (Csordás et al. 2021; Lepori et al. 2023; core-parameter isolation,
 Wang et al. 2025), run by :func:`run` and the CLI ``python -m toys.modular --json``:
 
-1. modularity: train on all subtasks, learn one mask per subtask (weights frozen), ablate
-   each mask's exclusive part and score every subtask: the ablation matrix;
-2. consistency: the same for several seeds, from random init and from a trunk pretrained
-   on the related tasks: modularity per seed and overlap of the masks across seeds;
-3. core isolation: pretrain on subtask A, fine-tune on subtask B fully, with A's core
-   frozen, or on B's subnetwork only; B's score (target) and A's (retained).
+1. modularity: train on all target tasks, learn one mask per task (weights frozen), ablate
+   each mask's exclusive part and score every task: the ablation matrix;
+2. consistency: the same for several seeds, from random inits, from one init (a control)
+   and from a trunk pretrained on the related tasks: modularity per seed and overlap of the
+   same task's mask across seeds, against chance;
+3. core isolation: pretrain on task A, fine-tune on task B fully, with A's core units
+   frozen, or on B's subnetwork only; B's score (target) and A's (retained) for each.
 """
 
 from __future__ import annotations
