@@ -129,14 +129,17 @@ class Config:
 
     @property
     def n_classes(self) -> int:
+        """One class per combination of the composition's bits."""
         return 2 ** len(self.target)
 
     @property
     def chance(self) -> float:
+        """Accuracy of guessing: the classes are balanced."""
         return 1.0 / self.n_classes
 
     @property
     def in_dim(self) -> int:
+        """Number of input features (groups laid side by side, neighbours sharing ``overlap``)."""
         return (self.n_tasks - 1) * (self.group_size - self.overlap) + self.group_size
 
     def window(self, group: int) -> slice:
@@ -187,10 +190,12 @@ class World:
 
     @property
     def targets(self) -> list[str]:
+        """Names of the target tasks, one per group."""
         return [f"t{k}" for k in range(self.config.n_tasks)]
 
     @property
     def related(self) -> list[str]:
+        """Names of the related (pretraining) tasks, one per group."""
         return [f"r{k}" for k in range(self.config.n_tasks)]
 
 
@@ -234,6 +239,7 @@ class ModularMLP(nn.Module):
         self.n_layers = len(hidden)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The trunk's last hidden layer."""
         for i in range(1, self.n_layers + 1):
             x = torch.relu(getattr(self, f"fc{i}")(x))
         return x
