@@ -15,6 +15,7 @@ import pytest
 from jupyter_client.channels import AsyncZMQSocketChannel
 from nbclient import NotebookClient
 from nbclient.exceptions import CellTimeoutError
+from nbclient.output_widget import OutputWidget
 
 
 async def _sliced_get_msg(self: AsyncZMQSocketChannel, timeout: float | None = None) -> dict:
@@ -120,10 +121,27 @@ def test_every_lesson_has_a_widget_check() -> None:
     assert {p.name for p in LESSONS} == set(WIDGET_CHECKS)
 
 
+def _widget_errors(client: NotebookClient) -> list[str]:
+    """Tracebacks shown inside Output widgets.
+
+    ipywidgets' Output context displays an exception raised inside it and swallows it, so
+    a failing callback would otherwise surface only as a missing result in the checks.
+    nbclient mimics the front end for Output widgets, so their outputs are kept here.
+    """
+    return ["\n".join(o.get("traceback", [])) for w in client.comm_objects.values() if isinstance(w, OutputWidget)
+            for o in w.outputs if o.get("output_type") == "error"]
+
+
 def _execute(source: Path) -> nbformat.NotebookNode:
     nb = jupytext.read(source)
     nb.cells.append(nbformat.v4.new_code_cell(WIDGET_CHECKS[source.name]))
-    NotebookClient(nb, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
+    client = NotebookClient(nb, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}})
+    try:
+        client.execute()
+    finally:
+        shown = _widget_errors(client)
+        if shown:
+            raise AssertionError(f"{source.name}: a widget callback raised:\n" + "\n\n".join(shown))
     return nb
 
 
