@@ -31,13 +31,13 @@ from typing import Any
 
 import torch
 
-from sparsity.optim import adamw_update
-from sparsity.validate import Mask, check_mask, check_nonnegative
+from sparsity.optim import NamedOptimizer, adamw_defaults, adamw_update
+from sparsity.validate import Mask, check_mask
 
 MOMENTS = ("exp_avg", "exp_avg_sq")
 
 
-class CompactAdamW(torch.optim.Optimizer):
+class CompactAdamW(NamedOptimizer):
     """AdamW (Loshchilov & Hutter 2019) on the selected entries only, with ``[k]``-sized state.
 
     ``indices`` maps each partly selected parameter to its selected flat positions
@@ -56,22 +56,8 @@ class CompactAdamW(torch.optim.Optimizer):
         eps: float = 1e-8,
         weight_decay: float = 1e-2,
     ) -> None:
-        check_nonnegative(lr, "lr")
-        check_nonnegative(eps, "eps")
-        check_nonnegative(weight_decay, "weight_decay")
-        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
-            raise ValueError(f"betas must be two numbers in [0, 1), got {betas}")
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
-        for group in self.param_groups:
-            if "param_names" not in group:
-                raise TypeError(
-                    "CompactAdamW needs named parameters to match the mask: "
-                    "pass model.named_parameters() (or groups of (name, param) pairs)"
-                )
+        super().__init__(params, adamw_defaults(lr, betas, eps, weight_decay))
         self.indices = self._indices_of(check_mask(self._named(), {} if mask is None else mask))
-
-    def _named(self) -> dict[str, torch.Tensor]:
-        return {n: p for g in self.param_groups for n, p in zip(g["param_names"], g["params"])}
 
     def _indices_of(self, mask: Mask, arg: str = "mask") -> dict[str, torch.Tensor]:
         """Flat int32 positions of the selected entries of every tensor that is not fully selected."""

@@ -28,10 +28,10 @@ import torch
 from sparsity.validate import Mask, check_mask, check_nonnegative
 
 
-class _MaskedOptimizer(torch.optim.Optimizer):
-    """Shared machinery: named params, mask validation, mask in the state dict."""
+class NamedOptimizer(torch.optim.Optimizer):
+    """A ``torch.optim.Optimizer`` whose parameters carry names, so a mask can be matched to them."""
 
-    def __init__(self, params: Iterable[Any], mask: Mask | None, defaults: dict[str, Any]) -> None:
+    def __init__(self, params: Iterable[Any], defaults: dict[str, Any]) -> None:
         super().__init__(params, defaults)
         for group in self.param_groups:
             if "param_names" not in group:
@@ -39,10 +39,27 @@ class _MaskedOptimizer(torch.optim.Optimizer):
                     f"{type(self).__name__} needs named parameters to match the mask: "
                     "pass model.named_parameters() (or groups of (name, param) pairs)"
                 )
-        self._set_mask(self._check_mask({} if mask is None else mask))
 
     def _named(self) -> dict[str, torch.Tensor]:
         return {n: p for g in self.param_groups for n, p in zip(g["param_names"], g["params"])}
+
+
+def adamw_defaults(lr: float, betas: tuple[float, float], eps: float, weight_decay: float) -> dict[str, Any]:
+    """AdamW's hyperparameters, checked, as a param-group defaults dict."""
+    check_nonnegative(lr, "lr")
+    check_nonnegative(eps, "eps")
+    check_nonnegative(weight_decay, "weight_decay")
+    if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+        raise ValueError(f"betas must be two numbers in [0, 1), got {betas}")
+    return dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
+
+
+class _MaskedOptimizer(NamedOptimizer):
+    """Shared machinery: mask validation, mask in the state dict."""
+
+    def __init__(self, params: Iterable[Any], mask: Mask | None, defaults: dict[str, Any]) -> None:
+        super().__init__(params, defaults)
+        self._set_mask(self._check_mask({} if mask is None else mask))
 
     def _check_mask(self, mask: object) -> Mask:
         return check_mask(self._named(), mask)
@@ -125,12 +142,7 @@ class MaskedAdamW(_MaskedOptimizer):
         eps: float = 1e-8,
         weight_decay: float = 1e-2,
     ) -> None:
-        check_nonnegative(lr, "lr")
-        check_nonnegative(eps, "eps")
-        check_nonnegative(weight_decay, "weight_decay")
-        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
-            raise ValueError(f"betas must be two numbers in [0, 1), got {betas}")
-        super().__init__(params, mask, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
+        super().__init__(params, mask, adamw_defaults(lr, betas, eps, weight_decay))
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:

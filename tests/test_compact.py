@@ -1,59 +1,22 @@
 """The compact optimizer (sparsity.compact): [k]-sized state, MaskedAdamW's trajectory bit for bit."""
 
-import io
-from collections import OrderedDict
-
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from optim_cases import (
+    assert_all_equal,
+    mlp,
+    params,
+    partial_mask,
+    roundtrip,
+    train_step,
+)
 from torch import nn
 
 from sparsity import masks
 from sparsity.compact import CompactAdamW
 from sparsity.optim import MaskedAdamW
-
-
-def mlp(seed: int = 0, sizes: tuple[int, int, int] = (5, 7, 3)) -> nn.Sequential:
-    torch.manual_seed(seed)
-    d_in, d_hid, d_out = sizes
-    return nn.Sequential(OrderedDict(fc1=nn.Linear(d_in, d_hid), act=nn.Tanh(), fc2=nn.Linear(d_hid, d_out)))
-
-
-def train_step(model: nn.Module, opt: torch.optim.Optimizer, step: int, sizes=(5, 7, 3)) -> None:
-    g = torch.Generator().manual_seed(10_000 + step)
-    x, y = torch.randn(8, sizes[0], generator=g), torch.randn(8, sizes[2], generator=g)
-    opt.zero_grad()
-    ((model(x) - y) ** 2).mean().backward()
-    opt.step()
-
-
-def params(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p.detach().clone() for n, p in model.named_parameters()}
-
-
-def assert_all_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
-    assert a.keys() == b.keys()
-    for n in a:
-        assert torch.equal(a[n], b[n]), n
-
-
-def partial_mask(model: nn.Module) -> dict[str, torch.Tensor]:
-    """fc1.weight partly selected, fc1.bias fully, fc2.weight frozen, fc2.bias absent (trainable)."""
-    m = masks.random(model, 0.3, seed=5, scope="per_tensor")
-    return {
-        "fc1.weight": m["fc1.weight"],
-        "fc1.bias": torch.ones_like(model.fc1.bias, dtype=torch.bool),
-        "fc2.weight": torch.zeros_like(model.fc2.weight, dtype=torch.bool),
-    }
-
-
-def roundtrip(obj):
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    buf.seek(0)
-    return torch.load(buf)
-
 
 # ---------------------------------------------------------------- (a) same trajectory as MaskedAdamW
 
