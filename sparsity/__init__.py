@@ -1,13 +1,26 @@
 """The sparsity core: mask selection, the masked optimizer, penalties toward the
-initialisation and update metrics. It imports nothing from toys/, scaleup/ or lessons/."""
+initialisation and update metrics. It imports nothing from toys/, scaleup/ or lessons/.
 
-from sparsity import masks
+One concept per module: ``criteria`` (scores), ``masks`` (selection), ``optim`` and
+``compact`` (optimizers), ``regularize``, ``metrics``, ``ablate``, ``discover`` (learned
+subnetworks), ``prune``, ``dynamic`` (drop/grow), ``delta`` (sparse update checkpoints).
+"""
+
+from sparsity import ablate, criteria, delta, discover, dynamic, masks, prune
+from sparsity.compact import CompactAdamW
 from sparsity.metrics import distances, mask_overlap, update_norms, update_rank, update_sparsity
 from sparsity.optim import MaskedAdamW, MaskedSGD
 from sparsity.regularize import l1_to_init, nuclear_to_init, prox_l1_to_init_, prox_nuclear_to_init_, snapshot
 
 __all__ = [
+    "ablate",
+    "criteria",
+    "delta",
+    "discover",
+    "dynamic",
     "masks",
+    "prune",
+    "CompactAdamW",
     "MaskedAdamW",
     "MaskedSGD",
     "snapshot",
