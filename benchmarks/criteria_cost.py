@@ -15,17 +15,16 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 import time
 from collections.abc import Callable
-from datetime import datetime
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from benchmarks.optimizer_step import FULL_WIDTHS, build_mlp
+from benchmarks.report import command_line, emit, machine_lines
 from sparsity import criteria, masks
 from sparsity.fastmode import fast_mode
 
@@ -80,9 +79,7 @@ def format_report(widths: tuple[int, ...], n_params: int, rows: list, rank: int,
     lines = [
         "# Cost of choosing the weights: each criterion, scored and selected",
         "",
-        f"- torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
-        f"{datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}",
-        f"- command: `{command}`",
+        *machine_lines(command),
         f"- model: MLP {'-'.join(map(str, widths))} without bias, {n_params:,} parameters; "
         f"gradient criteria on {n_batches} batches of 64; selection = global top-k at {DENSITY:.0%}",
         "",
@@ -105,13 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--rank and --batches must be at least 1")
     widths = FAST_WIDTHS if fast_mode() else FULL_WIDTHS
     n_params, rows = run(widths, args.rank, args.batches)
-    prefix = "LAB_FAST=1 " if fast_mode() else ""
-    report = format_report(widths, n_params, rows, args.rank, args.batches,
-                           f"{prefix}PYTHONPATH=. python -m benchmarks.criteria_cost {shlex.join(argv)}".rstrip())
-    print(report)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(report)
+    report = format_report(widths, n_params, rows, args.rank, args.batches, command_line("benchmarks.criteria_cost", argv))
+    emit(report, args.out)
     return 0
 
 

@@ -44,7 +44,6 @@ import argparse
 import ctypes
 import gc
 import os
-import shlex
 import statistics
 import sys
 import time
@@ -56,6 +55,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from benchmarks.report import command_line, emit, load_average
 from sparsity import masks
 from sparsity.compact import CompactAdamW
 from sparsity.fastmode import fast_mode
@@ -323,11 +323,6 @@ def format_note(rows: list[Row]) -> str:
     )
 
 
-def load_average() -> str:
-    """The 1-minute load average: above the thread count, other jobs competed for the CPU."""
-    return f"{os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else "n/a"
-
-
 def format_report(settings: Settings, n_params: int, rows: list[Row], command: str, loads: tuple[str, str]) -> str:
     widths = "-".join(str(w) for w in settings.widths)
     return "\n".join(
@@ -375,12 +370,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def command_line(argv: list[str]) -> str:
-    """The command that reproduces this run, environment switch included."""
-    prefix = "LAB_FAST=1 " if fast_mode() else ""
-    return f"{prefix}PYTHONPATH=. python -m benchmarks.optimizer_step {shlex.join(argv)}".rstrip()
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
@@ -399,11 +388,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         torch.set_num_threads(previous_threads)  # leave the process as we found it (tests call main)
     n_params = count_parameters(build_mlp(settings.widths))
-    report = format_report(settings, n_params, rows, command_line(argv), (load_at_start, load_average()))
-    print(report)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(report)
+    report = format_report(settings, n_params, rows, command_line("benchmarks.optimizer_step", argv),
+                           (load_at_start, load_average()))
+    emit(report, args.out)
     return 0
 
 

@@ -72,3 +72,12 @@ def test_criteria_cost_benchmark_fast_mode(tmp_path: Path, monkeypatch: pytest.M
     assert names[:6] == ["random", "magnitude", "gradient", "SNIP", "Fisher", "movement"]
     assert any(n.startswith("LIFT") and "exact" in n for n in names) and any("svd_lowrank" in n for n in names)
     assert all(float(row.split("|")[4]) > 0 for row in rows)
+
+
+def test_markdown_table_aligns_columns_and_rejects_ragged_rows() -> None:
+    from benchmarks.report import markdown_table
+
+    table = markdown_table(["method", "acc"], [["full", "0.91"], ["lora", "0.88"]])
+    assert table.splitlines() == ["| method | acc |", "| --- | ---: |", "| full | 0.91 |", "| lora | 0.88 |"]
+    with pytest.raises(ValueError, match="one entry per header column"):
+        markdown_table(["method", "acc"], [["full"]])
