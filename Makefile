@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lab notebooks benchmark clean
+.PHONY: demo test lab notebooks benchmark assignments grade clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,15 @@ lab: notebooks
 
 benchmark: $(STAMP)
 	$(PY) -m benchmarks.optimizer_step
+
+# Student notebooks (stubs, no hidden tests) under build/assignments/, instructor versions in its solutions/.
+assignments: $(STAMP)
+	$(PY) -m lessons.assignments.build --out build/assignments
+
+# Grade a folder of submitted notebooks into one CSV: make grade SUBMISSIONS=path/to/folder
+SUBMISSIONS ?= submissions
+grade: $(STAMP)
+	$(PY) -m lessons.grade $(SUBMISSIONS) --csv grades.csv
 
 clean:
 	rm -rf $(VENV) out build .pytest_cache .hypothesis lessons/*.ipynb

@@ -1,0 +1,131 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Assignment 2: The masked AdamW step
+#
+# To fine-tune a subnetwork, the entries outside the mask must **never move**. The naive
+# way, zeroing their gradients, is wrong with AdamW: decoupled weight decay shrinks every
+# entry whatever its gradient (Loshchilov & Hutter 2019). The lab's `MaskedAdamW`
+# (`sparsity/optim.py`) computes the usual update and writes it back only where the mask
+# is True, so a frozen entry keeps its exact bits for any number of steps.
+#
+# **Your task** (7 points): one AdamW step for one tensor, with a mask.
+#
+# `masked_adamw_step(param, grad, mask, state, lr, betas, eps, weight_decay)` returns the
+# new value of `param` (do not modify `param` in place). `state` is a dict you own: empty
+# on the first call, then whatever you stored in it (the step count and the two moments).
+# The update is `torch.optim.AdamW`'s, with bias correction:
+#
+# ```
+# g = grad where mask, else 0          m = beta1 * m + (1 - beta1) * g
+# t = t + 1                            v = beta2 * v + (1 - beta2) * g * g
+# new = param * (1 - lr * weight_decay) - lr / (1 - beta1**t) * m / (sqrt(v) / sqrt(1 - beta2**t) + eps)
+# ```
+# and then **only the masked entries take the new value**: everything else is returned
+# bit-identical (`torch.equal`, not merely close).
+#
+# Grading: your function may use **torch (and math) only**; the lab's packages are not
+# available while grading, and importing them in an answer cell scores 0.
+
+# %%
+import math
+
+import torch
+
+# %%
+# Lab helpers for trying things out and for the visible checks (not used when grading).
+from lessons.assignments.checks import check_masked_adamw_step
+
+# %% [markdown]
+# ## Q1 `masked_adamw_step` (7 points)
+
+# %%
+def masked_adamw_step(
+    param: torch.Tensor,
+    grad: torch.Tensor,
+    mask: torch.Tensor,
+    state: dict,
+    lr: float = 1e-3,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float = 1e-2,
+) -> torch.Tensor:
+    """One AdamW step that moves only the entries where ``mask`` is True; returns the new value."""
+    ### BEGIN SOLUTION
+    beta1, beta2 = betas
+    grad = torch.where(mask, grad, 0.0)
+    if not state:
+        state["step"] = 0
+        state["exp_avg"] = torch.zeros_like(param)
+        state["exp_avg_sq"] = torch.zeros_like(param)
+    state["step"] += 1
+    step = state["step"]
+    new = param.mul(1 - lr * weight_decay) if weight_decay != 0 else param.clone()
+    state["exp_avg"].lerp_(grad, 1 - beta1)
+    state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    step_size = lr / (1 - beta1**step)
+    denom = (state["exp_avg_sq"].sqrt() / math.sqrt(1 - beta2**step)).add_(eps)
+    new.addcdiv_(state["exp_avg"], denom, value=-step_size)
+    return torch.where(mask, new, param)
+    ### END SOLUTION
+
+
+# %%
+check_masked_adamw_step(masked_adamw_step)
+
+# %%
+### BEGIN HIDDEN TESTS
+from lessons.assignments.checks import run_checks
+
+run_checks("a2.masked_adamw_step", masked_adamw_step, hidden=True)
+### END HIDDEN TESTS
+
+# %% [markdown]
+# ## Explore: the naive version drifts
+# Zero the gradient of the frozen entries and run plain `torch.optim.AdamW`: how far do
+# the frozen entries move in 200 steps, with and without weight decay?
+
+# %%
+gen = torch.Generator().manual_seed(0)
+start = torch.randn(50, 50, generator=gen)
+keep = torch.rand(50, 50, generator=gen) < 0.05
+for wd in (0.0, 0.1):
+    naive = torch.nn.Parameter(start.clone())
+    opt = torch.optim.AdamW([naive], lr=1e-2, weight_decay=wd)
+    mine, state = start.clone(), {}
+    for _ in range(200):
+        g = torch.randn(50, 50, generator=gen)
+        naive.grad = torch.where(keep, g, 0.0)
+        opt.step()
+        mine = masked_adamw_step(mine, g, keep, state, lr=1e-2, weight_decay=wd)
+    drift = (naive.detach() - start)[~keep].abs().max().item()
+    exact = torch.equal(mine[~keep], start[~keep])
+    print(f"weight_decay={wd}: naive frozen entries moved up to {drift:.4f}; yours unchanged bit for bit: {exact}")
+
+# %% [markdown]
+# ## Question (graded by hand, 0 automatic points)
+# Why is zeroing the gradient of the frozen entries not enough with AdamW? Would it be
+# enough for SGD with momentum and no weight decay, if the mask never changes? What if the
+# mask changes during training (as in RigL or LIFT's reselection)?
+
+# %% [markdown]
+# ### BEGIN SOLUTION
+# AdamW's decoupled weight decay multiplies every entry by (1 - lr * wd) whatever its
+# gradient, so frozen entries shrink toward zero every step. (Without weight decay, a zero
+# gradient from the start leaves both moments at zero and the update is exactly 0.) For SGD
+# with momentum and no weight decay, a frozen entry whose gradient was always zero has a
+# zero momentum buffer, so it does not move: zeroing is enough *if the mask never changes*.
+# When the mask changes, an entry that was trainable carries momentum (or Adam moments) into
+# its frozen period and keeps moving; the write-back through the mask prevents that, and
+# reselection should also reset or mask the state.
+# ### END SOLUTION

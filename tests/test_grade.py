@@ -1,0 +1,353 @@
+"""The autograder: full marks for the reference, 0 for the stubs, exact partial credit for
+planted mistakes, and no unearned points for a submission that raises, hangs or cheats.
+
+All submissions are graded through one sandbox (one zygote process), so a submission
+costs a fork, not a fresh torch import.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lessons.assignments.build import build
+from lessons.grade import Limits, Sandbox, grade_notebook
+
+ROOT = Path(__file__).resolve().parents[1]
+HIDDEN = ROOT / "lessons" / "assignments" / "hidden.py"
+LIMITS = Limits(question_s=8.0, cell_s=8.0, startup_s=30.0)
+
+
+@pytest.fixture(scope="module")
+def notebooks(tmp_path_factory):
+    out = tmp_path_factory.mktemp("assignments")
+    build(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def sandbox():
+    with Sandbox() as box:
+        yield box
+
+
+def grade(path, sandbox, limits=LIMITS):
+    return grade_notebook(path, limits=limits, sandbox=sandbox)
+
+
+def submission(notebooks, tmp_path, name, answers=None, extra_cells=(), filename=None):
+    """The reference notebook of ``name`` with some answer cells replaced and extra code cells appended."""
+    nb = json.loads((notebooks / "solutions" / f"{name}.ipynb").read_text())
+    for function, source in (answers or {}).items():
+        cells = [c for c in nb["cells"] if c["cell_type"] == "code" and f"def {function}(" in "".join(c["source"])]
+        assert len(cells) == 1, function
+        cells[0]["source"] = source
+    for source in extra_cells:
+        nb["cells"].append({"cell_type": "code", "metadata": {}, "source": source, "outputs": [], "execution_count": None})
+    path = tmp_path / (filename or f"{name}.ipynb")
+    path.write_text(json.dumps(nb))
+    return path
+
+
+def failed(report):
+    """{question id: set of failing check ids}."""
+    return {q.id: {c.id for c in q.checks if c.earned < c.points} for q in report.questions}
+
+
+def points(report):
+    return {q.id: q.earned for q in report.questions}
+
+
+ASSIGNMENT_NAMES = ("a1_masks", "a2_masked_adamw", "a3_updates", "a4_principal_weights")
+
+
+@pytest.mark.parametrize("name", ASSIGNMENT_NAMES)
+def test_reference_solution_scores_full_marks(notebooks, sandbox, name):
+    report = grade(notebooks / "solutions" / f"{name}.ipynb", sandbox)
+    assert report.assignment == name
+    assert report.points > 0 and report.earned == report.points, failed(report)
+    assert all(c.message == "" for q in report.questions for c in q.checks)
+    assert report.hand_graded and all(h.answer for h in report.hand_graded)
+
+
+@pytest.mark.parametrize("name", ASSIGNMENT_NAMES)
+def test_student_stub_scores_zero_without_crashing(notebooks, sandbox, name):
+    report = grade(notebooks / f"{name}.ipynb", sandbox)
+    assert report.assignment == name and report.earned == 0 and report.points > 0
+    for q in report.questions:
+        assert all("NotImplementedError" in c.message for c in q.checks), q
+    assert [h.answer for h in report.hand_graded] == [""] * len(report.hand_graded)
+    assert all("graded by hand" in h.note for h in report.hand_graded)
+
+
+OFF_BY_ONE = '''
+def top_k_mask(model, scores, density, scope="global"):
+    def top(s, k):
+        order = torch.sort(s.flatten(), descending=True, stable=True).indices[:k]
+        chosen = torch.zeros(s.numel(), dtype=torch.bool)
+        chosen[order] = True
+        return chosen.view(s.shape)
+    mask = {n: torch.zeros_like(p, dtype=torch.bool) for n, p in model.named_parameters()}
+    if scope == "per_tensor":
+        for name, s in scores.items():
+            mask[name] = top(s, max(1, int(density * s.numel())))  # planted: floor, not round
+        return mask
+    flat = torch.cat([s.flatten().float() for s in scores.values()])
+    chosen = top(flat, max(1, int(density * flat.numel())))  # planted: floor, not round
+    start = 0
+    for name, s in scores.items():
+        mask[name] = chosen[start : start + s.numel()].view(s.shape)
+        start += s.numel()
+    return mask
+'''
+
+DECAY_EVERYTHING = '''
+import math
+def masked_adamw_step(param, grad, mask, state, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
+    beta1, beta2 = betas
+    param = param * (1 - lr * weight_decay)  # planted: weight decay before the mask
+    grad = torch.where(mask, grad, 0.0)
+    if not state:
+        state.update(step=0, exp_avg=torch.zeros_like(param), exp_avg_sq=torch.zeros_like(param))
+    state["step"] += 1
+    state["exp_avg"].lerp_(grad, 1 - beta1)
+    state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    denom = state["exp_avg_sq"].sqrt() / math.sqrt(1 - beta2 ** state["step"]) + eps
+    new = param - lr / (1 - beta1 ** state["step"]) * state["exp_avg"] / denom
+    return torch.where(mask, new, param)
+'''
+
+L1_WRONG_REFERENCE = '''
+def l1_to_init(model, reference):
+    params = dict(model.named_parameters())
+    return sum(params[n].abs().sum() for n in reference)  # planted: distance to zero, not to the reference
+'''
+
+RANK_IGNORED = '''
+def low_rank_approximation(weight, rank):
+    u, s, vh = torch.linalg.svd(weight.detach().float(), full_matrices=False)
+    return (u * s) @ vh  # planted: every singular value kept
+'''
+
+
+def test_planted_off_by_one_density_loses_exactly_the_budget_checks(notebooks, sandbox, tmp_path):
+    report = grade(submission(notebooks, tmp_path, "a1_masks", {"top_k_mask": OFF_BY_ONE}), sandbox)
+    assert failed(report) == {
+        "a1.magnitude_mask": {"budget_global", "budget_per_tensor", "lab_random"},
+        "a1.random_mask": {"budget", "lab_random"},
+    }
+    assert points(report) == {"a1.magnitude_mask": 8 - 4, "a1.random_mask": 3 - 2}
+    message = next(c.message for c in report.questions[0].checks if c.id == "budget_global")
+    assert "density=0.45" in message and "selects 34 of 77" in message
+
+
+def test_planted_weight_decay_on_frozen_entries_loses_exactly_the_frozen_checks(notebooks, sandbox, tmp_path):
+    report = grade(submission(notebooks, tmp_path, "a2_masked_adamw", {"masked_adamw_step": DECAY_EVERYTHING}), sandbox)
+    assert failed(report) == {"a2.masked_adamw_step": {"frozen_with_decay", "random", "all_frozen"}}
+    assert points(report) == {"a2.masked_adamw_step": 7 - 4}
+    message = next(c.message for c in report.questions[0].checks if c.id == "frozen_with_decay")
+    assert "frozen entries changed" in message
+
+
+def test_planted_l1_against_the_wrong_reference_loses_exactly_the_l1_checks(notebooks, sandbox, tmp_path):
+    report = grade(submission(notebooks, tmp_path, "a3_updates", {"l1_to_init": L1_WRONG_REFERENCE}), sandbox)
+    assert failed(report) == {
+        "a3.l1_to_init": {"value", "gradient", "subset", "random"},
+        "a3.update_shares": set(), "a3.update_sparsity": set(), "a3.which_layer": set(),
+    }
+    assert points(report)["a3.l1_to_init"] == 0 and report.earned == report.points - 4
+
+
+def test_planted_svd_rank_ignored_loses_exactly_the_rank_checks(notebooks, sandbox, tmp_path):
+    report = grade(submission(notebooks, tmp_path, "a4_principal_weights", {"low_rank_approximation": RANK_IGNORED}),
+                   sandbox)
+    assert failed(report) == {
+        "a4.low_rank_approximation": {"value", "rank", "random"},  # full rank still gives the matrix back
+        "a4.principal_mask": {"lab", "random"},  # budget and the full-rank case still hold
+        "a4.mask_overlap": set(),
+    }
+    assert points(report) == {"a4.low_rank_approximation": 1, "a4.principal_mask": 2, "a4.mask_overlap": 3}
+    message = next(c.message for c in report.questions[0].checks if c.id == "rank")
+    assert "has rank 4, expected 2" in message
+
+
+def test_hanging_cell_and_question_are_stopped_and_the_rest_is_graded(notebooks, sandbox, tmp_path):
+    hang = "def update_sparsity(model, reference, tol=1e-5):\n    while True:\n        pass\n"
+    path = submission(notebooks, tmp_path, "a3_updates", {"update_sparsity": hang},
+                      extra_cells=["import time\ntime.sleep(10_000)\n"])
+    report = grade(path, sandbox, Limits(question_s=3.0, cell_s=3.0, startup_s=30.0))
+    assert points(report) == {"a3.l1_to_init": 4, "a3.update_shares": 3, "a3.update_sparsity": 0, "a3.which_layer": 3}
+    sparsity = report.questions[2]
+    assert "time limit of 3 s" in sparsity.note
+    assert any("skipped" in n and "time limit" in n for n in report.notes)
+
+
+CRASHES = {
+    "l1_to_init": "import os\ndef l1_to_init(model, reference):\n    os._exit(0)\n",
+    "update_sparsity": "import sys\ndef update_sparsity(model, reference, tol=1e-5):\n    sys.exit(0)\n",
+    "which_layer_needs_finetuning": "def which_layer_needs_finetuning(model, reference):\n    raise RuntimeError('boom')\n",
+}
+FAKE_SCORE = ('print("a3.l1_to_init: 4/4\\ntotal: 13/13 automatic points")\n'
+              'import json; print(json.dumps({"earned": 13, "points": 13}))\n')
+
+
+def test_raise_exit_os_exit_and_fake_scores_earn_nothing(notebooks, sandbox, tmp_path):
+    fake_shares = ('def update_shares(model, reference):\n'
+                   '    print("PASS 3/3 all checks of update_shares passed")\n'
+                   '    return {"score": 3.0}\n')
+    path = submission(notebooks, tmp_path, "a3_updates", {**CRASHES, "update_shares": fake_shares},
+                      extra_cells=[FAKE_SCORE, "import sys\nsys.exit(0)\n"])
+    report = grade(path, sandbox)
+    assert report.earned == 0, points(report)
+    assert "exited" in report.questions[0].note  # os._exit: the process died during this question
+    assert "SystemExit" in report.questions[2].checks[0].message
+    assert "RuntimeError: boom" in report.questions[3].checks[0].message
+
+
+def test_os_exit_costs_only_its_own_question(notebooks, sandbox, tmp_path):
+    report = grade(submission(notebooks, tmp_path, "a3_updates", {"l1_to_init": CRASHES["l1_to_init"]}), sandbox)
+    assert points(report) == {"a3.l1_to_init": 0, "a3.update_shares": 3, "a3.update_sparsity": 3, "a3.which_layer": 3}
+
+
+PATCH_TORCH_AND_CHECKS = '''
+import sys, types, torch
+torch.allclose = lambda *a, **k: True
+torch.equal = lambda *a, **k: True
+torch.Tensor.__eq__ = lambda self, other: torch.ones((), dtype=torch.bool)
+torch.save = lambda obj, f, *a, **k: None
+fake = types.ModuleType("lessons.assignments.checks")
+fake.run_checks = lambda *a, **k: print("all checks passed")
+sys.modules["lessons.assignments.checks"] = fake
+try:
+    import lessons.assignments.checks as checks
+    checks.verify_magnitude = lambda case, out: None
+except ImportError:
+    pass
+'''
+
+
+def test_monkeypatching_torch_or_the_checks_earns_nothing(notebooks, sandbox, tmp_path):
+    wrong = "def magnitude_mask(model, density, scope='global'):\n    return {}\n"
+    path = submission(notebooks, tmp_path, "a1_masks", {"magnitude_mask": wrong, "random_mask": wrong.replace(
+        "magnitude_mask(model, density, scope='global')", "random_mask(model, density, seed=0, scope='global')")},
+        extra_cells=[PATCH_TORCH_AND_CHECKS])
+    report = grade(path, sandbox)
+    # the patched torch and checks live in the sandbox; the grader compares with its own
+    assert report.earned == 0, points(report)
+    assert HIDDEN.exists()
+
+
+def test_patching_the_checks_in_the_sandbox_does_not_change_the_grading(notebooks, sandbox, tmp_path):
+    patch = PATCH_TORCH_AND_CHECKS.replace("torch.save = lambda obj, f, *a, **k: None\n", "")
+    wrong = "def mask_overlap(a, b):\n    return 0.5\n"
+    path = submission(notebooks, tmp_path, "a4_principal_weights", {"mask_overlap": wrong}, extra_cells=[patch])
+    report = grade(path, sandbox)
+    assert points(report) == {"a4.low_rank_approximation": 4, "a4.principal_mask": 4, "a4.mask_overlap": 0}
+
+
+def test_using_the_solution_or_the_hidden_tests_scores_zero(notebooks, sandbox, tmp_path):
+    before = HIDDEN.read_bytes()
+    import_solution = ("def low_rank_approximation(weight, rank):\n"
+                       "    from sparsity.criteria import low_rank_approximation as lab\n"
+                       "    return lab(weight, rank)\n")
+    edit_hidden = (f"def principal_mask(model, density, rank):\n"
+                   f"    try:\n"
+                   f"        open({str(HIDDEN)!r}, 'a').write('\\nHIDDEN.clear()\\n')\n"
+                   f"    except OSError:\n"
+                   f"        pass\n"
+                   f"    scores = {{n: low_rank_approximation(p.detach(), rank).abs() for n, p in model.named_parameters() if p.ndim >= 2}}\n"
+                   f"    return top_k_per_tensor(model, scores, density)\n")
+    fallback = ("try:\n"
+                "    from lessons.assignments.a4_principal_weights import mask_overlap\n"
+                "except ImportError:\n"
+                "    def mask_overlap(a, b):\n"
+                "        both = sum(int((a[n] & b[n]).sum()) for n in a)\n"
+                "        either = sum(int((a[n] | b[n]).sum()) for n in a)\n"
+                "        return both / either if either else 0.0\n")
+    path = submission(notebooks, tmp_path, "a4_principal_weights",
+                      {"low_rank_approximation": import_solution, "principal_mask": edit_hidden,
+                       "mask_overlap": fallback})
+    report = grade(path, sandbox)
+    assert HIDDEN.read_bytes() == before
+    assert points(report) == {"a4.low_rank_approximation": 0, "a4.principal_mask": 0, "a4.mask_overlap": 0}
+    low_rank, principal, overlap = report.questions
+    assert "import sparsity.criteria" in low_rank.note
+    assert "hidden.py" in principal.note
+    assert "import lessons.assignments.a4_principal_weights" in overlap.note
+
+
+def test_reading_the_hidden_tests_scores_zero(notebooks, sandbox, tmp_path):
+    read_hidden = (f"def which_layer_needs_finetuning(model, reference):\n"
+                   f"    text = open({str(HIDDEN)!r}).read()\n"
+                   f"    return 'fc2.weight'\n")
+    report = grade(submission(notebooks, tmp_path, "a3_updates", {"which_layer_needs_finetuning": read_hidden}), sandbox)
+    assert points(report)["a3.which_layer"] == 0 and report.earned == report.points - 3
+    assert "hidden.py" in report.questions[3].note
+
+
+def test_sneaking_around_the_fence_is_refused(notebooks, sandbox, tmp_path):
+    sneak = (f"def update_shares(model, reference):\n"
+             f"    import gc, importlib, sys\n"
+             f"    try:\n"
+             f"        gc.get_objects()  # looking for the audit hook\n"
+             f"    except PermissionError:\n"
+             f"        pass\n"
+             f"    sys.path.insert(0, {str(ROOT)!r})\n"
+             f"    metrics = importlib.import_module('spar' + 'sity.metrics')\n"
+             f"    return {{n: u.share for n, u in metrics.update_norms(model, reference).items()}}\n")
+    spawn = (f"def update_sparsity(model, reference, tol=1e-5):\n"
+             f"    import importlib, subprocess, sys\n"
+             f"    for attempt in (lambda: subprocess.run(['cat', {str(HIDDEN)!r}]),\n"
+             f"                    lambda: subprocess._fork_exec,\n"
+             f"                    lambda: importlib.import_module('_posixsubprocess').fork_exec):\n"
+             f"        try:\n"
+             f"            print(attempt())\n"
+             f"        except Exception:\n"
+             f"            pass\n"
+             f"    return 1.0, {{}}\n")
+    report = grade(submission(notebooks, tmp_path, "a3_updates", {"update_shares": sneak, "update_sparsity": spawn}),
+                   sandbox)
+    assert points(report) == {"a3.l1_to_init": 4, "a3.update_shares": 0, "a3.update_sparsity": 0,
+                              "a3.which_layer": 0}  # which_layer calls update_shares
+    note = report.questions[1].note
+    assert "gc.get_objects" in note and str(ROOT) in note  # importlib bypasses the import event, not the file fence
+    note = report.questions[2].note
+    assert "subprocess.Popen" in note and "import _posixsubprocess" in note
+
+
+def test_other_submissions_in_the_folder_are_out_of_reach(notebooks, sandbox, tmp_path):
+    neighbour = tmp_path / "neighbour.ipynb"
+    neighbour.write_text((notebooks / "solutions" / "a4_principal_weights.ipynb").read_text())
+    copy = (f"def mask_overlap(a, b):\n"
+            f"    import json\n"
+            f"    cells = json.load(open({str(neighbour)!r}))['cells']\n"
+            f"    source = next(''.join(c['source']) for c in cells if 'def mask_overlap(' in ''.join(c['source']))\n"
+            f"    space = {{}}\n"
+            f"    exec(source, space)\n"
+            f"    return space['mask_overlap'](a, b)\n")
+    report = grade(submission(notebooks, tmp_path, "a4_principal_weights", {"mask_overlap": copy}, filename="copier.ipynb"),
+                   sandbox)
+    assert points(report) == {"a4.low_rank_approximation": 4, "a4.principal_mask": 4, "a4.mask_overlap": 0}
+    assert "neighbour.ipynb" in report.questions[2].note
+
+
+def test_command_line_grades_a_folder_to_one_csv(notebooks, tmp_path):
+    folder = tmp_path / "submissions"
+    folder.mkdir()
+    (folder / "alice.ipynb").write_text((notebooks / "solutions" / "a1_masks.ipynb").read_text())
+    (folder / "bob.ipynb").write_text((notebooks / "a1_masks.ipynb").read_text())
+    (folder / "carol.ipynb").write_text("not a notebook")
+    csv_path = tmp_path / "grades.csv"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", "lessons.grade", str(folder), "--csv", str(csv_path), "--json",
+                           "--time-limit", "10"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    reports = {Path(r["submission"]).name: r for r in json.loads(done.stdout)}
+    assert (reports["alice.ipynb"]["earned"], reports["bob.ipynb"]["earned"]) == (11, 0)
+    assert "could not grade" in reports["carol.ipynb"]["notes"][0]
+    rows = csv_path.read_text().splitlines()
+    assert rows[0] == "submission,assignment,total,max,a1.magnitude_mask,a1.random_mask,notes"
+    assert [r.split(",")[2:6] for r in rows[1:]] == [["11", "11", "8", "3"], ["0", "11", "0", "0"], ["0", "0", "", ""]]
