@@ -22,6 +22,7 @@ from sparsity.fastmode import fast_mode  # noqa: E402
 from toys import modular  # noqa: E402
 from toys import prune_study as ps  # noqa: E402
 from toys import teacher_student as ts  # noqa: E402
+from toys import two_four_study as tfs  # noqa: E402
 
 Section = Callable[[Path], tuple[str, str]]
 
@@ -140,7 +141,36 @@ Pretrained on A = {cfg.task_a} (A {iso.a_before:.3f}), then fine-tuned on B = {c
     )
 
 
-SECTIONS: list[Section] = [teacher_student_section, prune_recover_section, modular_section]
+def two_four_section(out: Path) -> tuple[str, str]:
+    """2:4 sparsity: one-shot cost and fixed-pattern fine-tuning recovery vs dense FT and unstructured 50%."""
+    import warnings
+
+    from sparsity.semistructured import FastPathNotice
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FastPathNotice)  # the CPU runs the dense masked reference
+        result = tfs.run_study(tfs.default_study())
+    path = out / "two_four.png"
+    fig = tfs.plot_study(result)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    table, verdict = tfs.format_table(result), tfs.verdict(result)
+    markdown = f"""## 2:4 structured sparsity: accuracy cost and recovery (classification toy)
+
+Every method gets the same fine-tuning steps after the dense training:
+
+{table}
+
+{verdict}
+
+![{path.name}]({path.name})
+"""
+    return markdown, "2:4 vs unstructured 50% (same fine-tuning steps)\n" + table + "\n" + verdict
+
+
+SECTIONS: list[Section] = [
+    teacher_student_section, prune_recover_section, modular_section, two_four_section,
+]
 
 
 def main(argv: list[str] | None = None) -> int:

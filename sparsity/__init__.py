@@ -3,10 +3,11 @@ initialisation and update metrics. It imports nothing from toys/, scaleup/ or le
 
 One concept per module: ``criteria`` (scores), ``masks`` (selection), ``optim`` and
 ``compact`` (optimizers), ``regularize``, ``metrics``, ``ablate``, ``discover`` (learned
-subnetworks), ``prune``, ``dynamic`` (drop/grow), ``delta`` (sparse update checkpoints).
+subnetworks), ``prune``, ``dynamic`` (drop/grow), ``delta`` (sparse update checkpoints),
+``semistructured`` (2:4 sparsity: pattern, compressed format, fast linear layer).
 """
 
-from sparsity import ablate, criteria, delta, discover, dynamic, masks, prune
+from sparsity import ablate, criteria, delta, discover, dynamic, masks, prune, semistructured
 from sparsity.compact import CompactAdamW
 from sparsity.metrics import distances, mask_overlap, update_norms, update_rank, update_sparsity
 from sparsity.optim import MaskedAdamW, MaskedSGD
@@ -20,6 +21,7 @@ __all__ = [
     "dynamic",
     "masks",
     "prune",
+    "semistructured",
     "CompactAdamW",
     "MaskedAdamW",
     "MaskedSGD",

@@ -113,6 +113,21 @@ run = last_run["study"]
 assert run.density == 0.1 and [r.name for r in run.rows] == ["full FT", "magnitude", "LIFT r=3"], run.rows
 assert len(last_run["figure"].axes) == 2
 """,
+    "08_two_four.py": """
+layer_pick.value = ("fc2", "fc3")
+score_pick.value = "magnitude"
+run_button.click()
+run = last_run["study"]
+assert last_run["modules"] == ("fc2", "fc3") and run.layers == ["fc2", "fc3"], last_run
+assert run.mean("2:4 one-shot") > result.mean("2:4 one-shot")  # leaving the 16-input layer dense costs less
+assert run.mean("2:4 + fine-tuning") > run.mean("2:4 one-shot") > world.chance
+assert len(last_run["figure"].axes) == 1
+layer_pick.value = tuple(names)
+score_pick.value = "random"
+run_button.click()
+assert last_run["criterion"] == "random" and last_run["study"].layers == names
+assert last_run["study"].mean("2:4 one-shot") < result.mean("2:4 one-shot")  # magnitude beats random
+""",
 }
 
 

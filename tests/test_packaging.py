@@ -36,8 +36,9 @@ def test_ci_runs_the_readme_test_command() -> None:
 
 def test_packages_are_declared() -> None:
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    assert config["tool"]["setuptools"]["packages"]["find"]["include"] == ["sparsity*", "toys*", "scaleup*"]
-    for package in ("sparsity", "toys", "scaleup"):
+    # lessons is installed too, so a notebook opened anywhere can import the assignment checks.
+    assert config["tool"]["setuptools"]["packages"]["find"]["include"] == ["sparsity*", "toys*", "scaleup*", "lessons*"]
+    for package in ("sparsity", "toys", "scaleup", "lessons"):
         assert (ROOT / package / "__init__.py").exists()
 
 
