@@ -168,8 +168,29 @@ Every method gets the same fine-tuning steps after the dense training:
     return markdown, "2:4 vs unstructured 50% (same fine-tuning steps)\n" + table + "\n" + verdict
 
 
+def scaleup_section(out: Path) -> tuple[str, str]:
+    """The controlled benchmark, small: full vs sparse (LoRA-equal budget) vs LoRA fine-tuning of a GPT."""
+    from scaleup import compare as cp
+
+    cfg = cp.demo_config()
+    folder = out / f"scaleup_{cfg.preset}_{cfg.steps}steps"
+    cp.run(cfg, folder, cp.DEMO_METHODS)
+    table = cp.report_markdown(folder)
+    markdown = f"""## Scaling up: full vs sparse vs LoRA fine-tuning of a small GPT (scaleup.compare)
+
+Pretrained on copy/reverse/increment/facts, fine-tuned on `{cfg.target}`; sparse methods and LoRA
+train the same number of entries (LoRA-equal). The committed 3-seed benchmark with every
+criterion and a learning-rate sweep is in benchmarks/results/scaleup_tiny.md.
+
+{table}
+
+![{folder.name}/summary.png]({folder.name}/summary.png)
+"""
+    return markdown, "Scale-up comparison (target vs retention)\n" + table
+
+
 SECTIONS: list[Section] = [
-    teacher_student_section, prune_recover_section, modular_section, two_four_section,
+    teacher_student_section, prune_recover_section, modular_section, two_four_section, scaleup_section,
 ]
 
 

@@ -38,7 +38,7 @@ from sparsity.validate import (
 )
 
 __all__ = [
-    "KINDS", "SCOPES", "parameter_kinds", "eligible", "top_k", "lora_equal", "n_m",
+    "KINDS", "SCOPES", "parameter_kinds", "eligible", "top_k", "top_k_within", "lora_equal", "n_m",
     "random", "magnitude", "lift", "layers", "from_update", "validate", "density",
 ]
 
@@ -89,6 +89,30 @@ def top_k(model: nn.Module, scores: dict[str, torch.Tensor], density: float, sco
         mask[name] = chosen[start : start + s.numel()].view(s.shape).to(s.device)
         start += s.numel()
     return mask
+
+
+def top_k_within(
+    model: nn.Module,
+    scores: dict[str, torch.Tensor],
+    support: Mask,
+    density: float,
+    scope: str = "global",
+) -> Mask:
+    """``top_k`` restricted to a set: entries outside ``support`` are never selected.
+
+    For criteria that name a *set* (the entries an L1 run moved, the weights of chosen
+    blocks): the set is ranked by ``scores`` first, so no budget is lost to ties outside
+    it; when the budget exceeds the set, the whole set is returned (fewer entries than
+    the budget; callers report the actual count).
+    """
+    support = check_mask(named_params(model), support, "support")
+    scores = _checked_scores(model, scores)
+    missing = [n for n in scores if n not in support]
+    if missing:
+        raise ValueError(f"support has no entry for the scored tensors {missing}")
+    ranked = {n: torch.where(support[n], s.float(), -torch.inf) for n, s in scores.items()}
+    chosen = top_k(model, ranked, density, scope)
+    return {n: m & support[n] if n in support else m for n, m in chosen.items()}
 
 
 def lora_equal(model: nn.Module, scores: dict[str, torch.Tensor], rank: int) -> Mask:

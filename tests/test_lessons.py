@@ -105,6 +105,22 @@ method_dropdown.value = "2:4 + recovery"
 run_button.click()
 assert last_run["method"] == "2:4 + recovery" and last_run["sparsity"] == 0.5
 """,
+    "05_scaling_up.py": """
+method_menu.value = "magnitude"
+density_slider.value = "d0.01"
+target_menu.value = "facts_b"
+run_button.click()
+row = last_run["row"]
+assert (row["method"], row["budget"], last_run["target"]) == ("magnitude", "d0.01", "facts_b"), last_run
+assert row["trainable"] == compare.budget_count(setups["facts_b"], "d0.01")
+assert 0.0 <= row["target_test"] <= 1.0 and 0.0 <= row["retention"] <= 1.0
+assert len(last_run["figure"].axes) == 1 and last_run["figure"].axes[0].collections
+method_menu.value = "lora"
+target_menu.value = cfg.target
+run_button.click()
+assert last_run["row"]["budget"] == "lora_equal" and last_run["row"]["trainable"] == rows["lora"]["trainable"]
+assert set(rows) == set(SHOWN) and study.runs[0.0].loss[-1] < study.runs[0.0].loss[0]
+""",
     "07_principal_weights.py": """
 rank_slider.value = 3
 density_slider.value = 0.1

@@ -1,0 +1,82 @@
+"""The fine-tuning cost benchmark (full vs compact sparse vs LoRA) runs in fast mode and reports what it claims."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks import scaleup_memory as bench
+from scaleup import gpt
+from scaleup import tasks as tk
+
+
+def _rows(markdown: str) -> dict[str, list[str]]:
+    """Method (without the rank suffix) -> the other cells of its table row."""
+    rows = {}
+    for line in markdown.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        name = cells[0].split(" (r=")[0]
+        if line.startswith("|") and name in bench.METHODS:
+            rows[name] = cells[1:]
+    return rows
+
+
+def _int(cell: str) -> int:
+    return int(cell.replace(",", ""))
+
+
+def test_matched_rank_is_the_closest_lora_count_to_5_percent() -> None:
+    world = tk.World()
+    model = gpt.build("tiny", world.vocab_size, world.block_size)
+    d = model.config.n_embd  # block matrices: qkv (3d, d), proj (d, d), fc (4d, d), proj (d, 4d)
+    total, per_rank = 12 * d * d * model.config.n_layer, 14 * d * model.config.n_layer
+    r = bench.matched_rank(model)
+    assert all(abs(r * per_rank - 0.05 * total) <= abs(k * per_rank - 0.05 * total) for k in (r - 1, r + 1) if k >= 1)
+
+
+def test_benchmark_fast_mode_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("LAB_FAST", "1")
+    out = tmp_path / "scaleup_memory.md"
+    assert bench.main(["--threads", "1", "--out", str(out)]) == 0
+    written = out.read_text()
+    assert written.strip() in capsys.readouterr().out
+    assert "GPT `micro` (cpu)" in written and "LAB_FAST=1" in written
+
+    rows = _rows(written)
+    assert set(rows) == set(bench.METHODS)
+    world = tk.World()
+    model = gpt.build("micro", world.vocab_size, world.block_size)
+    weights = sum(p.numel() for n, p in model.named_parameters() if n.startswith("blocks.") and p.ndim == 2)
+    trainable = {m: _int(r[0]) for m, r in rows.items()}
+    assert trainable[bench.FULL] == model.n_params()
+    assert trainable[bench.SPARSE] == pytest.approx(0.05 * weights, rel=0.02)
+    assert trainable[bench.LORA] == trainable[bench.SPARSE_LORA]  # the matched count, exactly
+    for cells in rows.values():
+        step_ms, ratio, peak = float(cells[1]), float(cells[2]), float(cells[6])
+        tokens_s = float(cells[3].replace(",", ""))
+        assert step_ms > 0 and ratio > 0 and tokens_s > 0 and peak >= 0 and float(cells[8]) > 0  # saved activations
+    assert float(rows[bench.FULL][2]) == 1.0
+
+    state = {m: _int(r[4]) for m, r in rows.items()}
+    # AdamW: two float32 moments per parameter plus a step counter per tensor.
+    assert 8 * model.n_params() <= state[bench.FULL] < 8 * model.n_params() + 64 * len(list(model.parameters()))
+    # Compact: 12 bytes per selected entry (two moments, one int32 index); LoRA: 8 per adapter entry.
+    assert 12 * trainable[bench.SPARSE] <= state[bench.SPARSE] < 0.1 * state[bench.FULL]
+    assert 8 * trainable[bench.LORA] <= state[bench.LORA] < state[bench.SPARSE_LORA]
+    assert sum(line.startswith("- target ") for line in written.splitlines()) == 2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_benchmark_cuda_path_fast_mode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LAB_FAST", "1")
+    out = tmp_path / "scaleup_memory_cuda.md"
+    assert bench.main(["--device", "cuda", "--preset", "tiny", "--out", str(out)]) == 0
+    written = out.read_text()
+    assert "GPT `tiny` (cuda)" in written and "torch.cuda.max_memory_allocated" in written
+    rows = _rows(written)
+    assert set(rows) == set(bench.METHODS)
+    assert all(float(cells[6]) > 0 for cells in rows.values())  # the allocator's peak above model + data

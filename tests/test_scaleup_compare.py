@@ -1,0 +1,222 @@
+"""The controlled benchmark (scaleup.compare) on the micro preset: budgets, freezing, resume, lr choice, errors."""
+
+import json
+import re
+from dataclasses import replace
+
+import pytest
+import torch
+
+from scaleup import compare as cp
+
+WORLD = cp.MICRO_WORLD
+TIMINGS = ("train_s", "select_s", "peak_mb")
+
+
+def micro_config(**kw):
+    base = dict(preset="micro", world=WORLD, steps=40, warmup=4, seeds=2, pretrain_steps=200, densities=(0.05,),
+                lrs_full=(3e-3,), lrs_sparse=(3e-2,), lrs_lora=(3e-2,), l1_lam=1e-4, score_batches=2,
+                batch_size=32)
+    base.update(kw)
+    return cp.BenchConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def setup(cache):
+    return cp.prepare(micro_config(), cache_dir=cache, progress=False)
+
+
+def _unchanged(model, setup, name):
+    return torch.equal(model.get_parameter(name), setup.reference[name])
+
+
+def test_full_finetuning_learns_the_target_and_forgets_the_source(setup):
+    assert setup.before["target_test"] == 0.0 and setup.before["retention"] > 0.3
+    row = cp.run_cell(setup, "full", "all", 3e-3, 0)
+    assert row["target_test"] > 0.8
+    assert row["retention"] < setup.before["retention"]
+    assert row["trainable"] == setup.pretrained.n_params()
+    assert row["update_sparsity"]["mlp.fc"] < 0.05 and row["update_rank"]["mlp.fc"] > 0.9
+
+
+def test_sparse_budgets_match_lora_and_frozen_entries_never_move(setup):
+    lora_model, lora_costs = cp.finetune(setup, "lora", "lora_equal", 3e-2, 0)
+    for method in ("lift", "gradient", "random"):
+        model, costs = cp.finetune(setup, method, "lora_equal", 3e-2, 0)
+        assert costs["trainable"] == lora_costs["trainable"]  # LoRA-equal: the same count, entry for entry
+        assert all(_unchanged(model, setup, n) for n in ("tok_emb.weight", "pos_emb.weight", "ln_f.weight"))
+        prof = cp.update_profile(model, setup.reference, 0.0)
+        moved = sum((1 - prof["update_sparsity"][t]) for t in ("attn.qkv", "mlp.fc"))
+        assert 0 < moved < 0.5
+    n_weights = setup.n_weights
+    _, costs = cp.finetune(setup, "random", "d0.05", 3e-2, 0)
+    assert costs["trainable"] == pytest.approx(0.05 * n_weights, abs=8)
+    _, costs = cp.finetune(setup, "2:4", "2:4", 3e-2, 0)
+    assert costs["trainable"] == n_weights // 2
+    lora_prof = cp.update_profile(lora_model, setup.reference, 0.0)
+    r = setup.cfg.lora_rank
+    assert lora_prof["update_rank"]["mlp.fc"] <= r / setup.pretrained.config.n_embd + 1e-9
+    assert all(_unchanged(lora_model, setup, n) for n in ("tok_emb.weight", "blocks.0.ln1.weight"))
+
+
+def test_set_criteria_stay_inside_their_set(setup):
+    model, _ = cp.finetune(setup, "middle_blocks", "d0.05", 3e-2, 0)
+    middle = cp.middle_blocks(setup.pretrained.config.n_layer)
+    assert middle == [1]
+    assert all(_unchanged(model, setup, n) for n, _ in model.named_parameters() if n.startswith("blocks.0."))
+    assert not _unchanged(model, setup, "blocks.1.mlp.fc.weight")
+    _, support, _ = cp.scores(setup, "l1_discovered", 0)
+    mask, _ = cp.select(setup, "l1_discovered", "lora_equal", 0)
+    assert all(not (m & ~support[n]).any() for n, m in mask.items() if n in support)
+    assert 0 < sum(int(m.sum()) for m in mask.values()) <= cp.budget_count(setup, "lora_equal")
+
+
+def test_same_data_and_seed_give_the_same_run(setup):
+    a = cp.run_cell(setup, "magnitude", "d0.05", 3e-2, 1)
+    b = cp.run_cell(setup, "magnitude", "d0.05", 3e-2, 1)
+    assert {k: v for k, v in a.items() if k not in TIMINGS} == {k: v for k, v in b.items() if k not in TIMINGS}
+
+
+def _rows(out):
+    return [json.loads(line) for line in (out / cp.RESULTS).read_text().splitlines() if line.strip()]
+
+
+def _strip(rows):
+    return sorted(tuple(sorted((k, json.dumps(v)) for k, v in r.items() if k not in TIMINGS)) for r in rows)
+
+
+def test_a_killed_benchmark_loses_nothing_and_resumes(tmp_path, cache):
+    cfg = micro_config(steps=10, warmup=1, lora_equal=True, densities=())
+    methods = ["full", "random"]  # 2 (method, budget) pairs x 2 seeds = 4 runs
+    straight = tmp_path / "straight"
+    assert cp.run(cfg, straight, methods, cache_dir=cache, progress=False) == 4
+    killed = tmp_path / "killed"
+    assert cp.run(cfg, killed, methods, cache_dir=cache, progress=False, stop_after=2) == 2
+    assert len(_rows(killed)) == 2
+    with (killed / cp.RESULTS).open("a") as f:  # a kill in the middle of writing a line
+        f.write('{"method": "random", "budget": "lora_eq')
+    assert len(cp.load_results(killed)) == 2
+    assert cp.run(cfg, killed, methods, cache_dir=cache, progress=False) == 2
+    assert cp.run(cfg, killed, methods, cache_dir=cache, progress=False) == 0  # nothing left to do
+    assert _strip(_rows(killed)) == _strip(_rows(straight))
+    for name in ("summary.csv", "summary.json", "report.md", "summary.png"):
+        assert (killed / name).exists()
+    summary = json.loads((killed / "summary.json").read_text())
+    assert {(r["method"], r["budget"], r["n_seeds"]) for r in summary} == {("full", "all", 2), ("random", "lora_equal", 2)}
+
+
+def test_a_results_folder_refuses_another_config(tmp_path, cache):
+    cfg = micro_config(steps=10, warmup=1, seeds=1, densities=(), lora_equal=False)
+    cp.run(cfg, tmp_path, ["full"], cache_dir=cache, progress=False)
+    with pytest.raises(ValueError, match=r"another config \(differs in \['steps'"):
+        cp.run(replace(cfg, steps=11), tmp_path, ["full"], cache_dir=cache, progress=False)
+
+
+def _row(method, budget, lr, seed, val, test, val_loss=1.0):
+    return {"method": method, "budget": budget, "lr": lr, "seed": seed, "target_val": val, "target_test": test,
+            "target_val_loss": val_loss}
+
+
+def test_the_learning_rate_is_chosen_on_validation_not_test():
+    cfg = micro_config(lrs_sparse=(1e-3, 1e-2), seeds=1)
+    rows = {cp.cell_key(r["method"], r["budget"], r["lr"], 0): r for r in [
+        _row("lift", "d0.05", 1e-3, 0, val=0.9, test=0.1),
+        _row("lift", "d0.05", 1e-2, 0, val=0.5, test=1.0)]}
+    assert cp.best_lr(cfg, rows, "lift", "d0.05") == 1e-3
+    tie = {k: dict(v, target_val=0.7) for k, v in rows.items()}
+    tie[cp.cell_key("lift", "d0.05", 1e-2, 0)]["target_val_loss"] = 0.2
+    assert cp.best_lr(cfg, tie, "lift", "d0.05") == 1e-2  # equal accuracy: the lower validation loss wins
+    del rows[cp.cell_key("lift", "d0.05", 1e-2, 0)]
+    assert cp.best_lr(cfg, rows, "lift", "d0.05") is None  # the sweep is not finished
+
+
+def _entry(method, budget, target, target_std, retention):
+    return {"method": method, "budget": budget, "target_test": target, "target_test_std": target_std,
+            "retention": retention, "retention_std": 0.0}
+
+
+def test_verdict_matches_within_one_spread_and_names_the_best_retainer():
+    table = [_entry("full", "all", 0.90, 0.02, 0.10), _entry("lift", "d0.05", 0.87, 0.02, 0.40),
+             _entry("random", "d0.05", 0.50, 0.05, 0.60), _entry("lora", "lora_equal", 0.80, 0.01, 0.30)]
+    text = cp.verdict(table)
+    assert "mean - std): lift @ d0.05." in text
+    assert "LoRA matches full FT: no" in text
+    assert "Best retention overall: random @ d0.05" in text
+    assert "Best retention among the methods that match full FT: lift @ d0.05" in text
+
+
+def test_report_mode_rebuilds_the_summary_without_training(tmp_path, cache, monkeypatch, capsys):
+    cfg = micro_config(steps=10, warmup=1, seeds=1, densities=(), lora_equal=False)
+    cp.run(cfg, tmp_path, ["full"], cache_dir=cache, progress=False)
+    (tmp_path / "report.md").unlink()
+    monkeypatch.setattr(cp, "run_cell", lambda *a, **k: pytest.fail("--report must not train"))
+    md = tmp_path / "committed.md"
+    md.write_text("old table\n## Notes\nwritten by hand\n")
+    assert cp.main(["--report", "--methods", "full", "--out", str(tmp_path), "--md", str(md)]) == 0
+    report = (tmp_path / "report.md").read_text()
+    assert "| full | 100% |" in report
+    assert re.search(r"\| full \| 100% \| \d\.\d\d / \d\.\d{3} \|  \|", report)  # the lr sweep table
+    assert "Full fine-tuning: target" in capsys.readouterr().out
+    committed = md.read_text()
+    assert "old table" not in committed and "| full | 100% |" in committed
+    assert committed.endswith("## Notes\nwritten by hand\n")
+
+
+def test_bad_input_raises_clear_errors(setup, tmp_path):
+    with pytest.raises(ValueError, match="unknown: \\['bitfit'\\]"):
+        cp.check_methods(["full", "bitfit"])
+    with pytest.raises(ValueError, match="density must be in"):
+        micro_config(densities=(0.0,))
+    with pytest.raises(ValueError, match="target must be one of"):
+        micro_config(target="copy")
+    with pytest.raises(ValueError, match="no budget for the sparse methods \\['lift'\\]"):
+        cp.run(micro_config(densities=(), lora_equal=False), tmp_path / "x", ["full", "lift"], progress=False)
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(ValueError, match="runs at budgets"):
+        cp.finetune(setup, "lora", "d0.05", 1e-3, 0)
+    with pytest.raises(ValueError, match="method must be one of"):
+        cp.finetune(setup, "bitfit", "all", 1e-3, 0)
+    with pytest.raises(SystemExit, match="--density must be"):
+        cp.main(["--density", "five", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="holds no benchmark"):
+        cp.main(["--report", "--out", str(tmp_path / "nothing")])
+    with pytest.raises(ValueError, match="not a parameter name"):
+        cp.layer_type("fc1.weight")
+
+
+def test_fast_mode_defaults_are_ci_sized():
+    cfg = cp.default_config("micro")  # tests run with LAB_FAST=1
+    assert cfg.steps <= 50 and cfg.seeds == 1 and all(len(cfg.lrs(m)) == 1 for m in ("full", "lora", "lift"))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_the_benchmark_runs_on_cuda_with_bf16_autocast(cache):
+    setup = cp.prepare(micro_config(), cache_dir=cache, device="cuda", progress=False)
+    for method, budget in (("full", "all"), ("lift", "lora_equal"), ("lora", "lora_equal")):
+        row = cp.run_cell(setup, method, budget, 3e-2 if method != "full" else 3e-3, 0)
+        assert row["target_test"] > 0.5 and row["peak_mb"] > 0
+
+
+def test_top_k_within_ranks_inside_the_set_and_never_leaves_it():
+    from scaleup import gpt
+    from sparsity import criteria, masks
+
+    model = gpt.build("micro", vocab_size=20, block_size=10)
+    scores = criteria.magnitude(model)
+    support = {n: torch.zeros_like(s, dtype=torch.bool) for n, s in scores.items()}
+    support["blocks.1.mlp.fc.weight"][:4] = True  # 4 rows x 32 = 128 entries
+    small = masks.top_k_within(model, scores, support, 0.001)  # 25 of the 24,576 weights
+    chosen = small["blocks.1.mlp.fc.weight"]
+    assert int(chosen.sum()) == 25 and not (chosen & ~support["blocks.1.mlp.fc.weight"]).any()
+    inside = scores["blocks.1.mlp.fc.weight"][support["blocks.1.mlp.fc.weight"]]
+    assert scores["blocks.1.mlp.fc.weight"][chosen].min() >= inside.sort(descending=True).values[24]
+    big = masks.top_k_within(model, scores, support, 0.5)  # budget > set: the whole set, nothing else
+    assert sum(int(m.sum()) for m in big.values()) == 128
+    with pytest.raises(ValueError, match="support has no entry"):
+        masks.top_k_within(model, scores, {"blocks.0.mlp.fc.weight": support["blocks.0.mlp.fc.weight"]}, 0.1)

@@ -1,0 +1,256 @@
+"""The small GPT, the synthetic tasks and cached, resumable pretraining (scaleup.gpt, .tasks, .pretrain)."""
+
+import pytest
+import torch
+from torch import nn
+
+from scaleup import gpt
+from scaleup import pretrain as pt
+from scaleup import tasks as tk
+from sparsity.eligibility import parameter_kinds
+
+SMALL_WORLD = tk.WorldConfig(n_symbols=5, length=3, n_facts=6, n_eval=64)
+
+
+def test_parameter_names_and_kinds_follow_the_convention():
+    model = gpt.build("micro", vocab_size=20, block_size=10)
+    kinds = parameter_kinds(model)
+    assert kinds["tok_emb.weight"] == kinds["pos_emb.weight"] == "embedding"
+    assert kinds["blocks.0.ln1.weight"] == kinds["ln_f.bias"] == "norm"
+    d = model.config.n_embd
+    shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    assert shapes["blocks.1.attn.qkv.weight"] == (3 * d, d)
+    assert shapes["blocks.1.mlp.fc.weight"] == (4 * d, d)
+    assert shapes["blocks.1.mlp.proj.weight"] == (d, 4 * d)
+    assert {n for n, k in kinds.items() if k == "weight"} == {
+        f"blocks.{i}.{m}.weight" for i in range(2) for m in ("attn.qkv", "attn.proj", "mlp.fc", "mlp.proj")}
+
+
+def test_head_is_tied_to_the_token_embedding():
+    model = gpt.build("micro", vocab_size=20, block_size=10)
+    idx = torch.randint(20, (2, 6))
+    with torch.no_grad():
+        before = model(idx)
+        model.tok_emb.weight[3] += 1.0
+        after = model(idx)
+    assert not torch.equal(before[..., 3], after[..., 3])
+    assert model.n_params() == sum(p.numel() for p in model.parameters())
+
+
+def test_attention_is_causal():
+    model = gpt.build("micro", vocab_size=20, block_size=10).eval()
+    idx = torch.randint(20, (1, 8))
+    changed = idx.clone()
+    changed[0, 5] = (idx[0, 5] + 1) % 20
+    with torch.no_grad():
+        a, b = model(idx), model(changed)
+    torch.testing.assert_close(a[:, :5], b[:, :5])
+    assert not torch.allclose(a[:, 5:], b[:, 5:])
+
+
+@pytest.mark.parametrize("preset,low,high", [("tiny", 2e5, 1e6), ("small", 3e6, 1e7), ("mid", 1e8, 3.5e8)])
+def test_preset_sizes_match_the_issue(preset, low, high):
+    with torch.device("meta"):  # no memory for the 200M-parameter preset
+        model = gpt.GPT(gpt.config(preset, vocab_size=25, block_size=17))
+    assert low <= model.n_params() <= high
+
+
+def test_build_is_seeded():
+    a, b = (gpt.build("micro", 20, 10, seed=3) for _ in range(2))
+    c = gpt.build("micro", 20, 10, seed=4)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert not torch.equal(a.blocks[0].mlp.fc.weight, c.blocks[0].mlp.fc.weight)
+
+
+def test_autocast_is_a_no_op_on_cpu():
+    model = gpt.build("micro", 20, 10)
+    with gpt.autocast("cpu"):
+        assert model(torch.zeros(1, 4, dtype=torch.long)).dtype == torch.float32
+
+
+def test_bad_model_input_raises_clear_errors():
+    with pytest.raises(ValueError, match="divisible by n_head"):
+        gpt.GPTConfig(n_embd=30, n_head=4)
+    with pytest.raises(ValueError, match="preset"):
+        gpt.config("huge")
+    with pytest.raises(ValueError, match="n_layer"):
+        gpt.GPTConfig(n_layer=0)
+    model = gpt.build("micro", 20, 10)
+    with pytest.raises(ValueError, match="block_size"):
+        model(torch.zeros(1, 11, dtype=torch.long))
+    with pytest.raises(ValueError, match="integer"):
+        model(torch.zeros(1, 4))
+
+
+# ---- tasks ----
+
+
+def test_answers_of_the_algorithmic_tasks():
+    world = tk.World()
+    x = torch.tensor([[3, 0, 15, 7, 1, 2, 9, 4]])
+    assert world.answer("copy", x).tolist() == x.tolist()
+    assert world.answer("reverse", x).tolist() == [[4, 9, 2, 1, 7, 15, 0, 3]]
+    assert world.answer("increment", x).tolist() == [[4, 1, 0, 8, 2, 3, 10, 5]]
+    assert world.answer("add2", x).tolist() == [[5, 2, 1, 9, 3, 4, 11, 6]]
+    assert world.answer("sort", x).tolist() == [[0, 1, 2, 3, 4, 7, 9, 15]]
+
+
+def test_splits_never_share_an_input():
+    world = tk.World()
+    gen = torch.Generator().manual_seed(0)
+    seen = {s: {tuple(r) for r in world.sample("copy", s, 3000, gen)[0].tolist()} for s in tk.SPLITS}
+    assert not seen["train"] & seen["val"] and not seen["train"] & seen["test"] and not seen["val"] & seen["test"]
+    x = torch.randint(16, (20000, 8), generator=gen)
+    shares = torch.bincount(world.split_of(x), minlength=3) / len(x)
+    torch.testing.assert_close(shares, torch.tensor([0.8, 0.1, 0.1]), atol=0.02, rtol=0)
+
+
+def test_fact_tables_are_disjoint_and_fixed_by_the_seed():
+    a, b = tk.World(), tk.World()
+    keys_a = {tuple(k) for k in a.facts["facts_a"][0].tolist()}
+    keys_b = {tuple(k) for k in a.facts["facts_b"][0].tolist()}
+    assert len(keys_a) == len(keys_b) == a.config.n_facts and not keys_a & keys_b
+    assert torch.equal(a.facts["facts_b"][1], b.facts["facts_b"][1])
+
+
+def test_batch_layout_puts_the_loss_on_the_answer_only():
+    world = tk.World()
+    batch = world.encode("reverse", torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8]]), torch.tensor([[8, 7, 6, 5, 4, 3, 2, 1]]))
+    assert batch.idx.shape == batch.targets.shape == (1, world.block_size)
+    assert batch.idx[0, 0] == world.task_token("reverse") and batch.idx[0, 9] == tk.SEP
+    scored = batch.targets[0] != tk.IGNORE
+    assert scored.sum() == 8
+    assert batch.targets[0, scored].tolist() == world.symbol_tokens(torch.tensor([8, 7, 6, 5, 4, 3, 2, 1])).tolist()
+    # target at position p is the token at p + 1: the model predicts the answer from the prompt
+    assert torch.equal(batch.targets[0, 9:16], batch.idx[0, 10:17])
+
+
+def test_training_batches_depend_on_seed_and_step_only():
+    world = tk.World()
+    a = world.train_batch(tk.SOURCE_TASKS, step=5, batch_size=16, seed=1)
+    b = world.train_batch(tk.SOURCE_TASKS, step=5, batch_size=16, seed=1)
+    c = world.train_batch(tk.SOURCE_TASKS, step=6, batch_size=16, seed=1)
+    assert torch.equal(a.idx, b.idx) and not torch.equal(a.idx, c.idx)
+    tokens = set(a.idx[:, 0].tolist())
+    assert tokens <= {world.task_token(t) for t in tk.SOURCE_TASKS} and len(tokens) > 1
+
+
+class Oracle(nn.Module):
+    """Logits that put all mass on the true next token of one fixed batch (with some rows spoiled)."""
+
+    def __init__(self, batch: tk.Batch, vocab: int, spoil_rows: int = 0) -> None:
+        super().__init__()
+        self.dummy = nn.Parameter(torch.zeros(1))
+        targets = batch.targets.clamp(min=0).clone()
+        last = (batch.targets != tk.IGNORE).nonzero()
+        for row in range(spoil_rows):
+            col = last[last[:, 0] == row][-1, 1]
+            targets[row, col] = (targets[row, col] + 1) % vocab
+        self.logits = nn.functional.one_hot(targets, vocab).float()
+
+    def forward(self, idx):
+        return self.logits
+
+
+def test_exact_match_needs_every_answer_token():
+    world = tk.World()
+    batch = world.eval_set("add2", "val")
+    assert tk.exact_match(Oracle(batch, world.vocab_size), batch) == 1.0
+    half = len(batch.idx) // 2
+    assert tk.exact_match(Oracle(batch, world.vocab_size, spoil_rows=half), batch) == pytest.approx(0.5)
+
+
+def test_bad_task_input_raises_clear_errors():
+    world = tk.World()
+    with pytest.raises(ValueError, match="task must be one of"):
+        world.eval_set("divide", "test")
+    with pytest.raises(ValueError, match="split must be one of"):
+        world.eval_set("copy", "dev")
+    with pytest.raises(ValueError, match="n must be a positive int"):
+        world.batch("copy", "train", 0, torch.Generator())
+    with pytest.raises(ValueError, match="distinct keys"):
+        tk.WorldConfig(n_symbols=4, key_length=1, n_facts=3)
+    with pytest.raises(ValueError, match="tasks is empty"):
+        world.batch([], "train", 4, torch.Generator())
+
+
+# ---- pretraining and the checkpoint cache ----
+
+
+def _cfg(**kw):
+    base = dict(preset="micro", world=SMALL_WORLD, steps=12, batch_size=16, warmup=2, checkpoint_every=5)
+    base.update(kw)
+    return pt.PretrainConfig(**base)
+
+
+def test_a_killed_pretraining_resumes_bit_for_bit(tmp_path):
+    cfg = _cfg()
+    straight = pt.pretrained(cfg, cache_dir=tmp_path / "a", progress=False)
+    partial = pt.pretrained(cfg, cache_dir=tmp_path / "b", progress=False, stop_after=7)
+    assert (tmp_path / "b" / f"{cfg.key}.partial.safetensors").exists()
+    assert not pt.checkpoint_path(cfg, tmp_path / "b").exists()
+    assert not all(torch.equal(p, q) for p, q in zip(straight.parameters(), partial.parameters()))
+    resumed = pt.pretrained(cfg, cache_dir=tmp_path / "b", progress=False)
+    assert pt.checkpoint_path(cfg, tmp_path / "b").exists()
+    assert not (tmp_path / "b" / f"{cfg.key}.partial.safetensors").exists()
+    for (n, p), q in zip(straight.named_parameters(), resumed.parameters()):
+        assert torch.equal(p, q), n
+
+
+def test_the_cache_is_used_and_keyed_by_the_config(tmp_path, monkeypatch):
+    cfg = _cfg()
+    first = pt.pretrained(cfg, cache_dir=tmp_path, progress=False)
+    monkeypatch.setattr(tk, "loss", lambda *a: pytest.fail("a cached model was retrained"))
+    again = pt.pretrained(cfg, cache_dir=tmp_path, progress=False)
+    assert all(torch.equal(p, q) for p, q in zip(first.parameters(), again.parameters()))
+    assert _cfg(seed=1).key != cfg.key and _cfg(steps=13).key != cfg.key and _cfg(preset="tiny").key != cfg.key
+
+
+def test_cache_dir_comes_from_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("SUBNET_LAB_CACHE", str(tmp_path))
+    assert pt.checkpoint_path(_cfg()).parent == tmp_path
+
+
+def test_pretraining_learns_the_source_tasks(tmp_path):
+    world = tk.World(SMALL_WORLD)
+    model = pt.pretrained(_cfg(steps=200, batch_size=64, lr=3e-3, checkpoint_every=200), cache_dir=tmp_path,
+                          progress=False)
+    untrained = pt.build(_cfg(), world)
+    assert tk.retention(untrained, world) == 0.0
+    assert tk.retention(model, world) > 0.4
+    assert tk.accuracy(model, world, "add2") == 0.0  # the targets are not in the mixture
+
+
+def test_loading_a_checkpoint_into_another_model_fails_clearly(tmp_path):
+    cfg = _cfg()
+    pt.pretrained(cfg, cache_dir=tmp_path, progress=False)
+    other = gpt.build("tiny", tk.World(SMALL_WORLD).vocab_size, tk.World(SMALL_WORLD).block_size)
+    with pytest.raises(ValueError, match="holds a model of config"):
+        pt.load_checkpoint(pt.checkpoint_path(cfg, tmp_path), other)
+    with pytest.raises(ValueError, match="steps"):
+        _cfg(steps=0)
+    with pytest.raises(TypeError, match="PretrainConfig"):
+        pt.pretrained("tiny", cache_dir=tmp_path)
+
+
+def test_lr_schedule_warms_up_then_decays_to_a_tenth():
+    lrs = [pt.lr_at(s, 100, 1.0, 10) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
+    assert pt.lr_at(100, 100, 1.0, 10) == pytest.approx(0.1)
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_bf16_autocast_on_cuda_matches_the_float32_cpu_model():
+    cpu_model = gpt.build("micro", vocab_size=20, block_size=10)
+    cuda_model = gpt.build("micro", vocab_size=20, block_size=10, device="cuda")
+    idx = torch.randint(20, (4, 10))
+    with gpt.autocast("cuda"):
+        logits = cuda_model(idx.cuda())
+    assert logits.dtype == torch.bfloat16 and cuda_model.tok_emb.weight.dtype == torch.float32
+    with torch.no_grad():
+        torch.testing.assert_close(logits.float().cpu(), cpu_model(idx), atol=5e-2, rtol=5e-2)
