@@ -41,7 +41,6 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
-import ctypes
 import gc
 import os
 import statistics
@@ -56,6 +55,7 @@ import torch
 from torch import nn
 
 from benchmarks.report import command_line, emit, load_average
+from scaleup.memory import PeakMemory
 from sparsity import masks
 from sparsity.compact import CompactAdamW
 from sparsity.fastmode import fast_mode
@@ -169,14 +169,6 @@ def state_bytes(opt: torch.optim.Optimizer) -> int:
     )
 
 
-def _memory_kib(field: str) -> int:
-    """A memory figure of this process from /proc/self/status (VmRSS: now; VmHWM: peak)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not found in /proc/self/status")
-
-
 def peak_training_step_mb(widths: tuple[int, ...], name: str, density: float) -> float:
     """MB by which three full training steps raise this process's peak resident memory.
 
@@ -191,14 +183,12 @@ def peak_training_step_mb(widths: tuple[int, ...], name: str, density: float) ->
     gen = torch.Generator().manual_seed(2)
     x, y = torch.randn(BATCH, widths[0], generator=gen), torch.randn(BATCH, widths[-1], generator=gen)
     gc.collect()
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
-    Path("/proc/self/clear_refs").write_text("5")
-    before = _memory_kib("VmRSS")
-    for _ in range(3):
-        opt.zero_grad(set_to_none=True)
-        nn.functional.mse_loss(model(x), y).backward()
-        opt.step()
-    return (_memory_kib("VmHWM") - before) / 1024
+    with PeakMemory("cpu") as peak:
+        for _ in range(3):
+            opt.zero_grad(set_to_none=True)
+            nn.functional.mse_loss(model(x), y).backward()
+            opt.step()
+    return peak.mb
 
 
 # --- timing -------------------------------------------------------------------------

@@ -17,7 +17,7 @@ For each it reports the median step time (interleaved rounds, ``optimizer_step.t
 tokens per second, the optimizer-state bytes (``optimizer_step.state_bytes``) and the
 peak memory of the first three training steps above what model and data already held
 (optimizer state allocation included): the process's peak resident set on the CPU (Linux
-/proc, reset through ``clear_refs``; ``scaleup.compare.PeakMemory``), the allocator's peak
+/proc, reset through ``clear_refs``; ``scaleup.memory.PeakMemory``), the allocator's peak
 on CUDA (``torch.cuda.max_memory_allocated``). The weights are a freshly initialised
 model: cost does not depend on their values. The issue's targets, checked at the end:
 sparse peak memory <= LoRA's (at the matched count), sparse step time <= 1.1x full.
@@ -51,7 +51,7 @@ from benchmarks.report import (
 )
 from scaleup import gpt, lora
 from scaleup import tasks as tk
-from scaleup.compare import PeakMemory
+from scaleup.memory import PeakMemory
 from sparsity import criteria, masks
 from sparsity.compact import CompactAdamW
 from sparsity.eligibility import eligible

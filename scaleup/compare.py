@@ -49,7 +49,6 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
-import ctypes
 import json
 import os
 import statistics
@@ -67,6 +66,7 @@ from tqdm.auto import tqdm
 from scaleup import gpt, lora
 from scaleup import pretrain as pt
 from scaleup import tasks as tk
+from scaleup.memory import PeakMemory
 from sparsity import criteria as crit
 from sparsity import masks
 from sparsity.compact import CompactAdamW
@@ -333,43 +333,6 @@ def select(setup: Setup, method: str, budget: str, seed: int) -> tuple[Mask | No
 # --------------------------------------------------------------------------------------
 # One run
 # --------------------------------------------------------------------------------------
-
-
-class PeakMemory:
-    """Peak memory of a block above its start, in MB: CUDA's allocator peak on a GPU; on Linux
-    CPUs the process's peak resident set (VmHWM, reset through /proc/self/clear_refs); else NaN."""
-
-    def __init__(self, device: str) -> None:
-        self.cuda = torch.device(device).type == "cuda"
-        self.mb = float("nan")
-
-    @staticmethod
-    def _kib(field_name: str) -> int:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field_name + ":"):
-                return int(line.split()[1])
-        raise OSError(f"{field_name} not in /proc/self/status")
-
-    def __enter__(self) -> PeakMemory:
-        if self.cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self._start = torch.cuda.memory_allocated()
-            return self
-        try:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-            Path("/proc/self/clear_refs").write_text("5")
-            self._start = self._kib("VmRSS")
-        except OSError:
-            self._start = None
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.cuda:
-            torch.cuda.synchronize()
-            self.mb = (torch.cuda.max_memory_allocated() - self._start) / 2**20
-        elif self._start is not None:
-            self.mb = (self._kib("VmHWM") - self._start) / 1024
 
 
 def _optimizer(model: nn.Module, method: str, mask: Mask | None, lr: float) -> CompactAdamW:

@@ -253,16 +253,9 @@ def select(
     check_density(density)
     _check_choice(scope, SCOPES, "scope")
     s, support = scores(setup, criterion, lift_rank=lift_rank, seed=seed)
-    return _top_k_within(setup.student, s, support, density, scope)
-
-
-def _top_k_within(model: nn.Module, s: crit.Scores, support: Mask | None, density: float, scope: str) -> Mask:
-    """``masks.top_k``, cut to ``support`` when there is one (ranked first, so no budget is lost to ties)."""
     if support is None:
-        return masks.top_k(model, s, density, scope)
-    ranked = {n: torch.where(support[n], v.float(), -math.inf) for n, v in s.items()}
-    chosen = masks.top_k(model, ranked, density, scope)
-    return {n: m & support[n] for n, m in chosen.items()}
+        return masks.top_k(setup.student, s, density, scope)
+    return masks.top_k_within(setup.student, s, support, density, scope)
 
 
 # --------------------------------------------------------------------------------------
@@ -1008,7 +1001,7 @@ def compare_modular(
     for c, d in tqdm([(c, d) for d in densities for c in criteria], desc="modular: criteria x budgets",
                      disable=not progress):
         s, support = scores_of(c)
-        mask = _top_k_within(pretrained, s, support, d, "global")
+        mask = masks.top_k(pretrained, s, d) if support is None else masks.top_k_within(pretrained, s, support, d)
         mask = {n: m | (n in head) for n, m in mask.items()}
         model = finetune(mask)
         fc1 = mask["fc1.weight"]
