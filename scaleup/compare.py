@@ -242,6 +242,21 @@ def _score_batches(setup: Setup, seed: int) -> list[tk.Batch]:
     return [setup.world.batch(setup.cfg.target, "train", size, gen).to(setup.device) for _ in range(n)]
 
 
+def train_step(setup: Setup, model: nn.Module, opt: torch.optim.Optimizer, step: int, peak_lr: float,
+               seed: int) -> float:
+    """One fine-tuning step on the target: the schedule's lr, batch ``step`` of ``seed``, AdamW. Returns the loss."""
+    cfg = setup.cfg
+    for group in opt.param_groups:
+        group["lr"] = pt.lr_at(step, cfg.steps, peak_lr, cfg.warmup)
+    batch = setup.world.train_batch(cfg.target, step, cfg.batch_size, seed).to(setup.device)
+    with gpt.autocast(setup.device):
+        loss = tk.loss(model, batch)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.item()
+
+
 def _l1_discovery(setup: Setup, seed: int) -> crit.Scores:
     """Fine-tune the block matrices with an L1 pull to the start (AdamW + proximal step, ProxGen):
     entries the task does not push hard enough end exactly at their start. Returns abs(delta)."""
@@ -251,14 +266,7 @@ def _l1_discovery(setup: Setup, seed: int) -> crit.Scores:
     opt = MaskedAdamW(model.named_parameters(), mask=mask, lr=cfg.l1_lr, weight_decay=0.0)
     ref = {n: setup.reference[n] for n in names}
     for step in range(cfg.steps):
-        for group in opt.param_groups:
-            group["lr"] = pt.lr_at(step, cfg.steps, cfg.l1_lr, cfg.warmup)
-        batch = setup.world.train_batch(cfg.target, step, cfg.batch_size, seed).to(setup.device)
-        with gpt.autocast(setup.device):
-            loss = tk.loss(model, batch)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        train_step(setup, model, opt, step, cfg.l1_lr, seed)
         thresholds = {n: cfg.l1_lam * a for n, a in opt.adaptive_lr().items() if n in names}
         prox_l1_to_init_(model, ref, thresholds)
     return crit.update(model, ref, include=INCLUDE)
@@ -366,15 +374,7 @@ def finetune(setup: Setup, method: str, budget: str, lr: float, seed: int,
         start = time.perf_counter()
         for step in tqdm(range(cfg.steps), desc=f"{method} {budget} lr={lr:g} seed={seed}", leave=False,
                          disable=not progress):
-            for group in opt.param_groups:
-                group["lr"] = pt.lr_at(step, cfg.steps, lr, cfg.warmup)
-            batch = setup.world.train_batch(cfg.target, step, cfg.batch_size, seed).to(setup.device)
-            with gpt.autocast(setup.device):
-                loss = tk.loss(model, batch)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
+            losses.append(train_step(setup, model, opt, step, lr, seed))
         train_s = time.perf_counter() - start
     if method == "lora":
         lora.merge_lora(model)
