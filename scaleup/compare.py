@@ -110,9 +110,9 @@ class BenchConfig:
     l1_lam: float = 2e-3
     l1_lr: float = 1e-3
     tol: float = 1e-5
-    lrs_full: tuple[float, ...] = (3e-4, 1e-3, 3e-3)
-    lrs_sparse: tuple[float, ...] = (1e-3, 3e-3, 1e-2)
-    lrs_lora: tuple[float, ...] = (1e-3, 3e-3, 1e-2)
+    lrs_full: tuple[float, ...] = (3e-4, 1e-3, 3e-3, 1e-2)
+    lrs_sparse: tuple[float, ...] = (1e-3, 3e-3, 1e-2, 3e-2)
+    lrs_lora: tuple[float, ...] = (1e-3, 3e-3, 1e-2, 3e-2)
     sweep_all_seeds: bool = False
     pretrain_steps: int = 2000
     world: tk.WorldConfig = field(default_factory=tk.WorldConfig)
@@ -142,6 +142,14 @@ class BenchConfig:
 
     def lrs(self, method: str) -> tuple[float, ...]:
         return self.lrs_full if method == "full" else self.lrs_lora if method == "lora" else self.lrs_sparse
+
+    def lr_edge(self, method: str, lr: float) -> str | None:
+        """"top" or "bottom" when ``lr`` is the largest or smallest of a method's grid (of two or more
+        values), else None: a best value at the edge says the optimum may lie outside the grid."""
+        grid = self.lrs(method)
+        if len(grid) < 2:
+            return None
+        return "top" if lr == max(grid) else "bottom" if lr == min(grid) else None
 
     def budgets(self, method: str) -> list[str]:
         """Budget labels a method runs at: "all" (full), "lora_equal", "d0.05" (a density), "2:4"."""
@@ -569,7 +577,8 @@ def summarize(out: str | Path, methods: Sequence[str] | None = None) -> list[dic
             if lr is None:
                 continue
             runs = [rows[k] for s in range(cfg.seeds) if (k := cell_key(m, b, lr, s)) in rows]
-            entry: dict[str, Any] = dict(method=m, budget=b, lr=lr, n_seeds=len(runs), trainable=runs[0]["trainable"])
+            entry: dict[str, Any] = dict(method=m, budget=b, lr=lr, lr_edge=cfg.lr_edge(m, lr), n_seeds=len(runs),
+                                         trainable=runs[0]["trainable"])
             for metric in ("target_test", "target_val", "retention", "train_s", "select_s", "peak_mb",
                            "optimizer_state_bytes"):
                 entry[metric], entry[metric + "_std"] = _mean_std([float(r[metric]) for r in runs])
@@ -624,6 +633,10 @@ def verdict(table: list[dict[str, Any]]) -> str:
         best = max(match, key=lambda r: r["retention"])
         lines.append(f"Best retention among the methods that match full FT: {best['method']} @ {best['budget']} "
                      f"({best['retention']:.3f} vs full FT's {full['retention']:.3f}).")
+    edge = [r for r in table if r.get("lr_edge")]
+    lines.append("Learning rate chosen at the edge of its grid (the best may lie outside it; widen the grid): "
+                 + (", ".join(f"{r['method']} @ {r['budget']} ({r['lr']:g}, {r['lr_edge']})" for r in edge)
+                    if edge else "none") + ".")
     return "\n".join(lines)
 
 
@@ -642,7 +655,8 @@ def report_markdown(out: str | Path, command: str | None = None) -> str:
     for r in table:
         us, ur = r["update_sparsity"], r["update_rank"]
         lines.append(
-            f"| {r['method']} | {budget_label(r['budget'], cfg)} | {r['trainable']:,} | {r['lr']:g} "
+            f"| {r['method']} | {budget_label(r['budget'], cfg)} | {r['trainable']:,} | {r['lr']:g}"
+            f"{' (' + r['lr_edge'] + ')' if r.get('lr_edge') else ''} "
             f"| {r['target_test']:.3f} ± {r['target_test_std']:.3f} | {r['retention']:.3f} ± {r['retention_std']:.3f} "
             f"| {r['train_s']:.1f} | {r['select_s']:.1f} | {r['peak_mb']:.0f} "
             f"| {us.get('attn.qkv', float('nan')):.2f} / {us.get('mlp.fc', float('nan')):.2f} "
@@ -768,6 +782,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    for kind in ("full", "sparse", "lora"):
+        p.add_argument(f"--lrs-{kind}", default=None, metavar="LRS",
+                       help=f"comma-separated learning-rate grid of {kind} fine-tuning (default: BenchConfig.lrs_{kind})")
     p.add_argument("--sweep-all-seeds", action="store_true", help="choose the lr on the mean over all seeds")
     p.add_argument("--report", action="store_true", help="only rebuild the summary from the results file")
     p.add_argument("--md", type=Path, default=None, help="also write the report's markdown to this file")
@@ -791,6 +808,13 @@ def main(argv: list[str] | None = None) -> int:
             overrides["densities"] = tuple(float(d) for d in args.density.split(",") if d.strip())
         except ValueError:
             raise SystemExit(f"--density must be comma-separated numbers, got {args.density!r}") from None
+    for kind in ("full", "sparse", "lora"):
+        text = getattr(args, f"lrs_{kind}")
+        if text is not None:
+            try:
+                overrides[f"lrs_{kind}"] = tuple(float(x) for x in text.split(",") if x.strip())
+            except ValueError:
+                raise SystemExit(f"--lrs-{kind} must be comma-separated numbers, got {text!r}") from None
     if args.no_lora_equal:
         overrides["lora_equal"] = False
     for name in ("seeds", "steps"):

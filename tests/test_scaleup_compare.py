@@ -150,6 +150,30 @@ def test_verdict_matches_within_one_spread_and_names_the_best_retainer():
     assert "Best retention among the methods that match full FT: lift @ d0.05" in text
 
 
+def test_a_choice_at_the_edge_of_the_grid_is_flagged():
+    cfg = micro_config(lrs_sparse=(1e-3, 3e-3, 1e-2), lrs_full=(1e-3,))
+    assert [cfg.lr_edge("lift", lr) for lr in (1e-3, 3e-3, 1e-2)] == ["bottom", None, "top"]
+    assert cfg.lr_edge("full", 1e-3) is None  # a grid of one value has no inside to compare with
+    table = [_entry("full", "all", 0.90, 0.02, 0.10) | {"lr": 1e-3, "lr_edge": None},
+             _entry("lift", "d0.05", 0.87, 0.02, 0.40) | {"lr": 1e-2, "lr_edge": "top"}]
+    assert "edge of its grid (the best may lie outside it; widen the grid): lift @ d0.05 (0.01, top)." in \
+        cp.verdict(table)
+    assert cp.verdict(table[:1]).endswith("widen the grid): none.")
+
+
+def test_the_cli_takes_a_learning_rate_grid(tmp_path, cache, monkeypatch):
+    seen = {}
+    monkeypatch.setattr(cp, "run", lambda cfg, *a, **k: seen.setdefault("cfg", cfg))
+    monkeypatch.setattr(cp, "_print_report", lambda *a: None)
+    cp.main(["--preset", "micro", "--lrs-sparse", "1e-3, 3e-2", "--lrs-full", "1e-4", "--out", str(tmp_path)])
+    assert seen["cfg"].lrs_sparse == (1e-3, 3e-2) and seen["cfg"].lrs_full == (1e-4,)
+    assert seen["cfg"].lrs_lora == cp.default_config("micro").lrs_lora
+    with pytest.raises(SystemExit, match="--lrs-lora must be comma-separated numbers"):
+        cp.main(["--lrs-lora", "fast", "--out", str(tmp_path)])
+    with pytest.raises(ValueError, match="lrs_sparse must be a non-empty tuple of positive"):
+        cp.main(["--preset", "micro", "--lrs-sparse", "-1", "--out", str(tmp_path)])
+
+
 def test_report_mode_rebuilds_the_summary_without_training(tmp_path, cache, monkeypatch, capsys):
     cfg = micro_config(steps=10, warmup=1, seeds=1, densities=(), lora_equal=False)
     cp.run(cfg, tmp_path, ["full"], cache_dir=cache, progress=False)
