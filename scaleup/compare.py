@@ -110,9 +110,9 @@ class BenchConfig:
     l1_lam: float = 2e-3
     l1_lr: float = 1e-3
     tol: float = 1e-5
-    lrs_full: tuple[float, ...] = (3e-4, 1e-3, 3e-3, 1e-2)
-    lrs_sparse: tuple[float, ...] = (1e-3, 3e-3, 1e-2, 3e-2)
-    lrs_lora: tuple[float, ...] = (1e-3, 3e-3, 1e-2, 3e-2)
+    lrs_full: tuple[float, ...] = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
+    lrs_sparse: tuple[float, ...] = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+    lrs_lora: tuple[float, ...] = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
     sweep_all_seeds: bool = False
     pretrain_steps: int = 2000
     world: tk.WorldConfig = field(default_factory=tk.WorldConfig)
