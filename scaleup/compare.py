@@ -4,9 +4,9 @@ One pretrained GPT (``scaleup.pretrain``), one target task (``scaleup.tasks``), 
 method fine-tunes a copy of it under the same conditions: the same steps, the same data
 in the same order (batch ``s`` of seed ``k`` is a function of (k, s) only), the same
 learning-rate schedule shape (warm-up, cosine), AdamW without weight decay (decay toward
-zero would pull sparse methods and LoRA to different places), and a small learning-rate
-sweep per method whose best value is chosen on the target's *validation* split; the test
-split is only reported. Each run measures what the question needs:
+zero would pull sparse methods and LoRA to different places), and a learning-rate
+sweep per method whose best value is chosen on the target's *validation* split (the smallest
+rate within ``lr_tie`` of the best accuracy: see ``best_lr``); the test split is only reported. Each run measures what the question needs:
 
 * ``target_test``: exact-match accuracy on the target's test split (learning);
 * ``retention``: mean test accuracy on the source tasks (forgetting);
@@ -113,6 +113,8 @@ class BenchConfig:
     lrs_full: tuple[float, ...] = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
     lrs_sparse: tuple[float, ...] = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
     lrs_lora: tuple[float, ...] = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+    lr_tie: float = 0.01
+    """Validation accuracies within this of the best count as tied; the smallest tied lr is chosen."""
     sweep_all_seeds: bool = False
     pretrain_steps: int = 2000
     world: tk.WorldConfig = field(default_factory=tk.WorldConfig)
@@ -133,6 +135,8 @@ class BenchConfig:
             lrs = getattr(self, name)
             if not lrs or not all(isinstance(x, (int, float)) and x > 0 for x in lrs):
                 raise ValueError(f"BenchConfig.{name} must be a non-empty tuple of positive learning rates, got {lrs!r}")
+        if not 0 <= self.lr_tie < 1:
+            raise ValueError(f"BenchConfig.lr_tie must be in [0, 1), got {self.lr_tie!r}")
         if not self.l1_lam > 0 or not self.l1_lr > 0:
             raise ValueError("l1_lam and l1_lr must be > 0")
 
@@ -497,17 +501,22 @@ def check_methods(methods: Iterable[str]) -> list[str]:
 
 
 def best_lr(cfg: BenchConfig, rows: dict[str, dict[str, Any]], method: str, budget: str) -> float | None:
-    """The learning rate with the best target *validation* accuracy (ties: lower validation loss),
-    over seed 0 (or the mean over seeds with ``sweep_all_seeds``). None until the sweep is done."""
+    """The smallest learning rate whose target *validation* accuracy is within ``cfg.lr_tie`` of the
+    grid's best, over seed 0 (or the mean over seeds with ``sweep_all_seeds``). None until the sweep is done.
+
+    Why the smallest: once a target saturates, several rates learn it equally well and the larger
+    ones only move the weights further (and forget more); a tie-break on validation loss would walk
+    to the largest stable rate and make every method forget everything. Test data never enter.
+    """
     seeds = range(cfg.seeds) if cfg.sweep_all_seeds else [0]
-    scored = []
+    accuracy = {}
     for lr in cfg.lrs(method):
         found = [rows.get(cell_key(method, budget, lr, s)) for s in seeds]
         if any(r is None for r in found):
             return None
-        scored.append((-statistics.mean(r["target_val"] for r in found),
-                       statistics.mean(r["target_val_loss"] for r in found), lr))
-    return min(scored)[2]
+        accuracy[lr] = statistics.mean(r["target_val"] for r in found)
+    best = max(accuracy.values())
+    return min(lr for lr, acc in accuracy.items() if acc >= best - cfg.lr_tie)
 
 
 def run(cfg: BenchConfig, out: str | Path, methods: Sequence[str] = METHODS, *, cache_dir: str | Path | None = None,
@@ -664,7 +673,8 @@ def report_markdown(out: str | Path, command: str | None = None) -> str:
     rows = load_results(out)
     n_done = len(rows)
     parts = [f"Preset `{cfg.preset}`, target `{cfg.target}` ({tk.TARGET_TASKS[cfg.target]}), {cfg.steps} steps of "
-             f"batch {cfg.batch_size}, {cfg.seeds} seed(s); learning rate chosen on the target's validation split "
+             f"batch {cfg.batch_size}, {cfg.seeds} seed(s); learning rate: the smallest of the grid within {cfg.lr_tie:g} "
+             f"of the best target validation accuracy "
              f"({'mean over seeds' if cfg.sweep_all_seeds else 'seed 0, reused for the other seeds'}); "
              f"{n_done} runs finished.", "", "\n".join(lines), "", verdict(table), "", sweep_table(cfg, rows)]
     if (out / "machine.json").exists():

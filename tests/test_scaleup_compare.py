@@ -128,11 +128,19 @@ def test_the_learning_rate_is_chosen_on_validation_not_test():
         _row("lift", "d0.05", 1e-3, 0, val=0.9, test=0.1),
         _row("lift", "d0.05", 1e-2, 0, val=0.5, test=1.0)]}
     assert cp.best_lr(cfg, rows, "lift", "d0.05") == 1e-3
-    tie = {k: dict(v, target_val=0.7) for k, v in rows.items()}
-    tie[cp.cell_key("lift", "d0.05", 1e-2, 0)]["target_val_loss"] = 0.2
-    assert cp.best_lr(cfg, tie, "lift", "d0.05") == 1e-2  # equal accuracy: the lower validation loss wins
     del rows[cp.cell_key("lift", "d0.05", 1e-2, 0)]
     assert cp.best_lr(cfg, rows, "lift", "d0.05") is None  # the sweep is not finished
+
+
+def test_a_tie_on_validation_goes_to_the_smallest_learning_rate():
+    cfg = micro_config(lrs_sparse=(1e-3, 3e-3, 1e-2, 3e-2), seeds=1, lr_tie=0.01)
+    vals = {1e-3: 0.40, 3e-3: 0.992, 1e-2: 1.0, 3e-2: 1.0}
+    rows = {cp.cell_key("lift", "d0.05", lr, 0): _row("lift", "d0.05", lr, 0, val=v, test=v, val_loss=1 / lr)
+            for lr, v in vals.items()}
+    assert cp.best_lr(cfg, rows, "lift", "d0.05") == 3e-3  # within 0.01 of the best: tied, and the gentlest
+    assert cp.best_lr(replace(cfg, lr_tie=0.0), rows, "lift", "d0.05") == 1e-2  # exact ties only
+    with pytest.raises(ValueError, match="lr_tie must be in"):
+        micro_config(lr_tie=1.5)
 
 
 def _entry(method, budget, target, target_std, retention):
