@@ -713,25 +713,32 @@ def plot_summary(table: list[dict[str, Any]], cfg: BenchConfig, fig: Any = None,
     the seed-0 sweep as faint points joined by a line), and per-method bars."""
     import matplotlib.pyplot as plt
 
+    from matplotlib.lines import Line2D
+
     if fig is None:
-        fig = plt.figure(figsize=(14, 5))
+        fig = plt.figure(figsize=(16, 5.5))
     fig.clear()
-    ax_scatter, ax_bars = fig.subplots(1, 2)
-    markers = {"all": "*", "lora_equal": "s", "2:4": "D"}
+    ax_scatter, ax_bars = fig.subplots(1, 2, gridspec_kw={"width_ratios": (1, 1.3)})
+    colors = {m: plt.get_cmap("tab20")(i) for i, m in enumerate(METHODS)}  # colour: method; marker: budget
+    markers = {"all": "*", "lora_equal": "s", "2:4": "D", "d0.01": "v"}
     for r in table:
-        label = f"{r['method']} @ {budget_label(r['budget'], cfg)}"
-        marker = markers.get(r["budget"], "o")
-        line = ax_scatter.errorbar(r["retention"], r["target_test"], xerr=r["retention_std"],
-                                   yerr=r["target_test_std"], marker=marker, linestyle="none", capsize=2, label=label)
+        marker, color = markers.get(r["budget"], "o"), colors[r["method"]]
+        ax_scatter.errorbar(r["retention"], r["target_test"], xerr=r["retention_std"], yerr=r["target_test_std"],
+                            marker=marker, color=color, linestyle="none", capsize=2, markersize=7)
         sweep = [rows.get(cell_key(r["method"], r["budget"], lr, 0)) for lr in cfg.lrs(r["method"])] if rows else []
         sweep = [s for s in sweep if s]
         if len(sweep) > 1:
             ax_scatter.plot([s["retention"] for s in sweep], [s["target_val"] for s in sweep], marker=marker,
-                            markersize=4, alpha=0.35, linewidth=0.8, color=line[0].get_color())
+                            markersize=3, alpha=0.3, linewidth=0.7, color=color)
     ax_scatter.set(xlabel="source retention (mean test accuracy)", ylabel=f"target test accuracy ({cfg.target})",
                    xlim=(-0.05, 1.05), ylim=(-0.05, 1.05),
                    title="Learning vs forgetting (upper right is best)\nfaint: the lr sweep (seed 0, target on val)")
-    ax_scatter.legend(fontsize="x-small", ncol=2, loc="best")
+    shown = list(dict.fromkeys(r["method"] for r in table))
+    budgets = list(dict.fromkeys(r["budget"] for r in table))
+    handles = ([Line2D([], [], color=colors[m], marker="o", linestyle="none", label=m) for m in shown] +
+               [Line2D([], [], color="gray", marker=markers.get(b, "o"), linestyle="none",
+                       label=budget_label(b, cfg)) for b in budgets])
+    ax_scatter.legend(handles=handles, fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     names = [f"{r['method']}\n{budget_label(r['budget'], cfg)}" for r in table]
     xs = range(len(table))
     ax_bars.bar([x - 0.2 for x in xs], [r["target_test"] for r in table], 0.4,
@@ -740,7 +747,7 @@ def plot_summary(table: list[dict[str, Any]], cfg: BenchConfig, fig: Any = None,
                 yerr=[r["retention_std"] for r in table], label="retention")
     ax_bars.set(xticks=list(xs), ylim=(0, 1.05), ylabel="accuracy", title="Per method and budget")
     ax_bars.set_xticklabels(names, rotation=90, fontsize="x-small")
-    ax_bars.legend()
+    ax_bars.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.suptitle(f"GPT {cfg.preset}: fine-tuning on {cfg.target}, {cfg.steps} steps, {cfg.seeds} seed(s)")
     fig.tight_layout()
     return fig
