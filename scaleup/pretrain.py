@@ -19,6 +19,8 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -77,8 +79,9 @@ class PretrainConfig:
 def default_config(preset: str = "tiny", **overrides: object) -> PretrainConfig:
     """The lab's pretraining run for a preset; fast mode (``LAB_FAST=1``) trains 300 steps instead of 2,000.
 
-    Measured on the tiny preset (1 CPU thread, ~0.11 s per step): 2,000 steps take ~4 min and
-    reach 100% test accuracy on every source task; 300 steps are a CI-sized stand-in.
+    Measured on the tiny preset (one CPU thread, as pretraining always runs on the CPU): 2,000 steps
+    took 115 s on an idle core (up to ~4 min on a loaded one) and reach 100% test accuracy on every
+    source task; 300 steps are a CI-sized stand-in.
     """
     base = dict(preset=preset, steps=300 if fast_mode() else 2000)
     base.update(overrides)
@@ -171,6 +174,28 @@ def pretrained(
     if final.exists():
         load_checkpoint(final, model)
         return model.eval()
+    with _one_cpu_thread(device):
+        return _train(cfg, world, model, final, progress, stop_after, device)
+
+
+@contextmanager
+def _one_cpu_thread(device: str | torch.device) -> Iterator[None]:
+    """Pretrain on one CPU thread: a CPU matmul's rounding depends on the thread count, so without
+    this a cached checkpoint would depend on which notebook or command (and core count) made it."""
+    if torch.device(device).type != "cpu":
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(cfg: PretrainConfig, world: tk.World, model: gpt.GPT, final: Path, progress: bool,
+           stop_after: int | None, device: str | torch.device) -> gpt.GPT:
+    """Train (resuming a partial checkpoint) and cache; see :func:`pretrained`."""
     partial = final.with_name(final.stem + ".partial.safetensors")
     opt = _optimizer(model, cfg)
     start = load_checkpoint(partial, model, opt) if partial.exists() else 0

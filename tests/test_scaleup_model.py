@@ -197,6 +197,21 @@ def test_a_killed_pretraining_resumes_bit_for_bit(tmp_path):
         assert torch.equal(p, q), n
 
 
+def test_a_checkpoint_does_not_depend_on_the_callers_thread_count(tmp_path):
+    cfg = _cfg(preset="tiny", steps=12)  # tiny's matmuls are large enough for threads to change their rounding
+    before = torch.get_num_threads()
+    models = []
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        try:
+            models.append(pt.pretrained(cfg, cache_dir=tmp_path / str(threads), progress=False))
+        finally:
+            torch.set_num_threads(before)
+        assert torch.get_num_threads() == before  # pretraining gives the caller's thread count back
+    for (n, p), q in zip(models[0].named_parameters(), models[1].parameters()):
+        assert torch.equal(p, q), n
+
+
 def test_the_cache_is_used_and_keyed_by_the_config(tmp_path, monkeypatch):
     cfg = _cfg()
     first = pt.pretrained(cfg, cache_dir=tmp_path, progress=False)
