@@ -191,8 +191,8 @@ def demo_config() -> BenchConfig:
     if fast_mode():
         return BenchConfig(preset="micro", world=MICRO_WORLD, steps=40, warmup=4, seeds=1, densities=(),
                            pretrain_steps=200, lrs_full=(3e-3,), lrs_sparse=(3e-2,), lrs_lora=(3e-2,))
-    return BenchConfig(preset="tiny", steps=150, warmup=15, seeds=1, densities=(), lrs_full=(1e-3,),
-                       lrs_sparse=(1e-2,), lrs_lora=(1e-2,))
+    return BenchConfig(preset="tiny", steps=150, warmup=15, seeds=1, densities=(), lrs_full=(3e-4,),
+                       lrs_sparse=(1e-2,), lrs_lora=(3e-3,))
 
 
 # --------------------------------------------------------------------------------------
