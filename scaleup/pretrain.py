@@ -19,8 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from tqdm.auto import tqdm
 from scaleup import gpt
 from scaleup import tasks as tk
 from sparsity.fastmode import fast_mode
+from sparsity.threads import one_thread
 
 FORMAT = "subnet-lab/gpt-checkpoint"
 
@@ -174,23 +174,10 @@ def pretrained(
     if final.exists():
         load_checkpoint(final, model)
         return model.eval()
-    with _one_cpu_thread(device):
+    # One CPU thread: a CPU matmul's rounding depends on the thread count, and the cached
+    # checkpoint must not depend on which notebook or command (on how many cores) made it.
+    with one_thread() if torch.device(device).type == "cpu" else nullcontext():
         return _train(cfg, world, model, final, progress, stop_after, device)
-
-
-@contextmanager
-def _one_cpu_thread(device: str | torch.device) -> Iterator[None]:
-    """Pretrain on one CPU thread: a CPU matmul's rounding depends on the thread count, so without
-    this a cached checkpoint would depend on which notebook or command (and core count) made it."""
-    if torch.device(device).type != "cpu":
-        yield
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _train(cfg: PretrainConfig, world: tk.World, model: gpt.GPT, final: Path, progress: bool,

@@ -34,8 +34,7 @@ import itertools
 import json
 import math
 import sys
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 
 import torch
@@ -48,6 +47,7 @@ from sparsity.fastmode import fast_mode
 from sparsity.metrics import mask_overlap
 from sparsity.optim import MaskedAdamW
 from sparsity.regularize import l1_to_init, snapshot
+from sparsity.threads import one_thread
 from sparsity.validate import Mask
 
 Composition = tuple[tuple[int, int], ...]
@@ -146,22 +146,6 @@ class Config:
         """The input features of group ``group`` (read by tasks t<group> and r<group>)."""
         start = group * (self.group_size - self.overlap)
         return slice(start, start + self.group_size)
-
-
-@contextmanager
-def one_thread() -> Iterator[None]:
-    """Run torch on one intra-op thread inside the block, then restore the previous setting.
-
-    The matrices here are tiny (96 wide): splitting them across threads costs more than it
-    gains, and on a shared 2-core machine spinning threads made a training step 25x slower
-    (measured: 380 ms with two threads against 15 ms with one while other jobs ran).
-    """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def default_config(**overrides: object) -> Config:
