@@ -34,7 +34,8 @@
 # **Sizes.** Fast mode (`LAB_FAST=1`, for CI) uses the `micro` preset (26k parameters)
 # with a few steps: its numbers only show that the cells run. By default the `tiny`
 # preset (0.45M parameters) at full length: minutes on a laptop CPU, pretraining once
-# (about 2 minutes on one idle core) and then loading the cached checkpoint. With a GPU, `small` (4.7M).
+# (about 2 minutes on one idle core) and then loading the cached checkpoint. With a GPU,
+# `small` (4.7M).
 
 # %%
 from dataclasses import replace
@@ -193,8 +194,9 @@ print(ts.format_table(study))
 # block 0 (47%), block 3 (25%) and the embeddings (16%) took the rest, and the student agreed
 # with the teacher on 66% of the test answers (98% at lambda = 0). With block 2 *re-drawn*
 # (`student="reinit"`, lesson 1's recipe) the L1 student left block 2 exactly at its random
-# start (0.0% of the update) and routed around it through blocks 0 (48%) and 3 (26%). Unlike lesson 1's MLP, L1-to-init does **not** reveal
-# the block that needed the update here: it finds a place where an update costs less L1,
+# start (0.0% of the update) and routed around it through blocks 0 (48%) and 3 (26%).
+# Unlike lesson 1's MLP, L1-to-init does **not** reveal the block that needed the update
+# here: it finds a place where an update costs less L1,
 # and in this GPT that was the first and last blocks and the embedding table (which is
 # also the output head). One setting, one seed: try other blocks and targets yourself,
 # e.g. `ts.run(ts.default_config("tiny", blocks=(1,), target="facts_b"))`.

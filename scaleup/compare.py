@@ -4,9 +4,10 @@ One pretrained GPT (``scaleup.pretrain``), one target task (``scaleup.tasks``), 
 method fine-tunes a copy of it under the same conditions: the same steps, the same data
 in the same order (batch ``s`` of seed ``k`` is a function of (k, s) only), the same
 learning-rate schedule shape (warm-up, cosine), AdamW without weight decay (decay toward
-zero would pull sparse methods and LoRA to different places), and a learning-rate
-sweep per method whose best value is chosen on the target's *validation* split (the smallest
-rate within ``lr_tie`` of the best accuracy: see ``best_lr``); the test split is only reported. Each run measures what the question needs:
+zero would pull sparse methods and LoRA to different places), and a learning-rate sweep
+per method whose value is chosen on the target's *validation* split (the smallest rate within
+``lr_tie`` of the best accuracy: see ``best_lr``); the test split is only reported. Each run
+measures what the question needs:
 
 * ``target_test``: exact-match accuracy on the target's test split (learning);
 * ``retention``: mean test accuracy on the source tasks (forgetting);
@@ -673,8 +674,8 @@ def report_markdown(out: str | Path, command: str | None = None) -> str:
     rows = load_results(out)
     n_done = len(rows)
     parts = [f"Preset `{cfg.preset}`, target `{cfg.target}` ({tk.TARGET_TASKS[cfg.target]}), {cfg.steps} steps of "
-             f"batch {cfg.batch_size}, {cfg.seeds} seed(s); learning rate: the smallest of the grid within {cfg.lr_tie:g} "
-             f"of the best target validation accuracy "
+             f"batch {cfg.batch_size}, {cfg.seeds} seed(s); learning rate: the smallest of the grid within "
+             f"{cfg.lr_tie:g} of the best target validation accuracy "
              f"({'mean over seeds' if cfg.sweep_all_seeds else 'seed 0, reused for the other seeds'}); "
              f"{n_done} runs finished.", "", "\n".join(lines), "", verdict(table), "", sweep_table(cfg, rows)]
     if (out / "machine.json").exists():
@@ -712,7 +713,6 @@ def plot_summary(table: list[dict[str, Any]], cfg: BenchConfig, fig: Any = None,
     """Two panels: target accuracy vs source retention (mean +- std at the chosen lr; with ``rows``,
     the seed-0 sweep as faint points joined by a line), and per-method bars."""
     import matplotlib.pyplot as plt
-
     from matplotlib.lines import Line2D
 
     if fig is None:
@@ -801,13 +801,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     for kind in ("full", "sparse", "lora"):
         p.add_argument(f"--lrs-{kind}", default=None, metavar="LRS",
-                       help=f"comma-separated learning-rate grid of {kind} fine-tuning (default: BenchConfig.lrs_{kind})")
+                       help=f"comma-separated learning-rate grid of {kind} fine-tuning "
+                            f"(default: BenchConfig.lrs_{kind})")
     p.add_argument("--sweep-all-seeds", action="store_true", help="choose the lr on the mean over all seeds")
     p.add_argument("--report", action="store_true", help="only rebuild the summary from the results file")
     p.add_argument("--md", type=Path, default=None, help="also write the report's markdown to this file")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is fastest on a busy 2-core box)")
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
+
+
+def _numbers(text: str, flag: str) -> tuple[float, ...]:
+    """A comma-separated list of numbers from the command line, or a clear exit naming the flag."""
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise SystemExit(f"{flag} must be comma-separated numbers, got {text!r}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -821,17 +830,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     overrides: dict[str, Any] = {}
     if args.density is not None:
-        try:
-            overrides["densities"] = tuple(float(d) for d in args.density.split(",") if d.strip())
-        except ValueError:
-            raise SystemExit(f"--density must be comma-separated numbers, got {args.density!r}") from None
+        overrides["densities"] = _numbers(args.density, "--density")
     for kind in ("full", "sparse", "lora"):
-        text = getattr(args, f"lrs_{kind}")
-        if text is not None:
-            try:
-                overrides[f"lrs_{kind}"] = tuple(float(x) for x in text.split(",") if x.strip())
-            except ValueError:
-                raise SystemExit(f"--lrs-{kind} must be comma-separated numbers, got {text!r}") from None
+        if (text := getattr(args, f"lrs_{kind}")) is not None:
+            overrides[f"lrs_{kind}"] = _numbers(text, f"--lrs-{kind}")
     if args.no_lora_equal:
         overrides["lora_equal"] = False
     for name in ("seeds", "steps"):
