@@ -35,6 +35,28 @@ def check_density(density: object, arg: str = "density") -> float:
     return float(density)
 
 
+def check_positive_int(value: object, arg: str) -> int:
+    """A count (steps, a rank, a batch size, an interval): an int >= 1, and not a bool.
+
+    A wrong type is a ValueError too (not TypeError), as for every count of the lab, so a
+    caller catches one exception class for "not a usable count".
+    """
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{arg} must be a positive int, got {type(value).__name__} {value!r}")
+    if value < 1:
+        raise ValueError(f"{arg} must be a positive int, got {value}")
+    return value
+
+
+def check_nonnegative_int(value: object, arg: str) -> int:
+    """An index or an offset (a warm-up length, a seed, a start step): an int >= 0, and not a bool."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{arg} must be a non-negative int, got {type(value).__name__} {value!r}")
+    if value < 0:
+        raise ValueError(f"{arg} must be a non-negative int, got {value}")
+    return value
+
+
 def check_nonnegative(value: object, arg: str = "tol") -> float:
     """A tolerance, a penalty strength or a learning rate: a real number >= 0."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):

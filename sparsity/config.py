@@ -1,0 +1,142 @@
+"""``SparseConfig``: what to fine-tune, in one declarative object, and the budget rule that
+turns a criterion's scores into a mask.
+
+In the spirit of PEFT's ``LoraConfig`` (Mangrulkar et al. 2022): the config names a
+criterion (by its registry name or as a function), a budget (a density, a LoRA-equal rank
+or an N:M pattern), where the budget may be spent (parameter kinds, global or per tensor),
+how the selected entries are stored (a dense mask or compact indices) and the optimizer's
+settings; :func:`sparsity.wrap.sparsify` applies it to a model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from sparsity import masks
+from sparsity.eligibility import KINDS, eligible
+from sparsity.registry import Criterion, Selection, Scores, get_criterion
+from sparsity.validate import Mask, check_density, check_nonnegative, check_positive_int, named_params
+
+STORAGES = ("compact", "dense")
+
+
+@dataclass(frozen=True)
+class SparseConfig:
+    """How to make a model sparse-trainable.
+
+    criterion: a registered name (``sparsity.registry.CRITERIA``: random, magnitude, gradient,
+        fisher, snip, movement, lift, layers, l1_discovered, ...) or a function
+        ``(model, inputs) -> scores``.
+    density: the share of eligible entries to train; or
+    lora_rank: train as many entries per matrix as a rank-``r`` LoRA adapter has, ``r * (m + n)``; or
+    n_m: ``(n, m)``, ``n`` of every ``m`` consecutive entries of a row (2:4 for sparse tensor cores).
+        Exactly one of the three budgets is given (density 0.05 if none is).
+    scope: "per_tensor" (every tensor gets the density) or "global" (one ranking over all).
+    include: the parameter kinds the budget may spend on (``sparsity.eligibility.KINDS`` or "all").
+    storage: "compact" (``CompactAdamW``: state for the selected entries only) or "dense"
+        (``MaskedAdamW``: full-size state, the entries outside the mask never move).
+    options: criterion settings, e.g. ``{"rank": 8}`` for LIFT, ``{"layers": ["blocks.2"]}``.
+    reselect_every: re-score and re-select every K steps during training (LIFT, Liu et al. 2025,
+        re-selects its principal weights periodically); None selects once. Needs compact storage.
+    lr, betas, eps, weight_decay: the AdamW settings of the optimizer built for the mask.
+    seed: for random criteria.
+    """
+
+    criterion: str | Criterion = "magnitude"
+    density: float | None = None
+    lora_rank: int | None = None
+    n_m: tuple[int, int] | None = None
+    scope: str = "per_tensor"
+    include: str | tuple[str, ...] = "weight"
+    storage: str = "compact"
+    options: Mapping[str, Any] = field(default_factory=dict)
+    reselect_every: int | None = None
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        get_criterion(self.criterion)
+        given = [k for k in ("density", "lora_rank", "n_m") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give one budget: density, lora_rank or n_m (got {', '.join(given)})")
+        if not given:
+            object.__setattr__(self, "density", 0.05)
+        if self.density is not None:
+            check_density(self.density, "density")
+        if self.lora_rank is not None:
+            check_positive_int(self.lora_rank, "lora_rank")
+        if self.n_m is not None:
+            if (not isinstance(self.n_m, tuple) or len(self.n_m) != 2
+                    or not all(isinstance(v, int) and not isinstance(v, bool) for v in self.n_m)
+                    or not 0 < self.n_m[0] <= self.n_m[1]):
+                raise ValueError(f"n_m must be a pair of ints (n, m) with 0 < n <= m, got {self.n_m!r}")
+        if self.scope not in masks.SCOPES:
+            raise ValueError(f"scope must be one of {masks.SCOPES}, got {self.scope!r}")
+        kinds = (self.include,) if isinstance(self.include, str) else tuple(self.include)
+        if not kinds or any(k not in KINDS and k != "all" for k in kinds):
+            raise ValueError(f"include must name kinds among {KINDS} or be 'all', got {self.include!r}")
+        if self.storage not in STORAGES:
+            raise ValueError(f"storage must be one of {STORAGES}, got {self.storage!r}")
+        if not isinstance(self.options, Mapping):
+            raise TypeError(f"options must be a mapping, got {type(self.options).__name__}")
+        if self.reselect_every is not None:
+            check_positive_int(self.reselect_every, "reselect_every")
+            if self.storage != "compact":
+                raise ValueError("reselect_every needs storage='compact' (CompactAdamW.reselect moves the moments)")
+            if self.n_m is not None:
+                raise ValueError("reselect_every keeps per-tensor counts; it is not defined for an N:M budget")
+        for name in ("lr", "eps", "weight_decay"):
+            check_nonnegative(getattr(self, name), name)
+
+    @property
+    def budget(self) -> str:
+        """The budget in words, e.g. 'density 0.05', 'LoRA-equal rank 4', '2:4'."""
+        if self.n_m is not None:
+            return f"{self.n_m[0]}:{self.n_m[1]}"
+        if self.lora_rank is not None:
+            return f"LoRA-equal rank {self.lora_rank}"
+        return f"density {self.density:g}"
+
+
+def budget_count(model: nn.Module, config: SparseConfig) -> int:
+    """How many eligible entries the budget allows: per tensor ``max(1, round(d * numel))``
+    for a density, ``min(r * (m + n), numel)`` per matrix for a LoRA-equal rank."""
+    params = named_params(model)
+    names = eligible(model, config.include)
+    if config.lora_rank is not None:
+        return sum(min(config.lora_rank * sum(params[n].shape), params[n].numel()) for n in names)
+    if config.density is not None:
+        return sum(max(1, round(config.density * params[n].numel())) for n in names)
+    raise ValueError(f"budget_count is not defined for an N:M budget ({config.budget})")
+
+
+def select_mask(model: nn.Module, scores: Scores | Selection, config: SparseConfig) -> Mask:
+    """The mask the budget of ``config`` selects from a criterion's output.
+
+    A ranking is cut by the budget (top-k per tensor or globally; LoRA-equal per matrix; N:M
+    per group). A :class:`Selection` spends the budget's count globally inside its support
+    (fewer entries when the set is smaller). Every parameter of the model is in the mask.
+    """
+    if isinstance(scores, Selection):
+        if config.n_m is not None:
+            raise ValueError("a set criterion (a Selection) cannot be cut into an N:M pattern")
+        n_weights = sum(named_params(model)[n].numel() for n in eligible(model, config.include))
+        mask = masks.top_k_within(model, scores.scores, scores.support, budget_count(model, config) / n_weights,
+                                  "global")
+    elif config.n_m is not None:
+        mask = masks.n_m(model, scores, *config.n_m)
+    elif config.lora_rank is not None:
+        mask = masks.lora_equal(model, scores, config.lora_rank)
+    else:
+        mask = masks.top_k(model, scores, config.density, config.scope)
+    if not any(m.any() for m in mask.values()):
+        raise ValueError(f"criterion {get_criterion(config.criterion).name!r} selected no entry to train "
+                         f"at {config.budget}")
+    return mask

@@ -1,0 +1,165 @@
+"""One sweep store and report kit for every experiment grid of the lab.
+
+An experiment is a grid of *cells* (method x budget x learning rate x seed, or whatever
+settings a study varies); each cell is run once and stored as one JSON line as soon as it
+finishes, keyed by its settings. A killed sweep resumes where it stopped (a half-written
+last line is dropped and its cell redone), and a folder belongs to one configuration: a
+store refuses to mix cells of another config. Then the kit summarises: mean and spread
+over seeds, markdown tables, and the machine the numbers came from.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import statistics
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+RESULTS = "results.jsonl"
+CONFIG = "config.json"
+
+
+def _json_safe(value: Any) -> Any:
+    """A JSON round trip of plain data (tuples become lists), as the store reads it back."""
+    return json.loads(json.dumps(value, allow_nan=False))
+
+
+class SweepStore:
+    """Cells of one configuration in ``folder/results.jsonl``, keyed by ``key_fields``.
+
+    ``config`` (plain JSON data) is written to ``folder/config.json`` on first use and must
+    match on every later use. ``key(row)`` joins the key fields with ``|`` (floats as ``%g``).
+    """
+
+    def __init__(self, folder: str | os.PathLike[str], key_fields: Sequence[str],
+                 config: Mapping[str, Any] | None = None) -> None:
+        self.folder = Path(folder)
+        if self.folder.exists() and not self.folder.is_dir():
+            raise NotADirectoryError(f"the sweep folder {self.folder} is a file, not a folder")
+        if not key_fields or not all(isinstance(f, str) for f in key_fields):
+            raise ValueError(f"key_fields must be a non-empty list of field names, got {key_fields!r}")
+        self.key_fields = tuple(key_fields)
+        self.path = self.folder / RESULTS
+        if config is not None:
+            self._guard(_json_safe(dict(config)))
+
+    def _guard(self, want: dict[str, Any]) -> None:
+        path = self.folder / CONFIG
+        if path.exists():
+            saved = json.loads(path.read_text())
+            diff = sorted(k for k in set(saved) | set(want) if saved.get(k) != want.get(k))
+            if diff:
+                raise ValueError(f"{self.folder} holds results of another config (differs in {diff}); "
+                                 "use another folder")
+        else:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(want, indent=1))
+
+    def config(self) -> dict[str, Any]:
+        """The stored configuration."""
+        path = self.folder / CONFIG
+        if not path.exists():
+            raise FileNotFoundError(f"{self.folder} holds no sweep (no {CONFIG})")
+        return json.loads(path.read_text())
+
+    def key(self, row: Mapping[str, Any]) -> str:
+        missing = [f for f in self.key_fields if f not in row]
+        if missing:
+            raise KeyError(f"a cell needs the key fields {missing}")
+        return "|".join(f"{row[f]:g}" if isinstance(row[f], float) else str(row[f]) for f in self.key_fields)
+
+    def load(self) -> dict[str, dict[str, Any]]:
+        """Finished cells by key. A last line cut off by a kill is ignored (that cell is redone)."""
+        rows: dict[str, dict[str, Any]] = {}
+        if not self.path.exists():
+            return rows
+        lines = self.path.read_text().splitlines()
+        for i, line in enumerate(lines):
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                if i == len(lines) - 1:
+                    continue
+                raise ValueError(f"{self.path} line {i + 1} is not JSON (only the last line may be cut off by a kill)")
+            rows[self.key(row)] = row
+        return rows
+
+    def append(self, row: Mapping[str, Any]) -> None:
+        """Store one finished cell durably (flushed and fsynced). Non-finite numbers are refused:
+        they are not JSON, and a NaN result is a diverged run to report, not a number to average."""
+        self.key(row)
+        try:
+            line = json.dumps(dict(row), allow_nan=False)
+        except ValueError:
+            bad = [k for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)]
+            raise ValueError(f"cell {self.key(row)} has non-finite values in {bad}") from None
+        self.folder.mkdir(parents=True, exist_ok=True)
+        text = self.path.read_text() if self.path.exists() else ""
+        if text and not text.endswith("\n"):  # a line cut off by a kill: drop it (its cell is redone)
+            self.path.write_text(text[: text.rfind("\n") + 1])
+        with self.path.open("a") as f:
+            f.write(line + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def run(self, cells: Iterable[Mapping[str, Any]], run_cell: Callable[[Mapping[str, Any]], Mapping[str, Any]],
+            progress: Callable[[Iterable[Any]], Iterable[Any]] | None = None) -> dict[str, dict[str, Any]]:
+        """Run every cell not yet stored (``run_cell(settings) -> row``, the row holding the key
+        fields), storing each as it finishes; return all cells by key."""
+        done = self.load()
+        todo = [c for c in cells if self.key(c) not in done]
+        for cell in (progress(todo) if progress is not None else todo):
+            row = dict(run_cell(cell))
+            if self.key(row) != self.key(cell):
+                raise ValueError(f"run_cell returned the row of cell {self.key(row)} for cell {self.key(cell)}")
+            self.append(row)
+            done[self.key(row)] = row
+        return done
+
+
+def mean_spread(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value) over seeds."""
+    values = [float(v) for v in values]
+    if not values:
+        raise ValueError("mean_spread needs at least one value")
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]], align: str | None = None) -> str:
+    """A GitHub markdown table; ``align`` is one character per column (l, r), left by default."""
+    header = list(header)
+    align = align or "l" * len(header)
+    if len(align) != len(header):
+        raise ValueError(f"align needs one character per column ({len(header)}), got {align!r}")
+    rule = ["---:" if a == "r" else "---" for a in align]
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(rule) + " |"]
+    for row in rows:
+        row = [str(v) for v in row]
+        if len(row) != len(header):
+            raise ValueError(f"a row has {len(row)} cells, the header {len(header)}: {row}")
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def machine(device: str = "cpu") -> dict[str, Any]:
+    """Where numbers were measured: CPU count, torch threads, torch version, platform, device (and GPU)."""
+    info = dict(cpus=os.cpu_count(), torch_threads=torch.get_num_threads(), torch=torch.__version__,
+                platform=platform.platform(), device=device)
+    if torch.device(device).type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def machine_line(info: Mapping[str, Any] | None = None) -> str:
+    """The machine in one line for a report, e.g. 'cpu, 2 CPUs, 1 torch thread, torch 2.13.0+cpu'."""
+    info = machine() if info is None else info
+    where = info.get("gpu") or info.get("device", "cpu")
+    threads = info.get("torch_threads")
+    return (f"{where}, {info.get('cpus')} CPUs, {threads} torch thread{'s' if threads != 1 else ''}, "
+            f"torch {info.get('torch')}")

@@ -1,0 +1,266 @@
+"""The one training loop of the lab: ``fit``, its learning-rate schedules and its hooks.
+
+Every experiment, from the teacher-student MLP to GPT pretraining, trains the same way:
+for each step, set the schedule's learning rate, take the step's batch, compute the loss,
+back-propagate, let the optimizer step, then run the hooks. What differs between
+experiments is *data* (which batch, which loss) and *what happens after a step* (a
+proximal pull toward the start, a mask re-selection, an evaluation, a checkpoint), so
+those are the arguments; the loop itself is written once, in the style of nanoGPT's
+single training loop (Karpathy 2022).
+
+A hook is any object with some of the methods ``before_step(state)`` (after the backward,
+before the optimizer moves: the gradients are there, e.g. for RigL's regrowth),
+``after_step(state)`` and ``on_end(state)``; :class:`FitState` says what a hook can read.
+The hooks the lab needs are here: :class:`ProximalL1` and :class:`ProximalNuclear`
+(the penalty toward the start as a proximal step, Parikh & Boyd 2014; after Adam with
+Adam's own step scale, Yun et al. 2021, ProxGen), :class:`Reselect` (periodic mask
+re-selection, LIFT's principal weights or RigL, Evci et al. 2020) and :class:`Every`
+(evaluate, log or checkpoint every N steps).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from sparsity.regularize import prox_l1_to_init_, prox_nuclear_to_init_
+from sparsity.validate import Mask, TensorDict, check_nonnegative, check_nonnegative_int, check_positive_int
+
+Schedule = Callable[[int], float]
+"""A learning-rate schedule: step -> learning rate."""
+
+LossOfBatch = Callable[[nn.Module, Any], "torch.Tensor | tuple[torch.Tensor, Mapping[str, torch.Tensor]]"]
+"""``loss_of_batch(model, batch)``: the scalar loss to minimise, or ``(loss, extra)`` where
+``extra`` maps names to scalar tensors recorded beside it (e.g. the task loss without a penalty)."""
+
+
+def constant(lr: float) -> Schedule:
+    """The same learning rate at every step."""
+    lr = check_nonnegative(lr, "lr")
+    return lambda step: lr
+
+
+def cosine(lr: float, steps: int, warmup: int = 0, floor: float = 0.0) -> Schedule:
+    """Linear warm-up over ``warmup`` steps, then cosine decay (Loshchilov & Hutter 2017)
+    from ``lr`` to ``floor * lr`` at step ``steps`` (and ``floor * lr`` after it).
+
+    ``floor=0`` is the plain half-cosine ``lr * (1 + cos(pi * t / steps)) / 2`` of the toys;
+    GPT pretraining and fine-tuning decay to ``floor=0.1`` after a warm-up.
+    """
+    lr = check_nonnegative(lr, "lr")
+    steps = check_positive_int(steps, "steps")
+    warmup = check_nonnegative_int(warmup, "warmup")
+    floor = check_nonnegative(floor, "floor")
+    if floor > 1:
+        raise ValueError(f"floor must be in [0, 1], got {floor}")
+
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return lr * (step + 1) / warmup
+        span = max(1, steps - warmup)
+        if floor == 0.0:  # written as the toys have always computed it, for the same bits
+            return lr * 0.5 * (1 + math.cos(math.pi * min(step - warmup, span) / span))
+        progress = (step - warmup) / span
+        return lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+    return schedule
+
+
+@dataclass
+class FitState:
+    """What a hook sees: the step just taken (0-based), the model, the optimizer, the step's
+    loss tensor and extra values, the learning rate it ran at, and the history so far."""
+
+    step: int
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    loss: torch.Tensor | None = None
+    extra: Mapping[str, torch.Tensor] = field(default_factory=dict)
+    lr: float | None = None
+    history: dict[str, list[float]] = field(default_factory=dict)
+    bar: Any = None
+
+
+class Hook(Protocol):
+    """Any of ``before_step(state)``, ``after_step(state)``, ``on_end(state)``; all optional."""
+
+
+def _batch_source(batches: Callable[[int], Any] | Iterable[Any] | None) -> Callable[[int], Any]:
+    if batches is None:
+        return lambda step: None
+    if callable(batches):
+        return batches
+    if isinstance(batches, Iterable):
+        iterator = iter(batches)
+
+        def next_batch(step: int) -> Any:
+            try:
+                return next(iterator)
+            except StopIteration:
+                raise ValueError(f"batches ran out at step {step}: give at least as many batches as steps, "
+                                 "or a function step -> batch") from None
+
+        return next_batch
+    raise TypeError(f"batches must be a function step -> batch, an iterable of batches or None, "
+                    f"got {type(batches).__name__}")
+
+
+def _call(hooks: Sequence[Any], method: str, state: FitState) -> None:
+    for hook in hooks:
+        fn = getattr(hook, method, None)
+        if fn is not None:
+            fn(state)
+
+
+def fit(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_of_batch: LossOfBatch,
+    steps: int,
+    *,
+    batches: Callable[[int], Any] | Iterable[Any] | None = None,
+    schedule: Schedule | None = None,
+    hooks: Iterable[Any] = (),
+    start: int = 0,
+    progress: bool = False,
+    desc: str = "training",
+    postfix_every: int = 50,
+) -> dict[str, list[float]]:
+    """Train ``model`` for steps ``start .. steps - 1``; return the history (``"loss"`` and any
+    extra values ``loss_of_batch`` returns, one float per step).
+
+    ``batches`` gives step ``t``'s batch: a function ``t -> batch`` (deterministic data: a
+    resumed run sees the same batches), an iterable consumed one per step, or None for
+    full-batch losses (``loss_of_batch(model, None)``). ``schedule(t)`` sets every param
+    group's learning rate before step ``t`` (None keeps the optimizer's own). The loop
+    does not call ``model.train()``: the caller decides the mode. A loss that is not
+    finite stops the run with an error naming the step, so a diverged run never passes
+    for a trained one.
+    """
+    steps = check_nonnegative_int(steps, "steps")
+    start = check_nonnegative_int(start, "start")
+    if start > steps:
+        raise ValueError(f"start must be <= steps={steps}, got {start}")
+    if not callable(loss_of_batch):
+        raise TypeError(f"loss_of_batch must be a function (model, batch) -> loss, got {type(loss_of_batch).__name__}")
+    postfix_every = check_positive_int(postfix_every, "postfix_every")
+    batch_at = _batch_source(batches)
+    hooks = list(hooks)
+    history: dict[str, list[float]] = {"loss": []}
+    state = FitState(step=start, model=model, optimizer=optimizer, history=history)
+    bar = tqdm(range(start, steps), desc=desc, disable=not progress, leave=False, initial=start, total=steps)
+    state.bar = bar
+    for step in bar:
+        if schedule is not None:
+            lr = schedule(step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+        out = loss_of_batch(model, batch_at(step))
+        loss, extra = (out[0], out[1]) if isinstance(out, tuple) else (out, {})
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        state.step, state.loss, state.extra = step, loss, extra
+        state.lr = optimizer.param_groups[0]["lr"]
+        _call(hooks, "before_step", state)
+        optimizer.step()
+        _call(hooks, "after_step", state)
+        value = loss.item()
+        if not math.isfinite(value):
+            raise FloatingPointError(f"the loss is {value} at step {step} (lr {state.lr:g}): the run diverged")
+        history["loss"].append(value)
+        for key, v in extra.items():
+            history.setdefault(key, []).append(float(v))
+        if progress and step % postfix_every == 0:
+            bar.set_postfix(loss=f"{value:.3f}")
+    _call(hooks, "on_end", state)
+    return history
+
+
+class ProximalL1:
+    """After each step, soft-threshold every tensor of ``reference`` toward it: the proximal step
+    of ``lam * ||theta - theta_0||_1`` (entries the task does not push hard enough land exactly
+    on their start). With an Adam-type optimizer the threshold is ``lam`` times Adam's own
+    per-entry step scale (ProxGen, Yun et al. 2021), else ``lam`` times the learning rate."""
+
+    def __init__(self, reference: TensorDict, lam: float) -> None:
+        self.reference = reference
+        self.lam = check_nonnegative(lam, "lam")
+
+    def after_step(self, state: FitState) -> None:
+        if self.lam == 0:
+            return
+        opt = state.optimizer
+        if hasattr(opt, "adaptive_lr"):
+            thresholds = {n: self.lam * a for n, a in opt.adaptive_lr().items() if n in self.reference}
+            prox_l1_to_init_(state.model, {n: self.reference[n] for n in thresholds}, thresholds)
+        else:
+            prox_l1_to_init_(state.model, self.reference, self.lam * opt.param_groups[0]["lr"])
+
+
+class ProximalNuclear:
+    """After each step, shrink the singular values of every matrix's change from ``reference``
+    by ``lam * lr``: the proximal step of the nuclear norm (low-rank updates; Cai et al. 2010)."""
+
+    def __init__(self, reference: TensorDict, lam: float) -> None:
+        self.reference = reference
+        self.lam = check_nonnegative(lam, "lam")
+
+    def after_step(self, state: FitState) -> None:
+        if self.lam > 0:
+            prox_nuclear_to_init_(state.model, self.reference, self.lam * state.lr)
+
+
+class Reselect:
+    """Every ``every`` steps (after the optimizer's step), hand ``select(model, step)``'s new mask
+    to ``optimizer.reselect`` (``CompactAdamW``): periodic re-selection as LIFT does for its
+    principal weights (Liu et al. 2025) or RigL for drop/grow (Evci et al. 2020)."""
+
+    def __init__(self, every: int, select: Callable[[nn.Module, int], Mask]) -> None:
+        self.every = check_positive_int(every, "every")
+        if not callable(select):
+            raise TypeError(f"select must be a function (model, step) -> mask, got {type(select).__name__}")
+        self.select = select
+
+    def after_step(self, state: FitState) -> None:
+        if (state.step + 1) % self.every == 0:
+            if not hasattr(state.optimizer, "reselect"):
+                raise TypeError(f"Reselect needs an optimizer with reselect(mask) (CompactAdamW), "
+                                f"got {type(state.optimizer).__name__}")
+            state.optimizer.reselect(self.select(state.model, state.step + 1))
+
+
+class Every:
+    """Call ``fn(state)`` after every ``every``-th step (steps ``every - 1``, ``2 * every - 1``, ...),
+    and once more at the end if ``at_end``: evaluation, logging, checkpoints."""
+
+    def __init__(self, every: int, fn: Callable[[FitState], None], at_end: bool = False) -> None:
+        self.every = check_positive_int(every, "every")
+        if not callable(fn):
+            raise TypeError(f"fn must be a function of the fit state, got {type(fn).__name__}")
+        self.fn, self.at_end = fn, at_end
+
+    def after_step(self, state: FitState) -> None:
+        if (state.step + 1) % self.every == 0:
+            self.fn(state)
+
+    def on_end(self, state: FitState) -> None:
+        if self.at_end and (state.step + 1) % self.every != 0:
+            self.fn(state)
+
+
+class EachStep:
+    """Call ``fn(state)`` after every step (a metric recorded along training, a callback)."""
+
+    def __init__(self, fn: Callable[[FitState], None]) -> None:
+        if not callable(fn):
+            raise TypeError(f"fn must be a function of the fit state, got {type(fn).__name__}")
+        self.fn = fn
+
+    def after_step(self, state: FitState) -> None:
+        self.fn(state)

@@ -1,0 +1,135 @@
+"""``sparsify``: one call that makes any ``nn.Module`` sparse-trainable, PEFT-style.
+
+The steps a user would otherwise hand-assemble (criterion -> selection -> frozen tensors ->
+masked optimizer) in one place, with the result in a :class:`SparseModel` that knows its
+mask, its optimizer, its starting point and how to hand back the sparse update::
+
+    from sparsity import SparseConfig, sparsify, fit, cosine
+    run = sparsify(model, SparseConfig(criterion="lift", density=0.05, options={"rank": 8}))
+    fit(model, run.optimizer, loss_of_batch, 1000, batches=batch_at, schedule=cosine(1e-3, 1000), hooks=run.hooks())
+
+The mask-coverage rule of the lab (``sparsity.masks``) holds: the mask names every
+parameter, False for the frozen ones.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from sparsity import delta as delta_lib
+from sparsity.compact import CompactAdamW
+from sparsity.dynamic import reselect_top
+from sparsity.config import SparseConfig, select_mask
+from sparsity.optim import MaskedAdamW
+from sparsity.registry import CriterionInputs, Scores, Selection, get_criterion, score
+from sparsity.regularize import snapshot
+from sparsity.train import Reselect
+from sparsity.validate import Mask, TensorDict, check_module
+
+
+def build_optimizer(model: nn.Module, mask: Mask, config: SparseConfig) -> torch.optim.Optimizer:
+    """The optimizer of ``config.storage`` on ``mask``; tensors with no selected entry are frozen
+    (``requires_grad=False``: no gradient is even computed for them)."""
+    for n, p in model.named_parameters():
+        p.requires_grad_(bool(mask[n].any()))
+    cls = CompactAdamW if config.storage == "compact" else MaskedAdamW
+    return cls(model.named_parameters(), mask=mask, lr=config.lr, betas=config.betas, eps=config.eps,
+               weight_decay=config.weight_decay)
+
+
+class SparseModel:
+    """A model made sparse-trainable by :func:`sparsify`: the model (trained in place), its config,
+    mask, optimizer and the snapshot it started from."""
+
+    def __init__(self, model: nn.Module, config: SparseConfig, mask: Mask, optimizer: torch.optim.Optimizer,
+                 reference: TensorDict, inputs: CriterionInputs, select_seconds: float = 0.0) -> None:
+        self.model, self.config, self.optimizer, self.reference = model, config, optimizer, reference
+        self._mask, self._inputs, self.select_seconds = mask, inputs, select_seconds
+
+    @property
+    def mask(self) -> Mask:
+        """The current mask (after any re-selection): parameter name -> bool tensor, every parameter."""
+        return self._mask
+
+    def trainable_parameters(self) -> tuple[int, int]:
+        """(selected entries, all entries of the model)."""
+        total = sum(p.numel() for p in self.model.parameters())
+        return sum(int(m.sum()) for m in self._mask.values()), total
+
+    def print_trainable_parameters(self) -> None:
+        """One line, as PEFT prints it: trainable entries, all entries, the share."""
+        trainable, total = self.trainable_parameters()
+        name = get_criterion(self.config.criterion).name
+        print(f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {100 * trainable / total:.4f}"
+              f" || criterion: {name}, {self.config.budget}, {self.config.storage} storage")
+
+    def rescore(self) -> Mask:
+        """Score the *current* model with the config's criterion and keep each tensor's count
+        (``sparsity.dynamic.reselect_top``), as periodic re-selection needs."""
+        out = score(self.config.criterion, self.model, self._inputs)
+        if isinstance(out, Selection):
+            out = {n: torch.where(out.support[n], s.float(), -torch.inf) for n, s in out.scores.items()}
+        return reselect_top(self._mask, out)
+
+    def hooks(self) -> list[Any]:
+        """The training hooks the config asks for (periodic re-selection), for ``sparsity.train.fit``."""
+        if self.config.reselect_every is None:
+            return []
+
+        def select(model: nn.Module, step: int) -> Mask:
+            self._mask = self.rescore()
+            return self._mask
+
+        return [Reselect(self.config.reselect_every, select)]
+
+    def delta(self) -> delta_lib.SparseDelta:
+        """The exact change of the selected entries since sparsify (``theta - theta_0``, float64)."""
+        return delta_lib.extract_delta(self.model, self.reference, self._mask)
+
+    def save_delta(self, path: str | os.PathLike[str]) -> None:
+        """Write :meth:`delta` to ``path`` (safetensors indices and values)."""
+        delta_lib.save_delta(self.delta(), path)
+
+    def merge(self) -> nn.Module:
+        """The plain fine-tuned model, every parameter trainable again (the sparse update is already
+        in its weights: nothing to fold in, unlike LoRA's ``merge_and_unload``)."""
+        for p in self.model.parameters():
+            p.requires_grad_(True)
+        return self.model
+
+
+def sparsify(
+    model: nn.Module,
+    config: SparseConfig,
+    *,
+    loss_fn: Callable[[nn.Module, Any], torch.Tensor] | None = None,
+    batches: list[Any] | None = None,
+    train: Callable[[nn.Module, torch.optim.Optimizer, list[Any]], None] | None = None,
+    scores: Scores | Selection | None = None,
+) -> SparseModel:
+    """Select ``config``'s mask on ``model``, freeze what is not selected, build the optimizer.
+
+    ``loss_fn(model, batch)`` and ``batches`` feed the gradient criteria (gradient, Fisher, SNIP,
+    movement); ``train(model, optimizer, hooks)`` runs the target's training loop for criteria
+    that learn their set (l1_discovered); ``scores`` skips scoring (precomputed or cached).
+    """
+    check_module(model)
+    if not isinstance(config, SparseConfig):
+        raise TypeError(f"config must be a SparseConfig, got {type(config).__name__}")
+    entry = get_criterion(config.criterion)
+    inputs = CriterionInputs(loss_fn=loss_fn, batches=batches, include=config.include, seed=config.seed,
+                             options=config.options, train=train, reference=snapshot(model))
+    if entry.needs_data and scores is None and (loss_fn is None or batches is None) and train is None:
+        raise ValueError(f"criterion {entry.name!r} needs data: pass loss_fn and batches (or train)")
+    start = time.perf_counter()
+    out = score(config.criterion, model, inputs) if scores is None else scores
+    mask = select_mask(model, out, config)
+    seconds = time.perf_counter() - start
+    optimizer = build_optimizer(model, mask, config)
+    return SparseModel(model, config, mask, optimizer, inputs.reference, inputs, seconds)
