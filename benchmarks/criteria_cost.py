@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from benchmarks.optimizer_step import FULL_WIDTHS, build_mlp
-from benchmarks.report import command_line, emit, machine_lines
+from sparsity.sweep import command_line, emit, machine_lines
 from sparsity import criteria, masks
 from sparsity.fastmode import fast_mode
 

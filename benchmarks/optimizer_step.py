@@ -54,7 +54,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from benchmarks.report import command_line, emit, load_average
+from sparsity.sweep import command_line, emit, load_average
 from scaleup.memory import PeakMemory
 from sparsity import masks
 from sparsity.compact import CompactAdamW

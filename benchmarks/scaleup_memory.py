@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from benchmarks.optimizer_step import STEPS_PER_ROUND, state_bytes, time_interleaved
-from benchmarks.report import (
+from sparsity.sweep import (
     command_line,
     emit,
     load_average,

@@ -49,7 +49,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from benchmarks import report
+from sparsity import sweep as report
 from sparsity import semistructured as ss
 
 RESULTS = Path(__file__).resolve().parent / "results"

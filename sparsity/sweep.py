@@ -14,12 +14,16 @@ import json
 import math
 import os
 import platform
+import shlex
 import statistics
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from sparsity.fastmode import fast_mode
 
 RESULTS = "results.jsonl"
 CONFIG = "config.json"
@@ -131,20 +135,46 @@ def mean_spread(values: Sequence[float]) -> tuple[float, float]:
     return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]], align: str | None = None) -> str:
-    """A GitHub markdown table; ``align`` is one character per column (l, r), left by default."""
-    header = list(header)
-    align = align or "l" * len(header)
-    if len(align) != len(header):
-        raise ValueError(f"align needs one character per column ({len(header)}), got {align!r}")
-    rule = ["---:" if a == "r" else "---" for a in align]
-    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(rule) + " |"]
-    for row in rows:
-        row = [str(v) for v in row]
-        if len(row) != len(header):
-            raise ValueError(f"a row has {len(row)} cells, the header {len(header)}: {row}")
-        lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines)
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]], align: str | None = None) -> str:
+    """A markdown table; ``align`` holds one of 'l'/'r' per column (default: first left, the rest right)."""
+    align = align or "l" + "r" * (len(header) - 1)
+    if len(align) != len(header) or any(len(r) != len(header) for r in rows):
+        raise ValueError("markdown_table: every row and the alignment need one entry per header column")
+    rule = ["---" if a == "l" else "---:" for a in align]
+    return "\n".join("| " + " | ".join(str(c) for c in line) + " |" for line in [header, rule, *rows])
+
+
+def command_line(module: str, argv: Sequence[str]) -> str:
+    """The command that reproduces a run of ``python -m module``, the fast-mode switch included."""
+    prefix = "LAB_FAST=1 " if fast_mode() else ""
+    return f"{prefix}PYTHONPATH=. python -m {module} {shlex.join(argv)}".rstrip()
+
+
+def load_average() -> str:
+    """The 1-minute load average: above the thread count, other jobs competed for the CPU."""
+    return f"{os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else "n/a"
+
+
+def machine_lines(command: str) -> list[str]:
+    """Markdown bullet lines that start every report: torch version, device, threads, load, date, command.
+
+    A number means little without the command, the torch version, the thread count and how busy
+    the machine was."""
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
+    return [
+        f"- torch {torch.__version__}; device: {device}; {torch.get_num_threads()} torch CPU threads "
+        f"of {os.cpu_count()} logical CPUs; 1-minute load average {load_average()}",
+        f"- date: {datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}",
+        f"- command: `{command}`",
+    ]
+
+
+def emit(report: str, out: Path | None) -> None:
+    """Print a report and, if asked, write it as markdown (creating the folder)."""
+    print(report)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(report)
 
 
 def machine(device: str = "cpu") -> dict[str, Any]:
@@ -154,12 +184,3 @@ def machine(device: str = "cpu") -> dict[str, Any]:
     if torch.device(device).type == "cuda":
         info["gpu"] = torch.cuda.get_device_name()
     return info
-
-
-def machine_line(info: Mapping[str, Any] | None = None) -> str:
-    """The machine in one line for a report, e.g. 'cpu, 2 CPUs, 1 torch thread, torch 2.13.0+cpu'."""
-    info = machine() if info is None else info
-    where = info.get("gpu") or info.get("device", "cpu")
-    threads = info.get("torch_threads")
-    return (f"{where}, {info.get('cpus')} CPUs, {threads} torch thread{'s' if threads != 1 else ''}, "
-            f"torch {info.get('torch')}")

@@ -75,7 +75,7 @@ def test_criteria_cost_benchmark_fast_mode(tmp_path: Path, monkeypatch: pytest.M
 
 
 def test_markdown_table_aligns_columns_and_rejects_ragged_rows() -> None:
-    from benchmarks.report import markdown_table
+    from sparsity.sweep import markdown_table
 
     table = markdown_table(["method", "acc"], [["full", "0.91"], ["lora", "0.88"]])
     assert table.splitlines() == ["| method | acc |", "| --- | ---: |", "| full | 0.91 |", "| lora | 0.88 |"]
