@@ -93,8 +93,8 @@ class SparseDelta:
 def extract_delta(model: nn.Module, reference: TensorDict, mask: Mask) -> SparseDelta:
     """The change of the selected entries, ``theta - theta_ref``, exactly (float64).
 
-    Follows the optimizers' convention: a parameter absent from ``mask`` is stored
-    whole, one whose mask is all False is left out. Entries outside the mask are not
+    The coverage rule of ``sparsity.validate.Mask``: a parameter absent from ``mask`` is
+    stored whole, one whose mask is all False is left out. Entries outside the mask are not
     stored even if they changed, so this also sparsifies a dense fine-tune.
     """
     params = named_params(model)

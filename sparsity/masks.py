@@ -3,7 +3,8 @@
 A mask is a plain ``dict`` from parameter name to a bool tensor of the parameter's
 shape, True where the entry is trainable. Every selector here returns a mask that
 covers *every* parameter of the model: tensors that are not eligible come back all
-False (frozen), so the mask says explicitly what trains and what does not.
+False (frozen), so the mask says explicitly what trains and what does not and never
+relies on the coverage rule for absent names (``sparsity.validate.Mask``).
 
 Budgets: ``density`` is the share of eligible entries selected, either over all
 eligible entries at once (``scope="global"``: big or important tensors may take more
@@ -33,6 +34,7 @@ from sparsity.validate import (
     check_density,
     check_mask,
     check_nonnegative,
+    check_positive_int,
     check_reference,
     named_params,
 )
@@ -121,8 +123,7 @@ def lora_equal(model: nn.Module, scores: dict[str, torch.Tensor], rank: int) -> 
     That is exactly the trainable count of a LoRA adapter of rank ``rank`` on the same
     matrix, so a sparse method and LoRA can be compared at a matched budget.
     """
-    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
-        raise ValueError(f"rank must be a positive int, got {rank!r}")
+    check_positive_int(rank, "rank")
     scores = _checked_scores(model, scores)
     mask = _empty_mask(model)
     for name, s in scores.items():
@@ -137,9 +138,8 @@ def n_m(model: nn.Module, scores: dict[str, torch.Tensor], n: int = 2, m: int = 
     """N:M structure: in every group of ``m`` consecutive entries along the input dimension
     (the last one), the ``n`` best by score. 2:4 is what sparse tensor cores accelerate.
     """
-    for arg, value in (("n", n), ("m", m)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{arg} must be a positive int, got {value!r}")
+    check_positive_int(n, "n")
+    check_positive_int(m, "m")
     if n > m:
         raise ValueError(f"n must be <= m, got {n}:{m}")
     scores = _checked_scores(model, scores)

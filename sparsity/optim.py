@@ -10,8 +10,9 @@ number of steps, whatever the weight decay, momentum or bias correction.
 Conventions follow ``torch.optim``: param groups, ``step()``, ``zero_grad()``,
 ``state_dict()``/``load_state_dict()`` (the mask travels inside the state dict).
 Parameters are given by name, ``model.named_parameters()``, so the mask can be
-matched to them. A parameter absent from the mask is fully trainable; one whose
-mask is all False is skipped and holds no optimizer state. With a full mask the
+matched to them. The coverage rule of ``sparsity.validate.Mask`` holds: a parameter
+absent from the mask is fully trainable; one whose mask is all False is skipped and
+holds no optimizer state. With a full mask the
 trajectory equals ``torch.optim.AdamW``/``SGD`` (``foreach=False``) bit for bit.
 
 The optimizer state of a partly masked tensor is still dense here; the compact

@@ -2,7 +2,8 @@
 
 A pruning mask is a plain mask (``dict`` name -> bool tensor) read as a **keep-mask**:
 True = the weight is kept, False = it is pruned (set to zero for good). Parameters a
-budget does not touch (biases, norms, embeddings: see ``include``) come back all True.
+budget does not touch (biases, norms, embeddings: see ``include``) come back all True,
+and an absent parameter is kept (the coverage rule of ``sparsity.validate.Mask``).
 The same mask then drives *sparse fine-tuning*: ``MaskedAdamW(model.named_parameters(),
 mask=keep)`` trains exactly the kept entries, and a pruned entry, zeroed by
 :func:`apply_mask_`, stays exactly 0.0 for any number of steps, weight decay and momentum
@@ -39,7 +40,7 @@ from tqdm.auto import tqdm
 
 from sparsity import criteria, masks
 from sparsity.eligibility import eligible
-from sparsity.validate import Mask, TensorDict, check_mask, check_reference, named_params
+from sparsity.validate import Mask, TensorDict, check_mask, check_positive_int, check_reference, named_params
 
 TrainFn = Callable[[nn.Module, Mask], None]
 """Trains ``model`` in place, moving only the entries where the keep-mask is True."""
@@ -139,10 +140,23 @@ def magnitude_prune(
 
 
 @torch.no_grad()
-def apply_mask_(model: nn.Module, keep: Mask) -> nn.Module:
-    """Set every pruned entry (False in ``keep``) to exactly +0.0, in place; returns the model."""
+def apply_mask_(model: nn.Module, keep: Mask, allow_empty: bool = False) -> nn.Module:
+    """Set every pruned entry (False in ``keep``) to exactly +0.0, in place; returns the model.
+
+    A keep-mask that prunes a whole tensor is refused unless ``allow_empty``: that is what a
+    *training* mask from ``sparsity.masks`` looks like (frozen tensors all False), and read as
+    a keep-mask it would zero every bias and norm (see the coverage rule, ``sparsity.validate.Mask``).
+    """
     params = named_params(model)
     keep = check_mask(params, keep, "keep")
+    if not allow_empty:
+        empty = [n for n, k in keep.items() if k.numel() and not k.any()]
+        if empty:
+            raise ValueError(
+                f"keep prunes every entry of {empty}: is this a training mask (frozen tensors all False) "
+                "passed as a keep-mask? Keep-masks mark untouched tensors True (or leave them out); "
+                "pass allow_empty=True to zero whole tensors on purpose"
+            )
     for name, k in keep.items():
         params[name].masked_fill_(~k, 0.0)
     return model
@@ -239,8 +253,7 @@ def iterative_magnitude_pruning(
         raise TypeError(f"train_fn must be callable as train_fn(model, keep), got {type(train_fn).__name__}")
     if evaluate is not None and not callable(evaluate):
         raise TypeError(f"evaluate must be None or callable as evaluate(model), got {type(evaluate).__name__}")
-    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
-        raise ValueError(f"rounds must be a positive int, got {rounds!r}")
+    check_positive_int(rounds, "rounds")
     if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 < rate < 1.0:
         raise ValueError(f"rate must be in (0, 1) (the share of remaining weights pruned per round), got {rate!r}")
     if rewind_to is not None:

@@ -14,7 +14,20 @@ import torch
 from torch import nn
 
 Mask = dict[str, torch.Tensor]
-"""A mask: parameter name -> bool tensor of the parameter's shape (True = trainable)."""
+"""A mask: parameter name -> bool tensor of the parameter's shape (True = trainable, or kept).
+
+**The coverage rule, the one rule for every consumer of a mask in the lab.** A parameter
+*absent* from a mask is not constrained by it: the optimizers train it densely, a pruning
+keep-mask keeps it, a sparse delta stores it whole, a re-selection keeps its count. Only an
+explicit False constrains: frozen for a training mask, pruned (zeroed) for a keep-mask.
+Every selector of ``sparsity.masks`` names *every* parameter of the model (the tensors its
+budget may not spend on come back all False), so a selected mask never relies on absence.
+
+The one place the two readings of an explicit all-False tensor part ways is pruning: as a
+training mask it means "frozen", as a keep-mask "zero it all". ``sparsity.prune.apply_mask_``
+therefore refuses a keep-mask that would zero a whole tensor (the sign of a training mask
+passed as a keep-mask) unless told ``allow_empty=True``.
+"""
 
 TensorDict = dict[str, torch.Tensor]
 """Parameter name -> tensor, e.g. a reference snapshot of the weights."""

@@ -212,3 +212,28 @@ def test_check_positive_int():
     for bad in (0, -1, 1.5, True, "2", None):
         with pytest.raises(ValueError, match="steps must be a positive int"):
             check_positive_int(bad, "steps")
+
+
+def test_the_coverage_rule_one_reading_of_absent_names_everywhere():
+    """Absent = unconstrained (optimizer trains it, delta stores it whole); an explicit all-False
+    tensor of a training mask is refused where it would be read as 'prune it all'."""
+    from sparsity import masks, prune
+    from sparsity.delta import extract_delta
+
+    model = _model()
+    train_mask = masks.magnitude(model, 0.5)  # names every parameter; biases all False (frozen)
+    assert set(train_mask) == {n for n, _ in model.named_parameters()}
+    assert not train_mask["0.bias"].any()
+    with pytest.raises(ValueError, match="training mask"):
+        prune.apply_mask_(model, train_mask)
+    prune.apply_mask_(model, {"0.bias": torch.zeros(12, dtype=torch.bool)}, allow_empty=True)
+    assert not model[0].bias.any()
+    # absent from a mask: the optimizer trains it densely and the delta stores it whole
+    before = snapshot(model)
+    partial = {"0.weight": train_mask["0.weight"]}
+    opt = MaskedAdamW(model.named_parameters(), mask=partial, lr=0.1)
+    x, y = _data()
+    fit(model, opt, _loss, 3, batches=lambda t: (x, y))
+    assert (model[2].weight != before["2.weight"]).all()
+    delta = extract_delta(model, before, partial)
+    assert delta.tensors["2.weight"].indices.numel() == model[2].weight.numel()
