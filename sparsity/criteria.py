@@ -135,6 +135,11 @@ def lift(model: nn.Module, rank: int, include: Include = "weight", method: str =
     not_matrices = [n for n in names if params[n].ndim != 2]
     if not_matrices:
         raise ValueError(f"lift scores matrices only; not 2-D: {not_matrices} (use include='weight')")
+    too_small = [f"'{n}' {tuple(params[n].shape)}" for n in names
+                 if isinstance(rank, int) and not isinstance(rank, bool) and rank > min(params[n].shape)]
+    if too_small:
+        raise ValueError(f"lift rank {rank} exceeds the smaller side of {', '.join(too_small)}: pick a rank "
+                         "at most min(m, n) of every scored matrix, or leave those matrices out")
     return {n: low_rank_approximation(params[n], rank, method).abs().to(params[n].dtype) for n in names}
 
 

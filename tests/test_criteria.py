@@ -83,8 +83,10 @@ def test_lift_differs_from_magnitude_and_rank_matters() -> None:
 
 
 def test_lift_errors() -> None:
-    with pytest.raises(ValueError, match=r"rank must be an int in \[1, min\(m, n\)\] = \[1, 4\], got 5"):
+    with pytest.raises(ValueError, match=r"lift rank 5 exceeds the smaller side of '2.weight' \(4, 12\)"):
         criteria.lift(mlp(), rank=5)
+    with pytest.raises(ValueError, match=r"rank must be an int in \[1, min\(m, n\)\] = \[1, 4\], got 5"):
+        criteria.low_rank_approximation(torch.zeros(4, 8), rank=5)
     with pytest.raises(ValueError, match="lift scores matrices only"):
         criteria.lift(mlp(), rank=1, include="all")
     with pytest.raises(ValueError, match="method must be"):
