@@ -3,7 +3,7 @@
 ``MaskedAdamW`` keeps dense moments and writes the update back through the mask, so a
 5% subnetwork costs as much optimizer memory as full fine-tuning. Here each partly
 selected tensor is stored the way sparse fine-tuning methods store it (Ansell et al.
-2022 and 2024, SpIEL; the "optimizer state only for active weights" of seed 001):
+2022 and 2024, SpIEL; "optimizer state only for active weights" in the pruning literature):
 ``theta = theta0 + scatter(values, indices)`` with ``indices`` the flat positions of
 the selected entries (sorted, unique, ``torch.int32``). The moments ``exp_avg`` and
 ``exp_avg_sq`` have shape ``[k]`` (k = number of selected entries), so optimizer state

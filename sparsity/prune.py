@@ -9,7 +9,7 @@ mask=keep)`` trains exactly the kept entries, and a pruned entry, zeroed by
 :func:`apply_mask_`, stays exactly 0.0 for any number of steps, weight decay and momentum
 included (the masked optimizer writes back only where the mask is True).
 
-The recipes (seed 001; Han et al. 2015, "Learning both weights and connections"):
+The recipes (Han et al. 2015, "Learning both weights and connections"):
 
 * **one-shot** (:func:`prune_`): train, remove the smallest weights at once, fine-tune
   the survivors (:func:`recover`);

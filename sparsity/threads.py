@@ -1,8 +1,8 @@
 """One CPU thread for a block of torch work, for speed and for reproducible bits.
 
 Two reasons to run on one intra-op thread: tiny matrices gain nothing from splitting across
-threads (on a shared 2-core machine spinning threads made a 96-wide MLP step 25x slower:
-380 ms with two threads against 15 ms with one), and a CPU matmul's rounding depends on the
+threads (on a shared core, spinning threads that wait for each other can make a small step many
+times slower; benchmarks/ measures it), and a CPU matmul's rounding depends on the
 thread count, so a result that must be the same bit for bit on any machine (a cached
 checkpoint) has to fix it.
 """
