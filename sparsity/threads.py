@@ -2,7 +2,7 @@
 
 Two reasons to run on one intra-op thread: tiny matrices gain nothing from splitting across
 threads (on a shared core, spinning threads that wait for each other can make a small step many
-times slower; benchmarks/ measures it), and a CPU matmul's rounding depends on the
+times slower), and a CPU matmul's rounding depends on the
 thread count, so a result that must be the same bit for bit on any machine (a cached
 checkpoint) has to fix it.
 """
