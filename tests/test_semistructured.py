@@ -18,7 +18,7 @@ if not torch.cuda.is_available():
     # Must be set before triton compiles the kernels: then they run on CPU tensors.
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from sparsity import criteria, prune
+from sparsity import criteria, prune, registry, two_four_linear
 from sparsity import semistructured as ss
 from sparsity.compact import CompactAdamW
 from sparsity.optim import MaskedAdamW
@@ -139,7 +139,7 @@ def test_layer_equals_the_dense_masked_reference_and_says_once_why_it_is_slow() 
     layer = ss.SemiStructuredLinear.from_linear(linear, keep)
     assert layer.weight is linear.weight  # parameters are shared
     x = torch.randn(3, 5, 32)
-    ss._NOTICED.clear()
+    two_four_linear._NOTICED.clear()
     with pytest.warns(ss.FastPathNotice, match="CUDA is not available"):
         y = layer(x)
     with warnings.catch_warnings():
@@ -219,6 +219,37 @@ def test_sparsify_with_another_criterion_and_by_pattern() -> None:
     assert torch.equal(net2[0].mask, ss.mask_24(net2[0].weight, criteria.random(_net(), seed=0)["0.weight"]))
 
 
+def test_sparsify_takes_every_registered_criterion() -> None:
+    """The criterion name goes through ``sparsity.registry``: a new criterion works without edits here."""
+    def squared(model: nn.Module, inputs: registry.CriterionInputs) -> dict[str, torch.Tensor]:
+        return {n: p.detach() ** 2 for n, p in model.named_parameters() if n in inputs.names(model)}
+
+    registry.register_criterion("test_squared_24", squared)
+    try:
+        net = ss.sparsify_24(_net(), criterion="test_squared_24", modules="2")
+    finally:
+        registry.unregister_criterion("test_squared_24")
+    assert torch.equal(net[2].mask, ss.mask_24(net[2].weight, net[2].weight.detach() ** 2))
+    assert torch.equal(ss.sparsify_24(_net(), criterion=squared, modules="2")[2].mask, net[2].mask)
+
+    torch.manual_seed(1)
+    batches = [(torch.randn(8, 16), torch.randn(8, 6)) for _ in range(2)]
+
+    def loss_fn(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        return F.mse_loss(model(batch[0]), batch[1])
+
+    reference = _net()
+    fisher = criteria.fisher(reference, loss_fn, batches)
+    net = ss.sparsify_24(_net(), criterion="fisher", modules=["0", "2"],
+                         inputs=registry.CriterionInputs(loss_fn=loss_fn, batches=batches))
+    assert torch.equal(net[0].mask, ss.mask_24(net[0].weight, fisher["0.weight"]))
+    assert torch.equal(net[2].mask, ss.mask_24(net[2].weight, fisher["2.weight"]))
+    with pytest.raises(ValueError, match="needs gradients"):
+        ss.sparsify_24(_net(), criterion="fisher")
+    with pytest.raises(ValueError, match="cannot be cut into a 2:4 pattern"):
+        ss.sparsify_24(_net(), criterion="layers", inputs=registry.CriterionInputs(options={"layers": ["2"]}))
+
+
 def test_sparsify_refuses_bad_choices() -> None:
     with pytest.raises(ValueError, match="matches no nn.Linear"):
         ss.sparsify_24(_net(), modules="nothing")
@@ -227,6 +258,8 @@ def test_sparsify_refuses_bad_choices() -> None:
         ss.sparsify_24(odd)
     with pytest.raises(ValueError, match="criterion must be one of"):
         ss.sparsify_24(_net(), criterion="psychic")
+    with pytest.raises(TypeError, match="criterion must be a registered name"):
+        ss.sparsify_24(_net(), criterion=3)
     with pytest.raises(ValueError, match="gives no scores for"):
         ss.sparsify_24(_net(), criterion={"0.weight": torch.ones(32, 16)}, modules=["0", "2"])
     with pytest.raises(ValueError, match="no SemiStructuredLinear"):

@@ -1,6 +1,6 @@
-"""Two Triton kernels on the 2:4 compressed format of ``sparsity.semistructured``.
+"""Two Triton kernels on the 2:4 compressed format of ``sparsity.two_four``.
 
-The format (see ``semistructured.compress``): for a weight of shape ``[N, K]`` with 2
+The format (see ``sparsity.two_four.compress``): for a weight of shape ``[N, K]`` with 2
 kept entries in every group of 4 consecutive inputs, ``values`` is ``[N, K // 2]`` (the
 kept entries, in order) and ``meta`` is ``uint8 [N, K // 4]``, one byte per group holding
 the two in-group positions as ``i0 | i1 << 2`` (``i0 < i1``).
@@ -123,7 +123,7 @@ def _check_compressed(values: torch.Tensor, meta: torch.Tensor) -> tuple[int, in
     if values.ndim != 2 or meta.ndim != 2:
         raise ValueError(f"values and meta must be 2-D, got shapes {tuple(values.shape)} and {tuple(meta.shape)}")
     if meta.dtype != torch.uint8:
-        raise TypeError(f"meta must be torch.uint8 (see semistructured.compress), got {meta.dtype}")
+        raise TypeError(f"meta must be torch.uint8 (see sparsity.two_four.compress), got {meta.dtype}")
     n, half = values.shape
     if half % 2 or meta.shape != (n, half // 2):
         raise ValueError(
