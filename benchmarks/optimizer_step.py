@@ -31,7 +31,11 @@ all of them alike, and every ratio compares numbers measured side by side in one
 
 The MLP is made of ``Linear`` layers without bias, so "weights only" covers every
 parameter and a 100% mask trains exactly what AdamW trains. ``LAB_FAST=1`` shrinks
-the MLP to about 1M parameters and the run to a few steps (a few seconds).
+the MLP to about 1M parameters and the run to a few steps.
+
+The timed loop calls ``opt.step()`` alone on purpose: this is an optimizer benchmark, and
+a training loop would time the forward and backward passes too. The peak-memory
+measurement trains for real, through the lab's one training loop ``sparsity.train.fit``.
 
 Run from the repository root::
 
@@ -42,24 +46,24 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
 import statistics
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from sparsity.sweep import command_line, emit, load_average
 from scaleup.memory import PeakMemory
 from sparsity import masks
 from sparsity.compact import CompactAdamW
 from sparsity.fastmode import fast_mode
 from sparsity.optim import MaskedAdamW
+from sparsity.sweep import command_line, emit, load_average, machine_lines, markdown_table
+from sparsity.train import fit
+from sparsity.validate import check_positive_int
 
 FULL_WIDTHS = (1024, 2048, 2048, 1024, 1024)
 """Layer widths of the full-size MLP: 9,437,184 parameters."""
@@ -71,8 +75,7 @@ DENSITIES = (0.01, 0.05, 0.20, 1.0)
 """Share of the weights the MaskedAdamW mask selects."""
 
 FULL_STEPS, FAST_STEPS = 40, 10
-"""Timed steps per optimizer and density (the --steps default). 40 keeps the full run
-to about 2 minutes on an idle 2-core CPU (3 to 4 when other jobs share the CPU)."""
+"""Timed steps per optimizer and density (the --steps default)."""
 
 FULL_WARMUP, FAST_WARMUP = 3, 2
 """Untimed steps per optimizer before timing starts."""
@@ -184,10 +187,7 @@ def peak_training_step_mb(widths: tuple[int, ...], name: str, density: float) ->
     x, y = torch.randn(BATCH, widths[0], generator=gen), torch.randn(BATCH, widths[-1], generator=gen)
     gc.collect()
     with PeakMemory("cpu") as peak:
-        for _ in range(3):
-            opt.zero_grad(set_to_none=True)
-            nn.functional.mse_loss(model(x), y).backward()
-            opt.step()
+        fit(model, opt, lambda m, _: nn.functional.mse_loss(m(x), y), 3)
     return peak.mb
 
 
@@ -265,17 +265,11 @@ def run_benchmark(settings: Settings) -> list[Row]:
 
 
 def format_table(rows: list[Row]) -> str:
-    lines = [
-        f"| density | optimizer | step ms (median) | time vs {BASELINE} | state bytes | state vs {BASELINE} "
-        "| training-step peak MB |",
-        "| ---: | --- | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r.density:.0%} | {r.optimizer} | {r.step_ms:.2f} | {r.time_ratio:.2f} "
-            f"| {r.state_bytes:,} | {r.state_ratio:.3f} | {r.peak_mb:.1f} |"
-        )
-    return "\n".join(lines)
+    header = ["density", "optimizer", "step ms (median)", f"time vs {BASELINE}", "state bytes", f"state vs {BASELINE}",
+              "training-step peak MB"]
+    cells = [[f"{r.density:.0%}", r.optimizer, f"{r.step_ms:.2f}", f"{r.time_ratio:.2f}", f"{r.state_bytes:,}",
+              f"{r.state_ratio:.3f}", f"{r.peak_mb:.1f}"] for r in rows]
+    return markdown_table(header, cells, "rl" + "r" * 5)
 
 
 def format_note(rows: list[Row]) -> str:
@@ -313,18 +307,17 @@ def format_note(rows: list[Row]) -> str:
     )
 
 
-def format_report(settings: Settings, n_params: int, rows: list[Row], command: str, loads: tuple[str, str]) -> str:
+def format_report(settings: Settings, n_params: int, rows: list[Row], machine: list[str], load_at_start: str) -> str:
+    """The markdown report: ``machine`` (``sparsity.sweep.machine_lines``, taken at the end of the
+    run with the benchmark's thread count), the load at the start, the settings, table and note."""
     widths = "-".join(str(w) for w in settings.widths)
     return "\n".join(
         [
             "# Optimizer step: CompactAdamW and MaskedAdamW vs torch.optim.AdamW",
             "",
-            f"- torch: {torch.__version__}",
-            f"- CPU threads: {settings.threads} used by torch (the machine has {os.cpu_count()} logical CPUs)",
-            f"- 1-minute load average at start / end: {loads[0]} / {loads[1]} "
-            "(well above the thread count means other jobs shared the CPU)",
-            f"- date: {datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}",
-            f"- command: `{command}`",
+            *machine,
+            f"- 1-minute load average at the start: {load_at_start} (the line above: at the end; well above the "
+            "thread count means other jobs shared the CPU)",
             f"- model: MLP {widths}, Linear layers without bias, {n_params:,} parameters",
             f"- timing: median of {settings.steps} timed `opt.step()` calls per optimizer and density, "
             f"after {settings.warmup} warm-up steps, in interleaved rounds of {STEPS_PER_ROUND} steps; "
@@ -355,8 +348,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=None, help="also write the report as markdown to this path")
     args = parser.parse_args(argv)
-    if args.steps < 1 or args.threads < 1:
-        parser.error("--steps and --threads must be at least 1")
+    try:
+        check_positive_int(args.steps, "--steps")
+        check_positive_int(args.threads, "--threads")
+    except ValueError as err:
+        parser.error(str(err))
     return args
 
 
@@ -375,12 +371,11 @@ def main(argv: list[str] | None = None) -> int:
     load_at_start = load_average()
     try:
         rows = run_benchmark(settings)
+        machine = machine_lines(command_line("benchmarks.optimizer_step", argv))
     finally:
         torch.set_num_threads(previous_threads)  # leave the process as we found it (tests call main)
     n_params = count_parameters(build_mlp(settings.widths))
-    report = format_report(settings, n_params, rows, command_line("benchmarks.optimizer_step", argv),
-                           (load_at_start, load_average()))
-    emit(report, args.out)
+    emit(format_report(settings, n_params, rows, machine, load_at_start), args.out)
     return 0
 
 

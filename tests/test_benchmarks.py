@@ -58,7 +58,16 @@ def test_optimizer_step_benchmark_fast_mode(
     # The compact form: 12 bytes per selected entry (two float32 moments, one int32 index).
     assert state_bytes("5%", "CompactAdamW") <= 0.08 * adamw
     assert state_bytes("1%", "CompactAdamW") < state_bytes("5%", "CompactAdamW") < state_bytes("20%", "CompactAdamW")
-    assert f"torch: {torch.__version__}" in written
+    assert f"- torch {torch.__version__}; device: " in written
+    assert "; 2 torch CPU threads of " in written  # the benchmark's --threads default, not the caller's
+    assert "load average at the start" in written and "- command: `LAB_FAST=1 " in written
+
+
+def test_optimizer_step_benchmark_refuses_bad_counts(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (["--steps", "0"], ["--threads", "-1"]):
+        with pytest.raises(SystemExit):
+            optimizer_step.parse_args(argv)
+        assert "must be a positive int" in capsys.readouterr().err
 
 
 def test_criteria_cost_benchmark_fast_mode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
