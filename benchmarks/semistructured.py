@@ -19,7 +19,8 @@ Times are CUDA-event medians after warm-up; every ratio compares numbers from on
 The training step reuses the compressed weight; a real step also recompresses it after
 each optimizer update (``SemiStructuredLinear`` caches by the weight's version), which
 this table does not include.
-Results: ``benchmarks/results/semistructured-<device>.md`` and a ``.png`` of the speedups.
+Results: ``benchmarks/results/semistructured-<device>.md`` and a ``.png`` of the speedups;
+:func:`read_results` reads a results file back into rows (Lesson 8 draws them).
 
 Without a CUDA GPU the script stops with a message. ``--dry-run`` runs the same code on
 the CPU on tiny shapes through the dense masked reference (that checks the code path, not
@@ -44,13 +45,15 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from sparsity import sweep as report
 from sparsity import semistructured as ss
+from sparsity import sweep as report
+from sparsity.validate import check_positive_int
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -225,15 +228,16 @@ def best_speedups(rows: list[LinearRow]) -> dict[str, float]:
     return best
 
 
-def plot(rows: list[LinearRow], routes: tuple[str, ...], path: Path, title: str) -> None:
-    """Forward speedup over dense against tokens, one panel per dtype, one line per shape and route."""
-    import matplotlib
+def speedup_figure(rows: list[LinearRow], routes: tuple[str, ...], title: str) -> Any:
+    """Forward speedup over dense against tokens, one panel per dtype, one line per shape and route.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    A ``matplotlib.figure.Figure`` outside pyplot: the script saves it without a display, a
+    notebook shows it with ``display(fig)``."""
+    from matplotlib.figure import Figure
 
     dtypes = sorted({r.dtype for r in rows})
-    fig, axes = plt.subplots(1, len(dtypes), figsize=(6 * len(dtypes), 4.5), squeeze=False)
+    fig = Figure(figsize=(6 * max(1, len(dtypes)), 4.5))
+    axes = fig.subplots(1, max(1, len(dtypes)), squeeze=False)
     for ax, dtype in zip(axes[0], dtypes):
         for shape in sorted({r.shape for r in rows if r.dtype == dtype}):
             for route, style in zip(routes, ("-o", "--s", ":^")):
@@ -247,8 +251,7 @@ def plot(rows: list[LinearRow], routes: tuple[str, ...], path: Path, title: str)
         ax.set(xlabel="tokens (rows of x)", ylabel="dense time / 2:4 time", title=f"{title}: {dtype} forward")
         ax.legend(fontsize="xx-small", ncol=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
 
 
 def weight_shapes(sizes: tuple[int, ...]) -> list[tuple[int, int]]:
@@ -261,8 +264,9 @@ def result_files() -> list[Path]:
     return sorted(RESULTS.glob("semistructured-*.md"))
 
 
-def read_tables(path: Path) -> dict[str, list[dict[str, str]]]:
-    """The markdown tables of a results file, by the heading above each: a list of {column: cell} rows."""
+def read_markdown_tables(path: Path) -> dict[str, list[dict[str, str]]]:
+    """The markdown tables of a report (``sparsity.sweep.markdown_table``'s output), by the ``## ``
+    heading above each: a list of ``{column: cell}`` rows."""
     tables: dict[str, list[dict[str, str]]] = {}
     heading, columns = "", None
     for line in Path(path).read_text().splitlines():
@@ -279,6 +283,28 @@ def read_tables(path: Path) -> dict[str, list[dict[str, str]]]:
     return tables
 
 
+def _ms(cell: str) -> float | None:
+    return float(cell) if cell else None
+
+
+def read_results(path: Path) -> tuple[list[LinearRow], list[GptRow], tuple[str, ...]]:
+    """A results file read back: its linear-layer rows, its GPT rows and the 2:4 routes it measured
+    (the inverse of :func:`format_linear` and :func:`format_gpt`, to the precision they print)."""
+    tables = read_markdown_tables(path)
+    linear = next((rows for heading, rows in tables.items() if heading.startswith("Linear layer")), [])
+    gpt = next((rows for heading, rows in tables.items() if heading.startswith("GPT")), [])
+    columns = list(linear[0]) if linear else []
+    routes = tuple(c[: -len(" ms")] for c in columns[4:] if c.endswith(" ms") and not c.startswith("train "))
+    linear_rows = [
+        LinearRow(r["dtype"], tuple(int(v) for v in r["weight"].split("x")), int(r["tokens"]), float(r["dense ms"]),
+                  {route: _ms(r[f"{route} ms"]) for route in routes}, float(r["train dense ms"]),
+                  _ms(r["train 2:4 ms"]), r["train route"])
+        for r in linear
+    ]
+    gpt_rows = [GptRow(r["shape"], r["variant"], float(r["tokens/s"].replace(",", ""))) for r in gpt]
+    return linear_rows, gpt_rows, routes
+
+
 def device_slug(name: str) -> str:
     """'NVIDIA H100 80GB HBM3' -> 'h100'."""
     match = re.search(r"\b([A-Z]\d{2,4}[A-Z]?)\b", name)
@@ -293,9 +319,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--routes", nargs="+", choices=ROUTES, default=list(ROUTES))
     parser.add_argument("--no-gpt", action="store_true", help="skip the end-to-end GPT measurement")
     parser.add_argument("--gpt-preset", default="mid")
-    parser.add_argument("--reps", type=int, default=None)
+    parser.add_argument("--reps", type=int, default=None, help="timed runs per measurement")
     parser.add_argument("--out", type=Path, default=None, help="markdown path (default results/semistructured-<device>.md)")
     args = parser.parse_args(argv)
+    if args.reps is not None:
+        try:
+            check_positive_int(args.reps, "--reps")
+        except ValueError as err:
+            parser.error(str(err))
 
     cuda_ok = torch.cuda.is_available() and torch.cuda.get_device_capability() >= ss.MIN_CAPABILITY
     if not args.dry_run and not cuda_ok:
@@ -344,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
         out = RESULTS / f"semistructured-{device_slug(device_name)}.md"
     report.emit("\n".join(lines), out)
     if out is not None and routes:
-        plot(rows, routes, out.with_suffix(".png"), device_name)
+        speedup_figure(rows, routes, device_name).savefig(out.with_suffix(".png"), dpi=110)
     if out is not None:
         print(f"written to {out}", file=sys.stderr)
     return 0

@@ -23,14 +23,15 @@
 #
 # This lesson asks the lab's question for that pattern:
 #
-# 1. what the pattern and its compressed format look like (`sparsity/semistructured.py`);
+# 1. what the pattern and its compressed format look like (`sparsity/two_four.py`, the fast
+#    layer in `sparsity/two_four_linear.py`, whole models in `sparsity/two_four_convert.py`;
+#    `sparsity.semistructured` gathers them);
 # 2. how much accuracy one-shot 2:4 pruning costs, and how much **fine-tuning the kept
 #    weights with the pattern fixed** wins back, against dense fine-tuning and
 #    unstructured 50% at the same number of steps (`toys/two_four_study.py`);
 # 3. what it buys in speed on a GPU (`benchmarks/semistructured.py`), where measured.
 
 # %%
-import copy
 import warnings
 
 import ipywidgets as widgets
@@ -120,67 +121,50 @@ plt.show()
 print(tfs.verdict(result))
 
 # %% [markdown]
-# How to read it. The numbers above are this run's (fast mode: a small student, one seed;
-# `LAB_FAST=0` for the full study, about 5 minutes). At full size (student 16-256-256-8,
-# 3,000 training steps, then 3,000 fine-tuning steps for every method; mean +- std over 3
-# seeds; `python -m toys.two_four_study --json`, and `--modules fc2 fc3`) we measured:
-#
-# | method | 2:4 on fc1, fc2, fc3 | 2:4 on fc2, fc3 (fc1 dense) |
-# | --- | ---: | ---: |
-# | dense | 0.954 +- 0.015 | 0.954 +- 0.015 |
-# | dense + fine-tuning | 0.957 +- 0.013 | 0.957 +- 0.013 |
-# | 2:4 one-shot | 0.782 +- 0.020 | 0.922 +- 0.011 |
-# | 2:4 + fine-tuning | 0.919 +- 0.002 | 0.959 +- 0.012 |
-# | unstructured 50% one-shot | 0.889 +- 0.010 | 0.939 +- 0.012 |
-# | unstructured 50% + fine-tuning | 0.944 +- 0.015 | 0.957 +- 0.012 |
-#
-# * **One-shot 2:4 costs more than unstructured 50%** (0.78 vs 0.89 in every layer): every
-#   group of four must give up two entries, even where all four matter.
-# * **Fine-tuning with the pattern fixed wins most of it back** (79% of the one-shot loss:
-#   0.78 -> 0.92), but in every layer it stays below dense fine-tuning (96% of it) and
-#   below unstructured 50% at the same steps.
-# * **Leave the first layer dense and the gap closes**: 2:4 on the two wide layers,
-#   fine-tuned, matches dense fine-tuning (0.959 vs 0.957, within the seed spread).
-# * **The score matters before fine-tuning, much less after**: keeping 2 of 4 at *random*
-#   (`--criterion random`, every layer) gives 0.495 +- 0.004 one-shot, and 0.910 +- 0.008
-#   after fine-tuning, against magnitude's 0.782 and 0.919.
+# The numbers above are this run's (fast mode: a small student, one seed; `LAB_FAST=0` gives
+# the full study: student 16-256-256-8, three seeds, `python -m toys.two_four_study --json`).
+# Two variations answer the next questions, measured the same way on the same students:
+# **leave the first layer dense** (2:4 on `fc2`, `fc3` only) and **keep 2 of every 4 at
+# random** (the baseline any score must beat; `--criterion random`):
+
+# %%
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", ss.FastPathNotice)
+    fc1_dense = tfs.run_study(tfs.default_study(modules=("fc2", "fc3")), world, dense, progress=False)
+    at_random = tfs.run_study(tfs.default_study(criterion="random"), world, dense, progress=False)
+variants = {"2:4 everywhere": result, "2:4 on fc2, fc3 (fc1 dense)": fc1_dense, "2:4 at random": at_random}
+display(Markdown(tfs.format_comparison(variants)))
+print(tfs.verdict(fc1_dense))
+print("kept at random:", tfs.verdict(at_random))
+
+# %% [markdown]
+# Read the table against the questions at the end: does one-shot 2:4 cost more than
+# unstructured 50%? How much of it does fine-tuning with the pattern fixed win back, and
+# does it reach dense fine-tuning? What changes when the first layer stays dense, and how
+# much does the score matter before fine-tuning, and after?
 #
 # **And on a transformer?** `tfs.run_gpt_study` runs the same comparison on the lab's
-# pretrained tiny GPT (`scaleup`, 2,000 pretraining steps), 2:4 in every block matrix
-# (attention and MLP; the tied output head stays dense), then fine-tuned on a target
-# task (`python -m toys.two_four_study --gpt [--gpt-target add2 --gpt-steps 300]`).
-# Measured once (seed 0): after one-shot 2:4 the source tasks' mean exact match is
-# **0.988** (unstructured 50%: 0.997; dense: 1.000), so the tiny GPT has room to spare. On
-# the near target `add2` every method reaches 1.000 and every method forgets the source
-# almost entirely (retention 0.003 dense, 0.089 2:4, 0.013 unstructured); on the far target
-# `sort` no method learns in 300 steps (<= 0.027). With 1,500 steps on `sort`: dense
-# fine-tuning 0.945, 2:4 + fine-tuning 0.996, unstructured 50% + fine-tuning 0.984, and
-# all three forget the source (retention <= 0.005). One seed only: the 2:4 model is *not*
-# worse at learning a new skill here, but whether it is better needs more seeds.
+# pretrained tiny GPT (`scaleup`), 2:4 in every block matrix (attention and MLP; the tied
+# output head stays dense), then fine-tuned on a target task, and reports target accuracy
+# and source retention per method: `python -m toys.two_four_study --gpt [--gpt-target add2
+# --gpt-steps 300]`. It is not run here (it needs the pretrained model).
 #
 # Which layers pay? Apply 2:4 to one layer at a time, no fine-tuning:
 
 # %%
 student = dense[study.seeds[0]]
 names = tfs.linear_names(student)
-one_layer = {}
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", ss.FastPathNotice)
-    for name in names:
-        one_layer[name] = tc.accuracy(ss.sparsify_24(copy.deepcopy(student), modules=name), world)
-fig, ax = plt.subplots(figsize=(6, 3))
-ax.bar(names, [one_layer[n] for n in names], color="tab:orange")
-ax.axhline(tc.accuracy(student, world), color="black", linestyle="--", label="dense")
-ax.set(ylabel="test accuracy", title="one-shot 2:4 on a single layer (no fine-tuning)",
-       ylim=(max(0.0, min(one_layer.values()) - 0.1), 1.0))
-ax.legend()
+    one_layer = tfs.one_shot_by_layer(student, lambda m: tc.accuracy(m, world))
+tfs.plot_by_layer(one_layer, tc.accuracy(student, world))
 plt.show()
 print({n: f"{a:.3f} ({student.get_submodule(n).in_features} inputs)" for n, a in one_layer.items()})
 
 # %% [markdown]
-# The first layer has 16 inputs: under 2:4 each hidden unit may read only 8 of them. The
-# wide layers have redundancy to spare. Production 2:4 models often leave such small or
-# sensitive layers dense; try it with the widget below.
+# The first layer has 16 inputs: under 2:4 each hidden unit may read only 8 of them; the
+# wide layers may have redundancy to spare. Compare the bars: production 2:4 models often
+# leave small or sensitive layers dense; try it with the widget below.
 #
 # ## 3. The speed, on a GPU
 # `benchmarks/semistructured.py` times dense vs 2:4 linear layers (bf16/fp16, weights
@@ -194,28 +178,11 @@ if not files:
           "Run `PYTHONPATH=. python -m benchmarks.semistructured` on a GPU of compute capability >= 8.0 "
           "and commit its output. The speed claims of this lesson are unverified until then.")
 for path in files:
-    tables = bench.read_tables(path)
-    linear = next((rows for heading, rows in tables.items() if heading.startswith("Linear layer")), [])
-    routes = [c[: -len(" speedup")] for c in (linear[0] if linear else {}) if c.endswith(" speedup")
-              and not c.startswith("train")]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4), squeeze=False)
-    for ax, dtype in zip(axes[0], ("bf16", "fp16")):
-        for shape in sorted({r["weight"] for r in linear if r["dtype"] == dtype}):
-            for route in routes:
-                pts = [(int(r["tokens"]), float(r[f"{route} speedup"].rstrip("x"))) for r in linear
-                       if r["dtype"] == dtype and r["weight"] == shape and r[f"{route} speedup"]]
-                if pts:
-                    ax.plot(*zip(*pts), marker="o", label=f"{shape} {route}")
-        ax.axhline(1, color="grey")
-        ax.set(xscale="log", xlabel="tokens", ylabel="dense time / 2:4 time", title=f"{path.stem}: {dtype} forward")
-        ax.legend(fontsize="xx-small", ncol=2)
-    fig.tight_layout()
-    plt.show()
-    for heading, rows in tables.items():
-        if heading.startswith("GPT"):
-            print(heading)
-            for r in rows:
-                print(f"  {r['shape']:>26} | {r['variant']:>15} | {r['tokens/s']:>12} tokens/s | {r['vs dense']}")
+    linear_rows, gpt_rows, routes = bench.read_results(path)
+    if linear_rows and routes:
+        display(bench.speedup_figure(linear_rows, routes, path.stem))
+    if gpt_rows:
+        display(Markdown(f"**{path.stem}: GPT inference**\n\n" + bench.format_gpt(gpt_rows)))
 
 # %% [markdown]
 # ### Live kernels
@@ -244,13 +211,14 @@ else:
 
 # %% [markdown]
 # ## Try it yourself
-# Choose **which layers** become 2:4 and **the selection score** (magnitude, or random as
-# the baseline any score must beat), then press **Run**: one-shot and fine-tuned accuracy
-# of that choice, against dense fine-tuning, on the first seed's pretrained student.
+# Choose **which layers** become 2:4 and **the selection score** (magnitude; random, the
+# baseline any score must beat; or a gradient criterion of `sparsity.registry`, Fisher or
+# SNIP, scored on a few training batches), then press **Run**: one-shot and fine-tuned
+# accuracy of that choice, against dense fine-tuning, on the first seed's pretrained student.
 
 # %%
 layer_pick = widgets.SelectMultiple(options=names, value=tuple(names), description="layers", rows=len(names))
-score_pick = widgets.Dropdown(options=list(tfs.CRITERIA), value="magnitude", description="score")
+score_pick = widgets.Dropdown(options=["magnitude", "random", "fisher", "snip"], value="magnitude", description="score")
 run_button = widgets.Button(description="Run", button_style="primary")
 output = widgets.Output()
 last_run = {}

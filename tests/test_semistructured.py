@@ -511,10 +511,31 @@ def test_benchmark_results_can_be_read_back(tmp_path) -> None:
 
     out = tmp_path / "dry.md"
     assert bench.main(["--dry-run", "--no-gpt", "--out", str(out)]) == 0
-    tables = bench.read_tables(out)
+    tables = bench.read_markdown_tables(out)
     (linear,) = [rows for heading, rows in tables.items() if heading.startswith("Linear layer")]
     assert len(linear) == 12 and {r["dtype"] for r in linear} == {"bf16", "fp16"}
     assert all(float(r["dense ms"]) > 0 and r["train route"] == "reference" for r in linear)
+    rows, gpt_rows, routes = bench.read_results(out)
+    assert routes == () and gpt_rows == [] and len(rows) == 12
+    assert all(r.train_route == "reference" and r.dense_ms > 0 and r.sparse_ms == {} for r in rows)
+
+
+def test_benchmark_results_round_trip_with_routes_and_draw(tmp_path) -> None:
+    """What format_linear / format_gpt write, read_results reads back (to the printed precision)."""
+    from benchmarks import semistructured as bench
+
+    routes = ("cusparselt", "triton")
+    rows = [bench.LinearRow("bf16", (4096, 1024), t, 0.5 * t, {"cusparselt": 0.25 * t, "triton": None if t > 1 else 0.4},
+                            1.5 * t, 1.0 * t, "torch") for t in (1, 16)]
+    gpt = [bench.GptRow("prefill 8 x 512", "dense", 1000.0), bench.GptRow("prefill 8 x 512", "2:4 MLPs", 1500.0)]
+    path = tmp_path / "semistructured-h100.md"
+    path.write_text("\n".join(["# title", "", "## Linear layer (forward)", "", bench.format_linear(rows, routes), "",
+                               "Best forward speedup at the largest weight: cusparselt 2.00x", "",
+                               "## GPT `mid` inference (bf16 forward)", "", bench.format_gpt(gpt), ""]))
+    back_rows, back_gpt, back_routes = bench.read_results(path)
+    assert back_routes == routes and back_rows == rows and back_gpt == gpt
+    fig = bench.speedup_figure(back_rows, back_routes, path.stem)
+    assert len(fig.axes) == 1 and len(fig.axes[0].lines) == 2 + 2  # two routes, and the 1x and 2x guides
 
 
 def test_the_core_imports_and_works_without_triton() -> None:

@@ -65,11 +65,36 @@ def test_compare_keeps_the_pattern_and_reuses_a_trained_model() -> None:
 
 def test_study_config_refuses_bad_values() -> None:
     with pytest.raises(ValueError, match="criterion must be one of"):
-        tfs.StudyConfig(criterion="fisher")
+        tfs.StudyConfig(criterion="psychic")
     with pytest.raises(ValueError, match="seeds"):
         tfs.StudyConfig(seeds=())
     with pytest.raises(ValueError, match="finetune_steps"):
         tfs.StudyConfig(finetune_steps=0)
+
+
+def test_study_takes_every_registered_criterion() -> None:
+    """A criterion registered once (here a test-only one) and the data-needing ones run through the study."""
+    from sparsity import registry
+
+    def largest_rows(model, inputs):
+        return {n: p.detach().abs().sum(1, keepdim=True).expand_as(p) + p.detach().abs()
+                for n, p in model.named_parameters() if n in inputs.names(model)}
+
+    world = tc.make_world(tc.default_config(n_train=512, n_test=256, steps=20, hidden=(16, 16)))
+    dense = {0: tfs.train_dense(world, seed=0)}
+    registry.register_criterion("test_rows_24", largest_rows)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ss.FastPathNotice)
+            for criterion in ("test_rows_24", "fisher"):
+                study = tfs.run_study(tfs.StudyConfig(world=world.config, criterion=criterion, finetune_steps=5,
+                                                      seeds=(0,)), world, dense, progress=False)
+                assert set(study.per_seed[0]) == set(tfs.METHODS)
+                assert study.per_seed[0]["dense"] == tc.accuracy(dense[0], world)
+    finally:
+        registry.unregister_criterion("test_rows_24")
+    inputs = tfs.criterion_inputs(world)
+    assert len(inputs.batches) == tfs.CALIBRATION_BATCHES and inputs.batches[0][0].shape == (world.config.batch, 16)
 
 
 def test_cli_json(capsys: pytest.CaptureFixture[str]) -> None:

@@ -7,7 +7,8 @@ same 50% may keep any half, so 2:4 can only cost more. This study measures how m
 method the **same number of fine-tuning steps** (same optimizer, schedule and batches):
 
 * ``dense + fine-tuning``: all weights keep training (the full fine-tuning baseline);
-* ``2:4 one-shot``: ``sparsify_24`` of the chosen layers, no training;
+* ``2:4 one-shot``: ``sparsify_24`` of the chosen layers, no training (the kept 2 of every 4
+  chosen by any criterion of ``sparsity.registry``; magnitude by default);
 * ``2:4 + fine-tuning``: then train the kept weights only (``MaskedAdamW`` on
   ``keep_mask``; the pattern is preserved exactly and checked);
 * ``unstructured 50% one-shot`` / ``+ fine-tuning``: magnitude pruning of the same
@@ -24,7 +25,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import statistics
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -33,10 +33,14 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from sparsity import prune
+from sparsity import prune, registry
 from sparsity import semistructured as ss
 from sparsity.fastmode import fast_mode
 from sparsity.optim import MaskedAdamW
+from sparsity.registry import CriterionInputs
+from sparsity.sweep import markdown_table, mean_spread
+from sparsity.train import fit
+from sparsity.validate import check_positive_int
 from toys import classification as tc
 
 METHODS = (
@@ -47,7 +51,8 @@ METHODS = (
     "unstructured 50% one-shot",
     "unstructured 50% + fine-tuning",
 )
-CRITERIA = ("magnitude", "random")
+CALIBRATION_BATCHES = 4
+"""Batches of the fine-tuning data a criterion that needs gradients (Fisher, SNIP ...) scores with."""
 
 
 @dataclass(frozen=True)
@@ -55,7 +60,8 @@ class StudyConfig:
     """The world, which layers become 2:4 and how they are chosen, the fine-tuning budget, the seeds.
 
     ``modules``: names of the student's linears to sparsify (None = all of them).
-    ``criterion`` scores the 2:4 selection only; the unstructured baseline is always magnitude.
+    ``criterion`` (a name of ``sparsity.registry``) scores the 2:4 selection only; the
+    unstructured baseline is always magnitude.
     ``finetune_steps`` / ``finetune_lr``: the budget every method gets after the dense
     training (None = the world's ``steps`` / ``lr``).
     """
@@ -68,15 +74,15 @@ class StudyConfig:
     seeds: tuple[int, ...] = (0, 1, 2)
 
     def __post_init__(self) -> None:
-        if self.criterion not in CRITERIA:
-            raise ValueError(f"criterion must be one of {CRITERIA}, got {self.criterion!r}")
+        if not isinstance(self.criterion, str):
+            raise ValueError(f"criterion must be the name of a registered criterion, got {self.criterion!r}")
+        registry.get_criterion(self.criterion)
         if not self.seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in self.seeds):
             raise ValueError(f"seeds must be a non-empty tuple of ints, got {self.seeds!r}")
         if self.modules is not None and (not self.modules or not all(isinstance(m, str) for m in self.modules)):
             raise ValueError(f"modules must be None or a non-empty tuple of layer names, got {self.modules!r}")
-        steps = self.finetune_steps
-        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
-            raise ValueError(f"finetune_steps must be None or a positive int, got {steps!r}")
+        if self.finetune_steps is not None:
+            check_positive_int(self.finetune_steps, "finetune_steps")
 
     @property
     def finetuning(self) -> dict[str, object]:
@@ -110,11 +116,13 @@ def train_dense(world: tc.World, seed: int, progress: bool = False) -> nn.Module
 
 
 def compare(dense: nn.Module, train_fn: prune.TrainFn, evaluate: Callable[[nn.Module], object],
-            modules: list[str] | None = None, criterion: str = "magnitude") -> dict[str, object]:
+            modules: list[str] | None = None, criterion: str = "magnitude",
+            inputs: CriterionInputs | None = None) -> dict[str, object]:
     """Every method of :data:`METHODS` on copies of a trained ``dense`` model, scored by ``evaluate``.
 
     ``train_fn(model, keep)`` is the same fine-tuning for every method (an optimizer on the
-    keep-mask); ``modules``: the linears to sparsify (None = all). Any model works: the
+    keep-mask); ``modules``: the linears to sparsify (None = all); ``criterion`` and
+    ``inputs`` choose the kept 2 of every 4 (see ``ss.sparsify_24``). Any model works: the
     toy's MLP, a GPT.
     """
     scores = {"dense": evaluate(dense)}
@@ -122,7 +130,7 @@ def compare(dense: nn.Module, train_fn: prune.TrainFn, evaluate: Callable[[nn.Mo
     train_fn(full, {n: torch.ones_like(p, dtype=torch.bool) for n, p in full.named_parameters()})
     scores["dense + fine-tuning"] = evaluate(full)
 
-    two_four = ss.sparsify_24(copy.deepcopy(dense), criterion=criterion, modules=modules)
+    two_four = ss.sparsify_24(copy.deepcopy(dense), criterion=criterion, modules=modules, inputs=inputs)
     scores["2:4 one-shot"] = evaluate(two_four)
     prune.recover(two_four, ss.keep_mask(two_four), train_fn)
     ss.check_pattern(two_four)
@@ -137,13 +145,27 @@ def compare(dense: nn.Module, train_fn: prune.TrainFn, evaluate: Callable[[nn.Mo
     return scores
 
 
+def _cross_entropy(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    return nn.functional.cross_entropy(model(batch[0]), batch[1])
+
+
+def criterion_inputs(world: tc.World) -> CriterionInputs:
+    """What a criterion may score the dense student with: the training loss on
+    :data:`CALIBRATION_BATCHES` consecutive batches of the training set, wrapping around a
+    small one (criteria without data ignore it)."""
+    b, n = world.config.batch, world.config.n_train
+    rows = [torch.arange(i * b, (i + 1) * b) % n for i in range(CALIBRATION_BATCHES)]
+    return CriterionInputs(loss_fn=_cross_entropy, batches=[(world.x_train[r], world.y_train[r]) for r in rows])
+
+
 def run_seed(world: tc.World, study: StudyConfig, seed: int, dense: nn.Module | None = None,
              progress: bool = False) -> dict[str, float]:
     """Every method's test accuracy for one student seed (``dense``: its trained student, if at hand)."""
     dense = train_dense(world, seed, progress) if dense is None else dense
     train_fn = tc.trainer(world, seed=seed + 1000, **study.finetuning)
     modules = None if study.modules is None else list(study.modules)
-    return compare(dense, train_fn, lambda m: tc.accuracy(m, world), modules, study.criterion)  # type: ignore[return-value]
+    return compare(dense, train_fn, lambda m: tc.accuracy(m, world), modules, study.criterion,  # type: ignore[return-value]
+                   criterion_inputs(world))
 
 
 @dataclass
@@ -156,12 +178,12 @@ class Study:
     layers: list[str]
 
     def mean(self, method: str) -> float:
-        return statistics.fmean(acc[method] for acc in self.per_seed.values())
+        """Mean accuracy over seeds."""
+        return mean_spread([acc[method] for acc in self.per_seed.values()])[0]
 
     def spread(self, method: str) -> float:
         """Sample standard deviation over seeds (0 with one seed)."""
-        values = [acc[method] for acc in self.per_seed.values()]
-        return statistics.stdev(values) if len(values) > 1 else 0.0
+        return mean_spread([acc[method] for acc in self.per_seed.values()])[1]
 
     def recovered(self, method: str = "2:4") -> float:
         """Share of the one-shot loss that fine-tuning won back, against dense fine-tuning at the same steps."""
@@ -198,11 +220,40 @@ def format_table(study: Study) -> str:
     """Markdown table: mean (std) accuracy and share of dense fine-tuning, per method."""
     steps = study.config.finetune_steps or study.config.world.steps
     reference = study.mean("dense + fine-tuning")
-    rows = [f"| method ({len(study.per_seed)} seeds, {steps} fine-tuning steps) | test accuracy | vs dense FT |",
-            "|---|---:|---:|"]
-    for m in METHODS:
-        rows.append(f"| {m} | {study.mean(m):.4f} +- {study.spread(m):.4f} | {study.mean(m) / reference:.1%} |")
-    return "\n".join(rows)
+    header = [f"method ({len(study.per_seed)} seeds, {steps} fine-tuning steps)", "test accuracy", "vs dense FT"]
+    return markdown_table(header, [[m, f"{study.mean(m):.4f} +- {study.spread(m):.4f}", f"{study.mean(m) / reference:.1%}"]
+                                   for m in METHODS])
+
+
+def format_comparison(studies: dict[str, Study]) -> str:
+    """Markdown table: mean +- std accuracy of every method (rows) in each study (columns, by label)."""
+    rows = [[m, *(f"{s.mean(m):.3f} +- {s.spread(m):.3f}" for s in studies.values())] for m in METHODS]
+    return markdown_table(["method", *studies], rows)
+
+
+def one_shot_by_layer(dense: nn.Module, evaluate: Callable[[nn.Module], float], criterion: str = "magnitude",
+                      inputs: CriterionInputs | None = None) -> dict[str, float]:
+    """One-shot 2:4 on one linear at a time, no fine-tuning: which layers pay for the pattern."""
+    return {name: evaluate(ss.sparsify_24(copy.deepcopy(dense), criterion, modules=name, inputs=inputs))
+            for name in linear_names(dense)}
+
+
+def plot_by_layer(by_layer: dict[str, float], dense: float, fig: object = None) -> object:
+    """Bars: the score after one-shot 2:4 on each single layer, the dense model's score marked."""
+    import matplotlib.pyplot as plt
+
+    if fig is None:
+        fig = plt.figure(figsize=(6, 3))
+    fig.clear()
+    ax = fig.subplots()
+    names = list(by_layer)
+    ax.bar(names, [by_layer[n] for n in names], color="tab:orange")
+    ax.axhline(dense, color="black", linestyle="--", label="dense")
+    ax.set(ylabel="test accuracy", title="one-shot 2:4 on a single layer (no fine-tuning)",
+           ylim=(max(0.0, min(by_layer.values()) - 0.1), 1.0))
+    ax.legend()
+    fig.tight_layout()
+    return fig
 
 
 def verdict(study: Study) -> str:
@@ -277,14 +328,13 @@ def run_gpt_study(cfg: GptStudyConfig, cache_dir: str | None = None, progress: b
     base = pretrain.pretrained(pcfg, cache_dir=cache_dir, progress=progress)
     world = tk.World(pcfg.world)
 
+    def batch(step: int) -> tk.Batch:
+        return world.train_batch(cfg.target, step, cfg.batch_size, cfg.seed)
+
     def train_fn(model: nn.Module, keep: dict[str, torch.Tensor]) -> None:
         opt = MaskedAdamW(model.named_parameters(), mask=keep, lr=cfg.lr, weight_decay=0.0)
         model.train()
-        for step in tqdm(range(cfg.steps), desc=f"fine-tuning on {cfg.target}", disable=not progress, leave=False):
-            loss = tk.loss(model, world.train_batch(cfg.target, step, cfg.batch_size, cfg.seed))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+        fit(model, opt, tk.loss, cfg.steps, batches=batch, progress=progress, desc=f"fine-tuning on {cfg.target}")
         model.eval()
 
     def evaluate(model: nn.Module) -> dict[str, float]:
@@ -293,7 +343,8 @@ def run_gpt_study(cfg: GptStudyConfig, cache_dir: str | None = None, progress: b
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        scores = compare(base, train_fn, evaluate, list(cfg.modules), cfg.criterion)
+        inputs = CriterionInputs(loss_fn=tk.loss, batches=[batch(step) for step in range(CALIBRATION_BATCHES)])
+        scores = compare(base, train_fn, evaluate, list(cfg.modules), cfg.criterion, inputs)
     finally:
         torch.set_num_threads(threads)
     layers = sorted(ss.two_four_layers(ss.sparsify_24(copy.deepcopy(base), modules=list(cfg.modules))))
@@ -303,12 +354,11 @@ def run_gpt_study(cfg: GptStudyConfig, cache_dir: str | None = None, progress: b
 def format_gpt_table(result: dict[str, object]) -> str:
     """Markdown table: target accuracy and source retention per method."""
     cfg = result["config"]
-    header = f"| method ({cfg['preset']} GPT, target {cfg['target']}, {cfg['steps']} steps) | target accuracy |"
-    rows = [header + " source retention |", "|---|---:|---:|"]
-    for m in METHODS:
-        s = result["scores"][m]  # type: ignore[index]
-        rows.append(f"| {m} | {s['target']:.3f} | {s['retention']:.3f} |")
-    return "\n".join(rows)
+    header = [f"method ({cfg['preset']} GPT, target {cfg['target']}, {cfg['steps']} steps)", "target accuracy",
+              "source retention"]
+    scores = result["scores"]
+    return markdown_table(header, [[m, f"{scores[m]['target']:.3f}", f"{scores[m]['retention']:.3f}"]  # type: ignore[index]
+                                   for m in METHODS])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -316,7 +366,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m toys.two_four_study",
                                      description="2:4 pruning: one-shot cost and fixed-pattern fine-tuning recovery")
     parser.add_argument("--modules", nargs="+", default=None, help="linears to sparsify (default: all)")
-    parser.add_argument("--criterion", choices=CRITERIA, default=base.criterion)
+    parser.add_argument("--criterion", choices=sorted(registry.CRITERIA), default=base.criterion,
+                        help="what keeps 2 of every 4 inputs (default: %(default)s)")
     parser.add_argument("--finetune-steps", type=int, default=None, help="default: the dense training steps")
     parser.add_argument("--seeds", type=int, nargs="+", default=list(base.seeds))
     parser.add_argument("--gpt", action="store_true", help="also run the comparison on the pretrained tiny GPT")
