@@ -151,3 +151,28 @@ def test_training_with_a_mask_moves_only_the_subnetwork() -> None:
     for name, p in result.student.named_parameters():
         assert torch.equal(p[~mask[name]], result.init[name][~mask[name]])
     assert result.final_loss < result.initial_loss
+
+
+def test_sgd_with_the_proximal_step_records_every_step_and_leaves_exact_zeros() -> None:
+    """The proximal step after SGD thresholds at lam * lr (sparsity.train.ProximalL1, no adaptive_lr)."""
+    from sparsity.metrics import update_sparsity
+
+    prox = ts.train(ts.Config(steps=60, optimizer="sgd", lam=1e-2, penalty="prox"), progress=False)
+    term = ts.train(ts.Config(steps=60, optimizer="sgd", lam=1e-2), progress=False)
+    assert len(prox.history.loss) == len(prox.history.task_loss) == 60
+    assert prox.history.loss == prox.history.task_loss  # the penalty is a step, not a loss term
+    assert term.history.loss[0] == term.history.task_loss[0]  # at the start the L1 distance is 0
+    assert all(a > b for a, b in zip(term.history.loss[1:], term.history.task_loss[1:]))  # then a loss term
+    unchanged = update_sparsity(prox.student, prox.init, tol=0.0).per_tensor
+    assert unchanged["fc1.weight"] > update_sparsity(term.student, term.init, tol=0.0).per_tensor["fc1.weight"]
+
+
+def test_a_diverging_run_fails_loudly() -> None:
+    with pytest.raises(FloatingPointError, match="diverged"):
+        ts.train(ts.Config(steps=50, optimizer="sgd", lr=1e3, schedule="constant"), progress=False)
+
+
+def test_plot_update_shares_draws_one_bar_per_tensor_and_run(runs: dict[str, ts.Result]) -> None:
+    ax = ts.plot_update_shares({"lambda = 0": runs["lam0"], "lambda = 1e-3": runs["lam1e-3"]})
+    assert len(ax.patches) == 2 * 6
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["lambda = 0", "lambda = 1e-3"]

@@ -20,17 +20,18 @@ import json
 import math
 import sys
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from sparsity.fastmode import fast_mode
 from sparsity.metrics import distances, update_norms
 from sparsity.optim import MaskedAdamW, MaskedSGD
-from sparsity.regularize import l1_to_init, prox_l1_to_init_, snapshot
-from sparsity.validate import Mask
+from sparsity.regularize import l1_to_init, snapshot
+from sparsity.train import EachStep, FitState, ProximalL1, Schedule, constant, cosine, fit
+from sparsity.validate import Mask, check_positive_int
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "silu": nn.SiLU}
 OPTIMIZERS = ("adam", "sgd")
@@ -59,8 +60,10 @@ class Config:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if len(self.widths) < 2 or not all(isinstance(w, int) and w > 0 for w in self.widths):
+        if len(self.widths) < 2:
             raise ValueError(f"widths must be >= 2 positive ints, got {self.widths}")
+        for width in self.widths:
+            check_positive_int(width, "widths")
         n_layers = len(self.widths) - 1
         if not all(isinstance(i, int) and 1 <= i <= n_layers for i in self.copy_layers):
             raise ValueError(f"copy_layers must be layer numbers in 1..{n_layers}, got {self.copy_layers}")
@@ -79,8 +82,7 @@ class Config:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or value < 0:
                 raise ValueError(f"{name} must be a number >= 0, got {value!r}")
         for name in ("n_train", "n_test", "steps"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive int, got {getattr(self, name)!r}")
+            check_positive_int(getattr(self, name), name)
 
     @property
     def learning_rate(self) -> float:
@@ -97,8 +99,8 @@ def make_mlp(widths: tuple[int, ...], activation: str, seed: int) -> nn.Sequenti
     """An MLP with layers named fc1, fc2, ... so its tensors read W1/b1, W2/b2, ...
 
     Weights are drawn N(0, 1 / fan_in) (LeCun init), biases N(0, 0.1^2). The scale sets
-    how strong a given lambda is against the MSE: at this scale the teacher's outputs
-    have variance ~0.3 and lambda = 1e-3 leaves the task loss free to fall > 10x.
+    how strong a given lambda is against the MSE: the teacher's output variance sets the
+    size of the task loss the L1 term competes with.
     """
     gen = torch.Generator().manual_seed(seed)
     modules: OrderedDict[str, nn.Module] = OrderedDict()
@@ -199,53 +201,48 @@ def batches(cfg: Config, teacher: nn.Module, n: int = 4) -> list[tuple[torch.Ten
     return list(zip(x.chunk(n), y.chunk(n)))
 
 
-def _prox_step(opt: torch.optim.Optimizer, student: nn.Module, init: dict[str, torch.Tensor], lam: float) -> None:
-    """Soft-threshold the update toward init, at the scale each optimizer actually steps at."""
-    if isinstance(opt, MaskedAdamW):
-        thresholds = {n: lam * a for n, a in opt.adaptive_lr().items()}
-        prox_l1_to_init_(student, {n: init[n] for n in thresholds}, thresholds)
-    else:
-        prox_l1_to_init_(student, init, lam * opt.param_groups[0]["lr"])
+def _schedule(cfg: Config) -> Schedule:
+    if cfg.schedule == "cosine":
+        return cosine(cfg.learning_rate, cfg.steps)
+    return constant(cfg.learning_rate)
 
 
 def train(cfg: Config, progress: bool = True, mask: Mask | None = None) -> Result:
     """Train the student on the teacher's data with MSE + lam * L1-to-init and record everything.
 
     ``penalty="loss"`` adds the L1 term to the loss (Liu 2026); ``penalty="prox"`` instead
-    soft-thresholds the update toward the initialisation after each step (exact zeros).
-    ``mask`` (for the student built by ``make_teacher_student(cfg)``) restricts training to
-    a subnetwork: sparse fine-tuning, with the masked optimizer.
+    soft-thresholds the update toward the initialisation after each step (exact zeros;
+    :class:`sparsity.train.ProximalL1`). ``mask`` (for the student built by
+    ``make_teacher_student(cfg)``) restricts training to a subnetwork: sparse fine-tuning,
+    with the masked optimizer.
     """
     teacher, student = make_teacher_student(cfg)
     x, y, x_test, y_test = make_data(cfg, teacher)
     init = snapshot(student)
     teacher_weights = snapshot(teacher)
-    opt = _make_optimizer(cfg, student, mask)
-    lr_at = (
-        (lambda t: cfg.learning_rate * 0.5 * (1 + math.cos(math.pi * t / cfg.steps)))
-        if cfg.schedule == "cosine"
-        else (lambda t: cfg.learning_rate)
-    )
     history = History()
     for name in init:
         history.to_init[label(name)] = []
         history.to_teacher[label(name)] = []
-    for t in tqdm(range(cfg.steps), desc=f"lam={cfg.lam:g} {cfg.optimizer}", disable=not progress, leave=False):
-        for group in opt.param_groups:
-            group["lr"] = lr_at(t)
-        task_loss = nn.functional.mse_loss(student(x), y)
-        loss = task_loss + cfg.lam * l1_to_init(student, init) if cfg.penalty == "loss" and cfg.lam > 0 else task_loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if cfg.penalty == "prox" and cfg.lam > 0:
-            _prox_step(opt, student, init, cfg.lam)
-        history.loss.append(loss.item())
-        history.task_loss.append(task_loss.item())
-        for key, value in _labelled(distances(student, init)).items():
+
+    def loss_of_batch(model: nn.Module, batch: None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        task_loss = nn.functional.mse_loss(model(x), y)
+        extra = {"task_loss": task_loss.detach()}
+        if cfg.penalty == "loss" and cfg.lam > 0:
+            return task_loss + cfg.lam * l1_to_init(model, init), extra
+        return task_loss, extra
+
+    def record_distances(state: FitState) -> None:
+        for key, value in _labelled(distances(state.model, init)).items():
             history.to_init[key].append(value)
-        for key, value in _labelled(distances(student, teacher_weights)).items():
+        for key, value in _labelled(distances(state.model, teacher_weights)).items():
             history.to_teacher[key].append(value)
+
+    hooks = [ProximalL1(init, cfg.lam)] if cfg.penalty == "prox" else []
+    curves = fit(student, _make_optimizer(cfg, student, mask), loss_of_batch, cfg.steps, schedule=_schedule(cfg),
+                 hooks=[*hooks, EachStep(record_distances)], progress=progress,
+                 desc=f"lam={cfg.lam:g} {cfg.optimizer}")
+    history.loss, history.task_loss = curves["loss"], curves["task_loss"]
     with torch.no_grad():
         final_loss = nn.functional.mse_loss(student(x), y).item()
         test_loss = nn.functional.mse_loss(student(x_test), y_test).item()
@@ -286,6 +283,24 @@ def plot_run(result: Result, fig: object = None) -> object:
     fig.suptitle(f"Teacher-student MLP {cfg.widths}: lambda = {cfg.lam:g}, {cfg.optimizer}, penalty as {cfg.penalty}")
     fig.tight_layout()
     return fig
+
+
+def plot_update_shares(results: Mapping[str, Result], ax: object = None) -> object:
+    """Each tensor's share of the total L1 update, one group of bars per tensor and one bar per run
+    (``results`` maps a legend label to a run): where did the update go?"""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 3.5))
+    keys = list(next(iter(results.values())).update_share)
+    width = 0.8 / len(results)
+    for i, (name, result) in enumerate(results.items()):
+        offset = (i - (len(results) - 1) / 2) * width
+        ax.bar([x + offset for x in range(len(keys))], [result.update_share[k] for k in keys], width, label=name)
+    ax.set(xticks=range(len(keys)), xticklabels=keys, ylabel="share of the total L1 update",
+           title="Where did the update go?")
+    ax.legend()
+    return ax
 
 
 def format_table(result: Result) -> str:
