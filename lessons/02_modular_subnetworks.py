@@ -40,8 +40,9 @@
 # on the expected share of kept entries). Heads are left out of the search: head k belongs
 # to task k by construction, finding it would prove nothing.
 #
-# Everything below runs the lab's code: `toys/modular.py` for the world and the experiments,
-# `sparsity/` for discovery, ablation, the masked optimizer and the overlap metric.
+# Everything below runs the lab's code: `toys.modular` for the world, the experiments and
+# their figures, `sparsity/` for discovery, ablation, the masked optimizer and the overlap
+# metric, and the lab's one training loop (`sparsity.train.fit`) for every run.
 
 # %%
 import ipywidgets as widgets
@@ -61,8 +62,7 @@ print(f"fast mode: {FAST}; {cfg.n_tasks} tasks, trunk {cfg.hidden}, {cfg.steps} 
 # %% [markdown]
 # ## Run the experiment
 # One call trains every network, learns every mask and runs the fine-tuning comparison
-# (about 20 s in fast mode, two to three minutes in full mode on 2 CPU cores). The rest of
-# the lesson reads its results.
+# (seconds in fast mode, minutes in full mode). The rest of the lesson reads its results.
 
 # %%
 report = modular.run(cfg)
@@ -100,16 +100,7 @@ for arm in ("random init", "pretrained"):
 
 # %%
 seed0 = report.runs["random init"][0]
-fig, (ax_loss, ax_density) = plt.subplots(1, 2, figsize=(11, 3.5))
-for task, learned in seed0.masks.items():
-    ax_loss.plot(learned.task_loss, label=task, alpha=0.8)
-    ax_density.plot(learned.expected_density, label=f"{task}: ends at {learned.density:.1%}")
-ax_loss.set(yscale="log", xlabel="mask-learning step", ylabel="task loss (masked network)",
-            title="Task loss while the mask is learned")
-ax_density.set(xlabel="mask-learning step", ylabel="expected share of trunk kept", title="Mask density")
-ax_loss.legend()
-ax_density.legend()
-fig.tight_layout()
+modular.plot_mask_learning(seed0)
 plt.show()
 for task, learned in seed0.masks.items():
     print(f"{task}: subnetwork keeps {learned.density:.1%} of the trunk; with only it left, {task} scores "
@@ -145,15 +136,10 @@ def show_ablation(_=None):
             scores = {t: f(run0.model) for t, f in scorers.items()}
     with ablation_out:
         ablation_out.clear_output(wait=True)
-        fig, ax = plt.subplots(figsize=(6, 3))
-        ax.bar(list(scores), list(scores.values()), color=["tab:red" if t == subnet_pick.value else "tab:blue"
-                                                           for t in scores])
-        ax.axhline(cfg.chance, color="gray", linestyle="--", label="chance")
-        ax.set(ylim=(0, 1), xlabel="task", ylabel="accuracy",
-               title=f"{arm_pick.value}: {subnet_pick.value} ablated ({part_pick.value}, {mode_pick.value})")
-        ax.legend()
+        ax = modular.plot_task_scores(scores, cfg.chance, subnet_pick.value, title=f"{arm_pick.value}: "
+                                      f"{subnet_pick.value} ablated ({part_pick.value}, {mode_pick.value})")
         plt.show()
-    last_ablation.update(scores=scores, figure=fig)
+    last_ablation.update(scores=scores, figure=ax.figure)
 
 
 for control in (arm_pick, subnet_pick, mode_pick, part_pick):
@@ -180,31 +166,34 @@ for arm, overlap in report.overlaps.items():
     per_tensor = ", ".join(f"{n} {j:.2f} (chance {c:.2f})" for n, (j, c) in overlap.per_tensor.items())
     print(f"{arm:>12}: Jaccard {overlap.jaccard:.3f} vs chance {overlap.chance:.3f}  [{per_tensor}]")
 print("overlap / chance: " + ", ".join(f"{arm} {o.jaccard / o.chance:.1f}x" for arm, o in report.overlaps.items()))
+if {"pretrained", "same init"} <= set(report.overlaps):
+    print(f"pretrained minus same-init overlap: "
+          f"{report.overlaps['pretrained'].jaccard - report.overlaps['same init'].jaccard:+.3f}")
 
 # %% [markdown]
 # Read it carefully. From random inits the same task ends in weights that barely overlap
 # across seeds: hidden units are interchangeable, so the *same* function can sit in
 # *different* units (permutation symmetry). Sharing a pretrained trunk makes the
 # subnetworks overlap far above chance. But the *same init* control shows how much of that
-# comes from merely starting at the same point: compare the two bars before crediting
-# pretraining. (In our runs the pretrained trunk overlaps at most a little more than the
-# same-init control: most of the "consistency" is the shared start.) The modularity scores
-# (left) say whether pretraining also makes the split itself cleaner or steadier; here the
-# input groups are disjoint, so even random inits split cleanly and leave pretraining
-# little to improve. Question 2 below makes the world harder.
+# comes from merely starting at the same point: compare the two bars (and the difference
+# printed above) before crediting pretraining. The modularity scores (left) say whether
+# pretraining also makes the split itself cleaner or steadier; with disjoint input groups,
+# if even random inits split cleanly, pretraining has little left to improve. Question 2
+# below makes the world harder.
 #
 # ## 3. Protecting a task: core-parameter isolation
 # Pretrain on task A (`t0`, with an L1 penalty on the weights: sparse-weight training keeps
 # A's circuit compact), then fine-tune on task B (`t1`, another group) three ways:
 # - **full**: every parameter;
-# - **freeze A's core**: the top 5% of the trunk's weights by magnitude after training on A
-#   (magnitude pruning), closed over **whole units** (a unit whose weights are in the core
-#   keeps its entire fan-in frozen), everything else trains;
-# - **B's subnetwork only**: the entries a full fine-tuning on B moved most (20% of the
-#   trunk) plus B's head; A's core is not protected.
+# - **freeze A's core**: the top `core_density` of the trunk's weights by magnitude after
+#   training on A (magnitude pruning), closed over **whole units** (a unit whose weights are
+#   in the core keeps its entire fan-in frozen), everything else trains;
+# - **B's subnetwork only**: the entries a full fine-tuning on B moved most (the top
+#   `subnet_density` of the trunk) plus B's head; A's core is not protected.
 
 # %%
 iso = report.isolation
+print(f"A's core: top {cfg.core_density:.0%} of the trunk; B's subnetwork: top {cfg.subnet_density:.0%}")
 print(f"after pretraining on A: A {iso.a_before:.3f}, B {iso.b_before:.3f} (chance {cfg.chance:.2f})")
 print(f"{'way':<22}{'B (target)':>12}{'A (retained)':>14}{'trainable share of trunk':>26}")
 for way in modular.WAYS:
@@ -270,8 +259,8 @@ display(widgets.VBox([way_pick, widgets.HBox([density_slider, units_box]), finet
 #    `modular.isolation(modular.make_world(modular.default_config(pretrain_l1=0.0)))`.
 #    The core's units now cover most of the trunk. What does that say about when freezing
 #    a core can work?
-# 6. B's subnetwork alone (20% of the trunk) trails full fine-tuning on B. Raise its density:
-#    where does it catch up, and what happens to A on the way?
+# 6. Compare B's subnetwork alone with full fine-tuning on B in the table above. Raise its
+#    density: where does it catch up, and what happens to A on the way?
 #
 # ## What next
 # - Lesson 3 compares ways of *choosing* the weights to fine-tune at a fixed budget.

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from sparsity.regularize import snapshot
-from toys import modular
+from toys import modular, modular_world
 
 SMALL = dict(n_tasks=3, hidden=(64, 64), n_train=4096, n_test=2048, steps=500, lr=5e-3, mask_steps=150, mask_lr=0.1,
              n_seeds=2)
@@ -44,8 +44,8 @@ def test_world_layout_and_ground_truth() -> None:
     # Ground truth: a task's label depends on its own group only.
     x = world.x_train.clone()
     x[:, cfg.window(2).stop - 2 :] = torch.randn(cfg.n_train, 2)  # features read only by t2
-    assert torch.equal(modular._labels(cfg, world.projections, x, 0, cfg.target), world.y_train["t0"])
-    assert not torch.equal(modular._labels(cfg, world.projections, x, 2, cfg.target), world.y_train["t2"])
+    assert torch.equal(modular_world._labels(cfg, world.projections, x, 0, cfg.target), world.y_train["t0"])
+    assert not torch.equal(modular_world._labels(cfg, world.projections, x, 2, cfg.target), world.y_train["t2"])
     # Related tasks use the same primitives, composed differently.
     assert not torch.equal(world.y_train["r0"], world.y_train["t0"])
 
@@ -152,3 +152,22 @@ def test_way_mask_rejects_unknown_ways() -> None:
     assert only_b["heads.t1.weight"].all() and not only_b["heads.t0.weight"].any()
     with pytest.raises(ValueError, match="way"):
         modular.way_mask("lora", empty, empty, "t1")
+
+
+def test_the_modular_namespace_holds_every_public_name_of_its_parts() -> None:
+    from toys import modular_consistency, modular_isolation, modular_plots, modular_report, modular_training
+
+    for part in (modular_world, modular_training, modular_consistency, modular_isolation, modular_report,
+                 modular_plots):
+        public = {n for n, v in vars(part).items() if not n.startswith("_") and getattr(v, "__module__", None)
+                  == part.__name__}
+        assert public <= set(modular.__all__), (part.__name__, public - set(modular.__all__))
+    assert all(hasattr(modular, n) for n in modular.__all__)
+
+
+def test_the_mask_learning_and_task_score_figures(small_report: modular.Report) -> None:
+    run = small_report.runs["random init"][0]
+    fig = modular.plot_mask_learning(run)
+    assert len(fig.axes) == 2 and len(fig.axes[0].lines) == len(run.masks)
+    ax = modular.plot_task_scores(run.alone, small_report.config.chance, highlight="t1")
+    assert len(ax.patches) == len(run.alone)
