@@ -37,9 +37,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.func import functional_call
-from tqdm.auto import tqdm
 
 from sparsity import masks as masks_lib
+from sparsity.train import fit
 from sparsity.validate import (
     Mask,
     TensorDict,
@@ -47,6 +47,7 @@ from sparsity.validate import (
     check_mask,
     check_module,
     check_nonnegative,
+    check_positive_int,
     check_reference,
     named_params,
 )
@@ -170,8 +171,7 @@ def learn_mask(
     check_module(model)
     if not callable(loss_fn):
         raise TypeError(f"loss_fn must be callable (forward -> loss), got {type(loss_fn).__name__}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    steps = check_positive_int(steps, "steps")
     lr = check_nonnegative(lr, "lr")
     sparsity = check_nonnegative(sparsity, "sparsity")
     temperature = check_nonnegative(temperature, "temperature")
@@ -190,11 +190,10 @@ def learn_mask(
     shapes = [params[n].shape for n in names]
     sizes = [params[n].numel() for n in names]
     logits = torch.full((sum(sizes),), float(init_logit), device=devices.pop(), requires_grad=True)
-    opt = torch.optim.Adam([logits], lr=lr)
     gen = torch.Generator(device=logits.device).manual_seed(seed)
-    task_losses: list[float] = []
-    densities: list[float] = []
-    for _ in tqdm(range(steps), desc="learning mask", disable=not progress, leave=False):
+
+    def loss_of_batch(model: nn.Module, batch: None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        # The trained tensor is ``logits`` (the model stays frozen): sample a mask, run the masked model.
         u = torch.rand(logits.shape, generator=gen, device=logits.device).clamp(1e-6, 1 - 1e-6)
         soft = torch.sigmoid((logits + torch.log(u) - torch.log1p(-u)) / temperature)
         sampled = (soft > 0.5).to(soft.dtype) + soft - soft.detach()  # straight-through estimator
@@ -202,17 +201,15 @@ def learn_mask(
         for n, m, shape in zip(names, sampled.split(sizes), shapes):
             masked[n] = params[n] * m.view(shape).to(params[n].dtype)
 
-        def forward(*args: object, _p: dict[str, torch.Tensor] = masked, **kwargs: object) -> torch.Tensor:
-            return functional_call(model, _p, args, kwargs)
+        def forward(*args: object, **kwargs: object) -> torch.Tensor:
+            return functional_call(model, masked, args, kwargs)
 
         task = loss_fn(forward)
         expected = torch.sigmoid(logits).mean()
-        loss = task + sparsity * expected
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        task_losses.append(task.item())
-        densities.append(expected.item())
+        return task + sparsity * expected, {"task": task.detach(), "expected": expected.detach()}
+
+    history = fit(model, torch.optim.Adam([logits], lr=lr), loss_of_batch, steps, progress=progress,
+                  desc="learning mask")
     mask = {n: torch.zeros_like(p, dtype=torch.bool) for n, p in params.items()}
     for n, logit, shape in zip(names, logits.detach().split(sizes), shapes):
         mask[n] = (logit > 0).view(shape)
@@ -223,6 +220,6 @@ def learn_mask(
         names=names,
         density=kept / total,
         per_tensor_density={n: float(mask[n].float().mean()) for n in names},
-        task_loss=task_losses,
-        expected_density=densities,
+        task_loss=history["task"],
+        expected_density=history["expected"],
     )

@@ -6,24 +6,35 @@ Dynamic sparse training revisits the choice every few steps at a constant budget
 * :func:`rigl_swap` (RigL, Evci et al. 2020; for fine-tuning, SpIEL, Ansell et al.
   2024): in each tensor drop the selected entries that moved least and grow as many
   unselected entries with the largest gradient magnitude;
-* :func:`reselect_top` (LIFT, seed 003): periodically re-select each tensor's top
+* :func:`reselect_top` (LIFT, Liu et al. 2025): periodically re-select each tensor's top
   entries by freshly computed scores, e.g. principal weights of the current model.
 
 Both keep the count of every tensor, so the result can be handed straight to
 ``CompactAdamW.reselect``. Ties are broken by position: the earlier entry is picked
-first, so an update is deterministic. A training loop with RigL every ``K`` steps::
+first, so an update is deterministic. In the lab's one training loop
+(``sparsity.train.fit``), RigL every ``K`` steps is a hook that swaps in ``before_step``,
+after the backward (the dense gradient is there, unselected entries too) and before the
+optimizer moves::
 
     ref = snapshot(model)
     opt = CompactAdamW(model.named_parameters(), mask, lr=1e-3)
-    for t in range(T):
-        opt.zero_grad()
-        loss_fn(model).backward()                  # the dense gradient, unselected entries too
-        if t > 0 and t % K == 0:
-            grads = {n: p.grad for n, p in model.named_parameters()}
-            deltas = {n: p.detach() - ref[n] for n, p in model.named_parameters()}
-            fraction = 0.3 * (1 + math.cos(math.pi * t / T)) / 2   # RigL's cosine decay
-            opt.reselect(rigl_swap(opt.mask, deltas, grads, fraction))
-        opt.step()
+
+    class RigL:
+        def before_step(self, state):
+            t = state.step
+            if t > 0 and t % K == 0:
+                grads = {n: p.grad for n, p in model.named_parameters()}
+                deltas = {n: p.detach() - ref[n] for n, p in model.named_parameters()}
+                fraction = 0.3 * (1 + math.cos(math.pi * t / T)) / 2   # RigL's cosine decay
+                opt.reselect(rigl_swap(opt.mask, deltas, grads, fraction))
+
+    fit(model, opt, loss_of_batch, T, batches=batches, hooks=[RigL()])
+
+LIFT's re-selection needs no gradient: ``sparsity.train.Reselect`` runs it after every
+``K``-th step::
+
+    reselect = Reselect(K, lambda model, step: reselect_top(opt.mask, criteria.lift(model, rank=64)))
+    fit(model, opt, loss_of_batch, T, batches=batches, hooks=[reselect])
 
 A dropped entry keeps its current value (SpIEL resets it to the reference instead).
 """
@@ -102,7 +113,7 @@ def rigl_swap(
 def reselect_top(mask: Mask, scores: Mapping[str, torch.Tensor]) -> Mask:
     """LIFT-style periodic re-selection: each tensor keeps its count, taken from the top ``scores``.
 
-    LIFT (seed 003) selects principal weights once; recomputing the scores on the
+    LIFT (Liu et al. 2025) selects principal weights once; recomputing the scores on the
     current model and calling this every few steps lets the selection follow the
     model as it changes. Larger score = more important; scores are needed only for
     partly selected tensors; other keys are ignored.

@@ -142,3 +142,13 @@ def test_whole_units_closes_a_mask_over_fan_in() -> None:
     assert not mask["0.weight"][2, 0]  # the input mask is not modified
     with pytest.raises(ValueError, match="shape"):
         whole_units(net, {"0.weight": torch.ones(3, 3, dtype=torch.bool)})
+
+
+def test_learn_mask_records_every_step_and_stops_on_a_non_finite_loss() -> None:
+    net, _ = _planted()
+    x = torch.randn(64, 12, generator=torch.Generator().manual_seed(4))
+    found = learn_mask(net, _task0_loss(net, x), steps=25, seed=0, progress=False)
+    assert len(found.task_loss) == len(found.expected_density) == 25
+    assert all(0.0 < d < 1.0 for d in found.expected_density)
+    with pytest.raises(FloatingPointError, match="diverged"):
+        learn_mask(net, lambda forward: forward(x).sum() * float("nan"), steps=5, progress=False)

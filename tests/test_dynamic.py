@@ -9,10 +9,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from sparsity import masks
+from sparsity import criteria, masks
 from sparsity.compact import CompactAdamW
 from sparsity.dynamic import reselect_top, rigl_swap
 from sparsity.regularize import snapshot
+from sparsity.train import FitState, Reselect, fit
 
 
 def positions(m: torch.Tensor) -> list[int]:
@@ -132,7 +133,18 @@ def test_bad_arguments_are_rejected() -> None:
 # ---------------------------------------------------------------- (d) a training run
 
 
+def _batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(step % 4)  # four fixed batches: the loss can go down
+    return torch.randn(16, 8, generator=g), torch.randn(16, 4, generator=g)
+
+
+def _mse(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    x, y = batch
+    return ((model(x) - y) ** 2).mean()
+
+
 def test_training_with_rigl_every_k_steps_keeps_the_selection_valid() -> None:
+    """The module docstring's loop: fit with a RigL hook that swaps before the optimizer's step."""
     torch.manual_seed(0)
     model = nn.Sequential(OrderedDict(fc1=nn.Linear(8, 16), act=nn.Tanh(), fc2=nn.Linear(16, 4)))
     ref = snapshot(model)
@@ -141,29 +153,48 @@ def test_training_with_rigl_every_k_steps_keeps_the_selection_valid() -> None:
     opt = CompactAdamW(model.named_parameters(), mask, lr=1e-2, weight_decay=0.1)
     ever = {n: m.clone() for n, m in mask.items()}
     steps, every = 60, 10
-    losses = []
-    for t in range(steps):
-        g = torch.Generator().manual_seed(t % 4)  # four fixed batches: the loss can go down
-        x, y = torch.randn(16, 8, generator=g), torch.randn(16, 4, generator=g)
-        opt.zero_grad()
-        loss = ((model(x) - y) ** 2).mean()
-        loss.backward()
-        losses.append(loss.item())
-        if t > 0 and t % every == 0:
-            grads = {n: p.grad for n, p in model.named_parameters()}
-            deltas = {n: p.detach() - ref[n] for n, p in model.named_parameters()}
-            new = rigl_swap(opt.mask, deltas, grads, 0.3 * (1 + math.cos(math.pi * t / steps)) / 2)
-            opt.reselect(new)
-            for name, idx in opt.indices.items():
-                assert idx.dtype == torch.int32
-                assert (idx[1:] > idx[:-1]).all(), name  # sorted, unique
-                assert idx.numel() == counts[name], name
-                assert torch.equal(opt.mask[name], new[name])
-                assert opt.state[dict(model.named_parameters())[name]]["exp_avg"].shape == (counts[name],)
-                ever[name] |= new[name]
-        opt.step()
+
+    class RigL:
+        def before_step(self, state: FitState) -> None:
+            t = state.step
+            if t > 0 and t % every == 0:
+                grads = {n: p.grad for n, p in model.named_parameters()}
+                deltas = {n: p.detach() - ref[n] for n, p in model.named_parameters()}
+                new = rigl_swap(opt.mask, deltas, grads, 0.3 * (1 + math.cos(math.pi * t / steps)) / 2)
+                opt.reselect(new)
+                for name, idx in opt.indices.items():
+                    assert idx.dtype == torch.int32
+                    assert (idx[1:] > idx[:-1]).all(), name  # sorted, unique
+                    assert idx.numel() == counts[name], name
+                    assert torch.equal(opt.mask[name], new[name])
+                    assert opt.state[dict(model.named_parameters())[name]]["exp_avg"].shape == (counts[name],)
+                    ever[name] |= new[name]
+
+    losses = fit(model, opt, _mse, steps, batches=_batch, hooks=[RigL()])["loss"]
     grew = sum(int(ever[n].sum()) - counts[n] for n in counts)
     assert grew > 0  # the selection did move
     for name, p in model.named_parameters():
         assert torch.equal(p.detach()[~ever[name]], ref[name][~ever[name]]), name  # never selected: never moved
     assert sum(losses[-4:]) < sum(losses[:4])
+
+
+def test_lift_style_reselection_with_the_reselect_hook_follows_the_model() -> None:
+    """The docstring's second loop: Reselect after every K-th step with reselect_top on fresh scores."""
+    torch.manual_seed(1)
+    model = nn.Sequential(OrderedDict(fc1=nn.Linear(8, 16), act=nn.Tanh(), fc2=nn.Linear(16, 4)))
+    mask = masks.top_k(model, criteria.lift(model, rank=2), 0.1, scope="per_tensor")
+    counts = {n: int(m.sum()) for n, m in mask.items()}
+    opt = CompactAdamW(model.named_parameters(), mask, lr=5e-2)
+    chosen = []
+
+    def select(m: nn.Module, step: int) -> dict[str, torch.Tensor]:
+        new = reselect_top(opt.mask, criteria.lift(m, rank=2))
+        chosen.append((step, new))
+        return new
+
+    fit(model, opt, _mse, 30, batches=_batch, hooks=[Reselect(10, select)])
+    assert [step for step, _ in chosen] == [10, 20, 30]
+    for _, new in chosen:
+        assert {n: int(m.sum()) for n, m in new.items()} == counts
+    assert all(torch.equal(opt.mask[n], chosen[-1][1][n]) for n in counts)
+    assert any(not torch.equal(chosen[0][1][n], mask[n]) for n in counts)  # the selection followed the model
