@@ -25,7 +25,7 @@ class Report:
     isolation: Isolation
 
     def checks(self) -> dict[str, object]:
-        """The issue's measured targets, computed from the numbers (never assumed)."""
+        """The claims' targets (own task broken, the others kept, A protected), computed from the numbers."""
         cfg = self.config
         out: dict[str, object] = {}
         for arm in ("random init", "pretrained"):
