@@ -7,7 +7,8 @@ retrain a model that exists. While training it saves a partial checkpoint (weigh
 AdamW moments, step) every ``checkpoint_every`` steps; a killed run resumes from the
 last one and ends bit for bit where an uninterrupted run would (on the CPU), because
 the data of step ``s`` is a function of (seed, s) only and the learning-rate schedule a
-function of ``s``.
+function of ``s``. The loop is the lab's one training loop, ``sparsity.train.fit`` (the
+checkpoints are one of its hooks; a resumed run starts it at the saved step).
 
 The cache lives in ``$SUBNET_LAB_CACHE`` or else ``.cache/subnet-lab/`` at the repository
 root (git-ignored); every function takes ``cache_dir`` to put it elsewhere (tests use a
@@ -17,7 +18,6 @@ temporary folder).
 from __future__ import annotations
 
 import json
-import math
 import os
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -26,12 +26,13 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
-from tqdm.auto import tqdm
 
 from scaleup import gpt
 from scaleup import tasks as tk
 from sparsity.fastmode import fast_mode
 from sparsity.threads import one_thread
+from sparsity.train import Every, FitState, Schedule, cosine, fit
+from sparsity.validate import check_nonnegative_int, check_positive_int
 
 FORMAT = "subnet-lab/gpt-checkpoint"
 
@@ -61,11 +62,8 @@ class PretrainConfig:
         if not isinstance(self.world, tk.WorldConfig):
             raise TypeError(f"world must be a WorldConfig, got {type(self.world).__name__}")
         for name in ("steps", "batch_size", "checkpoint_every"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"PretrainConfig.{name} must be a positive int, got {value!r}")
-        if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
-            raise ValueError(f"PretrainConfig.warmup must be an int >= 0, got {self.warmup!r}")
+            check_positive_int(getattr(self, name), f"PretrainConfig.{name}")
+        check_nonnegative_int(self.warmup, "PretrainConfig.warmup")
         if not (isinstance(self.lr, (int, float)) and self.lr > 0):
             raise ValueError(f"PretrainConfig.lr must be > 0, got {self.lr!r}")
 
@@ -79,21 +77,18 @@ class PretrainConfig:
 def default_config(preset: str = "tiny", **overrides: object) -> PretrainConfig:
     """The lab's pretraining run for a preset; fast mode (``LAB_FAST=1``) trains 300 steps instead of 2,000.
 
-    Measured on the tiny preset (one CPU thread, as pretraining always runs on the CPU): 2,000 steps
-    took 115 s on an idle core (up to ~4 min on a loaded one) and reach 100% test accuracy on every
-    source task; 300 steps are a CI-sized stand-in.
+    The full length is meant to learn every source task on the tiny preset (pretraining always
+    runs on one CPU thread); the fast length is a CI-sized stand-in.
     """
     base = dict(preset=preset, steps=300 if fast_mode() else 2000)
     base.update(overrides)
     return PretrainConfig(**base)  # type: ignore[arg-type]
 
 
-def lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
-    """Linear warm-up for ``warmup`` steps, then cosine decay to 10% of ``lr`` at ``steps``."""
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, steps - warmup)
-    return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+def schedule(cfg: PretrainConfig) -> Schedule:
+    """Pretraining's learning rate: linear warm-up for ``cfg.warmup`` steps, then cosine decay to a
+    tenth of ``cfg.lr`` at ``cfg.steps`` (Loshchilov & Hutter 2017)."""
+    return cosine(cfg.lr, cfg.steps, cfg.warmup, floor=0.1)
 
 
 def build(cfg: PretrainConfig, world: tk.World, device: str | torch.device = "cpu") -> gpt.GPT:
@@ -188,21 +183,20 @@ def _train(cfg: PretrainConfig, world: tk.World, model: gpt.GPT, final: Path, pr
     start = load_checkpoint(partial, model, opt) if partial.exists() else 0
     model.train()
     end = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
-    bar = tqdm(range(start, end), desc=f"pretraining {cfg.preset}", disable=not progress, initial=start,
-               total=cfg.steps)
-    for step in bar:
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg.steps, cfg.lr, cfg.warmup)
-        batch = world.train_batch(tk.SOURCE_TASKS, step, cfg.batch_size, cfg.seed).to(device)
+
+    def loss_of_batch(model: gpt.GPT, batch: tk.Batch) -> torch.Tensor:
         with gpt.autocast(device):
-            loss = tk.loss(model, batch)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
-            save_checkpoint(partial, model, cfg, step + 1, opt)
-        if step % 50 == 0:
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            return tk.loss(model, batch)
+
+    def batch_at(step: int) -> tk.Batch:
+        return world.train_batch(tk.SOURCE_TASKS, step, cfg.batch_size, cfg.seed).to(device)
+
+    def checkpoint(state: FitState) -> None:
+        if state.step + 1 < cfg.steps:
+            save_checkpoint(partial, model, cfg, state.step + 1, opt)
+
+    fit(model, opt, loss_of_batch, end, batches=batch_at, schedule=schedule(cfg), start=start,
+        hooks=[Every(cfg.checkpoint_every, checkpoint)], progress=progress, desc=f"pretraining {cfg.preset}")
     if end < cfg.steps:
         save_checkpoint(partial, model, cfg, end, opt)
         return model.eval()
