@@ -70,7 +70,8 @@ def test_set_criteria_stay_inside_their_set(setup):
     assert middle == [1]
     assert all(_unchanged(model, setup, n) for n, _ in model.named_parameters() if n.startswith("blocks.0."))
     assert not _unchanged(model, setup, "blocks.1.mlp.fc.weight")
-    _, support, _ = cp.scores(setup, "l1_discovered", 0)
+    selection, _ = cp.scores(setup, "l1_discovered", 0)
+    support = selection.support
     mask, _ = cp.select(setup, "l1_discovered", "lora_equal", 0)
     assert all(not (m & ~support[n]).any() for n, m in mask.items() if n in support)
     assert 0 < sum(int(m.sum()) for m in mask.values()) <= cp.budget_count(setup, "lora_equal")
@@ -172,7 +173,7 @@ def test_a_choice_at_the_edge_of_the_grid_is_flagged():
 def test_the_cli_takes_a_learning_rate_grid(tmp_path, cache, monkeypatch):
     seen = {}
     monkeypatch.setattr(cp, "run", lambda cfg, *a, **k: seen.setdefault("cfg", cfg))
-    monkeypatch.setattr(cp, "_print_report", lambda *a: None)
+    monkeypatch.setattr(cp, "print_report", lambda *a: None)
     cp.main(["--preset", "micro", "--lrs-sparse", "1e-3, 3e-2", "--lrs-full", "1e-4", "--out", str(tmp_path)])
     assert seen["cfg"].lrs_sparse == (1e-3, 3e-2) and seen["cfg"].lrs_full == (1e-4,)
     assert seen["cfg"].lrs_lora == cp.default_config("micro").lrs_lora

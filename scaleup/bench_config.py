@@ -1,0 +1,226 @@
+"""What a run of the GPT fine-tuning benchmark depends on: its methods, its config, its setting.
+
+A *method* is how a copy of the pretrained GPT is fine-tuned: ``full`` (every parameter),
+``lora`` (adapters, ``scaleup.lora``), ``2:4`` (the N:M pattern sparse tensor cores
+accelerate, chosen by magnitude) or a sparse mask chosen by any criterion registered in
+``sparsity.registry``; the registry's ``layers`` criterion runs as ``middle_blocks`` (the
+middle half of the blocks). A criterion registered after this module was imported is a
+method too: :func:`known_methods` reads the registry when it is asked.
+
+:class:`BenchConfig` holds every setting a result depends on (a results folder belongs to
+one config); :class:`Setup` is what every run of one config shares: the pretrained model,
+its snapshot, the task world, the accuracies before fine-tuning and a cache of criterion
+scores.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from scaleup import gpt
+from scaleup import pretrain as pt
+from scaleup import tasks as tk
+from sparsity import registry
+from sparsity.eligibility import eligible
+from sparsity.fastmode import fast_mode
+from sparsity.regularize import snapshot
+from sparsity.validate import check_density, check_nonnegative_int, check_positive_int, named_params
+
+DENSE_METHODS = ("full", "lora")
+"""Methods without a mask: every parameter, or LoRA's adapters."""
+TWO_FOUR = "2:4"
+MIDDLE_BLOCKS = "middle_blocks"
+"""The benchmark's name for the registry's ``layers`` criterion, with the middle blocks as its layers."""
+METHODS = ("full", "lora", "lift", "random", "magnitude", "l1_discovered", "gradient", "fisher", "snip", "movement",
+           MIDDLE_BLOCKS, TWO_FOUR)
+"""The default run, in the order a run does them (the headline comparison first, so a partial run
+already answers it). :func:`known_methods` adds every other registered criterion."""
+DEMO_METHODS = ("full", "lora", "lift", "magnitude", "random")
+"""What ``make demo`` compares: the CLI example's methods at the LoRA-equal budget."""
+INCLUDE = "weight"
+"""Sparse budgets are spent on the block matrices (``parameter_kinds`` "weight")."""
+
+
+def criterion_of(method: str) -> str | None:
+    """The registry criterion a method selects its mask with (None for full and LoRA)."""
+    if method in DENSE_METHODS:
+        return None
+    if method == TWO_FOUR:
+        return "magnitude"
+    if method == MIDDLE_BLOCKS:
+        return "layers"
+    if method in registry.CRITERIA and method != "layers":
+        return method
+    raise ValueError(f"method must be one of {known_methods()}, got {method!r}")
+
+
+def known_methods() -> tuple[str, ...]:
+    """Every method the benchmark runs now: :data:`METHODS`, then the criteria registered since."""
+    extra = tuple(n for n in registry.CRITERIA if n not in METHODS and n != "layers")
+    return METHODS + extra
+
+
+def is_sparse_criterion(method: str) -> bool:
+    """A method whose mask a criterion chooses within the benchmark's budgets (not full, LoRA or 2:4)."""
+    return method not in DENSE_METHODS and method != TWO_FOUR and method in known_methods()
+
+
+def check_methods(methods: Iterable[str]) -> list[str]:
+    """The methods, deduplicated in order; unknown names are an error listing the known ones."""
+    methods = list(methods)
+    known = known_methods()
+    unknown = [m for m in methods if m not in known]
+    if unknown or not methods:
+        raise ValueError(f"methods must be a non-empty list from {known}; unknown: {unknown}")
+    return list(dict.fromkeys(methods))
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """Everything a benchmark run depends on. A results folder belongs to one config."""
+
+    preset: str = "tiny"
+    target: str = "add2"
+    steps: int = 300
+    batch_size: int = 32
+    warmup: int = 30
+    seeds: int = 3
+    densities: tuple[float, ...] = (0.01, 0.05)
+    lora_equal: bool = True
+    lora_rank: int = 4
+    lora_alpha: float = 8.0
+    lift_rank: int = 4
+    score_batches: int = 4
+    l1_lam: float = 2e-3
+    l1_lr: float = 1e-3
+    tol: float = 1e-5
+    lrs_full: tuple[float, ...] = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
+    lrs_sparse: tuple[float, ...] = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+    lrs_lora: tuple[float, ...] = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+    lr_tie: float = 0.01
+    """Validation accuracies within this of the best count as tied; the smallest tied lr is chosen."""
+    sweep_all_seeds: bool = False
+    pretrain_steps: int = 2000
+    world: tk.WorldConfig = field(default_factory=tk.WorldConfig)
+
+    def __post_init__(self) -> None:
+        gpt.config(self.preset)
+        if self.target not in tk.TARGET_TASKS:
+            raise ValueError(f"target must be one of {tuple(tk.TARGET_TASKS)}, got {self.target!r}")
+        for name in ("steps", "batch_size", "seeds", "lora_rank", "lift_rank", "score_batches", "pretrain_steps"):
+            check_positive_int(getattr(self, name), f"BenchConfig.{name}")
+        if check_nonnegative_int(self.warmup, "BenchConfig.warmup") >= self.steps:
+            raise ValueError(f"BenchConfig.warmup must be an int in [0, steps), got {self.warmup!r}")
+        for d in self.densities:
+            check_density(d, "density")
+        for name in ("lrs_full", "lrs_sparse", "lrs_lora"):
+            lrs = getattr(self, name)
+            if not lrs or not all(isinstance(x, (int, float)) and x > 0 for x in lrs):
+                raise ValueError(f"BenchConfig.{name} must be a non-empty tuple of positive learning rates, "
+                                 f"got {lrs!r}")
+        if not 0 <= self.lr_tie < 1:
+            raise ValueError(f"BenchConfig.lr_tie must be in [0, 1), got {self.lr_tie!r}")
+        if not self.l1_lam > 0 or not self.l1_lr > 0:
+            raise ValueError("l1_lam and l1_lr must be > 0")
+
+    @property
+    def pretrain(self) -> pt.PretrainConfig:
+        return pt.default_config(self.preset, world=self.world, steps=self.pretrain_steps)
+
+    def lrs(self, method: str) -> tuple[float, ...]:
+        return self.lrs_full if method == "full" else self.lrs_lora if method == "lora" else self.lrs_sparse
+
+    def lr_edge(self, method: str, lr: float) -> str | None:
+        """"top" or "bottom" when ``lr`` is the largest or smallest of a method's grid (of two or more
+        values), else None: a best value at the edge says the optimum may lie outside the grid."""
+        grid = self.lrs(method)
+        if len(grid) < 2:
+            return None
+        return "top" if lr == max(grid) else "bottom" if lr == min(grid) else None
+
+    def budgets(self, method: str) -> list[str]:
+        """Budget labels a method runs at: "all" (full), "lora_equal", "d0.05" (a density), "2:4"."""
+        if method == "full":
+            return ["all"]
+        if method == "lora":
+            return ["lora_equal"]
+        if method == TWO_FOUR:
+            return [TWO_FOUR]
+        return (["lora_equal"] if self.lora_equal else []) + [f"d{d:g}" for d in self.densities]
+
+    def to_json(self) -> dict[str, Any]:
+        """The config as plain JSON data (what a results folder's config.json holds)."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> BenchConfig:
+        """The config a results folder's config.json holds."""
+        d = dict(data)
+        d["world"] = tk.WorldConfig(**d["world"])
+        for f in fields(cls):
+            if isinstance(d.get(f.name), list):
+                d[f.name] = tuple(d[f.name])
+        return cls(**d)
+
+
+def default_config(preset: str = "tiny", **overrides: Any) -> BenchConfig:
+    """The benchmark's defaults; fast mode (``LAB_FAST=1``) runs 30 steps, one seed, one lr per method."""
+    if fast_mode():
+        base: dict[str, Any] = dict(steps=30, warmup=3, seeds=1, pretrain_steps=300, l1_lam=1e-4, lrs_full=(1e-3,),
+                                    lrs_sparse=(1e-2,), lrs_lora=(1e-2,))
+    else:
+        base = {}
+    base.update(overrides)
+    return BenchConfig(preset=preset, **base)
+
+
+MICRO_WORLD = tk.WorldConfig(n_symbols=5, length=3, n_facts=6, n_eval=64)
+"""A small task world the micro preset learns in a couple of hundred pretraining steps, and whose
+add2 it learns in a few dozen fine-tuning steps: the CI-sized setting of the demo and the tests."""
+
+
+def demo_config() -> BenchConfig:
+    """The ``make demo`` comparison: one seed, one learning rate per method (the committed tiny
+    sweep's choices), the tiny preset; fast mode the micro preset in :data:`MICRO_WORLD`."""
+    if fast_mode():
+        return BenchConfig(preset="micro", world=MICRO_WORLD, steps=40, warmup=4, seeds=1, densities=(),
+                           pretrain_steps=200, lrs_full=(3e-3,), lrs_sparse=(3e-2,), lrs_lora=(3e-2,))
+    return BenchConfig(preset="tiny", steps=150, warmup=15, seeds=1, densities=(), lrs_full=(3e-4,),
+                       lrs_sparse=(1e-2,), lrs_lora=(3e-3,))
+
+
+@dataclass
+class Setup:
+    """The pretrained model, its snapshot, the task world and a cache of criterion scores."""
+
+    cfg: BenchConfig
+    world: tk.World
+    pretrained: gpt.GPT
+    reference: dict[str, torch.Tensor]
+    device: str
+    before: dict[str, float]
+    cache: dict[tuple[str, int], tuple[Any, float]] = field(default_factory=dict)
+    """(method, seed) -> (the criterion's scores or Selection, the seconds scoring took)."""
+
+    @property
+    def n_weights(self) -> int:
+        params = named_params(self.pretrained)
+        return sum(params[n].numel() for n in eligible(self.pretrained, INCLUDE))
+
+
+def prepare(cfg: BenchConfig, *, cache_dir: str | Path | None = None, device: str = "cpu",
+            progress: bool = True) -> Setup:
+    """Load (or pretrain and cache) the model, and measure it before any fine-tuning."""
+    if not isinstance(cfg, BenchConfig):
+        raise TypeError(f"cfg must be a BenchConfig, got {type(cfg).__name__}")
+    world = tk.World(cfg.world)
+    model = pt.pretrained(cfg.pretrain, cache_dir=cache_dir, device=device, progress=progress)
+    before = {"target_val": tk.accuracy(model, world, cfg.target, "val"),
+              "target_test": tk.accuracy(model, world, cfg.target, "test"),
+              "retention": tk.retention(model, world)}
+    return Setup(cfg, world, model, snapshot(model), device, before)

@@ -1,0 +1,244 @@
+"""One fine-tuning run of the benchmark: choose what trains, train it, measure it.
+
+Every method fine-tunes a copy of the same pretrained GPT under the same conditions: the
+same steps, the same data in the same order (batch ``s`` of seed ``k`` is a function of
+(k, s) only), the same schedule shape (linear warm-up, cosine decay to a tenth; Loshchilov
+& Hutter 2017) and AdamW without weight decay (decay toward zero would pull sparse methods
+and LoRA to different places). The loop is the lab's one loop, ``sparsity.train.fit``.
+
+A sparse method's mask comes from the criteria registry (``sparsity.registry``) and the
+budget rule of ``sparsity.config``: the budget label ``"d0.05"`` is a density per block
+matrix, ``"lora_equal"`` LoRA's ``r * (m + n)`` entries per matrix, ``"2:4"`` the N:M
+pattern. Set criteria (the entries an L1-to-init run moved, the middle blocks) spend the
+same total inside their set. Embeddings and LayerNorms stay frozen in sparse runs.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from scaleup import gpt, lora
+from scaleup import tasks as tk
+from scaleup.bench_config import INCLUDE, MIDDLE_BLOCKS, TWO_FOUR, Setup, criterion_of
+from scaleup.memory import PeakMemory
+from sparsity import config as sparse_cfg
+from sparsity import registry
+from sparsity.compact import CompactAdamW
+from sparsity.config import SparseConfig
+from sparsity.metrics import update_rank, update_sparsity
+from sparsity.train import cosine, fit
+from sparsity.validate import Mask, named_params
+from sparsity.wrap import build_optimizer
+
+LAYER_TYPES = ("attn.qkv", "attn.proj", "mlp.fc", "mlp.proj", "embedding", "norm")
+
+
+def middle_blocks(n_layer: int) -> list[int]:
+    """Indices of the middle half of the blocks, [n/4, 3n/4): 1, 2 of 4; 2, 3, 4 of 6; 1 of 2."""
+    return [i for i in range(n_layer) if n_layer / 4 <= i < 3 * n_layer / 4]
+
+
+def layer_type(name: str) -> str:
+    """The layer type of a GPT parameter: "attn.qkv", "attn.proj", "mlp.fc", "mlp.proj", "embedding" or "norm"."""
+    if name.endswith("_emb.weight"):
+        return "embedding"
+    parts = name.split(".")
+    if name.startswith("blocks.") and parts[2] in ("attn", "mlp"):
+        return f"{parts[2]}.{parts[3]}"
+    if parts[0] == "ln_f" or (name.startswith("blocks.") and parts[2].startswith("ln")):
+        return "norm"
+    raise ValueError(f"'{name}' is not a parameter name of scaleup.gpt.GPT")
+
+
+def train(setup: Setup, model: nn.Module, optimizer: torch.optim.Optimizer, peak_lr: float, seed: int, *,
+          hooks: list[Any] | tuple[Any, ...] = (), progress: bool = False, desc: str = "fine-tuning") -> list[float]:
+    """Fine-tune ``model`` on the target for ``cfg.steps`` steps of seed ``seed``'s batches; the losses."""
+    cfg = setup.cfg
+
+    def loss_of_batch(model: nn.Module, batch: tk.Batch) -> torch.Tensor:
+        with gpt.autocast(setup.device):
+            return tk.loss(model, batch)
+
+    def batch_at(step: int) -> tk.Batch:
+        return setup.world.train_batch(cfg.target, step, cfg.batch_size, seed).to(setup.device)
+
+    history = fit(model, optimizer, loss_of_batch, cfg.steps, batches=batch_at,
+                  schedule=cosine(peak_lr, cfg.steps, cfg.warmup, floor=0.1), hooks=hooks, progress=progress, desc=desc)
+    return history["loss"]
+
+
+def criterion_options(setup: Setup, method: str) -> dict[str, Any]:
+    """The registry options the benchmark gives a method's criterion (none for one it does not know)."""
+    cfg = setup.cfg
+    if method == "lift":
+        return {"rank": cfg.lift_rank}
+    if method == "l1_discovered":
+        return {"lam": cfg.l1_lam, "lr": cfg.l1_lr}
+    if method == MIDDLE_BLOCKS:
+        return {"layers": [f"blocks.{i}" for i in middle_blocks(setup.pretrained.config.n_layer)]}
+    return {}
+
+
+def budget_kwargs(setup: Setup, budget: str) -> dict[str, Any]:
+    """A budget label as ``SparseConfig`` fields: "d0.05" a density, "lora_equal" a rank, "2:4" N:M."""
+    if budget == "lora_equal":
+        return {"lora_rank": setup.cfg.lora_rank}
+    if budget == TWO_FOUR:
+        return {"n_m": (2, 4)}
+    if budget.startswith("d"):
+        return {"density": float(budget[1:])}
+    raise ValueError(f"budget must be 'lora_equal', '2:4' or 'd<density>', got {budget!r}")
+
+
+def sparse_config(setup: Setup, method: str, budget: str, lr: float = 1e-3, seed: int = 0) -> SparseConfig:
+    """The ``SparseConfig`` of a sparse method at a budget: its criterion and options, the block
+    matrices per tensor, compact AdamW state without weight decay."""
+    criterion = criterion_of(method)
+    if criterion is None:
+        raise ValueError(f"method {method!r} trains no mask")
+    return SparseConfig(criterion=criterion, include=INCLUDE, scope="per_tensor", storage="compact",
+                        options=criterion_options(setup, method), lr=lr, weight_decay=0.0, seed=seed,
+                        **budget_kwargs(setup, budget))
+
+
+def budget_count(setup: Setup, budget: str) -> int:
+    """Trainable entries a budget allows in the block matrices."""
+    return sparse_cfg.budget_count(setup.pretrained, SparseConfig(include=INCLUDE, **budget_kwargs(setup, budget)))
+
+
+def _score_batches(setup: Setup, seed: int) -> list[tk.Batch]:
+    gen = torch.Generator().manual_seed(5000 + seed)
+    n, size = setup.cfg.score_batches, setup.cfg.batch_size
+    return [setup.world.batch(setup.cfg.target, "train", size, gen).to(setup.device) for _ in range(n)]
+
+
+def scores(setup: Setup, method: str, seed: int) -> tuple[registry.Scores | registry.Selection, float]:
+    """A sparse method's criterion on the pretrained model (scores, or a Selection for set criteria)
+    and the seconds it took. Cached per (method, seed): the learning-rate sweep reuses them.
+
+    Gradient criteria see ``score_batches`` batches of the target's training split; the
+    ``l1_discovered`` criterion trains with this benchmark's own loop (:func:`train`).
+    """
+    key = (method, seed)
+    if key in setup.cache:
+        return setup.cache[key]
+    criterion = criterion_of(method)
+    if criterion is None:
+        raise ValueError(f"method {method!r} has no criterion")
+
+    def train_l1(model: nn.Module, optimizer: torch.optim.Optimizer, hooks: list[Any]) -> None:
+        train(setup, model, optimizer, setup.cfg.l1_lr, seed, hooks=hooks)
+
+    entry = registry.get_criterion(criterion)
+    batches = _score_batches(setup, seed) if entry.needs_data else None
+    inputs = registry.CriterionInputs(loss_fn=tk.loss, batches=batches, include=INCLUDE, seed=seed,
+                                      options=criterion_options(setup, method), train=train_l1,
+                                      reference=setup.reference)
+    start = time.perf_counter()
+    out = registry.score(criterion, setup.pretrained, inputs)
+    setup.cache[key] = (out, time.perf_counter() - start)
+    return setup.cache[key]
+
+
+def select(setup: Setup, method: str, budget: str, seed: int) -> tuple[Mask | None, float]:
+    """The mask a sparse method trains (None for full and LoRA) and the seconds selection took."""
+    if criterion_of(method) is None:
+        return None, 0.0
+    out, seconds = scores(setup, method, seed)
+    start = time.perf_counter()
+    mask = sparse_cfg.select_mask(setup.pretrained, out, sparse_config(setup, method, budget, seed=seed))
+    return mask, seconds + time.perf_counter() - start
+
+
+def _dense_optimizer(model: nn.Module, method: str, lr: float) -> CompactAdamW:
+    """AdamW (no decay) on every parameter (full) or on LoRA's adapters (the rest is frozen)."""
+    if method == "lora":
+        return CompactAdamW([(n, p) for n, p in model.named_parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
+    return CompactAdamW(model.named_parameters(), lr=lr, weight_decay=0.0)
+
+
+def finetune(setup: Setup, method: str, budget: str, lr: float, seed: int,
+             progress: bool = False) -> tuple[nn.Module, dict[str, Any]]:
+    """Fine-tune a copy of the pretrained model with one method; return it (LoRA merged) and its costs."""
+    criterion_of(method)  # an unknown method fails here, naming the known ones
+    if budget not in setup.cfg.budgets(method):
+        raise ValueError(f"method {method!r} runs at budgets {setup.cfg.budgets(method)}, got {budget!r}")
+    cfg = setup.cfg
+    mask, select_s = select(setup, method, budget, seed)
+    model = copy.deepcopy(setup.pretrained).train()
+    if method == "lora":
+        lora.add_lora(model, lora.LoraConfig(r=cfg.lora_rank, alpha=cfg.lora_alpha), seed=seed)
+    if mask is None:
+        opt = _dense_optimizer(model, method, lr)
+    else:  # frozen tensors get no gradient at all
+        opt = build_optimizer(model, mask, sparse_config(setup, method, budget, lr, seed))
+    trainable = (lora.trainable_count(model) if method == "lora" else
+                 sum(p.numel() for p in model.parameters()) if mask is None else
+                 sum(int(m.sum()) for m in mask.values()))
+    with PeakMemory(setup.device) as peak:
+        start = time.perf_counter()
+        try:
+            losses = train(setup, model, opt, lr, seed, progress=progress,
+                           desc=f"{method} {budget} lr={lr:g} seed={seed}")
+        except FloatingPointError as e:
+            raise FloatingPointError(f"{method} @ {budget}, lr {lr:g}, seed {seed}: {e}") from e
+        train_s = time.perf_counter() - start
+    if method == "lora":
+        lora.merge_lora(model)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    costs = dict(trainable=trainable, select_s=select_s, train_s=train_s,
+                 peak_mb=peak.mb if math.isfinite(peak.mb) else None,
+                 optimizer_state_bytes=opt.state_bytes(), final_train_loss=sum(losses[-10:]) / len(losses[-10:]))
+    return model.eval(), costs
+
+
+def update_profile(model: nn.Module, reference: dict[str, torch.Tensor], tol: float) -> dict[str, dict[str, float]]:
+    """Per layer type: update sparsity (share of entries with abs(delta) <= tol) and the mean relative
+    rank of the block matrices' updates (numerical rank / min(m, n))."""
+    sparsity_per = update_sparsity(model, reference, tol).per_tensor
+    params = named_params(model)
+    unchanged: dict[str, list[float]] = {t: [0.0, 0.0] for t in LAYER_TYPES}
+    ranks: dict[str, list[float]] = {t: [] for t in LAYER_TYPES}
+    for name, share in sparsity_per.items():
+        t, n = layer_type(name), params[name].numel()
+        unchanged[t][0] += share * n
+        unchanged[t][1] += n
+        if name.startswith("blocks.") and params[name].ndim == 2:
+            delta = (params[name] - reference[name]).detach().float()
+            ranks[t].append(update_rank(delta) / min(delta.shape))
+    return {
+        "update_sparsity": {t: u / n for t, (u, n) in unchanged.items() if n},
+        "update_rank": {t: sum(r) / len(r) for t, r in ranks.items() if r},
+    }
+
+
+def run_cell(setup: Setup, method: str, budget: str, lr: float, seed: int, progress: bool = False) -> dict[str, Any]:
+    """One fine-tuning run, measured: a row of ``results.jsonl``.
+
+    ``target_test``: exact-match accuracy on the target's test split (learning); ``retention``:
+    mean test accuracy on the source tasks (forgetting); update sparsity and relative update
+    rank per layer type; trainable count, optimizer-state bytes, wall times, peak memory
+    (None where it cannot be measured).
+    """
+    model, costs = finetune(setup, method, budget, lr, seed, progress)
+    world, target = setup.world, setup.cfg.target
+    with torch.no_grad():
+        val_loss = tk.loss(model, world.eval_set(target, "val").to(setup.device)).item()
+    row: dict[str, Any] = dict(
+        method=method, budget=budget, lr=lr, seed=seed,
+        target_val=tk.accuracy(model, world, target, "val"),
+        target_val_loss=val_loss,
+        target_test=tk.accuracy(model, world, target, "test"),
+        retention=tk.retention(model, world),
+        source={t: tk.accuracy(model, world, t, "test") for t in tk.SOURCE_TASKS},
+        **costs,
+    )
+    row.update(update_profile(model, setup.reference, setup.cfg.tol))
+    return row

@@ -1,0 +1,93 @@
+"""The benchmark's results folder: one ``sparsity.sweep.SweepStore`` of runs, and what it says.
+
+Each finished run is appended to ``results.jsonl`` at once, keyed by (method, budget,
+learning rate, seed), so a killed benchmark loses no finished run and a restarted one
+skips them; the folder's ``config.json`` guards it against runs of another config.
+From the stored runs: the learning rate each (method, budget) is reported at
+(:func:`best_lr`, chosen on the target's *validation* split; the test split is only
+reported) and the summary table, mean and spread over seeds (:func:`summarize`).
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from scaleup.bench_config import BenchConfig, check_methods, known_methods
+from sparsity.sweep import RESULTS, SweepStore, mean_spread
+
+KEY_FIELDS = ("method", "budget", "lr", "seed")
+__all__ = ["KEY_FIELDS", "RESULTS", "best_lr", "cell_key", "load_config", "load_results", "store", "summarize"]
+
+
+def store(out: str | Path, cfg: BenchConfig | None = None) -> SweepStore:
+    """The results store of folder ``out``; with ``cfg``, refuse a folder that holds another config."""
+    return SweepStore(out, KEY_FIELDS, config=None if cfg is None else cfg.to_json())
+
+
+_KEYS = SweepStore(Path("."), KEY_FIELDS)
+"""Used for its ``key`` only (the store's key format); it never reads or writes a folder."""
+
+
+def cell_key(method: str, budget: str, lr: float, seed: int) -> str:
+    """The key of one run in the store: ``method|budget|lr|seed`` (the lr as ``%g``)."""
+    return _KEYS.key({"method": method, "budget": budget, "lr": lr, "seed": seed})
+
+
+def load_results(out: str | Path) -> dict[str, dict[str, Any]]:
+    """Finished runs by cell key. A last line cut off by a kill is ignored (that run is redone)."""
+    return store(out).load()
+
+
+def load_config(out: str | Path) -> BenchConfig:
+    """The config of the benchmark in folder ``out``."""
+    return BenchConfig.from_json(store(out).config())
+
+
+def best_lr(cfg: BenchConfig, rows: dict[str, dict[str, Any]], method: str, budget: str) -> float | None:
+    """The smallest learning rate whose target *validation* accuracy is within ``cfg.lr_tie`` of the
+    grid's best, over seed 0 (or the mean over seeds with ``sweep_all_seeds``). None until the sweep is done.
+
+    Why the smallest: once a target saturates, several rates learn it equally well and the larger
+    ones only move the weights further (and forget more); a tie-break on validation loss would walk
+    to the largest stable rate and make every method forget everything. Test data never enter.
+    """
+    seeds = range(cfg.seeds) if cfg.sweep_all_seeds else [0]
+    accuracy = {}
+    for lr in cfg.lrs(method):
+        found = [rows.get(cell_key(method, budget, lr, s)) for s in seeds]
+        if any(r is None for r in found):
+            return None
+        accuracy[lr] = statistics.mean(r["target_val"] for r in found)
+    best = max(accuracy.values())
+    return min(lr for lr, acc in accuracy.items() if acc >= best - cfg.lr_tie)
+
+
+def _number(value: float | None) -> float:
+    """A stored measurement as a float (NaN where it was not measured: peak memory off Linux)."""
+    return float("nan") if value is None else float(value)
+
+
+def summarize(out: str | Path, methods: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """One row per (method, budget) at its chosen learning rate: mean and std over seeds."""
+    cfg = load_config(out)
+    rows = load_results(out)
+    methods = known_methods() if methods is None else check_methods(methods)
+    table = []
+    for m in methods:
+        for b in cfg.budgets(m):
+            lr = best_lr(cfg, rows, m, b)
+            if lr is None:
+                continue
+            runs = [rows[k] for s in range(cfg.seeds) if (k := cell_key(m, b, lr, s)) in rows]
+            entry: dict[str, Any] = dict(method=m, budget=b, lr=lr, lr_edge=cfg.lr_edge(m, lr), n_seeds=len(runs),
+                                         trainable=runs[0]["trainable"])
+            for metric in ("target_test", "target_val", "retention", "train_s", "select_s", "peak_mb",
+                           "optimizer_state_bytes"):
+                entry[metric], entry[metric + "_std"] = mean_spread([_number(r[metric]) for r in runs])
+            for kind in ("update_sparsity", "update_rank"):
+                entry[kind] = {t: statistics.mean(r[kind][t] for r in runs) for t in runs[0][kind]}
+            table.append(entry)
+    return table
