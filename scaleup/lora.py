@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from sparsity.validate import check_module
+from sparsity.validate import check_module, check_positive_int
 
 
 @dataclass(frozen=True)
@@ -44,8 +44,7 @@ class LoraConfig:
     targets: tuple[str, ...] = ("*",)
 
     def __post_init__(self) -> None:
-        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
-            raise ValueError(f"LoraConfig.r must be a positive int, got {self.r!r}")
+        check_positive_int(self.r, "LoraConfig.r")
         if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not self.alpha > 0:
             raise ValueError(f"LoraConfig.alpha must be a positive number, got {self.alpha!r}")
         if isinstance(self.targets, str) or not self.targets or not all(isinstance(t, str) for t in self.targets):

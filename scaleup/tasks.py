@@ -40,6 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sparsity.validate import check_positive_int
+
 SOURCE_TASKS = ("copy", "reverse", "increment", "facts_a")
 TARGET_TASKS = {"add2": "near: a variant of increment", "sort": "far: a new skill", "facts_b": "far: new facts"}
 TASKS = SOURCE_TASKS + tuple(TARGET_TASKS)
@@ -64,9 +66,7 @@ class WorldConfig:
 
     def __post_init__(self) -> None:
         for name in ("n_symbols", "length", "key_length", "value_length", "n_facts", "n_eval"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"WorldConfig.{name} must be a positive int, got {value!r}")
+            check_positive_int(getattr(self, name), f"WorldConfig.{name}")
         if self.n_symbols < 3:
             raise ValueError(f"WorldConfig.n_symbols must be >= 3 (add2 must differ from copy), got {self.n_symbols}")
         if 2 * self.n_facts > self.n_symbols**self.key_length:
@@ -206,8 +206,7 @@ class World:
     def batch(self, tasks: str | Sequence[str], split: str, n: int, gen: torch.Generator) -> Batch:
         """``n`` examples, each from a task drawn uniformly from ``tasks`` (a mixture), in a fixed order."""
         tasks = _check_tasks(tasks)
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"n must be a positive int, got {n!r}")
+        check_positive_int(n, "n")
         which = torch.randint(len(tasks), (n,), generator=gen)
         idx = torch.empty((n, self.block_size), dtype=torch.long)
         targets = torch.empty_like(idx)
