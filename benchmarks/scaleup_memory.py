@@ -5,13 +5,13 @@ measures one training step (forward, backward, optimizer step) of a ``scaleup.gp
 for four ways of fine-tuning it, side by side in one run:
 
 - ``full``: every parameter trains, ``torch.optim.AdamW`` (the baseline of every ratio);
-- ``sparse 5%``: 5% of every block matrix (``sparsity.masks.random``, per tensor),
-  ``sparsity.compact.CompactAdamW`` (state only for the selected entries); embeddings
-  and LayerNorms frozen (no gradient at all);
+- ``sparse 5%``: 5% of every block matrix (random entries, per tensor), made trainable by
+  ``sparsity.sparsify`` with compact storage (``CompactAdamW``: state only for the selected
+  entries); embeddings and LayerNorms frozen (no gradient at all);
 - ``LoRA r=R``: ``scaleup.lora`` adapters on every block matrix, ``torch.optim.AdamW``
   on the adapters; ``R`` is the rank whose trainable count is closest to 5%;
-- ``sparse LoRA-equal``: ``sparsity.masks.lora_equal`` at that rank (random scores), so exactly
-  LoRA's count, with ``CompactAdamW``.
+- ``sparse LoRA-equal``: random entries at that rank's LoRA-equal budget
+  (``SparseConfig(lora_rank=R)``), so exactly LoRA's count, with ``CompactAdamW``.
 
 For each it reports the median step time (interleaved rounds, ``optimizer_step.time_interleaved``),
 tokens per second, the optimizer-state bytes (``optimizer_step.state_bytes``) and the
@@ -42,20 +42,15 @@ import torch
 from torch import nn
 
 from benchmarks.optimizer_step import STEPS_PER_ROUND, state_bytes, time_interleaved
-from sparsity.sweep import (
-    command_line,
-    emit,
-    load_average,
-    machine_lines,
-    markdown_table,
-)
 from scaleup import gpt, lora
 from scaleup import tasks as tk
 from scaleup.memory import PeakMemory
-from sparsity import criteria, masks
-from sparsity.compact import CompactAdamW
+from sparsity import SparseConfig, sparsify
 from sparsity.eligibility import eligible
 from sparsity.fastmode import fast_mode
+from sparsity.sweep import command_line, emit, load_average, machine_lines, markdown_table
+from sparsity.train import fit
+from sparsity.validate import check_positive_int
 
 DENSITY = 0.05
 FULL, SPARSE, LORA, SPARSE_LORA = "full", "sparse 5%", "LoRA", "sparse LoRA-equal"
@@ -96,30 +91,30 @@ def prepare(method: str, base: gpt.GPT, rank: int) -> tuple[nn.Module, torch.opt
         lora.add_lora(model, lora.LoraConfig(r=rank), seed=0)
         trainable = [p for p in model.parameters() if p.requires_grad]
         return model, torch.optim.AdamW(trainable, lr=LR, weight_decay=0.0), lora.trainable_count(model)
+    common = dict(criterion="random", scope="per_tensor", lr=LR, weight_decay=0.0, seed=0)
     if method == SPARSE:
-        mask = masks.random(model, DENSITY, seed=0, scope="per_tensor")
+        config = SparseConfig(density=DENSITY, **common)  # type: ignore[arg-type]
     elif method == SPARSE_LORA:
-        mask = masks.lora_equal(model, criteria.random(model, seed=0), rank)
+        config = SparseConfig(lora_rank=rank, **common)  # type: ignore[arg-type]
     else:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    for n, p in model.named_parameters():
-        p.requires_grad_(bool(mask[n].any()))  # frozen tensors get no gradient at all
-    opt = CompactAdamW(model.named_parameters(), mask=mask, lr=LR, weight_decay=0.0)
-    return model, opt, sum(int(m.sum()) for m in mask.values())
+    run = sparsify(model, config)  # random entries, compact AdamW state; frozen tensors get no gradient at all
+    return model, run.optimizer, run.trainable_parameters()[0]
 
 
 class TrainingStep:
-    """One method's training step as a ``step()`` callable, the interface ``time_interleaved`` times."""
+    """One method's training step as a ``step()`` callable, the interface ``time_interleaved`` times:
+    ``steps`` steps of the lab's one training loop (``sparsity.train.fit``) on the same batch."""
 
     def __init__(self, model: nn.Module, opt: torch.optim.Optimizer, batch: tk.Batch, device: str) -> None:
         self.model, self.opt, self.batch, self.device = model, opt, batch, device
 
-    def step(self) -> None:
+    def _loss(self, model: nn.Module, batch: tk.Batch) -> torch.Tensor:
         with gpt.autocast(self.device):
-            loss = tk.loss(self.model, self.batch)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
+            return tk.loss(model, batch)
+
+    def step(self, steps: int = 1) -> None:
+        fit(self.model, self.opt, self._loss, steps, batches=lambda _: self.batch)
         if self.device.startswith("cuda"):
             torch.cuda.synchronize()
 
@@ -130,8 +125,7 @@ def peak_mb(method: str, base: gpt.GPT, rank: int, batch: tk.Batch, device: str)
     runner = TrainingStep(model, opt, batch, device)
     gc.collect()
     with PeakMemory(device) as peak:
-        for _ in range(PEAK_STEPS):
-            runner.step()
+        runner.step(PEAK_STEPS)
     del runner, model, opt
     gc.collect()
     return peak.mb
@@ -264,8 +258,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args.preset = args.preset or ("micro" if fast else "mid" if args.device == "cuda" else "small")
     args.batch = args.batch or (64 if args.device == "cuda" else 32)
     args.steps = args.steps or (6 if fast else 30)
-    if min(args.batch, args.steps, args.threads) < 1:
-        p.error("--batch, --steps and --threads must be at least 1")
+    for flag in ("batch", "steps", "threads"):
+        try:
+            check_positive_int(getattr(args, flag), f"--{flag}")
+        except ValueError as e:
+            p.error(str(e))
     return args
 
 
