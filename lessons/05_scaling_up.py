@@ -28,16 +28,17 @@
 # the same number of trainable entries is the baseline every sparse method must beat.
 #
 # Everything runs the lab's code: `scaleup.pretrain` (cached checkpoints), `scaleup.compare`
-# (the controlled benchmark: one function fine-tunes with any method), `scaleup.teacher_student`
-# (lesson 1's probe on the GPT), and the `sparsity` core underneath.
+# (the controlled benchmark: one function fine-tunes with any method; `scaleup.report` draws
+# its figures), `scaleup.teacher_student` (lesson 1's probe on the GPT), and the `sparsity`
+# core underneath: `SparseConfig` + `sparsify` choose and freeze, `fit` trains.
 #
-# **Sizes.** Fast mode (`LAB_FAST=1`, for CI) uses the `micro` preset (26k parameters)
-# with a few steps: its numbers only show that the cells run. By default the `tiny`
-# preset (0.45M parameters) at full length: minutes on a laptop CPU, pretraining once
-# (about 2 minutes on one idle core) and then loading the cached checkpoint. With a GPU,
-# `small` (4.7M).
+# **Sizes.** Fast mode (`LAB_FAST=1`, for CI) uses the `micro` preset with a few steps: its
+# numbers only show that the cells run. By default the `tiny` preset at full length: minutes
+# on a laptop CPU, pretraining once and then loading the cached checkpoint. With a GPU,
+# `small`. The first cell prints the model's size.
 
 # %%
+import copy
 from dataclasses import replace
 from pathlib import Path
 
@@ -46,9 +47,10 @@ import matplotlib.pyplot as plt
 import torch
 from IPython.display import Markdown, display
 
-from scaleup import compare
+from scaleup import compare, gpt, report
 from scaleup import tasks as tk
 from scaleup import teacher_student as ts
+from sparsity import SparseConfig, cosine, fit, sparsify
 from sparsity.fastmode import fast_mode
 
 FAST = fast_mode()  # LAB_FAST=1 shrinks the runs so the notebook executes in CI
@@ -68,16 +70,53 @@ print(f"before fine-tuning: target accuracy {setup.before['target_test']:.2f}, "
       f"source retention {setup.before['retention']:.2f}")
 
 # %% [markdown]
+# ## Sparse fine-tuning in a few lines
+#
+# The entry point of the `sparsity` core works on any `nn.Module`, this GPT included:
+# `SparseConfig` says which entries may train (here LIFT's principal weights, Liu et al.
+# 2025: the largest entries of each matrix's rank-4 approximation, 5% of every block
+# matrix), `sparsify` selects them, freezes everything else and builds an optimizer that
+# keeps state for the selected entries only, and `fit` is the lab's one training loop: a
+# loss of a batch, a batch per step, a learning-rate schedule (warm-up, then cosine decay
+# to a tenth).
+
+# %%
+LR_SPARSE = cfg.lrs_sparse[0]
+model = copy.deepcopy(setup.pretrained).train()
+sparse = sparsify(model, SparseConfig(criterion="lift", density=0.05, options={"rank": cfg.lift_rank}, lr=LR_SPARSE))
+sparse.print_trainable_parameters()
+
+
+def loss_of_batch(model, batch):
+    with gpt.autocast(DEVICE):  # bf16 on a GPU, nothing on the CPU
+        return tk.loss(model, batch)
+
+
+def batch_at(step, seed=0):
+    return setup.world.train_batch(cfg.target, step, cfg.batch_size, seed).to(DEVICE)
+
+
+history = fit(model, sparse.optimizer, loss_of_batch, cfg.steps, batches=batch_at,
+              schedule=cosine(LR_SPARSE, cfg.steps, warmup=cfg.warmup, floor=0.1))
+model.eval()
+by_hand = {"target_test": tk.accuracy(model, setup.world, cfg.target), "retention": tk.retention(model, setup.world)}
+trainable, total = sparse.trainable_parameters()
+moved = sum(int((p.detach() != sparse.reference[n]).sum()) for n, p in model.named_parameters())
+print(f"loss {history['loss'][0]:.3f} -> {history['loss'][-1]:.3f}; target accuracy {by_hand['target_test']:.2f}, "
+      f"source retention {by_hand['retention']:.2f}; {moved:,} of {total:,} entries moved "
+      f"(at most the {trainable:,} selected)")
+
+# %% [markdown]
 # ## Full vs sparse vs LoRA, one run each
 #
-# Each method fine-tunes a copy of the same pretrained model on the same batches in the same
-# order. Sparse methods train 5% of every block matrix (embeddings and LayerNorms frozen),
-# chosen by a criterion from `sparsity.criteria`: `random`, `magnitude`, and `lift`
-# (LIFT's principal weights: the largest entries of a low-rank approximation, lesson 7).
+# The benchmark's `run_cell` does the same for every method: each fine-tunes a copy of the
+# same pretrained model on the same batches in the same order. Sparse methods train 5% of
+# every block matrix (embeddings and LayerNorms frozen), chosen by a criterion of the
+# registry (`sparsity.registry`): `random`, `magnitude`, and `lift` (lesson 7 looks closer).
 # LoRA trains rank-4 adapters on every block matrix. The benchmark sweeps the learning rate
 # and picks, on a validation split, the smallest rate that learns the target as well as the
 # best one; here each method uses the rate that sweep chose on the tiny preset for `add2`
-# (full fine-tuning 3e-4, LoRA 3e-3, sparse 5% 1e-2: fewer trainable entries need larger steps).
+# (the table prints it: fewer trainable entries need larger steps).
 
 # %%
 SHOWN = ("full", "lora", "random", "magnitude", "lift")
@@ -98,23 +137,11 @@ print(f"{'method':<10}{'trainable':>11}{'lr':>8}{'target':>8}{'retention':>11}{'
 for m, r in rows.items():
     print(f"{m:<10}{r['trainable']:>11,}{r['lr']:>8g}{r['target_test']:>8.2f}{r['retention']:>11.2f}"
           f"{r['train_s']:>9.1f}")
-
+same = all(rows["lift"][k] == v for k, v in by_hand.items())
+print(f"the sparsify + fit run above is the benchmark's lift run, bit for bit: {same}")
 
 # %%
-def plot_learning_vs_forgetting(rows, before, title, ax=None):
-    """Target accuracy against source retention, one point per run (upper right is best)."""
-    if ax is None:
-        _, ax = plt.subplots(figsize=(6, 5))
-    ax.scatter([before["retention"]], [before["target_test"]], marker="x", color="black", label="before fine-tuning")
-    for name, r in rows.items():
-        ax.scatter([r["retention"]], [r["target_test"]], s=60, label=f"{name} ({r['trainable']:,} trainable)")
-    ax.set(xlabel="source retention (mean test accuracy on the pretraining tasks)",
-           ylabel="target test accuracy", xlim=(-0.05, 1.05), ylim=(-0.05, 1.05), title=title)
-    ax.legend(fontsize="small", loc="best")
-    return ax
-
-
-plot_learning_vs_forgetting(rows, setup.before, f"GPT {PRESET}: fine-tuning on {cfg.target}, one seed")
+report.plot_learning_vs_forgetting(rows, setup.before, f"GPT {PRESET}: fine-tuning on {cfg.target}, one seed")
 plt.show()
 full = rows["full"]
 for m, r in rows.items():
@@ -129,13 +156,7 @@ for m, r in rows.items():
 # time and peak memory on larger presets.
 
 # %%
-fig, (ax_count, ax_state) = plt.subplots(1, 2, figsize=(11, 3.5))
-names = list(rows)
-ax_count.bar(names, [rows[m]["trainable"] for m in names])
-ax_count.set(yscale="log", ylabel="trainable entries", title="What each method trains")
-ax_state.bar(names, [rows[m]["optimizer_state_bytes"] for m in names], color="tab:orange")
-ax_state.set(yscale="log", ylabel="bytes", title="Optimizer state")
-fig.tight_layout()
+report.plot_costs(rows)
 plt.show()
 
 # %% [markdown]
@@ -180,27 +201,23 @@ plt.show()
 print(ts.format_table(study))
 
 # %% [markdown]
-# Compare with lesson 1. At lambda = 0 Adam spreads the update over every block, roughly
-# by size: raw update sizes say nothing about which block mattered. With the L1 pull the
-# update concentrates, but *where* is a question of cost as much as need: the penalty finds
-# the cheapest change that fits the teacher, and a transformer offers cheap routes a
-# 3-layer MLP does not (the embedding table is also the output head here; the first block
-# sees the task token first). The table says whether the changed block came out on top in
-# this run; the printed `revealed` is measured, not assumed.
-#
-# What we measured on the `tiny` preset (default mode, target `add2`, block 2 of 4, 300
-# steps, lambda = 0.005, the checkpoint pretrained on one CPU thread): at lambda = 0 block 2
-# held 26.5% of the update and block 3 32%; with the L1 pull block 2 held **6%**, while
-# block 0 (47%), block 3 (25%) and the embeddings (16%) took the rest, and the student agreed
-# with the teacher on 66% of the test answers (98% at lambda = 0). With block 2 *re-drawn*
-# (`student="reinit"`, lesson 1's recipe) the L1 student left block 2 exactly at its random
-# start (0.0% of the update) and routed around it through blocks 0 (48%) and 3 (26%).
-# Unlike lesson 1's MLP, L1-to-init does **not** reveal the block that needed the update
-# here: it finds a place where an update costs less L1,
-# and in this GPT that was the first and last blocks and the embedding table (which is
-# also the output head). One setting, one seed: try other blocks and targets yourself,
-# e.g. `ts.run(ts.default_config("tiny", blocks=(1,), target="facts_b"))`.
-#
+# Compare with lesson 1. The table says how the update spread over the blocks at each
+# lambda, and whether the changed block came out on top; the lines below name the part that
+# holds the largest share. `revealed` is measured, not assumed. If L1-to-init does not find
+# the changed block here, ask where an update costs *less* L1: a transformer offers cheap
+# routes a 3-layer MLP does not (the embedding table is also the output head; the first
+# block sees the task token first). The penalty finds the cheapest change that fits the
+# teacher, which need not be the change the teacher made. One setting, one seed: try other
+# blocks and targets yourself, e.g. `ts.run(replace(ts_cfg, blocks=(1,), target="facts_b"))`,
+# or lesson 1's recipe with the block re-drawn, `ts.run(replace(ts_cfg, student="reinit"))`.
+
+# %%
+for lam, student in study.runs.items():
+    top = max(student.block_share, key=student.block_share.get)
+    print(f"lambda = {lam:g}: the largest share of the update, {student.block_share[top]:.0%}, sits in {top}; "
+          f"the teacher changed {', '.join(study.chosen)}")
+
+# %% [markdown]
 # ## Try it yourself
 # Pick a method, a budget and a target task, then press **Fine-tune** (nothing trains until
 # you press). The budget applies to the sparse criteria; full fine-tuning trains
@@ -209,7 +226,7 @@ print(ts.format_table(study))
 # vs LoRA; `middle_blocks` at LoRA-equal (is the middle enough?).
 
 # %%
-method_menu = widgets.Dropdown(options=compare.METHODS, value="lift", description="method")
+method_menu = widgets.Dropdown(options=compare.known_methods(), value="lift", description="method")
 density_slider = widgets.SelectionSlider(options=[("1%", "d0.01"), ("5%", "d0.05"), ("20%", "d0.2"),
                                                   ("LoRA-equal", "lora_equal")],
                                          value="d0.05", description="budget", continuous_update=False)
@@ -231,7 +248,7 @@ def on_run(_=None):
     shown = {"full": rows["full"]} if target == cfg.target else {}
     shown[f"{method} @ {compare.budget_label(budget, cfg)}"] = row
     fig, ax = plt.subplots(figsize=(6, 5))
-    plot_learning_vs_forgetting(shown, here.before, f"GPT {PRESET}: {method} on {target}", ax)
+    report.plot_learning_vs_forgetting(shown, here.before, f"GPT {PRESET}: {method} on {target}", ax)
     last_run.update(row=row, method=method, budget=budget, target=target, figure=fig)
     with output:
         output.clear_output(wait=True)
@@ -245,9 +262,9 @@ display(widgets.VBox([method_menu, density_slider, target_menu, run_button, outp
 
 # %% [markdown]
 # ## Questions to think about
-# 1. Fine-tuning on `add2` learns it and forgets the source tasks, with every method. Why would a
-#    task *near* the source cause that much forgetting? (Hint: what does the shared
-#    embedding/output table have to do for `add2` that it did for `increment`?)
+# 1. Read the retention column: how much of the source survives fine-tuning on `add2`, with each
+#    method? If a task *near* the source makes a model forget that much, why? (Hint: what does
+#    the shared embedding/output table have to do for `add2` that it did for `increment`?)
 # 2. At the same count, a sparse mask and LoRA can change very different things: LoRA a
 #    low-rank change of every matrix, the mask a full-rank change of a few entries. Which
 #    kind of update would you expect new *facts* to need, and which a new *skill*?
