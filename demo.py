@@ -8,6 +8,7 @@ Later experiments add their own section to SECTIONS.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -19,6 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from sparsity.fastmode import fast_mode  # noqa: E402
+from sparsity.sweep import command_line, machine_lines, markdown_table  # noqa: E402
 from toys import modular  # noqa: E402
 from toys import prune_study as ps  # noqa: E402
 from toys import teacher_student as ts  # noqa: E402
@@ -39,12 +41,9 @@ def teacher_student_section(out: Path) -> tuple[str, str]:
         plt.close(fig)
         figures.append(path.name)
     keys = list(runs[0.0].update_share)
-    header = "| | " + " | ".join(keys) + " | MSE start -> end |"
-    rows = [header, "|" + "---|" * (len(keys) + 2)]
-    for lam, run in runs.items():
-        shares = " | ".join(f"{run.update_share[k]:.3f}" for k in keys)
-        rows.append(f"| lambda = {lam:g} | {shares} | {run.initial_loss:.3g} -> {run.final_loss:.3g} |")
-    table = "\n".join(rows)
+    table = markdown_table(["", *keys, "MSE start -> end"],
+                           [[f"lambda = {lam:g}", *(f"{run.update_share[k]:.3f}" for k in keys),
+                             f"{run.initial_loss:.3g} -> {run.final_loss:.3g}"] for lam, run in runs.items()])
     w2_0, w2_1 = runs[0.0].update_share["W2"], runs[1e-3].update_share["W2"]
     markdown = f"""## Which layer needs fine-tuning? (teacher-student MLP, Liu 2026)
 
@@ -62,7 +61,7 @@ raw update sizes mislead. With lambda = 1e-3 it holds {w2_1:.0%}.
 
 
 def prune_recover_section(out: Path) -> tuple[str, str]:
-    """Seed 001: prune, then fine-tune with the pattern fixed. How much of dense accuracy comes back?"""
+    """Prune, then fine-tune with the pattern fixed: how much of dense accuracy comes back?"""
     study = ps.default_study()
     result = ps.run_study(study)
     path = out / "prune_and_recover.png"
@@ -71,7 +70,7 @@ def prune_recover_section(out: Path) -> tuple[str, str]:
     plt.close(fig)
     table, verdict = ps.format_table(result), ps.verdict(result)
     widths = "-".join(map(str, (study.world.in_dim, *study.world.hidden, study.world.n_classes)))
-    markdown = f"""## Prune, then recover (classification toy, seed 001)
+    markdown = f"""## Prune, then recover (classification toy)
 
 Student {widths} on a random teacher's labels, {study.world.steps} training steps; accuracy
 (share of dense) at each sparsity:
@@ -86,7 +85,7 @@ Student {widths} on a random teacher's labels, {study.world.steps} training step
 
 
 def modular_section(out: Path) -> tuple[str, str]:
-    """Modular subnetworks (seed 000): the ablation matrix, consistency across seeds, core isolation."""
+    """Modular subnetworks: the ablation matrix, consistency across seeds, core isolation."""
     cfg = modular.default_config()
     report = modular.run(cfg)
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
@@ -101,21 +100,20 @@ def modular_section(out: Path) -> tuple[str, str]:
         figure.savefig(out / name, dpi=110)
         plt.close(figure)
     summary = report.summary()
-    consistency = ["| arm | modularity (mean +- std over seeds) | cross-seed Jaccard | chance |", "|---|---|---|---|"]
-    for arm in modular.ARMS:
-        mod = summary["modularity"][arm]
-        o = report.overlaps.get(arm)
-        overlap = f"{o.jaccard:.3f} | {o.chance:.3f}" if o else "- | -"
-        consistency.append(f"| {arm} | {mod['mean']:.3f} +- {mod['std']:.3f} | {overlap} |")
+    overlaps = {arm: report.overlaps.get(arm) for arm in modular.ARMS}
+    consistency = markdown_table(
+        ["arm", "modularity (mean +- std over seeds)", "cross-seed Jaccard", "chance"],
+        [[arm, f"{summary['modularity'][arm]['mean']:.3f} +- {summary['modularity'][arm]['std']:.3f}",
+          *((f"{o.jaccard:.3f}", f"{o.chance:.3f}") if (o := overlaps[arm]) else ("-", "-"))] for arm in modular.ARMS])
     iso = report.isolation
-    ways = ["| way | B (target) | A (retained) | trainable share of trunk |", "|---|---|---|---|"]
-    ways += [f"| {w} | {iso.target[w]:.3f} | {iso.retained[w]:.3f} | {iso.trainable[w]:.2f} |" for w in modular.WAYS]
+    ways = markdown_table(["way", "B (target)", "A (retained)", "trainable share of trunk"],
+                          [[w, f"{iso.target[w]:.3f}", f"{iso.retained[w]:.3f}", f"{iso.trainable[w]:.2f}"]
+                           for w in modular.WAYS])
     matrix = report.runs["random init"][0].matrix
-    rows = ["| ablated | " + " | ".join(matrix.tasks) + " |", "|" + "---|" * (len(matrix.tasks) + 1),
-            "| (none) | " + " | ".join(f"{b:.3f}" for b in matrix.baseline) + " |"]
-    rows += [f"| {name} | " + " | ".join(f"{v:.3f}" for v in row) + " |"
-             for name, row in zip(matrix.subnetworks, matrix.scores)]
-    markdown = f"""## Modular subnetworks: find them, ablate them, protect them (seed 000)
+    ablated = [["(none)", *(f"{b:.3f}" for b in matrix.baseline)]]
+    ablated += [[name, *(f"{v:.3f}" for v in row)] for name, row in zip(matrix.subnetworks, matrix.scores)]
+    ablation = markdown_table(["ablated", *matrix.tasks], ablated)
+    markdown = f"""## Modular subnetworks: find them, ablate them, protect them
 
 {cfg.n_tasks} subtasks, each reading its own group of {cfg.group_size} features; trunk {cfg.hidden} with one head per
 subtask; {cfg.steps} training steps; subnetworks are learned masks over the trunk (weights frozen,
@@ -124,21 +122,20 @@ Csordás et al. 2021), ablated by their exclusive part. Chance = {cfg.chance:.2f
 Accuracy of each task (column) with a subnetwork (row) ablated, random init, seed 0
 (modularity {report.runs["random init"][0].modularity:.3f}):
 
-{chr(10).join(rows)}
+{ablation}
 
 Consistency over {cfg.n_seeds} seeds per arm (same init: one initialisation, only the batch order changes):
 
-{chr(10).join(consistency)}
+{consistency}
 
 Pretrained on A = {cfg.task_a} (A {iso.a_before:.3f}), then fine-tuned on B = {cfg.task_b} three ways:
 
-{chr(10).join(ways)}
+{ways}
 
 {chr(10).join(f"![{name}]({name})" for name in figures)}
 """
-    return markdown, "Modular subnetworks: ablation matrix, consistency, core isolation\n" + "\n".join(
-        rows + [""] + consistency + [""] + ways
-    )
+    return markdown, "Modular subnetworks: ablation matrix, consistency, core isolation\n" + "\n\n".join(
+        (ablation, consistency, ways))
 
 
 def two_four_section(out: Path) -> tuple[str, str]:
@@ -200,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    parts = [f"# Subnet Lab report\n\nFast mode: {fast_mode()}.\n"]
+    command = command_line("demo", sys.argv[1:] if argv is None else argv)
+    parts = ["# Subnet Lab report\n", *machine_lines(command), f"- fast mode: {fast_mode()}\n"]
     for section in SECTIONS:
         markdown, summary = section(args.out)
         parts.append(markdown)
