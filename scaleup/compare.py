@@ -41,32 +41,10 @@ from tqdm.auto import tqdm
 
 from scaleup import gpt
 from scaleup import tasks as tk
-from scaleup.bench_config import (
-    DEMO_METHODS,
-    INCLUDE,
-    METHODS,
-    MICRO_WORLD,
-    BenchConfig,
-    Setup,
-    check_methods,
-    default_config,
-    demo_config,
-    is_sparse_criterion,
-    known_methods,
-    prepare,
-)
-from scaleup.finetune import (
-    LAYER_TYPES,
-    budget_count,
-    finetune,
-    layer_type,
-    middle_blocks,
-    run_cell,
-    scores,
-    select,
-    sparse_config,
-    update_profile,
-)
+from scaleup.bench_config import (DEMO_METHODS, INCLUDE, METHODS, MICRO_WORLD, BenchConfig, Setup, check_methods,
+                                  default_config, demo_config, is_sparse_criterion, known_methods, prepare)
+from scaleup.finetune import (LAYER_TYPES, budget_count, finetune, layer_type, middle_blocks, run_cell, scores, select,
+                              sparse_config, update_profile)
 from scaleup.report import budget_label, plot_summary, print_report, report_markdown, verdict, write_summary
 from scaleup.results import RESULTS, best_lr, cell_key, load_results, store, summarize
 from sparsity.sweep import command_line, machine

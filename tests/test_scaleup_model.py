@@ -8,6 +8,7 @@ from scaleup import gpt
 from scaleup import pretrain as pt
 from scaleup import tasks as tk
 from sparsity.eligibility import parameter_kinds
+from sparsity.train import cosine
 
 SMALL_WORLD = tk.WorldConfig(n_symbols=5, length=3, n_facts=6, n_eval=64)
 
@@ -254,6 +255,7 @@ def test_lr_schedule_warms_up_then_decays_to_a_tenth():
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
     assert schedule(100) == pytest.approx(0.1)
+    assert lrs == [cosine(1.0, 100, 10, floor=0.1)(s) for s in range(100)]
 
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
