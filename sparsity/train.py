@@ -175,7 +175,7 @@ def fit(
             raise FloatingPointError(f"the loss is {value} at step {step} (lr {state.lr:g}): the run diverged")
         history["loss"].append(value)
         for key, v in extra.items():
-            history.setdefault(key, []).append(float(v))
+            history.setdefault(key, []).append(v.item() if isinstance(v, torch.Tensor) else float(v))
         if progress and step % postfix_every == 0:
             bar.set_postfix(loss=f"{value:.3f}")
     _call(hooks, "on_end", state)
