@@ -37,11 +37,8 @@ def budget_label(budget: str, cfg: BenchConfig) -> str:
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """``sparsity.sweep.markdown_table``, left-aligned, with the compact rule line (``|---|---|``)
-    of the committed reports (so ``--report`` rebuilds them unchanged)."""
-    lines = markdown_table(header, rows, "l" * len(header)).split("\n")
-    lines[1] = "|" + "---|" * len(header)
-    return "\n".join(lines)
+    """A left-aligned table with the compact rule line (``|---|---|``) of the committed reports."""
+    return markdown_table(header, rows, "l" * len(header), compact_rule=True)
 
 
 def verdict(table: list[dict[str, Any]]) -> str:

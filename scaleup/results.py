@@ -17,6 +17,7 @@ from typing import Any
 
 from scaleup.bench_config import BenchConfig, check_methods, known_methods
 from sparsity.sweep import RESULTS, SweepStore, mean_spread
+from sparsity.sweep import cell_key as sweep_key
 
 KEY_FIELDS = ("method", "budget", "lr", "seed")
 __all__ = ["KEY_FIELDS", "RESULTS", "best_lr", "cell_key", "load_config", "load_results", "store", "summarize"]
@@ -27,13 +28,9 @@ def store(out: str | Path, cfg: BenchConfig | None = None) -> SweepStore:
     return SweepStore(out, KEY_FIELDS, config=None if cfg is None else cfg.to_json())
 
 
-_KEYS = SweepStore(Path("."), KEY_FIELDS)
-"""Used for its ``key`` only (the store's key format); it never reads or writes a folder."""
-
-
 def cell_key(method: str, budget: str, lr: float, seed: int) -> str:
     """The key of one run in the store: ``method|budget|lr|seed`` (the lr as ``%g``)."""
-    return _KEYS.key({"method": method, "budget": budget, "lr": lr, "seed": seed})
+    return sweep_key({"method": method, "budget": budget, "lr": lr, "seed": seed}, KEY_FIELDS)
 
 
 def load_results(out: str | Path) -> dict[str, dict[str, Any]]:

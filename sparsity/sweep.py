@@ -34,6 +34,14 @@ def _json_safe(value: Any) -> Any:
     return json.loads(json.dumps(value, allow_nan=False))
 
 
+def cell_key(row: Mapping[str, Any], key_fields: Sequence[str]) -> str:
+    """A cell's key: its ``key_fields`` joined with ``|`` (floats as ``%g``), e.g. ``lift|d0.05|0.001|0``."""
+    missing = [f for f in key_fields if f not in row]
+    if missing:
+        raise KeyError(f"a cell needs the key fields {missing}")
+    return "|".join(f"{row[f]:g}" if isinstance(row[f], float) else str(row[f]) for f in key_fields)
+
+
 class SweepStore:
     """Cells of one configuration in ``folder/results.jsonl``, keyed by ``key_fields``.
 
@@ -73,10 +81,7 @@ class SweepStore:
         return json.loads(path.read_text())
 
     def key(self, row: Mapping[str, Any]) -> str:
-        missing = [f for f in self.key_fields if f not in row]
-        if missing:
-            raise KeyError(f"a cell needs the key fields {missing}")
-        return "|".join(f"{row[f]:g}" if isinstance(row[f], float) else str(row[f]) for f in self.key_fields)
+        return cell_key(row, self.key_fields)
 
     def load(self) -> dict[str, dict[str, Any]]:
         """Finished cells by key. A last line cut off by a kill is ignored (that cell is redone)."""
@@ -135,13 +140,18 @@ def mean_spread(values: Sequence[float]) -> tuple[float, float]:
     return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]], align: str | None = None) -> str:
-    """A markdown table; ``align`` holds one of 'l'/'r' per column (default: first left, the rest right)."""
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]], align: str | None = None,
+                   compact_rule: bool = False) -> str:
+    """A markdown table; ``align`` holds one of 'l'/'r' per column (default: first left, the rest right).
+    ``compact_rule`` writes the rule line as ``|---|---:|`` (the benchmark reports' style)."""
     align = align or "l" + "r" * (len(header) - 1)
     if len(align) != len(header) or any(len(r) != len(header) for r in rows):
         raise ValueError("markdown_table: every row and the alignment need one entry per header column")
     rule = ["---" if a == "l" else "---:" for a in align]
-    return "\n".join("| " + " | ".join(str(c) for c in line) + " |" for line in [header, rule, *rows])
+    lines = ["| " + " | ".join(str(c) for c in line) + " |" for line in [header, rule, *rows]]
+    if compact_rule:
+        lines[1] = "|" + "|".join(rule) + "|"
+    return "\n".join(lines)
 
 
 def command_line(module: str, argv: Sequence[str]) -> str:

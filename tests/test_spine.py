@@ -203,6 +203,7 @@ def test_report_kit():
     assert mean_spread([5]) == (5.0, 0.0)
     table = markdown_table(["a", "b"], [[1, 2]])
     assert table.splitlines() == ["| a | b |", "| --- | ---: |", "| 1 | 2 |"]
+    assert markdown_table(["a", "b"], [[1, 2]], compact_rule=True).splitlines()[1] == "|---|---:|"
     with pytest.raises(ValueError, match="one entry per header column"):
         markdown_table(["a"], [[1, 2]])
 
