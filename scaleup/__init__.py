@@ -4,6 +4,11 @@
 ``tasks``        synthetic source and target token tasks, exact-match accuracy, retention
 ``pretrain``     pretraining on the source mixture, cached and resumable (safetensors)
 ``lora``         LoRA adapters, PEFT style (the baseline at a matched budget)
-``compare``      the controlled benchmark: full vs every sparse criterion vs LoRA
+``compare``      the controlled benchmark's command line and sweep: full vs every sparse criterion vs LoRA
+``bench_config`` its configuration (methods, budgets, learning-rate grids) and the prepared set-up
+``finetune``     one benchmark cell: selection through the criteria registry, fine-tuning through ``fit``
+``results``      its results store (``sparsity.sweep``), learning-rate choice and summary over seeds
+``report``       its tables, verdict and figures
+``memory``       peak-memory measurement on CPU and CUDA
 ``teacher_student``  which blocks need fine-tuning (the transformer version of lesson 1's probe)
 """

@@ -48,7 +48,7 @@ from torch import nn
 from scaleup import gpt
 from scaleup import pretrain as pt
 from scaleup import tasks as tk
-from scaleup.compare import LAYER_TYPES, layer_type
+from scaleup.finetune import LAYER_TYPES, layer_type
 from sparsity import masks
 from sparsity.fastmode import fast_mode
 from sparsity.metrics import update_norms, update_sparsity

@@ -8,7 +8,8 @@ criteria by name; ``sweep`` stores experiment cells and reports them.
 One concept per module: ``criteria`` (scores), ``masks`` (selection), ``optim`` and
 ``compact`` (optimizers), ``regularize``, ``metrics``, ``ablate``, ``discover`` (learned
 subnetworks), ``prune``, ``dynamic`` (drop/grow), ``delta`` (sparse update checkpoints),
-``semistructured`` (2:4 sparsity: pattern, compressed format, fast linear layer).
+``semistructured`` (2:4 sparsity, gathering ``two_four``: the pattern and compressed format,
+``two_four_linear``: the fast linear layer, ``two_four_convert``: model conversion).
 """
 
 from sparsity import ablate, criteria, delta, discover, dynamic, masks, prune, registry, semistructured, sweep
