@@ -47,3 +47,29 @@ def test_core_imports_nothing_from_the_other_packages() -> None:
     imports_other = re.compile(r"^\s*(from|import)\s+(toys|scaleup|lessons)\b", re.MULTILINE)
     for path in (ROOT / "sparsity").glob("*.py"):
         assert not imports_other.search(path.read_text()), f"{path.name} imports a package above the core"
+
+
+SOURCE_FOLDERS = ("sparsity", "toys", "scaleup", "lessons", "benchmarks")
+
+
+def _sources() -> list[Path]:
+    files = [ROOT / "demo.py"]
+    for folder in SOURCE_FOLDERS:
+        files += [p for p in (ROOT / folder).rglob("*.py") if "assignments" not in p.parts]
+    return files
+
+
+def test_no_source_module_is_over_500_lines() -> None:
+    """One concept per module (DESIGN.md): a module that grows past 500 lines is doing several jobs."""
+    long = {str(p.relative_to(ROOT)): n for p in _sources() if (n := len(p.read_text().splitlines())) > 500}
+    assert not long, f"split these modules: {long}"
+
+
+def test_one_training_loop() -> None:
+    """``optimizer.step()`` is called in one training loop, sparsity.train.fit (the assignments, whose
+    exercises are the masked step itself, and the optimizer benchmark's timed step aside)."""
+    step_call = re.compile(r"^[^#\n]*\b(opt|optimizer|optim)\.step\(\)", re.MULTILINE)
+    allowed = {"sparsity/train.py", "benchmarks/optimizer_step.py"}
+    callers = sorted(str(p.relative_to(ROOT)) for p in _sources() if step_call.search(p.read_text()))
+    assert [c for c in callers if c not in allowed] == [], "train through sparsity.train.fit"
+    assert "sparsity/train.py" in callers
