@@ -1,6 +1,6 @@
 """A synthetic classification world for pruning: a small teacher labels, a wide student learns.
 
-Pruning is judged by *accuracy* ("recovers 95-100% of dense accuracy", seed 001), so the
+Pruning is judged by *accuracy* (it "recovers 95-100% of dense accuracy"), so the
 lab needs a classification task that a CPU trains in seconds and that is reproducible bit
 for bit. Here a random *teacher* MLP (``in_dim -> teacher_hidden -> n_classes``, ReLU)
 labels standard-normal inputs by the argmax of its logits; its output biases are tuned so
@@ -22,12 +22,13 @@ from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from sparsity.fastmode import fast_mode
 from sparsity.optim import MaskedAdamW
 from sparsity.regularize import snapshot
-from sparsity.validate import Mask, TensorDict
+from sparsity.threads import one_thread
+from sparsity.train import FitState, LossOfBatch, cosine, fit
+from sparsity.validate import Mask, TensorDict, check_nonnegative_int, check_positive_int
 
 
 BALANCE_ITERATIONS = 100
@@ -54,13 +55,13 @@ class Config:
 
     def __post_init__(self) -> None:
         for name in ("in_dim", "teacher_hidden", "n_train", "n_test", "steps", "batch"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if isinstance(self.n_classes, bool) or not isinstance(self.n_classes, int) or self.n_classes < 2:
+            check_positive_int(getattr(self, name), name)
+        if check_positive_int(self.n_classes, "n_classes") < 2:
             raise ValueError(f"n_classes must be an int >= 2, got {self.n_classes!r}")
-        if not self.hidden or not all(isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in self.hidden):
+        if not isinstance(self.hidden, (tuple, list)) or not self.hidden:
             raise ValueError(f"hidden must be a non-empty tuple of positive ints, got {self.hidden!r}")
+        for h in self.hidden:
+            check_positive_int(h, "hidden entry")
         for name in ("margin", "lr", "weight_decay"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or value < 0:
@@ -127,6 +128,24 @@ def make_student(cfg: Config, seed: int | None = None) -> nn.Sequential:
     return make_mlp((cfg.in_dim, *cfg.hidden, cfg.n_classes), seed=cfg.seed if seed is None else seed)
 
 
+class SnapshotAt:
+    """A ``fit`` hook that keeps a snapshot of the weights after ``step`` steps (0: before training):
+    the early checkpoint iterative magnitude pruning rewinds to (Frankle et al. 2020)."""
+
+    def __init__(self, model: nn.Module, step: int) -> None:
+        self.step = check_nonnegative_int(step, "step")
+        self.weights: TensorDict | None = snapshot(model) if step == 0 else None
+
+    def after_step(self, state: FitState) -> None:
+        if state.step + 1 == self.step:
+            self.weights = snapshot(state.model)
+
+
+def cross_entropy(world: World) -> LossOfBatch:
+    """The classification loss on a batch of training indices, as ``fit``'s ``loss_of_batch``."""
+    return lambda model, idx: nn.functional.cross_entropy(model(world.x_train[idx]), world.y_train[idx])
+
+
 def train(
     model: nn.Module,
     world: World,
@@ -142,38 +161,24 @@ def train(
     """Minibatch cross-entropy with AdamW and a cosine schedule; only ``mask``'s entries move.
 
     ``steps``, ``lr`` and ``seed`` (batch order) default to the world's config. With
-    ``snapshot_at=k`` the weights after k steps are returned (the early checkpoint IMP
-    rewinds to, Frankle et al. 2020); otherwise None.
+    ``snapshot_at=k`` the weights after k steps are returned (:class:`SnapshotAt`, the early
+    checkpoint IMP rewinds to); otherwise None. Runs on one CPU thread: the matrices are too
+    small to gain from more, and the bits do not depend on the machine's core count.
     """
     cfg = world.config
-    steps = cfg.steps if steps is None else steps
+    steps = check_positive_int(cfg.steps if steps is None else steps, "steps")
     lr = cfg.lr if lr is None else lr
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
-    if snapshot_at is not None and not (isinstance(snapshot_at, int) and 0 <= snapshot_at <= steps):
+    if snapshot_at is not None and (isinstance(snapshot_at, bool) or not isinstance(snapshot_at, int)
+                                    or not 0 <= snapshot_at <= steps):
         raise ValueError(f"snapshot_at must be None or an int in [0, steps={steps}], got {snapshot_at!r}")
     opt = MaskedAdamW(model.named_parameters(), mask=mask, lr=lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed if seed is None else seed)
-    checkpoint = snapshot(model) if snapshot_at == 0 else None
-    threads = torch.get_num_threads()
-    # One thread: the matrices are too small to gain from more, a busy core shared with other
-    # jobs stalls every step of a multi-threaded run (measured here: 30x slower), and the
-    # result does not depend on the machine's core count.
-    torch.set_num_threads(1)
-    try:
-        for t in tqdm(range(steps), desc=desc, disable=not progress, leave=False):
-            for group in opt.param_groups:
-                group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * t / steps))
-            idx = torch.randint(0, cfg.n_train, (cfg.batch,), generator=gen)
-            loss = nn.functional.cross_entropy(model(world.x_train[idx]), world.y_train[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if snapshot_at == t + 1:
-                checkpoint = snapshot(model)
-    finally:
-        torch.set_num_threads(threads)
-    return checkpoint
+    hooks = [] if snapshot_at is None else [SnapshotAt(model, snapshot_at)]
+    with one_thread():
+        fit(model, opt, cross_entropy(world), steps,
+            batches=lambda step: torch.randint(0, cfg.n_train, (cfg.batch,), generator=gen),
+            schedule=cosine(lr, steps), hooks=hooks, progress=progress, desc=desc)
+    return hooks[0].weights if hooks else None
 
 
 def trainer(world: World, **kwargs: object) -> Callable[[nn.Module, Mask], None]:
