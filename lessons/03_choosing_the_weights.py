@@ -43,25 +43,34 @@
 # of it and the table shows the smaller actual density. Masks are chosen once, at the
 # start (RigL, Evci et al. 2020, would re-choose them during training).
 #
-# All experiment code lives in `toys/criteria_compare.py`; the masked training is
-# `toys.teacher_student.train(cfg, mask=...)` with `sparsity.optim.MaskedAdamW`.
+# All experiment code lives in `toys/teacher_student_criteria.py`; the criteria are looked up by
+# name in `sparsity.registry`, so one you register there (`register_criterion`) runs through
+# this comparison too. The masked training is `toys.teacher_student.train(cfg, mask=...)` with
+# `sparsity.optim.MaskedAdamW`.
 
 # %%
+import copy
+
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import torch
-from IPython.display import display
+from IPython.display import Markdown, display
 
-from sparsity import masks
+from sparsity import SparseConfig, cosine, fit, masks, sparsify
 from sparsity.fastmode import fast_mode
-from toys import criteria_compare as cc
 from toys import modular
-from toys.teacher_student import label
+from toys import modular_criteria as mc
+from toys import optimizer_pitfall as pit
+from toys import teacher_student as ts
+from toys import teacher_student_criteria as tsc
+from toys.criterion_masks import DENSITIES as ALL_DENSITIES
+from toys.criterion_masks import INCLUDE
+from toys.widgets import budget_slider, train_panel
 
 FAST = fast_mode()  # LAB_FAST=1: fewer steps, one budget, so the notebook executes in CI
 torch.set_num_threads(1)  # the toy's matrices are tiny: one thread is fastest, and immune to a busy CPU
-cfg = cc.default_config()
-DENSITIES = (0.05,) if FAST else cc.DENSITIES
+cfg = tsc.default_config()
+DENSITIES = (0.05,) if FAST else ALL_DENSITIES
 print(f"fast mode: {FAST}; {cfg.steps} Adam steps per run, widths {cfg.widths}, budgets {DENSITIES}")
 
 # %% [markdown]
@@ -71,9 +80,9 @@ print(f"fast mode: {FAST}; {cfg.steps} Adam steps per run, widths {cfg.widths}, 
 # started) is the discovery run `l1_update` reads.
 
 # %%
-setup = cc.prepare(cfg)
-l1_support = masks.from_update(setup.l1.student, setup.l1.init, setup.l1_tol, include=cc.INCLUDE)
-l1_where = {label(n): int(m.sum()) for n, m in l1_support.items() if m.any()}
+setup = tsc.prepare(cfg)
+l1_support = masks.from_update(setup.l1.student, setup.l1.init, setup.l1_tol, include=INCLUDE)
+l1_where = {ts.label(n): int(m.sum()) for n, m in l1_support.items() if m.any()}
 print(f"start: test MSE {setup.start_test_loss:.3g}; full fine-tuning: test MSE {setup.full.test_loss:.3g}")
 print(f"the L1 run moved {sum(l1_where.values())} of {setup.n_weights} weight entries: {l1_where}")
 print(f"W2 holds {setup.chance_share:.1%} of the weight entries: what a random mask puts there")
@@ -86,9 +95,9 @@ print(f"W2 holds {setup.chance_share:.1%} of the weight entries: what a random m
 # better); "in W2" the share of the mask inside W2; "covers W2" the share of W2 it trains.
 
 # %%
-comparison = cc.compare(setup, densities=DENSITIES)
-print(comparison.table())
-cc.plot_comparison(comparison)
+comparison = tsc.compare(setup, densities=DENSITIES)
+display(Markdown(comparison.table()))
+tsc.plot_comparison(comparison)
 plt.show()
 
 # %% [markdown]
@@ -96,44 +105,71 @@ plt.show()
 # pay off in the loss? The measured verdicts, per budget:
 
 # %%
+start_criteria = [c for c in tsc.CRITERIA if c not in ("l1_update", "layer")]  # read at the start, no training
 for d in DENSITIES:
     rows = [r for r in comparison.rows if r.density == d and r.scope == "global"]
-    finders = [r.criterion for r in rows if r.share_needed > 0.5]
     by_loss = sorted(rows, key=lambda r: r.test_loss)
-    rnd, mag = comparison.get("random", d), comparison.get("magnitude", d)
-    print(f"budget {d:.0%}: more than half of the mask in W2: {', '.join(finders) or 'none'}")
+    rnd, mag, l1 = comparison.get("random", d), comparison.get("magnitude", d), comparison.get("l1_update", d)
+    read_at_start = [r for r in rows if r.criterion in start_criteria]
+    best_start = min(read_at_start, key=lambda r: r.test_loss)
+    layer_rank = [r.criterion for r in by_loss].index("layer") + 1
+    outside = 1 - sum(r.share_needed for r in read_at_start) / len(read_at_start)
+    print(f"budget {d:.0%}: share of the mask in W2: " + ", ".join(f"{r.criterion} {r.share_needed:.0%}" for r in rows)
+          + f" (chance {setup.chance_share:.0%})")
     print(f"   ranking by test MSE: {' < '.join(r.criterion for r in by_loss)}")
     print(f"   random reaches {rnd.recovery:.0%} of full fine-tuning's gain, magnitude {mag.recovery:.0%}, "
           f"the best ({by_loss[0].criterion}) {by_loss[0].recovery:.0%}")
+    layer = comparison.get("layer", d)
+    print(f"   test MSE of the best criterion read at the start ({best_start.criterion}) over l1_update's: "
+          f"{best_start.test_loss / l1.test_loss:.2g}x; the layer oracle ranks #{layer_rank} and trains "
+          f"{layer.actual_density:.1%} of the weights")
+    print(f"   the criteria read at the start put {outside:.0%} of their masks outside W2 on average; the best "
+          f"mask's test MSE over full fine-tuning's: {by_loss[0].test_loss / setup.full.test_loss:.2g}x")
 
 # %% [markdown]
-# What to take from it (check it against the numbers above; measured in full mode, 3,000
-# steps, and the same ordering holds in fast mode unless noted):
+# What to take from it (check each point against the lines above; fast mode runs one budget
+# and fewer steps, the full run, `LAB_FAST=0`, all three budgets):
 #
-# - **The gradient family finds W2; magnitude and LIFT barely do.** At 1%, gradient and
-#   Fisher put the whole mask in W2, SNIP and movement about 90%; magnitude about 25%, LIFT
-#   (rank 4) about as much, random its 9% share. Gradient criteria read what the *task*
-#   wants; magnitude reads only the weights' scale, and the re-drawn W2 has the scale of
-#   the copied W3 (both have fan-in 20), so its picks split between the two (lesson 7
-#   looks at LIFT more closely).
-# - **The discovered update is the best ranking.** `l1_update` trains what an L1-penalised
-#   run actually moved, and at 1% and 5% it beats every criterion read at the start (at
-#   5% by a factor of 8 in MSE). It is not free: it costs a whole training run first.
-# - **Which layer, then which entries.** `layer` picks W2's entries at *random*: at 1% it
-#   is no better than the gradient criteria, at 5% it is second; given the whole of W2
-#   (the 20% budget; 9% actually used) it is the best mask of all.
-# - **At 20% the criteria stop mattering much.** Every ranking criterion has run out of
-#   good W2 entries and spends three quarters of its budget on W1 and W3; magnitude then
-#   does as well as SNIP or gradient.
-# - **No mask here matches full fine-tuning.** Sparse runs plateau within a few hundred
-#   steps; full fine-tuning keeps improving, and after 3,000 steps it ends 4x below the
-#   whole-W2 mask (recovery 0.99, but the last 1% is a factor of 4 in MSE) and more than
-#   14x below every other mask, although the teacher differs from the student only in
-#   layer 2. One reading: W2 alone settles in a local optimum that full fine-tuning
-#   escapes by moving W1 and W3 a little (question 3 asks you to test it). (In fast mode
-#   full fine-tuning has not converged, so the best masks can look *better* than it: a
-#   reminder to compare at convergence.)
+# - **Does the gradient family find W2, and do magnitude and LIFT?** Gradient criteria read
+#   what the *task* wants; magnitude reads only the weights' scale, and the re-drawn W2 has
+#   the scale of the copied W3 (both have fan-in 20), so its picks split between the two
+#   (lesson 7 looks at LIFT more closely).
+# - **The discovered update as a ranking.** `l1_update` trains what an L1-penalised run
+#   actually moved. Compare its test MSE with the best criterion read at the start. It is
+#   not free: it costs a whole training run first.
+# - **Which layer, then which entries.** `layer` picks W2's entries at *random*; given the
+#   whole of W2 (the 20% budget covers it) it trains W2 and nothing else.
+# - **At a large budget the criteria matter less**: every ranking criterion runs out of good
+#   W2 entries and spends most of its budget on W1 and W3.
+# - **Does any mask match full fine-tuning?** Sparse runs plateau early; full fine-tuning
+#   keeps improving, although the teacher differs from the student only in layer 2. One
+#   reading: W2 alone settles in a local optimum that full fine-tuning escapes by moving W1
+#   and W3 a little (question 3 asks you to test it). In fast mode full fine-tuning has not
+#   converged, so the best masks can look *better* than it: a reminder to compare at
+#   convergence.
 #
+# ## The same run in three lines
+# The comparison does nothing a user could not do on their own model with the lab's entry
+# point: a `SparseConfig` names the criterion and the budget, `sparsify` scores the model
+# (Fisher needs data: the loss and a few batches), freezes what is not selected and builds
+# the masked optimizer, and `fit` is the lab's one training loop. Run on the student, this
+# reproduces the comparison's Fisher row bit for bit:
+
+# %%
+x, y, x_test, y_test = ts.make_data(cfg, setup.teacher)
+student = copy.deepcopy(setup.student)
+run = sparsify(student, SparseConfig(criterion="fisher", density=0.05, scope="global", lr=cfg.learning_rate),
+               loss_fn=ts.mse_loss, batches=setup.batches)
+run.print_trainable_parameters()
+fit(student, run.optimizer, lambda model, _: torch.nn.functional.mse_loss(model(x), y), cfg.steps,
+    schedule=cosine(cfg.learning_rate, cfg.steps))
+with torch.no_grad():
+    test_mse = torch.nn.functional.mse_loss(student(x_test), y_test).item()
+fisher_row = comparison.get("fisher", 0.05)
+print(f"test MSE {test_mse:.6e}; the comparison's Fisher row at 5%: {fisher_row.test_loss:.6e} "
+      f"(identical: {test_mse == fisher_row.test_loss})")
+
+# %% [markdown]
 # ## The policy: global vs per tensor
 # A per-tensor budget gives every matrix the same share. That is what LIFT and many
 # sparse fine-tuning methods do, and it makes "find the layer" impossible by
@@ -142,24 +178,13 @@ for d in DENSITIES:
 # matrices' shares unspent, so its mask is smaller).
 
 # %%
-per_tensor_criteria = ("fisher", "l1_update") if FAST else cc.CRITERIA
-per_tensor = cc.compare(setup, criteria=per_tensor_criteria, densities=(0.05,), scopes=("per_tensor",))
-pairs = [(comparison.get(row.criterion, 0.05), row) for row in per_tensor.rows]
-for glob, row in pairs:
+per_tensor_criteria = ("fisher", "l1_update") if FAST else tsc.CRITERIA
+per_tensor = tsc.compare(setup, criteria=per_tensor_criteria, densities=(0.05,), scopes=("per_tensor",))
+for row in per_tensor.rows:
+    glob = comparison.get(row.criterion, 0.05)
     print(f"{row.criterion:>10} at 5%: in W2 {glob.share_needed:.0%} (global) vs {row.share_needed:.0%} (per tensor); "
           f"test MSE {glob.test_loss:.2e} vs {row.test_loss:.2e}")
-fig, (ax_share, ax_loss) = plt.subplots(1, 2, figsize=(12, 3.8))
-names = [row.criterion for _, row in pairs]
-xs = range(len(names))
-for ax, field, ylabel in [(ax_share, "share_needed", "share of the mask in W2"), (ax_loss, "test_loss", "test MSE")]:
-    ax.bar([x - 0.2 for x in xs], [getattr(g, field) for g, _ in pairs], 0.4, label="global")
-    ax.bar([x + 0.2 for x in xs], [getattr(r, field) for _, r in pairs], 0.4, label="per tensor")
-    ax.set(xticks=list(xs), xticklabels=names, ylabel=ylabel, title=f"{ylabel} at 5%: global vs per-tensor budget")
-    ax.tick_params(axis="x", rotation=30)
-    ax.legend()
-ax_share.axhline(setup.chance_share, color="gray", linestyle=":")
-ax_loss.set_yscale("log")
-fig.tight_layout()
+tsc.plot_scopes(comparison, per_tensor, 0.05)
 plt.show()
 
 # %% [markdown]
@@ -175,27 +200,33 @@ plt.show()
 # a full fine-tuning run changed them; `module` is the ground truth, in random order.
 
 # %%
-MODULAR_CRITERIA = ("fisher", "update", "module") if FAST else cc.MODULAR_CRITERIA
+MODULAR_CRITERIA = ("fisher", "update", "module") if FAST else mc.MODULAR_CRITERIA
 mcfg = modular.default_config(steps=150) if FAST else modular.default_config()
-modular_comparison = cc.compare_modular(mcfg, task="t1", criteria=MODULAR_CRITERIA, densities=DENSITIES)
-print(modular_comparison.table())
-cc.plot_modular(modular_comparison, 0.05)
+modular_comparison = mc.compare_modular(mcfg, task="t1", criteria=MODULAR_CRITERIA, densities=DENSITIES)
+display(Markdown(modular_comparison.table()))
+mc.plot_modular(modular_comparison, 0.05)
 plt.show()
 
+# %%
+m = modular_comparison
+print(f"full fine-tuning: {m.task} {m.before_target:.0%} -> {m.full_target:.0%}; related tasks "
+      f"{m.before_retained:.0%} -> {m.full_retained:.0%}")
+for d in DENSITIES:
+    rows = [r for r in m.rows if r.density == d]
+    print(f"budget {d:.0%}: fc1 entries in the module: "
+          + ", ".join(f"{r.criterion} {r.share_in_module:.0%}" for r in rows) + f" (chance {m.chance_share:.0%})")
+    print("   share of the mask in fc1 at all: " + ", ".join(f"{r.criterion} {r.fc1_share:.0%}" for r in rows))
+    print("   learned / kept: " + ", ".join(f"{r.criterion} {r.target_acc:.0%} / {r.retained_acc:.0%}" for r in rows))
+
 # %% [markdown]
-# Measured in full mode (1,500 steps; the fast run above is too short to pretrain well, but
-# shows the same placements):
+# What to look for (the fast run is too short to pretrain well, but shows the same placements):
 #
-# - **Only the update finds the module.** `update` puts 93-100% of its first-layer entries
-#   in the module at 1% and 5%; magnitude and LIFT sit near chance; gradient and Fisher put
-#   almost nothing in the first layer at all: their scores are largest next to the fresh
-#   task head, in fc2.
-# - **Finding the module is not free of forgetting.** Full fine-tuning learns `t1` (91%)
-#   and drops the related tasks from 92% to 50%. Training the whole module learns almost as
-#   well (89%) and forgets as much (52%): every hidden unit reads *all* groups, so changing
-#   how it reads group 1 changes its output for every task. Gradient and Fisher masks
-#   forget least (85-91% kept at 1-5%) but learn no more than a random mask (47-58%); the
-#   `update` mask at 1% strikes the best balance here (75% learned, 76% kept).
+# - **Which criteria find the module?** Compare each criterion's share of fc1 entries in the
+#   module with chance. Gradient and Fisher scores are largest next to the fresh task head,
+#   in fc2: check how little of their mask lies in fc1 at all.
+# - **Finding the module is not free of forgetting.** Every hidden unit reads *all* groups,
+#   so changing how it reads group 1 changes its output for every task: compare the module
+#   oracle's "kept" with full fine-tuning's, and with the masks that stay out of fc1.
 #
 # The lesson of both toys: "which weights?" has a checkable answer only where the
 # structure is known, and even the right weights trade learning against forgetting when
@@ -211,17 +242,13 @@ plt.show()
 # decay 0.01:
 
 # %%
-pitfall_mask = cc.select(setup, "fisher", 0.05)
-pitfall = cc.masked_optimizer_pitfall(pitfall_mask, cfg, weight_decay=0.01)
-print(cc.format_pitfall(pitfall))
+pitfall_mask = tsc.select(setup, "fisher", 0.05)
+pitfall = pit.masked_optimizer_pitfall(pitfall_mask, cfg, weight_decay=0.01)
+display(Markdown(pit.format_pitfall(pitfall)))
 naive, masked = pitfall
-print(f"\nthe naive way moved {naive.moved} of {naive.frozen} frozen entries (up to {naive.max_abs_delta:.2g}); "
+print(f"the naive way moved {naive.moved} of {naive.frozen} frozen entries (up to {naive.max_abs_delta:.2g}); "
       f"MaskedAdamW moved {masked.moved}.")
-
-# %%
-fig, ax = plt.subplots(figsize=(6, 3.5))
-ax.bar([r.method for r in pitfall], [r.moved / r.frozen for r in pitfall], color=["tab:red", "tab:green"])
-ax.set(ylabel="share of frozen entries that moved", ylim=(0, 1.05), title="Did the frozen weights stay frozen?")
+pit.plot_pitfall(pitfall)
 plt.show()
 
 # %% [markdown]
@@ -237,31 +264,25 @@ plt.show()
 # 1%; any criterion with the per-tensor policy; `layer` at 20% (the whole of W2).
 
 # %%
-criterion_menu = widgets.Dropdown(options=cc.CRITERIA, value="fisher", description="criterion")
-density_slider = widgets.SelectionSlider(options=[("1%", 0.01), ("2%", 0.02), ("5%", 0.05), ("10%", 0.1), ("20%", 0.2)],
-                                         value=0.05, description="budget", continuous_update=False)
+criterion_menu = widgets.Dropdown(options=tsc.CRITERIA, value="fisher", description="criterion")
+density_slider = budget_slider()
 policy_buttons = widgets.ToggleButtons(options=[("global", "global"), ("per tensor", "per_tensor")], value="global",
                                        description="policy")
 rank_slider = widgets.IntSlider(value=4, min=1, max=min(cfg.widths), description="LIFT rank", continuous_update=False)
-train_button = widgets.Button(description="Train", button_style="primary")
-output = widgets.Output()
-last_run = {}
 
 
-def on_train(_=None):
-    """Select, train and plot with the chosen settings: the widget's only callback."""
-    with output:
-        output.clear_output(wait=True)
-        row, result = cc.evaluate(setup, criterion_menu.value, density_slider.value, policy_buttons.value,
-                                  lift_rank=rank_slider.value, progress=True)
-        figure = cc.plot_run(row, result, setup)
-        plt.show()
-        print(f"{row.selected} entries ({row.actual_density:.1%}), {row.share_needed:.0%} in W2; test MSE "
-              f"{row.test_loss:.3g} vs full {setup.full.test_loss:.3g} (recovery {row.recovery:.2f})")
-    last_run.update(row=row, result=result, figure=figure)
+def train_and_plot():
+    """Select, train and plot with the chosen settings: what the Train button runs."""
+    row, result = tsc.evaluate(setup, criterion_menu.value, density_slider.value, policy_buttons.value,
+                               lift_rank=rank_slider.value, progress=True)
+    figure = tsc.plot_run(row, result, setup)
+    plt.show()
+    print(f"{row.selected} entries ({row.actual_density:.1%}), {row.share_needed:.0%} in W2; test MSE "
+          f"{row.test_loss:.3g} vs full {setup.full.test_loss:.3g} (recovery {row.recovery:.2f})")
+    return dict(row=row, result=result, figure=figure)
 
 
-train_button.on_click(on_train)
+train_button, output, last_run = train_panel(train_and_plot)
 display(widgets.VBox([criterion_menu, density_slider, policy_buttons, rank_slider, train_button, output]))
 
 # %% [markdown]
@@ -271,8 +292,8 @@ display(widgets.VBox([criterion_menu, density_slider, policy_buttons, rank_slide
 #    the start but that needs to change later)?
 # 2. Magnitude fails here. In a *pretrained* network, why might large weights be the
 #    *wrong* ones to change (they may carry what the model already knows)?
-# 3. `layer` at 20% is the whole of W2, fewer entries than the budget allows, and it beats
-#    the 20% masks, yet it stays above full fine-tuning. Test the local-optimum reading:
+# 3. `layer` at 20% is the whole of W2, fewer entries than the budget allows. Does it beat
+#    the other 20% masks, and does it reach full fine-tuning? Test the local-optimum reading:
 #    train W2 alone for longer, or start it from the end of a full fine-tuning run.
 # 4. `l1_update` needs a full training run before it can select anything. When is that
 #    still worth it? (Think of re-training a discovered subnetwork on new data, lesson 6.)

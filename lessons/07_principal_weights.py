@@ -41,26 +41,30 @@
 #
 # We report, for each selector: the target test MSE (learning) and the MSE between the
 # fine-tuned and the pretrained outputs on the source inputs (forgetting; lower = more
-# retained). The code is `toys/criteria_compare.py`.
+# retained). The code is `toys/principal_weights.py`; every mask is chosen and trained with the
+# lab's entry point (`SparseConfig` + `sparsify` + `fit`), shown in three lines further down.
 
 # %%
+import copy
+
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import torch
-from IPython.display import display
+from IPython.display import Markdown, display
 
-from sparsity import criteria, masks
+from sparsity import SparseConfig, cosine, fit, sparsify
 from sparsity.fastmode import fast_mode
-from toys import criteria_compare as cc
-from toys.teacher_student import label
+from toys import principal_weights as pw
+from toys.widgets import budget_slider, train_panel
 
 FAST = fast_mode()  # LAB_FAST=1: fewer steps and one seed, so the notebook executes in CI
 torch.set_num_threads(1)  # the toy's matrices are tiny: one thread is fastest, and immune to a busy CPU
-tcfg = cc.default_transfer_config()
+tcfg = pw.default_transfer_config()
 SEEDS = (0,) if FAST else (0, 1, 2)
-student = cc.make_transfer_task(tcfg).student  # the pretrained model of seed 0
-print(f"fast mode: {FAST}; {tcfg.steps} steps per fine-tune, target subspace of dimension {tcfg.target_dim}, "
-      f"seeds {SEEDS}")
+task = pw.make_transfer_task(tcfg)  # seed 0's source/target setting
+student = task.student  # the pretrained model of seed 0
+print(f"fast mode: {FAST}; {tcfg.steps} steps per fine-tune; input dimension {tcfg.toy.widths[0]}, target subspace "
+      f"of dimension {tcfg.target_dim}; seeds {SEEDS}")
 
 # %% [markdown]
 # ## What a low-rank approximation keeps
@@ -69,14 +73,7 @@ print(f"fast mode: {FAST}; {tcfg.steps} steps per fine-tune, target subspace of 
 # compared with a pretrained transformer's, where a few directions dominate.
 
 # %%
-fig, ax = plt.subplots(figsize=(6.5, 3.8))
-for name, p in student.named_parameters():
-    if p.ndim == 2:
-        s = torch.linalg.svdvals(p.detach())
-        ax.plot(range(1, len(s) + 1), (s**2).cumsum(0) / (s**2).sum(), marker=".", label=label(name))
-ax.set(xlabel="rank r", ylabel="share of ||W||^2 kept by W_r", ylim=(0, 1.02),
-       title="How much of each matrix a rank-r approximation keeps")
-ax.legend()
+pw.plot_spectra(student)
 plt.show()
 
 # %% [markdown]
@@ -87,16 +84,16 @@ plt.show()
 
 # %%
 DENSITY = 0.05
-overlap = cc.lift_magnitude_overlap(student, DENSITY, cc.RANKS)
+overlap = pw.lift_magnitude_overlap(student, DENSITY, pw.RANKS)
 for row in overlap:
-    print(f"rank {cc.rank_label(row.rank):>4}: Jaccard {row.jaccard:.2f} (chance {row.chance_jaccard:.3f}); "
-          f"{row.lift_in_magnitude:.0%} of LIFT's entries are also magnitude's"
-          + ("; identical masks" if row.identical else ""))
-cc.plot_overlap(overlap, DENSITY)
+    print(f"rank {pw.rank_label(row.rank):>4}: Jaccard {row.jaccard:.2f} (chance {row.chance_jaccard:.3f}, "
+          f"{row.jaccard / row.chance_jaccard:.1f}x chance); {row.lift_in_magnitude:.0%} of LIFT's entries are also "
+          "magnitude's" + ("; identical masks" if row.identical else ""))
+pw.plot_overlap(overlap, DENSITY)
 plt.show()
 
 # %% [markdown]
-# At rank 1 the overlap is only a few times chance: W_1 = s1 u1 v1^T, so its largest
+# At rank 1 the overlap stays far from 1 (compare it with chance above): W_1 = s1 u1 v1^T, so its largest
 # entries sit in the rows where u1 is large and the columns where v1 is large, a *block*
 # of the matrix, while W's largest entries are scattered. As the rank grows the
 # approximation fills in and the masks converge; at full rank they are identical, bit for
@@ -105,18 +102,7 @@ plt.show()
 # Where the rank-1 mask lies, in W2:
 
 # %%
-w2 = student.fc2.weight
-fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
-for ax, (title, scores) in zip(axes, [
-    ("magnitude: abs(W2)", w2.detach().abs()),
-    ("LIFT r=1: abs((W2)_1)", criteria.low_rank_approximation(w2, 1).abs()),
-    ("LIFT r=4: abs((W2)_4)", criteria.low_rank_approximation(w2, 4).abs()),
-]):
-    chosen = masks.top_k(student, {"fc2.weight": scores}, 0.1)["fc2.weight"]
-    ax.imshow(chosen.float(), cmap="Greys", interpolation="nearest")
-    ax.set(title=title, xlabel="input unit", ylabel="output unit")
-fig.suptitle("The top 10% of W2's entries by each score (black = selected)")
-fig.tight_layout()
+pw.plot_selected_entries(student, "fc2.weight", ranks=(1, 4), density=0.1)
 plt.show()
 
 # %% [markdown]
@@ -126,48 +112,67 @@ plt.show()
 # scored on the target and on the source.
 
 # %%
-study = cc.principal_weights(tcfg, density=DENSITY, ranks=cc.RANKS, seeds=SEEDS)
-print(study.table())
-cc.plot_principal(study)
+study = pw.principal_weights(tcfg, density=DENSITY, ranks=pw.RANKS, seeds=SEEDS)
+display(Markdown(study.table()))
+pw.plot_principal(study)
 plt.show()
 
 # %%
 full, mag = study.get("full FT"), study.get("magnitude")
 lift_rows = [r for r in study.rows if r.selector == "lift"]
 sparse = [r for r in study.rows if r.selector != "full FT"]
+best = min(sparse, key=lambda r: r.target_loss)
 print(f"LIFT at full rank equals magnitude: {study.get('LIFT r=full').target_loss == mag.target_loss}")
-print("LIFT's target MSE by rank: " + ", ".join(f"r={cc.rank_label(r.rank)} {r.target_loss:.3f}" for r in lift_rows)
+print("LIFT's target MSE by rank: " + ", ".join(f"r={pw.rank_label(r.rank)} {r.target_loss:.3f}" for r in lift_rows)
       + f" (magnitude {mag.target_loss:.3f}, full FT {full.target_loss:.4f})")
+print(f"full FT's target MSE is {best.target_loss / full.target_loss:.0f}x below the best {DENSITY:.0%} mask's "
+      f"({best.name})")
 print(f"source drift: full FT {full.source_drift:.3f}; sparse masks {min(r.source_drift for r in sparse):.3f} to "
       f"{max(r.source_drift for r in sparse):.3f}")
+low, high = min(r.rms_step for r in sparse), max(r.rms_step for r in sparse)
 print(f"how far each trained weight moved (rms): full FT {full.rms_step:.3f} over {full.trained} entries; sparse "
-      f"{min(r.rms_step for r in sparse):.3f} to {max(r.rms_step for r in sparse):.3f} over {mag.trained} entries")
+      f"{low:.3f} to {high:.3f} over {mag.trained} entries, {low / full.rms_step:.1f}x to {high / full.rms_step:.1f}x "
+      "as far")
 
 # %% [markdown]
 # Read the numbers before the claims; the error bars are the spread over seeds, and
-# differences inside them are noise. What this toy shows (full mode: 1,000 steps, 3 seeds;
-# fast mode, one seed and 250 steps, shows the same trends with smaller gaps):
+# differences inside them are noise. What to look for (fast mode runs one seed and fewer
+# steps; `LAB_FAST=0` runs three seeds):
 #
 # - **Full rank reproduces magnitude exactly**, as the definition says: same mask, same run.
-# - **The lower the rank, the worse the target loss**: rank 1 learns least, rank 8 comes
-#   close to magnitude. Here the low-rank step *hurts*, the opposite of LIFT's finding
-#   in language models.
-# - **5% of the weights learn far less than all of them**: full fine-tuning ends more
-#   than 10x (fast mode) to 50x (full mode) lower on the target.
-# - **Sparse is not gentle here.** The sparse runs forget about as much as full
-#   fine-tuning (250 steps) or several times more (1,000 steps), while learning less.
-#   The last printed line suggests why: a 5% mask never fits the target, so Adam keeps
-#   pushing the same few weights, and each ends up moving 4-7x further (rms) than a
-#   weight in full fine-tuning, which stops once the target is fit. Big moves of a few
-#   shared weights change every output.
+# - **Does the low-rank step help?** Follow LIFT's target MSE as the rank falls. If it
+#   rises, the low-rank step *hurts* here, the opposite of LIFT's finding in language models.
+# - **How much less do 5% of the weights learn** than all of them? The ratio is printed above.
+# - **Is sparse gentle here?** Compare the sparse masks' source drift with full fine-tuning's,
+#   then the last printed line: a 5% mask never fits the target, so Adam keeps pushing the
+#   same few weights and each moves further than a weight of full fine-tuning, which stops
+#   once the target is fit. Big moves of a few shared weights change every output.
 #
-# So at toy scale, with random matrices, principal weights are neither better learners
-# nor better keepers. LIFT's evidence comes from *pretrained* language models, whose
-# matrices have a few dominant directions that carry what the model knows (the flat
-# spectra above have none). That is the regime to test next (lesson 5), and the question
-# to keep asking: which property of the weights would make the largest entries of W_r
-# the right ones to change?
+# At toy scale, with random matrices, LIFT's evidence has no reason to carry over: it comes
+# from *pretrained* language models, whose matrices have a few dominant directions that
+# carry what the model knows (the flat spectra above have none). That is the regime to test
+# next (lesson 5), and the question to keep asking: which property of the weights would make
+# the largest entries of W_r the right ones to change?
 #
+# ## The same fine-tune in three lines
+# Each sparse row of the study is the lab's entry point at work: a `SparseConfig` (criterion,
+# budget, LIFT's rank as an option), `sparsify` (scores, freezes what is not selected, builds
+# the optimizer), and `fit`, the lab's one training loop. For LIFT at rank 4 on seed 0:
+
+# %%
+model = copy.deepcopy(task.student)
+run = sparsify(model, SparseConfig(criterion="lift", density=DENSITY, scope="per_tensor", lr=tcfg.lr,
+                                   options={"rank": 4}))
+run.print_trainable_parameters()
+fit(model, run.optimizer, task.loss_of_batch(), tcfg.steps, schedule=cosine(tcfg.lr, tcfg.steps))
+target, drift, _ = task.measure(model)
+row = study.get("LIFT r=4")
+print(f"LIFT r=4, seed 0: target MSE {target:.6e}, source drift {drift:.6f}")
+same = (target, drift) == (row.target_loss, row.source_drift)
+print(f"the study's row (mean over seeds {SEEDS}): target MSE {row.target_loss:.6e}, "
+      f"source drift {row.source_drift:.6f}" + (f"; identical: {same}" if SEEDS == (0,) else ""))
+
+# %% [markdown]
 # ## Try it yourself
 # Pick the rank of the approximation and the budget, then press **Train**: LIFT at that
 # rank and plain magnitude are fine-tuned side by side (plus full fine-tuning), and the
@@ -177,26 +182,20 @@ print(f"how far each trained weight moved (rms): full FT {full.rms_step:.3f} ove
 # %%
 max_rank = min(min(p.shape) for p in student.parameters() if p.ndim == 2)
 rank_slider = widgets.IntSlider(value=2, min=1, max=max_rank, description="rank", continuous_update=False)
-density_slider = widgets.SelectionSlider(options=[("1%", 0.01), ("2%", 0.02), ("5%", 0.05), ("10%", 0.1), ("20%", 0.2)],
-                                         value=0.05, description="budget", continuous_update=False)
-train_button = widgets.Button(description="Train", button_style="primary")
-output = widgets.Output()
-last_run = {}
+density_slider = budget_slider()
 
 
-def on_train(_=None):
+def train_and_plot():
     """Fine-tune LIFT at the chosen rank, magnitude and full FT at the chosen budget, and plot."""
-    with output:
-        output.clear_output(wait=True)
-        result = cc.principal_weights(tcfg, density=density_slider.value, ranks=(rank_slider.value,),
-                                      include_random=False)
-        figure = cc.plot_principal(result)
-        plt.show()
-        print(result.table())
-    last_run.update(study=result, figure=figure)
+    result = pw.principal_weights(tcfg, density=density_slider.value, ranks=(rank_slider.value,),
+                                  include_random=False)
+    figure = pw.plot_principal(result)
+    plt.show()
+    display(Markdown(result.table()))
+    return dict(study=result, figure=figure)
 
 
-train_button.on_click(on_train)
+train_button, output, last_run = train_panel(train_and_plot)
 display(widgets.VBox([rank_slider, density_slider, train_button, output]))
 
 # %% [markdown]
@@ -212,7 +211,7 @@ display(widgets.VBox([rank_slider, density_slider, train_button, output]))
 # 4. Our source inputs are orthogonal to the target's. Design a setting where the two
 #    overlap partly. What would you expect forgetting to look like then?
 # 5. Per-tensor budgets (LIFT's choice) give W1, W2 and W3 the same share. Lesson 3 showed
-#    that a global budget can find W2. Try `cc.principal_weights(tcfg, scope="global")`.
+#    that a global budget can find W2. Try `pw.principal_weights(tcfg, scope="global")`.
 #
 # ## What next
 # - Lesson 3 compares LIFT with the other criteria (gradient, Fisher, SNIP, movement) on
