@@ -1,7 +1,7 @@
 """Prune, then recover: every pruning recipe of ``sparsity.prune`` on the classification toy.
 
-Seed 001's claim: after pruning, fine-tuning the surviving weights with the sparsity
-pattern held fixed recovers "95-100% of dense accuracy". This module measures it on
+A common claim about pruning: fine-tuning the surviving weights with the sparsity pattern
+held fixed recovers "95-100% of dense accuracy". This module measures it on
 ``toys.classification``: train a dense student once, then, at a ladder of sparsities,
 
 * ``one-shot``: magnitude-prune the trained student, no retraining;
@@ -20,16 +20,22 @@ Training budgets differ (IMP retrains every round): :func:`format_table` prints 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
+import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from sparsity import prune
 from sparsity.fastmode import fast_mode
+from sparsity.optim import MaskedAdamW
 from sparsity.regularize import snapshot
-from sparsity.validate import TensorDict
+from sparsity.sweep import markdown_table
+from sparsity.validate import Mask, TensorDict, check_positive_int
 from toys import classification as tc
+from toys.figures import panels
+from toys.optimizer_pitfall import PitfallRow, frozen_drift
 
 METHODS = ("one-shot", "one-shot + recovery", "IMP, rewind", "IMP, no rewind", "2:4 + recovery")
 
@@ -54,9 +60,9 @@ class StudyConfig:
     def __post_init__(self) -> None:
         if not 0 < self.rate < 1:
             raise ValueError(f"rate must be in (0, 1), got {self.rate!r}")
-        if isinstance(self.rounds, bool) or not isinstance(self.rounds, int) or self.rounds < 1:
-            raise ValueError(f"rounds must be a positive int, got {self.rounds!r}")
-        if not isinstance(self.rewind_step, int) or not 0 <= self.rewind_step <= self.world.steps:
+        check_positive_int(self.rounds, "rounds")
+        if isinstance(self.rewind_step, bool) or not isinstance(self.rewind_step, int) \
+                or not 0 <= self.rewind_step <= self.world.steps:
             raise ValueError(f"rewind_step must be an int in [0, world.steps], got {self.rewind_step!r}")
 
     @property
@@ -114,6 +120,34 @@ def two_four(dense: Dense, study: StudyConfig) -> tuple[float, float]:
     before = tc.accuracy(model, dense.world)
     prune.recover(model, keep, tc.trainer(dense.world, **study.recovery))
     return before, tc.accuracy(model, dense.world)
+
+
+def regrowth(
+    pruned: nn.Module,
+    keep: Mask,
+    world: tc.World,
+    *,
+    steps: int = 20,
+    lr: float = 1e-3,
+    weight_decay: float = 0.1,
+    n: int = 256,
+    evaluate: Callable[[nn.Module], float] | None = None,
+) -> list[PitfallRow]:
+    """Does a pruned entry stay zero? Fine-tune a pruned student ``steps`` full-batch steps on its
+    first ``n`` training inputs with strong weight decay, with ``MaskedAdamW(mask=keep)`` and with
+    a plain ``torch.optim.AdamW``, and count the pruned entries each one moved (regrew).
+
+    The score is ``evaluate(model)`` (default: test accuracy).
+    """
+    check_positive_int(n, "n")
+    x, y = world.x_train[:n], world.y_train[:n]
+    ways = {
+        "MaskedAdamW(mask=keep)": lambda m: (MaskedAdamW(m.named_parameters(), mask=keep, lr=lr,
+                                                         weight_decay=weight_decay), []),
+        "torch.optim.AdamW": lambda m: (torch.optim.AdamW(m.parameters(), lr=lr, weight_decay=weight_decay), []),
+    }
+    return frozen_drift(pruned, keep, ways, lambda m, _: nn.functional.cross_entropy(m(x), y), steps,
+                        evaluate=evaluate or (lambda m: tc.accuracy(m, world)))
 
 
 def imp(dense: Dense, study: StudyConfig, rewind: bool, rate: float | None = None,
@@ -211,22 +245,18 @@ def budgets(study: StudyConfig) -> dict[str, str]:
 
 
 def format_table(study: Study) -> str:
-    """Markdown table: accuracy (and share of dense) of every method at every sparsity."""
-    header = "| sparsity | " + " | ".join(METHODS) + " |"
-    rows = [header, "|---:|" + "---:|" * len(METHODS)]
+    """Markdown table: accuracy (and share of dense) of every method at every sparsity, and the steps it spent."""
+    rows = []
     for s in study.config.sparsities:
-        cells = []
-        for method in METHODS:
-            acc = study.accuracy[method].get(s)
-            cells.append("" if acc is None else f"{acc:.3f} ({acc / study.dense:.0%})")
-        rows.append(f"| {s:.1%} | " + " | ".join(cells) + " |")
+        cells = [study.accuracy[m].get(s) for m in METHODS]
+        rows.append([f"{s:.1%}"] + ["" if a is None else f"{a:.3f} ({a / study.dense:.0%})" for a in cells])
     spent = budgets(study.config)
-    rows.append("| training steps | " + " | ".join(spent[m] for m in METHODS) + " |")
-    return "\n".join(rows)
+    rows.append(["training steps"] + [spent[m] for m in METHODS])
+    return markdown_table(["sparsity", *METHODS], rows, "r" * (len(METHODS) + 1))
 
 
 def verdict(study: Study) -> str:
-    """The measured answer to the glossary's claim, in a few sentences."""
+    """The study's answer to the "95-100% of dense" claim, in a few sentences."""
     lines = [f"Dense accuracy {study.dense:.3f} (chance {study.chance:.3f})."]
     for method in ("one-shot", "one-shot + recovery", "IMP, rewind", "IMP, no rewind"):
         best = study.highest_sparsity_within(method)
@@ -244,12 +274,7 @@ def plot_study(study: Study, fig: object = None, highlight: tuple[str, float, fl
 
     ``highlight=(label, sparsity, accuracy)`` adds one extra point, e.g. a run of the widget.
     """
-    import matplotlib.pyplot as plt
-
-    if fig is None:
-        fig = plt.figure(figsize=(8, 4.8))
-    fig.clear()
-    ax = fig.subplots()
+    fig, ax = panels(fig, (8, 4.8))
     markers = {"one-shot": "x", "one-shot + recovery": "o", "IMP, rewind": "s", "IMP, no rewind": "^"}
     for method, marker in markers.items():
         points = sorted(study.accuracy[method].items())
