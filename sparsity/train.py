@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import nn
@@ -85,10 +85,6 @@ class FitState:
     lr: float | None = None
     history: dict[str, list[float]] = field(default_factory=dict)
     bar: Any = None
-
-
-class Hook(Protocol):
-    """Any of ``before_step(state)``, ``after_step(state)``, ``on_end(state)``; all optional."""
 
 
 def _batch_source(batches: Callable[[int], Any] | Iterable[Any] | None) -> Callable[[int], Any]:
