@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from sparsity.optim import NamedOptimizer, adamw_defaults, adamw_update
+from sparsity.optim_state import remap_by_name
 from sparsity.validate import Mask, check_mask
 
 MOMENTS = ("exp_avg", "exp_avg_sq")
@@ -46,6 +47,8 @@ class CompactAdamW(NamedOptimizer):
     the same as an absent one and is not kept). ``mask`` rebuilds the dense bool mask
     of the parameters in ``indices``, e.g. for ``sparsity.dynamic.rigl_swap``.
     """
+
+    STATE_KEYS = ("step", "exp_avg", "exp_avg_sq")
 
     def __init__(
         self,
@@ -151,13 +154,18 @@ class CompactAdamW(NamedOptimizer):
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore moments and selection; everything is checked first, so a bad state dict changes nothing."""
+        """Restore moments and selection, matched by parameter name; a bad state dict raises and changes nothing."""
         state_dict = dict(state_dict)
         if "indices" not in state_dict:
             raise ValueError("state_dict has no 'indices': it was not saved by CompactAdamW")
         indices = self._check_indices(state_dict.pop("indices"))
-        self._check_moment_shapes(state_dict, indices)
-        super().load_state_dict(state_dict)
+        named = self._named()
+
+        def shapes(name: str) -> dict[str, tuple[int, ...]]:
+            want = (indices[name].numel(),) if name in indices else tuple(named[name].shape)
+            return {key: want for key in MOMENTS}
+
+        super().load_state_dict(remap_by_name(self, state_dict, self.STATE_KEYS, shapes))
         self.indices = indices
 
     def _check_indices(self, indices: object) -> dict[str, torch.Tensor]:
@@ -180,21 +188,3 @@ class CompactAdamW(NamedOptimizer):
                 raise ValueError(f"{arg} must be sorted and unique")
             out[name] = idx.to(named[name].device)
         return out
-
-    def _check_moment_shapes(self, state_dict: dict[str, Any], indices: dict[str, torch.Tensor]) -> None:
-        """Every saved moment must have the size its selection implies: [k] for a partial tensor."""
-        saved_ids = [i for g in state_dict.get("param_groups", []) for i in g["params"]]
-        names = [n for g in state_dict.get("param_groups", []) for n in g.get("param_names", [])]
-        id_to_name = dict(zip(saved_ids, names))
-        named = self._named()
-        for pid, state in state_dict.get("state", {}).items():
-            name = id_to_name.get(pid)
-            if name not in named:
-                continue
-            want = (indices[name].numel(),) if name in indices else tuple(named[name].shape)
-            for key in MOMENTS:
-                if key in state and tuple(state[key].shape) != want:
-                    raise ValueError(
-                        f"state_dict state of '{name}' has {key} of shape {tuple(state[key].shape)}, "
-                        f"but its selection needs {want}"
-                    )

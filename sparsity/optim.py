@@ -26,30 +26,60 @@ from typing import Any
 
 import torch
 
-from sparsity.validate import Mask, check_mask, check_nonnegative
+from sparsity.optim_state import remap_by_name
+from sparsity.validate import Mask, check_finite_nonnegative, check_mask
 
 
 class NamedOptimizer(torch.optim.Optimizer):
-    """A ``torch.optim.Optimizer`` whose parameters carry names, so a mask can be matched to them."""
+    """A ``torch.optim.Optimizer`` whose parameters carry names, so a mask can be matched to them.
+
+    Each name must denote one tensor and each tensor one name: a tensor registered twice
+    (a tied weight listed under both names) would get two masks and two moment sets.
+    ``load_state_dict`` matches the saved state by name (``sparsity.optim_state``), never
+    by position. Subclasses say which per-parameter state keys they need
+    (``STATE_KEYS``) and the shape of each (``_state_shapes``).
+    """
+
+    STATE_KEYS: tuple[str, ...] = ()
 
     def __init__(self, params: Iterable[Any], defaults: dict[str, Any]) -> None:
         super().__init__(params, defaults)
+        seen: dict[int, str] = {}
         for group in self.param_groups:
             if "param_names" not in group:
                 raise TypeError(
                     f"{type(self).__name__} needs named parameters to match the mask: "
                     "pass model.named_parameters() (or groups of (name, param) pairs)"
                 )
+            for name, p in zip(group["param_names"], group["params"]):
+                if id(p) in seen:
+                    raise ValueError(
+                        f"parameter '{name}' is the same tensor as '{seen[id(p)]}': "
+                        "pass each tensor once (model.named_parameters() drops tied duplicates)"
+                    )
+                seen[id(p)] = name
+        names = [n for g in self.param_groups for n in g["param_names"]]
+        if len(set(names)) != len(names):
+            raise ValueError(f"parameter name '{next(n for n in names if names.count(n) > 1)}' appears twice")
 
     def _named(self) -> dict[str, torch.Tensor]:
         return {n: p for g in self.param_groups for n, p in zip(g["param_names"], g["params"])}
 
+    def _state_shapes(self, name: str) -> dict[str, tuple[int, ...]]:
+        """The shape every tensor of parameter ``name``'s state must have (dense: the parameter's)."""
+        shape = tuple(self._named()[name].shape)
+        return {key: shape for key in self.STATE_KEYS if key != "step"}
+
+    def _remapped(self, state_dict: dict[str, Any]) -> dict[str, Any]:
+        """``state_dict`` checked and re-keyed by parameter name (raises before anything changes)."""
+        return remap_by_name(self, state_dict, self.STATE_KEYS, self._state_shapes)
+
 
 def adamw_defaults(lr: float, betas: tuple[float, float], eps: float, weight_decay: float) -> dict[str, Any]:
     """AdamW's hyperparameters, checked, as a param-group defaults dict."""
-    check_nonnegative(lr, "lr")
-    check_nonnegative(eps, "eps")
-    check_nonnegative(weight_decay, "weight_decay")
+    check_finite_nonnegative(lr, "lr")
+    check_finite_nonnegative(eps, "eps")
+    check_finite_nonnegative(weight_decay, "weight_decay")
     if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
         raise ValueError(f"betas must be two numbers in [0, 1), got {betas}")
     return dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
@@ -62,8 +92,8 @@ class _MaskedOptimizer(NamedOptimizer):
         super().__init__(params, defaults)
         self._set_mask(self._check_mask({} if mask is None else mask))
 
-    def _check_mask(self, mask: object) -> Mask:
-        return check_mask(self._named(), mask)
+    def _check_mask(self, mask: object, arg: str = "mask") -> Mask:
+        return check_mask(self._named(), mask, arg)
 
     def _set_mask(self, mask: Mask) -> None:
         """Keep a private copy of the mask, sorted once into frozen, fully trainable or partial tensors.
@@ -87,13 +117,17 @@ class _MaskedOptimizer(NamedOptimizer):
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore state and mask, matched by parameter name; a bad state dict raises and changes nothing."""
         state_dict = dict(state_dict)
         if "mask" not in state_dict:
             raise ValueError("state_dict has no 'mask': it was not saved by a masked optimizer")
         named = self._named()
-        mask = {n: m.to(named[n].device) if n in named else m for n, m in state_dict.pop("mask").items()}
-        checked = self._check_mask(mask)
-        super().load_state_dict(state_dict)
+        saved_mask = state_dict.pop("mask")
+        if not isinstance(saved_mask, dict):
+            raise ValueError(f"state_dict['mask'] must be a dict, got {type(saved_mask).__name__}")
+        mask = {n: m.to(named[n].device) if n in named and isinstance(m, torch.Tensor) else m for n, m in saved_mask.items()}
+        checked = self._check_mask(mask, "state_dict['mask']")
+        super().load_state_dict(self._remapped(state_dict))
         self._set_mask(checked)
 
 
@@ -133,6 +167,8 @@ def adamw_update(
 
 class MaskedAdamW(_MaskedOptimizer):
     """AdamW (Loshchilov & Hutter 2019) that moves only the entries selected by ``mask``."""
+
+    STATE_KEYS = ("step", "exp_avg", "exp_avg_sq")
 
     def __init__(
         self,
@@ -181,6 +217,8 @@ class MaskedAdamW(_MaskedOptimizer):
 class MaskedSGD(_MaskedOptimizer):
     """SGD with momentum (and optional Nesterov) that moves only the entries selected by ``mask``."""
 
+    STATE_KEYS = ("momentum_buffer",)
+
     def __init__(
         self,
         params: Iterable[Any],
@@ -191,10 +229,10 @@ class MaskedSGD(_MaskedOptimizer):
         weight_decay: float = 0.0,
         nesterov: bool = False,
     ) -> None:
-        check_nonnegative(lr, "lr")
-        check_nonnegative(momentum, "momentum")
-        check_nonnegative(dampening, "dampening")
-        check_nonnegative(weight_decay, "weight_decay")
+        check_finite_nonnegative(lr, "lr")
+        check_finite_nonnegative(momentum, "momentum")
+        check_finite_nonnegative(dampening, "dampening")
+        check_finite_nonnegative(weight_decay, "weight_decay")
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("nesterov needs momentum > 0 and dampening = 0")
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov)

@@ -79,6 +79,18 @@ def check_nonnegative(value: object, arg: str = "tol") -> float:
     return float(value)
 
 
+def check_finite_nonnegative(value: object, arg: str) -> float:
+    """A learning rate, a penalty strength, a weight decay: a finite real number >= 0.
+
+    ``inf`` passes ``check_nonnegative`` but turns the first step into NaN, so every
+    hyperparameter that multiplies an update goes through this check instead.
+    """
+    value = check_nonnegative(value, arg)
+    if math.isinf(value):
+        raise ValueError(f"{arg} must be finite, got {value}")
+    return value
+
+
 def _check_tensor_dict(
     params: Mapping[str, torch.Tensor],
     tensors: object,

@@ -226,7 +226,7 @@ def test_loading_bad_state_dicts_is_an_error_and_changes_nothing() -> None:
     # indices that disagree with the saved moments (k entries of state, k + 1 indices)
     k = sd["indices"]["fc1.weight"].numel()
     more = torch.arange(k + 1, dtype=torch.int32)
-    expected = rf"'fc1.weight' has exp_avg of shape \({k},\), but its selection needs \({k + 1},\)"
+    expected = rf"'fc1.weight' has exp_avg of shape \({k},\), but this optimizer needs \({k + 1},\)"
     with pytest.raises(ValueError, match=expected):
         opt.load_state_dict(dict(sd, indices=dict(sd["indices"], **{"fc1.weight": more})))
     assert opt.indices.keys() == before.keys()
