@@ -26,7 +26,7 @@ import os
 from dataclasses import dataclass
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
@@ -50,7 +50,9 @@ def _check_tensor_delta(name: str, t: object) -> None:
     arg = f"delta['{name}']"
     if not isinstance(t, TensorDelta):
         raise TypeError(f"{arg} must be a TensorDelta, got {type(t).__name__}")
-    if not isinstance(t.shape, tuple) or not all(isinstance(s, int) and s >= 0 for s in t.shape):
+    if not isinstance(t.shape, tuple) or not all(
+        isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in t.shape
+    ):
         raise ValueError(f"{arg}.shape must be a tuple of non-negative ints, got {t.shape!r}")
     idx, values = t.indices, t.values
     if not isinstance(idx, torch.Tensor) or idx.dtype != torch.int32 or idx.ndim != 1:
@@ -139,27 +141,52 @@ def save_delta(delta: SparseDelta, path: str | os.PathLike[str]) -> None:
     save_file(tensors, os.fspath(path), metadata={"format": FORMAT, "version": VERSION, "shapes": shapes})
 
 
+def _read_shapes(path: str, metadata: dict[str, str]) -> dict[str, list[int]]:
+    """The ``shapes`` metadata entry: a JSON object from tensor name to a list of ints."""
+    if "shapes" not in metadata:
+        raise ValueError(f"{path}: the sparse delta's metadata has no 'shapes' entry")
+    try:
+        shapes = json.loads(metadata["shapes"])
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: the metadata entry 'shapes' is not JSON ({e})") from None
+    if not isinstance(shapes, dict) or not all(isinstance(v, list) for v in shapes.values()):
+        raise ValueError(f"{path}: the metadata entry 'shapes' must map each tensor name to a list of ints")
+    return shapes
+
+
 def load_delta(path: str | os.PathLike[str]) -> SparseDelta:
-    """Read a delta written by :func:`save_delta`; every tensor is checked (dtype, order, range, NaN)."""
+    """Read a delta written by :func:`save_delta`; every tensor is checked (dtype, order, range, NaN).
+
+    Any problem, from a file that is not safetensors at all to a bad shape entry, raises a
+    ``ValueError`` that starts with the file's path.
+    """
     path = os.fspath(path)
-    with safe_open(path, framework="pt") as f:
-        metadata = f.metadata() or {}
-        tensors = {key: f.get_tensor(key) for key in f.keys()}
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"sparse delta file {path} does not exist")
+    try:
+        with safe_open(path, framework="pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {key: f.get_tensor(key) for key in f.keys()}
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{path} is not a readable safetensors file ({e})") from None
     if metadata.get("format") != FORMAT:
         raise ValueError(f"{path} is not a sparse delta: its metadata has no format '{FORMAT}'")
     if metadata.get("version") != VERSION:
         raise ValueError(f"{path} has sparse delta version {metadata.get('version')!r}, this code reads '{VERSION}'")
-    shapes = json.loads(metadata["shapes"])
+    shapes = _read_shapes(path, metadata)
     expected = {f"{n}{SEP}{part}" for n in shapes for part in ("indices", "values")}
     if set(tensors) != expected:
         odd = sorted(set(tensors) ^ expected)
         raise ValueError(f"{path}: tensors and shapes disagree (unmatched: {', '.join(odd)})")
-    return SparseDelta(
-        {
-            name: TensorDelta(tuple(shape), tensors[f"{name}{SEP}indices"], tensors[f"{name}{SEP}values"])
-            for name, shape in shapes.items()
-        }
-    )
+    try:
+        return SparseDelta(
+            {
+                name: TensorDelta(tuple(shape), tensors[f"{name}{SEP}indices"], tensors[f"{name}{SEP}values"])
+                for name, shape in shapes.items()
+            }
+        )
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: {e}") from None
 
 
 @torch.no_grad()
@@ -168,7 +195,9 @@ def merge_delta(model: nn.Module, delta: SparseDelta) -> None:
 
     The sum is taken in float64 and rounded once to the parameter's dtype, so merging
     ``extract_delta(finetuned, ref, mask)`` into a copy of ``ref`` gives ``finetuned``
-    bit for bit. Every name and shape is checked before any parameter is touched.
+    bit for bit. Every name and shape is checked, and every sum computed, before any
+    parameter is touched: a delta whose sum overflows the parameter's dtype (a value of
+    1e300 is finite in float64, inf in float32) is refused, not merged as inf.
     """
     if not isinstance(delta, SparseDelta):
         raise TypeError(f"delta must be a SparseDelta, got {type(delta).__name__}")
@@ -179,7 +208,19 @@ def merge_delta(model: nn.Module, delta: SparseDelta) -> None:
         if tuple(params[name].shape) != t.shape:
             shape = tuple(params[name].shape)
             raise ValueError(f"delta['{name}'] is for shape {t.shape}, but the model's parameter has shape {shape}")
+    merged = {}
     for name, t in delta.tensors.items():
         p = params[name]
         idx = t.indices.to(device=p.device, dtype=torch.long)
-        p.put_(idx, (p.take(idx).double() + t.values.to(p.device, torch.float64)).to(p.dtype))
+        before = p.take(idx)
+        new = (before.double() + t.values.to(p.device, torch.float64)).to(p.dtype)
+        overflow = ~torch.isfinite(new) & torch.isfinite(before)
+        if overflow.any():
+            i = int(overflow.nonzero()[0])
+            raise ValueError(
+                f"delta['{name}'] overflows {p.dtype} at {int(overflow.sum())} entries "
+                f"(e.g. flat index {int(idx[i])}: value {t.values[i].item()!r}); nothing was merged"
+            )
+        merged[name] = (idx, new)
+    for name, (idx, new) in merged.items():
+        params[name].put_(idx, new)

@@ -2,6 +2,8 @@
 
 import copy
 import json
+import pickle
+import re
 from collections import OrderedDict
 
 import pytest
@@ -163,8 +165,54 @@ def test_bad_deltas_are_rejected_on_construction_and_on_load(indices, values, ex
     path = tmp_path / "bad.safetensors"
     meta = {"format": "subnet-lab/sparse-delta", "version": "1", "shapes": json.dumps({"w": [2, 3]})}
     save_file({"w::indices": indices, "w::values": values}, str(path), metadata=meta)
-    with pytest.raises(exc, match=match):
+    with pytest.raises(ValueError, match=re.escape(str(path)) + r": delta\['w'\]\." + match):
         load_delta(path)
+
+
+@pytest.mark.parametrize(
+    "shapes, match",
+    [
+        (None, "has no 'shapes' entry"),
+        ("{not json", "'shapes' is not JSON"),
+        (json.dumps([2, 3]), "'shapes' must map each tensor name to a list of ints"),
+        (json.dumps({"w": "2x3"}), "'shapes' must map each tensor name to a list of ints"),
+        (json.dumps({"w": [True, 3]}), r"shape must be a tuple of non-negative ints, got \(True, 3\)"),
+        (json.dumps({"w": [2.0, 3]}), "shape must be a tuple of non-negative ints"),
+    ],
+)
+def test_bad_shape_metadata_is_an_error_naming_the_file(shapes, match, tmp_path) -> None:
+    path = tmp_path / "bad.safetensors"
+    meta = {"format": "subnet-lab/sparse-delta", "version": "1"}
+    if shapes is not None:
+        meta["shapes"] = shapes
+    save_file({"w::indices": i32(0, 1), "w::values": torch.zeros(2, dtype=torch.float64)}, str(path), metadata=meta)
+    with pytest.raises(ValueError, match=re.escape(str(path)) + ".*" + match):
+        load_delta(path)
+
+
+@pytest.mark.parametrize("content", [b"just some text\n", pickle.dumps({"w": [1, 2, 3]}), b""])
+def test_a_file_that_is_not_safetensors_is_an_error_naming_it(content: bytes, tmp_path) -> None:
+    path = tmp_path / "delta.safetensors"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=re.escape(str(path)) + " is not a readable safetensors file"):
+        load_delta(path)
+    with pytest.raises(FileNotFoundError, match="missing.safetensors does not exist"):
+        load_delta(tmp_path / "missing.safetensors")
+
+
+def test_a_delta_that_overflows_the_model_dtype_is_refused_and_nothing_is_merged() -> None:
+    model = torch.nn.Linear(3, 2)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    delta = SparseDelta(
+        {
+            "bias": TensorDelta((2,), i32(0), torch.tensor([0.5], dtype=torch.float64)),
+            "weight": TensorDelta((2, 3), i32(0, 4), torch.tensor([1.0, 1e300], dtype=torch.float64)),
+        }
+    )
+    with pytest.raises(ValueError, match=r"delta\['weight'\] overflows torch.float32 at 1 entries \(e.g. flat index 4"):
+        merge_delta(model, delta)
+    for n, p in model.named_parameters():
+        assert torch.equal(p, before[n]), n
 
 
 def test_load_rejects_files_that_are_not_deltas(tmp_path) -> None:
