@@ -1,9 +1,12 @@
 """Pretraining on the source mixture, with resumable safetensors checkpoints in a cache.
 
 A pretrained model is fixed by its :class:`PretrainConfig` (preset, task world, seed,
-steps, batch size, learning rate), so :func:`pretrained` looks for the checkpoint named
-by that config first and trains only what is missing: lessons and benchmarks never
-retrain a model that exists. While training it saves a partial checkpoint (weights,
+steps, batch size, learning rate) and by the training code, so :func:`pretrained` looks
+for the checkpoint named by a hash of the whole config and of ``CODE_VERSION`` first and
+trains only what is missing: lessons and benchmarks never retrain a model that exists.
+The stored config is compared with the asked one on every load; a truncated, unreadable
+or non-finite cache file is reported with its path and rebuilt, and a run whose weights
+turn non-finite is never cached. While training it saves a partial checkpoint (weights,
 AdamW moments, step) every ``checkpoint_every`` steps; a killed run resumes from the
 last one and ends bit for bit where an uninterrupted run would (on the CPU), because
 the data of step ``s`` is a function of (seed, s) only and the learning-rate schedule a
@@ -17,14 +20,16 @@ temporary folder).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import warnings
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from scaleup import gpt
@@ -32,9 +37,11 @@ from scaleup import tasks as tk
 from sparsity.fastmode import fast_mode
 from sparsity.threads import one_thread
 from sparsity.train import Every, FitState, Schedule, cosine, fit
-from sparsity.validate import check_nonnegative_int, check_positive_int
+from sparsity.validate import check_finite_nonnegative, check_nonnegative_int, check_positive_int
 
 FORMAT = "subnet-lab/gpt-checkpoint"
+CODE_VERSION = "2"
+"""Part of every checkpoint's key: bump it when a change to the training code changes the weights it makes."""
 
 
 def default_cache_dir() -> Path:
@@ -64,14 +71,24 @@ class PretrainConfig:
         for name in ("steps", "batch_size", "checkpoint_every"):
             check_positive_int(getattr(self, name), f"PretrainConfig.{name}")
         check_nonnegative_int(self.warmup, "PretrainConfig.warmup")
-        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
-            raise ValueError(f"PretrainConfig.lr must be > 0, got {self.lr!r}")
+        check_nonnegative_int(self.seed, "PretrainConfig.seed")
+        check_finite_nonnegative(self.weight_decay, "PretrainConfig.weight_decay")
+        if check_finite_nonnegative(self.lr, "PretrainConfig.lr") == 0:
+            raise ValueError("PretrainConfig.lr must be > 0, got 0")
+
+    def as_json(self) -> str:
+        """The whole config as canonical JSON (sorted keys): what the cache key hashes and the file stores."""
+        return json.dumps(asdict(self), sort_keys=True)
 
     @property
     def key(self) -> str:
-        """The checkpoint's file stem: preset + task world + seed + steps (+ batch and lr)."""
-        return (f"gpt-{self.preset}-{self.world.key}-seed{self.seed}-steps{self.steps}"
-                f"-b{self.batch_size}-lr{self.lr:g}-wd{self.weight_decay:g}-wu{self.warmup}")
+        """The checkpoint's file stem: a readable prefix plus a hash of the whole config and ``CODE_VERSION``.
+
+        Every field enters the hash in full precision, so two learning rates that differ in
+        the tenth digit get two checkpoints.
+        """
+        digest = hashlib.sha256(f"{CODE_VERSION}|{self.as_json()}".encode()).hexdigest()[:16]
+        return f"gpt-{self.preset}-{self.world.key}-seed{self.seed}-steps{self.steps}-{digest}"
 
 
 def default_config(preset: str = "tiny", **overrides: object) -> PretrainConfig:
@@ -102,14 +119,20 @@ def _optimizer(model: gpt.GPT, cfg: PretrainConfig) -> torch.optim.AdamW:
 
 def save_checkpoint(path: Path, model: gpt.GPT, cfg: PretrainConfig, step: int,
                     opt: torch.optim.Optimizer | None = None) -> None:
-    """Weights (``model::name``), optional AdamW moments (``exp_avg::name`` ...) and metadata, atomically."""
+    """Weights (``model::name``), optional AdamW moments (``exp_avg::name`` ...) and metadata, atomically.
+
+    Refuses (``FloatingPointError``) weights that are not all finite: a diverged model is never cached.
+    """
+    bad = next((n for n, p in model.named_parameters() if not torch.isfinite(p).all()), None)
+    if bad is not None:
+        raise FloatingPointError(f"not saving {path}: parameter '{bad}' is not finite (the run diverged at step {step})")
     tensors = {f"model::{n}": p.detach().cpu().contiguous() for n, p in model.named_parameters()}
     if opt is not None:
         names = {id(p): n for n, p in model.named_parameters()}
         for p, state in opt.state.items():
             for key, value in state.items():
                 tensors[f"{key}::{names[id(p)]}"] = value.detach().cpu().reshape(value.shape).contiguous()
-    meta = {"format": FORMAT, "step": str(step), "config": json.dumps(asdict(cfg)),
+    meta = {"format": FORMAT, "step": str(step), "config": cfg.as_json(), "code_version": CODE_VERSION,
             "gpt": json.dumps(asdict(model.config))}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -117,16 +140,40 @@ def save_checkpoint(path: Path, model: gpt.GPT, cfg: PretrainConfig, step: int,
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: Path, model: gpt.GPT, opt: torch.optim.Optimizer | None = None) -> int:
-    """Load weights (and moments, if ``opt``) saved by :func:`save_checkpoint`; return the step reached."""
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{path} is not a subnet-lab GPT checkpoint (format {meta.get('format')!r})")
+def load_checkpoint(path: Path, model: gpt.GPT, opt: torch.optim.Optimizer | None = None,
+                    cfg: PretrainConfig | None = None) -> int:
+    """Load weights (and moments, if ``opt``) saved by :func:`save_checkpoint`; return the step reached.
+
+    Checks, each raising ``ValueError`` that names ``path``: the file is a readable checkpoint,
+    its model config is ``model``'s, its pretraining config is ``cfg`` (when given) and every
+    weight is finite.
+    """
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{path} is truncated or not a safetensors file ({e})") from None
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a subnet-lab GPT checkpoint (format {meta.get('format')!r})")
+    try:
         saved = json.loads(meta["gpt"])
-        if saved != asdict(model.config):
-            raise ValueError(f"{path} holds a model of config {saved}, not {asdict(model.config)}")
-        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
+        step = int(meta["step"])
+    except (KeyError, ValueError) as e:
+        raise ValueError(f"{path} has unreadable metadata ({e!r})") from None
+    if saved != asdict(model.config):
+        raise ValueError(f"{path} holds a model of config {saved}, not {asdict(model.config)}")
+    if cfg is not None and (meta.get("config") != cfg.as_json() or meta.get("code_version") != CODE_VERSION):
+        raise ValueError(
+            f"{path} was pretrained with config {meta.get('config')} (code version {meta.get('code_version')}), "
+            f"not the asked {cfg.as_json()} (code version {CODE_VERSION})"
+        )
+    missing = [n for n, _ in model.named_parameters() if f"model::{n}" not in tensors]
+    if missing:
+        raise ValueError(f"{path} has no weights for parameter '{missing[0]}'")
+    bad = next((k for k, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()), None)
+    if bad is not None:
+        raise ValueError(f"{path} holds non-finite values in '{bad}'")
     device = next(model.parameters()).device
     with torch.no_grad():
         for n, p in model.named_parameters():
@@ -139,7 +186,19 @@ def load_checkpoint(path: Path, model: gpt.GPT, opt: torch.optim.Optimizer | Non
                 if "step" in state:
                     state["step"] = state["step"].cpu()
                 opt.state[p] = state
-    return int(meta["step"])
+    return step
+
+
+def _load_or_discard(path: Path, model: gpt.GPT, cfg: PretrainConfig, opt: torch.optim.Optimizer | None = None) -> int | None:
+    """Load a cache file of ``cfg``; a broken one (truncated, non-finite, another config) is reported and removed."""
+    if not path.exists():
+        return None
+    try:
+        return load_checkpoint(path, model, opt, cfg)
+    except ValueError as e:
+        warnings.warn(f"discarding the cached checkpoint and rebuilding it: {e}", stacklevel=3)
+        path.unlink()
+        return None
 
 
 def checkpoint_path(cfg: PretrainConfig, cache_dir: str | Path | None = None) -> Path:
@@ -166,8 +225,7 @@ def pretrained(
     world = tk.World(cfg.world)
     model = build(cfg, world, device)
     final = checkpoint_path(cfg, cache_dir)
-    if final.exists():
-        load_checkpoint(final, model)
+    if _load_or_discard(final, model, cfg) is not None:
         return model.eval()
     # One CPU thread: a CPU matmul's rounding depends on the thread count, and the cached
     # checkpoint must not depend on which notebook or command (on how many cores) made it.
@@ -180,7 +238,7 @@ def _train(cfg: PretrainConfig, world: tk.World, model: gpt.GPT, final: Path, pr
     """Train (resuming a partial checkpoint) and cache; see :func:`pretrained`."""
     partial = final.with_name(final.stem + ".partial.safetensors")
     opt = _optimizer(model, cfg)
-    start = load_checkpoint(partial, model, opt) if partial.exists() else 0
+    start = _load_or_discard(partial, model, cfg, opt) or 0
     model.train()
     end = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
 

@@ -2,6 +2,8 @@
 
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
 
 from scaleup import gpt
@@ -272,3 +274,64 @@ def test_bf16_autocast_on_cuda_matches_the_float32_cpu_model():
     assert logits.dtype == torch.bfloat16 and cuda_model.tok_emb.weight.dtype == torch.float32
     with torch.no_grad():
         torch.testing.assert_close(logits.float().cpu(), cpu_model(idx), atol=5e-2, rtol=5e-2)
+
+
+def test_the_cache_key_hashes_every_digit_of_the_config():
+    assert _cfg(lr=1e-3).key != _cfg(lr=1e-3 + 1e-12).key
+    assert _cfg(weight_decay=0.01).key != _cfg(weight_decay=0.0100000001).key
+
+
+@pytest.mark.parametrize("field, value", [("lr", float("inf")), ("lr", float("nan")), ("lr", 0.0),
+                                          ("weight_decay", float("inf")), ("seed", -1)])
+def test_nonfinite_or_negative_pretraining_settings_are_refused(field, value):
+    with pytest.raises(ValueError, match=f"PretrainConfig.{field}"):
+        _cfg(**{field: value})
+
+
+def test_a_cache_file_of_another_config_is_reported_and_rebuilt(tmp_path):
+    cfg, other = _cfg(), _cfg(lr=2e-3)
+    pt.pretrained(other, cache_dir=tmp_path, progress=False)
+    # the other config's checkpoint, put where cfg's belongs (a renamed or copied cache file)
+    pt.checkpoint_path(other, tmp_path).rename(pt.checkpoint_path(cfg, tmp_path))
+    model = pt.build(cfg, tk.World(SMALL_WORLD))
+    with pytest.raises(ValueError, match="was pretrained with config"):
+        pt.load_checkpoint(pt.checkpoint_path(cfg, tmp_path), model, cfg=cfg)
+    with pytest.warns(UserWarning, match="discarding the cached checkpoint"):
+        rebuilt = pt.pretrained(cfg, cache_dir=tmp_path, progress=False)
+    fresh = pt.pretrained(cfg, cache_dir=tmp_path / "fresh", progress=False)
+    assert all(torch.equal(p, q) for p, q in zip(rebuilt.parameters(), fresh.parameters()))
+
+
+@pytest.mark.parametrize("damage", ["truncate", "nan"])
+def test_a_truncated_or_nonfinite_cache_file_is_reported_with_its_path_and_rebuilt(tmp_path, damage):
+    cfg = _cfg()
+    good = pt.pretrained(cfg, cache_dir=tmp_path, progress=False)
+    path = pt.checkpoint_path(cfg, tmp_path)
+    if damage == "truncate":
+        path.write_bytes(path.read_bytes()[:-100])
+    else:
+        broken = pt.build(cfg, tk.World(SMALL_WORLD))
+        with torch.no_grad():
+            for p, q in zip(broken.parameters(), good.parameters()):
+                p.copy_(q)
+        # written behind save_checkpoint's back, which refuses non-finite weights
+        tensors = {f"model::{n}": p.detach().clone() for n, p in broken.named_parameters()}
+        next(iter(tensors.values()))[0] = float("nan")
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata()
+        save_file(tensors, str(path), metadata=meta)
+    with pytest.warns(UserWarning, match=f"discarding the cached checkpoint.*{path.name}"):
+        again = pt.pretrained(cfg, cache_dir=tmp_path, progress=False)
+    assert all(torch.equal(p, q) for p, q in zip(good.parameters(), again.parameters()))
+
+
+def test_a_diverged_run_is_not_cached(tmp_path):
+    cfg = _cfg(lr=1e6, warmup=0)
+    with pytest.raises(FloatingPointError):
+        pt.pretrained(cfg, cache_dir=tmp_path, progress=False)
+    assert not pt.checkpoint_path(cfg, tmp_path).exists()
+    model = pt.build(cfg, tk.World(SMALL_WORLD))
+    with torch.no_grad():
+        next(model.parameters())[0] = float("inf")
+    with pytest.raises(FloatingPointError, match="is not finite"):
+        pt.save_checkpoint(tmp_path / "x.safetensors", model, cfg, 3)
