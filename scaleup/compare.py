@@ -46,13 +46,13 @@ from scaleup.bench_config import (DEMO_METHODS, INCLUDE, METHODS, MICRO_WORLD, B
 from scaleup.finetune import (LAYER_TYPES, budget_count, finetune, layer_type, middle_blocks, run_cell, scores, select,
                               sparse_config, update_profile)
 from scaleup.report import budget_label, plot_summary, print_report, report_markdown, verdict, write_summary
-from scaleup.results import RESULTS, best_lr, cell_key, load_results, store, summarize
+from scaleup.results import RESULTS, best_lr, cell_key, diverged_runs, load_results, store, summarize
+from sparsity.cli_args import finite_list, output_file, output_folder, positive_int
 from sparsity.sweep import command_line, machine
-from sparsity.validate import check_positive_int
 
 __all__ = [
     "DEMO_METHODS", "INCLUDE", "LAYER_TYPES", "METHODS", "MICRO_WORLD", "RESULTS", "BenchConfig", "Setup",
-    "best_lr", "budget_count", "budget_label", "cell_key", "check_methods", "default_config", "demo_config",
+    "best_lr", "budget_count", "budget_label", "cell_key", "check_methods", "diverged_runs", "default_config", "demo_config",
     "finetune", "known_methods", "layer_type", "load_results", "main", "middle_blocks", "plot_summary", "prepare",
     "print_report", "report_markdown", "run", "run_cell", "scores", "select", "sparse_config", "summarize",
     "update_profile", "verdict", "write_summary",
@@ -113,46 +113,46 @@ def run(cfg: BenchConfig, out: str | Path, methods: Sequence[str] = METHODS, *, 
     return done
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Full vs sparse (every criterion) vs LoRA fine-tuning of a small GPT.")
+def build_parser() -> argparse.ArgumentParser:
+    """The command line; every flag's type checks its value, so a bad flag fails before any work."""
+    p = argparse.ArgumentParser(prog="python -m scaleup.compare",
+                                description="Full vs sparse (every criterion) vs LoRA fine-tuning of a small GPT.")
     p.add_argument("--preset", default="tiny", choices=tuple(gpt.PRESETS))
     p.add_argument("--target", default="add2", choices=tuple(tk.TARGET_TASKS))
     p.add_argument("--methods", default=",".join(METHODS),
                    help=f"comma-separated, from {','.join(known_methods())} (any registered criterion)")
-    p.add_argument("--density", default=None, help="comma-separated densities, e.g. 0.01,0.05 (default 0.01,0.05)")
+    p.add_argument("--density", type=finite_list, default=None,
+                   help="comma-separated densities, e.g. 0.01,0.05 (default 0.01,0.05)")
     p.add_argument("--no-lora-equal", action="store_true", help="skip the LoRA-equal budget")
-    p.add_argument("--seeds", type=int, default=None)
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--seeds", type=positive_int, default=None)
+    p.add_argument("--steps", type=positive_int, default=None)
+    p.add_argument("--out", type=output_folder, required=True)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     for kind in ("full", "sparse", "lora"):
-        p.add_argument(f"--lrs-{kind}", default=None, metavar="LRS",
+        p.add_argument(f"--lrs-{kind}", type=finite_list, default=None, metavar="LRS",
                        help=f"comma-separated learning-rate grid of {kind} fine-tuning "
                             f"(default: BenchConfig.lrs_{kind})")
     p.add_argument("--sweep-all-seeds", action="store_true", help="choose the lr on the mean over all seeds")
     p.add_argument("--report", action="store_true", help="only rebuild the summary from the results file")
-    p.add_argument("--md", type=Path, default=None, help="also write the report's markdown to this file")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is fastest on a busy 2-core box)")
+    p.add_argument("--md", type=output_file, default=None, help="also write the report's markdown to this file")
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="torch CPU threads (1 is fastest on a busy 2-core box)")
     p.add_argument("--no-progress", action="store_true")
-    return p.parse_args(argv)
+    return p
 
 
-def _numbers(text: str, flag: str) -> tuple[float, ...]:
-    """A comma-separated list of numbers from the command line, or a clear exit naming the flag."""
-    try:
-        return tuple(float(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise SystemExit(f"{flag} must be comma-separated numbers, got {text!r}") from None
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The BenchConfig fields the command line sets."""
     overrides: dict[str, Any] = {}
     if args.density is not None:
-        overrides["densities"] = _numbers(args.density, "--density")
+        overrides["densities"] = args.density
     for kind in ("full", "sparse", "lora"):
-        if (text := getattr(args, f"lrs_{kind}")) is not None:
-            overrides[f"lrs_{kind}"] = _numbers(text, f"--lrs-{kind}")
+        if (grid := getattr(args, f"lrs_{kind}")) is not None:
+            overrides[f"lrs_{kind}"] = grid
     if args.no_lora_equal:
         overrides["lora_equal"] = False
     for name in ("seeds", "steps"):
@@ -166,21 +166,25 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    methods = check_methods(m.strip() for m in args.methods.split(",") if m.strip())
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        methods = check_methods(m.strip() for m in args.methods.split(",") if m.strip())
+    except ValueError as e:
+        parser.error(f"argument --methods: {e}")
     if args.report:
         if not (args.out / "config.json").exists():
-            raise SystemExit(f"--report: {args.out} holds no benchmark (no config.json)")
+            parser.error(f"--report: {args.out} holds no benchmark (no config.json)")
         write_summary(args.out, methods)
         print_report(args.out, args.md)
         return 0
-    cfg = default_config(args.preset, target=args.target, **_overrides(args))
+    try:
+        cfg = default_config(args.preset, target=args.target, **_overrides(args))
+        store(args.out, cfg)  # refuses a folder of another config before anything in it is written
+    except (ValueError, TypeError) as e:
+        parser.error(str(e))
     if args.threads is not None:
-        try:
-            torch.set_num_threads(check_positive_int(args.threads, "--threads"))
-        except ValueError as e:
-            raise SystemExit(str(e)) from None
-    args.out.mkdir(parents=True, exist_ok=True)
+        torch.set_num_threads(args.threads)
     (args.out / "machine.json").write_text(json.dumps(machine(args.device)))
     if args.device != "cpu":
         torch.backends.cuda.matmul.allow_tf32 = True

@@ -189,13 +189,18 @@ def finetune(setup: Setup, method: str, budget: str, lr: float, seed: int,
         except FloatingPointError as e:
             raise FloatingPointError(f"{method} @ {budget}, lr {lr:g}, seed {seed}: {e}") from e
         train_s = time.perf_counter() - start
+    bad = next((n for n, p in model.named_parameters() if not torch.isfinite(p).all()), None)
+    if bad is not None:
+        raise FloatingPointError(f"{method} @ {budget}, lr {lr:g}, seed {seed}: parameter '{bad}' is not finite "
+                                 "after training: the run diverged")
     if method == "lora":
         lora.merge_lora(model)
     for p in model.parameters():
         p.requires_grad_(True)
     costs = dict(trainable=trainable, select_s=select_s, train_s=train_s,
                  peak_mb=peak.mb if math.isfinite(peak.mb) else None,
-                 optimizer_state_bytes=opt.state_bytes(), final_train_loss=sum(losses[-10:]) / len(losses[-10:]))
+                 optimizer_state_bytes=opt.state_bytes(), first_train_loss=sum(losses[:10]) / len(losses[:10]),
+                 final_train_loss=sum(losses[-10:]) / len(losses[-10:]))
     return model.eval(), costs
 
 
@@ -226,19 +231,33 @@ def run_cell(setup: Setup, method: str, budget: str, lr: float, seed: int, progr
     mean test accuracy on the source tasks (forgetting); update sparsity and relative update
     rank per layer type; trainable count, optimizer-state bytes, wall times, peak memory
     (None where it cannot be measured).
+
+    ``diverged`` flags a run that failed to train: a non-finite loss or weight (the row then
+    holds only the cell, the flag and ``diverged_reason``, so the sweep records it and goes on,
+    and a rerun does not retry it forever), or a training loss that ended above where it
+    started (the row keeps its measurements). ``scaleup.results`` never chooses a diverged rate.
     """
-    model, costs = finetune(setup, method, budget, lr, seed, progress)
+    cell: dict[str, Any] = dict(method=method, budget=budget, lr=lr, seed=seed)
+    try:
+        model, costs = finetune(setup, method, budget, lr, seed, progress)
+    except FloatingPointError as e:
+        return dict(cell, diverged=True, diverged_reason=str(e))
     world, target = setup.world, setup.cfg.target
     with torch.no_grad():
         val_loss = tk.loss(model, world.eval_set(target, "val").to(setup.device)).item()
+    rose = costs["final_train_loss"] > costs["first_train_loss"]
     row: dict[str, Any] = dict(
-        method=method, budget=budget, lr=lr, seed=seed,
+        cell,
         target_val=tk.accuracy(model, world, target, "val"),
         target_val_loss=val_loss,
         target_test=tk.accuracy(model, world, target, "test"),
         retention=tk.retention(model, world),
         source={t: tk.accuracy(model, world, t, "test") for t in tk.SOURCE_TASKS},
+        diverged=rose,
         **costs,
     )
+    if rose:
+        row["diverged_reason"] = (f"the training loss rose from {costs['first_train_loss']:.4g} "
+                                  f"(first 10 steps) to {costs['final_train_loss']:.4g} (last 10)")
     row.update(update_profile(model, setup.reference, setup.cfg.tol))
     return row

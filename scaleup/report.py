@@ -22,7 +22,7 @@ from typing import Any
 
 from scaleup import tasks as tk
 from scaleup.bench_config import BenchConfig, is_sparse_criterion, known_methods
-from scaleup.results import cell_key, load_config, load_results, summarize
+from scaleup.results import cell_key, diverged_runs, load_config, load_results, summarize
 from sparsity.sweep import markdown_table
 
 NOTES = "## Notes"
@@ -99,6 +99,15 @@ def results_table(table: list[dict[str, Any]], cfg: BenchConfig, before: Mapping
     return _table(header, rows)
 
 
+def _sweep_cell(row: Mapping[str, Any] | None) -> str:
+    """One seed-0 run in the sweep table: "val / retention", "diverged" or blank if not run."""
+    if row is None:
+        return ""
+    if "target_val" not in row:
+        return "diverged"
+    return f"{row['target_val']:.2f} / {row['retention']:.3f}" + (" (diverged)" if row.get("diverged") else "")
+
+
 def sweep_table(cfg: BenchConfig, rows: dict[str, dict[str, Any]]) -> str:
     """The learning-rate sweep of seed 0 as markdown: target validation accuracy / source retention per lr.
 
@@ -112,7 +121,7 @@ def sweep_table(cfg: BenchConfig, rows: dict[str, dict[str, Any]]) -> str:
             cells = [rows.get(cell_key(m, b, lr, 0)) for lr in lrs]
             if any(cells):
                 lines.append([m, budget_label(b, cfg),
-                              *[f"{r['target_val']:.2f} / {r['retention']:.3f}" if r else "" for r in cells]])
+                              *[_sweep_cell(r) for r in cells]])
     return ("Learning-rate sweep, seed 0: target validation accuracy / source retention (test).\n\n"
             + _table(["method", "budget", *[f"lr {lr:g}" for lr in lrs]], lines))
 
@@ -137,6 +146,11 @@ def report_markdown(out: str | Path, command: str | None = None) -> str:
              f"({'mean over seeds' if cfg.sweep_all_seeds else 'seed 0, reused for the other seeds'}); "
              f"{len(rows)} runs finished.", "", results_table(table, cfg, before), "", verdict(table), "",
              sweep_table(cfg, rows)]
+    diverged = diverged_runs(out)
+    if diverged:
+        parts += ["", f"Diverged runs ({len(diverged)}; never chosen as a method's learning rate):", "",
+                  *[f"- {d['method']} @ {budget_label(d['budget'], cfg)}, lr {d['lr']:g}, seed {d['seed']}: {d['reason']}"
+                    for d in diverged]]
     if (out / "machine.json").exists():
         parts[:0] = [machine_sentence(json.loads((out / "machine.json").read_text())), ""]
     if command is None and (out / "command.txt").exists():
@@ -164,7 +178,7 @@ def plot_summary(table: list[dict[str, Any]], cfg: BenchConfig, fig: Any = None,
         ax_scatter.errorbar(r["retention"], r["target_test"], xerr=r["retention_std"], yerr=r["target_test_std"],
                             marker=marker, color=color, linestyle="none", capsize=2, markersize=7)
         sweep = [rows.get(cell_key(r["method"], r["budget"], lr, 0)) for lr in cfg.lrs(r["method"])] if rows else []
-        sweep = [s for s in sweep if s]
+        sweep = [s for s in sweep if s and "target_val" in s]  # a non-finite run has no point
         if len(sweep) > 1:
             ax_scatter.plot([s["retention"] for s in sweep], [s["target_val"] for s in sweep], marker=marker,
                             markersize=3, alpha=0.3, linewidth=0.7, color=color)

@@ -20,7 +20,7 @@ from sparsity.sweep import RESULTS, SweepStore, mean_spread
 from sparsity.sweep import cell_key as sweep_key
 
 KEY_FIELDS = ("method", "budget", "lr", "seed")
-__all__ = ["KEY_FIELDS", "RESULTS", "best_lr", "cell_key", "load_config", "load_results", "store", "summarize"]
+__all__ = ["KEY_FIELDS", "RESULTS", "best_lr", "cell_key", "diverged_runs", "load_config", "load_results", "store", "summarize"]
 
 
 def store(out: str | Path, cfg: BenchConfig | None = None) -> SweepStore:
@@ -47,6 +47,9 @@ def best_lr(cfg: BenchConfig, rows: dict[str, dict[str, Any]], method: str, budg
     """The smallest learning rate whose target *validation* accuracy is within ``cfg.lr_tie`` of the
     grid's best, over seed 0 (or the mean over seeds with ``sweep_all_seeds``). None until the sweep is done.
 
+    A rate at which any of those runs diverged (``diverged`` in its row) is never chosen; if
+    every rate diverged, the smallest is returned (its rows say so).
+
     Why the smallest: once a target saturates, several rates learn it equally well and the larger
     ones only move the weights further (and forget more); a tie-break on validation loss would walk
     to the largest stable rate and make every method forget everything. Test data never enter.
@@ -57,7 +60,10 @@ def best_lr(cfg: BenchConfig, rows: dict[str, dict[str, Any]], method: str, budg
         found = [rows.get(cell_key(method, budget, lr, s)) for s in seeds]
         if any(r is None for r in found):
             return None
-        accuracy[lr] = statistics.mean(r["target_val"] for r in found)
+        if not any(r.get("diverged") for r in found):
+            accuracy[lr] = statistics.mean(r["target_val"] for r in found)
+    if not accuracy:
+        return min(cfg.lrs(method))
     best = max(accuracy.values())
     return min(lr for lr, acc in accuracy.items() if acc >= best - cfg.lr_tie)
 
@@ -68,7 +74,10 @@ def _number(value: float | None) -> float:
 
 
 def summarize(out: str | Path, methods: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """One row per (method, budget) at its chosen learning rate: mean and std over seeds."""
+    """One row per (method, budget) at its chosen learning rate: mean and std over its measured seeds.
+
+    ``n_diverged`` counts the seeds that diverged there; a (method, budget) whose every run
+    diverged has no row (:func:`diverged_runs` lists it)."""
     cfg = load_config(out)
     rows = load_results(out)
     methods = known_methods() if methods is None else check_methods(methods)
@@ -78,9 +87,13 @@ def summarize(out: str | Path, methods: Sequence[str] | None = None) -> list[dic
             lr = best_lr(cfg, rows, m, b)
             if lr is None:
                 continue
-            runs = [rows[k] for s in range(cfg.seeds) if (k := cell_key(m, b, lr, s)) in rows]
+            found = [rows[k] for s in range(cfg.seeds) if (k := cell_key(m, b, lr, s)) in rows]
+            runs = [r for r in found if "target_test" in r]  # a non-finite run has no measurements
+            n_diverged = sum(bool(r.get("diverged")) for r in found)
+            if not runs:
+                continue
             entry: dict[str, Any] = dict(method=m, budget=b, lr=lr, lr_edge=cfg.lr_edge(m, lr), n_seeds=len(runs),
-                                         trainable=runs[0]["trainable"])
+                                         n_diverged=n_diverged, trainable=runs[0]["trainable"])
             for metric in ("target_test", "target_val", "retention", "train_s", "select_s", "peak_mb",
                            "optimizer_state_bytes"):
                 entry[metric], entry[metric + "_std"] = mean_spread([_number(r[metric]) for r in runs])
@@ -88,3 +101,9 @@ def summarize(out: str | Path, methods: Sequence[str] | None = None) -> list[dic
                 entry[kind] = {t: statistics.mean(r[kind][t] for r in runs) for t in runs[0][kind]}
             table.append(entry)
     return table
+
+
+def diverged_runs(out: str | Path) -> list[dict[str, Any]]:
+    """Every stored run flagged ``diverged``: its cell and the reason, in the order they ran."""
+    return [dict(method=r["method"], budget=r["budget"], lr=r["lr"], seed=r["seed"], reason=r.get("diverged_reason", ""))
+            for r in load_results(out).values() if r.get("diverged")]

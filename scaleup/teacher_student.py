@@ -50,12 +50,13 @@ from scaleup import pretrain as pt
 from scaleup import tasks as tk
 from scaleup.finetune import LAYER_TYPES, layer_type
 from sparsity import masks
+from sparsity.cli_args import finite_nonnegative, json_ready, nonnegative_int, output_file, output_folder, positive_int
 from sparsity.fastmode import fast_mode
 from sparsity.metrics import update_norms, update_sparsity
 from sparsity.optim import MaskedAdamW
 from sparsity.regularize import l1_to_init, snapshot
 from sparsity.train import EachStep, FitState, ProximalL1, cosine, fit
-from sparsity.validate import check_nonnegative, check_nonnegative_int, check_positive_int
+from sparsity.validate import check_finite_nonnegative, check_nonnegative_int, check_positive_int
 
 STUDENTS = ("pretrained", "reinit")
 OBJECTIVES = ("distill", "task")
@@ -273,7 +274,7 @@ def agreement(student: nn.Module, teacher: nn.Module, world: tk.World, task: str
 
 def train_student(teacher: Teacher, lam: float, progress: bool = True) -> StudentRun:
     """Train a fresh student toward the teacher with ``lam`` times the L1 distance to its start."""
-    lam = check_nonnegative(lam, "lam")
+    lam = check_finite_nonnegative(lam, "lam")
     cfg, world = teacher.config, teacher.world
     student = make_student(teacher).train()
     init = snapshot(student)
@@ -449,14 +450,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--student", choices=STUDENTS, default=None)
     p.add_argument("--objective", choices=OBJECTIVES, default=None)
     p.add_argument("--penalty", choices=PENALTIES, default=None)
-    p.add_argument("--lam", type=float, default=None, help="L1-to-init strength of the second run")
-    p.add_argument("--steps", type=int, default=None, help="student steps")
-    p.add_argument("--teacher-steps", type=int, default=None)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--pretrain-steps", type=int, default=None, help="steps of the pretrained model to load or train")
-    p.add_argument("--cache-dir", type=Path, default=None)
+    p.add_argument("--lam", type=finite_nonnegative, default=None, help="L1-to-init strength of the second run")
+    p.add_argument("--steps", type=positive_int, default=None, help="student steps")
+    p.add_argument("--teacher-steps", type=positive_int, default=None)
+    p.add_argument("--seed", type=nonnegative_int, default=None)
+    p.add_argument("--pretrain-steps", type=positive_int, default=None,
+                   help="steps of the pretrained model to load or train")
+    p.add_argument("--cache-dir", type=output_folder, default=None)
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    p.add_argument("--plot", metavar="PATH", help="save the figure to PATH")
+    p.add_argument("--plot", metavar="PATH", type=output_file, help="save the figure to PATH")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     overrides = {k: v for k, v in {"blocks": args.blocks, "student": args.student, "objective": args.objective,
@@ -470,11 +472,15 @@ def main(argv: list[str] | None = None) -> int:
         cfg = default_config(args.preset, **overrides)
     except (ValueError, TypeError) as err:
         p.error(str(err))
-    study = run(cfg, cache_dir=args.cache_dir, progress=not args.no_progress)
+    try:
+        study = run(cfg, cache_dir=args.cache_dir, progress=not args.no_progress)
+    except FloatingPointError as err:
+        print(f"{p.prog}: error: {err}; try a smaller --lam or other settings", file=sys.stderr)
+        return 1
     if args.plot:
         plot_shares(study).savefig(args.plot, dpi=110)
     if args.json:
-        json.dump(study.summary(), sys.stdout, indent=1)
+        json.dump(json_ready(study.summary()), sys.stdout, indent=1, allow_nan=False)
         print()
     else:
         print(format_table(study))

@@ -19,7 +19,7 @@ from torch import nn
 from sparsity import masks
 from sparsity.eligibility import KINDS, eligible
 from sparsity.registry import Criterion, Selection, Scores, get_criterion
-from sparsity.validate import Mask, check_density, check_nonnegative, check_positive_int, named_params
+from sparsity.validate import Mask, check_density, check_finite_nonnegative, check_positive_int, named_params
 
 STORAGES = ("compact", "dense")
 
@@ -93,7 +93,7 @@ class SparseConfig:
             if self.n_m is not None:
                 raise ValueError("reselect_every keeps per-tensor counts; it is not defined for an N:M budget")
         for name in ("lr", "eps", "weight_decay"):
-            check_nonnegative(getattr(self, name), name)
+            check_finite_nonnegative(getattr(self, name), name)
 
     @property
     def budget(self) -> str:

@@ -44,9 +44,9 @@ from sparsity.validate import (
     Mask,
     TensorDict,
     check_density,
+    check_finite_nonnegative,
     check_mask,
     check_module,
-    check_nonnegative,
     check_positive_int,
     check_reference,
     named_params,
@@ -172,9 +172,9 @@ def learn_mask(
     if not callable(loss_fn):
         raise TypeError(f"loss_fn must be callable (forward -> loss), got {type(loss_fn).__name__}")
     steps = check_positive_int(steps, "steps")
-    lr = check_nonnegative(lr, "lr")
-    sparsity = check_nonnegative(sparsity, "sparsity")
-    temperature = check_nonnegative(temperature, "temperature")
+    lr = check_finite_nonnegative(lr, "lr")
+    sparsity = check_finite_nonnegative(sparsity, "sparsity")
+    temperature = check_finite_nonnegative(temperature, "temperature")
     if temperature == 0:
         raise ValueError("temperature must be > 0")
     if isinstance(init_logit, bool) or not isinstance(init_logit, (int, float)) or not math.isfinite(init_logit):

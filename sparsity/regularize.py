@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sparsity.validate import TensorDict, check_nonnegative, check_reference, named_params
+from sparsity.validate import TensorDict, check_finite_nonnegative, check_reference, named_params
 
 
 def snapshot(model: nn.Module) -> TensorDict:
@@ -67,7 +67,7 @@ def _per_tensor_thresholds(
             if (t < 0).any():
                 raise ValueError(f"threshold['{name}'] has negative entries")
         return dict(threshold)
-    value = check_nonnegative(threshold, "threshold")
+    value = check_finite_nonnegative(threshold, "threshold")
     return {name: value for name in reference}
 
 
@@ -92,7 +92,7 @@ def prox_l1_to_init_(model: nn.Module, reference: TensorDict, threshold: float |
 @torch.no_grad()
 def prox_nuclear_to_init_(model: nn.Module, reference: TensorDict, threshold: float) -> None:
     """Soft-threshold the singular values of each matrix's change by ``threshold`` (in place)."""
-    threshold = check_nonnegative(threshold, "threshold")
+    threshold = check_finite_nonnegative(threshold, "threshold")
     params = named_params(model)
     for name, delta in _deltas(model, reference).items():
         if delta.ndim < 2:

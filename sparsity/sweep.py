@@ -34,6 +34,14 @@ def _json_safe(value: Any) -> Any:
     return json.loads(json.dumps(value, allow_nan=False))
 
 
+def _is_json(line: str) -> bool:
+    try:
+        json.loads(line)
+    except json.JSONDecodeError:
+        return False
+    return True
+
+
 def cell_key(row: Mapping[str, Any], key_fields: Sequence[str]) -> str:
     """A cell's key: its ``key_fields`` joined with ``|`` (floats as ``%g``), e.g. ``lift|d0.05|0.001|0``."""
     missing = [f for f in key_fields if f not in row]
@@ -110,8 +118,12 @@ class SweepStore:
             raise ValueError(f"cell {self.key(row)} has non-finite values in {bad}") from None
         self.folder.mkdir(parents=True, exist_ok=True)
         text = self.path.read_text() if self.path.exists() else ""
-        if text and not text.endswith("\n"):  # a line cut off by a kill: drop it (its cell is redone)
-            self.path.write_text(text[: text.rfind("\n") + 1])
+        if text and not text.endswith("\n"):
+            last = text[text.rfind("\n") + 1:]
+            if _is_json(last):  # a complete row whose newline was lost: keep it
+                self.path.write_text(text + "\n")
+            else:  # a line cut off by a kill: drop it (its cell is redone)
+                self.path.write_text(text[: text.rfind("\n") + 1])
         with self.path.open("a") as f:
             f.write(line + "\n")
             f.flush()

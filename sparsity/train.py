@@ -30,7 +30,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from sparsity.regularize import prox_l1_to_init_, prox_nuclear_to_init_
-from sparsity.validate import Mask, TensorDict, check_nonnegative, check_nonnegative_int, check_positive_int
+from sparsity.validate import Mask, TensorDict, check_finite_nonnegative, check_nonnegative_int, check_positive_int
 
 Schedule = Callable[[int], float]
 """A learning-rate schedule: step -> learning rate."""
@@ -42,7 +42,7 @@ LossOfBatch = Callable[[nn.Module, Any], "torch.Tensor | tuple[torch.Tensor, Map
 
 def constant(lr: float) -> Schedule:
     """The same learning rate at every step."""
-    lr = check_nonnegative(lr, "lr")
+    lr = check_finite_nonnegative(lr, "lr")
     return lambda step: lr
 
 
@@ -53,10 +53,10 @@ def cosine(lr: float, steps: int, warmup: int = 0, floor: float = 0.0) -> Schedu
     ``floor=0`` is the plain half-cosine ``lr * (1 + cos(pi * t / steps)) / 2`` of the toys;
     GPT pretraining and fine-tuning decay to ``floor=0.1`` after a warm-up.
     """
-    lr = check_nonnegative(lr, "lr")
+    lr = check_finite_nonnegative(lr, "lr")
     steps = check_positive_int(steps, "steps")
     warmup = check_nonnegative_int(warmup, "warmup")
-    floor = check_nonnegative(floor, "floor")
+    floor = check_finite_nonnegative(floor, "floor")
     if floor > 1:
         raise ValueError(f"floor must be in [0, 1], got {floor}")
 
@@ -186,7 +186,7 @@ class ProximalL1:
 
     def __init__(self, reference: TensorDict, lam: float) -> None:
         self.reference = reference
-        self.lam = check_nonnegative(lam, "lam")
+        self.lam = check_finite_nonnegative(lam, "lam")
 
     def after_step(self, state: FitState) -> None:
         if self.lam == 0:
@@ -205,7 +205,7 @@ class ProximalNuclear:
 
     def __init__(self, reference: TensorDict, lam: float) -> None:
         self.reference = reference
-        self.lam = check_nonnegative(lam, "lam")
+        self.lam = check_finite_nonnegative(lam, "lam")
 
     def after_step(self, state: FitState) -> None:
         if self.lam > 0:

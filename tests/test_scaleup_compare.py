@@ -176,17 +176,25 @@ def test_a_choice_at_the_edge_of_the_grid_is_flagged():
     assert cp.verdict(table[:1]).endswith("widen the grid): none.")
 
 
-def test_the_cli_takes_a_learning_rate_grid(tmp_path, cache, monkeypatch):
+def cli_error(capsys, argv) -> str:
+    """Run the command line on bad flags: an argparse error (exit status 2) before any work; its message."""
+    with pytest.raises(SystemExit) as exit_info:
+        cp.main(argv)
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_the_cli_takes_a_learning_rate_grid(tmp_path, cache, monkeypatch, capsys):
     seen = {}
     monkeypatch.setattr(cp, "run", lambda cfg, *a, **k: seen.setdefault("cfg", cfg))
     monkeypatch.setattr(cp, "print_report", lambda *a: None)
     cp.main(["--preset", "micro", "--lrs-sparse", "1e-3, 3e-2", "--lrs-full", "1e-4", "--out", str(tmp_path)])
     assert seen["cfg"].lrs_sparse == (1e-3, 3e-2) and seen["cfg"].lrs_full == (1e-4,)
     assert seen["cfg"].lrs_lora == cp.default_config("micro").lrs_lora
-    with pytest.raises(SystemExit, match="--lrs-lora must be comma-separated numbers"):
-        cp.main(["--lrs-lora", "fast", "--out", str(tmp_path)])
-    with pytest.raises(ValueError, match="lrs_sparse must be a non-empty tuple of positive"):
-        cp.main(["--preset", "micro", "--lrs-sparse", "-1", "--out", str(tmp_path)])
+    assert "argument --lrs-lora: must be a number, got 'fast'" in cli_error(capsys, ["--lrs-lora", "fast", "--out", str(tmp_path)])
+    assert "lrs_sparse must be a non-empty tuple of positive" in cli_error(
+        capsys, ["--preset", "micro", "--lrs-sparse", "-1", "--out", str(tmp_path)])
+    assert "must be comma-separated finite numbers" in cli_error(capsys, ["--lrs-full", "inf", "--out", str(tmp_path)])
 
 
 def test_report_mode_rebuilds_the_summary_without_training(tmp_path, cache, monkeypatch, capsys):
@@ -206,7 +214,7 @@ def test_report_mode_rebuilds_the_summary_without_training(tmp_path, cache, monk
     assert committed.endswith("## Notes\nwritten by hand\n")
 
 
-def test_bad_input_raises_clear_errors(setup, tmp_path):
+def test_bad_input_raises_clear_errors(setup, tmp_path, capsys):
     with pytest.raises(ValueError, match="unknown: \\['bitfit'\\]"):
         cp.check_methods(["full", "bitfit"])
     with pytest.raises(ValueError, match="density must be in"):
@@ -220,10 +228,14 @@ def test_bad_input_raises_clear_errors(setup, tmp_path):
         cp.finetune(setup, "lora", "d0.05", 1e-3, 0)
     with pytest.raises(ValueError, match="method must be one of"):
         cp.finetune(setup, "bitfit", "all", 1e-3, 0)
-    with pytest.raises(SystemExit, match="--density must be"):
-        cp.main(["--density", "five", "--out", str(tmp_path)])
-    with pytest.raises(SystemExit, match="holds no benchmark"):
-        cp.main(["--report", "--out", str(tmp_path / "nothing")])
+    assert "argument --density: must be a number, got 'five'" in cli_error(capsys, ["--density", "five", "--out", str(tmp_path)])
+    assert "holds no benchmark" in cli_error(capsys, ["--report", "--out", str(tmp_path / "nothing")])
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    assert "argument --out: " + str(a_file) + " is a file, not a folder" in cli_error(capsys, ["--out", str(a_file)])
+    assert "argument --md: the folder" in cli_error(capsys, ["--md", str(tmp_path / "no" / "r.md"), "--out", str(tmp_path)])
+    assert "argument --seeds: must be a positive int, got 0" in cli_error(capsys, ["--seeds", "0", "--out", str(tmp_path)])
+    assert "argument --methods: " in cli_error(capsys, ["--methods", "full,bitfit", "--out", str(tmp_path)])
     with pytest.raises(ValueError, match="not a parameter name"):
         cp.layer_type("fc1.weight")
 
@@ -330,3 +342,38 @@ def test_top_k_within_ranks_inside_the_set_and_never_leaves_it():
     assert sum(int(m.sum()) for m in big.values()) == 128
     with pytest.raises(ValueError, match="support has no entry"):
         masks.top_k_within(model, scores, {"blocks.0.mlp.fc.weight": support["blocks.0.mlp.fc.weight"]}, 0.1)
+
+
+def test_another_configs_folder_is_refused_before_anything_in_it_is_written(tmp_path, cache, capsys):
+    cfg = micro_config(steps=10, warmup=1, seeds=1, densities=(), lora_equal=False)
+    cp.run(cfg, tmp_path, ["full"], cache_dir=cache, progress=False)
+    (tmp_path / "machine.json").write_text('{"written": "by the first run"}')
+    assert "holds results of another config" in cli_error(capsys, ["--preset", "micro", "--out", str(tmp_path)])
+    assert json.loads((tmp_path / "machine.json").read_text()) == {"written": "by the first run"}
+
+
+def test_a_diverged_run_is_recorded_and_the_benchmark_goes_on(tmp_path, cache):
+    cfg = micro_config(steps=10, warmup=0, seeds=2, densities=(), lora_equal=False, lrs_full=(3e-3, 1e6))
+    assert cp.run(cfg, tmp_path, ["full"], cache_dir=cache, progress=False) == 3  # 2 lrs on seed 0, then seed 1
+    rows = cp.load_results(tmp_path)
+    bad = rows[cp.cell_key("full", "all", 1e6, 0)]
+    assert bad["diverged"] is True and "full @ all, lr 1e+06, seed 0" in bad["diverged_reason"]
+    assert "target_test" not in bad
+    good = rows[cp.cell_key("full", "all", 3e-3, 0)]
+    assert good["diverged"] is False
+    assert cp.best_lr(cfg, rows, "full", "all") == 3e-3  # never the diverged rate
+    assert cp.run(cfg, tmp_path, ["full"], cache_dir=cache, progress=False) == 0  # not retried forever
+    report = (tmp_path / "report.md").read_text()
+    assert "Diverged runs (1; never chosen" in report and "lr 1e+06, seed 0" in report
+    assert "| full | 100% | " in report and "diverged" in report
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert [(r["lr"], r["n_seeds"], r["n_diverged"]) for r in summary] == [(3e-3, 2, 0)]
+
+
+def test_a_run_whose_loss_rises_is_flagged_but_keeps_its_numbers():
+    rows = {cp.cell_key("full", "all", lr, 0): dict(_row("full", "all", lr, 0, val, 0.0), diverged=lr == 1e-2)
+            for lr, val in ((1e-3, 0.5), (1e-2, 0.9))}
+    cfg = micro_config(lrs_full=(1e-3, 1e-2), seeds=1)
+    assert cp.best_lr(cfg, rows, "full", "all") == 1e-3
+    all_bad = {k: dict(r, diverged=True) for k, r in rows.items()}
+    assert cp.best_lr(cfg, all_bad, "full", "all") == 1e-3  # the smallest, its rows flagged

@@ -238,3 +238,13 @@ def test_the_coverage_rule_one_reading_of_absent_names_everywhere():
     assert (model[2].weight != before["2.weight"]).all()
     delta = extract_delta(model, before, partial)
     assert delta.tensors["2.weight"].indices.numel() == model[2].weight.numel()
+
+
+def test_sweep_store_keeps_a_complete_last_row_that_lost_its_newline(tmp_path):
+    store = SweepStore(tmp_path / "s", ("method", "seed"))
+    store.append({"method": "a", "seed": 0, "score": 1.0})
+    store.path.write_text(store.path.read_text() + '{"method": "a", "seed": 1, "score": 2.0}')  # no newline
+    assert set(store.load()) == {"a|0", "a|1"}
+    store.append({"method": "a", "seed": 2, "score": 3.0})
+    assert set(store.load()) == {"a|0", "a|1", "a|2"}
+    assert store.path.read_text().count("\n") == 3

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from sparsity.cli_args import json_ready
 from sparsity.metrics import update_sparsity
 from toys import teacher_student as ts
 
@@ -155,7 +156,8 @@ def test_training_with_a_mask_moves_only_the_subnetwork() -> None:
 
 def test_sgd_with_the_proximal_step_records_every_step_and_leaves_exact_zeros() -> None:
     """The proximal step after SGD thresholds at lam * lr (sparsity.train.ProximalL1, no adaptive_lr)."""
-    from sparsity.metrics import update_sparsity
+    from sparsity.cli_args import json_ready
+from sparsity.metrics import update_sparsity
 
     prox = ts.train(ts.Config(steps=60, optimizer="sgd", lam=1e-2, penalty="prox"), progress=False)
     term = ts.train(ts.Config(steps=60, optimizer="sgd", lam=1e-2), progress=False)
@@ -176,3 +178,35 @@ def test_plot_update_shares_draws_one_bar_per_tensor_and_run(runs: dict[str, ts.
     ax = ts.plot_update_shares({"lambda = 0": runs["lam0"], "lambda = 1e-3": runs["lam1e-3"]})
     assert len(ax.patches) == 2 * 6
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["lambda = 0", "lambda = 1e-3"]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--lr", "inf"], "argument --lr: must be a finite number >= 0, got 'inf'"),
+        (["--lam", "nan"], "argument --lam: must be a finite number >= 0, got 'nan'"),
+        (["--steps", "0"], "argument --steps: must be a positive int, got 0"),
+        (["--seed", "-1"], "argument --seed: must be a non-negative int, got -1"),
+        (["--plot", "/no/such/folder/x.png"], "argument --plot: the folder /no/such/folder does not exist"),
+    ],
+)
+def test_bad_flags_are_argparse_errors_before_any_training(argv, message, capsys, monkeypatch) -> None:
+    monkeypatch.setattr(ts, "train", lambda *a, **k: pytest.fail("bad flags must fail before training"))
+    with pytest.raises(SystemExit) as exit_info:
+        ts.main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_diverged_run_exits_nonzero_with_the_reason(capsys) -> None:
+    assert ts.main(["--optimizer", "sgd", "--lr", "1e3", "--lam", "0", "--steps", "30", "--no-progress", "--json"]) == 1
+    out = capsys.readouterr()
+    assert "the run diverged" in out.err and "try a smaller --lr" in out.err
+    assert out.out == ""  # no NaN-filled JSON
+
+
+def test_json_output_never_holds_nan() -> None:
+    clean = json_ready({"loss": float("nan"), "shares": {"W1": 0.5, "W2": float("inf")}, "xs": [1.0, float("-inf")]})
+    assert clean == {"loss": None, "shares": {"W1": 0.5, "W2": None}, "xs": [1.0, None],
+                     "non_finite": ["loss", "shares.W2", "xs[1]"]}
+    json.dumps(clean, allow_nan=False)

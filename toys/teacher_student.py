@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field, replace
 import torch
 from torch import nn
 
+from sparsity.cli_args import finite_nonnegative, json_ready, nonnegative_int, output_file, positive_int
 from sparsity.fastmode import fast_mode
 from sparsity.metrics import distances, update_norms
 from sparsity.optim import MaskedAdamW, MaskedSGD
@@ -79,8 +80,8 @@ class Config:
             value = getattr(self, name)
             if name == "lr" and value is None:
                 continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or value < 0:
-                raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         for name in ("n_train", "n_test", "steps"):
             check_positive_int(getattr(self, name), name)
 
@@ -327,16 +328,17 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m toys.teacher_student",
         description="Teacher-student MLP: which layer needs fine-tuning? (Liu 2026)",
     )
-    parser.add_argument("--lam", type=float, default=base.lam, help="L1-to-init strength (default %(default)g)")
-    parser.add_argument("--steps", type=int, default=base.steps, help="training steps (default %(default)s)")
-    parser.add_argument("--seed", type=int, default=base.seed)
+    parser.add_argument("--lam", type=finite_nonnegative, default=base.lam,
+                        help="L1-to-init strength (default %(default)g)")
+    parser.add_argument("--steps", type=positive_int, default=base.steps, help="training steps (default %(default)s)")
+    parser.add_argument("--seed", type=nonnegative_int, default=base.seed)
     parser.add_argument("--optimizer", choices=OPTIMIZERS, default=base.optimizer)
-    parser.add_argument("--lr", type=float, default=None, help=f"learning rate (default: {DEFAULT_LR})")
+    parser.add_argument("--lr", type=finite_nonnegative, default=None, help=f"learning rate (default: {DEFAULT_LR})")
     parser.add_argument("--penalty", choices=PENALTIES, default=base.penalty, help="L1 as a loss term or a proximal step")
     parser.add_argument("--schedule", choices=SCHEDULES, default=base.schedule)
     parser.add_argument("--widths", type=_parse_widths, default=base.widths, help="e.g. 100,20,20,100")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
-    parser.add_argument("--plot", metavar="PATH", help="save the figure to PATH")
+    parser.add_argument("--plot", metavar="PATH", type=output_file, help="save the figure to PATH")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = parser.parse_args(argv)
     try:
@@ -353,11 +355,15 @@ def main(argv: list[str] | None = None) -> int:
         )
     except ValueError as err:
         parser.error(str(err))
-    result = train(cfg, progress=not args.no_progress)
+    try:
+        result = train(cfg, progress=not args.no_progress)
+    except FloatingPointError as err:
+        print(f"{parser.prog}: error: {err}; try a smaller --lr or --lam", file=sys.stderr)
+        return 1
     if args.plot:
         plot_run(result).savefig(args.plot, dpi=120)
     if args.json:
-        json.dump(result.summary(), sys.stdout, indent=2)
+        json.dump(json_ready(result.summary()), sys.stdout, indent=2, allow_nan=False)
         print()
     else:
         print(format_table(result))
