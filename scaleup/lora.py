@@ -127,6 +127,7 @@ def add_lora(model: nn.Module, cfg: LoraConfig | None = None, seed: int = 0) -> 
     if any(isinstance(m, LoRALinear) for m in model.modules()):
         raise ValueError("model already has LoRA adapters")
     names = _targeted(model, cfg.targets)
+    model._requires_grad_before_lora = {id(p): p.requires_grad for p in model.parameters()}
     for p in model.parameters():
         p.requires_grad_(False)
     gen = torch.Generator().manual_seed(seed)
@@ -145,7 +146,8 @@ def adapters(model: nn.Module) -> dict[str, LoRALinear]:
 def merge_lora(model: nn.Module) -> nn.Module:
     """Merge every adapter into its base weight and put the plain ``nn.Linear`` back (in place).
 
-    Parameters get their original names and ``requires_grad`` back.
+    Parameters get their original names and the ``requires_grad`` they had before
+    :func:`add_lora` (a tensor the user had frozen stays frozen, as in PEFT's ``merge_and_unload``).
     """
     found = adapters(model)
     if not found:
@@ -155,8 +157,9 @@ def merge_lora(model: nn.Module) -> nn.Module:
             adapter.merge()
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child, adapter.base)
+    before = model.__dict__.pop("_requires_grad_before_lora", {})
     for p in model.parameters():
-        p.requires_grad_(True)
+        p.requires_grad_(before.get(id(p), True))
     return model
 
 

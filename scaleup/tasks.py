@@ -177,6 +177,7 @@ class World:
     def sample(self, task: str, split: str, n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """``n`` examples of ``task`` from ``split``: input symbols and answer symbols."""
         task, split = _check_task(task), _check_split(split)
+        check_positive_int(n, "n")
         if task in FACT_TASKS:
             keys, values = self.facts[task]
             pick = torch.randint(len(keys), (n,), generator=gen)
@@ -249,6 +250,8 @@ def loss(model: nn.Module, batch: Batch) -> torch.Tensor:
 @torch.no_grad()
 def exact_match(model: nn.Module, batch: Batch, chunk: int = 1024) -> float:
     """Share of examples whose every answer token is the model's argmax (= greedy decoding is right)."""
+    if len(batch.idx) == 0:
+        raise ValueError("exact_match needs a batch of at least one example, got an empty one")
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()

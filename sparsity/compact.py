@@ -12,8 +12,12 @@ and weight decay touch the selected entries only, by construction.
 One step gathers the gradient and the current values at ``indices``, applies the
 elementwise AdamW operations of ``MaskedAdamW`` in the same order (decoupled decay,
 lerp, addcmul, bias corrections, addcdiv) and scatters the new values back in place.
-Entries not selected are never written, so they stay bit-identical, and the
-trajectory equals ``MaskedAdamW``'s for the same mask bit for bit.
+Entries not selected are never written, so they stay bit-identical. The trajectory
+equals ``MaskedAdamW``'s for the same mask value for value (``torch.equal``, NaN in
+the same places), but not always bit for bit: torch's CPU kernels run a vectorised
+body and a scalar tail, and an entry that lands in the tail on the gathered ``[k]``
+array but in the body on the dense tensor (or the reverse) can get a zero of the other
+sign or a NaN with other payload bits. No finite nonzero value differs.
 
 Conventions follow ``MaskedAdamW``: named parameters, a mask validated against them,
 param groups, ``step(closure)``, and a ``state_dict`` that carries the selection (as

@@ -109,6 +109,9 @@ def low_rank_approximation(weight: torch.Tensor, rank: int, method: str = "svd",
     if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= min(weight.shape):
         raise ValueError(f"rank must be an int in [1, min(m, n)] = [1, {min(weight.shape)}], got {rank}")
     w = weight.detach().float()
+    if not torch.isfinite(w).all():
+        raise ValueError(f"low-rank approximation needs a finite weight; this one of shape {tuple(w.shape)} "
+                         "holds NaN or inf")
     if method == "svd":
         u, s, vh = torch.linalg.svd(w, full_matrices=False)
         return (u[:, :rank] * s[:rank]) @ vh[:rank]
@@ -129,6 +132,8 @@ def lift(model: nn.Module, rank: int, include: Include = "weight", method: str =
     The low-rank step keeps the directions that carry the matrix's function; the largest
     entries *of that approximation* are the ones to fine-tune. Plain magnitude skips the
     low-rank step and, per LIFT, selects much worse. Only 2-D parameters can be scored.
+    Scores stay float32 whatever the weight's dtype, as in the authors' code: cast back to
+    bf16 they would tie by the dozen at the cut-off and the mask would depend on tie-breaking.
     """
     params = named_params(model)
     names = eligible(model, include)
@@ -140,7 +145,13 @@ def lift(model: nn.Module, rank: int, include: Include = "weight", method: str =
     if too_small:
         raise ValueError(f"lift rank {rank} exceeds the smaller side of {', '.join(too_small)}: pick a rank "
                          "at most min(m, n) of every scored matrix, or leave those matrices out")
-    return {n: low_rank_approximation(params[n], rank, method).abs().to(params[n].dtype) for n in names}
+    scores = {}
+    for n in names:
+        try:
+            scores[n] = low_rank_approximation(params[n], rank, method).abs()
+        except ValueError as e:
+            raise ValueError(f"lift cannot score '{n}': {e}") from None
+    return scores
 
 
 def update(model: nn.Module, reference: TensorDict, include: Include = "all") -> Scores:

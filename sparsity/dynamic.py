@@ -113,9 +113,10 @@ def rigl_swap(
 def reselect_top(mask: Mask, scores: Mapping[str, torch.Tensor]) -> Mask:
     """LIFT-style periodic re-selection: each tensor keeps its count, taken from the top ``scores``.
 
-    LIFT (Liu et al. 2025) selects principal weights once; recomputing the scores on the
-    current model and calling this every few steps lets the selection follow the
-    model as it changes. Larger score = more important; scores are needed only for
+    LIFT's authors (Liu et al. 2025) re-select the principal weights every K steps of
+    training (K from 10 to 2,000 in their configs): recompute the scores on the current
+    model and call this every K steps (``sparsity.train.Reselect``), so the selection
+    follows the model as it changes. Larger score = more important; scores are needed only for
     partly selected tensors; other keys are ignored.
     """
     mask = check_mask(mask, mask)

@@ -187,6 +187,8 @@ class SemiStructuredLinear(nn.Linear):
                  dtype: torch.dtype | None = None, *, backend: str = "auto", kernel: str = "auto") -> None:
         if in_features % GROUP:
             raise ValueError(f"2:4 needs in_features divisible by {GROUP}, got {in_features}")
+        if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+            raise TypeError(f"SemiStructuredLinear needs a floating dtype (float32, float16, bfloat16), got {dtype}")
         super().__init__(in_features, out_features, bias, device, dtype)
         self.set_kernel(kernel, backend)
         keep = mask_24(self.weight)
