@@ -26,6 +26,7 @@ from torch import nn
 
 from benchmarks.optimizer_step import FULL_WIDTHS, build_mlp
 from sparsity import registry
+from sparsity.cli_args import output_file, positive_int
 from sparsity.config import SparseConfig, select_mask
 from sparsity.fastmode import fast_mode
 from sparsity.registry import CriterionInputs, Scores, Selection
@@ -102,11 +103,11 @@ def format_report(widths: tuple[int, ...], n_params: int, rows: list, rank: int,
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(prog="python -m benchmarks.criteria_cost", description=__doc__.splitlines()[0])
-    parser.add_argument("--rank", type=int, default=8 if fast_mode() else 64, help="LIFT rank (default %(default)s)")
-    parser.add_argument("--batches", type=int, default=4, help="batches for gradient criteria (default %(default)s)")
+    parser.add_argument("--rank", type=positive_int, default=8 if fast_mode() else 64, help="LIFT rank (default %(default)s)")
+    parser.add_argument("--batches", type=positive_int, default=4, help="batches for gradient criteria (default %(default)s)")
     parser.add_argument("--criteria", nargs="+", default=list(CRITERIA), metavar="NAME",
                         help="registered criteria to time (default: %(default)s)")
-    parser.add_argument("--out", type=Path, default=None, help="also write the report to this markdown file")
+    parser.add_argument("--out", type=output_file, default=None, help="also write the report to this markdown file")
     args = parser.parse_args(argv)
     try:
         check_positive_int(args.rank, "--rank")

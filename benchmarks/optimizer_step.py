@@ -58,6 +58,7 @@ from torch import nn
 
 from scaleup.memory import PeakMemory
 from sparsity import masks
+from sparsity.cli_args import output_file, positive_int
 from sparsity.compact import CompactAdamW
 from sparsity.fastmode import fast_mode
 from sparsity.optim import MaskedAdamW
@@ -345,8 +346,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--steps", type=int, default=FAST_STEPS if fast else FULL_STEPS,
         help="timed steps per optimizer and density (default: %(default)s)",
     )
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: %(default)s)")
-    parser.add_argument("--out", type=Path, default=None, help="also write the report as markdown to this path")
+    parser.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads (default: %(default)s)")
+    parser.add_argument("--out", type=output_file, default=None, help="also write the report as markdown to this path")
     args = parser.parse_args(argv)
     try:
         check_positive_int(args.steps, "--steps")

@@ -46,6 +46,7 @@ from scaleup import gpt, lora
 from scaleup import tasks as tk
 from scaleup.memory import PeakMemory
 from sparsity import SparseConfig, sparsify
+from sparsity.cli_args import output_file, positive_int
 from sparsity.eligibility import eligible
 from sparsity.fastmode import fast_mode
 from sparsity.sweep import command_line, emit, load_average, machine_lines, markdown_table
@@ -247,10 +248,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--device", default="cuda" if cuda else "cpu", choices=("cpu", "cuda"))
     p.add_argument("--preset", default=None, choices=tuple(gpt.PRESETS),
                    help="default: micro with LAB_FAST=1, else small on the CPU and mid on CUDA")
-    p.add_argument("--batch", type=int, default=None, help="sequences per step (default 32 CPU, 64 CUDA)")
-    p.add_argument("--steps", type=int, default=None, help="timed steps per method (default 30; 6 in fast mode)")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default %(default)s)")
-    p.add_argument("--out", type=Path, default=None, help="also write the report as markdown to this path")
+    p.add_argument("--batch", type=positive_int, default=None, help="sequences per step (default 32 CPU, 64 CUDA)")
+    p.add_argument("--steps", type=positive_int, default=None, help="timed steps per method (default 30; 6 in fast mode)")
+    p.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads (default %(default)s)")
+    p.add_argument("--out", type=output_file, default=None, help="also write the report as markdown to this path")
     args = p.parse_args(argv)
     if args.device == "cuda" and not cuda:
         p.error("--device cuda: CUDA is not available here")

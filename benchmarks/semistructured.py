@@ -53,6 +53,7 @@ from torch.nn import functional as F
 
 from sparsity import semistructured as ss
 from sparsity import sweep as report
+from sparsity.cli_args import output_file, positive_int
 from sparsity.validate import check_positive_int
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -319,8 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--routes", nargs="+", choices=ROUTES, default=list(ROUTES))
     parser.add_argument("--no-gpt", action="store_true", help="skip the end-to-end GPT measurement")
     parser.add_argument("--gpt-preset", default="mid")
-    parser.add_argument("--reps", type=int, default=None, help="timed runs per measurement")
-    parser.add_argument("--out", type=Path, default=None, help="markdown path (default results/semistructured-<device>.md)")
+    parser.add_argument("--reps", type=positive_int, default=None, help="timed runs per measurement")
+    parser.add_argument("--out", type=output_file, default=None, help="markdown path (default results/semistructured-<device>.md)")
     args = parser.parse_args(argv)
     if args.reps is not None:
         try:

@@ -1,5 +1,7 @@
 """Bad input at the edges of the public API: a clear error naming the argument, never a raw crash."""
 
+import importlib
+
 import pytest
 import torch
 from torch import nn
@@ -69,3 +71,25 @@ def test_merge_lora_gives_back_the_requires_grad_the_user_set() -> None:
     assert not any(p.requires_grad for n, p in model.named_parameters() if "lora" not in n)
     lora.merge_lora(model)
     assert {n: p.requires_grad for n, p in model.named_parameters()} == before
+
+
+@pytest.mark.parametrize(
+    "module, argv, message",
+    [
+        ("toys.modular", ["--steps", "0"], "argument --steps: must be a positive int, got 0"),
+        ("toys.modular", ["--seed", "-2"], "argument --seed: must be a non-negative int, got -2"),
+        ("toys.two_four_study", ["--gpt-steps", "x"], "argument --gpt-steps: must be a positive int, got 'x'"),
+        ("benchmarks.optimizer_step", ["--threads", "0"], "argument --threads: must be a positive int, got 0"),
+        ("benchmarks.optimizer_step", ["--out", "/no/such/dir/r.md"], "argument --out: the folder /no/such/dir does not exist"),
+        ("benchmarks.criteria_cost", ["--rank", "-1"], "argument --rank: must be a positive int, got -1"),
+        ("benchmarks.semistructured", ["--reps", "0"], "argument --reps: must be a positive int, got 0"),
+        ("benchmarks.scaleup_memory", ["--batch", "1.5"], "argument --batch: must be a positive int, got '1.5'"),
+        ("scaleup.teacher_student", ["--lam", "inf"], "argument --lam: must be a finite number >= 0, got 'inf'"),
+        ("scaleup.teacher_student", ["--plot", "/no/such/dir/p.png"], "argument --plot: the folder /no/such/dir"),
+    ],
+)
+def test_every_command_line_refuses_bad_flags_before_any_work(module, argv, message, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        importlib.import_module(module).main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err

@@ -25,6 +25,7 @@ import json
 import sys
 from dataclasses import replace
 
+from sparsity.cli_args import nonnegative_int, positive_int
 from toys.modular_consistency import (
     ARMS,
     CrossSeedOverlap,
@@ -62,13 +63,13 @@ def main(argv: list[str] | None = None) -> int:
         description="Modular subnetworks: find them, ablate them, protect them "
                     "(Csordás et al. 2021; Wang et al. 2025).",
     )
-    parser.add_argument("--seeds", type=int, default=base.n_seeds, help="seeds per arm (default %(default)s)")
-    parser.add_argument("--steps", type=int, default=base.steps, help="training steps per run (default %(default)s)")
-    parser.add_argument("--mask-steps", type=int, default=base.mask_steps,
+    parser.add_argument("--seeds", type=positive_int, default=base.n_seeds, help="seeds per arm (default %(default)s)")
+    parser.add_argument("--steps", type=positive_int, default=base.steps, help="training steps per run (default %(default)s)")
+    parser.add_argument("--mask-steps", type=positive_int, default=base.mask_steps,
                         help="mask-learning steps (default %(default)s)")
-    parser.add_argument("--overlap", type=int, default=base.overlap, help="features shared by neighbouring groups")
+    parser.add_argument("--overlap", type=nonnegative_int, default=base.overlap, help="features shared by neighbouring groups")
     parser.add_argument("--ablation", choices=("zero", "mean"), default=base.ablation)
-    parser.add_argument("--seed", type=int, default=base.seed)
+    parser.add_argument("--seed", type=nonnegative_int, default=base.seed)
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     args = parser.parse_args(argv)

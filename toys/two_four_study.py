@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from sparsity import prune, registry
 from sparsity import semistructured as ss
+from sparsity.cli_args import nonnegative_int, positive_int
 from sparsity.fastmode import fast_mode
 from sparsity.optim import MaskedAdamW
 from sparsity.registry import CriterionInputs
@@ -368,11 +369,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modules", nargs="+", default=None, help="linears to sparsify (default: all)")
     parser.add_argument("--criterion", choices=sorted(registry.CRITERIA), default=base.criterion,
                         help="what keeps 2 of every 4 inputs (default: %(default)s)")
-    parser.add_argument("--finetune-steps", type=int, default=None, help="default: the dense training steps")
-    parser.add_argument("--seeds", type=int, nargs="+", default=list(base.seeds))
+    parser.add_argument("--finetune-steps", type=positive_int, default=None, help="default: the dense training steps")
+    parser.add_argument("--seeds", type=nonnegative_int, nargs="+", default=list(base.seeds))
     parser.add_argument("--gpt", action="store_true", help="also run the comparison on the pretrained tiny GPT")
     parser.add_argument("--gpt-target", default=None, help="the GPT's fine-tuning task (default: sort)")
-    parser.add_argument("--gpt-steps", type=int, default=None, help="the GPT's fine-tuning steps (default: 1500)")
+    parser.add_argument("--gpt-steps", type=positive_int, default=None, help="the GPT's fine-tuning steps (default: 1500)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
