@@ -156,9 +156,6 @@ def test_training_with_a_mask_moves_only_the_subnetwork() -> None:
 
 def test_sgd_with_the_proximal_step_records_every_step_and_leaves_exact_zeros() -> None:
     """The proximal step after SGD thresholds at lam * lr (sparsity.train.ProximalL1, no adaptive_lr)."""
-    from sparsity.cli_args import json_ready
-from sparsity.metrics import update_sparsity
-
     prox = ts.train(ts.Config(steps=60, optimizer="sgd", lam=1e-2, penalty="prox"), progress=False)
     term = ts.train(ts.Config(steps=60, optimizer="sgd", lam=1e-2), progress=False)
     assert len(prox.history.loss) == len(prox.history.task_loss) == 60
