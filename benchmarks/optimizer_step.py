@@ -1,17 +1,20 @@
-"""What does masking cost per optimizer step? The masked optimizers against torch.optim.AdamW.
+"""What does masking cost per optimizer step? The masked optimizers against torch's fastest AdamW.
 
 Sparse fine-tuning trains only the entries a mask selects. The hope is that a sparse
 subnetwork is also cheaper to train: fewer entries to update, less optimizer state.
 Whether that happens depends on how the optimizer is written, so this script
-measures it instead of guessing. It compares four optimizers on the same MLP:
+measures it instead of guessing. It compares six optimizers on the same MLP:
 
-- ``sparsity.compact.CompactAdamW``: state and update only for the selected entries;
+- ``sparsity.compact.CompactAdamW(fused=True)``: state and update only for the selected
+  entries, through the one-pass kernel of ``sparsity.kernels.sparse_adamw_cpu``;
+- ``sparsity.compact.CompactAdamW``: the same storage, the reference step;
 - ``sparsity.optim.MaskedAdamW``: the dense-mask reference (dense state, dense update
-  written back through the mask); both with a random mask (``sparsity.masks.random``,
+  written back through the mask); all three with a random mask (``sparsity.masks.random``,
   seed 0, weights only) at densities 1%, 5%, 20% and 100%;
-- ``torch.optim.AdamW(foreach=False)``, the single-tensor loop that both reproduce
-  bit for bit with a full mask: the baseline of every ratio;
-- ``torch.optim.AdamW()`` with torch's default implementation choice.
+- ``torch.optim.AdamW(fused=True)``, the fastest dense AdamW: the baseline of every ratio
+  (comparing against a slower dense form would flatter the sparse optimizers);
+- ``torch.optim.AdamW(foreach=True)`` and ``(foreach=False)``, the single-tensor loop the
+  masked optimizers reproduce with a full mask.
 
 For each optimizer it reports:
 
@@ -90,11 +93,15 @@ LR, WEIGHT_DECAY = 1e-3, 1e-2
 BATCH = 256
 """Rows per batch in the peak-memory training step."""
 
+COMPACT_FUSED = "CompactAdamW (fused)"
 COMPACT = "CompactAdamW"
 MASKED = "MaskedAdamW"
-BASELINE = "AdamW (foreach=False)"
-DEFAULT = "AdamW (default)"
-OPTIMIZERS = (COMPACT, MASKED, BASELINE, DEFAULT)
+BASELINE = "AdamW (fused=True)"
+FOREACH = "AdamW (foreach=True)"
+SINGLE = "AdamW (foreach=False)"
+OPTIMIZERS = (COMPACT_FUSED, COMPACT, MASKED, BASELINE, FOREACH, SINGLE)
+"""The baseline of every ratio is the fastest dense AdamW torch has: ``fused=True`` (on the CPU
+since torch 2.4). ``SINGLE`` is the form the masked optimizers reproduce with a full mask."""
 
 
 @dataclass(frozen=True)
@@ -149,15 +156,16 @@ def fill_gradients(model: nn.Module, seed: int = 1) -> None:
 
 
 def make_optimizer(name: str, model: nn.Module, density: float) -> torch.optim.Optimizer:
-    """One of the three optimizers compared, on its own copy of the model."""
-    if name in (COMPACT, MASKED):
+    """One of the optimizers compared, on its own copy of the model."""
+    if name in (COMPACT_FUSED, COMPACT, MASKED):
         mask = masks.random(model, density, seed=0)
-        cls = CompactAdamW if name == COMPACT else MaskedAdamW
-        return cls(model.named_parameters(), mask=mask, lr=LR, weight_decay=WEIGHT_DECAY)
-    if name == BASELINE:
-        return torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY, foreach=False)
-    if name == DEFAULT:
-        return torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
+        if name == MASKED:
+            return MaskedAdamW(model.named_parameters(), mask=mask, lr=LR, weight_decay=WEIGHT_DECAY)
+        return CompactAdamW(model.named_parameters(), mask=mask, lr=LR, weight_decay=WEIGHT_DECAY,
+                            fused=name == COMPACT_FUSED)
+    if name in (BASELINE, FOREACH, SINGLE):
+        flag = {BASELINE: dict(fused=True), FOREACH: dict(foreach=True), SINGLE: dict(foreach=False)}[name]
+        return torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY, **flag)
     raise ValueError(f"unknown optimizer {name!r}, expected one of {OPTIMIZERS}")
 
 
@@ -279,32 +287,27 @@ def format_note(rows: list[Row]) -> str:
     def at(name: str, density: float) -> Row:
         return next(r for r in rows if r.optimizer == name and r.density == density)
 
-    masked = [r for r in rows if r.optimizer == MASKED]
-    noise = [r.time_ratio for r in rows if r.optimizer == DEFAULT]
     sparse = [d for d in DENSITIES if d < 1.0]
-    compact_time = ", ".join(f"{at(COMPACT, d).time_ratio:.2f}x at {d:.0%}" for d in sparse)
+
+    def ratios(name: str) -> str:
+        return ", ".join(f"{at(name, d).time_ratio:.2f}x at {d:.0%}" for d in sparse)
+
     compact_state = ", ".join(f"{at(COMPACT, d).state_ratio:.1%} at {d:.0%}" for d in sparse)
-    target_5 = at(COMPACT, 0.05)
-    meets = (
-        "meets" if target_5.state_ratio <= 0.08 and target_5.time_ratio <= 1.0 else "misses"
-    )
+    fast_5 = at(COMPACT_FUSED, 0.05).time_ratio
+    verdict = "meets" if fast_5 <= 0.5 else "misses"
+    masked = [r.time_ratio for r in rows if r.optimizer == MASKED]
+    single = [r.time_ratio for r in rows if r.optimizer == SINGLE]
     return (
-        "**Reading the table.** `CompactAdamW` stores two float32 moments and one int32 index "
-        "per selected entry, so its state is 12 bytes per selected entry against AdamW's 8 per "
-        f"weight: {compact_state} of AdamW's. It gathers, updates and scatters only the "
-        f"selected entries, so its step costs {compact_time} of AdamW's step time. At 5% it "
-        f"{meets} the targets (state <= 8% of AdamW's, step time <= 1.0x). At 100% it trains "
-        "densely (a full mask means plain AdamW), so it matches AdamW there. "
-        "`MaskedAdamW` is the dense-mask reference: dense moments for any tensor the mask "
-        "touches (a random mask touches them all, so its state equals AdamW's) and the whole "
-        "dense update computed, then written back through `torch.where`; it took "
-        f"{min(r.time_ratio for r in masked):.2f} to {max(r.time_ratio for r in masked):.2f} "
-        "times AdamW's step time. The training-step peak includes the dense gradients of "
-        "every weight, which all four need here (backward computes a full weight gradient "
-        "even for a 1% mask), so the optimizer state is only part of the saving. On CPU, "
-        "`torch.optim.AdamW()` without `foreach` runs the same single-tensor loop as "
-        f"`foreach=False`; their ratio, {min(noise):.2f} to {max(noise):.2f} here, shows the "
-        "timing noise."
+        f"**Reading the table.** Every ratio is to `{BASELINE}`, the fastest dense AdamW torch has. "
+        f"`{COMPACT_FUSED}` (our one-pass kernel: read weight and gradient at each selected position, "
+        f"update the moments, write the weight) took {ratios(COMPACT_FUSED)} of its step time; the "
+        f"target, <= 0.5x at 5%, it {verdict} in this run ({fast_5:.2f}x). The reference `{COMPACT}` "
+        f"(gather, a dozen elementwise operations, scatter) took {ratios(COMPACT)}. Both store two "
+        f"float32 moments and one int32 index per selected entry: {compact_state} of AdamW's state. "
+        f"`{MASKED}`, the dense-mask reference, took {min(masked):.2f} to {max(masked):.2f}x; torch's "
+        f"single-tensor AdamW, the form the masked optimizers reproduce, {min(single):.2f} to {max(single):.2f}x. "
+        "The training-step peak includes the dense gradients of every weight, which all of them need "
+        "here (backward computes a full weight gradient even for a 1% mask)."
     )
 
 
@@ -314,7 +317,7 @@ def format_report(settings: Settings, n_params: int, rows: list[Row], machine: l
     widths = "-".join(str(w) for w in settings.widths)
     return "\n".join(
         [
-            "# Optimizer step: CompactAdamW and MaskedAdamW vs torch.optim.AdamW",
+            "# Optimizer step: CompactAdamW and MaskedAdamW vs torch.optim.AdamW(fused=True)",
             "",
             *machine,
             f"- 1-minute load average at the start: {load_at_start} (the line above: at the end; well above the "

@@ -19,6 +19,16 @@ body and a scalar tail, and an entry that lands in the tail on the gathered ``[k
 array but in the body on the dense tensor (or the reverse) can get a zero of the other
 sign or a NaN with other payload bits. No finite nonzero value differs.
 
+``fused=True`` is the fast path: on the CPU, a partly selected float32 tensor is updated
+by our one-pass kernel (``sparsity.kernels.sparse_adamw_cpu``: read weight and gradient
+at each selected position, update the moments, write the weight, no temporaries);
+everything else (dense tensors, GPUs, other dtypes, or no compiler) is gathered and goes
+through torch's fused AdamW kernel, ``torch.optim.adamw.adamw(..., fused=True)``, one call
+per param group, then scattered back. Its numbers agree with the single-tensor reference
+to the rounding that torch's own fused AdamW shows against ``AdamW(foreach=False)``
+(tested), not bit for bit; the unselected entries are still never written. The state has the same layout either way, so a state
+dict moves freely between the two paths.
+
 Conventions follow ``MaskedAdamW``: named parameters, a mask validated against them,
 param groups, ``step(closure)``, and a ``state_dict`` that carries the selection (as
 ``indices``). A parameter absent from the mask, or whose mask is all True, trains
@@ -34,7 +44,9 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
+from torch.optim.adamw import adamw as adamw_functional
 
+from sparsity.kernels import sparse_adamw_cpu
 from sparsity.optim import NamedOptimizer, adamw_defaults, adamw_update
 from sparsity.optim_state import remap_by_name
 from sparsity.validate import Mask, check_mask
@@ -62,8 +74,13 @@ class CompactAdamW(NamedOptimizer):
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float = 1e-2,
+        *,
+        fused: bool = False,
     ) -> None:
         super().__init__(params, adamw_defaults(lr, betas, eps, weight_decay))
+        if not isinstance(fused, bool):
+            raise TypeError(f"fused must be True or False, got {fused!r}")
+        self.fused = fused
         self.indices = self._indices_of(check_mask(self._named(), {} if mask is None else mask))
 
     def _indices_of(self, mask: Mask, arg: str = "mask") -> dict[str, torch.Tensor]:
@@ -100,6 +117,9 @@ class CompactAdamW(NamedOptimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
+            if self.fused:
+                self._fused_group_step(group)
+                continue
             for name, p in zip(group["param_names"], group["params"]):
                 idx = self.indices.get(name)
                 if p.grad is None or (idx is not None and idx.numel() == 0):
@@ -112,6 +132,63 @@ class CompactAdamW(NamedOptimizer):
                 new = adamw_update(flat.index_select(0, idx), grad, self.state[p], group)
                 flat.index_put_((idx,), new)
         return loss
+
+    def _fused_group_step(self, group: dict[str, Any]) -> None:
+        """The fast path. A partly selected float32 CPU tensor goes through our one-pass kernel
+        (``sparsity.kernels.sparse_adamw_cpu``); every other tensor is gathered (dense ones go in
+        whole) and the group gets one torch fused AdamW call per (device, dtype), then a scatter."""
+        batches: dict[tuple[torch.device, torch.dtype], list[tuple[torch.Tensor, ...]]] = {}
+        writes = []
+        beta1, beta2 = group["betas"]
+        for name, p in zip(group["param_names"], group["params"]):
+            idx = self.indices.get(name)
+            if p.grad is None or (idx is not None and idx.numel() == 0):
+                continue
+            state = self._fused_state(p, idx)
+            if idx is None:
+                value, grad = p, p.grad.contiguous()
+            else:
+                idx = self._int64(name, idx)
+                kernel = sparse_adamw_cpu.load() if sparse_adamw_cpu.usable(p) else None
+                if kernel is not None and sparse_adamw_cpu.usable(p.grad):
+                    state["step"] += 1
+                    kernel.sparse_adamw_(p, p.grad, idx, state["exp_avg"], state["exp_avg_sq"], group["lr"],
+                                         group["weight_decay"], beta1, beta2, group["eps"], state["step"].item())
+                    continue
+                flat = p.view(-1)
+                value, grad = flat.index_select(0, idx), p.grad.reshape(-1).index_select(0, idx)
+                writes.append((flat, idx, value))
+            batches.setdefault((p.device, p.dtype), []).append(
+                (value, grad, state["exp_avg"], state["exp_avg_sq"], state["step"]))
+        for batch in batches.values():
+            values, grads, exp_avgs, exp_avg_sqs, steps = (list(t) for t in zip(*batch))
+            adamw_functional(values, grads, exp_avgs, exp_avg_sqs, [], steps, fused=True, amsgrad=False,
+                             beta1=beta1, beta2=beta2, lr=group["lr"], weight_decay=group["weight_decay"],
+                             eps=group["eps"], maximize=False)
+        for flat, idx, value in writes:
+            flat.index_put_((idx,), value)
+
+    def _fused_state(self, p: torch.Tensor, idx: torch.Tensor | None) -> dict[str, Any]:
+        """``p``'s state, created (zero moments of ``[k]`` or ``p``'s shape) on first use; the step
+        counter lives on ``p``'s device, as torch's fused kernels want it."""
+        state = self.state[p]
+        if not state:
+            like = p if idx is None else p.new_empty(idx.numel())
+            state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+            state["exp_avg"] = torch.zeros_like(like, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(like, memory_format=torch.preserve_format)
+        elif state["step"].device != p.device:  # a state saved by the reference path keeps step on the CPU
+            state["step"] = state["step"].to(p.device)
+        return state
+
+    def _int64(self, name: str, idx: torch.Tensor) -> torch.Tensor:
+        """``idx`` as int64, cached until the selection changes: torch's gathers and scatters take
+        int64 positions natively (int32 ones are converted on every call)."""
+        cache = self.__dict__.setdefault("_int64_cache", {})
+        hit = cache.get(name)
+        if hit is None or hit[0] is not idx:
+            hit = cache[name] = (idx, idx.long())
+        return hit[1]
 
     def state_bytes(self) -> int:
         """Bytes of optimizer state: every tensor in ``state`` (moments, step counters) plus the indices."""

@@ -39,6 +39,8 @@ class SparseConfig:
     include: the parameter kinds the budget may spend on (``sparsity.eligibility.KINDS`` or "all").
     storage: "compact" (``CompactAdamW``: state for the selected entries only) or "dense"
         (``MaskedAdamW``: full-size state, the entries outside the mask never move).
+    fused: compact storage only: take ``CompactAdamW``'s fast path (one-pass CPU kernel, torch's
+        fused AdamW elsewhere), equal to the reference step to rounding, not bit for bit.
     options: criterion settings, e.g. ``{"rank": 8}`` for LIFT, ``{"layers": ["blocks.2"]}``.
     reselect_every: re-score and re-select every K steps during training (LIFT, Liu et al. 2025,
         re-selects its principal weights periodically); None selects once. Needs compact storage.
@@ -53,6 +55,7 @@ class SparseConfig:
     scope: str = "per_tensor"
     include: str | tuple[str, ...] = "weight"
     storage: str = "compact"
+    fused: bool = False
     options: Mapping[str, Any] = field(default_factory=dict)
     reselect_every: int | None = None
     lr: float = 1e-3
@@ -92,6 +95,10 @@ class SparseConfig:
                 raise ValueError("reselect_every needs storage='compact' (CompactAdamW.reselect moves the moments)")
             if self.n_m is not None:
                 raise ValueError("reselect_every keeps per-tensor counts; it is not defined for an N:M budget")
+        if not isinstance(self.fused, bool):
+            raise TypeError(f"fused must be True or False, got {self.fused!r}")
+        if self.fused and self.storage != "compact":
+            raise ValueError("fused=True is CompactAdamW's fast path: it needs storage='compact'")
         for name in ("lr", "eps", "weight_decay"):
             check_finite_nonnegative(getattr(self, name), name)
 

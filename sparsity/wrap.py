@@ -38,9 +38,10 @@ def build_optimizer(model: nn.Module, mask: Mask, config: SparseConfig) -> torch
     (``requires_grad=False``: no gradient is even computed for them)."""
     for n, p in model.named_parameters():
         p.requires_grad_(bool(mask[n].any()))
-    cls = CompactAdamW if config.storage == "compact" else MaskedAdamW
-    return cls(model.named_parameters(), mask=mask, lr=config.lr, betas=config.betas, eps=config.eps,
-               weight_decay=config.weight_decay)
+    hyper = dict(lr=config.lr, betas=config.betas, eps=config.eps, weight_decay=config.weight_decay)
+    if config.storage == "compact":
+        return CompactAdamW(model.named_parameters(), mask=mask, fused=config.fused, **hyper)
+    return MaskedAdamW(model.named_parameters(), mask=mask, **hyper)
 
 
 class SparseModel:

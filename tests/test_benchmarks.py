@@ -11,7 +11,8 @@ import torch
 from benchmarks import optimizer_step
 
 DENSITIES = ("1%", "5%", "20%", "100%")
-OPTIMIZERS = ("CompactAdamW", "MaskedAdamW", "AdamW (foreach=False)", "AdamW (default)")
+OPTIMIZERS = ("CompactAdamW (fused)", "CompactAdamW", "MaskedAdamW", "AdamW (fused=True)", "AdamW (foreach=True)",
+              "AdamW (foreach=False)")
 # The fast MLP is 320-640-640-320-320 with bias-free Linear layers.
 FAST_PARAMETERS = 320 * 640 + 640 * 640 + 640 * 320 + 320 * 320  # = 921,600
 
@@ -45,16 +46,17 @@ def test_optimizer_step_benchmark_fast_mode(
     for step_ms, time_ratio, _, _, peak_mb in rows.values():
         assert float(step_ms) > 0 and float(time_ratio) > 0 and float(peak_mb) >= 0
     for density in DENSITIES:
-        assert float(rows[(density, "AdamW (foreach=False)")][1]) == 1.0  # the baseline of the ratios
+        assert float(rows[(density, "AdamW (fused=True)")][1]) == 1.0  # the baseline of the ratios
 
     def state_bytes(density: str, optimizer: str) -> int:
         return int(rows[(density, optimizer)][2].replace(",", ""))
 
     # A full mask trains every entry, and v1 MaskedAdamW keeps AdamW's dense state.
-    adamw = state_bytes("100%", "AdamW (foreach=False)")
+    adamw = state_bytes("100%", "AdamW (fused=True)")
     assert adamw > 0
     assert state_bytes("100%", "MaskedAdamW") == adamw
-    assert state_bytes("100%", "AdamW (default)") == adamw
+    assert state_bytes("100%", "AdamW (foreach=False)") == adamw
+    assert state_bytes("5%", "CompactAdamW (fused)") == state_bytes("5%", "CompactAdamW")
     # The compact form: 12 bytes per selected entry (two float32 moments, one int32 index).
     assert state_bytes("5%", "CompactAdamW") <= 0.08 * adamw
     assert state_bytes("1%", "CompactAdamW") < state_bytes("5%", "CompactAdamW") < state_bytes("20%", "CompactAdamW")

@@ -248,3 +248,12 @@ def test_sweep_store_keeps_a_complete_last_row_that_lost_its_newline(tmp_path):
     store.append({"method": "a", "seed": 2, "score": 3.0})
     assert set(store.load()) == {"a|0", "a|1", "a|2"}
     assert store.path.read_text().count("\n") == 3
+
+
+def test_fused_takes_compactadamws_fast_path_and_needs_compact_storage():
+    run = sparsify(_model(), SparseConfig("magnitude", density=0.2, fused=True))
+    assert run.optimizer.fused is True
+    with pytest.raises(ValueError, match="fused=True is CompactAdamW's fast path: it needs storage='compact'"):
+        SparseConfig("magnitude", storage="dense", fused=True)
+    with pytest.raises(TypeError, match="fused must be True or False"):
+        SparseConfig("magnitude", fused=1)
