@@ -6,7 +6,7 @@ Whether that happens depends on how the optimizer is written, so this script
 measures it instead of guessing. It compares six optimizers on the same MLP:
 
 - ``sparsity.compact.CompactAdamW(fused=True)``: state and update only for the selected
-  entries, through the one-pass kernel of ``sparsity.kernels.sparse_adamw_cpu``;
+  entries, through the one-pass kernel of ``sparsity.kernels.sparse_cpu``;
 - ``sparsity.compact.CompactAdamW``: the same storage, the reference step;
 - ``sparsity.optim.MaskedAdamW``: the dense-mask reference (dense state, dense update
   written back through the mask); all three with a random mask (``sparsity.masks.random``,

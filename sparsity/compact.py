@@ -20,7 +20,7 @@ array but in the body on the dense tensor (or the reverse) can get a zero of the
 sign or a NaN with other payload bits. No finite nonzero value differs.
 
 ``fused=True`` is the fast path: on the CPU, a partly selected float32 tensor is updated
-by our one-pass kernel (``sparsity.kernels.sparse_adamw_cpu``: read weight and gradient
+by our one-pass kernel (``sparsity.kernels.sparse_cpu``: read weight and gradient
 at each selected position, update the moments, write the weight, no temporaries);
 everything else (dense tensors, GPUs, other dtypes, or no compiler) is gathered and goes
 through torch's fused AdamW kernel, ``torch.optim.adamw.adamw(..., fused=True)``, one call
@@ -46,7 +46,7 @@ from typing import Any
 import torch
 from torch.optim.adamw import adamw as adamw_functional
 
-from sparsity.kernels import sparse_adamw_cpu
+from sparsity.kernels import sparse_cpu
 from sparsity.optim import NamedOptimizer, adamw_defaults, adamw_update
 from sparsity.optim_state import remap_by_name
 from sparsity.validate import Mask, check_mask
@@ -81,6 +81,8 @@ class CompactAdamW(NamedOptimizer):
         if not isinstance(fused, bool):
             raise TypeError(f"fused must be True or False, got {fused!r}")
         self.fused = fused
+        self.values_grads: dict[str, torch.Tensor] = {}
+        """Name -> the ``[k]`` leaf whose ``.grad`` backward fills directly (``sparsity.values_grad``)."""
         self.indices = self._indices_of(check_mask(self._named(), {} if mask is None else mask))
 
     def _indices_of(self, mask: Mask, arg: str = "mask") -> dict[str, torch.Tensor]:
@@ -122,41 +124,58 @@ class CompactAdamW(NamedOptimizer):
                 continue
             for name, p in zip(group["param_names"], group["params"]):
                 idx = self.indices.get(name)
-                if p.grad is None or (idx is not None and idx.numel() == 0):
+                compact = self._values_grad(name)
+                if (p.grad is None and compact is None) or (idx is not None and idx.numel() == 0):
                     continue
                 if idx is None:
                     p.copy_(adamw_update(p, p.grad, self.state[p], group))
                     continue
                 flat = p.view(-1)
-                grad = p.grad.reshape(-1).index_select(0, idx)
+                grad = compact if compact is not None else p.grad.reshape(-1).index_select(0, idx)
                 new = adamw_update(flat.index_select(0, idx), grad, self.state[p], group)
                 flat.index_put_((idx,), new)
         return loss
 
+    def _values_grad(self, name: str) -> torch.Tensor | None:
+        """The ``[k]`` gradient of ``name``'s selected entries where backward computed it directly
+        (``sparsity.values_grad``), else None (the dense ``p.grad`` is gathered)."""
+        anchor = self.values_grads.get(name)
+        return None if anchor is None else anchor.grad
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Clear the parameters' gradients and the ``[k]`` values-only gradients."""
+        super().zero_grad(set_to_none)
+        for anchor in self.values_grads.values():
+            anchor.grad = None
+
     def _fused_group_step(self, group: dict[str, Any]) -> None:
         """The fast path. A partly selected float32 CPU tensor goes through our one-pass kernel
-        (``sparsity.kernels.sparse_adamw_cpu``); every other tensor is gathered (dense ones go in
+        (``sparsity.kernels.sparse_cpu``); every other tensor is gathered (dense ones go in
         whole) and the group gets one torch fused AdamW call per (device, dtype), then a scatter."""
         batches: dict[tuple[torch.device, torch.dtype], list[tuple[torch.Tensor, ...]]] = {}
         writes = []
         beta1, beta2 = group["betas"]
         for name, p in zip(group["param_names"], group["params"]):
             idx = self.indices.get(name)
-            if p.grad is None or (idx is not None and idx.numel() == 0):
+            compact = self._values_grad(name)
+            if (p.grad is None and compact is None) or (idx is not None and idx.numel() == 0):
                 continue
             state = self._fused_state(p, idx)
             if idx is None:
                 value, grad = p, p.grad.contiguous()
             else:
                 idx = self._int64(name, idx)
-                kernel = sparse_adamw_cpu.load() if sparse_adamw_cpu.usable(p) else None
-                if kernel is not None and sparse_adamw_cpu.usable(p.grad):
+                grad = compact if compact is not None else p.grad
+                kernel = sparse_cpu.load() if sparse_cpu.usable(p) else None
+                if kernel is not None and sparse_cpu.usable(grad):
                     state["step"] += 1
-                    kernel.sparse_adamw_(p, p.grad, idx, state["exp_avg"], state["exp_avg_sq"], group["lr"],
-                                         group["weight_decay"], beta1, beta2, group["eps"], state["step"].item())
+                    kernel.sparse_adamw_(p, grad, idx, state["exp_avg"], state["exp_avg_sq"], group["lr"],
+                                         group["weight_decay"], beta1, beta2, group["eps"], state["step"].item(),
+                                         compact is not None)
                     continue
                 flat = p.view(-1)
-                value, grad = flat.index_select(0, idx), p.grad.reshape(-1).index_select(0, idx)
+                value = flat.index_select(0, idx)
+                grad = compact if compact is not None else p.grad.reshape(-1).index_select(0, idx)
                 writes.append((flat, idx, value))
             batches.setdefault((p.device, p.dtype), []).append(
                 (value, grad, state["exp_avg"], state["exp_avg_sq"], state["step"]))
@@ -206,6 +225,9 @@ class CompactAdamW(NamedOptimizer):
         compact arrays; newly grown entries start with zero moments and the step counter
         is kept, as in RigL (Evci et al. 2020). A dropped entry keeps its current value.
         """
+        if self.values_grads:
+            raise ValueError("reselect: values-only gradients (sparsity.values_grad) are computed at a fixed "
+                             "selection; remove them (values_grad.remove) before re-selecting")
         named = self._named()
         new_indices = self._indices_of(check_mask(named, new_mask, "new_mask"), "new_mask")
         for name in named:

@@ -41,6 +41,9 @@ class SparseConfig:
         (``MaskedAdamW``: full-size state, the entries outside the mask never move).
     fused: compact storage only: take ``CompactAdamW``'s fast path (one-pass CPU kernel, torch's
         fused AdamW elsewhere), equal to the reference step to rounding, not bit for bit.
+    values_grad: compact storage only: backward computes the selected entries' gradient of every
+        partly trained ``nn.Linear`` weight directly, never the dense one (``sparsity.values_grad``;
+        SpIEL, Ansell et al. 2024). Float32 without autocast; not with ``reselect_every``.
     options: criterion settings, e.g. ``{"rank": 8}`` for LIFT, ``{"layers": ["blocks.2"]}``.
     reselect_every: re-score and re-select every K steps during training (LIFT, Liu et al. 2025,
         re-selects its principal weights periodically); None selects once. Needs compact storage.
@@ -56,6 +59,7 @@ class SparseConfig:
     include: str | tuple[str, ...] = "weight"
     storage: str = "compact"
     fused: bool = False
+    values_grad: bool = False
     options: Mapping[str, Any] = field(default_factory=dict)
     reselect_every: int | None = None
     lr: float = 1e-3
@@ -99,6 +103,10 @@ class SparseConfig:
             raise TypeError(f"fused must be True or False, got {self.fused!r}")
         if self.fused and self.storage != "compact":
             raise ValueError("fused=True is CompactAdamW's fast path: it needs storage='compact'")
+        if not isinstance(self.values_grad, bool):
+            raise TypeError(f"values_grad must be True or False, got {self.values_grad!r}")
+        if self.values_grad and (self.storage != "compact" or self.reselect_every is not None):
+            raise ValueError("values_grad=True needs storage='compact' and a fixed selection (no reselect_every)")
         for name in ("lr", "eps", "weight_decay"):
             check_finite_nonnegative(getattr(self, name), name)
 

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from sparsity import delta as delta_lib
+from sparsity import values_grad
 from sparsity.compact import CompactAdamW
 from sparsity.dynamic import reselect_top
 from sparsity.config import SparseConfig, select_mask
@@ -133,4 +134,6 @@ def sparsify(
     mask = select_mask(model, out, config)
     seconds = time.perf_counter() - start
     optimizer = build_optimizer(model, mask, config)
+    if config.values_grad:
+        values_grad.install(model, optimizer)  # type: ignore[arg-type]
     return SparseModel(model, config, mask, optimizer, inputs.reference, inputs, seconds)

@@ -9,7 +9,7 @@ from optim_cases import batch, mlp, params, train_step
 
 from sparsity import masks
 from sparsity.compact import CompactAdamW
-from sparsity.kernels import sparse_adamw_cpu
+from sparsity.kernels import sparse_cpu
 
 SIZES = (13, 37, 11)  # odd sizes: every kernel's vector body and scalar tail are exercised
 HP = dict(lr=1e-2, weight_decay=0.1)
@@ -44,10 +44,10 @@ def _mask() -> dict[str, torch.Tensor]:
 
 @pytest.fixture(params=["kernel", "torch_fused"])
 def route(request, monkeypatch):
-    if request.param == "kernel" and sparse_adamw_cpu.load() is None:
+    if request.param == "kernel" and sparse_cpu.load() is None:
         pytest.skip("the CPU kernel could not be built here (no C++ compiler?)")
     if request.param == "torch_fused":
-        monkeypatch.setattr(sparse_adamw_cpu, "load", lambda: None)
+        monkeypatch.setattr(sparse_cpu, "load", lambda: None)
     return request.param
 
 

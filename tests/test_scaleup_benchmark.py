@@ -46,7 +46,7 @@ def test_benchmark_fast_mode_table(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert "GPT `micro` (cpu)" in written and "LAB_FAST=1" in written
 
     rows = _rows(written)
-    assert set(rows) == set(bench.METHODS)
+    assert set(rows) == set(bench.methods_for("cpu")) == set(bench.METHODS)
     world = tk.World()
     model = gpt.build("micro", world.vocab_size, world.block_size)
     weights = sum(p.numel() for n, p in model.named_parameters() if n.startswith("blocks.") and p.ndim == 2)
@@ -66,7 +66,9 @@ def test_benchmark_fast_mode_table(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     # Compact: 12 bytes per selected entry (two moments, one int32 index); LoRA: 8 per adapter entry.
     assert 12 * trainable[bench.SPARSE] <= state[bench.SPARSE] < 0.1 * state[bench.FULL]
     assert 8 * trainable[bench.LORA] <= state[bench.LORA] < state[bench.SPARSE_LORA]
-    assert sum(line.startswith("- target ") for line in written.splitlines()) == 2
+    assert trainable[bench.SPARSE_VALUES] == trainable[bench.SPARSE]
+    assert trainable[bench.SPARSE_1] < trainable[bench.SPARSE] < trainable[bench.SPARSE_20]
+    assert sum(line.startswith("- target ") for line in written.splitlines()) == 3
 
 
 @pytest.mark.gpu
@@ -78,5 +80,5 @@ def test_benchmark_cuda_path_fast_mode(tmp_path: Path, monkeypatch: pytest.Monke
     written = out.read_text()
     assert "GPT `tiny` (cuda)" in written and "torch.cuda.max_memory_allocated" in written
     rows = _rows(written)
-    assert set(rows) == set(bench.METHODS)
+    assert set(rows) == set(bench.methods_for("cuda"))
     assert all(float(cells[6]) > 0 for cells in rows.values())  # the allocator's peak above model + data

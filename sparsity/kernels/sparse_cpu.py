@@ -1,5 +1,11 @@
-"""A CPU kernel of our own: AdamW on the selected entries of a tensor, gather + update + scatter in one pass.
+"""Two CPU kernels of our own for training a sparse subnetwork, compiled on first use.
 
+* ``sparse_adamw_``: AdamW on the selected entries of a tensor, gather + update + scatter in one pass.
+* ``selected_weight_grad``: a linear layer's weight gradient at the selected entries only
+  (a sampled dense-dense matmul, SDDMM), without the dense ``[out, in]`` gradient; see
+  ``sparsity.values_grad``.
+
+**sparse_adamw_.**
 ``CompactAdamW``'s step gathers the selected values and gradients (``index_select``),
 updates the ``[k]`` moments and scatters the new values back (``index_put_``). Each of
 those is a separate pass with its own temporaries, and at a few percent density the
@@ -33,15 +39,18 @@ _SOURCE = r"""
 
 constexpr int64_t kAhead = 32;
 
-// One AdamW step on p.view(-1)[idx] with the [k] moments m and v (float32, contiguous).
+// One AdamW step on p.view(-1)[idx] with the [k] moments m and v (float32, contiguous). The gradient g is
+// dense (read at idx) or, with compact_grad, already the [k] gradient of the selected entries.
 void sparse_adamw_(torch::Tensor p, torch::Tensor g, torch::Tensor idx, torch::Tensor m, torch::Tensor v,
-                   double lr, double weight_decay, double beta1, double beta2, double eps, double step) {
+                   double lr, double weight_decay, double beta1, double beta2, double eps, double step,
+                   bool compact_grad) {
   TORCH_CHECK(p.scalar_type() == at::kFloat && g.scalar_type() == at::kFloat, "float32 weight and gradient");
   TORCH_CHECK(m.scalar_type() == at::kFloat && v.scalar_type() == at::kFloat, "float32 moments");
   TORCH_CHECK(idx.scalar_type() == at::kLong, "int64 positions");
   TORCH_CHECK(p.is_contiguous() && g.is_contiguous() && idx.is_contiguous() && m.is_contiguous() && v.is_contiguous(),
               "contiguous tensors");
   TORCH_CHECK(m.numel() == idx.numel() && v.numel() == idx.numel(), "one moment per position");
+  TORCH_CHECK(!compact_grad || g.numel() == idx.numel(), "a compact gradient has one entry per position");
   float* P = p.data_ptr<float>();
   const float* G = g.data_ptr<float>();
   const int64_t* I = idx.data_ptr<int64_t>();
@@ -56,10 +65,10 @@ void sparse_adamw_(torch::Tensor p, torch::Tensor g, torch::Tensor idx, torch::T
     for (int64_t j = begin; j < end; ++j) {
       if (j + kAhead < end) {  // the positions are known in advance: ask for the cache lines early
         __builtin_prefetch(&P[I[j + kAhead]], 1);
-        __builtin_prefetch(&G[I[j + kAhead]], 0);
+        if (!compact_grad) __builtin_prefetch(&G[I[j + kAhead]], 0);
       }
       const int64_t i = I[j];
-      const float grad = G[i];
+      const float grad = compact_grad ? G[j] : G[i];
       const float value = weight_decay != 0.0 ? P[i] * decay : P[i];
       const float mj = M[j] + w1 * (grad - M[j]);
       const float vj = V[j] * b2 + w2 * (grad * grad);
@@ -69,20 +78,48 @@ void sparse_adamw_(torch::Tensor p, torch::Tensor g, torch::Tensor idx, torch::T
     }
   });
 }
+
+// grad_values[j] = dot(gT[rows[j]], xT[cols[j]]): the weight gradient (grad_out^T @ x) of a linear layer at
+// the selected entries, from the transposed output gradient gT [out, B] and input xT [in, B].
+torch::Tensor selected_weight_grad(torch::Tensor gT, torch::Tensor xT, torch::Tensor rows, torch::Tensor cols) {
+  TORCH_CHECK(gT.scalar_type() == at::kFloat && xT.scalar_type() == at::kFloat, "float32 inputs");
+  TORCH_CHECK(gT.is_contiguous() && xT.is_contiguous() && gT.size(1) == xT.size(1), "contiguous [*, B] inputs");
+  TORCH_CHECK(rows.scalar_type() == at::kLong && cols.scalar_type() == at::kLong, "int64 rows and cols");
+  const int64_t k = rows.numel(), b = gT.size(1);
+  auto out = torch::empty({k}, gT.options());
+  const float* Gt = gT.data_ptr<float>();
+  const float* Xt = xT.data_ptr<float>();
+  const int64_t* R = rows.data_ptr<int64_t>();
+  const int64_t* C = cols.data_ptr<int64_t>();
+  float* O = out.data_ptr<float>();
+  at::parallel_for(0, k, 256, [&](int64_t begin, int64_t end) {
+    for (int64_t j = begin; j < end; ++j) {
+      const float* gr = Gt + R[j] * b;
+      const float* xc = Xt + C[j] * b;
+      float acc = 0.0f;
+      #pragma omp simd reduction(+:acc)
+      for (int64_t t = 0; t < b; ++t) acc += gr[t] * xc[t];
+      O[j] = acc;
+    }
+  });
+  return out;
+}
 """
 
 
 @functools.cache
 def load() -> Any | None:
-    """The compiled kernel module (``.sparse_adamw_``), or None with a warning where it cannot be built."""
+    """The compiled kernels (``.sparse_adamw_``, ``.selected_weight_grad``), or None with a warning
+    where they cannot be built."""
     try:
         from torch.utils.cpp_extension import load_inline
 
-        return load_inline("subnet_lab_sparse_adamw", cpp_sources=_SOURCE, functions=["sparse_adamw_"],
-                           extra_cflags=["-O3"], verbose=False)
+        return load_inline("subnet_lab_sparse_cpu", cpp_sources=_SOURCE,
+                           functions=["sparse_adamw_", "selected_weight_grad"],
+                           extra_cflags=["-O3", "-fopenmp-simd"], verbose=False)
     except Exception as e:  # no compiler, no headers, no ninja: the torch-ops path still works
         warnings.warn(f"the CPU sparse AdamW kernel could not be built ({type(e).__name__}: {e}); "
-                      "CompactAdamW(fused=True) uses torch's fused AdamW on gathered arrays instead", stacklevel=2)
+                      "CompactAdamW(fused=True) and values-only gradients fall back to torch operations", stacklevel=2)
         return None
 
 
