@@ -84,11 +84,21 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=False)
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """``cache`` (sampling only): keys and values of earlier positions, extended in place. The first
+        call sees the whole prompt (causal); each later call one new position, which attends to all."""
         b, t, d = x.shape
         q, k, v = self.qkv(x).split(d, dim=2)
         q, k, v = (z.view(b, t, self.n_head, d // self.n_head).transpose(1, 2) for z in (q, k, v))
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
+        causal = True
+        if cache is not None:
+            if "k" in cache:
+                if t != 1:
+                    raise ValueError(f"with a filled cache, feed one position at a time, got {t}")
+                k, v = torch.cat([cache["k"], k], 2), torch.cat([cache["v"], v], 2)
+                causal = False
+            cache["k"], cache["v"] = k, v
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=causal, dropout_p=self.dropout if self.training else 0.0)
         return self.proj(y.transpose(1, 2).reshape(b, t, d))
 
 
@@ -115,8 +125,8 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(cfg.n_embd)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x))
+    def forward(self, x: torch.Tensor, cache: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x), cache)
         return x + self.mlp(self.ln2(x))
 
 
@@ -144,19 +154,22 @@ class GPT(nn.Module):
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, cache: list[dict[str, torch.Tensor]] | None = None) -> torch.Tensor:
+        """Logits of every position. ``cache`` (one dict per block, start with empty ones) keeps the keys
+        and values of the positions already seen, so sampling feeds only the new one (a KV cache)."""
         if idx.ndim != 2 or idx.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"idx must be a 2-D integer tensor [batch, time], got {idx.dtype} {tuple(idx.shape)}")
         t = idx.shape[1]
-        if t > self.config.block_size:
-            raise ValueError(f"sequence length {t} exceeds block_size {self.config.block_size}")
         if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.config.vocab_size):
             raise ValueError(f"idx holds token ids in [{int(idx.min())}, {int(idx.max())}], outside the vocabulary "
                              f"[0, {self.config.vocab_size})")
-        pos = torch.arange(t, device=idx.device)
+        start = cache[0]["k"].shape[2] if cache and "k" in cache[0] else 0
+        if start + t > self.config.block_size:
+            raise ValueError(f"sequence length {start + t} exceeds block_size {self.config.block_size}")
+        pos = torch.arange(start, start + t, device=idx.device)
         x = self.drop(self.tok_emb(idx) + self.pos_emb(pos))
-        for block in self.blocks:
-            x = block(x)
+        for i, block in enumerate(self.blocks):
+            x = block(x, None if cache is None else cache[i])
         return F.linear(self.ln_f(x), self.tok_emb.weight)  # tied head
 
     def n_params(self) -> int:
