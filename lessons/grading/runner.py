@@ -281,8 +281,10 @@ def _watch(proc: subprocess.Popen, fd: int, job: _Job, limits: Limits, run: Sand
             return " ".join(job.unit()[:2]), reason
         ready, _, _ = select.select([fd], [], [], 0.05)
         if not ready:
-            continue
-        chunk = os.read(fd, 1 << 20)
+            if proc.poll() is None:
+                continue
+            ready, _, _ = select.select([fd], [], [], 0)  # it exited: read what it wrote before
+        chunk = os.read(fd, 1 << 20) if ready else b""
         if not chunk:
             return " ".join(job.unit()[:2]), "the process exited (os._exit, a signal or a crash)"
         total += len(chunk)
