@@ -8,6 +8,8 @@ audit hook (the default) and without it, to show that bubblewrap holds on its ow
 These tests need bubblewrap (``apt-get install bubblewrap``) and skip without it.
 """
 
+import contextlib
+import io
 import json
 import os
 import re
@@ -106,9 +108,6 @@ def folder_run(folder, tmp_path_factory):
     path, _ = folder
     csv_path = tmp_path_factory.mktemp("csv") / "grades.csv"
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    import contextlib
-    import io
-
     printed = io.StringIO()
     start = time.monotonic()
     with contextlib.redirect_stdout(printed):

@@ -33,7 +33,6 @@ import resource
 import sys
 from typing import Any
 
-NOBODY = 65534
 MAX_NODES = 100_000
 """The most values (tensors, numbers, strings, containers) one output may hold."""
 
