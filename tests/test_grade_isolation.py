@@ -209,3 +209,26 @@ def _rebuild(raw):
 
     questions = [QuestionResult(**{**q, "checks": [CheckResult(**c) for c in q["checks"]]}) for q in raw["questions"]]
     return Report(**{**raw, "questions": questions, "hand_graded": [HandGradedResult(**h) for h in raw["hand_graded"]]})
+
+
+def test_folders_to_hide_under_a_bound_folder_are_covered(tmp_path, monkeypatch):
+    """E.g. a copy of the lab installed into site-packages, or a repository inside the Python prefix."""
+    import subprocess
+
+    from lessons.grading import runner
+
+    env = tmp_path / "env"
+    (env / "lab").mkdir(parents=True)
+    (env / "lab" / "hidden.py").write_text("HIDDEN = {}\n")
+    (env / "visible.txt").write_text("ok\n")
+    roots = runner._python_roots()
+    monkeypatch.setattr(runner, "_python_roots", lambda: [*roots, str(env)])
+    args = runner.bwrap_args(16, hide=(str(env / "lab"), str(tmp_path / "elsewhere")))
+    assert args[args.index(str(env / "lab")) - 1] == "--tmpfs" and str(tmp_path / "elsewhere") not in args
+    listing = (f"import os; print(sorted(os.listdir({str(env)!r})), os.listdir({str(env / 'lab')!r}), "
+               f"os.path.exists({str(ROOT)!r}), sorted(os.listdir('/')))")
+    done = subprocess.run([shutil.which("bwrap"), *args, "--", runner.sys.executable, "-I", "-c", listing],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("['lab', 'visible.txt'] [] False ")  # the folder is there, empty; no repository
+    assert "home" not in done.stdout and "etc" not in done.stdout

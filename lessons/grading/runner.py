@@ -27,6 +27,7 @@ question runs. Each job also has a total budget, each submission another.
 from __future__ import annotations
 
 import io
+import json
 import os
 import select
 import shutil
@@ -101,19 +102,22 @@ def _under(path: str, root: str) -> bool:
 
 
 def bwrap_args(scratch_mb: int, hide: tuple[str, ...] = ()) -> list[str]:
-    """bubblewrap's arguments: namespaces, identity, and the filesystem (the Python environment
-    read-only, the child script, a private /tmp); any of ``hide`` under a bound folder is covered."""
+    """bubblewrap's arguments: namespaces, identity, and the filesystem (the system libraries and
+    the Python environment read-only, the child script, a private /tmp); any of ``hide`` under a
+    bound folder (the repository, the submissions, a copy of the lab installed in site-packages)
+    is covered by an empty tmpfs."""
     args = ["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try",
             "--die-with-parent", "--new-session"]
     if os.geteuid() == 0:  # no user namespace needed; the child drops to nobody itself
         args += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
     else:
         args += ["--unshare-user", "--uid", str(NOBODY), "--gid", str(NOBODY)]
-    roots = ["/usr", *_python_roots()]
+    roots = [d for d in ("/usr/lib", "/usr/lib64", "/usr/lib32") if os.path.isdir(d)] + _python_roots()
     roots = [r for r in dict.fromkeys(roots) if not any(r != q and _under(r, q) for q in roots)]
     hidden = sorted({os.path.realpath(h) for h in hide if any(_under(os.path.realpath(h), r) and
                                                              os.path.realpath(h) != r for r in roots)})
-    dirs = sorted({str(p) for target in (*roots, INSIDE) for p in Path(target).parents if str(p) != "/"})
+    dirs = sorted({str(p) for target in (*roots, INSIDE) for p in Path(target).parents if str(p) not in ("/", "/tmp")})
+    args += ["--size", str(scratch_mb << 20), "--perms", "01777", "--tmpfs", "/tmp"]  # first: a root may be below
     for d in dirs:
         args += ["--perms", "0755", "--dir", d]
     for top in ("/lib", "/lib64", "/bin"):
@@ -124,8 +128,7 @@ def bwrap_args(scratch_mb: int, hide: tuple[str, ...] = ()) -> list[str]:
     mounts = [(len(Path(r).parts), 0, r) for r in roots] + [(len(Path(h).parts), 1, h) for h in hidden]
     for _, kind, path in sorted(mounts):
         args += ["--ro-bind", path, path] if kind == 0 else ["--tmpfs", path]
-    args += ["--ro-bind", str(SANDBOX), INSIDE, "--size", str(scratch_mb << 20), "--perms", "01777", "--tmpfs", "/tmp",
-             "--proc", "/proc", "--dev", "/dev", "--chdir", "/tmp", "--clearenv"]
+    args += ["--ro-bind", str(SANDBOX), INSIDE, "--proc", "/proc", "--dev", "/dev", "--chdir", "/tmp", "--clearenv"]
     for key, value in _ENV.items():
         args += ["--setenv", key, value]
     return args
@@ -160,11 +163,27 @@ class Sandbox:
             return [*python, str(SANDBOX), str(fd)] if fd else python
         return [self.bwrap, *bwrap_args(limits.file_mb, self.hide), "--", *python, *script]
 
-    def start(self, fd: int, limits: Limits) -> subprocess.Popen:
-        env = None if not self.trusted else {**_ENV, "HOME": self.root, "TMPDIR": self.root, "MPLCONFIGDIR": self.root}
-        return subprocess.Popen(self.command(fd, limits), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, pass_fds=(fd,), cwd=self.root, env=env,
-                                start_new_session=True)
+    def start(self, fd: int, limits: Limits) -> tuple[subprocess.Popen, int | None]:
+        """Start a child reporting on ``fd``; returns it and the read end of bubblewrap's info pipe,
+        which names the PID namespace's first process (see ``_kill``)."""
+        if self.trusted:
+            env = {**_ENV, "HOME": self.root, "TMPDIR": self.root, "MPLCONFIGDIR": self.root}
+            return subprocess.Popen(self.command(fd, limits), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL, pass_fds=(fd,), cwd=self.root, env=env,
+                                    start_new_session=True), None
+        info_read, info_write = os.pipe()
+        command = self.command(fd, limits)
+        command[1:1] = ["--info-fd", str(info_write)]
+        try:
+            proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL, pass_fds=(fd, info_write), cwd=self.root,
+                                    start_new_session=True)
+        except OSError:
+            os.close(info_read)
+            raise
+        finally:
+            os.close(info_write)
+        return proc, info_read
 
     def drop_to(self) -> int | None:
         """The user the child becomes: nobody when bubblewrap runs as root (no user namespace)."""
@@ -180,8 +199,38 @@ class Sandbox:
         self.close()
 
 
-def _kill(proc: subprocess.Popen) -> None:
-    """SIGKILL the child's process group (bubblewrap: its PID namespace goes with it) and reap it."""
+def _namespace_init(proc: subprocess.Popen, info_fd: int | None) -> int | None:
+    """The host pid of the sandbox's first process (PID 1 of its namespace), from bubblewrap's info pipe,
+    if it is still bubblewrap's child (so not a reused pid)."""
+    if info_fd is None or not select.select([info_fd], [], [], 0)[0]:
+        return None
+    try:
+        pid = json.loads(os.read(info_fd, 4096)).get("child-pid")
+        with open(f"/proc/{pid}/stat") as f:
+            parent = int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, AttributeError, IndexError, TypeError):
+        return None
+    return pid if parent == proc.pid else None
+
+
+def _kill(proc: subprocess.Popen, info_fd: int | None) -> None:
+    """End the child and everything it started, and return only once they are gone.
+
+    Under bubblewrap: SIGKILL the namespace's first process; the kernel then kills every
+    process of the namespace before that one is reaped by bubblewrap, which then exits, so
+    waiting for bubblewrap waits for them all. (Killing bubblewrap first would also end the
+    namespace, via ``--die-with-parent``, but without anything to wait on.)
+    """
+    init = _namespace_init(proc, info_fd)
+    if init is not None:
+        try:
+            os.kill(init, 9)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
     try:
         os.killpg(proc.pid, 9)
     except (ProcessLookupError, PermissionError):
@@ -191,6 +240,8 @@ def _kill(proc: subprocess.Popen) -> None:
     except ProcessLookupError:
         pass
     proc.wait()
+    if info_fd is not None:
+        os.close(info_fd)
 
 
 @dataclass
@@ -319,7 +370,7 @@ def run_submission(sandbox: Sandbox, cells: list[tuple[int, str]], questions: li
         }, buffer)
         read_fd, write_fd = os.pipe()
         try:
-            proc = sandbox.start(write_fd, limits)
+            proc, info_fd = sandbox.start(write_fd, limits)
         finally:
             os.close(write_fd)
         feeder = threading.Thread(target=_feed, args=(proc, buffer.getvalue()), daemon=True)
@@ -328,7 +379,7 @@ def run_submission(sandbox: Sandbox, cells: list[tuple[int, str]], questions: li
         try:
             stopped = _watch(proc, read_fd, job, limits, run)
         finally:
-            _kill(proc)
+            _kill(proc, info_fd)
             os.close(read_fd)
             feeder.join(timeout=5)
         if stopped:
