@@ -143,7 +143,6 @@ class Sandbox:
 
     def __init__(self, trusted: bool = False, hide: tuple[str, ...] = ()) -> None:
         self.trusted = trusted
-        self.root = tempfile.mkdtemp(prefix="subnet-grade-")
         self.bwrap = None if trusted else shutil.which("bwrap")
         self.hide = (str(REPO), tempfile.gettempdir(), *_installed_lab(), *hide)
         if not trusted:
@@ -154,6 +153,7 @@ class Sandbox:
                 detail = " ".join(probe.stderr.split())[:300]
                 raise IsolationUnavailable(f"bubblewrap cannot build a sandbox here ({detail}); on a kernel that "
                                            f"restricts user namespaces run the grader as root, or pass --trusted")
+        self.root = tempfile.mkdtemp(prefix="subnet-grade-")  # the children's working folder (trusted: their home)
 
     def command(self, fd: int, limits: Limits = Limits()) -> list[str]:
         """The command line of a child that reports on ``fd`` (without the script for the probe when fd is 0)."""
