@@ -1,20 +1,23 @@
 """The autograder: full marks for the reference, 0 for the stubs, exact partial credit for
 planted mistakes, and no unearned points for a submission that raises, hangs or cheats.
 
-All submissions are graded through one sandbox (one zygote process), so a submission
-costs a fork, not a fresh torch import.
+The submissions run in bubblewrap where it works; elsewhere these tests grade in trusted
+mode (same child, no isolation), which is enough for the scoring they check. The attacks
+on the isolation itself are in ``test_grade_isolation.py``, which needs bubblewrap.
 """
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from lessons import grade as grade_cli
 from lessons.assignments.build import build
-from lessons.grade import Limits, Sandbox, grade_notebook
+from lessons.grade import IsolationUnavailable, Limits, Report, Sandbox, grade_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
 HIDDEN = ROOT / "lessons" / "assignments" / "hidden.py"
@@ -28,9 +31,20 @@ def notebooks(tmp_path_factory):
     return out
 
 
+def _isolated() -> bool:
+    try:
+        Sandbox().close()
+    except IsolationUnavailable:
+        return False
+    return True
+
+
+ISOLATED = _isolated()
+
+
 @pytest.fixture(scope="module")
 def sandbox():
-    with Sandbox() as box:
+    with Sandbox(trusted=not ISOLATED) as box:
         yield box
 
 
@@ -165,11 +179,11 @@ def test_planted_svd_rank_ignored_loses_exactly_the_rank_checks(notebooks, sandb
     report = grade(submission(notebooks, tmp_path, "a4_principal_weights", {"low_rank_approximation": RANK_IGNORED}),
                    sandbox)
     assert failed(report) == {
-        "a4.low_rank_approximation": {"value", "rank", "random"},  # full rank still gives the matrix back
-        "a4.principal_mask": {"lab", "random"},  # budget and the full-rank case still hold
+        "a4.low_rank_approximation": {"value", "rank", "full_rank", "random"},  # the identity: rank 1 fails too
+        "a4.principal_mask": {"lab", "random", "full_rank"},  # plain magnitude: only the budget holds
         "a4.mask_overlap": set(),
     }
-    assert points(report) == {"a4.low_rank_approximation": 1, "a4.principal_mask": 2, "a4.mask_overlap": 3}
+    assert points(report) == {"a4.low_rank_approximation": 0, "a4.principal_mask": 1, "a4.mask_overlap": 3}
     message = next(c.message for c in report.questions[0].checks if c.id == "rank")
     assert "has rank 4, expected 2" in message
 
@@ -248,18 +262,10 @@ def test_patching_the_checks_in_the_sandbox_does_not_change_the_grading(notebook
     assert points(report) == {"a4.low_rank_approximation": 4, "a4.principal_mask": 4, "a4.mask_overlap": 0}
 
 
-def test_using_the_solution_or_the_hidden_tests_scores_zero(notebooks, sandbox, tmp_path):
-    before = HIDDEN.read_bytes()
+def test_importing_the_lab_scores_zero_with_a_message(notebooks, sandbox, tmp_path):
     import_solution = ("def low_rank_approximation(weight, rank):\n"
                        "    from sparsity.criteria import low_rank_approximation as lab\n"
                        "    return lab(weight, rank)\n")
-    edit_hidden = (f"def principal_mask(model, density, rank):\n"
-                   f"    try:\n"
-                   f"        open({str(HIDDEN)!r}, 'a').write('\\nHIDDEN.clear()\\n')\n"
-                   f"    except OSError:\n"
-                   f"        pass\n"
-                   f"    scores = {{n: low_rank_approximation(p.detach(), rank).abs() for n, p in model.named_parameters() if p.ndim >= 2}}\n"
-                   f"    return top_k_per_tensor(model, scores, density)\n")
     fallback = ("try:\n"
                 "    from lessons.assignments.a4_principal_weights import mask_overlap\n"
                 "except ImportError:\n"
@@ -268,70 +274,13 @@ def test_using_the_solution_or_the_hidden_tests_scores_zero(notebooks, sandbox, 
                 "        either = sum(int((a[n] | b[n]).sum()) for n in a)\n"
                 "        return both / either if either else 0.0\n")
     path = submission(notebooks, tmp_path, "a4_principal_weights",
-                      {"low_rank_approximation": import_solution, "principal_mask": edit_hidden,
-                       "mask_overlap": fallback})
+                      {"low_rank_approximation": import_solution, "mask_overlap": fallback})
     report = grade(path, sandbox)
-    assert HIDDEN.read_bytes() == before
+    # principal_mask calls the student's low_rank_approximation, which raised
     assert points(report) == {"a4.low_rank_approximation": 0, "a4.principal_mask": 0, "a4.mask_overlap": 0}
-    low_rank, principal, overlap = report.questions
+    low_rank, _, overlap = report.questions
     assert "import sparsity.criteria" in low_rank.note
-    assert "hidden.py" in principal.note
     assert "import lessons.assignments.a4_principal_weights" in overlap.note
-
-
-def test_reading_the_hidden_tests_scores_zero(notebooks, sandbox, tmp_path):
-    read_hidden = (f"def which_layer_needs_finetuning(model, reference):\n"
-                   f"    text = open({str(HIDDEN)!r}).read()\n"
-                   f"    return 'fc2.weight'\n")
-    report = grade(submission(notebooks, tmp_path, "a3_updates", {"which_layer_needs_finetuning": read_hidden}), sandbox)
-    assert points(report)["a3.which_layer"] == 0 and report.earned == report.points - 3
-    assert "hidden.py" in report.questions[3].note
-
-
-def test_sneaking_around_the_fence_is_refused(notebooks, sandbox, tmp_path):
-    sneak = (f"def update_shares(model, reference):\n"
-             f"    import gc, importlib, sys\n"
-             f"    try:\n"
-             f"        gc.get_objects()  # looking for the audit hook\n"
-             f"    except PermissionError:\n"
-             f"        pass\n"
-             f"    sys.path.insert(0, {str(ROOT)!r})\n"
-             f"    metrics = importlib.import_module('spar' + 'sity.metrics')\n"
-             f"    return {{n: u.share for n, u in metrics.update_norms(model, reference).items()}}\n")
-    spawn = (f"def update_sparsity(model, reference, tol=1e-5):\n"
-             f"    import importlib, subprocess, sys\n"
-             f"    for attempt in (lambda: subprocess.run(['cat', {str(HIDDEN)!r}]),\n"
-             f"                    lambda: subprocess._fork_exec,\n"
-             f"                    lambda: importlib.import_module('_posixsubprocess').fork_exec):\n"
-             f"        try:\n"
-             f"            print(attempt())\n"
-             f"        except Exception:\n"
-             f"            pass\n"
-             f"    return 1.0, {{}}\n")
-    report = grade(submission(notebooks, tmp_path, "a3_updates", {"update_shares": sneak, "update_sparsity": spawn}),
-                   sandbox)
-    assert points(report) == {"a3.l1_to_init": 4, "a3.update_shares": 0, "a3.update_sparsity": 0,
-                              "a3.which_layer": 0}  # which_layer calls update_shares
-    note = report.questions[1].note
-    assert "gc.get_objects" in note and str(ROOT) in note  # importlib bypasses the import event, not the file fence
-    note = report.questions[2].note
-    assert "subprocess.Popen" in note and "import _posixsubprocess" in note
-
-
-def test_other_submissions_in_the_folder_are_out_of_reach(notebooks, sandbox, tmp_path):
-    neighbour = tmp_path / "neighbour.ipynb"
-    neighbour.write_text((notebooks / "solutions" / "a4_principal_weights.ipynb").read_text())
-    copy = (f"def mask_overlap(a, b):\n"
-            f"    import json\n"
-            f"    cells = json.load(open({str(neighbour)!r}))['cells']\n"
-            f"    source = next(''.join(c['source']) for c in cells if 'def mask_overlap(' in ''.join(c['source']))\n"
-            f"    space = {{}}\n"
-            f"    exec(source, space)\n"
-            f"    return space['mask_overlap'](a, b)\n")
-    report = grade(submission(notebooks, tmp_path, "a4_principal_weights", {"mask_overlap": copy}, filename="copier.ipynb"),
-                   sandbox)
-    assert points(report) == {"a4.low_rank_approximation": 4, "a4.principal_mask": 4, "a4.mask_overlap": 0}
-    assert "neighbour.ipynb" in report.questions[2].note
 
 
 def test_command_line_grades_a_folder_to_one_csv(notebooks, tmp_path):
@@ -343,7 +292,8 @@ def test_command_line_grades_a_folder_to_one_csv(notebooks, tmp_path):
     csv_path = tmp_path / "grades.csv"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, "-m", "lessons.grade", str(folder), "--csv", str(csv_path), "--json",
-                           "--time-limit", "10"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+                           "--time-limit", "10", *([] if ISOLATED else ["--trusted"])],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     reports = {Path(r["submission"]).name: r for r in json.loads(done.stdout)}
     assert (reports["alice.ipynb"]["earned"], reports["bob.ipynb"]["earned"]) == (11, 0)
@@ -351,3 +301,41 @@ def test_command_line_grades_a_folder_to_one_csv(notebooks, tmp_path):
     rows = csv_path.read_text().splitlines()
     assert rows[0] == "submission,assignment,total,max,a1.magnitude_mask,a1.random_mask,notes"
     assert [r.split(",")[2:6] for r in rows[1:]] == [["11", "11", "8", "3"], ["0", "11", "0", "0"], ["0", "0", "", ""]]
+
+
+def test_without_bubblewrap_the_grader_refuses_unless_trusted(notebooks, tmp_path):
+    empty = tmp_path / "no-tools"
+    empty.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PATH": str(empty)}
+    done = subprocess.run([sys.executable, "-m", "lessons.grade", str(notebooks / "a1_masks.ipynb")], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "apt-get install bubblewrap" in done.stderr and "--trusted" in done.stderr
+    assert done.stdout == ""
+
+
+def test_a_submission_that_breaks_the_grader_costs_its_own_row_and_rows_are_written_as_graded(
+        notebooks, tmp_path, monkeypatch):
+    folder = tmp_path / "submissions"
+    folder.mkdir()
+    for name in ("alice", "bob", "carol", "dave"):
+        shutil.copy(notebooks / "a1_masks.ipynb", folder / f"{name}.ipynb")
+    csv_path = tmp_path / "grades.csv"
+    seen = []
+
+    def fake_grade(path, *, assignment, limits, sandbox):
+        seen.append(csv_path.read_text().count("\n"))  # rows on disk before this submission is graded
+        if path.stem == "bob":
+            raise RecursionError("the grader itself broke")
+        if path.stem == "dave":
+            raise KeyboardInterrupt  # the instructor stops the run
+        return Report(str(path), "a1_masks", 1, 11)
+
+    monkeypatch.setattr(grade_cli, "grade_notebook", fake_grade)
+    with pytest.raises(KeyboardInterrupt):
+        grade_cli.main([str(folder), "--csv", str(csv_path), "--trusted"])
+    rows = csv_path.read_text().splitlines()
+    assert seen == [1, 2, 3, 4]
+    assert [r.split(",")[:3] for r in rows[1:]] == [[str(folder / "alice.ipynb"), "a1_masks", "1"],
+                                                    [str(folder / "bob.ipynb"), "?", "0"],
+                                                    [str(folder / "carol.ipynb"), "a1_masks", "1"]]
+    assert "grader error: RecursionError: the grader itself broke" in rows[2]

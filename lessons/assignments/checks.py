@@ -61,10 +61,15 @@ class Check:
 
 @dataclass(frozen=True)
 class Question:
-    """A function the student implements, graded automatically by its checks."""
+    """A function the student implements, graded automatically by its checks.
+
+    ``returns`` names the structure of its output (``lessons.grading.wire.KINDS``), which the
+    grader checks before comparing.
+    """
 
     id: str
     function: str
+    returns: str
     checks: tuple[Check, ...]
 
     @property
@@ -216,7 +221,8 @@ def verify_structure(case: Case, out: Any) -> str | None:
 
 
 def verify_largest(case: Case, out: Any) -> str | None:
-    """Every selected |w| is >= every unselected |w| in the same scope (whatever the count)."""
+    """Every selected |w| is >= every unselected |w| in the same scope, and each scope selects
+    some entries but not all (an empty or a full selection says nothing about the order)."""
     problem = verify_structure(case, out)
     if problem:
         return problem
@@ -225,7 +231,9 @@ def verify_largest(case: Case, out: Any) -> str | None:
     for names in groups:
         chosen = torch.cat([weights[n].abs().flatten()[out[n].flatten()] for n in names])
         left = torch.cat([weights[n].abs().flatten()[~out[n].flatten()] for n in names])
-        if chosen.numel() and left.numel() and chosen.min() < left.max():
+        if not chosen.numel() or not left.numel():
+            return f"in {names}, {'no' if not chosen.numel() else 'every'} entry is selected at density {case.args[1]}"
+        if chosen.min() < left.max():
             return f"in {names}, an entry with |w| = {left.max():.4f} is left out while one with {chosen.min():.4f} is selected"
     return None
 
@@ -245,6 +253,11 @@ def verify_budget(case: Case, out: Any) -> str | None:
         if got != _budget(density, w.numel()):
             return f"'{name}' selects {got} of {w.numel()}; the budget is {_budget(density, w.numel())}"
     return None
+
+
+def verify_structure_and_budget(case: Case, out: Any) -> str | None:
+    """The structure (a property every mask has, even an empty one) paired with the budget (a value)."""
+    return verify_structure(case, out) or verify_budget(case, out)
 
 
 # ---------------------------------------------------------------- assignment 2: masked AdamW
@@ -306,9 +319,13 @@ def verify_l1_value(case: Case, out: Any) -> str | None:
 
 
 def verify_l1_grad(case: Case, out: Any) -> str | None:
+    """The gradient, paired with the value it is the gradient of."""
     model, reference = case.args
     if not isinstance(out, dict) or "grads" not in out:
         return "could not differentiate the result"
+    problem = verify_l1_value(case, out.get("value"))
+    if problem:
+        return problem
     probe = copy.deepcopy(model)
     lab_l1_to_init(probe, reference).backward()
     for name, p in probe.named_parameters():
@@ -375,6 +392,12 @@ def probe_reference(case: Case) -> str:
     return max(shares, key=shares.get)
 
 
+def only_moved(layer: str) -> Case:
+    """A 5-4-3 MLP in which only ``layer`` moved: each layer in turn, so no constant name passes."""
+    keep = tuple(f"{other}.{kind}" for other in ("fc1", "fc2", "fc3") if other != layer for kind in ("weight", "bias"))
+    return Case(f"5-4-3 MLP where only {layer} moved", moved(mlp((5, 4, 3), 1), 2, keep=keep))
+
+
 def verify_probe(case: Case, out: Any) -> str | None:
     want = probe_reference(case)
     if out != want:
@@ -406,12 +429,18 @@ def verify_low_rank(case: Case, out: Any) -> str | None:
 
 
 def verify_has_rank(case: Case, out: Any) -> str | None:
+    """Rank r, and the best rank-r approximation: by Eckart & Young (1936) no rank-r matrix is
+    closer to W in Frobenius norm than sqrt(sum of the squared singular values after the r-th)."""
     weight, rank = case.args
     if not isinstance(out, torch.Tensor) or out.shape != weight.shape:
         return f"expected a tensor of shape {tuple(weight.shape)}"
     got = int(torch.linalg.matrix_rank(out.double(), rtol=1e-6))
     if got != rank:
         return f"the approximation has rank {got}, expected {rank}"
+    error = torch.linalg.matrix_norm(weight.double() - out.double()).item()
+    best = torch.linalg.svdvals(weight.double())[rank:].square().sum().sqrt().item()
+    if not math.isfinite(error) or error > best * (1 + 1e-4) + 1e-5:
+        return f"a rank-{rank} matrix at distance {error:.6g} from W; the best one (Eckart-Young) is at {best:.6g}"
     return None
 
 
@@ -453,13 +482,14 @@ def overlap_cases(seed: int = 0) -> list[Case]:
     return [Case("magnitude vs LIFT rank 1 at density 0.2 on an 8-6-4 MLP", (a, b))]
 
 
-def tolerance_edge_case() -> Case:
+def tolerance_edge_case(tol: float) -> Case:
+    """Two deltas, 0.5 and 0.75 (exactly representable): at ``tol`` 0.5 one of them equals the tolerance."""
     model = mlp((3, 2), 0)
     reference = {n: p.detach().clone() for n, p in model.named_parameters()}
     with torch.no_grad():
-        model.fc1.weight[0, 0] += 0.5  # exactly representable: |delta| == tol
+        model.fc1.weight[0, 0] += 0.5
         model.fc1.weight[1, 1] += 0.75
-    return Case("3-2 layer, one delta exactly 0.5 and one 0.75, tol=0.5", (model, reference), {"tol": 0.5})
+    return Case(f"3-2 layer, one delta exactly 0.5 and one 0.75, tol={tol}", (model, reference), {"tol": tol})
 
 
 def verify_budget_per_tensor_of_principal(case: Case, out: Any) -> str | None:
@@ -474,17 +504,17 @@ ASSIGNMENTS: dict[str, Assignment] = {
         "a1_masks",
         "Choosing the weights: random and magnitude masks with a density budget",
         (
-            Question("a1.magnitude_mask", "magnitude_mask", (
-                Check("structure", "a bool mask for every parameter, biases frozen", 1,
-                      lambda: mask_cases((0.3,), ("global",)), verify_structure),
-                Check("largest", "the selected entries are the largest |w| of their scope", 1,
+            Question("a1.magnitude_mask", "magnitude_mask", "mask", (
+                Check("structure", "a bool mask for every parameter, biases frozen, with the budget", 1,
+                      lambda: mask_cases((0.3,), ("global",)), verify_structure_and_budget),
+                Check("largest", "the selected entries (some, not all) are the largest |w| of their scope", 1,
                       lambda: mask_cases((0.3,), ("global", "per_tensor")), verify_largest),
                 Check("budget_global", "global scope: max(1, round(density * n)) entries over all weights", 1,
                       lambda: mask_cases((0.3, 0.45), ("global",)), verify_budget),
                 Check("budget_per_tensor", "per-tensor scope: the budget in every weight matrix", 1,
                       lambda: mask_cases((0.3, 0.45), ("per_tensor",)), verify_budget),
             )),
-            Question("a1.random_mask", "random_mask", (
+            Question("a1.random_mask", "random_mask", "mask", (
                 Check("budget", "a bool mask for every parameter, with the budget", 1,
                       lambda: mask_cases((0.3,), ("global", "per_tensor"), model_seed=3, seed=1), verify_budget),
                 Check("lab", "the same mask as the lab's masks.random for the same seed", 1,
@@ -498,16 +528,18 @@ ASSIGNMENTS: dict[str, Assignment] = {
         "a2_masked_adamw",
         "The masked AdamW step: frozen entries never move",
         (
-            Question("a2.masked_adamw_step", "masked_adamw_step", (
+            Question("a2.masked_adamw_step", "masked_adamw_step", "tensor", (
                 Check("full_mask", "with a full mask, one step equals torch.optim.AdamW", 1,
                       lambda: [adamw_case("6x5, 1 step, full mask, weight_decay=0.01", (6, 5), 1, 1.01, 0,
                                           lr=1e-2, weight_decay=0.01)], verify_adamw),
-                Check("frozen_no_decay", "frozen entries bit-identical after 5 steps (weight_decay=0)", 1,
+                Check("frozen_no_decay", "frozen entries bit-identical, trainable ones as AdamW, after 5 steps "
+                      "(weight_decay=0)", 1,
                       lambda: [adamw_case("6x5, 5 steps, density 0.4, weight_decay=0", (6, 5), 5, 0.4, 1,
-                                          lr=1e-2, weight_decay=0.0)], verify_frozen),
-                Check("frozen_with_decay", "frozen entries bit-identical after 5 steps with weight_decay=0.1", 2,
+                                          lr=1e-2, weight_decay=0.0)], verify_adamw),
+                Check("frozen_with_decay", "frozen entries bit-identical, trainable ones as AdamW, after 5 steps "
+                      "with weight_decay=0.1", 2,
                       lambda: [adamw_case("6x5, 5 steps, density 0.4, weight_decay=0.1", (6, 5), 5, 0.4, 2,
-                                          lr=1e-2, weight_decay=0.1)], verify_frozen),
+                                          lr=1e-2, weight_decay=0.1)], verify_adamw),
                 Check("trainable", "trainable entries follow AdamW (5 steps, weight_decay=0.1)", 1,
                       lambda: [adamw_case("6x5, 5 steps, density 0.4, weight_decay=0.1", (6, 5), 5, 0.4, 2,
                                           lr=1e-2, weight_decay=0.1)], verify_trainable),
@@ -520,29 +552,30 @@ ASSIGNMENTS: dict[str, Assignment] = {
         "a3_updates",
         "Measuring an update: L1 to init, update shares, update sparsity, and which layer needs fine-tuning",
         (
-            Question("a3.l1_to_init", "l1_to_init", (
+            Question("a3.l1_to_init", "l1_to_init", "scalar", (
                 Check("value", "the L1 distance on a fixed case", 1, lambda: l1_cases(False), verify_l1_value),
                 Check("gradient", "differentiable, with gradient sign(theta - ref)", 1,
                       lambda: [Case(c.name, c.args, mode="grad") for c in l1_cases(False)], verify_l1_grad),
                 Check("subset", "only the reference's tensors count", 1, lambda: l1_cases(True), verify_l1_value),
             )),
-            Question("a3.update_shares", "update_shares", (
+            Question("a3.update_shares", "update_shares", "numbers", (
                 Check("value", "each tensor's share of the total L1 update", 1,
                       lambda: [Case(c.name, c.args) for c in l1_cases(False, (3,))], verify_shares),
-                Check("nothing_moved", "all shares 0 when nothing moved (no division by zero)", 1,
-                      lambda: [Case("unchanged 5-4-3 MLP", moved(mlp((5, 4, 3), 0), 0, scale=0.0))], verify_shares),
+                Check("nothing_moved", "all shares 0 when nothing moved (no division by zero), the right ones "
+                      "when something did", 1,
+                      lambda: [Case("unchanged 5-4-3 MLP", moved(mlp((5, 4, 3), 0), 0, scale=0.0)),
+                               Case("the same MLP moved", moved(mlp((5, 4, 3), 0), 5))], verify_shares),
             )),
-            Question("a3.update_sparsity", "update_sparsity", (
+            Question("a3.update_sparsity", "update_sparsity", "pair", (
                 Check("value", "overall and per-tensor share of unchanged entries", 1,
                       lambda: [Case(c.name + ", tol=0.05", c.args, {"tol": 0.05}) for c in l1_cases(False, (4,))],
                       verify_sparsity),
                 Check("inclusive", "an entry with |delta| == tol counts as unchanged", 1,
-                      lambda: [tolerance_edge_case()], verify_sparsity),
+                      lambda: [tolerance_edge_case(0.5), tolerance_edge_case(0.75)], verify_sparsity),
             )),
-            Question("a3.which_layer", "which_layer_needs_finetuning", (
+            Question("a3.which_layer", "which_layer_needs_finetuning", "name", (
                 Check("synthetic", "names the weight matrix holding the largest share of the update", 1,
-                      lambda: [Case("5-4-3 MLP where only fc2 moved", moved(mlp((5, 4, 3), 1), 2,
-                                    keep=("fc1.weight", "fc1.bias", "fc3.weight", "fc3.bias")))], verify_probe),
+                      lambda: [only_moved(layer) for layer in ("fc2", "fc1", "fc3")], verify_probe),
             )),
         ),
         (HandGraded("a3.adam", "At lambda = 0 the probe names a layer that needed no change. Why does raw "
@@ -552,21 +585,21 @@ ASSIGNMENTS: dict[str, Assignment] = {
         "a4_principal_weights",
         "LIFT principal weights: low-rank approximation, then top-k, vs plain magnitude",
         (
-            Question("a4.low_rank_approximation", "low_rank_approximation", (
+            Question("a4.low_rank_approximation", "low_rank_approximation", "tensor", (
                 Check("value", "matches the truncated SVD on a fixed matrix", 1,
                       lambda: low_rank_cases([((6, 4), 2)]), verify_low_rank),
-                Check("rank", "the approximation has rank r", 1,
+                Check("rank", "the approximation has rank r and is the closest rank-r matrix (Eckart-Young)", 1,
                       lambda: low_rank_cases([((6, 4), 2), ((5, 7), 1)]), verify_has_rank),
-                Check("full_rank", "rank = min(m, n) gives the matrix back", 1,
-                      lambda: low_rank_cases([((4, 6), 4)]), verify_low_rank),
+                Check("full_rank", "rank = min(m, n) gives the matrix back (and rank 1 does not)", 1,
+                      lambda: low_rank_cases([((4, 6), 4), ((4, 6), 1)]), verify_low_rank),
             )),
-            Question("a4.principal_mask", "principal_mask", (
+            Question("a4.principal_mask", "principal_mask", "mask", (
                 Check("budget", "a bool mask for every parameter with the per-tensor budget, biases frozen", 1,
                       lambda: principal_cases([((8, 6, 4), 0.25, 2)]), verify_budget_per_tensor_of_principal),
                 Check("lab", "the lab's LIFT selection (masks.lift) on a fixed model", 1,
                       lambda: principal_cases([((8, 6, 4), 0.25, 1)]), verify_principal),
             )),
-            Question("a4.mask_overlap", "mask_overlap", (
+            Question("a4.mask_overlap", "mask_overlap", "number", (
                 Check("jaccard", "the Jaccard overlap of the LIFT and magnitude masks", 1, overlap_cases, verify_overlap),
             )),
         ),
@@ -590,7 +623,7 @@ def assignment(name: str, hidden: bool = False) -> Assignment:
     from lessons.assignments.hidden import HIDDEN
 
     questions = tuple(
-        Question(q.id, q.function, q.checks + tuple(HIDDEN.get(q.id, ()))) for q in visible.questions
+        Question(q.id, q.function, q.returns, q.checks + tuple(HIDDEN.get(q.id, ()))) for q in visible.questions
     )
     return Assignment(visible.name, visible.title, questions, visible.hand_graded)
 

@@ -20,10 +20,11 @@ from lessons.assignments.checks import (
     mask_cases,
     mlp,
     moved,
+    only_moved,
+    overlap_cases,
     principal_cases,
     toy_case,
     verify_adamw,
-    verify_frozen,
     verify_l1_value,
     verify_low_rank,
     verify_magnitude,
@@ -71,7 +72,9 @@ def _adamw_random() -> list[Case]:
 
 
 def _all_frozen() -> list[Case]:
-    return [adamw_case("5x4, 3 steps, all-False mask, weight_decay=0.05", (5, 4), 3, 0.0, 13, lr=1e-2, weight_decay=0.05)]
+    """An all-False mask, paired with a half mask on the same shape (so returning the input fails)."""
+    return [adamw_case("5x4, 3 steps, all-False mask, weight_decay=0.05", (5, 4), 3, 0.0, 13, lr=1e-2, weight_decay=0.05),
+            adamw_case("5x4, 3 steps, density 0.5, weight_decay=0.05", (5, 4), 3, 0.5, 14, lr=1e-2, weight_decay=0.05)]
 
 
 def _random_models(seed: int) -> list[Case]:
@@ -87,9 +90,10 @@ def _sparsity_cases() -> list[Case]:
 
 
 def _empty_overlap() -> list[Case]:
+    """Two empty masks (overlap 0), paired with two that do overlap (so a constant 0 fails)."""
     model = mlp((3, 2), 0)
     empty = {n: torch.zeros_like(p, dtype=torch.bool) for n, p in model.named_parameters()}
-    return [Case("two all-False masks", (empty, {n: m.clone() for n, m in empty.items()}))]
+    return [Case("two all-False masks", (empty, {n: m.clone() for n, m in empty.items()})), *overlap_cases(1)]
 
 
 def _random_overlaps() -> list[Case]:
@@ -112,7 +116,7 @@ HIDDEN: dict[str, list[Check]] = {
     "a2.masked_adamw_step": [
         Check("random", "random shapes, masks and hyper-parameters over 10 steps", 1, _adamw_random, verify_adamw,
               hidden=True),
-        Check("all_frozen", "an all-False mask moves nothing, even with weight decay", 1, _all_frozen, verify_frozen,
+        Check("all_frozen", "an all-False mask moves nothing, even with weight decay", 1, _all_frozen, verify_adamw,
               hidden=True),
     ],
     "a3.l1_to_init": [
@@ -126,9 +130,9 @@ HIDDEN: dict[str, list[Check]] = {
     ],
     "a3.which_layer": [
         Check("toy_l1", "teacher-student toy trained with L1 to init (lambda=1e-3): the probe finds W2", 1,
-              lambda: [toy_case(1e-3)], verify_probe, hidden=True),
+              lambda: [toy_case(1e-3), only_moved("fc3")], verify_probe, hidden=True),
         Check("toy_plain", "teacher-student toy trained without the penalty (lambda=0)", 1,
-              lambda: [toy_case(0.0)], verify_probe, hidden=True),
+              lambda: [toy_case(0.0), only_moved("fc1")], verify_probe, hidden=True),
     ],
     "a4.low_rank_approximation": [
         Check("random", "random shapes and ranks", 1,
@@ -138,8 +142,9 @@ HIDDEN: dict[str, list[Check]] = {
         Check("random", "the lab's masks.lift on random models, densities and ranks", 1,
               lambda: principal_cases([((9, 7, 5), 0.1, 2), ((6, 12, 4), 0.3, 3)], seed=9), verify_principal,
               hidden=True),
-        Check("full_rank", "at full rank the principal weights are the largest weights", 1,
-              lambda: principal_cases([((6, 6, 6), 0.2, 6)], seed=3), verify_principal, hidden=True),
+        Check("full_rank", "at full rank the principal weights are the largest weights (not at rank 1)", 1,
+              lambda: principal_cases([((6, 6, 6), 0.2, 6), ((8, 6, 4), 0.25, 1)], seed=3), verify_principal,
+              hidden=True),
     ],
     "a4.mask_overlap": [
         Check("random", "random and magnitude masks", 1, _random_overlaps, verify_overlap, hidden=True),

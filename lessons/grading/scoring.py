@@ -11,8 +11,9 @@ from typing import Any
 
 from lessons.assignments.checks import Assignment, Question
 from lessons.assignments.checks import assignment as load_assignment
-from lessons.grading.report import CheckResult, QuestionResult, Report
+from lessons.grading.report import CheckResult, QuestionResult, Report, one_line
 from lessons.grading.runner import Limits, Sandbox, SandboxRun, run_submission
+from lessons.grading.wire import check_kind
 from lessons.grading.submission import code_cells, defines, hand_graded_answers, identify, read_notebook
 
 
@@ -45,26 +46,30 @@ def _score_question(q: Question, planned: list[tuple[str, Any]], run: SandboxRun
                 message = f"raised {got['error']}"
             else:
                 try:
-                    message = check.verify(case, got.get("output")) or ""
+                    message = check_kind(q.returns, case.mode, got["output"]) or check.verify(case, got["output"]) or ""
                 except Exception as err:  # noqa: BLE001 - malformed output from the student's process
                     message = f"the output could not be checked ({type(err).__name__}: {err})"
             if message:
-                message = f"case [{case.name}]: {message}"
+                message = one_line(f"case [{case.name}]: {message}")
                 break
         earned = 0 if message or cheats else check.points
         results.append(CheckResult(check.id, check.title, check.points, earned, check.hidden, message))
     note = ""
     if cheats:
         note = ("0 points: the graded code tried to use what a submission may not use while graded "
-                f"(the lab's solutions, the repository's files, processes or signals): {'; '.join(cheats[:3])}")
+                f"(the lab's modules, processes, signals, sockets or ctypes): {'; '.join(cheats[:3])}")
     elif failure:
         note = f"0 points: {failure}"
+    note = one_line(note)
     return QuestionResult(q.id, q.function, q.points, sum(r.earned for r in results), results, note)
 
 
 def grade_notebook(path: str | Path, *, assignment: str | None = None, limits: Limits = Limits(),
                    sandbox: Sandbox | None = None) -> Report:
-    """Grade one submission. Never raises for a bad submission: problems become messages and 0 points."""
+    """Grade one submission. Never raises for a bad submission: problems become messages and 0 points.
+
+    Without a ``sandbox``, one is made for this call (bubblewrap; IsolationUnavailable if it is missing).
+    """
     path = Path(path)
     try:
         nb = read_notebook(path)
@@ -77,7 +82,7 @@ def grade_notebook(path: str | Path, *, assignment: str | None = None, limits: L
     own = sandbox is None
     sandbox = sandbox or Sandbox()
     try:
-        run = run_submission(sandbox, cells, list(spec.questions), planned, limits, (str(path.resolve().parent),))
+        run = run_submission(sandbox, cells, list(spec.questions), planned, limits)
     finally:
         if own:
             sandbox.close()
@@ -85,5 +90,6 @@ def grade_notebook(path: str | Path, *, assignment: str | None = None, limits: L
     notes = [f"cell {i} raised {msg}" for i, msg in sorted(run.cell_errors.items())]
     notes += [f"cell {i} was skipped: {msg}" for i, msg in sorted(run.skipped_cells.items())]
     notes += [f"refused in {unit}: {what}" for unit, what in dict.fromkeys(run.denials)]
+    notes = [one_line(n) for n in notes[:20]]
     return Report(str(path), name, sum(q.earned for q in questions), spec.points, questions,
                   hand_graded_answers(nb, spec), notes)
