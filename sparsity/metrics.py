@@ -9,6 +9,8 @@ low-rank one (it usually is not).
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 
 import torch
@@ -158,3 +160,58 @@ def mask_overlap(a: Mask, b: Mask) -> MaskOverlap:
         chance_a_in_b=db,
         chance_b_in_a=da,
     )
+
+
+def changed_entries(model: nn.Module, reference: TensorDict, tol: float = 1e-5,
+                    dtype: torch.dtype | None = None) -> Mask:
+    """The entries that moved, ``abs(theta - theta_ref) > tol`` (compared in ``dtype`` if given):
+    the complement of what :func:`update_sparsity` counts, as a mask per tensor."""
+    tol = check_nonnegative(tol, "tol")
+    params = named_params(model)
+    reference = check_reference(params, reference)
+    out = {}
+    with torch.no_grad():
+        for n, r in reference.items():
+            p = params[n]
+            if dtype is not None:
+                p, r = p.to(dtype), r.to(dtype)
+            out[n] = (p.float() - r.float()).abs() > tol
+    return out
+
+
+def half_ulp(values: torch.Tensor, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    """Half a unit in the last place of each value as stored in ``dtype`` (0 where the value is 0).
+
+    An update smaller than this rounds back to the stored value: in bf16 (7 stored mantissa
+    bits) a weight of 0.5 does not move for a step below 2**-9 (Mukherjee et al. 2025)."""
+    if not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating dtype, got {dtype}")
+    mantissa_bits = round(-math.log2(torch.finfo(dtype).eps))
+    _, exponent = torch.frexp(values.detach().to(dtype).float())
+    half = torch.ldexp(torch.ones_like(values, dtype=torch.float32), exponent - mantissa_bits - 2)
+    return torch.where(values == 0, torch.zeros_like(half), half)
+
+
+def below_half_ulp_share(reference: TensorDict, updated: TensorDict, dtype: torch.dtype = torch.bfloat16) -> float:
+    """Share of entries whose total update ``abs(updated - reference)`` is below half a ``dtype`` ulp of
+    the reference value: the update sparsity that rounding alone would produce (a predictor)."""
+    if set(reference) != set(updated):
+        raise ValueError("reference and updated must hold the same tensors")
+    below = total = 0
+    for n, r in reference.items():
+        d = (updated[n].detach().float() - r.detach().float()).abs()
+        below += int((d < half_ulp(r, dtype)).sum() + ((r == 0) & (d == 0)).sum())
+        total += r.numel()
+    return below / total
+
+
+def changed_by_magnitude_decile(reference: TensorDict, changed: Mask) -> list[float]:
+    """Share of entries that changed within each decile of ``abs(theta_ref)`` over all tensors (smallest first)."""
+    if set(reference) != set(changed):
+        raise ValueError("reference and changed must hold the same tensors")
+    if sum(t.numel() for t in reference.values()) < 10:
+        raise ValueError("deciles need at least 10 entries")
+    magnitude = torch.cat([reference[n].detach().abs().flatten().float() for n in reference])
+    moved = torch.cat([changed[n].flatten() for n in reference])
+    order = magnitude.argsort()
+    return [float(part.float().mean()) for part in moved[order].tensor_split(10)]

@@ -1,0 +1,218 @@
+"""Fine-tuning the GPT by reinforcement learning (GRPO), preference optimisation (DPO) and SFT.
+
+Mukherjee et al. 2025 ("Reinforcement learning fine-tunes small subnetworks", arXiv
+2505.11711) observe that RL fine-tuning of LLMs changes only a fraction of the weights.
+To measure that here, the three ways of fine-tuning run on the same prompts, through the
+lab's one training loop (``sparsity.train.fit``) and any optimizer:
+
+- **GRPO** (Shao et al. 2024, DeepSeekMath): for each prompt, ``group`` answers sampled
+  from the current model; reward 1 for an exactly right answer (or the share of right
+  tokens); the advantage is the reward minus the group's mean, divided by the group's std;
+  the loss is ``-advantage * log p(answer)`` (one update per sample, so PPO's ratio is 1
+  and its clipping inactive), plus optionally ``kl`` times the k3 estimate of the KL to the
+  reference model (Schulman 2020).
+- **DPO** (Rafailov et al. 2023): ``-log sigmoid(beta * (margin of the policy - margin of
+  the reference))`` on (chosen, rejected) pairs: offline, the ground truth against a
+  sampled wrong answer; online, the best against the worst of a sampled group.
+- **SFT**: cross-entropy on the ground-truth answers of the same prompts.
+
+``weights="bfloat16"`` stores the weights in bf16 after every step (:class:`StoreAs`), as
+the paper's models are stored: an update smaller than half a unit in the last place of a
+weight then rounds away, which is part of the paper's proposed mechanism.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from scaleup import sampling
+from scaleup import tasks as tk
+from sparsity.train import FitState, Schedule, constant, fit
+from sparsity.validate import check_finite_nonnegative, check_positive_int
+
+ALGORITHMS = ("grpo", "dpo", "dpo_online", "sft")
+REWARDS = ("exact", "token")
+WEIGHT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def rewards(answers: torch.Tensor, truth: torch.Tensor, kind: str = "exact") -> torch.Tensor:
+    """Per answer: 1.0 if every token is right (``exact``) or the share of right tokens (``token``)."""
+    if kind not in REWARDS:
+        raise ValueError(f"reward must be one of {REWARDS}, got {kind!r}")
+    right = (answers == truth).float()
+    return right.all(1).float() if kind == "exact" else right.mean(1)
+
+
+def group_advantages(reward: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """GRPO's advantage, ``(r - mean) / (std + eps)`` within each group (rows of ``[prompts, group]``).
+
+    A group whose answers all got the same reward has advantage 0 everywhere: nothing to learn."""
+    if reward.ndim != 2 or reward.shape[1] < 2:
+        raise ValueError(f"rewards must be [prompts, group >= 2], got shape {tuple(reward.shape)}")
+    centred = reward - reward.mean(1, keepdim=True)
+    return centred / (reward.std(1, keepdim=True) + eps)
+
+
+def grpo_loss(logprobs: torch.Tensor, advantages: torch.Tensor, ref_logprobs: torch.Tensor | None = None,
+              kl: float = 0.0) -> torch.Tensor:
+    """``-mean(advantage * sum_t log p)`` over answers, plus ``kl`` times the mean per-token k3 KL estimate.
+
+    ``logprobs`` and ``ref_logprobs`` are ``[n, answer_len]``, ``advantages`` ``[n]``."""
+    loss = -(advantages[:, None] * logprobs).sum(1).mean()
+    if kl:
+        if ref_logprobs is None:
+            raise ValueError("kl > 0 needs ref_logprobs")
+        log_ratio = ref_logprobs - logprobs
+        loss = loss + kl * (log_ratio.exp() - log_ratio - 1).mean()
+    return loss
+
+
+def dpo_loss(chosen: torch.Tensor, rejected: torch.Tensor, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor,
+             beta: float = 0.1) -> torch.Tensor:
+    """DPO on sequence log-probabilities ``[n]``: ``-log sigmoid(beta * ((c - c_ref) - (r - r_ref)))``, mean."""
+    margin = (chosen - ref_chosen) - (rejected - ref_rejected)
+    return -F.logsigmoid(beta * margin).mean()
+
+
+class StoreAs:
+    """A hook that stores the weights in ``dtype`` after every step (rounded, kept in the model's dtype).
+
+    With bf16 (8 bits of mantissa) an entry moves only if its step reaches half a unit in
+    the last place of its value: the numerical part of RL's update sparsity."""
+
+    def __init__(self, dtype: torch.dtype) -> None:
+        self.dtype = dtype
+
+    @torch.no_grad()
+    def after_step(self, state: FitState) -> None:
+        for p in state.model.parameters():
+            p.copy_(p.to(self.dtype).to(p.dtype))
+
+
+@dataclass(frozen=True)
+class RLConfig:
+    """One fine-tuning run: which algorithm on which task, and how."""
+
+    algorithm: str = "grpo"
+    task: str = "add2"
+    steps: int = 100
+    prompts: int = 16
+    group: int = 8
+    lr: float = 1e-4
+    weights: str = "float32"
+    reward: str = "exact"
+    kl: float = 0.0
+    beta: float = 0.1
+    temperature: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name, value, allowed in [("algorithm", self.algorithm, ALGORITHMS), ("reward", self.reward, REWARDS),
+                                     ("weights", self.weights, tuple(WEIGHT_DTYPES)),
+                                     ("task", self.task, tuple(tk.TARGET_TASKS) + tk.SOURCE_TASKS)]:
+            if value not in allowed:
+                raise ValueError(f"RLConfig.{name} must be one of {allowed}, got {value!r}")
+        for name in ("steps", "prompts", "group", "seed"):
+            check_positive_int(getattr(self, name) + (name == "seed"), f"RLConfig.{name}")
+        if self.group < 2 and self.algorithm in ("grpo", "dpo_online"):
+            raise ValueError(f"RLConfig.group must be >= 2 for {self.algorithm}, got {self.group}")
+        for name in ("lr", "kl", "beta", "temperature"):
+            check_finite_nonnegative(getattr(self, name), f"RLConfig.{name}")
+        if self.lr == 0 or self.temperature == 0:
+            raise ValueError("RLConfig.lr and RLConfig.temperature must be > 0")
+
+
+def _sequence_logprob(model: nn.Module, prompt: torch.Tensor, answer: torch.Tensor) -> torch.Tensor:
+    return sampling.answer_logprobs(model, prompt, answer).sum(1)
+
+
+def batch_maker(cfg: RLConfig, world: tk.World, model: nn.Module, reference: nn.Module | None,
+                device: str | torch.device = "cpu") -> Callable[[int], dict[str, torch.Tensor]]:
+    """``batch(step)``: the prompts of the step (a function of seed and step) and what the algorithm
+    needs from them, sampled from the *current* model for the on-policy algorithms."""
+
+    def batch(step: int) -> dict[str, torch.Tensor]:
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        prompt, truth = (t.to(device) for t in sampling.prompts(world, cfg.task, "train", cfg.prompts, gen))
+        if cfg.algorithm == "sft":
+            return dict(prompt=prompt, answer=truth)
+        if cfg.algorithm == "dpo":  # offline pairs: the ground truth against one sampled answer that is wrong
+            drawn = sampling.sample(model, prompt, truth.shape[1], gen, temperature=cfg.temperature)
+            wrong = (drawn != truth).any(1)
+            rejected = torch.where(wrong[:, None], drawn, (truth + 1) % world.vocab_size)
+            return _with_reference(dict(prompt=prompt, chosen=truth, rejected=rejected), reference)
+        repeated = prompt.repeat_interleave(cfg.group, 0)
+        answers = sampling.sample(model, repeated, truth.shape[1], gen, temperature=cfg.temperature)
+        reward = rewards(answers, truth.repeat_interleave(cfg.group, 0), cfg.reward).view(cfg.prompts, cfg.group)
+        if cfg.algorithm == "grpo":
+            out = dict(prompt=repeated, answer=answers, advantage=group_advantages(reward).flatten(),
+                       reward=reward.flatten())
+            if cfg.kl:
+                with torch.no_grad():
+                    out["ref_logprobs"] = sampling.answer_logprobs(reference, repeated, answers)  # type: ignore[arg-type]
+            return out
+        answers = answers.view(cfg.prompts, cfg.group, -1)  # dpo_online: best against worst of each group
+        rows = torch.arange(cfg.prompts)
+        pairs = dict(prompt=prompt, chosen=answers[rows, reward.argmax(1)], rejected=answers[rows, reward.argmin(1)],
+                     keep=(reward.max(1).values > reward.min(1).values).float())
+        return _with_reference(pairs, reference)
+
+    return batch
+
+
+@torch.no_grad()
+def _with_reference(pairs: dict[str, torch.Tensor], reference: nn.Module | None) -> dict[str, torch.Tensor]:
+    assert reference is not None
+    pairs["ref_chosen"] = _sequence_logprob(reference, pairs["prompt"], pairs["chosen"])
+    pairs["ref_rejected"] = _sequence_logprob(reference, pairs["prompt"], pairs["rejected"])
+    return pairs
+
+
+def loss_of(cfg: RLConfig) -> Callable[[nn.Module, dict[str, torch.Tensor]], Any]:
+    """The algorithm's ``loss_of_batch(model, batch)`` for ``fit`` (with the mean reward recorded beside it)."""
+
+    def loss(model: nn.Module, b: dict[str, torch.Tensor]) -> Any:
+        if cfg.algorithm == "sft":
+            return -sampling.answer_logprobs(model, b["prompt"], b["answer"]).mean()
+        if cfg.algorithm == "grpo":
+            logp = sampling.answer_logprobs(model, b["prompt"], b["answer"])
+            return grpo_loss(logp, b["advantage"], b.get("ref_logprobs"), cfg.kl), {"reward": b["reward"].mean()}
+        chosen = _sequence_logprob(model, b["prompt"], b["chosen"])
+        rejected = _sequence_logprob(model, b["prompt"], b["rejected"])
+        per_pair = -F.logsigmoid(cfg.beta * ((chosen - b["ref_chosen"]) - (rejected - b["ref_rejected"])))
+        keep = b.get("keep", torch.ones_like(per_pair))
+        return (per_pair * keep).sum() / keep.sum().clamp(min=1.0)
+
+    return loss
+
+
+def finetune(model: nn.Module, cfg: RLConfig, world: tk.World, optimizer: torch.optim.Optimizer | None = None, *,
+             schedule: Schedule | None = None, hooks: tuple[Any, ...] = (), progress: bool = False,
+             device: str | torch.device = "cpu") -> dict[str, list[float]]:
+    """Fine-tune ``model`` in place with ``cfg``'s algorithm; return ``fit``'s history (loss, reward for GRPO).
+
+    The optimizer defaults to AdamW (betas 0.9, 0.999, no weight decay, as RL fine-tunes usually
+    run); the reference model (DPO, GRPO's KL) is a frozen copy of ``model`` as it starts."""
+    reference = copy.deepcopy(model).eval() if cfg.algorithm.startswith("dpo") or cfg.kl else None
+    if reference is not None:
+        reference.requires_grad_(False)
+    optimizer = optimizer or torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+    store = (StoreAs(WEIGHT_DTYPES[cfg.weights]),) if cfg.weights != "float32" else ()
+    if store:
+        store[0].after_step(FitState(step=-1, model=model, optimizer=optimizer))  # theta_0 in bf16 too
+    return fit(model, optimizer, loss_of(cfg), cfg.steps, batches=batch_maker(cfg, world, model, reference, device),
+               schedule=schedule or constant(cfg.lr), hooks=(*store, *hooks), progress=progress,
+               desc=f"{cfg.algorithm} {cfg.task} ({cfg.weights})")
+
+
+if __name__ == "__main__":
+    from scaleup.rl_study import main
+
+    raise SystemExit(main())

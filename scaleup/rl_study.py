@@ -1,0 +1,221 @@
+"""The update-sparsity study of RL fine-tuning (Mukherjee et al. 2025) on the lab's GPT: the numbers lesson 6 reads.
+
+The paper's claims, made measurable (``python -m scaleup.rl --json`` prints all of them):
+
+1. RL updates a small share of the weights: update sparsity, the share of entries with
+   ``abs(theta_1 - theta_0) <= 1e-5`` compared in bf16, overall and per layer type.
+2. The sparsity is partly numerical: with the weights *stored* in bf16, an update below
+   half a unit in the last place rounds away. The predictor: the share of entries whose
+   total update in the float32 run is below half a bf16 ulp of ``abs(theta_0)``, next to the
+   sparsity the bf16 run measures. And the share that changed per ``abs(theta_0)`` decile.
+3. Is RL special? GRPO, SFT and DPO at the same learning rate, steps and storage dtype,
+   and the overlap of the entries they changed (Jaccard, against chance).
+4. The updates are nearly full rank: numerical rank of each block matrix's update.
+5. Training only the subnetwork that the full run changed (``MaskedAdamW`` on that mask,
+   from ``theta_0``, with the same data) reaches the full run's score, and how many of its
+   values agree with the full run's at several tolerances.
+
+RL needs a model that sometimes gets the target right (a reward of 0 everywhere teaches
+nothing), so ``theta_0`` is the pretrained GPT after a short SFT warm-up on the target:
+the paper's "SFT, then RL" setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from scaleup import pretrain, rl
+from scaleup import tasks as tk
+from scaleup.finetune import layer_type
+from sparsity import metrics
+from sparsity.cli_args import json_ready, nonnegative_int, output_folder, positive_int
+from sparsity.fastmode import fast_mode
+from sparsity.optim import MaskedAdamW
+from sparsity.validate import Mask, TensorDict
+
+TOL = 1e-5
+"""The paper's tolerance: entries within 1e-5 (compared in bf16) did not change."""
+
+
+def rl_layer_type(name: str) -> str:
+    """``scaleup.finetune.layer_type`` with LayerNorm gains and biases apart (the paper reports them apart)."""
+    kind = layer_type(name)
+    return f"norm.{name.rsplit('.', 1)[1]}" if kind == "norm" else kind
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """The default study: fast mode (``LAB_FAST=1``) shrinks steps and groups to a CI-sized run."""
+
+    preset: str = "tiny"
+    task: str = "add2"
+    warmup_steps: int = 30
+    warmup_lr: float = 3e-4
+    steps: int = 100
+    prompts: int = 16
+    group: int = 8
+    lr: float = 1e-4
+    algorithms: tuple[str, ...] = ("grpo", "sft", "dpo")
+    weights: tuple[str, ...] = ("float32", "bfloat16")
+    seed: int = 0
+    pretrain: pretrain.PretrainConfig = field(default_factory=pretrain.default_config)
+
+    def run_config(self, algorithm: str, weights: str, **overrides: Any) -> rl.RLConfig:
+        base = dict(algorithm=algorithm, task=self.task, steps=self.steps, prompts=self.prompts, group=self.group,
+                    lr=self.lr, weights=weights, seed=self.seed)
+        return rl.RLConfig(**{**base, **overrides})
+
+
+def default_config(**overrides: Any) -> StudyConfig:
+    fast = dict(warmup_steps=40, steps=12, prompts=8, group=4) if fast_mode() else {}
+    return StudyConfig(**{**fast, **overrides})
+
+
+def snapshot(model: nn.Module) -> TensorDict:
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def start_model(cfg: StudyConfig, world: tk.World, cache_dir: str | Path | None = None,
+                progress: bool = False) -> nn.Module:
+    """``theta_0``: the pretrained GPT after ``warmup_steps`` of SFT on the target (float32)."""
+    model = pretrain.pretrained(replace(cfg.pretrain, preset=cfg.preset), cache_dir=cache_dir, progress=progress)
+    warm = cfg.run_config("sft", "float32", steps=cfg.warmup_steps, lr=cfg.warmup_lr, seed=cfg.seed + 1_000)
+    rl.finetune(model.train(), warm, world, progress=progress)
+    return model.eval()
+
+
+def measure(model: nn.Module, theta0: TensorDict, world: tk.World, task: str) -> dict[str, Any]:
+    """Target score, update sparsity (overall, per layer type) and update rank of one run."""
+    changed = metrics.changed_entries(model, theta0, TOL, torch.bfloat16)
+    per_type: dict[str, list[int]] = {}
+    for name, moved in changed.items():
+        counts = per_type.setdefault(rl_layer_type(name), [0, 0])
+        counts[0] += int((~moved).sum())
+        counts[1] += moved.numel()
+    params = dict(model.named_parameters())
+    ranks = [metrics.update_rank(params[n].detach() - theta0[n]) / min(theta0[n].shape)
+             for n in theta0 if n.startswith("blocks.") and theta0[n].ndim == 2]
+    total = sum(c[1] for c in per_type.values())
+    return dict(
+        target=tk.accuracy(model, world, task, "test"),
+        update_sparsity=sum(c[0] for c in per_type.values()) / total,
+        per_layer_type={t: u / n for t, (u, n) in sorted(per_type.items())},
+        relative_rank=sum(ranks) / len(ranks),
+        changed_by_decile=metrics.changed_by_magnitude_decile(theta0, changed),
+    )
+
+
+def agreement(a: TensorDict, b: TensorDict, within: Mask | None = None) -> dict[str, float]:
+    """Share of entries where two runs' values agree: within 1e-5 in bf16, within one bf16 ulp, within 1e-3."""
+    out = {}
+    for label, close in [("1e-5_bf16", lambda x, y: (x.to(torch.bfloat16).float() - y.to(torch.bfloat16).float()).abs() <= TOL),
+                         ("1_ulp", lambda x, y: (x - y).abs() <= 2 * metrics.half_ulp(y)),
+                         ("1e-3", lambda x, y: (x - y).abs() <= 1e-3)]:
+        hit = total = 0
+        for n in a:
+            ok = close(a[n].float(), b[n].float())
+            if within is not None:
+                ok = ok[within[n]]
+            hit += int(ok.sum())
+            total += ok.numel()
+        out[label] = hit / total if total else float("nan")
+    return out
+
+
+def retrain(cfg: StudyConfig, theta0_model: nn.Module, full: nn.Module, world: tk.World, weights: str) -> dict[str, Any]:
+    """Train only what the full GRPO run changed, from ``theta_0`` with the same data; compare the two."""
+    theta0 = snapshot(theta0_model)
+    mask = metrics.changed_entries(full, theta0, TOL, torch.bfloat16)
+    model = copy.deepcopy(theta0_model).train()
+    run = cfg.run_config("grpo", weights)
+    opt = MaskedAdamW(model.named_parameters(), mask, lr=run.lr, weight_decay=0.0)
+    rl.finetune(model, run, world, opt)
+    final, masked = snapshot(full), snapshot(model)
+    return dict(
+        subnetwork_share=sum(int(m.sum()) for m in mask.values()) / sum(m.numel() for m in mask.values()),
+        full_target=tk.accuracy(full, world, cfg.task, "test"),
+        masked_target=tk.accuracy(model, world, cfg.task, "test"),
+        agreement_all=agreement(masked, final),
+        agreement_in_subnetwork=agreement(masked, final, mask),
+    )
+
+
+def run_study(cfg: StudyConfig, cache_dir: str | Path | None = None, progress: bool = False) -> dict[str, Any]:
+    """Every number of the study as plain data (see the module docstring for what each answers)."""
+    world = tk.World(cfg.pretrain.world)
+    start = start_model(cfg, world, cache_dir, progress)
+    theta0 = snapshot(start)
+    out: dict[str, Any] = dict(config=asdict(cfg), start_target=tk.accuracy(start, world, cfg.task, "test"), runs={})
+    models = {}
+    for algorithm in cfg.algorithms:
+        for weights in cfg.weights:
+            model = copy.deepcopy(start).train()
+            history = rl.finetune(model, cfg.run_config(algorithm, weights), world, progress=progress)
+            models[(algorithm, weights)] = model
+            row = measure(model, theta0, world, cfg.task)
+            if "reward" in history:
+                row["reward_first_last"] = [history["reward"][0], history["reward"][-1]]
+            out["runs"][f"{algorithm}/{weights}"] = row
+    for algorithm in cfg.algorithms:
+        if (algorithm, "float32") in models and (algorithm, "bfloat16") in models:
+            out["runs"][f"{algorithm}/bfloat16"]["half_ulp_predictor"] = metrics.below_half_ulp_share(
+                theta0, snapshot(models[(algorithm, "float32")]))
+    if len(cfg.algorithms) > 1:
+        a, b = cfg.algorithms[:2]
+        weights = cfg.weights[-1]
+        overlap = metrics.mask_overlap(metrics.changed_entries(models[(a, weights)], theta0, TOL, torch.bfloat16),
+                                       metrics.changed_entries(models[(b, weights)], theta0, TOL, torch.bfloat16))
+        out["overlap"] = {"pair": f"{a} vs {b} ({weights})", **asdict(overlap)}
+    if "grpo" in cfg.algorithms:
+        weights = cfg.weights[-1]
+        out["retrain"] = {"weights": weights, **retrain(cfg, start, models[("grpo", weights)], world, weights)}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m scaleup.rl",
+                                description="Update sparsity of RL (GRPO), SFT and DPO fine-tuning of the lab's GPT.")
+    p.add_argument("--steps", type=positive_int, default=None, help="fine-tuning steps per run")
+    p.add_argument("--seed", type=nonnegative_int, default=None)
+    p.add_argument("--cache-dir", type=output_folder, default=None)
+    p.add_argument("--json", action="store_true", help="print every number as JSON")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    overrides = {k: v for k, v in {"steps": args.steps, "seed": args.seed}.items() if v is not None}
+    try:
+        cfg = default_config(**overrides)
+    except (ValueError, TypeError) as e:
+        p.error(str(e))
+    try:
+        study = run_study(cfg, args.cache_dir, progress=not args.no_progress)
+    except FloatingPointError as e:
+        print(f"{p.prog}: error: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        json.dump(json_ready(study), sys.stdout, indent=1, allow_nan=False)
+        print()
+        return 0
+    print(f"theta_0 ({cfg.preset}, {cfg.warmup_steps} SFT warm-up steps): target {cfg.task} {study['start_target']:.3f}")
+    print(f"{'run':<20}{'target':>8}{'sparsity':>10}{'norm.weight':>13}{'rank':>7}{'half-ulp pred.':>16}")
+    for name, r in study["runs"].items():
+        pred = r.get("half_ulp_predictor")
+        print(f"{name:<20}{r['target']:>8.3f}{r['update_sparsity']:>10.3f}{r['per_layer_type'].get('norm.weight', 0):>13.3f}"
+              f"{r['relative_rank']:>7.2f}{'' if pred is None else f'{pred:.3f}':>16}")
+    if "overlap" in study:
+        o = study["overlap"]
+        print(f"overlap {o['pair']}: Jaccard {o['jaccard']:.3f} (chance {o['chance_jaccard']:.3f})")
+    if "retrain" in study:
+        r = study["retrain"]
+        print(f"subnetwork retrain ({r['weights']}): {r['subnetwork_share']:.3f} of entries; target full "
+              f"{r['full_target']:.3f}, masked {r['masked_target']:.3f}; agreement in the subnetwork "
+              + ", ".join(f"{k} {v:.3f}" for k, v in r["agreement_in_subnetwork"].items()))
+    return 0
