@@ -106,3 +106,15 @@ def test_refuses_pairs_that_are_not_one_model(pair: tuple[Path, Path], tmp_path:
         inspector.inspect(tmp_path / "bin", tmp_path / "bin")
     with pytest.raises(ValueError, match="not a .safetensors file"):
         inspector.inspect(tmp_path / "bin" / "pytorch_model.bin", tmp_path / "a.safetensors")
+
+
+def test_memory_benchmark_fast_mode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from benchmarks import inspect_memory
+
+    monkeypatch.setenv("LAB_FAST", "1")
+    out = tmp_path / "inspect_memory.md"
+    assert inspect_memory.main(["--modes", "no-rank", "--out", str(out)]) == 0
+    row = next(line for line in out.read_text().splitlines() if line.startswith("| no-rank |"))
+    assert row.rstrip().endswith("| yes |"), row  # the inspector counted exactly the planted unchanged entries
+    with pytest.raises(SystemExit):
+        inspect_memory.main(["--modes", "everything"])
