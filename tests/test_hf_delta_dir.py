@@ -109,3 +109,33 @@ def test_bad_folders(tmp_path: Path) -> None:
     (folder / delta_dir.CONFIG).write_text(json.dumps(info))
     with pytest.raises(ValueError, match="name different tensors"):
         delta_dir.load(folder)
+
+
+def test_readme_bring_your_own_model_runs_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """The README section's Python block and shell lines, on a tiny saved GPT-2 instead of path/to/model."""
+    import re
+
+    from hf_cases import token_batches
+
+    from sparsity import inspect as inspector
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Bring your own model", 1)[1].split("\n## ", 1)[0]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    shell = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    base = saved("gpt2", tmp_path / "base")
+    monkeypatch.chdir(tmp_path)
+    data = [{k: v[i] for k, v in b.items()} for b in token_batches(n=4) for i in range(4)]
+    namespace = {"data": data}
+    exec(code.replace("path/to/model", str(base)), namespace)  # noqa: S102 - our own README
+    assert (tmp_path / "my-delta" / delta_dir.CONFIG).is_file()
+    mains = {"sparsity.delta_dir": delta_dir.main, "sparsity.inspect": inspector.main}
+    for line in shell.strip().splitlines():
+        words = line.split("#")[0].replace("path/to/model", str(base)).split()
+        assert words[:2] == ["python", "-m"], line
+        mains[words[2]](words[3:])
+    tuned = dict(namespace["model"].named_parameters())
+    for name, p in load_causal_lm(tmp_path / "merged").named_parameters():
+        assert torch.equal(p.detach(), tuned[name].detach()), name
+    assert "overall update sparsity" in capsys.readouterr().out
