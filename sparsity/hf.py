@@ -88,6 +88,29 @@ def load_causal_lm(path: str | os.PathLike[str], *, trust_remote_code: bool = Fa
     return transformers.AutoModelForCausalLM.from_pretrained(os.fspath(path), **kwargs)
 
 
+@torch.no_grad()
+def load_checkpoint_weights(model: nn.Module, checkpoint: str | os.PathLike[str]) -> nn.Module:
+    """Copy every parameter of a saved checkpoint folder into ``model`` in place; returns it.
+
+    For resuming a sparse run: build the mask on the *base* model (``sparsify``), then bring in the
+    checkpoint's weights before ``Trainer.train(resume_from_checkpoint=...)``. Trainer's own reload
+    reads the raw safetensors keys and, in transformers 5, misses the ones ``from_pretrained``
+    renames (GPT-NeoX saves its head as ``embed_out``, the model calls it ``lm_head``), so a trained
+    head would silently restart from the base; loading through ``from_pretrained`` here does not.
+    """
+    params = dict(check_module(model).named_parameters())
+    saved = dict(load_causal_lm(checkpoint, dtype=next(iter(params.values())).dtype).named_parameters())
+    if set(saved) != set(params):
+        odd = sorted(set(saved) ^ set(params))
+        raise ValueError(f"checkpoint: {checkpoint} has other parameters than the model ({', '.join(odd[:5])})")
+    for name, p in params.items():
+        if saved[name].shape != p.shape:
+            raise ValueError(f"checkpoint: '{name}' has shape {tuple(saved[name].shape)}, the model's {tuple(p.shape)}")
+    for name, p in params.items():
+        p.copy_(saved[name])
+    return model
+
+
 def lm_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """The causal LM loss of a batch (``input_ids``, optional ``attention_mask`` and ``labels``;
     labels default to the inputs): the ``loss_fn`` the gradient criteria of ``sparsify`` take."""

@@ -15,7 +15,7 @@ from hf_cases import saved, token_batches  # noqa: E402
 from transformers import Trainer, TrainingArguments  # noqa: E402
 
 from sparsity import SparseConfig, sparsify  # noqa: E402
-from sparsity.hf import load_causal_lm  # noqa: E402
+from sparsity.hf import load_causal_lm, load_checkpoint_weights  # noqa: E402
 from sparsity.regularize import snapshot  # noqa: E402
 
 STEPS = 50
@@ -59,6 +59,26 @@ def test_trainer_keeps_masked_entries_and_resumes_bit_exact(family: str, storage
         assert torch.equal(p.detach(), final[name]), f"{name} differs after resume"
     for name, m in resumed.optimizer.mask.items():
         assert torch.equal(m, run.optimizer.mask[name]), name
+
+
+def test_resume_with_a_trained_head_through_load_checkpoint_weights(tmp_path: Path) -> None:
+    """GPT-NeoX saves its head as embed_out: Trainer's raw reload misses it, load_checkpoint_weights does not."""
+    base = saved("gpt_neox", tmp_path / "base")
+    config = SparseConfig(storage="compact", include=("weight", "embedding"), **CONFIG)
+    model = load_causal_lm(base)
+    run = sparsify(model, config)
+    assert run.mask["lm_head.weight"].any()
+    _trainer(model, run.optimizer, tmp_path / "out").train()
+    again = load_causal_lm(base)
+    resumed = sparsify(again, config)
+    checkpoint = tmp_path / "out" / "checkpoint-25"
+    load_checkpoint_weights(again, checkpoint)
+    _trainer(again, resumed.optimizer, tmp_path / "out").train(resume_from_checkpoint=str(checkpoint))
+    final = dict(model.named_parameters())
+    for name, p in again.named_parameters():
+        assert torch.equal(p.detach(), final[name].detach()), f"{name} differs after resume"
+    with pytest.raises(ValueError, match="other parameters than the model"):
+        load_checkpoint_weights(load_causal_lm(saved("llama", tmp_path / "llama")), checkpoint)
 
 
 def test_trl_sft_trainer_takes_the_masked_optimizer(tmp_path: Path) -> None:
