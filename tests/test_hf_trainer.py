@@ -12,7 +12,6 @@ pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
 from hf_cases import saved, token_batches  # noqa: E402
-from transformers import Trainer, TrainingArguments  # noqa: E402
 
 from sparsity import SparseConfig, sparsify  # noqa: E402
 from sparsity.hf import load_causal_lm, load_checkpoint_weights  # noqa: E402
@@ -22,7 +21,12 @@ STEPS = 50
 CONFIG = {"criterion": "lift", "density": 0.1, "options": {"rank": 4}, "weight_decay": 0.1, "lr": 1e-2}
 
 
-def _trainer(model, optimizer, out: Path) -> Trainer:
+def _trainer(model, optimizer, out: Path):
+    """A Trainer for ``STEPS`` steps with a checkpoint every 25. Imported here, not at collection:
+    importing transformers.Trainer imports triton, which must come after the 2:4 tests set
+    TRITON_INTERPRET=1 (tests/test_semistructured.py) or their CPU kernels cannot run."""
+    from transformers import Trainer, TrainingArguments
+
     args = TrainingArguments(output_dir=str(out), max_steps=STEPS, per_device_train_batch_size=4, save_steps=25,
                              save_strategy="steps", logging_strategy="no", report_to=[], use_cpu=True, seed=0,
                              disable_tqdm=True, dataloader_num_workers=0)
