@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# The CPU build of torch first: an unpinned torch would pull a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[lab,dev]"
+	$(PY) -m pip install -q -e ".[lab,dev,hf]"
 	touch $(STAMP)
 
 demo: $(STAMP)

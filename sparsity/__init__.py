@@ -9,7 +9,9 @@ One concept per module: ``criteria`` (scores), ``masks`` (selection), ``optim`` 
 ``compact`` (optimizers), ``regularize``, ``metrics``, ``ablate``, ``discover`` (learned
 subnetworks), ``prune``, ``dynamic`` (drop/grow), ``delta`` (sparse update checkpoints),
 ``semistructured`` (2:4 sparsity, gathering ``two_four``: the pattern and compressed format,
-``two_four_linear``: the fast linear layer, ``two_four_convert``: model conversion).
+``two_four_linear``: the fast linear layer, ``two_four_convert``: model conversion), ``delta_dir`` (a delta as a shippable folder),
+``inspect`` (update sparsity of two checkpoints), ``hf`` (Hugging Face causal LMs; needs the
+``hf`` extra, imported only when used).
 """
 
 from sparsity import ablate, criteria, delta, discover, dynamic, masks, prune, registry, semistructured, sweep

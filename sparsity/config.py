@@ -17,7 +17,7 @@ from typing import Any
 from torch import nn
 
 from sparsity import masks
-from sparsity.eligibility import KINDS, eligible
+from sparsity.eligibility import KINDS, eligible, match_parameters
 from sparsity.registry import Criterion, Selection, Scores, get_criterion
 from sparsity.validate import Mask, check_density, check_finite_nonnegative, check_positive_int, named_params
 
@@ -37,6 +37,9 @@ class SparseConfig:
         Exactly one of the three budgets is given (density 0.05 if none is).
     scope: "per_tensor" (every tensor gets the density) or "global" (one ranking over all).
     include: the parameter kinds the budget may spend on (``sparsity.eligibility.KINDS`` or "all").
+    targets: names, module prefixes or glob patterns (``sparsity.eligibility.match_parameters``)
+        that narrow the budget to some modules, like PEFT's ``target_modules``: e.g.
+        ``("*.attn.*", "*.mlp.*")``; None spends it on every parameter of the ``include`` kinds.
     storage: "compact" (``CompactAdamW``: state for the selected entries only) or "dense"
         (``MaskedAdamW``: full-size state, the entries outside the mask never move).
     fused: compact storage only: take ``CompactAdamW``'s fast path (one-pass CPU kernel, torch's
@@ -57,6 +60,7 @@ class SparseConfig:
     n_m: tuple[int, int] | None = None
     scope: str = "per_tensor"
     include: str | tuple[str, ...] = "weight"
+    targets: tuple[str, ...] | None = None
     storage: str = "compact"
     fused: bool = False
     values_grad: bool = False
@@ -89,6 +93,9 @@ class SparseConfig:
         kinds = (self.include,) if isinstance(self.include, str) else tuple(self.include)
         if not kinds or any(k not in KINDS and k != "all" for k in kinds):
             raise ValueError(f"include must name kinds among {KINDS} or be 'all', got {self.include!r}")
+        if self.targets is not None and (not isinstance(self.targets, tuple) or not self.targets
+                                         or not all(isinstance(t, str) and t for t in self.targets)):
+            raise ValueError(f"targets must be a non-empty tuple of name patterns, got {self.targets!r}")
         if self.storage not in STORAGES:
             raise ValueError(f"storage must be one of {STORAGES}, got {self.storage!r}")
         if not isinstance(self.options, Mapping):
@@ -120,11 +127,23 @@ class SparseConfig:
         return f"density {self.density:g}"
 
 
+def budget_names(model: nn.Module, config: SparseConfig) -> list[str]:
+    """The parameters the budget may spend on: the ``include`` kinds, narrowed to ``targets``."""
+    names = eligible(model, config.include)
+    if config.targets is None:
+        return names
+    matched = set(match_parameters(model, config.targets))
+    chosen = [n for n in names if n in matched]
+    if not chosen:
+        raise ValueError(f"targets {config.targets} match no parameter of the kinds include={config.include!r}")
+    return chosen
+
+
 def budget_count(model: nn.Module, config: SparseConfig) -> int:
     """How many eligible entries the budget allows: per tensor ``max(1, round(d * numel))``
     for a density, ``min(r * (m + n), numel)`` per matrix for a LoRA-equal rank."""
     params = named_params(model)
-    names = eligible(model, config.include)
+    names = budget_names(model, config)
     if config.lora_rank is not None:
         return sum(min(config.lora_rank * sum(params[n].shape), params[n].numel()) for n in names)
     if config.density is not None:
@@ -137,12 +156,19 @@ def select_mask(model: nn.Module, scores: Scores | Selection, config: SparseConf
 
     A ranking is cut by the budget (top-k per tensor or globally; LoRA-equal per matrix; N:M
     per group). A :class:`Selection` spends the budget's count globally inside its support
-    (fewer entries when the set is smaller). Every parameter of the model is in the mask.
+    (fewer entries when the set is smaller). Every parameter of the model is in the mask;
+    those outside ``config.targets`` are frozen.
     """
+    names = set(budget_names(model, config))
+    if config.targets is not None and isinstance(scores, Selection):
+        scores = Selection({n: s for n, s in scores.scores.items() if n in names},
+                           {n: s for n, s in scores.support.items() if n in names})
+    elif config.targets is not None:
+        scores = {n: s for n, s in scores.items() if n in names}
     if isinstance(scores, Selection):
         if config.n_m is not None:
             raise ValueError("a set criterion (a Selection) cannot be cut into an N:M pattern")
-        n_weights = sum(named_params(model)[n].numel() for n in eligible(model, config.include))
+        n_weights = sum(named_params(model)[n].numel() for n in names)
         mask = masks.top_k_within(model, scores.scores, scores.support, budget_count(model, config) / n_weights,
                                   "global")
     elif config.n_m is not None:

@@ -3,6 +3,13 @@
 Embedding tables and normalisation gains are usually left out of sparse fine-tuning
 budgets (they are few entries, or indexed by token rather than multiplied with), so
 every selector and criterion takes ``include``: the kinds of parameter it may touch.
+A model's output embedding (a Hugging Face model's ``get_output_embeddings()``, its
+``lm_head``) is an embedding too, tied to the input table or not, so a budget never
+spends on it unless asked (``include`` with "embedding").
+
+Which axis of a matrix is its input: ``nn.Linear`` stores ``[out, in]``, GPT-2's
+``Conv1D`` (Radford et al. 2019) ``[in, out]``; :func:`input_axes` says so per tensor,
+so structured selections (N:M groups along the input) follow the layout.
 """
 
 from __future__ import annotations
@@ -21,11 +28,12 @@ KINDS = ("weight", "bias", "norm", "embedding")
 def parameter_kinds(model: nn.Module) -> dict[str, str]:
     """Classify each parameter as weight, bias, norm or embedding by its owning module."""
     kinds: dict[str, str] = {}
-    for module_name, module in check_module(model).named_modules():
+    output = _output_embedding(check_module(model))
+    for module_name, module in model.named_modules():
         is_norm = "norm" in type(module).__name__.lower()
         for param_name, p in module.named_parameters(recurse=False):
             full = f"{module_name}.{param_name}" if module_name else param_name
-            if isinstance(module, nn.Embedding):
+            if isinstance(module, nn.Embedding) or (module is output and param_name == "weight"):
                 kinds[full] = "embedding"
             elif is_norm:
                 kinds[full] = "norm"
@@ -34,6 +42,32 @@ def parameter_kinds(model: nn.Module) -> dict[str, str]:
             else:
                 kinds[full] = "bias"
     return {name: kinds[name] for name, _ in model.named_parameters()}
+
+
+def _output_embedding(model: nn.Module) -> nn.Module | None:
+    """The module a Hugging Face-style model reports as its output embedding (None if it has none)."""
+    get = getattr(model, "get_output_embeddings", None)
+    return get() if callable(get) else None
+
+
+def is_conv1d(module: nn.Module) -> bool:
+    """GPT-2's ``Conv1D`` (transformers.pytorch_utils), recognised without importing transformers:
+    a linear layer whose weight is stored ``[in, out]`` (``nx`` inputs, ``nf`` outputs)."""
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and hasattr(module, "nx")
+
+
+def input_axes(model: nn.Module) -> dict[str, int]:
+    """For every parameter of two or more dimensions, the axis that runs along the layer's input:
+    the last one (``nn.Linear``'s ``[out, in]``, convolutions' ``[out, in, ...]``) except for a
+    ``Conv1D`` weight, whose input axis is 0."""
+    axes: dict[str, int] = {}
+    for module_name, module in check_module(model).named_modules():
+        for param_name, p in module.named_parameters(recurse=False):
+            if p.ndim >= 2:
+                full = f"{module_name}.{param_name}" if module_name else param_name
+                axes[full] = 0 if is_conv1d(module) and param_name == "weight" else p.ndim - 1
+    names = dict(model.named_parameters())
+    return {n: a for n, a in axes.items() if n in names}
 
 
 def eligible(model: nn.Module, include: str | Iterable[str] = "weight") -> list[str]:

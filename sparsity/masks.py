@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from sparsity import criteria
-from sparsity.eligibility import KINDS, eligible, match_parameters, parameter_kinds
+from sparsity.eligibility import KINDS, eligible, input_axes, match_parameters, parameter_kinds
 from sparsity.validate import (
     Mask,
     check_density,
@@ -136,7 +136,9 @@ def lora_equal(model: nn.Module, scores: dict[str, torch.Tensor], rank: int) -> 
 
 def n_m(model: nn.Module, scores: dict[str, torch.Tensor], n: int = 2, m: int = 4) -> Mask:
     """N:M structure: in every group of ``m`` consecutive entries along the input dimension
-    (the last one), the ``n`` best by score. 2:4 is what sparse tensor cores accelerate.
+    (the last one of ``nn.Linear``'s ``[out, in]``; axis 0 of GPT-2's ``Conv1D`` ``[in, out]``,
+    see ``sparsity.eligibility.input_axes``), the ``n`` best by score. 2:4 is what sparse
+    tensor cores accelerate.
     """
     check_positive_int(n, "n")
     check_positive_int(m, "m")
@@ -144,15 +146,17 @@ def n_m(model: nn.Module, scores: dict[str, torch.Tensor], n: int = 2, m: int = 
         raise ValueError(f"n must be <= m, got {n}:{m}")
     scores = _checked_scores(model, scores)
     mask = _empty_mask(model)
+    axes = input_axes(model)
     for name, s in scores.items():
         if s.ndim < 2:
             raise ValueError(f"N:M needs matrices; '{name}' has shape {tuple(s.shape)}")
+        s = s.detach().movedim(axes[name], -1)
         if s.shape[-1] % m:
             raise ValueError(f"N:M with m={m} needs the input dimension divisible by {m}; '{name}' has {s.shape[-1]}")
-        groups = s.detach().reshape(-1, m)
+        groups = s.reshape(-1, m)
         best = torch.sort(groups, dim=1, descending=True, stable=True).indices[:, :n]
         chosen = torch.zeros(groups.shape, dtype=torch.bool, device=s.device).scatter_(1, best, True)
-        mask[name] = chosen.view(s.shape)
+        mask[name] = chosen.view(s.shape).movedim(-1, axes[name]).contiguous()
     return mask
 
 
