@@ -12,3 +12,7 @@ import torch  # noqa: E402
 
 matplotlib.use("Agg")
 torch.set_num_threads(2)
+if not torch.cuda.is_available():
+    # Before any test module imports triton (transformers' Trainer does): its kernels then run on CPU
+    # tensors in the interpreter, which the 2:4 kernel tests need (tests/test_semistructured.py).
+    os.environ.setdefault("TRITON_INTERPRET", "1")
