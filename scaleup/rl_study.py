@@ -58,8 +58,9 @@ class StudyConfig:
 
     preset: str = "tiny"
     task: str = "add2"
-    warmup_steps: int = 30
+    warmup_steps: int = 300
     warmup_lr: float = 3e-4
+    warmup_target: float = 0.3
     steps: int = 100
     prompts: int = 16
     group: int = 8
@@ -76,7 +77,7 @@ class StudyConfig:
 
 
 def default_config(**overrides: Any) -> StudyConfig:
-    fast = dict(warmup_steps=40, steps=12, prompts=8, group=4) if fast_mode() else {}
+    fast = dict(warmup_steps=60, steps=12, prompts=8, group=4) if fast_mode() else {}
     return StudyConfig(**{**fast, **overrides})
 
 
@@ -84,13 +85,23 @@ def snapshot(model: nn.Module) -> TensorDict:
     return {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
+WARMUP_CHUNK = 10
+"""Warm-up steps between two checks of the target's validation score."""
+
+
 def start_model(cfg: StudyConfig, world: tk.World, cache_dir: str | Path | None = None,
-                progress: bool = False) -> nn.Module:
-    """``theta_0``: the pretrained GPT after ``warmup_steps`` of SFT on the target (float32)."""
+                progress: bool = False) -> tuple[nn.Module, int]:
+    """``theta_0`` and the warm-up steps it took: the pretrained GPT after SFT on the target (float32),
+    in chunks of ``WARMUP_CHUNK`` steps until its validation exact match reaches ``warmup_target``
+    (partial competence, so that RL gets rewards) or ``warmup_steps`` have run."""
     model = pretrain.pretrained(replace(cfg.pretrain, preset=cfg.preset), cache_dir=cache_dir, progress=progress)
-    warm = cfg.run_config("sft", "float32", steps=cfg.warmup_steps, lr=cfg.warmup_lr, seed=cfg.seed + 1_000)
-    rl.finetune(model.train(), warm, world, progress=progress)
-    return model.eval()
+    done = 0
+    while done < cfg.warmup_steps and tk.accuracy(model, world, cfg.task, "val") < cfg.warmup_target:
+        chunk = min(WARMUP_CHUNK, cfg.warmup_steps - done)
+        warm = cfg.run_config("sft", "float32", steps=chunk, lr=cfg.warmup_lr, seed=cfg.seed + 1_000 + done)
+        rl.finetune(model.train(), warm, world)
+        done += chunk
+    return model.eval(), done
 
 
 def measure(model: nn.Module, theta0: TensorDict, world: tk.World, task: str) -> dict[str, Any]:
@@ -112,6 +123,19 @@ def measure(model: nn.Module, theta0: TensorDict, world: tk.World, task: str) ->
         relative_rank=sum(ranks) / len(ranks),
         changed_by_decile=metrics.changed_by_magnitude_decile(theta0, changed),
     )
+
+
+def half_ulp_predictors(theta0: TensorDict, fp32_run: nn.Module, steps: int) -> dict[str, float]:
+    """Two predictions of the bf16 run's update sparsity from the float32 run of the same settings.
+
+    ``total``: the share of entries whose whole float32 update stays below half a bf16 ulp of
+    ``abs(theta_0)``; ``per_step``: the share whose *average step* (the update over ``steps``)
+    does. In bf16 storage each step is rounded on its own, so an entry whose every step is below
+    half an ulp never moves, however far the steps would add up in float32."""
+    after = snapshot(fp32_run)
+    per_step = {n: theta0[n] + (after[n] - theta0[n]) / steps for n in theta0}
+    return dict(half_ulp_predictor_total=metrics.below_half_ulp_share(theta0, after),
+                half_ulp_predictor_per_step=metrics.below_half_ulp_share(theta0, per_step))
 
 
 def agreement(a: TensorDict, b: TensorDict, within: Mask | None = None) -> dict[str, float]:
@@ -152,9 +176,10 @@ def retrain(cfg: StudyConfig, theta0_model: nn.Module, full: nn.Module, world: t
 def run_study(cfg: StudyConfig, cache_dir: str | Path | None = None, progress: bool = False) -> dict[str, Any]:
     """Every number of the study as plain data (see the module docstring for what each answers)."""
     world = tk.World(cfg.pretrain.world)
-    start = start_model(cfg, world, cache_dir, progress)
+    start, warmup = start_model(cfg, world, cache_dir, progress)
     theta0 = snapshot(start)
-    out: dict[str, Any] = dict(config=asdict(cfg), start_target=tk.accuracy(start, world, cfg.task, "test"), runs={})
+    out: dict[str, Any] = dict(config=asdict(cfg), warmup_steps_taken=warmup,
+                               start_target=tk.accuracy(start, world, cfg.task, "test"), runs={})
     models = {}
     for algorithm in cfg.algorithms:
         for weights in cfg.weights:
@@ -167,8 +192,8 @@ def run_study(cfg: StudyConfig, cache_dir: str | Path | None = None, progress: b
             out["runs"][f"{algorithm}/{weights}"] = row
     for algorithm in cfg.algorithms:
         if (algorithm, "float32") in models and (algorithm, "bfloat16") in models:
-            out["runs"][f"{algorithm}/bfloat16"]["half_ulp_predictor"] = metrics.below_half_ulp_share(
-                theta0, snapshot(models[(algorithm, "float32")]))
+            out["runs"][f"{algorithm}/bfloat16"].update(half_ulp_predictors(theta0, models[(algorithm, "float32")],
+                                                                            cfg.steps))
     if len(cfg.algorithms) > 1:
         a, b = cfg.algorithms[:2]
         weights = cfg.weights[-1]
@@ -204,12 +229,13 @@ def main(argv: list[str] | None = None) -> int:
         json.dump(json_ready(study), sys.stdout, indent=1, allow_nan=False)
         print()
         return 0
-    print(f"theta_0 ({cfg.preset}, {cfg.warmup_steps} SFT warm-up steps): target {cfg.task} {study['start_target']:.3f}")
-    print(f"{'run':<20}{'target':>8}{'sparsity':>10}{'norm.weight':>13}{'rank':>7}{'half-ulp pred.':>16}")
+    print(f"theta_0 ({cfg.preset}, {study['warmup_steps_taken']} SFT warm-up steps): target {cfg.task} "
+          f"{study['start_target']:.3f}")
+    print(f"{'run':<20}{'target':>8}{'sparsity':>10}{'norm.weight':>13}{'rank':>7}{'pred. total':>13}{'per step':>10}")
     for name, r in study["runs"].items():
-        pred = r.get("half_ulp_predictor")
+        preds = [r.get(f"half_ulp_predictor_{k}") for k in ("total", "per_step")]
         print(f"{name:<20}{r['target']:>8.3f}{r['update_sparsity']:>10.3f}{r['per_layer_type'].get('norm.weight', 0):>13.3f}"
-              f"{r['relative_rank']:>7.2f}{'' if pred is None else f'{pred:.3f}':>16}")
+              f"{r['relative_rank']:>7.2f}" + "".join(f"{'' if v is None else f'{v:.3f}':>{w}}" for v, w in zip(preds, (13, 10))))
     if "overlap" in study:
         o = study["overlap"]
         print(f"overlap {o['pair']}: Jaccard {o['jaccard']:.3f} (chance {o['chance_jaccard']:.3f})")

@@ -110,6 +110,7 @@ def test_the_study_runs_in_fast_mode_and_prints_json(tmp_path, monkeypatch, caps
     for row in study["runs"].values():
         assert 0.0 <= row["update_sparsity"] <= 1.0 and len(row["changed_by_decile"]) == 10
         assert set(row["per_layer_type"]) >= {"norm.weight", "norm.bias", "attn.qkv", "mlp.fc", "embedding"}
-    assert "half_ulp_predictor" in study["runs"]["grpo/bfloat16"]
+    assert {"half_ulp_predictor_total", "half_ulp_predictor_per_step"} <= set(study["runs"]["grpo/bfloat16"])
+    assert study["warmup_steps_taken"] <= 5
     assert 0.0 <= study["overlap"]["jaccard"] <= 1.0
     assert set(study["retrain"]["agreement_all"]) == {"1e-5_bf16", "1_ulp", "1e-3"}
