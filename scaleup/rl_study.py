@@ -173,23 +173,31 @@ def retrain(cfg: StudyConfig, theta0_model: nn.Module, full: nn.Module, world: t
     )
 
 
-def run_study(cfg: StudyConfig, cache_dir: str | Path | None = None, progress: bool = False) -> dict[str, Any]:
-    """Every number of the study as plain data (see the module docstring for what each answers)."""
+def run_one(cfg: StudyConfig, start: nn.Module, world: tk.World, algorithm: str, weights: str,
+            progress: bool = False, **overrides: Any) -> tuple[nn.Module, dict[str, Any]]:
+    """One fine-tune of a copy of ``start`` (``overrides`` change the run's ``RLConfig``, e.g. ``lr``), measured."""
+    model = copy.deepcopy(start).train()
+    history = rl.finetune(model, cfg.run_config(algorithm, weights, **overrides), world, progress=progress)
+    row = measure(model, snapshot(start), world, cfg.task)
+    if "reward" in history:
+        row["reward_first_last"] = [history["reward"][0], history["reward"][-1]]
+    return model.eval(), row
+
+
+def run_study(cfg: StudyConfig, cache_dir: str | Path | None = None, progress: bool = False,
+              start: tuple[nn.Module, int] | None = None) -> dict[str, Any]:
+    """Every number of the study as plain data (see the module docstring for what each answers).
+    ``start``: a ``start_model`` result to reuse (a lesson makes it once)."""
     world = tk.World(cfg.pretrain.world)
-    start, warmup = start_model(cfg, world, cache_dir, progress)
-    theta0 = snapshot(start)
+    start_net, warmup = start if start is not None else start_model(cfg, world, cache_dir, progress)
+    theta0 = snapshot(start_net)
     out: dict[str, Any] = dict(config=asdict(cfg), warmup_steps_taken=warmup,
-                               start_target=tk.accuracy(start, world, cfg.task, "test"), runs={})
+                               start_target=tk.accuracy(start_net, world, cfg.task, "test"), runs={})
     models = {}
     for algorithm in cfg.algorithms:
         for weights in cfg.weights:
-            model = copy.deepcopy(start).train()
-            history = rl.finetune(model, cfg.run_config(algorithm, weights), world, progress=progress)
-            models[(algorithm, weights)] = model
-            row = measure(model, theta0, world, cfg.task)
-            if "reward" in history:
-                row["reward_first_last"] = [history["reward"][0], history["reward"][-1]]
-            out["runs"][f"{algorithm}/{weights}"] = row
+            models[(algorithm, weights)], out["runs"][f"{algorithm}/{weights}"] = run_one(
+                cfg, start_net, world, algorithm, weights, progress)
     for algorithm in cfg.algorithms:
         if (algorithm, "float32") in models and (algorithm, "bfloat16") in models:
             out["runs"][f"{algorithm}/bfloat16"].update(half_ulp_predictors(theta0, models[(algorithm, "float32")],
@@ -202,8 +210,52 @@ def run_study(cfg: StudyConfig, cache_dir: str | Path | None = None, progress: b
         out["overlap"] = {"pair": f"{a} vs {b} ({weights})", **asdict(overlap)}
     if "grpo" in cfg.algorithms:
         weights = cfg.weights[-1]
-        out["retrain"] = {"weights": weights, **retrain(cfg, start, models[("grpo", weights)], world, weights)}
+        out["retrain"] = {"weights": weights, **retrain(cfg, start_net, models[("grpo", weights)], world, weights)}
+    out["verdicts"] = verdicts(out)
     return out
+
+
+def verdicts(study: dict[str, Any]) -> list[str]:
+    """One sentence per claim of the paper, worded from this study's numbers (held / did not hold)."""
+    runs, start = study["runs"], study["start_target"]
+    lines = []
+    bf16 = runs.get("grpo/bfloat16")
+    if bf16 is not None:
+        gain = bf16["target"] - start
+        held = bf16["update_sparsity"] >= 0.6
+        lines.append(f"RL updates a small subnetwork: {'held' if held else 'did not hold'} in bf16 storage "
+                     f"({bf16['update_sparsity']:.0%} of entries unchanged; target {start:.2f} -> {bf16['target']:.2f}, "
+                     f"{'a gain of at least 0.4' if gain >= 0.4 else 'a gain below the 0.4 the claim is tested at'}).")
+        fp32 = runs.get("grpo/float32")
+        if fp32 is not None:
+            lines.append(f"The sparsity is numerical: with float32 storage only {fp32['update_sparsity']:.0%} of entries "
+                         f"stay unchanged against {bf16['update_sparsity']:.0%} in bf16.")
+        for key, label in (("half_ulp_predictor_total", "the total float32 update"),
+                           ("half_ulp_predictor_per_step", "the average float32 step")):
+            if key in bf16:
+                close = abs(bf16[key] - bf16["update_sparsity"]) <= 0.10
+                lines.append(f"Half a bf16 ulp of |theta_0| against {label} predicts {bf16[key]:.0%} unchanged, "
+                             f"{'within' if close else 'not within'} 10 points of the measured "
+                             f"{bf16['update_sparsity']:.0%}.")
+        norm = bf16["per_layer_type"].get("norm.weight")
+        if norm is not None:
+            lines.append(f"LayerNorm gains get almost no update: {'held' if norm >= 0.99 else 'did not hold'} "
+                         f"({norm:.1%} unchanged).")
+        lines.append(f"The updates are nearly full rank: {'held' if bf16['relative_rank'] >= 0.9 else 'did not hold'} "
+                     f"(mean relative rank {bf16['relative_rank']:.2f} of the block matrices).")
+    if "overlap" in study:
+        o = study["overlap"]
+        special = o["jaccard"] < 0.5
+        lines.append(f"RL is special: {'held' if special else 'did not hold'} here; {o['pair']} changed the same "
+                     f"entries with Jaccard {o['jaccard']:.2f} (chance {o['chance_jaccard']:.2f}).")
+    if "retrain" in study:
+        r = study["retrain"]
+        gap = abs(r["masked_target"] - r["full_target"])
+        agree = r["agreement_in_subnetwork"]["1e-5_bf16"]
+        lines.append(f"Training only the subnetwork reproduces the full run: {'held' if gap <= 0.02 else 'did not hold'} "
+                     f"for the score ({r['masked_target']:.3f} vs {r['full_target']:.3f}); the values agree within 1e-5 "
+                     f"in bf16 for {agree:.0%} of the subnetwork ({'above' if agree > 0.9 else 'not above'} the claimed 90%).")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -239,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     if "overlap" in study:
         o = study["overlap"]
         print(f"overlap {o['pair']}: Jaccard {o['jaccard']:.3f} (chance {o['chance_jaccard']:.3f})")
+    for line in study["verdicts"]:
+        print("-", line)
     if "retrain" in study:
         r = study["retrain"]
         print(f"subnetwork retrain ({r['weights']}): {r['subnetwork_share']:.3f} of entries; target full "
