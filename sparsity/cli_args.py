@@ -28,26 +28,24 @@ def finite_nonnegative(text: str) -> float:
     return value
 
 
-def positive_int(text: str) -> int:
-    """A count (steps, seeds, threads): an int >= 1."""
+def _int_at_least(text: str, low: int, what: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive int, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive int, got {value}")
+        raise argparse.ArgumentTypeError(f"must be a {what} int, got {text!r}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be a {what} int, got {value}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """A count (steps, seeds, threads): an int >= 1."""
+    return _int_at_least(text, 1, "positive")
 
 
 def nonnegative_int(text: str) -> int:
     """A seed or an offset: an int >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a non-negative int, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a non-negative int, got {value}")
-    return value
+    return _int_at_least(text, 0, "non-negative")
 
 
 def finite_list(text: str) -> tuple[float, ...]:

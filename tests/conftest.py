@@ -8,6 +8,7 @@ os.environ["LAB_FAST"] = "1"
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import matplotlib  # noqa: E402
+import pytest  # noqa: E402
 import torch  # noqa: E402
 
 matplotlib.use("Agg")
@@ -16,3 +17,16 @@ if not torch.cuda.is_available():
     # Before any test module imports triton (transformers' Trainer does): its kernels then run on CPU
     # tensors in the interpreter, which the 2:4 kernel tests need (tests/test_semistructured.py).
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+@pytest.fixture(params=["kernel", "torch"])
+def sparse_cpu_route(request, monkeypatch):
+    """Run a test twice: through our compiled CPU kernels (sparsity.kernels.sparse_cpu) and through
+    the torch-operations fallback that runs where they cannot be built."""
+    from sparsity.kernels import sparse_cpu
+
+    if request.param == "kernel" and sparse_cpu.load() is None:
+        pytest.skip("the CPU kernels could not be built here (no C++ compiler or ninja?)")
+    if request.param == "torch":
+        monkeypatch.setattr(sparse_cpu, "load", lambda: None)
+    return request.param

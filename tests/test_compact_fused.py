@@ -9,7 +9,6 @@ from optim_cases import batch, mlp, params, train_step
 
 from sparsity import masks
 from sparsity.compact import CompactAdamW
-from sparsity.kernels import sparse_cpu
 
 SIZES = (13, 37, 11)  # odd sizes: every kernel's vector body and scalar tail are exercised
 HP = dict(lr=1e-2, weight_decay=0.1)
@@ -42,16 +41,7 @@ def _mask() -> dict[str, torch.Tensor]:
     return mask
 
 
-@pytest.fixture(params=["kernel", "torch_fused"])
-def route(request, monkeypatch):
-    if request.param == "kernel" and sparse_cpu.load() is None:
-        pytest.skip("the CPU kernel could not be built here (no C++ compiler?)")
-    if request.param == "torch_fused":
-        monkeypatch.setattr(sparse_cpu, "load", lambda: None)
-    return request.param
-
-
-def test_the_fast_path_follows_the_reference_to_torchs_own_fused_rounding(route) -> None:
+def test_the_fast_path_follows_the_reference_to_torchs_own_fused_rounding(sparse_cpu_route) -> None:
     mask = _mask()
     fast, fast_opt, start = _trajectory(lambda m, k: CompactAdamW(m.named_parameters(), k, fused=True, **HP), mask=mask)
     ref, _, _ = _trajectory(lambda m, k: CompactAdamW(m.named_parameters(), k, **HP), mask=mask)
@@ -73,7 +63,7 @@ def test_with_no_selection_the_fast_path_is_torchs_fused_adamw() -> None:
     assert _max_abs_diff(ours, theirs) == 0.0
 
 
-def test_a_state_dict_moves_between_the_two_paths(route) -> None:
+def test_a_state_dict_moves_between_the_two_paths(sparse_cpu_route) -> None:
     mask = _mask()
     model = mlp(sizes=SIZES)
     fast = CompactAdamW(model.named_parameters(), mask, fused=True, **HP)
@@ -93,7 +83,7 @@ def test_a_state_dict_moves_between_the_two_paths(route) -> None:
         assert not torch.equal(again.fc1.weight, weights["fc1.weight"])
 
 
-def test_reselection_works_on_the_fast_path(route) -> None:
+def test_reselection_works_on_the_fast_path(sparse_cpu_route) -> None:
     model = mlp(sizes=SIZES)
     mask = masks.random(model, 0.3, seed=1, scope="per_tensor")
     opt = CompactAdamW(model.named_parameters(), mask, fused=True, **HP)

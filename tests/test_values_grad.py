@@ -6,7 +6,6 @@ from torch import nn
 
 from sparsity import SparseConfig, masks, sparsify, values_grad
 from sparsity.compact import CompactAdamW
-from sparsity.kernels import sparse_cpu
 from sparsity.train import fit
 
 
@@ -15,16 +14,7 @@ def _model() -> nn.Module:
     return nn.Sequential(nn.Linear(24, 40), nn.Tanh(), nn.Linear(40, 8))
 
 
-@pytest.fixture(params=["kernel", "torch"])
-def route(request, monkeypatch):
-    if request.param == "kernel" and sparse_cpu.load() is None:
-        pytest.skip("the CPU kernel could not be built here (no C++ compiler?)")
-    if request.param == "torch":
-        monkeypatch.setattr(sparse_cpu, "load", lambda: None)
-    return request.param
-
-
-def test_the_gradient_is_the_dense_one_at_the_selected_entries(route) -> None:
+def test_the_gradient_is_the_dense_one_at_the_selected_entries(sparse_cpu_route) -> None:
     model = _model()
     x = torch.randn(3, 7, 24)  # extra leading dimensions, as in a transformer
     model(x).pow(2).sum().backward()
@@ -41,7 +31,7 @@ def test_the_gradient_is_the_dense_one_at_the_selected_entries(route) -> None:
     torch.testing.assert_close(model[0].bias.grad, dense["0.bias"])  # biases and inputs as before
 
 
-def test_training_with_values_only_gradients_follows_the_dense_gradient_run(route) -> None:
+def test_training_with_values_only_gradients_follows_the_dense_gradient_run(sparse_cpu_route) -> None:
     data = [(torch.randn(16, 24), torch.randn(16, 8)) for _ in range(20)]
 
     def run(values: bool) -> tuple[nn.Module, dict[str, torch.Tensor]]:
