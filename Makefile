@@ -20,11 +20,14 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# Each lesson's notebook is built ONCE into lab/ (git-ignored) and never overwritten: your edits stay.
+# To start a lesson afresh, delete its notebook in lab/ and run `make notebooks` (or `make lab`) again.
+LAB ?= lab
 notebooks: $(STAMP)
-	$(VENV)/bin/jupytext --to notebook --update lessons/[0-9]*.py
+	$(PY) -m lessons.lab --dir $(LAB) --build-only
 
-lab: notebooks
-	$(VENV)/bin/jupyter lab lessons/
+lab: $(STAMP)
+	$(PY) -m lessons.lab --dir $(LAB)
 
 benchmark: $(STAMP)
 	$(PY) -m benchmarks.optimizer_step
@@ -38,5 +41,6 @@ SUBMISSIONS ?= submissions
 grade: $(STAMP)
 	$(PY) -m lessons.grade $(SUBMISSIONS) --csv grades.csv
 
+# clean never touches lab/: it holds the students' notebooks.
 clean:
 	rm -rf $(VENV) out build .pytest_cache .hypothesis lessons/*.ipynb
