@@ -52,6 +52,7 @@ from scaleup import tasks as tk
 from scaleup import teacher_student as ts
 from sparsity import SparseConfig, cosine, fit, sparsify
 from sparsity.fastmode import fast_mode
+from toys.widgets import run_on_click, wide
 
 FAST = fast_mode()  # LAB_FAST=1 shrinks the runs so the notebook executes in CI
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -229,7 +230,8 @@ for lam, student in study.runs.items():
 method_menu = widgets.Dropdown(options=compare.known_methods(), value="lift", description="method")
 density_slider = widgets.SelectionSlider(options=[("1%", "d0.01"), ("5%", "d0.05"), ("20%", "d0.2"),
                                                   ("LoRA-equal", "lora_equal")],
-                                         value="d0.05", description="budget", continuous_update=False)
+                                         value="d0.05", description="budget", continuous_update=False,
+                                         layout=wide())
 target_menu = widgets.Dropdown(options=list(tk.TARGET_TASKS), value=cfg.target, description="target")
 run_button = widgets.Button(description="Fine-tune", button_style="primary")
 output = widgets.Output()
@@ -237,27 +239,25 @@ setups = {cfg.target: setup}
 last_run = {}
 
 
-def on_run(_=None):
+def on_run():
     """Fine-tune with the chosen method, budget and target, and plot it next to full fine-tuning."""
     target, method = target_menu.value, method_menu.value
     if target not in setups:
-        setups[target] = compare.prepare(replace(cfg, target=target), device=DEVICE, progress=False)
+        setups[target] = compare.prepare(replace(cfg, target=target), device=DEVICE, progress=True)
     here = setups[target]
     budget = budget_of(method, density_slider.value)
-    row = compare.run_cell(here, method, budget, lr_of(here, method), seed=0)
+    row = compare.run_cell(here, method, budget, lr_of(here, method), seed=0, progress=True)
     shown = {"full": rows["full"]} if target == cfg.target else {}
     shown[f"{method} @ {compare.budget_label(budget, cfg)}"] = row
     fig, ax = plt.subplots(figsize=(6, 5))
     report.plot_learning_vs_forgetting(shown, here.before, f"GPT {PRESET}: {method} on {target}", ax)
+    plt.show()
+    print(f"{method} @ {compare.budget_label(budget, cfg)}: {row['trainable']:,} trainable; target "
+          f"{row['target_test']:.2f}, retention {row['retention']:.2f}, {row['train_s']:.1f} s")
     last_run.update(row=row, method=method, budget=budget, target=target, figure=fig)
-    with output:
-        output.clear_output(wait=True)
-        plt.show()
-        print(f"{method} @ {compare.budget_label(budget, cfg)}: {row['trainable']:,} trainable; target "
-              f"{row['target_test']:.2f}, retention {row['retention']:.2f}, {row['train_s']:.1f} s")
 
 
-run_button.on_click(on_run)
+run_on_click(run_button, output, on_run)
 display(widgets.VBox([method_menu, density_slider, target_menu, run_button, output]))
 
 # %% [markdown]

@@ -25,8 +25,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = sorted((ROOT / "lessons").glob("[0-9][0-9]_*.py"))
 KERNELSPEC = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
-"""The kernel ipykernel installs, named as JupyterLab names it, so an untouched lesson opens saved."""
+"""The kernel ipykernel installs, named as JupyterLab names it: with the kernel's language_info
+(written at build time), an untouched lesson opens without being marked unsaved."""
 
+SETTINGS = ROOT / "lessons" / "lab_settings"
+"""JupyterLab's settings defaults for the lab (``overrides.json``): never fetch news, never ask."""
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 WIDGET_REPR = re.compile(r"^[A-Z]\w*\((children|value|description|layout|options)=")
 CONTROLS_NOTE = "(interactive controls: run this cell to show them)"
@@ -39,6 +42,7 @@ def build(folder: Path, sources: Sequence[Path] = SOURCES) -> list[tuple[Path, b
     and was kept untouched (it may hold a student's work).
     """
     import jupytext
+    from ipykernel.ipkernel import IPythonKernel
 
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"--dir {folder}: exists and is not a folder")
@@ -51,49 +55,53 @@ def build(folder: Path, sources: Sequence[Path] = SOURCES) -> list[tuple[Path, b
             continue
         nb = jupytext.read(source)
         nb.metadata["kernelspec"] = dict(KERNELSPEC)
+        nb.metadata["language_info"] = dict(IPythonKernel.language_info)  # what the kernel reports on start
         nb.metadata.pop("jupytext", None)  # a plain notebook, not paired with the tracked source
         jupytext.write(nb, target, fmt="ipynb")
         done.append((target, True))
     return done
 
 
+def _plain_text(output: dict[str, Any]) -> str:
+    text = output.get("data", {}).get("text/plain", "")
+    return "".join(text) if isinstance(text, list) else text
+
+
+def is_control(output: dict[str, Any]) -> bool:
+    """Whether a widget-view output shows controls (its text form is a widget repr, "VBox(children=...")
+    rather than a progress bar (tqdm's text form is the bar itself)."""
+    return bool(WIDGET_REPR.match(_plain_text(output)))
+
+
 def strip_widget_views(model: dict[str, Any], **_: Any) -> None:
     """A Jupyter ``pre_save_hook``: drop widget views from a notebook's saved outputs.
 
-    A view kept as text where its plain-text form is readable (a tqdm bar ends as
-    "100%|##| 300/300"); a raw widget repr ("VBox(children=...") becomes a one-line note that
-    running the cell shows the controls. The notebook-level widget state is dropped too.
+    A saved view refers to a widget model that dies with the kernel. Controls become a one-line
+    note (once per cell) that running the cell shows them again; a progress bar is dropped (its
+    text form is a snapshot from when it was first shown, "0%| | 0/300", and the lab's bars
+    vanish when done). The notebook-level widget state is dropped too.
     """
     if model.get("type") != "notebook" or not isinstance(model.get("content"), dict):
         return
     nb = model["content"]
     nb.get("metadata", {}).pop("widgets", None)
     for cell in nb.get("cells", []):
-        outputs = cell.get("outputs")
-        if not outputs:
-            continue
-        kept = []
-        for output in outputs:
-            data = output.get("data", {})
-            if WIDGET_VIEW not in data:
+        kept: list[dict[str, Any]] = []
+        for output in cell.get("outputs", []):
+            if WIDGET_VIEW not in output.get("data", {}):
                 kept.append(output)
-                continue
-            text = data.get("text/plain", "")
-            text = "".join(text) if isinstance(text, list) else text
-            if not text.strip() or WIDGET_REPR.match(text):
-                if kept and kept[-1].get("data", {}).get("text/plain") == CONTROLS_NOTE:
-                    continue
-                text = CONTROLS_NOTE
-            output["data"] = {"text/plain": text}
-            output.get("metadata", {}).pop(WIDGET_VIEW, None)
-            kept.append(output)
-        cell["outputs"] = kept
+            elif is_control(output) and not any(_plain_text(o) == CONTROLS_NOTE for o in kept):
+                kept.append({"output_type": "display_data", "metadata": {}, "data": {"text/plain": CONTROLS_NOTE}})
+        if "outputs" in cell:
+            cell["outputs"] = kept
 
 
 def server_args(folder: Path) -> list[str]:
-    """The JupyterLab options the lab runs with: the student folder as root, no news pop-up, no
-    update check (offline), and :func:`strip_widget_views` on every save."""
+    """The JupyterLab options the lab runs with: the student folder as root, no news pop-up and no
+    update check (the settings defaults in :data:`SETTINGS`; the lab runs offline), and
+    :func:`strip_widget_views` on every save."""
     return [f"--ServerApp.root_dir={folder}",
+            f"--LabApp.app_settings_dir={SETTINGS}",
             "--LabApp.news_url=None",
             "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
             "--ContentsManager.pre_save_hook=lessons.lab.strip_widget_views"]
