@@ -47,11 +47,12 @@ import matplotlib.pyplot as plt
 import torch
 from IPython.display import Markdown, display
 
-from scaleup import compare, gpt, report
+from scaleup import compare, gpt, report, results
 from scaleup import tasks as tk
 from scaleup import teacher_student as ts
 from sparsity import SparseConfig, cosine, fit, sparsify
 from sparsity.fastmode import fast_mode
+from sparsity.sweep import markdown_table
 from toys.widgets import run_on_click, wide
 
 FAST = fast_mode()  # LAB_FAST=1 shrinks the runs so the notebook executes in CI
@@ -168,10 +169,19 @@ plt.show()
 
 # %%
 ROOT = Path(compare.__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
-committed = [p for p in (RESULTS / "scaleup_tiny.md", RESULTS / "scaleup_tiny" / "report.md") if p.exists()]
-if committed:
-    display(Markdown(committed[0].read_text()))
+committed = ROOT / "benchmarks" / "results" / "scaleup_tiny"
+if (committed / "results.jsonl").exists():
+    bench_cfg, bench = results.load_config(committed), compare.summarize(committed)
+    bench_full = next(r for r in bench if r["method"] == "full")
+    report.plot_summary(bench, bench_cfg, plt.figure(figsize=(14, 5)))
+    plt.show()
+    display(Markdown(markdown_table(
+        ["method", "budget", "trainable", "target (test)", "retention", "on the target"],
+        [[r["method"], compare.budget_label(r["budget"], bench_cfg), f"{r['trainable']:,}",
+          f"{r['target_test']:.3f} ± {r['target_test_std']:.3f}", f"{r['retention']:.3f} ± {r['retention_std']:.3f}",
+          "-" if r is bench_full else report.versus(r, bench_full)] for r in bench])))
+    print(f"{bench_cfg.preset} preset, target {bench_cfg.target}, {bench_cfg.steps} steps, {bench_cfg.seeds} seeds; "
+          "the full report: benchmarks/results/scaleup_tiny.md")
 else:
     print("No committed comparison yet: run `python -m scaleup.compare --preset tiny --seeds 3 --out DIR`.")
 
