@@ -14,8 +14,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[lab,dev]"
 	touch $(STAMP)
 
+# The quick report in a few minutes; `make demo FULL=1` runs every experiment at full size.
 demo: $(STAMP)
-	$(PY) demo.py --out out
+	$(PY) demo.py --out out $(if $(FULL),--full)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
