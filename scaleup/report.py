@@ -45,10 +45,15 @@ def versus(row: Mapping[str, Any], full: Mapping[str, Any], key: str = "target_t
     """How ``row`` compares with full fine-tuning on ``key``, in words that fit the numbers.
 
     "matches within spread" where the intervals mean +- std over seeds overlap, else "exceeds" or
-    "falls short of" (by the gap between the means).
+    "falls short of" (by the gap between the means); with no spread (one seed) a tie or a gap is
+    named as such, not as a match within spread.
     """
     gap = row[key] - full[key]
     spread = row.get(f"{key}_std", 0.0) + full.get(f"{key}_std", 0.0)
+    if spread == 0.0:  # one seed (or identical seeds): no spread to judge a gap by
+        if abs(gap) < 5e-4:
+            return "ties with full FT (no spread measured)"
+        return f"{'exceeds' if gap > 0 else 'falls short of'} full FT by {abs(gap):.3f} (no spread measured)"
     if abs(gap) <= spread:
         return "matches full FT within spread"
     return f"{'exceeds' if gap > 0 else 'falls short of'} full FT by {abs(gap):.3f}"

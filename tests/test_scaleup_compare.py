@@ -168,6 +168,11 @@ def test_verdict_matches_within_one_spread_and_names_the_best_retainer():
 def test_the_verdict_says_exceeds_where_a_method_beats_full_fine_tuning():
     table = [_entry("full", "all", 0.676, 0.02, 0.10), _entry("lora", "lora_equal", 0.965, 0.01, 0.30)]
     assert "LoRA @ lora_equal on the target: 0.965 +- 0.010, exceeds full FT by 0.289." in cp.verdict(table)
+    one_seed = [_entry("full", "all", 1.0, 0.0, 0.0), _entry("lift", "d0.05", 1.0, 0.0, 0.0),
+                _entry("lora", "lora_equal", 0.453, 0.0, 0.0)]
+    text = cp.verdict(one_seed)
+    assert "lift @ d0.05 (ties with full FT (no spread measured))" in text
+    assert "falls short of full FT by 0.547 (no spread measured)" in text
 
 
 def test_a_choice_at_the_edge_of_the_grid_is_flagged():
