@@ -6,8 +6,9 @@ Python); this test checks what the front end makes of them. One JupyterLab serve
 Chromium, driven by Selenium through the system chromedriver, opens each one, runs all cells
 and asserts: no error output, no "Error displaying widget" / "model not found" / raw widget
 repr, every widget view rendered as a control, the notebook not marked unsaved on open, the
-figures drawn, and the lesson's main button changing its output panel (disabled while its job
-runs). A screenshot per lesson lands in pytest's temporary folder. Without Chromium, its driver
+figures drawn, the lesson's main button changing its output panel (disabled while its job
+runs), and, saved and reopened, no stale widget view (a note where the controls were). Per lesson, pytest's temporary folder gets a screenshot after the main button's job
+(``<lesson>.png``) and one where the test ended or failed (``<lesson>-last.png``). Without Chromium, its driver
 or Selenium the test skips with the reason.
 """
 
@@ -158,7 +159,7 @@ def test_lesson_in_a_real_browser(source: Path, server: tuple[str, str, Path], b
                                   tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
 
-    base, token, _ = server
+    base, token, folder = server
     name = f"{source.stem}.ipynb"
     browser.get(f"{base}/lab/tree/{name}?reset&token={token}")
     try:
@@ -202,9 +203,22 @@ def test_lesson_in_a_real_browser(source: Path, server: tuple[str, str, Path], b
         assert after != before, f"{name}: pressing the main button changed no output panel"
         text = _page_text(browser)
         assert not [b for b in BROKEN if b in text], f"{name}: after the click the page shows {[b for b in BROKEN if b in text]}"
+
+        browser.save_screenshot(str(tmp_path / f"{source.stem}.png"))  # the main control and what it drew
+        print(f"screenshot: {tmp_path / f'{source.stem}.png'}")
+
+        # Saved and reopened, as a student comes back to a lesson: no stale widget views.
+        browser.execute_script("window.jupyterapp.commands.execute('docmanager:save')")
+        _wait(f"{name} to be saved", lambda: (s := _state(browser, name)) and not s["dirty"], 30)
+        saved = (folder / name).read_text()
+        assert lab.WIDGET_VIEW not in saved and lab.CONTROLS_NOTE in saved, f"{name}: widget views saved"
+        browser.get(f"{base}/lab/tree/{name}?reset&token={token}")
+        _wait(f"{name} to reopen", lambda: _state(browser, name), 120)
+        time.sleep(1.0)
+        text = _page_text(browser)
+        assert not [b for b in BROKEN if b in text], f"{name}: reopened, the page shows {[b for b in BROKEN if b in text]}"
+        assert lab.CONTROLS_NOTE in text
     finally:
-        shot = tmp_path / f"{source.stem}.png"
-        browser.save_screenshot(str(shot))
-        print(f"screenshot: {shot}")
+        browser.save_screenshot(str(tmp_path / f"{source.stem}-last.png"))  # where it ended (or failed)
         browser.execute_script("const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;"
                                "if (w && w.sessionContext) w.sessionContext.shutdown();")
