@@ -52,8 +52,8 @@ def versus(row: Mapping[str, Any], full: Mapping[str, Any], key: str = "target_t
     spread = row.get(f"{key}_std", 0.0) + full.get(f"{key}_std", 0.0)
     if spread == 0.0:  # one seed (or identical seeds): no spread to judge a gap by
         if abs(gap) < 5e-4:
-            return "ties with full FT (no spread measured)"
-        return f"{'exceeds' if gap > 0 else 'falls short of'} full FT by {abs(gap):.3f} (no spread measured)"
+            return "ties with full FT, no spread measured"
+        return f"{'exceeds' if gap > 0 else 'falls short of'} full FT by {abs(gap):.3f}, no spread measured"
     if abs(gap) <= spread:
         return "matches full FT within spread"
     return f"{'exceeds' if gap > 0 else 'falls short of'} full FT by {abs(gap):.3f}"

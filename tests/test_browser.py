@@ -7,9 +7,10 @@ Chromium, driven by Selenium through the system chromedriver, opens each one, ru
 and asserts: no error output, no "Error displaying widget" / "model not found" / raw widget
 repr, every widget view rendered as a control, the notebook not marked unsaved on open, the
 figures drawn, the lesson's main button changing its output panel (disabled while its job
-runs), and, saved and reopened, no stale widget view (a note where the controls were). Per lesson, pytest's temporary folder gets a screenshot after the main button's job
-(``<lesson>.png``) and one where the test ended or failed (``<lesson>-last.png``). Without Chromium, its driver
-or Selenium the test skips with the reason.
+runs), and, saved and reopened, no stale widget view (a note where the controls were).
+Per lesson, pytest's temporary folder gets a screenshot after the main button's job
+(``<lesson>.png``) and one where the test ended or failed (``<lesson>-last.png``). Without
+Chromium, its driver or Selenium the test skips with the reason.
 """
 
 from __future__ import annotations
