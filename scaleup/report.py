@@ -45,15 +45,17 @@ def versus(row: Mapping[str, Any], full: Mapping[str, Any], key: str = "target_t
     """How ``row`` compares with full fine-tuning on ``key``, in words that fit the numbers.
 
     "matches within spread" where the intervals mean +- std over seeds overlap, else "exceeds" or
-    "falls short of" (by the gap between the means); with no spread (one seed) a tie or a gap is
-    named as such, not as a match within spread.
+    "falls short of" (by the gap between the means); with no spread (one seed, or seeds that all
+    agree) a tie or a gap is named as such, with the reason, not as a match within spread.
     """
     gap = row[key] - full[key]
     spread = row.get(f"{key}_std", 0.0) + full.get(f"{key}_std", 0.0)
-    if spread == 0.0:  # one seed (or identical seeds): no spread to judge a gap by
+    if spread == 0.0:  # one seed, or seeds that all agree: no spread to judge a gap by
+        seeds = min(row.get("n_seeds", 1), full.get("n_seeds", 1))
+        why = "one seed, no spread measured" if seeds <= 1 else f"no spread over {seeds} seeds"
         if abs(gap) < 5e-4:
-            return "ties with full FT, no spread measured"
-        return f"{'exceeds' if gap > 0 else 'falls short of'} full FT by {abs(gap):.3f}, no spread measured"
+            return f"ties with full FT; {why}"
+        return f"{'exceeds' if gap > 0 else 'falls short of'} full FT by {abs(gap):.3f}; {why}"
     if abs(gap) <= spread:
         return "matches full FT within spread"
     return f"{'exceeds' if gap > 0 else 'falls short of'} full FT by {abs(gap):.3f}"

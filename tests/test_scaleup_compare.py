@@ -171,8 +171,8 @@ def test_the_verdict_says_exceeds_where_a_method_beats_full_fine_tuning():
     one_seed = [_entry("full", "all", 1.0, 0.0, 0.0), _entry("lift", "d0.05", 1.0, 0.0, 0.0),
                 _entry("lora", "lora_equal", 0.453, 0.0, 0.0)]
     text = cp.verdict(one_seed)
-    assert "lift @ d0.05 (ties with full FT, no spread measured)" in text
-    assert "falls short of full FT by 0.547, no spread measured" in text
+    assert "lift @ d0.05 (ties with full FT; one seed, no spread measured)" in text
+    assert "falls short of full FT by 0.547; one seed, no spread measured" in text
 
 
 def test_a_choice_at_the_edge_of_the_grid_is_flagged():
