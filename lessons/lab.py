@@ -31,7 +31,8 @@ KERNELSPEC = {"display_name": "Python 3 (ipykernel)", "language": "python", "nam
 SETTINGS = ROOT / "lessons" / "lab_settings"
 """JupyterLab's settings defaults for the lab (``overrides.json``): never fetch news, never ask."""
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
-WIDGET_REPR = re.compile(r"^[A-Z]\w*\((children|value|description|layout|options)=")
+WIDGET_REPR = re.compile(r"^[A-Z]\w*\(")
+"""A widget's text form is its class and arguments ("VBox(children=...", "Output()"); a tqdm bar's is the bar."""
 CONTROLS_NOTE = "(interactive controls: run this cell to show them)"
 
 

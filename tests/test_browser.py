@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -38,6 +39,8 @@ CHROMEDRIVER = shutil.which("chromedriver")
 LESSON_TIMEOUT_S = 300.0
 CLICK_TIMEOUT_S = 120.0
 BROKEN = ("Jupyter news", "Error displaying widget", "model not found", "Traceback (most recent call last)", "Loading widget...")
+RAW_WIDGET = re.compile(r"^(\w*Box|Output|Button|\w*Slider|Dropdown|ToggleButtons|Checkbox|Select\w*|Label|HTML|Tab)\(")
+"""An ipywidget shown as its text form (its front end did not render it)."""
 # The notebook's settings for the run: every cell attached to the page (no windowing), so the
 # checks see every output, not only those scrolled into view.
 SETTINGS = {"@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"}}
@@ -183,7 +186,9 @@ def test_lesson_in_a_real_browser(source: Path, server: tuple[str, str, Path], b
         time.sleep(1.0)  # widget views render after the kernel went idle
         text = _page_text(browser)
         assert not [b for b in BROKEN if b in text], f"{name}: the page shows {[b for b in BROKEN if b in text]}"
-        raw = [t for t in text.splitlines() if lab.WIDGET_REPR.match(t.strip())]
+        shown = browser.execute_script("return [...document.querySelectorAll('.jp-OutputArea-output')]"
+                                       ".map(e => e.innerText).join('\\n')")
+        raw = [t for t in shown.splitlines() if RAW_WIDGET.match(t.strip())]
         assert not raw, f"{name}: widgets shown as raw reprs: {raw[:3]}"
         views = sum(lab.WIDGET_VIEW in o.get("data", {}) and lab.is_control(o) for c in state["cells"] for o in c["outputs"])
         controls = browser.find_elements(By.CSS_SELECTOR, ".jp-OutputArea-output > .jupyter-widgets")
