@@ -14,17 +14,21 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[lab,dev,hf]"
 	touch $(STAMP)
 
+# The quick report in a few minutes; `make demo FULL=1` runs every experiment at full size.
 demo: $(STAMP)
-	$(PY) demo.py --out out
+	$(PY) demo.py --out out $(if $(FULL),--full)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# Each lesson's notebook is built ONCE into lab/ (git-ignored) and never overwritten: your edits stay.
+# To start a lesson afresh, delete its notebook in lab/ and run `make notebooks` (or `make lab`) again.
+LAB ?= lab
 notebooks: $(STAMP)
-	$(VENV)/bin/jupytext --to notebook --update lessons/[0-9]*.py
+	$(PY) -m lessons.lab --dir $(LAB) --build-only
 
-lab: notebooks
-	$(VENV)/bin/jupyter lab lessons/
+lab: $(STAMP)
+	$(PY) -m lessons.lab --dir $(LAB)
 
 benchmark: $(STAMP)
 	$(PY) -m benchmarks.optimizer_step
@@ -38,5 +42,6 @@ SUBMISSIONS ?= submissions
 grade: $(STAMP)
 	$(PY) -m lessons.grade $(SUBMISSIONS) --csv grades.csv
 
+# clean never touches lab/: it holds the students' notebooks.
 clean:
 	rm -rf $(VENV) out build .pytest_cache .hypothesis lessons/*.ipynb

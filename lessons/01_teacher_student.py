@@ -5,7 +5,7 @@
 #       extension: .py
 #       format_name: percent
 #   kernelspec:
-#     display_name: Python 3
+#     display_name: Python 3 (ipykernel)
 #     language: python
 #     name: python3
 # ---
@@ -48,6 +48,7 @@ from IPython.display import display
 from sparsity.fastmode import fast_mode
 from sparsity.metrics import update_sparsity
 from toys.teacher_student import default_config, format_table, label, plot_run, plot_update_shares, train
+from toys.widgets import run_on_click, wide
 
 FAST = fast_mode()  # LAB_FAST=1 shrinks the runs so the notebook executes in CI
 base = default_config()
@@ -145,30 +146,28 @@ for name, run in [("loss term", sparse), ("proximal step", prox)]:
 
 # %%
 lam_slider = widgets.FloatLogSlider(value=1e-3, base=10, min=-5, max=-1, step=0.25, description="lambda",
-                                    continuous_update=False)
+                                    continuous_update=False, layout=wide())
 zero_box = widgets.Checkbox(value=False, description="lambda = 0")
 optimizer_buttons = widgets.ToggleButtons(options=["adam", "sgd"], value="adam", description="optimizer")
 steps_slider = widgets.IntSlider(value=base.steps, min=100, max=10_000, step=100, description="steps",
-                                 continuous_update=False)
+                                 continuous_update=False, layout=wide())
 train_button = widgets.Button(description="Train", button_style="primary")
 output = widgets.Output()
 last_run = {}
 
 
-def on_train(_=None):
-    """Train with the chosen settings and redraw: the widget's only callback."""
+def on_train():
+    """Train with the chosen settings and redraw: what the Train button runs."""
     cfg = replace(base, lam=0.0 if zero_box.value else lam_slider.value, optimizer=optimizer_buttons.value,
                   steps=steps_slider.value)
-    with output:
-        output.clear_output(wait=True)
-        result = train(cfg)
-        figure = plot_run(result)
-        plt.show()
-        print(format_table(result))
+    result = train(cfg)
+    figure = plot_run(result)
+    plt.show()
+    print(format_table(result))
     last_run.update(result=result, figure=figure)
 
 
-train_button.on_click(on_train)
+run_on_click(train_button, output, on_train)
 display(widgets.VBox([widgets.HBox([lam_slider, zero_box]), optimizer_buttons, steps_slider, train_button, output]))
 
 # %% [markdown]

@@ -5,7 +5,7 @@
 #       extension: .py
 #       format_name: percent
 #   kernelspec:
-#     display_name: Python 3
+#     display_name: Python 3 (ipykernel)
 #     language: python
 #     name: python3
 # ---
@@ -53,6 +53,7 @@ from sparsity.ablate import ablate
 from sparsity.discover import exclusive
 from sparsity.fastmode import fast_mode
 from toys import modular
+from toys.widgets import run_on_click, wide
 
 FAST = fast_mode()  # LAB_FAST=1 shrinks the runs so the notebook executes in CI
 cfg = modular.default_config()
@@ -212,9 +213,10 @@ plt.show()
 # closed over whole units, then press **Fine-tune**. Each run adds a point to the plot.
 
 # %%
-way_pick = widgets.ToggleButtons(options=list(modular.WAYS), value="freeze A's core", description="way")
-density_slider = widgets.FloatLogSlider(value=cfg.core_density, base=10, min=-2, max=-0.3, step=0.1,
-                                        description="density", continuous_update=False)
+way_pick = widgets.ToggleButtons(options=list(modular.WAYS), value="freeze A's core", description="way",
+                                 style={"button_width": "auto"})  # each way's name in full
+density_slider = widgets.FloatLogSlider(value=cfg.core_density, base=10, min=-2, max=-0.3, step=0.05,
+                                        description="density", continuous_update=False, layout=wide())
 units_box = widgets.Checkbox(value=True, description="whole units (A's core)")
 finetune_button = widgets.Button(description="Fine-tune", button_style="primary")
 finetune_out = widgets.Output()
@@ -222,25 +224,23 @@ tried = []
 last_finetune = {}
 
 
-def on_finetune(_=None):
+def on_finetune():
     """Fine-tune a copy of the A-pretrained model on B the chosen way and plot forgetting vs target."""
     core = modular.a_core(iso.pretrained, density_slider.value, units=units_box.value)
     subnetwork = modular.b_subnetwork(iso.pretrained, iso.models["full"], density_slider.value)
     mask = modular.way_mask(way_pick.value, core, subnetwork, cfg.task_b)
-    with finetune_out:
-        finetune_out.clear_output(wait=True)
-        tuned = modular.finetune_b(iso.pretrained, report.world, mask)
-        b = modular.accuracy(tuned, report.world, cfg.task_b)
-        a = modular.accuracy(tuned, report.world, cfg.task_a)
-        label = f"{way_pick.value}, d={density_slider.value:.2f}" + ("" if units_box.value else ", entries")
-        tried.append((label, b, a))
-        ax = modular.plot_isolation(iso, tried)
-        plt.show()
-        print(f"{label}: B {b:.3f}, A {a:.3f}; trainable share of trunk {modular.trunk_share(tuned, mask):.2f}")
+    tuned = modular.finetune_b(iso.pretrained, report.world, mask)
+    b = modular.accuracy(tuned, report.world, cfg.task_b)
+    a = modular.accuracy(tuned, report.world, cfg.task_a)
+    label = f"{way_pick.value}, d={density_slider.value:.2f}" + ("" if units_box.value else ", entries")
+    tried.append((label, b, a))
+    ax = modular.plot_isolation(iso, tried)
+    plt.show()
+    print(f"{label}: B {b:.3f}, A {a:.3f}; trainable share of trunk {modular.trunk_share(tuned, mask):.2f}")
     last_finetune.update(target=b, retained=a, mask=mask, figure=ax.figure)
 
 
-finetune_button.on_click(on_finetune)
+run_on_click(finetune_button, finetune_out, on_finetune)
 display(widgets.VBox([way_pick, widgets.HBox([density_slider, units_box]), finetune_button, finetune_out]))
 
 # %% [markdown]

@@ -5,7 +5,7 @@
 #       extension: .py
 #       format_name: percent
 #   kernelspec:
-#     display_name: Python 3
+#     display_name: Python 3 (ipykernel)
 #     language: python
 #     name: python3
 # ---
@@ -65,7 +65,7 @@ from toys import teacher_student as ts
 from toys import teacher_student_criteria as tsc
 from toys.criterion_masks import DENSITIES as ALL_DENSITIES
 from toys.criterion_masks import INCLUDE
-from toys.widgets import budget_slider, train_panel
+from toys.widgets import LABEL_STYLE, budget_slider, train_panel, wide
 
 FAST = fast_mode()  # LAB_FAST=1: fewer steps, one budget, so the notebook executes in CI
 torch.set_num_threads(1)  # the toy's matrices are tiny: one thread is fastest, and immune to a busy CPU
@@ -268,7 +268,8 @@ criterion_menu = widgets.Dropdown(options=tsc.CRITERIA, value="fisher", descript
 density_slider = budget_slider()
 policy_buttons = widgets.ToggleButtons(options=[("global", "global"), ("per tensor", "per_tensor")], value="global",
                                        description="policy")
-rank_slider = widgets.IntSlider(value=4, min=1, max=min(cfg.widths), description="LIFT rank", continuous_update=False)
+rank_slider = widgets.IntSlider(value=4, min=1, max=min(cfg.widths), description="LIFT rank", continuous_update=False,
+                                layout=wide(), style=LABEL_STYLE)
 
 
 def train_and_plot():

@@ -5,7 +5,7 @@
 #       extension: .py
 #       format_name: percent
 #   kernelspec:
-#     display_name: Python 3
+#     display_name: Python 3 (ipykernel)
 #     language: python
 #     name: python3
 # ---
@@ -47,6 +47,7 @@ from sparsity.fastmode import fast_mode
 from toys import classification as tc
 from toys import optimizer_pitfall as pit
 from toys import prune_study as ps
+from toys.widgets import run_on_click, wide
 
 FAST = fast_mode()  # LAB_FAST=1 shrinks every run so the notebook executes in CI
 study = ps.default_study()
@@ -197,27 +198,25 @@ for name in layers:
 
 # %%
 sparsity_slider = widgets.FloatSlider(value=0.9, min=0.1, max=0.99, step=0.01, description="sparsity",
-                                      readout_format=".0%", continuous_update=False)
+                                      readout_format=".0%", continuous_update=False, layout=wide())
 method_dropdown = widgets.Dropdown(options=list(ps.METHODS), value="one-shot + recovery", description="recipe")
 run_button = widgets.Button(description="Run", button_style="primary")
 output = widgets.Output()
 last_run = {}
 
 
-def on_run(_=None):
-    """Run the chosen recipe at the chosen sparsity and redraw: the widget's only callback."""
+def on_run():
+    """Run the chosen recipe at the chosen sparsity and redraw: what the Run button runs."""
     method = method_dropdown.value
     sparsity = 0.5 if method == "2:4 + recovery" else sparsity_slider.value
-    with output:
-        output.clear_output(wait=True)
-        acc = ps.run_method(dense, method, sparsity, study)
-        figure = ps.plot_study(result, highlight=(method, sparsity, acc))
-        plt.show()
-        print(f"{method} at {sparsity:.0%} sparsity: accuracy {acc:.3f} ({acc / dense.accuracy:.0%} of dense)")
+    acc = ps.run_method(dense, method, sparsity, study)
+    figure = ps.plot_study(result, highlight=(method, sparsity, acc))
+    plt.show()
+    print(f"{method} at {sparsity:.0%} sparsity: accuracy {acc:.3f} ({acc / dense.accuracy:.0%} of dense)")
     last_run.update(method=method, sparsity=sparsity, accuracy=acc, figure=figure)
 
 
-run_button.on_click(on_run)
+run_on_click(run_button, output, on_run)
 display(widgets.VBox([sparsity_slider, method_dropdown, run_button, output]))
 
 # %% [markdown]

@@ -5,7 +5,7 @@
 #       extension: .py
 #       format_name: percent
 #   kernelspec:
-#     display_name: Python 3
+#     display_name: Python 3 (ipykernel)
 #     language: python
 #     name: python3
 # ---
@@ -47,11 +47,13 @@ import matplotlib.pyplot as plt
 import torch
 from IPython.display import Markdown, display
 
-from scaleup import compare, gpt, report
+from scaleup import compare, gpt, report, results
 from scaleup import tasks as tk
 from scaleup import teacher_student as ts
 from sparsity import SparseConfig, cosine, fit, sparsify
 from sparsity.fastmode import fast_mode
+from sparsity.sweep import markdown_table
+from toys.widgets import run_on_click, wide
 
 FAST = fast_mode()  # LAB_FAST=1 shrinks the runs so the notebook executes in CI
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -167,10 +169,19 @@ plt.show()
 
 # %%
 ROOT = Path(compare.__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
-committed = [p for p in (RESULTS / "scaleup_tiny.md", RESULTS / "scaleup_tiny" / "report.md") if p.exists()]
-if committed:
-    display(Markdown(committed[0].read_text()))
+committed = ROOT / "benchmarks" / "results" / "scaleup_tiny"
+if (committed / "results.jsonl").exists():
+    bench_cfg, bench = results.load_config(committed), compare.summarize(committed)
+    bench_full = next(r for r in bench if r["method"] == "full")
+    report.plot_summary(bench, bench_cfg, plt.figure(figsize=(14, 5)))
+    plt.show()
+    display(Markdown(markdown_table(
+        ["method", "budget", "trainable", "target (test)", "retention", "on the target"],
+        [[r["method"], compare.budget_label(r["budget"], bench_cfg), f"{r['trainable']:,}",
+          f"{r['target_test']:.3f} ± {r['target_test_std']:.3f}", f"{r['retention']:.3f} ± {r['retention_std']:.3f}",
+          "-" if r is bench_full else report.versus(r, bench_full)] for r in bench])))
+    print(f"{bench_cfg.preset} preset, target {bench_cfg.target}, {bench_cfg.steps} steps, {bench_cfg.seeds} seeds; "
+          "the full report: benchmarks/results/scaleup_tiny.md")
 else:
     print("No committed comparison yet: run `python -m scaleup.compare --preset tiny --seeds 3 --out DIR`.")
 
@@ -229,7 +240,8 @@ for lam, student in study.runs.items():
 method_menu = widgets.Dropdown(options=compare.known_methods(), value="lift", description="method")
 density_slider = widgets.SelectionSlider(options=[("1%", "d0.01"), ("5%", "d0.05"), ("20%", "d0.2"),
                                                   ("LoRA-equal", "lora_equal")],
-                                         value="d0.05", description="budget", continuous_update=False)
+                                         value="d0.05", description="budget", continuous_update=False,
+                                         layout=wide())
 target_menu = widgets.Dropdown(options=list(tk.TARGET_TASKS), value=cfg.target, description="target")
 run_button = widgets.Button(description="Fine-tune", button_style="primary")
 output = widgets.Output()
@@ -237,27 +249,25 @@ setups = {cfg.target: setup}
 last_run = {}
 
 
-def on_run(_=None):
+def on_run():
     """Fine-tune with the chosen method, budget and target, and plot it next to full fine-tuning."""
     target, method = target_menu.value, method_menu.value
     if target not in setups:
-        setups[target] = compare.prepare(replace(cfg, target=target), device=DEVICE, progress=False)
+        setups[target] = compare.prepare(replace(cfg, target=target), device=DEVICE, progress=True)
     here = setups[target]
     budget = budget_of(method, density_slider.value)
-    row = compare.run_cell(here, method, budget, lr_of(here, method), seed=0)
+    row = compare.run_cell(here, method, budget, lr_of(here, method), seed=0, progress=True)
     shown = {"full": rows["full"]} if target == cfg.target else {}
     shown[f"{method} @ {compare.budget_label(budget, cfg)}"] = row
     fig, ax = plt.subplots(figsize=(6, 5))
     report.plot_learning_vs_forgetting(shown, here.before, f"GPT {PRESET}: {method} on {target}", ax)
+    plt.show()
+    print(f"{method} @ {compare.budget_label(budget, cfg)}: {row['trainable']:,} trainable; target "
+          f"{row['target_test']:.2f}, retention {row['retention']:.2f}, {row['train_s']:.1f} s")
     last_run.update(row=row, method=method, budget=budget, target=target, figure=fig)
-    with output:
-        output.clear_output(wait=True)
-        plt.show()
-        print(f"{method} @ {compare.budget_label(budget, cfg)}: {row['trainable']:,} trainable; target "
-              f"{row['target_test']:.2f}, retention {row['retention']:.2f}, {row['train_s']:.1f} s")
 
 
-run_button.on_click(on_run)
+run_on_click(run_button, output, on_run)
 display(widgets.VBox([method_menu, density_slider, target_menu, run_button, output]))
 
 # %% [markdown]

@@ -5,7 +5,7 @@
 #       extension: .py
 #       format_name: percent
 #   kernelspec:
-#     display_name: Python 3
+#     display_name: Python 3 (ipykernel)
 #     language: python
 #     name: python3
 # ---
@@ -55,7 +55,7 @@ from IPython.display import Markdown, display
 from sparsity import SparseConfig, cosine, fit, sparsify
 from sparsity.fastmode import fast_mode
 from toys import principal_weights as pw
-from toys.widgets import budget_slider, train_panel
+from toys.widgets import budget_slider, train_panel, wide
 
 FAST = fast_mode()  # LAB_FAST=1: fewer steps and one seed, so the notebook executes in CI
 torch.set_num_threads(1)  # the toy's matrices are tiny: one thread is fastest, and immune to a busy CPU
@@ -181,7 +181,7 @@ print(f"the study's row (mean over seeds {SEEDS}): target MSE {row.target_loss:.
 
 # %%
 max_rank = min(min(p.shape) for p in student.parameters() if p.ndim == 2)
-rank_slider = widgets.IntSlider(value=2, min=1, max=max_rank, description="rank", continuous_update=False)
+rank_slider = widgets.IntSlider(value=2, min=1, max=max_rank, description="rank", continuous_update=False, layout=wide())
 density_slider = budget_slider()
 
 

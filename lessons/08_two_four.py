@@ -5,7 +5,7 @@
 #       extension: .py
 #       format_name: percent
 #   kernelspec:
-#     display_name: Python 3
+#     display_name: Python 3 (ipykernel)
 #     language: python
 #     name: python3
 # ---
@@ -44,6 +44,7 @@ from sparsity import semistructured as ss
 from sparsity.fastmode import fast_mode
 from toys import classification as tc
 from toys import two_four_study as tfs
+from toys.widgets import run_on_click
 
 FAST = fast_mode()  # LAB_FAST=1: a smaller student, fewer steps and one seed, so the notebook runs in CI
 torch.set_num_threads(1)  # the toy's matrices are tiny: one thread is fastest
@@ -215,6 +216,8 @@ else:
 # baseline any score must beat; or a gradient criterion of `sparsity.registry`, Fisher or
 # SNIP, scored on a few training batches), then press **Run**: one-shot and fine-tuned
 # accuracy of that choice, against dense fine-tuning, on the first seed's pretrained student.
+# In the layer list, a click selects one layer alone; **ctrl-click** (cmd-click on a Mac)
+# adds or removes one layer, shift-click selects a range. With no layer selected, every layer is 2:4.
 
 # %%
 layer_pick = widgets.SelectMultiple(options=names, value=tuple(names), description="layers", rows=len(names))
@@ -224,22 +227,20 @@ output = widgets.Output()
 last_run = {}
 
 
-def on_run(_=None):
+def on_run():
     """Sparsify the chosen layers by the chosen score, fine-tune, and draw the comparison."""
     choice = tfs.default_study(modules=tuple(layer_pick.value) or None, criterion=score_pick.value,
                                seeds=(study.seeds[0],))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ss.FastPathNotice)
-        run = tfs.run_study(choice, world, {study.seeds[0]: dense[study.seeds[0]]}, progress=False)
+        run = tfs.run_study(choice, world, {study.seeds[0]: dense[study.seeds[0]]}, progress=True)
     last_run.update(study=run, modules=choice.modules, criterion=choice.criterion)
-    with output:
-        output.clear_output(wait=True)
-        last_run["figure"] = tfs.plot_study(run)
-        plt.show()
-        print(tfs.verdict(run))
+    last_run["figure"] = tfs.plot_study(run)
+    plt.show()
+    print(tfs.verdict(run))
 
 
-run_button.on_click(on_run)
+run_on_click(run_button, output, on_run)
 display(widgets.VBox([layer_pick, score_pick, run_button, output]))
 
 # %% [markdown]

@@ -41,6 +41,26 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     return markdown_table(header, rows, "l" * len(header), compact_rule=True)
 
 
+def versus(row: Mapping[str, Any], full: Mapping[str, Any], key: str = "target_test") -> str:
+    """How ``row`` compares with full fine-tuning on ``key``, in words that fit the numbers.
+
+    "matches within spread" where the intervals mean +- std over seeds overlap, else "exceeds" or
+    "falls short of" (by the gap between the means); with no spread (one seed, or seeds that all
+    agree) a tie or a gap is named as such, with the reason, not as a match within spread.
+    """
+    gap = row[key] - full[key]
+    spread = row.get(f"{key}_std", 0.0) + full.get(f"{key}_std", 0.0)
+    if spread == 0.0:  # one seed, or seeds that all agree: no spread to judge a gap by
+        seeds = min(row.get("n_seeds", 1), full.get("n_seeds", 1))
+        why = "one seed, no spread measured" if seeds <= 1 else f"no spread over {seeds} seeds"
+        if abs(gap) < 5e-4:
+            return f"ties with full FT; {why}"
+        return f"{'exceeds' if gap > 0 else 'falls short of'} full FT by {abs(gap):.3f}; {why}"
+    if abs(gap) <= spread:
+        return "matches full FT within spread"
+    return f"{'exceeds' if gap > 0 else 'falls short of'} full FT by {abs(gap):.3f}"
+
+
 def verdict(table: list[dict[str, Any]]) -> str:
     """Does a sparse method match full fine-tuning on the target within one spread, and which retains most?
 
@@ -53,16 +73,14 @@ def verdict(table: list[dict[str, Any]]) -> str:
     others = [r for r in table if r["method"] != "full"]
     match = [r for r in others if r["target_test"] + r["target_test_std"] >= low]
 
-    def names(rs: list[dict[str, Any]]) -> str:
-        return ", ".join(f"{r['method']} @ {r['budget']}" for r in rs) or "none"
-
     sparse_match = [r for r in match if is_sparse_criterion(r["method"])]
-    lora_match = [r for r in match if r["method"] == "lora"]
     lines = [f"Full fine-tuning: target {full['target_test']:.3f} +- {full['target_test_std']:.3f}, "
              f"retention {full['retention']:.3f} +- {full['retention_std']:.3f}.",
-             "Sparse criteria matching full FT on the target within one spread (mean + std reaches full FT's "
-             f"mean - std): {names(sparse_match)}.",
-             f"LoRA matches full FT: {'yes' if lora_match else 'no'}."]
+             "Sparse criteria that reach full FT on the target (their mean + std reaches full FT's mean - std): "
+             + (", ".join(f"{r['method']} @ {r['budget']} ({versus(r, full)})" for r in sparse_match) or "none")
+             + ".",
+             *(f"LoRA @ {r['budget']} on the target: {r['target_test']:.3f} +- {r['target_test_std']:.3f}, "
+               f"{versus(r, full)}." for r in table if r["method"] == "lora")]
     if others:
         best = max(table, key=lambda r: r["retention"])
         lines.append(f"Best retention overall: {best['method']} @ {best['budget']} ({best['retention']:.3f}, "

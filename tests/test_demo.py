@@ -14,4 +14,16 @@ def test_demo_writes_report_and_figures(tmp_path: Path, capsys: pytest.CaptureFi
     for figure in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report):
         assert (tmp_path / figure).stat().st_size > 10_000
     assert "lambda = 0 |" in report and "lambda = 0.001 |" in report
-    assert "report written to" in capsys.readouterr().out
+    shown = capsys.readouterr().out
+    assert "report written to" in shown
+    n = len(demo.SECTIONS)
+    assert all(f"[section {i} of {n}] done in " in shown for i in range(1, n + 1))
+    assert "make demo FULL=1" in shown and "make demo FULL=1" in report
+    assert report.count("| ") > 0 and "## Time per section" in report
+
+
+def test_the_update_sentence_follows_the_numbers() -> None:
+    assert "W2 holds 95% of the update; it holds the largest share" in demo.update_sentence(
+        1e-3, {"W1": 0.02, "W2": 0.95, "W3": 0.03})
+    assert "W1 holds more (39%): raw update sizes point away" in demo.update_sentence(
+        0.0, {"W1": 0.39, "W2": 0.29, "W3": 0.31})

@@ -4,6 +4,7 @@ The lessons are kept as jupytext percent-format sources; here they are converted
 notebooks and run in a real Jupyter kernel with nbclient, exactly as a student would.
 """
 
+import copy
 import time
 import warnings
 from pathlib import Path
@@ -189,3 +190,40 @@ def test_lesson_executes_in_fast_mode(source: Path) -> None:
     assert not errors
     images = sum("image/png" in o.get("data", {}) for cell in nb.cells for o in cell.get("outputs", []))
     assert images >= 3, "the lesson should show its plots"
+
+
+def test_lab_builds_each_notebook_once_and_keeps_a_students_edits(tmp_path: Path) -> None:
+    from lessons import lab
+
+    first = lab.build(tmp_path)
+    assert [built for _, built in first] == [True] * len(LESSONS)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{p.stem}.ipynb" for p in LESSONS)
+    notebook = first[0][0]
+    nb = nbformat.read(notebook, as_version=4)
+    assert nb.metadata.kernelspec == lab.KERNELSPEC  # ipykernel's own name: an untouched lesson opens saved
+    nb.cells.append(nbformat.v4.new_code_cell("my_answer = 42"))
+    nbformat.write(nb, notebook)
+    again = lab.build(tmp_path)
+    assert [built for _, built in again] == [False] * len(LESSONS)
+    assert nbformat.read(notebook, as_version=4).cells[-1].source == "my_answer = 42"
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match="--dir"):
+        lab.build(tmp_path / "file")
+
+
+def test_saving_drops_widget_views_that_would_reopen_as_errors() -> None:
+    from lessons import lab
+
+    view = {"model_id": "abc", "version_major": 2, "version_minor": 0}
+    bar = {"output_type": "display_data", "metadata": {},
+           "data": {lab.WIDGET_VIEW: view, "text/plain": "train:   0%|          | 0/300 [00:00<?, ?it/s]"}}
+    panel = {"output_type": "display_data", "metadata": {},
+             "data": {lab.WIDGET_VIEW: view, "text/plain": "VBox(children=(Button(description='Train'),))"}}
+    text = {"output_type": "stream", "name": "stdout", "text": "fast mode: True\n"}
+    model = {"type": "notebook", "content": {"metadata": {"widgets": {"state": {}}},
+                                             "cells": [{"cell_type": "code", "outputs": [text, bar, panel, copy.deepcopy(panel)]}]}}
+    lab.strip_widget_views(model)
+    outputs = model["content"]["cells"][0]["outputs"]
+    assert "widgets" not in model["content"]["metadata"]
+    assert all(lab.WIDGET_VIEW not in o.get("data", {}) for o in outputs)
+    assert [o.get("data", {}).get("text/plain") for o in outputs] == [None, lab.CONTROLS_NOTE]

@@ -159,10 +159,20 @@ def test_verdict_matches_within_one_spread_and_names_the_best_retainer():
     table = [_entry("full", "all", 0.90, 0.02, 0.10), _entry("lift", "d0.05", 0.87, 0.02, 0.40),
              _entry("random", "d0.05", 0.50, 0.05, 0.60), _entry("lora", "lora_equal", 0.80, 0.01, 0.30)]
     text = cp.verdict(table)
-    assert "mean - std): lift @ d0.05." in text
-    assert "LoRA matches full FT: no" in text
+    assert "mean - std): lift @ d0.05 (matches full FT within spread)." in text
+    assert "LoRA @ lora_equal on the target: 0.800 +- 0.010, falls short of full FT by 0.100." in text
     assert "Best retention overall: random @ d0.05" in text
     assert "Best retention among the methods that match full FT: lift @ d0.05" in text
+
+
+def test_the_verdict_says_exceeds_where_a_method_beats_full_fine_tuning():
+    table = [_entry("full", "all", 0.676, 0.02, 0.10), _entry("lora", "lora_equal", 0.965, 0.01, 0.30)]
+    assert "LoRA @ lora_equal on the target: 0.965 +- 0.010, exceeds full FT by 0.289." in cp.verdict(table)
+    one_seed = [_entry("full", "all", 1.0, 0.0, 0.0), _entry("lift", "d0.05", 1.0, 0.0, 0.0),
+                _entry("lora", "lora_equal", 0.453, 0.0, 0.0)]
+    text = cp.verdict(one_seed)
+    assert "lift @ d0.05 (ties with full FT; one seed, no spread measured)" in text
+    assert "falls short of full FT by 0.547; one seed, no spread measured" in text
 
 
 def test_a_choice_at_the_edge_of_the_grid_is_flagged():

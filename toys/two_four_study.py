@@ -252,7 +252,7 @@ def plot_by_layer(by_layer: dict[str, float], dense: float, fig: object = None) 
     ax.axhline(dense, color="black", linestyle="--", label="dense")
     ax.set(ylabel="test accuracy", title="one-shot 2:4 on a single layer (no fine-tuning)",
            ylim=(max(0.0, min(by_layer.values()) - 0.1), 1.0))
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the bars, never over one
     fig.tight_layout()
     return fig
 
@@ -272,7 +272,7 @@ def plot_study(study: Study, fig: object = None) -> object:
     import matplotlib.pyplot as plt
 
     if fig is None:
-        fig = plt.figure(figsize=(8, 4))
+        fig = plt.figure(figsize=(10, 4.5))
     fig.clear()
     ax = fig.subplots()
     colors = ["grey", "black", "tab:orange", "tab:red", "tab:cyan", "tab:blue"]
@@ -283,10 +283,10 @@ def plot_study(study: Study, fig: object = None) -> object:
     ax.axhline(study.mean("dense + fine-tuning"), color="black", linestyle="--", linewidth=1)
     ax.axhline(study.chance, color="grey", linestyle=":", linewidth=1, label=f"chance ({study.chance:.3f})")
     low = min(min(means), study.chance) - 0.05
-    ax.set(ylim=(max(0.0, low), 1.0), ylabel="test accuracy", xticks=range(len(METHODS)),
+    ax.set(ylim=(max(0.0, low), 1.06), ylabel="test accuracy", xticks=range(len(METHODS)),
            title=f"2:4 vs unstructured 50% on {', '.join(study.layers)} (same fine-tuning steps)")
     ax.set_xticklabels([m.replace(" + ", "\n+ ").replace("50% ", "50%\n") for m in METHODS], fontsize="small")
-    ax.legend(fontsize="small", loc="lower right")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the bars, never over one
     fig.tight_layout()
     return fig
 

@@ -1,0 +1,230 @@
+"""Every lesson as a student sees it: JupyterLab in a real Chromium, Run All in fast mode.
+
+tests/test_lessons.py proves the lessons execute (nbclient, widget callbacks called from
+Python); this test checks what the front end makes of them. One JupyterLab server (on
+127.0.0.1, with a token, ``LAB_FAST=1``) serves the notebooks ``make lab`` builds; headless
+Chromium, driven by Selenium through the system chromedriver, opens each one, runs all cells
+and asserts: no error output, no "Error displaying widget" / "model not found" / raw widget
+repr, every widget view rendered as a control, the notebook not marked unsaved on open, the
+figures drawn, the lesson's main button changing its output panel (disabled while its job
+runs), and, saved and reopened, no stale widget view (a note where the controls were).
+Per lesson, pytest's temporary folder gets a screenshot after the main button's job
+(``<lesson>.png``) and one where the test ended or failed (``<lesson>-last.png``). Without
+Chromium, its driver or Selenium the test skips with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lessons import lab
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+LESSON_TIMEOUT_S = 300.0
+CLICK_TIMEOUT_S = 120.0
+BROKEN = ("Jupyter news", "Error displaying widget", "model not found", "Traceback (most recent call last)", "Loading widget...")
+RAW_WIDGET = re.compile(r"^(\w*Box|Output|Button|\w*Slider|Dropdown|ToggleButtons|Checkbox|Select\w*|Label|HTML|Tab)\(")
+"""An ipywidget shown as its text form (its front end did not render it)."""
+# The notebook's settings for the run: every cell attached to the page (no windowing), so the
+# checks see every output, not only those scrolled into view.
+SETTINGS = {"@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"}}
+
+pytestmark = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
+                                reason="needs the system Chromium and its driver (apt-get install chromium chromium-driver)")
+
+# JavaScript run in the page (window.jupyterapp: the server runs with expose_app_in_browser).
+NOTEBOOK_STATE = """
+const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;
+if (!w || !w.context || w.context.path !== arguments[0] || !w.sessionContext.session
+    || !w.sessionContext.session.kernel) return null;
+const cells = [];
+for (const cell of w.content.model.cells) {
+  cells.push({type: cell.type, count: cell.type === 'code' ? cell.executionCount : null,
+              outputs: cell.type === 'code' ? cell.outputs.toJSON() : []});
+}
+return JSON.stringify({status: w.sessionContext.session.kernel.status, dirty: w.context.model.dirty,
+                       pending: [...w.node.querySelectorAll('.jp-InputPrompt')].filter(p => p.textContent.includes('*')).length,
+                       cells});
+"""
+OUTPUT_PANELS = """
+return [...window.jupyterapp.shell.currentWidget.node.querySelectorAll('.widget-output')]
+  .map(e => e.innerHTML);
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait(what: str, check: Callable[[], Any], timeout: float, poll: float = 0.5) -> Any:
+    """Poll ``check`` until it returns something truthy; fail naming ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, Path]]:
+    """One JupyterLab for all lessons: (base url, token, the folder of built notebooks)."""
+    folder = tmp_path_factory.mktemp("lab")
+    lab.build(folder)
+    settings = tmp_path_factory.mktemp("settings")
+    for name, values in SETTINGS.items():
+        (settings / name).parent.mkdir(parents=True, exist_ok=True)
+        (settings / name).write_text(json.dumps(values))
+    port, token = _free_port(), secrets.token_hex(16)
+    env = dict(os.environ, LAB_FAST="1", PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+               JUPYTERLAB_SETTINGS_DIR=str(settings), JUPYTERLAB_WORKSPACES_DIR=str(tmp_path_factory.mktemp("ws")))
+    log = (tmp_path_factory.mktemp("log") / "jupyterlab.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root",
+                             "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
+                             f"--IdentityProvider.token={token}", "--LabApp.expose_app_in_browser=True",
+                             *lab.server_args(folder)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        try:
+            return urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=2).status == 200
+        except OSError:
+            assert proc.poll() is None, f"JupyterLab exited (code {proc.returncode}); log: {log.name}"
+            return False
+
+    try:
+        _wait("JupyterLab to answer", up, 120)
+        yield base, token, folder
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Headless system Chromium with a fresh profile and no network side traffic."""
+    webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (the dev extra)")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", "--window-size=1400,1000",
+                 f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_script_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _state(driver: Any, name: str) -> dict[str, Any] | None:
+    raw = driver.execute_script(NOTEBOOK_STATE, name)
+    return json.loads(raw) if raw else None
+
+
+def _errors(state: dict[str, Any]) -> list[str]:
+    return [f"{o.get('ename')}: {o.get('evalue')}" for c in state["cells"] for o in c["outputs"]
+            if o.get("output_type") == "error"]
+
+
+def _page_text(driver: Any) -> str:
+    return driver.execute_script("return document.body.innerText")
+
+
+@pytest.mark.parametrize("source", lab.SOURCES, ids=lambda p: p.stem)
+def test_lesson_in_a_real_browser(source: Path, server: tuple[str, str, Path], browser: Any,
+                                  tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    base, token, folder = server
+    name = f"{source.stem}.ipynb"
+    browser.get(f"{base}/lab/tree/{name}?reset&token={token}")
+    try:
+        opened = _wait(f"{name} to open with an idle kernel", lambda: (s := _state(browser, name))
+                       and s["status"] == "idle" and s, 120)
+        time.sleep(1.0)  # give the front end a moment to settle metadata it would mark unsaved
+        assert not _state(browser, name)["dirty"], f"{name} is marked unsaved on open (kernelspec mismatch?)"
+        assert all(c["count"] is None for c in opened["cells"])
+
+        browser.execute_script("window.jupyterapp.commands.execute('notebook:run-all-cells')")
+
+        def finished() -> dict[str, Any] | None:
+            s = _state(browser, name)
+            assert not (s and _errors(s)), f"{name}: error output: {_errors(s)}"
+            done = s and s["status"] == "idle" and not s["pending"] and all(
+                c["count"] is not None for c in s["cells"] if c["type"] == "code")
+            return s if done else None
+
+        state = _wait(f"{name} to run all cells", finished, LESSON_TIMEOUT_S, poll=1.0)
+        time.sleep(1.0)  # widget views render after the kernel went idle
+        text = _page_text(browser)
+        assert not [b for b in BROKEN if b in text], f"{name}: the page shows {[b for b in BROKEN if b in text]}"
+        shown = browser.execute_script("return [...document.querySelectorAll('.jp-OutputArea-output')]"
+                                       ".map(e => e.innerText).join('\\n')")
+        raw = [t for t in shown.splitlines() if RAW_WIDGET.match(t.strip())]
+        assert not raw, f"{name}: widgets shown as raw reprs: {raw[:3]}"
+        views = sum(lab.WIDGET_VIEW in o.get("data", {}) and lab.is_control(o) for c in state["cells"] for o in c["outputs"])
+        controls = browser.find_elements(By.CSS_SELECTOR, ".jp-OutputArea-output > .jupyter-widgets")
+        assert views and len(controls) >= views, f"{name}: {views} widget views, {len(controls)} rendered as controls"
+        images = sum("image/png" in o.get("data", {}) for c in state["cells"] for o in c["outputs"])
+        drawn = browser.find_elements(By.CSS_SELECTOR, ".jp-RenderedImage img")
+        assert images >= 3 and len(drawn) >= images, f"{name}: {images} figures saved, {len(drawn)} drawn"
+
+        button = browser.find_elements(By.CSS_SELECTOR, ".jupyter-widgets button.mod-primary")[-1]
+        before = browser.execute_script(OUTPUT_PANELS)
+        browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", button)
+        button.click()
+        _wait(f"{name}: '{button.text}' to be disabled while its job runs",
+              lambda: not button.is_enabled(), 30, poll=0.05)
+        _wait(f"{name}: '{button.text}' to finish", lambda: button.is_enabled() and (s := _state(browser, name))
+              and s["status"] == "idle", CLICK_TIMEOUT_S)
+        after = browser.execute_script(OUTPUT_PANELS)
+        assert after != before, f"{name}: pressing the main button changed no output panel"
+        text = _page_text(browser)
+        assert not [b for b in BROKEN if b in text], f"{name}: after the click the page shows {[b for b in BROKEN if b in text]}"
+
+        browser.save_screenshot(str(tmp_path / f"{source.stem}.png"))  # the main control and what it drew
+        print(f"screenshot: {tmp_path / f'{source.stem}.png'}")
+
+        # Saved and reopened, as a student comes back to a lesson: no stale widget views.
+        browser.execute_script("window.jupyterapp.commands.execute('docmanager:save')")
+        _wait(f"{name} to be saved", lambda: (s := _state(browser, name)) and not s["dirty"], 30)
+        saved = (folder / name).read_text()
+        assert lab.WIDGET_VIEW not in saved and lab.CONTROLS_NOTE in saved, f"{name}: widget views saved"
+        browser.get(f"{base}/lab/tree/{name}?reset&token={token}")
+        _wait(f"{name} to reopen", lambda: _state(browser, name), 120)
+        time.sleep(1.0)
+        text = _page_text(browser)
+        assert not [b for b in BROKEN if b in text], f"{name}: reopened, the page shows {[b for b in BROKEN if b in text]}"
+        assert lab.CONTROLS_NOTE in text
+    finally:
+        browser.save_screenshot(str(tmp_path / f"{source.stem}-last.png"))  # where it ended (or failed)
+        browser.execute_script("const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;"
+                               "if (w && w.sessionContext) w.sessionContext.shutdown();")
