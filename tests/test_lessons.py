@@ -122,6 +122,17 @@ run_button.click()
 assert last_run["row"]["budget"] == "lora_equal" and last_run["row"]["trainable"] == rows["lora"]["trainable"]
 assert set(rows) == set(SHOWN) and study.runs[0.0].loss[-1] < study.runs[0.0].loss[0]
 """,
+    "06_rl_subnetworks.py": """
+algorithm_menu.value = "sft"
+dtype_buttons.value = "float32"
+lr_slider.value = 1e-6
+steps_slider.value = 4
+run_button.click()
+assert (last_run["algorithm"], last_run["weights"], last_run["lr"], last_run["steps"]) == ("sft", "float32", 1e-6, 4)
+assert 0.0 <= last_run["row"]["update_sparsity"] <= 1.0 and last_run["figure"].axes[0].patches
+assert set(study["runs"]) == {f"{a}/{w}" for a in cfg.algorithms for w in cfg.weights}
+assert len(study["verdicts"]) >= 6
+""",
     "07_principal_weights.py": """
 rank_slider.value = 3
 density_slider.value = 0.1
