@@ -202,8 +202,30 @@ criterion and a learning-rate sweep is in benchmarks/results/scaleup_tiny.md.
     return markdown, "Scale-up comparison (target vs retention)\n" + table
 
 
+def rl_section(out: Path) -> tuple[str, str]:
+    """RL update sparsity (lesson 6): GRPO, SFT and DPO, float32 vs bf16 weight storage, and the subnetwork retrain."""
+    from scaleup import rl_study
+
+    study = rl_study.run_study(rl_study.default_config())
+    rows = [[name, f"{r['target']:.3f}", f"{r['update_sparsity']:.1%}", f"{r['per_layer_type'].get('norm.weight', 0):.1%}",
+             f"{r['relative_rank']:.2f}"] for name, r in study["runs"].items()]
+    table = markdown_table(["run", "target", "entries unchanged", "LayerNorm gains unchanged", "relative rank"], rows)
+    verdicts = "\n".join(f"- {line}" for line in study["verdicts"])
+    markdown = f"""## RL fine-tunes small subnetworks? (Mukherjee et al. 2025; lesson 6, scaleup.rl)
+
+theta_0: the pretrained GPT after {study['warmup_steps_taken']} SFT warm-up steps (target exact match
+{study['start_target']:.3f}); each run fine-tunes it at the same learning rate and steps. Unchanged: |delta| <= 1e-5
+compared in bf16.
+
+{table}
+
+{verdicts}
+"""
+    return markdown, "RL update sparsity (GRPO / SFT / DPO x float32 / bf16)\n" + table + "\n" + verdicts
+
+
 SECTIONS: list[Section] = [
-    teacher_student_section, prune_recover_section, modular_section, two_four_section, scaleup_section,
+    teacher_student_section, prune_recover_section, modular_section, two_four_section, scaleup_section, rl_section,
 ]
 
 
