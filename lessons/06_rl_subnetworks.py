@@ -136,6 +136,18 @@ print(f"{o['pair']}: Jaccard {o['jaccard']:.3f}, chance {o['chance_jaccard']:.3f
       f"{o['a_in_b']:.1%} of the first run's changed entries also changed in the second")
 
 # %% [markdown]
+# ## The controls: step size, the data, and competence
+# One change at a time from the runs above: GRPO at other learning rates (does the
+# sparsity follow the step size?), SFT on the model's own samples (in-distribution data)
+# and on another task's answers to the same inputs (out of distribution), and GRPO from the
+# pretrained model without the warm-up (no competence: almost no reward to learn from).
+
+# %%
+print(f"{'control':<40}{'target':>8}{'unchanged':>11}")
+for name, row in study["controls"].items():
+    print(f"{name:<40}{row['target']:>8.3f}{row['update_sparsity']:>11.1%}")
+
+# %% [markdown]
 # ## Training only the subnetwork
 # Take the entries the full GRPO run (bf16) changed, train only those from theta_0 with
 # the same seeds and data order (`MaskedAdamW` on that mask), and compare: the score, and

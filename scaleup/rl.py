@@ -14,7 +14,9 @@ lab's one training loop (``sparsity.train.fit``) and any optimizer:
 - **DPO** (Rafailov et al. 2023): ``-log sigmoid(beta * (margin of the policy - margin of
   the reference))`` on (chosen, rejected) pairs: offline, the ground truth against a
   sampled wrong answer; online, the best against the worst of a sampled group.
-- **SFT**: cross-entropy on the ground-truth answers of the same prompts.
+- **SFT**: cross-entropy on answers to the same prompts: the ground truth (``sft_data="truth"``),
+  the model's own samples (``"own"``, in-distribution data), or another task's answers to the
+  same inputs (a task name, e.g. ``"sort"``: out-of-distribution data).
 
 ``weights="bfloat16"`` stores the weights in bf16 after every step (:class:`StoreAs`), as
 the paper's models are stored: an update smaller than half a unit in the last place of a
@@ -38,6 +40,8 @@ from sparsity.train import FitState, Schedule, constant, fit
 from sparsity.validate import check_finite_nonnegative, check_positive_int
 
 ALGORITHMS = ("grpo", "dpo", "dpo_online", "sft")
+ALGORITHMIC_TASKS = ("copy", "reverse", "increment", "add2", "sort")
+SFT_DATA = ("truth", "own", *ALGORITHMIC_TASKS)
 REWARDS = ("exact", "token")
 WEIGHT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -111,11 +115,13 @@ class RLConfig:
     kl: float = 0.0
     beta: float = 0.1
     temperature: float = 1.0
+    sft_data: str = "truth"
     seed: int = 0
 
     def __post_init__(self) -> None:
         for name, value, allowed in [("algorithm", self.algorithm, ALGORITHMS), ("reward", self.reward, REWARDS),
                                      ("weights", self.weights, tuple(WEIGHT_DTYPES)),
+                                     ("sft_data", self.sft_data, SFT_DATA),
                                      ("task", self.task, tuple(tk.TARGET_TASKS) + tk.SOURCE_TASKS)]:
             if value not in allowed:
                 raise ValueError(f"RLConfig.{name} must be one of {allowed}, got {value!r}")
@@ -142,7 +148,7 @@ def batch_maker(cfg: RLConfig, world: tk.World, model: nn.Module, reference: nn.
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         prompt, truth = (t.to(device) for t in sampling.prompts(world, cfg.task, "train", cfg.prompts, gen))
         if cfg.algorithm == "sft":
-            return dict(prompt=prompt, answer=truth)
+            return dict(prompt=prompt, answer=_sft_answers(cfg, world, model, prompt, truth, gen))
         if cfg.algorithm == "dpo":  # offline pairs: the ground truth against one sampled answer that is wrong
             drawn = sampling.sample(model, prompt, truth.shape[1], gen, temperature=cfg.temperature)
             wrong = (drawn != truth).any(1)
@@ -165,6 +171,17 @@ def batch_maker(cfg: RLConfig, world: tk.World, model: nn.Module, reference: nn.
         return _with_reference(pairs, reference)
 
     return batch
+
+
+def _sft_answers(cfg: RLConfig, world: tk.World, model: nn.Module, prompt: torch.Tensor, truth: torch.Tensor,
+                 gen: torch.Generator) -> torch.Tensor:
+    """SFT's targets for ``prompt``: the ground truth, the model's own samples, or another task's answers."""
+    if cfg.sft_data == "truth":
+        return truth
+    if cfg.sft_data == "own":
+        return sampling.sample(model, prompt, truth.shape[1], gen, temperature=cfg.temperature)
+    inputs = prompt[:, 1:-1] - world.symbol_tokens(torch.zeros((), dtype=torch.long))  # [task] inputs [SEP]
+    return world.symbol_tokens(world.answer(cfg.sft_data, inputs))[:, : truth.shape[1]].to(truth.device)
 
 
 @torch.no_grad()

@@ -67,6 +67,9 @@ class StudyConfig:
     lr: float = 1e-4
     algorithms: tuple[str, ...] = ("grpo", "sft", "dpo")
     weights: tuple[str, ...] = ("float32", "bfloat16")
+    lr_sweep: tuple[float, ...] = (1e-5, 3e-4)
+    ood_task: str = "sort"
+    controls: bool = True
     seed: int = 0
     pretrain: pretrain.PretrainConfig = field(default_factory=pretrain.default_config)
 
@@ -211,8 +214,31 @@ def run_study(cfg: StudyConfig, cache_dir: str | Path | None = None, progress: b
     if "grpo" in cfg.algorithms:
         weights = cfg.weights[-1]
         out["retrain"] = {"weights": weights, **retrain(cfg, start_net, models[("grpo", weights)], world, weights)}
+    if cfg.controls:
+        out["controls"] = controls(cfg, start_net, world, cache_dir, progress)
     out["verdicts"] = verdicts(out)
     return out
+
+
+def controls(cfg: StudyConfig, start: nn.Module, world: tk.World, cache_dir: str | Path | None = None,
+             progress: bool = False) -> dict[str, dict[str, Any]]:
+    """The runs that test the explanations, each one change from the main GRPO/SFT runs (in the last storage dtype):
+
+    - the learning rate (``lr_sweep``), GRPO in each dtype: does sparsity follow the step size?
+    - SFT on the model's own samples (in-distribution) and on another task's answers to the same
+      inputs (``ood_task``, out of distribution), beside SFT on the ground truth;
+    - GRPO from the pretrained model without the warm-up (no competence, almost no reward)."""
+    weights = cfg.weights[-1]
+    rows: dict[str, dict[str, Any]] = {}
+    for lr in cfg.lr_sweep:
+        for w in cfg.weights:
+            rows[f"grpo/{w}/lr {lr:g}"] = run_one(cfg, start, world, "grpo", w, progress, lr=lr)[1]
+    for data in ("own", cfg.ood_task):
+        rows[f"sft on {'its own samples' if data == 'own' else data + ' answers'}/{weights}"] = run_one(
+            cfg, start, world, "sft", weights, progress, sft_data=data)[1]
+    cold = pretrain.pretrained(replace(cfg.pretrain, preset=cfg.preset), cache_dir=cache_dir, progress=progress)
+    rows[f"grpo without warm-up/{weights}"] = run_one(cfg, cold, world, "grpo", weights, progress)[1]
+    return rows
 
 
 def verdicts(study: dict[str, Any]) -> list[str]:
@@ -248,6 +274,15 @@ def verdicts(study: dict[str, Any]) -> list[str]:
         special = o["jaccard"] < 0.5
         lines.append(f"RL is special: {'held' if special else 'did not hold'} here; {o['pair']} changed the same "
                      f"entries with Jaccard {o['jaccard']:.2f} (chance {o['chance_jaccard']:.2f}).")
+    if "controls" in study:
+        c = study["controls"]
+        own = next((r for k, r in c.items() if "own samples" in k), None)
+        ood = next((r for k, r in c.items() if k.startswith("sft on") and "own" not in k), None)
+        if own is not None and ood is not None:
+            denser = ood["update_sparsity"] < own["update_sparsity"]
+            lines.append(f"Out-of-distribution data makes updates denser: {'held' if denser else 'did not hold'} "
+                         f"(SFT on its own samples {own['update_sparsity']:.0%} unchanged, on another task's answers "
+                         f"{ood['update_sparsity']:.0%}).")
     if "retrain" in study:
         r = study["retrain"]
         gap = abs(r["masked_target"] - r["full_target"])
@@ -291,6 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     if "overlap" in study:
         o = study["overlap"]
         print(f"overlap {o['pair']}: Jaccard {o['jaccard']:.3f} (chance {o['chance_jaccard']:.3f})")
+    for name, r in study.get("controls", {}).items():
+        print(f"{name:<36}{r['target']:>8.3f}{r['update_sparsity']:>10.3f}")
     for line in study["verdicts"]:
         print("-", line)
     if "retrain" in study:

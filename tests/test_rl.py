@@ -71,11 +71,20 @@ def test_every_algorithm_trains_through_fit(algorithm: str) -> None:
     assert any(not torch.equal(p, before[n]) for n, p in model.named_parameters())
 
 
+def test_sft_on_another_tasks_answers_uses_that_rule() -> None:
+    model = gpt.build("micro", WORLD.vocab_size, WORLD.block_size, seed=0)
+    batch = rl.batch_maker(rl.RLConfig(algorithm="sft", sft_data="sort", prompts=5), WORLD, model, None)(0)
+    inputs = batch["prompt"][:, 1:-1] - WORLD.symbol_tokens(torch.zeros((), dtype=torch.long))
+    assert torch.equal(batch["answer"], WORLD.symbol_tokens(inputs.sort(1).values))
+
+
 def test_bad_configs_are_refused() -> None:
     with pytest.raises(ValueError, match="RLConfig.algorithm must be one of"):
         rl.RLConfig(algorithm="ppo")
     with pytest.raises(ValueError, match="RLConfig.group must be >= 2"):
         rl.RLConfig(group=1)
+    with pytest.raises(ValueError, match="RLConfig.sft_data must be one of"):
+        rl.RLConfig(sft_data="facts_a")
     with pytest.raises(ValueError, match="RLConfig.lr must be finite"):
         rl.RLConfig(lr=float("inf"))
 
@@ -112,5 +121,7 @@ def test_the_study_runs_in_fast_mode_and_prints_json(tmp_path, monkeypatch, caps
         assert set(row["per_layer_type"]) >= {"norm.weight", "norm.bias", "attn.qkv", "mlp.fc", "embedding"}
     assert {"half_ulp_predictor_total", "half_ulp_predictor_per_step"} <= set(study["runs"]["grpo/bfloat16"])
     assert study["warmup_steps_taken"] <= 5
+    assert len(study["controls"]) == 2 * len(small.lr_sweep) + 3
+    assert any("without warm-up" in k for k in study["controls"]) and any("own samples" in k for k in study["controls"])
     assert 0.0 <= study["overlap"]["jaccard"] <= 1.0
     assert set(study["retrain"]["agreement_all"]) == {"1e-5_bf16", "1_ulp", "1e-3"}
