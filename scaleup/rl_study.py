@@ -279,8 +279,9 @@ def verdicts(study: dict[str, Any]) -> list[str]:
         own = next((r for k, r in c.items() if "own samples" in k), None)
         ood = next((r for k, r in c.items() if k.startswith("sft on") and "own" not in k), None)
         if own is not None and ood is not None:
-            denser = ood["update_sparsity"] < own["update_sparsity"]
-            lines.append(f"Out-of-distribution data makes updates denser: {'held' if denser else 'did not hold'} "
+            gap = own["update_sparsity"] - ood["update_sparsity"]
+            word = "held" if gap > 0.05 else "no clear difference (within 5 points)" if gap >= -0.05 else "did not hold"
+            lines.append(f"Out-of-distribution data makes updates denser: {word} "
                          f"(SFT on its own samples {own['update_sparsity']:.0%} unchanged, on another task's answers "
                          f"{ood['update_sparsity']:.0%}).")
     if "retrain" in study:
