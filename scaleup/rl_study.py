@@ -88,7 +88,7 @@ def snapshot(model: nn.Module) -> TensorDict:
     return {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
-WARMUP_CHUNK = 10
+WARMUP_CHUNK = 5
 """Warm-up steps between two checks of the target's validation score."""
 
 
