@@ -121,6 +121,7 @@ def measure(model: nn.Module, theta0: TensorDict, world: tk.World, task: str) ->
     total = sum(c[1] for c in per_type.values())
     return dict(
         target=tk.accuracy(model, world, task, "test"),
+        target_val=tk.accuracy(model, world, task, "val"),
         update_sparsity=sum(c[0] for c in per_type.values()) / total,
         per_layer_type={t: u / n for t, (u, n) in sorted(per_type.items())},
         relative_rank=sum(ranks) / len(ranks),
@@ -227,18 +228,37 @@ def controls(cfg: StudyConfig, start: nn.Module, world: tk.World, cache_dir: str
     - the learning rate (``lr_sweep``), GRPO in each dtype: does sparsity follow the step size?
     - SFT on the model's own samples (in-distribution) and on another task's answers to the same
       inputs (``ood_task``, out of distribution), beside SFT on the ground truth;
-    - GRPO from the pretrained model without the warm-up (no competence, almost no reward)."""
+    - GRPO from the pretrained model without the warm-up (no competence, almost no reward);
+    - each algorithm at the learning rate a user would pick for it: the best validation score of
+      ``lr_sweep`` and ``lr`` (in the last dtype), so none is compared at a rate that suits another."""
     weights = cfg.weights[-1]
     rows: dict[str, dict[str, Any]] = {}
     for lr in cfg.lr_sweep:
         for w in cfg.weights:
             rows[f"grpo/{w}/lr {lr:g}"] = run_one(cfg, start, world, "grpo", w, progress, lr=lr)[1]
+        for algorithm in cfg.algorithms:
+            if algorithm != "grpo":
+                rows[f"{algorithm}/{weights}/lr {lr:g}"] = run_one(cfg, start, world, algorithm, weights, progress,
+                                                                  lr=lr)[1]
     for data in ("own", cfg.ood_task):
         rows[f"sft on {'its own samples' if data == 'own' else data + ' answers'}/{weights}"] = run_one(
             cfg, start, world, "sft", weights, progress, sft_data=data)[1]
     cold = pretrain.pretrained(replace(cfg.pretrain, preset=cfg.preset), cache_dir=cache_dir, progress=progress)
     rows[f"grpo without warm-up/{weights}"] = run_one(cfg, cold, world, "grpo", weights, progress)[1]
     return rows
+
+
+def best_lr_rows(study: dict[str, Any]) -> dict[str, tuple[float, dict[str, Any]]]:
+    """Per algorithm, in the last storage dtype: the learning rate with the best validation score and its run."""
+    cfg, out = study["config"], {}
+    weights = cfg["weights"][-1]
+    for algorithm in cfg["algorithms"]:
+        found = {cfg["lr"]: study["runs"][f"{algorithm}/{weights}"]}
+        found.update({lr: study["controls"][f"{algorithm}/{weights}/lr {lr:g}"] for lr in cfg["lr_sweep"]
+                      if f"{algorithm}/{weights}/lr {lr:g}" in study.get("controls", {})})
+        lr = max(sorted(found), key=lambda v: found[v]["target_val"])
+        out[algorithm] = (lr, found[lr])
+    return out
 
 
 def verdicts(study: dict[str, Any]) -> list[str]:
@@ -284,6 +304,11 @@ def verdicts(study: dict[str, Any]) -> list[str]:
             lines.append(f"Out-of-distribution data makes updates denser: {word} "
                          f"(SFT on its own samples {own['update_sparsity']:.0%} unchanged, on another task's answers "
                          f"{ood['update_sparsity']:.0%}).")
+    if "controls" in study:
+        best = best_lr_rows(study)
+        lines.append("At the learning rate each algorithm does best at (validation): " + "; ".join(
+            f"{a} lr {lr:g}, target {row['target']:.2f}, {row['update_sparsity']:.0%} unchanged" for a, (lr, row) in best.items())
+            + ".")
     if "retrain" in study:
         r = study["retrain"]
         gap = abs(r["masked_target"] - r["full_target"])

@@ -121,7 +121,8 @@ def test_the_study_runs_in_fast_mode_and_prints_json(tmp_path, monkeypatch, caps
         assert set(row["per_layer_type"]) >= {"norm.weight", "norm.bias", "attn.qkv", "mlp.fc", "embedding"}
     assert {"half_ulp_predictor_total", "half_ulp_predictor_per_step"} <= set(study["runs"]["grpo/bfloat16"])
     assert study["warmup_steps_taken"] <= 5
-    assert len(study["controls"]) == 2 * len(small.lr_sweep) + 3
+    assert len(study["controls"]) == (2 + len(small.algorithms) - 1) * len(small.lr_sweep) + 3
+    assert set(rl_study.best_lr_rows(study)) == {"grpo", "sft"}
     assert any("without warm-up" in k for k in study["controls"]) and any("own samples" in k for k in study["controls"])
     assert 0.0 <= study["overlap"]["jaccard"] <= 1.0
     assert set(study["retrain"]["agreement_all"]) == {"1e-5_bf16", "1_ulp", "1e-3"}
