@@ -228,7 +228,9 @@ def run_cell(setup: Setup, method: str, budget: str, lr: float, seed: int, progr
     """One fine-tuning run, measured: a row of ``results.jsonl``.
 
     ``target_test``: exact-match accuracy on the target's test split (learning); ``retention``:
-    mean test accuracy on the source tasks (forgetting); update sparsity and relative update
+    mean test accuracy on the source tasks (forgetting); the graded versions of both, which move
+    before exact match does (``*_token``: share of answer tokens right; ``*_nll``: mean negative
+    log-likelihood of the right answer, ``tasks.Scores``); update sparsity and relative update
     rank per layer type; trainable count, optimizer-state bytes, wall times, peak memory
     (None where it cannot be measured).
 
@@ -246,13 +248,21 @@ def run_cell(setup: Setup, method: str, budget: str, lr: float, seed: int, progr
     with torch.no_grad():
         val_loss = tk.loss(model, world.eval_set(target, "val").to(setup.device)).item()
     rose = costs["final_train_loss"] > costs["first_train_loss"]
+    test = tk.task_scores(model, world, target, "test")
+    source = {t: tk.task_scores(model, world, t, "test") for t in tk.SOURCE_TASKS}
     row: dict[str, Any] = dict(
         cell,
         target_val=tk.accuracy(model, world, target, "val"),
         target_val_loss=val_loss,
-        target_test=tk.accuracy(model, world, target, "test"),
-        retention=tk.retention(model, world),
-        source={t: tk.accuracy(model, world, t, "test") for t in tk.SOURCE_TASKS},
+        target_test=test.exact,
+        target_test_token=test.token,
+        target_test_nll=test.nll,
+        retention=sum(s.exact for s in source.values()) / len(source),
+        retention_token=sum(s.token for s in source.values()) / len(source),
+        source_nll=sum(s.nll for s in source.values()) / len(source),
+        source={t: s.exact for t, s in source.items()},
+        source_token={t: s.token for t, s in source.items()},
+        source_nll_per_task={t: s.nll for t, s in source.items()},
         diverged=rose,
         **costs,
     )

@@ -247,23 +247,49 @@ def loss(model: nn.Module, batch: Batch) -> torch.Tensor:
     return F.cross_entropy(logits.flatten(0, 1).float(), batch.targets.flatten(), ignore_index=IGNORE)
 
 
+@dataclass(frozen=True)
+class Scores:
+    """Three views of how well a model answers a batch: all-or-nothing, per token, and graded.
+
+    ``exact``: share of examples with every answer token right (greedy decoding is right);
+    ``token``: share of answer tokens right; ``nll``: mean negative log-likelihood of the right
+    answer tokens (nats). Exact match makes forgetting all-or-nothing; the other two move
+    before it does (the frontier benchmark needs a forgetting measure that moves)."""
+
+    exact: float
+    token: float
+    nll: float
+
+
 @torch.no_grad()
+def scores(model: nn.Module, batch: Batch, chunk: int = 1024) -> Scores:
+    """:class:`Scores` of ``model`` on ``batch`` (in eval mode, given back as it was)."""
+    if len(batch.idx) == 0:
+        raise ValueError("scores need a batch of at least one example, got an empty one")
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    right = tokens_right = tokens = 0
+    nll = 0.0
+    for start in range(0, len(batch.idx), chunk):
+        idx = batch.idx[start : start + chunk].to(device)
+        targets = batch.targets[start : start + chunk].to(device)
+        logits = model(idx).float()
+        pred = logits.argmax(-1)
+        scored = targets != IGNORE
+        right += int(((pred == targets) | ~scored).all(1).sum())
+        tokens_right += int(((pred == targets) & scored).sum())
+        tokens += int(scored.sum())
+        nll += float(F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction="sum"))
+    model.train(was_training)
+    return Scores(exact=right / len(batch.idx), token=tokens_right / tokens, nll=nll / tokens)
+
+
 def exact_match(model: nn.Module, batch: Batch, chunk: int = 1024) -> float:
     """Share of examples whose every answer token is the model's argmax (= greedy decoding is right)."""
     if len(batch.idx) == 0:
         raise ValueError("exact_match needs a batch of at least one example, got an empty one")
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    right = 0
-    for start in range(0, len(batch.idx), chunk):
-        idx = batch.idx[start : start + chunk].to(device)
-        targets = batch.targets[start : start + chunk].to(device)
-        pred = model(idx).argmax(-1)
-        scored = targets != IGNORE
-        right += int(((pred == targets) | ~scored).all(1).sum())
-    model.train(was_training)
-    return right / len(batch.idx)
+    return scores(model, batch, chunk).exact
 
 
 def accuracy(model: nn.Module, world: World, task: str, split: str = "test") -> float:
@@ -274,3 +300,8 @@ def accuracy(model: nn.Module, world: World, task: str, split: str = "test") -> 
 def retention(model: nn.Module, world: World, split: str = "test") -> float:
     """Mean exact-match accuracy over the source tasks: how much of pretraining survives fine-tuning."""
     return sum(accuracy(model, world, t, split) for t in SOURCE_TASKS) / len(SOURCE_TASKS)
+
+
+def task_scores(model: nn.Module, world: World, task: str, split: str = "test") -> Scores:
+    """:class:`Scores` of ``model`` on a task's fixed evaluation set."""
+    return scores(model, world.eval_set(task, split))

@@ -371,6 +371,8 @@ def test_a_diverged_run_is_recorded_and_the_benchmark_goes_on(tmp_path, cache):
     assert "target_test" not in bad
     good = rows[cp.cell_key("full", "all", 3e-3, 0)]
     assert good["diverged"] is False
+    assert good["target_test"] <= good["target_test_token"] <= 1.0 and good["target_test_nll"] > 0  # graded metrics
+    assert good["retention"] <= good["retention_token"] and set(good["source_token"]) == set(good["source"])
     assert cp.best_lr(cfg, rows, "full", "all") == 3e-3  # never the diverged rate
     assert cp.run(cfg, tmp_path, ["full"], cache_dir=cache, progress=False) == 0  # not retried forever
     report = (tmp_path / "report.md").read_text()

@@ -335,3 +335,24 @@ def test_a_diverged_run_is_not_cached(tmp_path):
         next(model.parameters())[0] = float("inf")
     with pytest.raises(FloatingPointError, match="is not finite"):
         pt.save_checkpoint(tmp_path / "x.safetensors", model, cfg, 3)
+
+
+def test_graded_scores_agree_with_exact_match_and_move_before_it():
+    world = tk.World(SMALL_WORLD)
+    model = gpt.build("micro", world.vocab_size, world.block_size, seed=0)
+    batch = world.eval_set("copy", "test")
+    s = tk.scores(model, batch)
+    assert s.exact == tk.exact_match(model, batch)
+    with torch.no_grad():
+        assert s.nll == pytest.approx(tk.loss(model, batch).item(), rel=1e-5)
+        pred = model(batch.idx).argmax(-1)
+    scored = batch.targets != tk.IGNORE
+    assert s.token == pytest.approx(float((pred == batch.targets)[scored].float().mean()))
+    # one wrong token in every answer: exact match drops to 0, per-token accuracy only a little
+    perfect = tk.Batch(batch.idx, torch.where(scored, pred, batch.targets))
+    assert tk.scores(model, perfect).exact == 1.0 and tk.scores(model, perfect).token == 1.0
+    first = scored.float().argmax(1)
+    spoiled = perfect.targets.clone()
+    spoiled[torch.arange(len(spoiled)), first] = (spoiled[torch.arange(len(spoiled)), first] + 1) % world.vocab_size
+    worse = tk.scores(model, tk.Batch(batch.idx, spoiled))
+    assert worse.exact == 0.0 and worse.token == pytest.approx(1 - 1 / world.config.length, abs=0.02)
