@@ -103,6 +103,9 @@ class BenchConfig:
     lrs_sparse: tuple[float, ...] = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
     lrs_lora: tuple[float, ...] = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
     lr_tie: float = 0.01
+    eval_every: int = 0
+    """Evaluate the graded metrics every this many steps of each run (its ``trace``: the points of the
+    learning-forgetting frontier along training); 0 evaluates only at the end."""
     """Validation accuracies within this of the best count as tied; the smallest tied lr is chosen."""
     sweep_all_seeds: bool = False
     pretrain_steps: int = 2000
@@ -123,6 +126,7 @@ class BenchConfig:
             if not lrs or not all(isinstance(x, (int, float)) and x > 0 for x in lrs):
                 raise ValueError(f"BenchConfig.{name} must be a non-empty tuple of positive learning rates, "
                                  f"got {lrs!r}")
+        check_nonnegative_int(self.eval_every, "BenchConfig.eval_every")
         if not 0 <= self.lr_tie < 1:
             raise ValueError(f"BenchConfig.lr_tie must be in [0, 1), got {self.lr_tie!r}")
         if not self.l1_lam > 0 or not self.l1_lr > 0:

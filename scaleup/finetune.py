@@ -32,7 +32,7 @@ from sparsity import registry
 from sparsity.compact import CompactAdamW
 from sparsity.config import SparseConfig
 from sparsity.metrics import update_rank, update_sparsity
-from sparsity.train import cosine, fit
+from sparsity.train import Every, cosine, fit
 from sparsity.validate import Mask, named_params
 from sparsity.wrap import build_optimizer
 
@@ -181,14 +181,17 @@ def finetune(setup: Setup, method: str, budget: str, lr: float, seed: int,
     trainable = (lora.trainable_count(model) if method == "lora" else
                  sum(p.numel() for p in model.parameters()) if mask is None else
                  sum(int(m.sum()) for m in mask.values()))
+    trace: list[dict[str, Any]] = []
+    hooks = [Every(cfg.eval_every, lambda state: trace.append(graded(setup, model, state.step + 1)))] \
+        if cfg.eval_every else []
     with PeakMemory(setup.device) as peak:
         start = time.perf_counter()
         try:
-            losses = train(setup, model, opt, lr, seed, progress=progress,
+            losses = train(setup, model, opt, lr, seed, hooks=hooks, progress=progress,
                            desc=f"{method} {budget} lr={lr:g} seed={seed}")
         except FloatingPointError as e:
             raise FloatingPointError(f"{method} @ {budget}, lr {lr:g}, seed {seed}: {e}") from e
-        train_s = time.perf_counter() - start
+        train_s = time.perf_counter() - start - sum(point.pop("eval_s") for point in trace)
     bad = next((n for n, p in model.named_parameters() if not torch.isfinite(p).all()), None)
     if bad is not None:
         raise FloatingPointError(f"{method} @ {budget}, lr {lr:g}, seed {seed}: parameter '{bad}' is not finite "
@@ -201,7 +204,24 @@ def finetune(setup: Setup, method: str, budget: str, lr: float, seed: int,
                  peak_mb=peak.mb if math.isfinite(peak.mb) else None,
                  optimizer_state_bytes=opt.state_bytes(), first_train_loss=sum(losses[:10]) / len(losses[:10]),
                  final_train_loss=sum(losses[-10:]) / len(losses[-10:]))
+    if cfg.eval_every:
+        costs["trace"] = trace
     return model.eval(), costs
+
+
+@torch.no_grad()
+def graded(setup: Setup, model: nn.Module, step: int) -> dict[str, Any]:
+    """One point of a run's trace: the target (validation and test) and the sources (test), graded
+    (``tasks.Scores``), after ``step`` steps; ``eval_s`` is the time it took (kept out of ``train_s``)."""
+    began = time.perf_counter()
+    world, target = setup.world, setup.cfg.target
+    val, test = tk.task_scores(model, world, target, "val"), tk.task_scores(model, world, target, "test")
+    source = [tk.task_scores(model, world, t, "test") for t in tk.SOURCE_TASKS]
+    return dict(step=step, target_val=val.exact, target_val_token=val.token, target_test=test.exact,
+                target_test_token=test.token, target_test_nll=test.nll,
+                retention=sum(s.exact for s in source) / len(source),
+                retention_token=sum(s.token for s in source) / len(source),
+                source_nll=sum(s.nll for s in source) / len(source), eval_s=time.perf_counter() - began)
 
 
 def update_profile(model: nn.Module, reference: dict[str, torch.Tensor], tol: float) -> dict[str, dict[str, float]]:

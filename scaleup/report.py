@@ -117,6 +117,24 @@ def results_table(table: list[dict[str, Any]], cfg: BenchConfig, before: Mapping
     return _table(header, rows)
 
 
+def frontier_table(rows: Mapping[str, Mapping[str, Any]]) -> str:
+    """The learning-forgetting frontiers (``scaleup.frontier``) as markdown: area and matched retention, over seeds."""
+    from scaleup import frontier as fr
+
+    def cell(spread: Mapping[str, float]) -> str:
+        if not spread["n"]:
+            return "never reached"
+        return f"{spread['mean']:.3f} [{spread['min']:.3f}, {spread['max']:.3f}] (n={spread['n']})"
+
+    lines = [[e["method"], e["budget"], e["seeds"], cell(e["area"]),
+              *[cell(e[f"retention_at_{share:g}"]) for share in fr.MATCHED]] for e in fr.summary(rows)]
+    header = ["method", "budget", "seeds", "area under frontier",
+              *[f"retention at {share:.0%} of full FT's best target" for share in fr.MATCHED]]
+    return ("Learning-forgetting frontiers (Biderman et al. 2024): every learning rate and every evaluation "
+            f"along training, per-token target accuracy against per-token retention; mean [min, max] over seeds.\n\n"
+            + _table(header, lines))
+
+
 def _sweep_cell(row: Mapping[str, Any] | None) -> str:
     """One seed-0 run in the sweep table: "val / retention", "diverged" or blank if not run."""
     if row is None:
@@ -164,6 +182,8 @@ def report_markdown(out: str | Path, command: str | None = None) -> str:
              f"({'mean over seeds' if cfg.sweep_all_seeds else 'seed 0, reused for the other seeds'}); "
              f"{len(rows)} runs finished.", "", results_table(table, cfg, before), "", verdict(table), "",
              sweep_table(cfg, rows)]
+    if any(r.get("trace") for r in rows.values()):
+        parts += ["", frontier_table(rows)]
     diverged = diverged_runs(out)
     if diverged:
         parts += ["", f"Diverged runs ({len(diverged)}; never chosen as a method's learning rate):", "",

@@ -389,3 +389,20 @@ def test_a_run_whose_loss_rises_is_flagged_but_keeps_its_numbers():
     assert cp.best_lr(cfg, rows, "full", "all") == 1e-3
     all_bad = {k: dict(r, diverged=True) for k, r in rows.items()}
     assert cp.best_lr(cfg, all_bad, "full", "all") == 1e-3  # the smallest, its rows flagged
+
+
+def test_traced_runs_give_frontier_points_and_a_frontier_table(tmp_path, cache):
+    from scaleup import frontier as fr
+
+    cfg = micro_config(steps=10, warmup=1, seeds=1, densities=(0.05,), lora_equal=False, eval_every=5,
+                       lrs_full=(1e-3, 3e-3), lrs_sparse=(3e-2,))
+    cp.run(cfg, tmp_path, ["full", "random"], cache_dir=cache, progress=False)
+    rows = cp.load_results(tmp_path)
+    for row in rows.values():
+        assert [p["step"] for p in row["trace"]] == [5, 10]
+        assert row["trace"][-1]["target_test"] == row["target_test"]  # the last point is the final model
+        assert row["train_s"] > 0
+    summary = {(e["method"], e["budget"]): e for e in fr.summary(rows)}
+    assert set(summary) == {("full", "all"), ("random", "d0.05")}
+    assert 0.0 <= summary[("random", "d0.05")]["area"]["mean"] <= 1.0
+    assert "Learning-forgetting frontiers" in (tmp_path / "report.md").read_text()
