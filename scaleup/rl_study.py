@@ -305,6 +305,17 @@ def verdicts(study: dict[str, Any]) -> list[str]:
                          f"(SFT on its own samples {own['update_sparsity']:.0%} unchanged, on another task's answers "
                          f"{ood['update_sparsity']:.0%}).")
     if "controls" in study:
+        weights = study["config"]["weights"][-1]
+        grpo = {study["config"]["lr"]: runs.get(f"grpo/{weights}")}
+        grpo.update({lr: study["controls"].get(f"grpo/{weights}/lr {lr:g}") for lr in study["config"]["lr_sweep"]})
+        learned = {lr: r for lr, r in grpo.items() if r is not None and r["target"] - start >= 0.4}
+        if learned:
+            lr, r = max(learned.items(), key=lambda kv: kv[1]["update_sparsity"])
+            lines.append(f"Sparse while learning (target up by >= 0.4, GRPO {weights}): "
+                         f"{'held' if r['update_sparsity'] >= 0.6 else 'did not hold'}; the sparsest such run, lr {lr:g}, "
+                         f"leaves {r['update_sparsity']:.0%} unchanged (target {start:.2f} -> {r['target']:.2f}).")
+        else:
+            lines.append(f"Sparse while learning: untested; no GRPO {weights} run raised the target by 0.4.")
         best = best_lr_rows(study)
         lines.append("At the learning rate each algorithm does best at (validation): " + "; ".join(
             f"{a} lr {lr:g}, target {row['target']:.2f}, {row['update_sparsity']:.0%} unchanged" for a, (lr, row) in best.items())
