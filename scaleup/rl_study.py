@@ -119,7 +119,9 @@ def measure(model: nn.Module, theta0: TensorDict, world: tk.World, task: str) ->
     ranks = [metrics.update_rank(params[n].detach() - theta0[n]) / min(theta0[n].shape)
              for n in theta0 if n.startswith("blocks.") and theta0[n].ndim == 2]
     total = sum(c[1] for c in per_type.values())
+    in_fp32 = metrics.update_sparsity(model, theta0, TOL).overall  # the same tolerance, compared in float32
     return dict(
+        update_sparsity_fp32_compare=in_fp32,
         target=tk.accuracy(model, world, task, "test"),
         target_val=tk.accuracy(model, world, task, "val"),
         update_sparsity=sum(c[0] for c in per_type.values()) / total,

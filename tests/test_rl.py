@@ -118,6 +118,7 @@ def test_the_study_runs_in_fast_mode_and_prints_json(tmp_path, monkeypatch, caps
     assert set(study["runs"]) == {"grpo/float32", "grpo/bfloat16", "sft/float32", "sft/bfloat16"}
     for row in study["runs"].values():
         assert 0.0 <= row["update_sparsity"] <= 1.0 and len(row["changed_by_decile"]) == 10
+        assert 0.0 <= row["update_sparsity_fp32_compare"] <= 1.0
         assert set(row["per_layer_type"]) >= {"norm.weight", "norm.bias", "attn.qkv", "mlp.fc", "embedding"}
     assert {"half_ulp_predictor_total", "half_ulp_predictor_per_step"} <= set(study["runs"]["grpo/bfloat16"])
     assert study["warmup_steps_taken"] <= 5
