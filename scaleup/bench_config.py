@@ -36,7 +36,10 @@ DENSE_METHODS = ("full", "lora")
 TWO_FOUR = "2:4"
 MIDDLE_BLOCKS = "middle_blocks"
 """The benchmark's name for the registry's ``layers`` criterion, with the middle blocks as its layers."""
-METHODS = ("full", "lora", "lift", "random", "magnitude", "l1_discovered", "gradient", "fisher", "snip", "movement",
+LIFT_RESELECT = "lift_reselect"
+"""LIFT as its authors run it (Liu et al. 2025): principal weights re-selected every
+``BenchConfig.lift_reselect_every`` steps, AdamW betas (0.9, 0.95); plain ``lift`` selects once."""
+METHODS = ("full", "lora", "lift", LIFT_RESELECT, "random", "magnitude", "l1_discovered", "gradient", "fisher", "snip", "movement",
            MIDDLE_BLOCKS, TWO_FOUR)
 """The default run, in the order a run does them (the headline comparison first, so a partial run
 already answers it). :func:`known_methods` adds every other registered criterion."""
@@ -54,6 +57,8 @@ def criterion_of(method: str) -> str | None:
         return "magnitude"
     if method == MIDDLE_BLOCKS:
         return "layers"
+    if method == LIFT_RESELECT:
+        return "lift"
     if method in registry.CRITERIA and method != "layers":
         return method
     raise ValueError(f"method must be one of {known_methods()}, got {method!r}")
@@ -95,6 +100,8 @@ class BenchConfig:
     lora_rank: int = 4
     lora_alpha: float = 8.0
     lift_rank: int = 4
+    lift_reselect_every: int = 50
+    lift_betas: tuple[float, float] = (0.9, 0.95)
     score_batches: int = 4
     l1_lam: float = 2e-3
     l1_lr: float = 1e-3
@@ -115,7 +122,8 @@ class BenchConfig:
         gpt.config(self.preset)
         if self.target not in tk.TARGET_TASKS:
             raise ValueError(f"target must be one of {tuple(tk.TARGET_TASKS)}, got {self.target!r}")
-        for name in ("steps", "batch_size", "seeds", "lora_rank", "lift_rank", "score_batches", "pretrain_steps"):
+        for name in ("steps", "batch_size", "seeds", "lora_rank", "lift_rank", "lift_reselect_every", "score_batches",
+                     "pretrain_steps"):
             check_positive_int(getattr(self, name), f"BenchConfig.{name}")
         if check_nonnegative_int(self.warmup, "BenchConfig.warmup") >= self.steps:
             raise ValueError(f"BenchConfig.warmup must be an int in [0, steps), got {self.warmup!r}")

@@ -25,14 +25,15 @@ from torch import nn
 
 from scaleup import gpt, lora
 from scaleup import tasks as tk
-from scaleup.bench_config import INCLUDE, MIDDLE_BLOCKS, TWO_FOUR, Setup, criterion_of
+from scaleup.bench_config import INCLUDE, LIFT_RESELECT, MIDDLE_BLOCKS, TWO_FOUR, Setup, criterion_of
 from scaleup.memory import PeakMemory
 from sparsity import config as sparse_cfg
 from sparsity import registry
 from sparsity.compact import CompactAdamW
 from sparsity.config import SparseConfig
 from sparsity.metrics import update_rank, update_sparsity
-from sparsity.train import Every, cosine, fit
+from sparsity.dynamic import reselect_top
+from sparsity.train import Every, Reselect, cosine, fit
 from sparsity.validate import Mask, named_params
 from sparsity.wrap import build_optimizer
 
@@ -76,7 +77,7 @@ def train(setup: Setup, model: nn.Module, optimizer: torch.optim.Optimizer, peak
 def criterion_options(setup: Setup, method: str) -> dict[str, Any]:
     """The registry options the benchmark gives a method's criterion (none for one it does not know)."""
     cfg = setup.cfg
-    if method == "lift":
+    if method in ("lift", LIFT_RESELECT):
         return {"rank": cfg.lift_rank}
     if method == "l1_discovered":
         return {"lam": cfg.l1_lam, "lr": cfg.l1_lr}
@@ -102,9 +103,11 @@ def sparse_config(setup: Setup, method: str, budget: str, lr: float = 1e-3, seed
     criterion = criterion_of(method)
     if criterion is None:
         raise ValueError(f"method {method!r} trains no mask")
+    dynamic = dict(reselect_every=setup.cfg.lift_reselect_every, betas=setup.cfg.lift_betas) \
+        if method == LIFT_RESELECT else {}
     return SparseConfig(criterion=criterion, include=INCLUDE, scope="per_tensor", storage="compact",
                         options=criterion_options(setup, method), lr=lr, weight_decay=0.0, seed=seed,
-                        **budget_kwargs(setup, budget))
+                        **dynamic, **budget_kwargs(setup, budget))
 
 
 def budget_count(setup: Setup, budget: str) -> int:
@@ -182,8 +185,10 @@ def finetune(setup: Setup, method: str, budget: str, lr: float, seed: int,
                  sum(p.numel() for p in model.parameters()) if mask is None else
                  sum(int(m.sum()) for m in mask.values()))
     trace: list[dict[str, Any]] = []
-    hooks = [Every(cfg.eval_every, lambda state: trace.append(graded(setup, model, state.step + 1)))] \
+    hooks: list[Any] = [Every(cfg.eval_every, lambda state: trace.append(graded(setup, model, state.step + 1)))] \
         if cfg.eval_every else []
+    if method == LIFT_RESELECT:
+        hooks.append(Reselect(cfg.lift_reselect_every, lambda m, step: reselect_principal(setup, m, opt)))
     with PeakMemory(setup.device) as peak:
         start = time.perf_counter()
         try:
@@ -207,6 +212,14 @@ def finetune(setup: Setup, method: str, budget: str, lr: float, seed: int,
     if cfg.eval_every:
         costs["trace"] = trace
     return model.eval(), costs
+
+
+@torch.no_grad()
+def reselect_principal(setup: Setup, model: nn.Module, opt: CompactAdamW) -> Mask:
+    """LIFT's periodic step: the principal weights of the *current* model, each tensor keeping its count."""
+    scores = registry.score("lift", model, registry.CriterionInputs(include=INCLUDE,
+                                                                    options={"rank": setup.cfg.lift_rank}))
+    return reselect_top(opt.mask, scores)  # type: ignore[arg-type]
 
 
 @torch.no_grad()

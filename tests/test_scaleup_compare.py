@@ -406,3 +406,20 @@ def test_traced_runs_give_frontier_points_and_a_frontier_table(tmp_path, cache):
     assert set(summary) == {("full", "all"), ("random", "d0.05")}
     assert 0.0 <= summary[("random", "d0.05")]["area"]["mean"] <= 1.0
     assert "Learning-forgetting frontiers" in (tmp_path / "report.md").read_text()
+
+
+def test_lift_as_its_authors_run_it_reselects_the_principal_weights(setup):
+    from dataclasses import replace as dc_replace
+
+    resel = dc_replace(setup, cfg=dc_replace(setup.cfg, lift_reselect_every=5, lift_rank=2, steps=20, warmup=2),
+                       cache={})  # its own selection cache: the module's holds masks of another LIFT rank
+    cfg = cp.sparse_config(resel, "lift_reselect", "d0.05", lr=3e-2)
+    assert cfg.reselect_every == 5 and cfg.betas == (0.9, 0.95) and cfg.criterion == "lift"
+    once, _ = cp.finetune(resel, "lift", "d0.05", 3e-2, 0)
+    again, _ = cp.finetune(resel, "lift_reselect", "d0.05", 3e-2, 0)
+    first_mask, _ = cp.select(resel, "lift", "d0.05", 0)
+    name = "blocks.0.mlp.fc.weight"
+    moved = lambda m: m.get_parameter(name) != setup.reference[name]  # noqa: E731
+    assert not moved(once)[~first_mask[name]].any()  # selected once: nothing outside the first mask moves
+    assert moved(again)[~first_mask[name]].any()  # re-selected: entries outside the first mask moved too
+    assert int(moved(again).sum()) <= 5 * int(first_mask[name].sum())  # at most one count per selection
