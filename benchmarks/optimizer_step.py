@@ -67,7 +67,6 @@ from sparsity.fastmode import fast_mode
 from sparsity.optim import MaskedAdamW
 from sparsity.sweep import command_line, emit, load_average, machine_lines, markdown_table
 from sparsity.train import fit
-from sparsity.validate import check_positive_int
 
 FULL_WIDTHS = (1024, 2048, 2048, 1024, 1024)
 """Layer widths of the full-size MLP: 9,437,184 parameters."""
@@ -346,18 +345,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Step time and state bytes of MaskedAdamW vs torch.optim.AdamW (LAB_FAST=1: small and quick).",
     )
     parser.add_argument(
-        "--steps", type=int, default=FAST_STEPS if fast else FULL_STEPS,
+        "--steps", type=positive_int, default=FAST_STEPS if fast else FULL_STEPS,
         help="timed steps per optimizer and density (default: %(default)s)",
     )
     parser.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads (default: %(default)s)")
     parser.add_argument("--out", type=output_file, default=None, help="also write the report as markdown to this path")
-    args = parser.parse_args(argv)
-    try:
-        check_positive_int(args.steps, "--steps")
-        check_positive_int(args.threads, "--threads")
-    except ValueError as err:
-        parser.error(str(err))
-    return args
+    return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:

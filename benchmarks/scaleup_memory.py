@@ -57,7 +57,6 @@ from sparsity.eligibility import eligible
 from sparsity.fastmode import fast_mode
 from sparsity.sweep import command_line, emit, load_average, machine_lines, markdown_table
 from sparsity.train import fit
-from sparsity.validate import check_positive_int
 
 DENSITY = 0.05
 FULL, SPARSE, LORA, SPARSE_LORA = "full", "sparse 5%", "LoRA", "sparse LoRA-equal"
@@ -282,11 +281,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args.preset = args.preset or ("micro" if fast else "mid" if args.device == "cuda" else "small")
     args.batch = args.batch or (64 if args.device == "cuda" else 32)
     args.steps = args.steps or (6 if fast else 30)
-    for flag in ("batch", "steps", "threads"):
-        try:
-            check_positive_int(getattr(args, flag), f"--{flag}")
-        except ValueError as e:
-            p.error(str(e))
     return args
 
 

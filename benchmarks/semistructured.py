@@ -54,7 +54,6 @@ from torch.nn import functional as F
 from sparsity import semistructured as ss
 from sparsity import sweep as report
 from sparsity.cli_args import output_file, positive_int
-from sparsity.validate import check_positive_int
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -323,11 +322,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=positive_int, default=None, help="timed runs per measurement")
     parser.add_argument("--out", type=output_file, default=None, help="markdown path (default results/semistructured-<device>.md)")
     args = parser.parse_args(argv)
-    if args.reps is not None:
-        try:
-            check_positive_int(args.reps, "--reps")
-        except ValueError as err:
-            parser.error(str(err))
 
     cuda_ok = torch.cuda.is_available() and torch.cuda.get_device_capability() >= ss.MIN_CAPABILITY
     if not args.dry_run and not cuda_ok:
