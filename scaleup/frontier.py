@@ -25,6 +25,8 @@ import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from scaleup.results import measured
+
 X, Y = "retention_token", "target_test_token"
 """Default axes: per-token retention (x) and per-token target accuracy on the test split (y)."""
 MATCHED = (0.9, 0.99)
@@ -33,7 +35,7 @@ MATCHED = (0.9, 0.99)
 
 def run_points(row: Mapping[str, Any], x: str = X, y: str = Y) -> list[tuple[float, float]]:
     """The (x, y) points of one stored run: each trace point, or the final measurement without a trace."""
-    if "target_test" not in row:  # a diverged run has no measurement
+    if not measured(row):
         return []
     trace = row.get("trace") or [row]
     return [(float(p[x]), float(p[y])) for p in trace]

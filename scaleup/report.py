@@ -22,7 +22,7 @@ from typing import Any
 
 from scaleup import tasks as tk
 from scaleup.bench_config import BenchConfig, is_sparse_criterion, known_methods
-from scaleup.results import cell_key, diverged_runs, load_config, load_results, summarize
+from scaleup.results import cell_key, diverged_runs, load_config, load_results, measured, summarize
 from sparsity.sweep import markdown_table
 
 NOTES = "## Notes"
@@ -139,7 +139,7 @@ def _sweep_cell(row: Mapping[str, Any] | None) -> str:
     """One seed-0 run in the sweep table: "val / retention", "diverged" or blank if not run."""
     if row is None:
         return ""
-    if "target_val" not in row:
+    if not measured(row):
         return "diverged"
     return f"{row['target_val']:.2f} / {row['retention']:.3f}" + (" (diverged)" if row.get("diverged") else "")
 
@@ -216,7 +216,7 @@ def plot_summary(table: list[dict[str, Any]], cfg: BenchConfig, fig: Any = None,
         ax_scatter.errorbar(r["retention"], r["target_test"], xerr=r["retention_std"], yerr=r["target_test_std"],
                             marker=marker, color=color, linestyle="none", capsize=2, markersize=7)
         sweep = [rows.get(cell_key(r["method"], r["budget"], lr, 0)) for lr in cfg.lrs(r["method"])] if rows else []
-        sweep = [s for s in sweep if s and "target_val" in s]  # a non-finite run has no point
+        sweep = [s for s in sweep if s and measured(s)]  # a non-finite run has no point
         if len(sweep) > 1:
             ax_scatter.plot([s["retention"] for s in sweep], [s["target_val"] for s in sweep], marker=marker,
                             markersize=3, alpha=0.3, linewidth=0.7, color=color)

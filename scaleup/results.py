@@ -11,7 +11,7 @@ reported) and the summary table, mean and spread over seeds (:func:`summarize`).
 from __future__ import annotations
 
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,13 @@ from sparsity.sweep import RESULTS, SweepStore, mean_spread
 from sparsity.sweep import cell_key as sweep_key
 
 KEY_FIELDS = ("method", "budget", "lr", "seed")
-__all__ = ["KEY_FIELDS", "RESULTS", "best_lr", "cell_key", "diverged_runs", "load_config", "load_results", "store", "summarize"]
+__all__ = ["KEY_FIELDS", "RESULTS", "best_lr", "cell_key", "diverged_runs", "load_config", "load_results", "measured",
+           "store", "summarize"]
+
+
+def measured(row: Mapping[str, Any]) -> bool:
+    """Whether a stored run has measurements: a run that went non-finite holds only its cell and the reason."""
+    return "target_test" in row
 
 
 def store(out: str | Path, cfg: BenchConfig | None = None) -> SweepStore:
@@ -88,7 +94,7 @@ def summarize(out: str | Path, methods: Sequence[str] | None = None) -> list[dic
             if lr is None:
                 continue
             found = [rows[k] for s in range(cfg.seeds) if (k := cell_key(m, b, lr, s)) in rows]
-            runs = [r for r in found if "target_test" in r]  # a non-finite run has no measurements
+            runs = [r for r in found if measured(r)]
             n_diverged = sum(bool(r.get("diverged")) for r in found)
             if not runs:
                 continue
