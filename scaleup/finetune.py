@@ -223,18 +223,30 @@ def reselect_principal(setup: Setup, model: nn.Module, opt: CompactAdamW) -> Mas
 
 
 @torch.no_grad()
-def graded(setup: Setup, model: nn.Module, step: int) -> dict[str, Any]:
-    """One point of a run's trace: the target (validation and test) and the sources (test), graded
-    (``tasks.Scores``), after ``step`` steps; ``eval_s`` is the time it took (kept out of ``train_s``)."""
-    began = time.perf_counter()
+def evaluate(setup: Setup, model: nn.Module) -> tuple[tk.Scores, tk.Scores, dict[str, tk.Scores]]:
+    """The graded scores (``tasks.Scores``) of the target's validation and test splits and of each source task."""
     world, target = setup.world, setup.cfg.target
-    val, test = tk.task_scores(model, world, target, "val"), tk.task_scores(model, world, target, "test")
-    source = [tk.task_scores(model, world, t, "test") for t in tk.SOURCE_TASKS]
-    return dict(step=step, target_val=val.exact, target_val_token=val.token, target_test=test.exact,
+    return (tk.task_scores(model, world, target, "val"), tk.task_scores(model, world, target, "test"),
+            {t: tk.task_scores(model, world, t, "test") for t in tk.SOURCE_TASKS})
+
+
+def headline(val: tk.Scores, test: tk.Scores, source: dict[str, tk.Scores]) -> dict[str, float]:
+    """Learning (the target) and forgetting (the mean over the sources), exact and graded: the numbers
+    a trace point and a finished run both report."""
+    n = len(source)
+    return dict(target_val=val.exact, target_val_token=val.token, target_test=test.exact,
                 target_test_token=test.token, target_test_nll=test.nll,
-                retention=sum(s.exact for s in source) / len(source),
-                retention_token=sum(s.token for s in source) / len(source),
-                source_nll=sum(s.nll for s in source) / len(source), eval_s=time.perf_counter() - began)
+                retention=sum(s.exact for s in source.values()) / n,
+                retention_token=sum(s.token for s in source.values()) / n,
+                source_nll=sum(s.nll for s in source.values()) / n)
+
+
+def graded(setup: Setup, model: nn.Module, step: int) -> dict[str, Any]:
+    """One point of a run's trace: :func:`headline` after ``step`` steps; ``eval_s`` is the time it
+    took (kept out of ``train_s``)."""
+    began = time.perf_counter()
+    point = headline(*evaluate(setup, model))
+    return dict(step=step, **point, eval_s=time.perf_counter() - began)
 
 
 def update_profile(model: nn.Module, reference: dict[str, torch.Tensor], tol: float) -> dict[str, dict[str, float]]:
@@ -277,22 +289,12 @@ def run_cell(setup: Setup, method: str, budget: str, lr: float, seed: int, progr
         model, costs = finetune(setup, method, budget, lr, seed, progress)
     except FloatingPointError as e:
         return dict(cell, diverged=True, diverged_reason=str(e))
-    world, target = setup.world, setup.cfg.target
-    with torch.no_grad():
-        val_loss = tk.loss(model, world.eval_set(target, "val").to(setup.device)).item()
     rose = costs["final_train_loss"] > costs["first_train_loss"]
-    test = tk.task_scores(model, world, target, "test")
-    source = {t: tk.task_scores(model, world, t, "test") for t in tk.SOURCE_TASKS}
+    val, test, source = evaluate(setup, model)
     row: dict[str, Any] = dict(
         cell,
-        target_val=tk.accuracy(model, world, target, "val"),
-        target_val_loss=val_loss,
-        target_test=test.exact,
-        target_test_token=test.token,
-        target_test_nll=test.nll,
-        retention=sum(s.exact for s in source.values()) / len(source),
-        retention_token=sum(s.token for s in source.values()) / len(source),
-        source_nll=sum(s.nll for s in source.values()) / len(source),
+        **headline(val, test, source),
+        target_val_loss=val.nll,  # the mean cross-entropy over the answer tokens, as tasks.loss computes it
         source={t: s.exact for t, s in source.items()},
         source_token={t: s.token for t, s in source.items()},
         source_nll_per_task={t: s.nll for t, s in source.items()},
