@@ -37,7 +37,7 @@ from torch import nn
 from scaleup import sampling
 from scaleup import tasks as tk
 from sparsity.train import FitState, Schedule, constant, fit
-from sparsity.validate import check_finite_nonnegative, check_positive_int
+from sparsity.validate import check_finite_nonnegative, check_nonnegative_int, check_positive_int
 
 ALGORITHMS = ("grpo", "dpo", "dpo_online", "sft")
 ALGORITHMIC_TASKS = ("copy", "reverse", "increment", "add2", "sort")
@@ -79,10 +79,14 @@ def grpo_loss(logprobs: torch.Tensor, advantages: torch.Tensor, ref_logprobs: to
 
 
 def dpo_loss(chosen: torch.Tensor, rejected: torch.Tensor, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor,
-             beta: float = 0.1) -> torch.Tensor:
-    """DPO on sequence log-probabilities ``[n]``: ``-log sigmoid(beta * ((c - c_ref) - (r - r_ref)))``, mean."""
+             beta: float = 0.1, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """DPO on sequence log-probabilities ``[n]``: ``-log sigmoid(beta * ((c - c_ref) - (r - r_ref)))``, mean
+    over the pairs, or over those with ``keep`` 1 (online pairs whose answers all scored alike teach nothing)."""
     margin = (chosen - ref_chosen) - (rejected - ref_rejected)
-    return -F.logsigmoid(beta * margin).mean()
+    per_pair = -F.logsigmoid(beta * margin)
+    if keep is None:
+        return per_pair.mean()
+    return (per_pair * keep).sum() / keep.sum().clamp(min=1.0)
 
 
 class StoreAs:
@@ -125,8 +129,9 @@ class RLConfig:
                                      ("task", self.task, tuple(tk.TARGET_TASKS) + tk.SOURCE_TASKS)]:
             if value not in allowed:
                 raise ValueError(f"RLConfig.{name} must be one of {allowed}, got {value!r}")
-        for name in ("steps", "prompts", "group", "seed"):
-            check_positive_int(getattr(self, name) + (name == "seed"), f"RLConfig.{name}")
+        for name in ("steps", "prompts", "group"):
+            check_positive_int(getattr(self, name), f"RLConfig.{name}")
+        check_nonnegative_int(self.seed, "RLConfig.seed")
         if self.group < 2 and self.algorithm in ("grpo", "dpo_online"):
             raise ValueError(f"RLConfig.group must be >= 2 for {self.algorithm}, got {self.group}")
         for name in ("lr", "kl", "beta", "temperature"):
@@ -203,9 +208,7 @@ def loss_of(cfg: RLConfig) -> Callable[[nn.Module, dict[str, torch.Tensor]], Any
             return grpo_loss(logp, b["advantage"], b.get("ref_logprobs"), cfg.kl), {"reward": b["reward"].mean()}
         chosen = _sequence_logprob(model, b["prompt"], b["chosen"])
         rejected = _sequence_logprob(model, b["prompt"], b["rejected"])
-        per_pair = -F.logsigmoid(cfg.beta * ((chosen - b["ref_chosen"]) - (rejected - b["ref_rejected"])))
-        keep = b.get("keep", torch.ones_like(per_pair))
-        return (per_pair * keep).sum() / keep.sum().clamp(min=1.0)
+        return dpo_loss(chosen, rejected, b["ref_chosen"], b["ref_rejected"], cfg.beta, b.get("keep"))
 
     return loss
 

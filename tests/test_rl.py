@@ -45,6 +45,11 @@ def test_dpo_loss_by_hand() -> None:
     margin = (-1.0 + 2.0) - (-3.0 + 2.0)
     assert rl.dpo_loss(c, r, rc, rr, beta=0.5).item() == pytest.approx(math.log1p(math.exp(-0.5 * margin)))
     assert rl.dpo_loss(c, c, c, c).item() == pytest.approx(math.log(2))
+    # online pairs: only the kept ones count
+    two = [torch.tensor([a, b]) for a, b in ((-1.0, 0.0), (-3.0, 0.0), (-2.0, 0.0), (-2.0, 0.0))]
+    assert rl.dpo_loss(*two, beta=0.5, keep=torch.tensor([1.0, 0.0])).item() == pytest.approx(
+        math.log1p(math.exp(-0.5 * margin)))
+    assert rl.dpo_loss(*two, keep=torch.zeros(2)).item() == 0.0
 
 
 def test_bf16_storage_rounds_every_step_and_small_steps_round_away() -> None:
@@ -81,6 +86,8 @@ def test_sft_on_another_tasks_answers_uses_that_rule() -> None:
 def test_bad_configs_are_refused() -> None:
     with pytest.raises(ValueError, match="RLConfig.algorithm must be one of"):
         rl.RLConfig(algorithm="ppo")
+    with pytest.raises(ValueError, match="RLConfig.seed must be a non-negative int"):
+        rl.RLConfig(seed=-1)
     with pytest.raises(ValueError, match="RLConfig.group must be >= 2"):
         rl.RLConfig(group=1)
     with pytest.raises(ValueError, match="RLConfig.sft_data must be one of"):
