@@ -81,6 +81,7 @@ class CompactAdamW(NamedOptimizer):
         if not isinstance(fused, bool):
             raise TypeError(f"fused must be True or False, got {fused!r}")
         self.fused = fused
+        self._int64_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.values_grads: dict[str, torch.Tensor] = {}
         """Name -> the ``[k]`` leaf whose ``.grad`` backward fills directly (``sparsity.values_grad``)."""
         self.indices = self._indices_of(check_mask(self._named(), {} if mask is None else mask))
@@ -203,10 +204,9 @@ class CompactAdamW(NamedOptimizer):
     def _int64(self, name: str, idx: torch.Tensor) -> torch.Tensor:
         """``idx`` as int64, cached until the selection changes: torch's gathers and scatters take
         int64 positions natively (int32 ones are converted on every call)."""
-        cache = self.__dict__.setdefault("_int64_cache", {})
-        hit = cache.get(name)
+        hit = self._int64_cache.get(name)
         if hit is None or hit[0] is not idx:
-            hit = cache[name] = (idx, idx.long())
+            hit = self._int64_cache[name] = (idx, idx.long())
         return hit[1]
 
     def state_bytes(self) -> int:
