@@ -52,7 +52,8 @@ def sample(model: nn.Module, prompt: torch.Tensor, answer_len: int, gen: torch.G
             token = torch.multinomial(probs, 1, generator=gen).squeeze(1).to(prompt.device)
         out.append(token)
         new = token[:, None]
-        seq = torch.cat([seq, new], 1)
+        if not cache:
+            seq = torch.cat([seq, new], 1)
     model.train(was_training)
     return torch.stack(out, 1)
 

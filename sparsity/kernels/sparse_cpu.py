@@ -69,7 +69,7 @@ void sparse_adamw_(torch::Tensor p, torch::Tensor g, torch::Tensor idx, torch::T
       }
       const int64_t i = I[j];
       const float grad = compact_grad ? G[j] : G[i];
-      const float value = weight_decay != 0.0 ? P[i] * decay : P[i];
+      const float value = P[i] * decay;  // decay is exactly 1 without weight decay: no rounding
       const float mj = M[j] + w1 * (grad - M[j]);
       const float vj = V[j] * b2 + w2 * (grad * grad);
       M[j] = mj;
