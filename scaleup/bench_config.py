@@ -39,7 +39,11 @@ MIDDLE_BLOCKS = "middle_blocks"
 LIFT_RESELECT = "lift_reselect"
 """LIFT as its authors run it (Liu et al. 2025): principal weights re-selected every
 ``BenchConfig.lift_reselect_every`` steps, AdamW betas (0.9, 0.95); plain ``lift`` selects once."""
-METHODS = ("full", "lora", "lift", LIFT_RESELECT, "random", "magnitude", "l1_discovered", "gradient", "fisher", "snip", "movement",
+RIGL = "rigl"
+"""Dynamic sparsity (RigL, Evci et al. 2020): a random mask at the budget, then every
+``BenchConfig.rigl_every`` steps the entries that moved least are dropped and as many with the
+largest gradient grown (``sparsity.train.RigL``)."""
+METHODS = ("full", "lora", "lift", LIFT_RESELECT, RIGL, "random", "magnitude", "l1_discovered", "gradient", "fisher", "snip", "movement",
            MIDDLE_BLOCKS, TWO_FOUR)
 """The default run, in the order a run does them (the headline comparison first, so a partial run
 already answers it). :func:`known_methods` adds every other registered criterion."""
@@ -59,6 +63,8 @@ def criterion_of(method: str) -> str | None:
         return "layers"
     if method == LIFT_RESELECT:
         return "lift"
+    if method == RIGL:
+        return "random"
     if method in registry.CRITERIA and method != "layers":
         return method
     raise ValueError(f"method must be one of {known_methods()}, got {method!r}")
@@ -102,6 +108,8 @@ class BenchConfig:
     lift_rank: int = 4
     lift_reselect_every: int = 50
     lift_betas: tuple[float, float] = (0.9, 0.95)
+    rigl_every: int = 50
+    rigl_fraction: float = 0.3
     score_batches: int = 4
     l1_lam: float = 2e-3
     l1_lr: float = 1e-3
@@ -122,7 +130,7 @@ class BenchConfig:
         gpt.config(self.preset)
         if self.target not in tk.TARGET_TASKS:
             raise ValueError(f"target must be one of {tuple(tk.TARGET_TASKS)}, got {self.target!r}")
-        for name in ("steps", "batch_size", "seeds", "lora_rank", "lift_rank", "lift_reselect_every", "score_batches",
+        for name in ("steps", "batch_size", "seeds", "lora_rank", "lift_rank", "lift_reselect_every", "rigl_every", "score_batches",
                      "pretrain_steps"):
             check_positive_int(getattr(self, name), f"BenchConfig.{name}")
         if check_nonnegative_int(self.warmup, "BenchConfig.warmup") >= self.steps:
@@ -135,6 +143,8 @@ class BenchConfig:
                 raise ValueError(f"BenchConfig.{name} must be a non-empty tuple of positive learning rates, "
                                  f"got {lrs!r}")
         check_nonnegative_int(self.eval_every, "BenchConfig.eval_every")
+        if not 0 < self.rigl_fraction <= 1:
+            raise ValueError(f"BenchConfig.rigl_fraction must be in (0, 1], got {self.rigl_fraction!r}")
         if not 0 <= self.lr_tie < 1:
             raise ValueError(f"BenchConfig.lr_tie must be in [0, 1), got {self.lr_tie!r}")
         if not self.l1_lam > 0 or not self.l1_lr > 0:

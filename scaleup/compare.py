@@ -47,7 +47,7 @@ from scaleup.finetune import (LAYER_TYPES, budget_count, finetune, layer_type, m
                               sparse_config, update_profile)
 from scaleup.report import budget_label, plot_summary, print_report, report_markdown, verdict, write_summary
 from scaleup.results import RESULTS, best_lr, cell_key, diverged_runs, load_results, store, summarize
-from sparsity.cli_args import finite_list, output_file, output_folder, positive_int
+from sparsity.cli_args import finite_list, nonnegative_int, output_file, output_folder, positive_int
 from sparsity.sweep import command_line, machine
 
 __all__ = [
@@ -124,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--density", type=finite_list, default=None,
                    help="comma-separated densities, e.g. 0.01,0.05 (default 0.01,0.05)")
     p.add_argument("--no-lora-equal", action="store_true", help="skip the LoRA-equal budget")
+    p.add_argument("--no-density", action="store_true", help="no density budgets: the LoRA-equal budget only")
     p.add_argument("--seeds", type=positive_int, default=None)
     p.add_argument("--steps", type=positive_int, default=None)
     p.add_argument("--out", type=output_folder, required=True)
@@ -132,7 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(f"--lrs-{kind}", type=finite_list, default=None, metavar="LRS",
                        help=f"comma-separated learning-rate grid of {kind} fine-tuning "
                             f"(default: BenchConfig.lrs_{kind})")
-    p.add_argument("--sweep-all-seeds", action="store_true", help="choose the lr on the mean over all seeds")
+    p.add_argument("--sweep-all-seeds", action="store_true",
+                   help="run every lr on every seed (the frontier protocol) and choose the lr on their mean")
+    p.add_argument("--eval-every", type=nonnegative_int, default=None,
+                   help="trace the graded metrics every N steps of each run (the frontier's points; 0: only at the end)")
     p.add_argument("--report", action="store_true", help="only rebuild the summary from the results file")
     p.add_argument("--md", type=output_file, default=None, help="also write the report's markdown to this file")
     p.add_argument("--threads", type=positive_int, default=None,
@@ -148,14 +152,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The BenchConfig fields the command line sets."""
     overrides: dict[str, Any] = {}
-    if args.density is not None:
-        overrides["densities"] = args.density
+    if args.density is not None and args.no_density:
+        raise ValueError("--density and --no-density contradict each other: give one")
+    if args.density is not None or args.no_density:
+        overrides["densities"] = () if args.no_density else args.density
     for kind in ("full", "sparse", "lora"):
         if (grid := getattr(args, f"lrs_{kind}")) is not None:
             overrides[f"lrs_{kind}"] = grid
     if args.no_lora_equal:
         overrides["lora_equal"] = False
-    for name in ("seeds", "steps"):
+    for name in ("seeds", "steps", "eval_every"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     if args.sweep_all_seeds:

@@ -25,7 +25,7 @@ from torch import nn
 
 from scaleup import gpt, lora
 from scaleup import tasks as tk
-from scaleup.bench_config import INCLUDE, LIFT_RESELECT, MIDDLE_BLOCKS, TWO_FOUR, Setup, criterion_of
+from scaleup.bench_config import INCLUDE, LIFT_RESELECT, MIDDLE_BLOCKS, RIGL, TWO_FOUR, Setup, criterion_of
 from scaleup.memory import PeakMemory
 from sparsity import config as sparse_cfg
 from sparsity import registry
@@ -33,7 +33,7 @@ from sparsity.compact import CompactAdamW
 from sparsity.config import SparseConfig
 from sparsity.metrics import update_rank, update_sparsity
 from sparsity.dynamic import reselect_top
-from sparsity.train import Every, Reselect, cosine, fit
+from sparsity.train import Every, Reselect, RigL, cosine, fit
 from sparsity.validate import Mask, named_params
 from sparsity.wrap import build_optimizer
 
@@ -189,6 +189,8 @@ def finetune(setup: Setup, method: str, budget: str, lr: float, seed: int,
         if cfg.eval_every else []
     if method == LIFT_RESELECT:
         hooks.append(Reselect(cfg.lift_reselect_every, lambda m, step: reselect_principal(setup, m, opt)))
+    if method == RIGL:
+        hooks.append(RigL(cfg.rigl_every, cfg.steps, setup.reference, cfg.rigl_fraction))
     with PeakMemory(setup.device) as peak:
         start = time.perf_counter()
         try:

@@ -22,6 +22,7 @@ from typing import Any
 
 from scaleup import tasks as tk
 from scaleup.bench_config import BenchConfig, is_sparse_criterion, known_methods
+from scaleup.frontier_report import frontier_table, frontier_verdict, plot_frontiers
 from scaleup.results import cell_key, diverged_runs, load_config, load_results, measured, summarize
 from sparsity.sweep import markdown_table
 
@@ -117,24 +118,6 @@ def results_table(table: list[dict[str, Any]], cfg: BenchConfig, before: Mapping
     return _table(header, rows)
 
 
-def frontier_table(rows: Mapping[str, Mapping[str, Any]]) -> str:
-    """The learning-forgetting frontiers (``scaleup.frontier``) as markdown: area and matched retention, over seeds."""
-    from scaleup import frontier as fr
-
-    def cell(spread: Mapping[str, float]) -> str:
-        if not spread["n"]:
-            return "never reached"
-        return f"{spread['mean']:.3f} [{spread['min']:.3f}, {spread['max']:.3f}] (n={spread['n']})"
-
-    lines = [[e["method"], e["budget"], e["seeds"], cell(e["area"]),
-              *[cell(e[f"retention_at_{share:g}"]) for share in fr.MATCHED]] for e in fr.summary(rows)]
-    header = ["method", "budget", "seeds", "area under frontier",
-              *[f"retention at {share:.0%} of full FT's best target" for share in fr.MATCHED]]
-    return ("Learning-forgetting frontiers (Biderman et al. 2024): every learning rate and every evaluation "
-            f"along training, per-token target accuracy against per-token retention; mean [min, max] over seeds.\n\n"
-            + _table(header, lines))
-
-
 def _sweep_cell(row: Mapping[str, Any] | None) -> str:
     """One seed-0 run in the sweep table: "val / retention", "diverged" or blank if not run."""
     if row is None:
@@ -183,7 +166,7 @@ def report_markdown(out: str | Path, command: str | None = None) -> str:
              f"{len(rows)} runs finished.", "", results_table(table, cfg, before), "", verdict(table), "",
              sweep_table(cfg, rows)]
     if any(r.get("trace") for r in rows.values()):
-        parts += ["", frontier_table(rows)]
+        parts += ["", frontier_table(rows), "", "Verdict from the frontiers:", "", frontier_verdict(rows)]
     diverged = diverged_runs(out)
     if diverged:
         parts += ["", f"Diverged runs ({len(diverged)}; never chosen as a method's learning rate):", "",
@@ -243,6 +226,23 @@ def plot_summary(table: list[dict[str, Any]], cfg: BenchConfig, fig: Any = None,
     return fig
 
 
+FRONTIER_PNG = "frontier.png"
+
+
+def frontier_figure(rows: Mapping[str, Mapping[str, Any]], cfg: BenchConfig) -> Any:
+    """One frontier panel per budget kind: the LoRA-equal budget (with full FT and LoRA) and each density."""
+    import matplotlib.pyplot as plt
+
+    budgets = list(dict.fromkeys(r["budget"] for r in rows.values() if r["budget"] not in ("all",)))
+    fig, axes = plt.subplots(1, len(budgets), figsize=(7 * len(budgets), 6), squeeze=False)
+    for ax, budget in zip(axes[0], budgets):
+        plot_frontiers(rows, f"budget {budget_label(budget, cfg)} (with full FT)", budgets=[budget, "all"], ax=ax)
+    fig.suptitle(f"GPT {cfg.preset}: learning-forgetting frontiers on {cfg.target}, {cfg.steps} steps, "
+                 f"{cfg.seeds} seed(s), every lr and every {cfg.eval_every} steps")
+    fig.tight_layout()
+    return fig
+
+
 def write_summary(out: str | Path, methods: Sequence[str] | None = None,
                   command: str | None = None) -> list[dict[str, Any]]:
     """Write summary.csv, summary.json, report.md and summary.png from the results file."""
@@ -261,9 +261,14 @@ def write_summary(out: str | Path, methods: Sequence[str] | None = None,
             writer = csv.DictWriter(f, keys)
             writer.writeheader()
             writer.writerows(flat)
-        fig = plot_summary(table, cfg, rows=load_results(out))
+        rows = load_results(out)
+        fig = plot_summary(table, cfg, rows=rows)
         fig.savefig(out / "summary.png", dpi=110)
         plt.close(fig)
+        if any(r.get("trace") for r in rows.values()):
+            fig = frontier_figure(rows, cfg)
+            fig.savefig(out / FRONTIER_PNG, dpi=110)
+            plt.close(fig)
     (out / "report.md").write_text(report_markdown(out, command))
     return table
 
@@ -275,8 +280,10 @@ def print_report(out: Path, md: Path | None) -> None:
     if md is not None:
         old = md.read_text() if md.exists() else ""
         notes = old[old.index(NOTES):] if NOTES in old else ""
+        figures = [name for name in (FRONTIER_PNG, "summary.png") if (out / name).exists()]
+        images = "".join(f"![{name[:-4]}]({os.path.relpath(out / name, md.parent)})\n\n" for name in figures)
         md.write_text(f"# Scale-up benchmark: full vs sparse vs LoRA fine-tuning ({out.name})\n\n{text}\n"
-                      f"![summary]({os.path.relpath(out / 'summary.png', md.parent)})\n\n{notes}")
+                      f"{images}{notes}")
 
 
 def plot_learning_vs_forgetting(rows: Mapping[str, Mapping[str, Any]], before: Mapping[str, float], title: str,

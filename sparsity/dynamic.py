@@ -12,23 +12,12 @@ Dynamic sparse training revisits the choice every few steps at a constant budget
 Both keep the count of every tensor, so the result can be handed straight to
 ``CompactAdamW.reselect``. Ties are broken by position: the earlier entry is picked
 first, so an update is deterministic. In the lab's one training loop
-(``sparsity.train.fit``), RigL every ``K`` steps is a hook that swaps in ``before_step``,
-after the backward (the dense gradient is there, unselected entries too) and before the
-optimizer moves::
+(``sparsity.train.fit``), RigL every ``K`` steps is the hook ``sparsity.train.RigL``: it
+swaps in ``before_step``, after the backward (the dense gradient is there, unselected
+entries too) and before the optimizer moves::
 
-    ref = snapshot(model)
     opt = CompactAdamW(model.named_parameters(), mask, lr=1e-3)
-
-    class RigL:
-        def before_step(self, state):
-            t = state.step
-            if t > 0 and t % K == 0:
-                grads = {n: p.grad for n, p in model.named_parameters()}
-                deltas = {n: p.detach() - ref[n] for n, p in model.named_parameters()}
-                fraction = 0.3 * (1 + math.cos(math.pi * t / T)) / 2   # RigL's cosine decay
-                opt.reselect(rigl_swap(opt.mask, deltas, grads, fraction))
-
-    fit(model, opt, loss_of_batch, T, batches=batches, hooks=[RigL()])
+    fit(model, opt, loss_of_batch, T, batches=batches, hooks=[RigL(K, T, reference=snapshot(model))])
 
 LIFT's re-selection needs no gradient: ``sparsity.train.Reselect`` runs it after every
 ``K``-th step::

@@ -14,8 +14,9 @@ before the optimizer moves: the gradients are there, e.g. for RigL's regrowth),
 The hooks the lab needs are here: :class:`ProximalL1` and :class:`ProximalNuclear`
 (the penalty toward the start as a proximal step, Parikh & Boyd 2014; after Adam with
 Adam's own step scale, Yun et al. 2021, ProxGen), :class:`Reselect` (periodic mask
-re-selection, LIFT's principal weights or RigL, Evci et al. 2020) and :class:`Every`
-(evaluate, log or checkpoint every N steps).
+re-selection by fresh scores, LIFT's principal weights, Liu et al. 2025), :class:`RigL`
+(drop/grow by movement and gradient, Evci et al. 2020) and :class:`Every` (evaluate, log
+or checkpoint every N steps).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from sparsity.dynamic import rigl_swap
 from sparsity.regularize import prox_l1_to_init_, prox_nuclear_to_init_
 from sparsity.validate import Mask, TensorDict, check_finite_nonnegative, check_nonnegative_int, check_positive_int
 
@@ -229,6 +231,43 @@ class Reselect:
                 raise TypeError(f"Reselect needs an optimizer with reselect(mask) (CompactAdamW), "
                                 f"got {type(state.optimizer).__name__}")
             state.optimizer.reselect(self.select(state.model, state.step + 1))
+
+
+class RigL:
+    """RigL's drop/grow (Evci et al. 2020; for fine-tuning, SpIEL, Ansell et al. 2024) every ``every``
+    steps, after the backward and before the optimizer moves, so the dense gradient of the unselected
+    entries is there to choose what grows (``sparsity.dynamic.rigl_swap``).
+
+    Drop: the selected entries that moved least from ``reference``; grow: the unselected ones with
+    the largest gradient. The share swapped decays as RigL's cosine, ``fraction * (1 + cos(pi t / T)) / 2``
+    for step ``t`` of ``steps``. The optimizer must re-select (``CompactAdamW.reselect``); a partly
+    selected tensor without a gradient is an error (values-only gradients give none).
+    """
+
+    def __init__(self, every: int, steps: int, reference: Mapping[str, torch.Tensor], fraction: float = 0.3) -> None:
+        self.every = check_positive_int(every, "every")
+        self.steps = check_positive_int(steps, "steps")
+        if not 0.0 < fraction <= 1.0:
+            raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
+        self.reference, self.fraction = reference, float(fraction)
+
+    def before_step(self, state: FitState) -> None:
+        step = state.step
+        if step == 0 or step % self.every:
+            return
+        if not hasattr(state.optimizer, "reselect"):
+            raise TypeError(f"RigL needs an optimizer with reselect(mask) (CompactAdamW), "
+                            f"got {type(state.optimizer).__name__}")
+        mask = state.optimizer.mask
+        params = dict(state.model.named_parameters())
+        partial = [n for n, m in mask.items() if 0 < int(m.sum()) < m.numel()]
+        missing = [n for n in partial if params[n].grad is None]
+        if missing:
+            raise ValueError(f"RigL grows by the dense gradient, but '{missing[0]}' has none at step {step}")
+        deltas = {n: params[n].detach() - self.reference[n] for n in partial}
+        grads = {n: params[n].grad for n in partial}
+        share = self.fraction * (1 + math.cos(math.pi * step / self.steps)) / 2
+        state.optimizer.reselect(rigl_swap(mask, deltas, grads, share))
 
 
 class Every:

@@ -13,7 +13,7 @@ from sparsity import criteria, masks
 from sparsity.compact import CompactAdamW
 from sparsity.dynamic import reselect_top, rigl_swap
 from sparsity.regularize import snapshot
-from sparsity.train import FitState, Reselect, fit
+from sparsity.train import FitState, Reselect, RigL, fit
 
 
 def positions(m: torch.Tensor) -> list[int]:
@@ -154,7 +154,7 @@ def test_training_with_rigl_every_k_steps_keeps_the_selection_valid() -> None:
     ever = {n: m.clone() for n, m in mask.items()}
     steps, every = 60, 10
 
-    class RigL:
+    class HandWrittenRigL:
         def before_step(self, state: FitState) -> None:
             t = state.step
             if t > 0 and t % every == 0:
@@ -170,12 +170,32 @@ def test_training_with_rigl_every_k_steps_keeps_the_selection_valid() -> None:
                     assert opt.state[dict(model.named_parameters())[name]]["exp_avg"].shape == (counts[name],)
                     ever[name] |= new[name]
 
-    losses = fit(model, opt, _mse, steps, batches=_batch, hooks=[RigL()])["loss"]
+    losses = fit(model, opt, _mse, steps, batches=_batch, hooks=[HandWrittenRigL()])["loss"]
     grew = sum(int(ever[n].sum()) - counts[n] for n in counts)
     assert grew > 0  # the selection did move
     for name, p in model.named_parameters():
         assert torch.equal(p.detach()[~ever[name]], ref[name][~ever[name]]), name  # never selected: never moved
     assert sum(losses[-4:]) < sum(losses[:4])
+
+    # The library's hook (sparsity.train.RigL) is this loop: the same weights, bit for bit.
+    torch.manual_seed(0)
+    again = nn.Sequential(OrderedDict(fc1=nn.Linear(8, 16), act=nn.Tanh(), fc2=nn.Linear(16, 4)))
+    opt2 = CompactAdamW(again.named_parameters(), masks.random(again, 0.2, seed=0, scope="per_tensor", include="all"),
+                        lr=1e-2, weight_decay=0.1)
+    fit(again, opt2, _mse, steps, batches=_batch, hooks=[RigL(every, steps, snapshot(again))])
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), again.parameters()))
+    assert all(torch.equal(opt.mask[n], opt2.mask[n]) for n in counts)
+
+
+def test_the_rigl_hook_refuses_what_it_cannot_swap() -> None:
+    model = nn.Linear(8, 4)
+    with pytest.raises(ValueError, match="fraction"):
+        RigL(5, 10, snapshot(model), fraction=0.0)
+    with pytest.raises(ValueError, match="every"):
+        RigL(0, 10, snapshot(model))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(TypeError, match="reselect"):
+        fit(model, opt, _mse, 6, batches=_batch, hooks=[RigL(5, 6, snapshot(model))])
 
 
 def test_lift_style_reselection_with_the_reselect_hook_follows_the_model() -> None:

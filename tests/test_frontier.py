@@ -46,3 +46,55 @@ def test_summary_over_learning_rates_steps_and_seeds() -> None:
     # matched at 90% of full's best (1.0): seed 0 reaches 0.92 at retention 0.9, seed 1 (0.82) never does
     assert sparse["retention_at_0.9"] == dict(mean=0.9, min=0.9, max=0.9, n=1)
     assert full["retention_at_0.99"]["mean"] == 0.3
+
+
+def _spread(lo, hi, n=3):
+    return dict(mean=(lo + hi) / 2, min=lo, max=hi, n=n)
+
+
+def test_separated_means_the_seed_intervals_do_not_overlap() -> None:
+    from scaleup.frontier_report import separated
+
+    assert separated(_spread(0.6, 0.7), _spread(0.4, 0.55))
+    assert not separated(_spread(0.6, 0.7), _spread(0.4, 0.65))  # overlap: within the seed spread
+    assert not separated(_spread(0.6, 0.7), dict(mean=math.nan, min=math.nan, max=math.nan, n=0))
+
+
+def _lora_equal_rows(lift_retention: float) -> dict:
+    """Full FT, LoRA and LIFT at the LoRA-equal budget, three seeds, with hand-set retention at target 1.0."""
+    rows = {}
+    for seed in range(3):
+        jitter = 0.01 * seed
+        for method, budget, keep in (("full", "all", 0.40), ("lora", "lora_equal", 0.50),
+                                     ("lift", "lora_equal", lift_retention)):
+            rows[f"{method}|{seed}"] = dict(method=method, budget=budget, lr=1e-3, seed=seed, target_test=1.0,
+                                            trace=[dict(retention_token=keep + jitter, target_test_token=1.0),
+                                                   dict(retention_token=1.0, target_test_token=0.0)])
+    return rows
+
+
+def test_the_frontier_verdict_is_written_from_the_numbers() -> None:
+    from scaleup.frontier_report import frontier_table, frontier_verdict
+
+    apart = frontier_verdict(_lora_equal_rows(0.70))
+    assert "more than LoRA, beyond the seed spread, for lift;" in apart
+    assert "0.710 vs 0.510 (+0.200, separated" in apart  # LIFT vs LoRA at 90% of full FT's best target
+    assert "+39%" in apart and "+73%" in apart  # 0.71 / 0.51 and 0.71 / 0.41
+    assert "Whose frontier dominates** (area under it): lift @ lora_equal" in apart
+    close = frontier_verdict(_lora_equal_rows(0.515))
+    assert "no sparse criterion keeps more than LoRA beyond the seed spread" in close
+    assert "within the seed spread" in close
+    table = frontier_table(_lora_equal_rows(0.70))
+    assert "| lift | lora_equal | 3 | 0.710 [0.700, 0.720] (n=3) |" in table
+
+
+def test_the_frontier_figure_draws_one_line_per_method_and_budget() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from scaleup.frontier_report import plot_frontiers
+
+    ax = plot_frontiers(_lora_equal_rows(0.7), "t", before=(1.0, 0.0))
+    assert len(ax.lines) == 3  # full, lora, lift: one frontier each
+    assert {t.get_text() for t in ax.get_legend().get_texts()} == {"full", "lora", "lift", "all", "lora_equal",
+                                                                   "before FT"}

@@ -121,6 +121,12 @@ target_menu.value = cfg.target
 run_button.click()
 assert last_run["row"]["budget"] == "lora_equal" and last_run["row"]["trainable"] == rows["lora"]["trainable"]
 assert set(rows) == set(SHOWN) and study.runs[0.0].loss[-1] < study.runs[0.0].loss[0]
+assert "tiny GPT, facts_b (far: new facts)" in traced  # the committed frontier benchmark is shown
+scale_menu.value = "tiny GPT, add2 (near: a variant of increment)"
+methods_box.value = ("full", "lora")
+frontier_button.click()
+assert last_frontier["scale"].startswith("tiny GPT, add2") and set(last_frontier["methods"]) == {"full", "lora"}
+assert len(last_frontier["figure"].axes[0].lines) == 2  # one frontier per method
 """,
     "06_rl_subnetworks.py": """
 algorithm_menu.value = "sft"

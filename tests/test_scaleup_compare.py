@@ -423,3 +423,19 @@ def test_lift_as_its_authors_run_it_reselects_the_principal_weights(setup):
     assert not moved(once)[~first_mask[name]].any()  # selected once: nothing outside the first mask moves
     assert moved(again)[~first_mask[name]].any()  # re-selected: entries outside the first mask moved too
     assert int(moved(again).sum()) <= 5 * int(first_mask[name].sum())  # at most one count per selection
+
+
+def test_rigl_swaps_entries_at_a_constant_count_and_grows_by_the_gradient(setup):
+    from dataclasses import replace as dc_replace
+
+    rigl = dc_replace(setup, cfg=dc_replace(setup.cfg, rigl_every=5, steps=20, warmup=2), cache={})
+    start, _ = cp.select(rigl, "rigl", "d0.05", 0)
+    random_mask, _ = cp.select(rigl, "random", "d0.05", 0)
+    assert all(bool((start[n] == random_mask[n]).all()) for n in start)  # RigL starts from a random mask
+    static, _ = cp.finetune(rigl, "random", "d0.05", 3e-2, 0)
+    dynamic, costs = cp.finetune(rigl, "rigl", "d0.05", 3e-2, 0)
+    name = "blocks.0.mlp.fc.weight"
+    moved = lambda m: m.get_parameter(name) != setup.reference[name]  # noqa: E731
+    assert not moved(static)[~start[name]].any()
+    assert moved(dynamic)[~start[name]].any()  # grown entries trained
+    assert costs["trainable"] == sum(int(m.sum()) for m in start.values())  # the count never changes

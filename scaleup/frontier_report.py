@@ -1,0 +1,141 @@
+"""The learning-forgetting frontiers in words and pictures: table, verdict and figure.
+
+Reads only stored runs (``scaleup.results``) through ``scaleup.frontier``; trains nothing.
+The verdict answers the benchmark's questions from the numbers, with the seed spread as
+the yardstick: two methods are *separated* on a measure when their [min, max] intervals
+over seeds do not overlap, so a gap smaller than the seeds' own scatter is never called
+a win (Biderman et al. 2024 compare LoRA and full fine-tuning the same way, over seeds).
+
+1. Does a sparse criterion reach full fine-tuning's target with more retention than LoRA
+   at a matched trainable count (the LoRA-equal budget)?
+2. Whose frontier dominates (the largest area under it), and by how much?
+3. Does LIFT keep more of the source than full fine-tuning and LoRA at a matched target
+   (its abstract: "up to 20% more", Liu et al. 2025)?
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from scaleup import frontier as fr
+from sparsity.sweep import markdown_table
+
+Spread = Mapping[str, float]
+LIFT_METHODS = ("lift", "lift_reselect")
+
+
+def _cell(spread: Spread) -> str:
+    if not spread["n"]:
+        return "never reached"
+    return f"{spread['mean']:.3f} [{spread['min']:.3f}, {spread['max']:.3f}] (n={spread['n']})"
+
+
+def frontier_table(rows: Mapping[str, Mapping[str, Any]], x: str = fr.X, y: str = fr.Y) -> str:
+    """Area under the frontier and retention at matched target per (method, budget), as markdown."""
+    lines = [[e["method"], e["budget"], e["seeds"], _cell(e["area"]),
+              *[_cell(e[f"retention_at_{share:g}"]) for share in fr.MATCHED]] for e in fr.summary(rows, x, y)]
+    header = ["method", "budget", "seeds", "area under frontier",
+              *[f"retention at {share:.0%} of full FT's best target" for share in fr.MATCHED]]
+    return (f"Learning-forgetting frontiers (Biderman et al. 2024): every learning rate and every evaluation "
+            f"along training, `{y}` (target) against `{x}` (retention); mean [min, max] over seeds.\n\n"
+            + markdown_table(header, lines, "l" * len(header), compact_rule=True))
+
+
+def separated(a: Spread, b: Spread) -> bool:
+    """Whether ``a`` lies above ``b`` by more than the seeds' scatter: a's min exceeds b's max."""
+    return bool(a["n"] and b["n"] and a["min"] > b["max"])
+
+
+def _compare(a: Spread, b: Spread) -> str:
+    """"0.61 vs 0.42 (+0.19, separated: the seed intervals do not overlap)" or "... within the seed spread"."""
+    if not a["n"] or not b["n"]:
+        return "not comparable (one of them never reached it)"
+    gap = a["mean"] - b["mean"]
+    if separated(a, b) or separated(b, a):
+        how = "separated: the seed intervals do not overlap"
+    else:
+        how = "within the seed spread"
+    return f"{a['mean']:.3f} vs {b['mean']:.3f} ({gap:+.3f}, {how})"
+
+
+def _relative(a: Spread, b: Spread) -> str:
+    if not a["n"] or not b["n"] or b["mean"] == 0:
+        return "n/a"
+    return f"{100 * (a['mean'] / b['mean'] - 1):+.0f}%"
+
+
+def frontier_verdict(rows: Mapping[str, Mapping[str, Any]], x: str = fr.X, y: str = fr.Y,
+                     share: float = fr.MATCHED[0]) -> str:
+    """The three questions of the module docstring, answered from the frontiers (markdown lines)."""
+    entries = fr.summary(rows, x, y)
+    by = {(e["method"], e["budget"]): e for e in entries}
+    key = f"retention_at_{share:g}"
+    lines = []
+    lora = by.get(("lora", "lora_equal"))
+    sparse = [e for e in entries if e["budget"] == "lora_equal" and e["method"] not in ("lora", "full")]
+    if lora and sparse and ("full", "all") in by:
+        beat = [e for e in sparse if separated(e[key], lora[key])]
+        best = max(sparse, key=lambda e: -math.inf if not e[key]["n"] else e[key]["mean"])
+        lines.append(f"- **Sparse vs LoRA at a matched count** (LoRA-equal budget), retention at {share:.0%} of "
+                     f"full FT's best target: " + ("more than LoRA, beyond the seed spread, for "
+                                                   + ", ".join(e["method"] for e in beat) if beat else
+                                                   "no sparse criterion keeps more than LoRA beyond the seed spread")
+                     + f"; the best, {best['method']}: {_compare(best[key], lora[key])}.")
+    if len(entries) >= 2:
+        ranked = sorted(entries, key=lambda e: e["area"]["mean"], reverse=True)
+        top, second, last = ranked[0], ranked[1], ranked[-1]
+        dominated = [e for e in ranked[1:] if separated(top["area"], e["area"])]
+        lines.append(f"- **Whose frontier dominates** (area under it): {top['method']} @ {top['budget']}; against "
+                     f"the runner-up {second['method']} @ {second['budget']}: {_compare(top['area'], second['area'])}; "
+                     f"it is separated from {len(dominated)} of the other {len(ranked) - 1}.")
+        lines.append(f"- **Measured separation** between the best and the worst frontier ({last['method']} @ "
+                     f"{last['budget']}): {_compare(top['area'], last['area'])}.")
+    for method in LIFT_METHODS:
+        for (m, budget), e in by.items():
+            if m != method:
+                continue
+            others = [(name, by[k]) for name, k in (("full FT", ("full", "all")), ("LoRA", ("lora", "lora_equal")))
+                      if k in by]
+            if others:
+                lines.append(f"- **{method} @ {budget} retention** at {share:.0%} of full FT's best target against "
+                             + "; ".join(f"{name}: {_compare(e[key], o[key])}, {_relative(e[key], o[key])}"
+                                         for name, o in others)
+                             + " (LIFT's abstract claims up to +20%).")
+    return "\n".join(lines) if lines else "- Too few traced methods for a verdict."
+
+
+def plot_frontiers(rows: Mapping[str, Mapping[str, Any]], title: str, methods: Sequence[str] | None = None,
+                   budgets: Sequence[str] | None = None, ax: Any = None, x: str = fr.X, y: str = fr.Y,
+                   before: tuple[float, float] | None = None) -> Any:
+    """Every traced point (faint) and each (method, budget)'s Pareto frontier over all its seeds' points
+    (a step line toward the upper right: better is up and right); one colour per method, one marker
+    per budget; the axes."""
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(8, 6))
+    points: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    for row in rows.values():
+        if (methods is None or row["method"] in methods) and (budgets is None or row["budget"] in budgets):
+            points.setdefault((row["method"], row["budget"]), []).extend(fr.run_points(row, x, y))
+    names = list(dict.fromkeys(m for m, _ in points))
+    kinds = list(dict.fromkeys(b for _, b in points))
+    colors = {m: plt.get_cmap("tab20")(i % 20) for i, m in enumerate(names)}
+    markers = {b: "os^Dv*P"[i % 7] for i, b in enumerate(kinds)}
+    for (m, b), pts in points.items():
+        ax.scatter(*zip(*pts), s=6, alpha=0.15, color=colors[m], marker=markers[b])
+        front = fr.pareto(pts)
+        ax.step([p[0] for p in front], [p[1] for p in front], where="post", color=colors[m], linewidth=1.4,
+                marker=markers[b], markersize=4)
+    if before is not None:
+        ax.scatter([before[0]], [before[1]], marker="x", color="black", s=50, zorder=5)
+    ax.set(xlabel=f"retention of the source ({x})", ylabel=f"learning the target ({y})",
+           xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), title=title)
+    handles = ([Line2D([], [], color=colors[m], linewidth=2, label=m) for m in names]
+               + [Line2D([], [], color="gray", marker=markers[b], linestyle="none", label=b) for b in kinds]
+               + ([Line2D([], [], color="black", marker="x", linestyle="none", label="before FT")] if before else []))
+    ax.legend(handles=handles, fontsize="x-small", loc="lower left")
+    return ax
