@@ -183,22 +183,42 @@ Every method gets the same fine-tuning steps after the dense training:
 
 def scaleup_section(out: Path) -> tuple[str, str]:
     """The controlled benchmark, small: full vs sparse (LoRA-equal budget) vs LoRA fine-tuning of a GPT."""
+    import shutil
+
     from scaleup import compare as cp
+    from scaleup.frontier_report import frontier_verdict
+    from scaleup.results import load_results
 
     cfg = cp.demo_config()
     folder = out / f"scaleup_{cfg.preset}_{cfg.steps}steps"
     cp.run(cfg, folder, cp.DEMO_METHODS)
     table = cp.report_markdown(folder)
+    committed = Path(__file__).resolve().parent / "benchmarks" / "results" / "frontier_tiny_facts_b"
+    tiny = ""
+    if (committed / "frontier.png").exists():
+        shutil.copy(committed / "frontier.png", out / "frontier_tiny_facts_b.png")
+        tiny = f"""
+### The committed tiny frontier (3 seeds, every learning rate, every 50 steps; target `facts_b`)
+
+From benchmarks/results/frontier_tiny_facts_b.md (not re-run here):
+
+{frontier_verdict(load_results(committed))}
+
+![frontier_tiny_facts_b.png](frontier_tiny_facts_b.png)
+"""
     markdown = f"""## Scaling up: full vs sparse vs LoRA fine-tuning of a small GPT (scaleup.compare)
 
 Pretrained on copy/reverse/increment/facts, fine-tuned on `{cfg.target}`; sparse methods and LoRA
-train the same number of entries (LoRA-equal). The committed 3-seed benchmark with every
-criterion and a learning-rate sweep is in benchmarks/results/scaleup_tiny.md.
+train the same number of entries (LoRA-equal). Each run is evaluated every {cfg.eval_every} steps, so the
+report has learning-forgetting frontiers too. The committed 3-seed frontier benchmarks with every
+criterion and its learning-rate grid are benchmarks/results/frontier_tiny_facts_b.md and frontier_tiny_add2.md.
 
 {table}
 
+![{folder.name}/frontier.png]({folder.name}/frontier.png)
+
 ![{folder.name}/summary.png]({folder.name}/summary.png)
-"""
+{tiny}"""
     return markdown, "Scale-up comparison (target vs retention)\n" + table
 
 

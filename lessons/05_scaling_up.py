@@ -63,7 +63,7 @@ if FAST:
 DENSITIES = (0.01, 0.05, 0.2)
 if FAST:  # the micro preset in a small task world it learns in 200 pretraining steps
     cfg = replace(compare.demo_config(), densities=DENSITIES)
-else:  # one learning rate per method: the committed tiny benchmark's sweep chose these
+else:  # one learning rate per method, from inside the frontier benchmark's grids
     cfg = compare.default_config(PRESET, densities=DENSITIES, lrs_full=(3e-4,), lrs_sparse=(1e-2,), lrs_lora=(3e-3,))
 setup = compare.prepare(cfg, device=DEVICE)  # loads the cached checkpoint, or pretrains it once
 print(f"fast mode: {FAST}; GPT {PRESET} ({setup.pretrained.n_params():,} parameters) on {DEVICE}; "

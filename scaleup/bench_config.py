@@ -207,13 +207,13 @@ add2 it learns in a few dozen fine-tuning steps: the CI-sized setting of the dem
 
 
 def demo_config() -> BenchConfig:
-    """The ``make demo`` comparison: one seed, one learning rate per method (the committed tiny
-    sweep's choices), the tiny preset; fast mode the micro preset in :data:`MICRO_WORLD`."""
+    """The ``make demo`` comparison: one seed, one learning rate per method, traced every few steps
+    (so its report has frontiers), the tiny preset; fast mode the micro preset in :data:`MICRO_WORLD`."""
     if fast_mode():
         return BenchConfig(preset="micro", world=MICRO_WORLD, steps=40, warmup=4, seeds=1, densities=(),
-                           pretrain_steps=200, lrs_full=(3e-3,), lrs_sparse=(3e-2,), lrs_lora=(3e-2,))
+                           pretrain_steps=200, lrs_full=(3e-3,), lrs_sparse=(3e-2,), lrs_lora=(3e-2,), eval_every=10)
     return BenchConfig(preset="tiny", steps=150, warmup=15, seeds=1, densities=(), lrs_full=(3e-4,),
-                       lrs_sparse=(1e-2,), lrs_lora=(3e-3,))
+                       lrs_sparse=(1e-2,), lrs_lora=(3e-3,), eval_every=25)
 
 
 @dataclass

@@ -20,9 +20,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from scaleup import frontier as fr
+from scaleup.bench_config import known_methods
 from sparsity.sweep import markdown_table
 
 Spread = Mapping[str, float]
+BUDGET_MARKERS = {"all": "o", "lora_equal": "s", "2:4": "D", "d0.01": "v", "d0.05": "P", "d0.2": "*"}
 LIFT_METHODS = ("lift", "lift_reselect")
 
 
@@ -44,14 +46,20 @@ def frontier_table(rows: Mapping[str, Mapping[str, Any]], x: str = fr.X, y: str 
 
 
 def separated(a: Spread, b: Spread) -> bool:
-    """Whether ``a`` lies above ``b`` by more than the seeds' scatter: a's min exceeds b's max."""
+    """Whether ``a`` lies above ``b`` by more than the seeds' scatter: a's min exceeds b's max, or ``a``
+    reached the matched target on every seed and ``b`` on none (a frontier that never gets there)."""
+    if a["n"] and not b["n"]:
+        return True
     return bool(a["n"] and b["n"] and a["min"] > b["max"])
 
 
 def _compare(a: Spread, b: Spread) -> str:
     """"0.61 vs 0.42 (+0.19, separated: the seed intervals do not overlap)" or "... within the seed spread"."""
+    if not a["n"] and not b["n"]:
+        return "neither reaches it"
     if not a["n"] or not b["n"]:
-        return "not comparable (one of them never reached it)"
+        reached, value = ("the first", a) if a["n"] else ("the second", b)
+        return f"only {reached} reaches it ({value['mean']:.3f}); the other never does on any seed"
     gap = a["mean"] - b["mean"]
     if separated(a, b) or separated(b, a):
         how = "separated: the seed intervals do not overlap"
@@ -78,11 +86,18 @@ def frontier_verdict(rows: Mapping[str, Mapping[str, Any]], x: str = fr.X, y: st
     if lora and sparse and ("full", "all") in by:
         beat = [e for e in sparse if separated(e[key], lora[key])]
         best = max(sparse, key=lambda e: -math.inf if not e[key]["n"] else e[key]["mean"])
-        lines.append(f"- **Sparse vs LoRA at a matched count** (LoRA-equal budget), retention at {share:.0%} of "
-                     f"full FT's best target: " + ("more than LoRA, beyond the seed spread, for "
-                                                   + ", ".join(e["method"] for e in beat) if beat else
-                                                   "no sparse criterion keeps more than LoRA beyond the seed spread")
-                     + f"; the best, {best['method']}: {_compare(best[key], lora[key])}.")
+        if not lora[key]["n"]:
+            reached = [e["method"] for e in sparse if e[key]["n"]]
+            lines.append(f"- **Sparse vs LoRA at a matched count** (LoRA-equal budget): LoRA never reaches {share:.0%} "
+                         f"of full FT's best target on any seed; the sparse criteria that do: "
+                         f"{', '.join(reached) or 'none'}.")
+        else:
+            lines.append(f"- **Sparse vs LoRA at a matched count** (LoRA-equal budget), retention at {share:.0%} of "
+                         f"full FT's best target: " + ("more than LoRA, beyond the seed spread, for "
+                                                       + ", ".join(e["method"] for e in beat) if beat else
+                                                       "no sparse criterion keeps more than LoRA beyond the seed "
+                                                       "spread") + f"; the best, {best['method']}: "
+                         f"{_compare(best[key], lora[key])}.")
     if len(entries) >= 2:
         ranked = sorted(entries, key=lambda e: e["area"]["mean"], reverse=True)
         top, second, last = ranked[0], ranked[1], ranked[-1]
@@ -123,12 +138,13 @@ def plot_frontiers(rows: Mapping[str, Mapping[str, Any]], title: str, methods: S
             points.setdefault((row["method"], row["budget"]), []).extend(fr.run_points(row, x, y))
     names = list(dict.fromkeys(m for m, _ in points))
     kinds = list(dict.fromkeys(b for _, b in points))
-    colors = {m: plt.get_cmap("tab20")(i % 20) for i, m in enumerate(names)}
-    markers = {b: "os^Dv*P"[i % 7] for i, b in enumerate(kinds)}
+    order = list(dict.fromkeys([*known_methods(), *names]))  # a method keeps its colour in every panel and figure
+    colors = {m: plt.get_cmap("tab20")(order.index(m) % 20) for m in names}
+    markers = {b: BUDGET_MARKERS.get(b, "^") for b in kinds}
     for (m, b), pts in points.items():
         ax.scatter(*zip(*pts), s=6, alpha=0.15, color=colors[m], marker=markers[b])
-        front = fr.pareto(pts)
-        ax.step([p[0] for p in front], [p[1] for p in front], where="post", color=colors[m], linewidth=1.4,
+        front = fr.pareto(pts)  # by increasing x: on (x_i, x_i+1] the best reachable target is y_i+1
+        ax.step([p[0] for p in front], [p[1] for p in front], where="pre", color=colors[m], linewidth=1.4,
                 marker=markers[b], markersize=4)
     if before is not None:
         ax.scatter([before[0]], [before[1]], marker="x", color="black", s=50, zorder=5)

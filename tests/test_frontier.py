@@ -57,7 +57,6 @@ def test_separated_means_the_seed_intervals_do_not_overlap() -> None:
 
     assert separated(_spread(0.6, 0.7), _spread(0.4, 0.55))
     assert not separated(_spread(0.6, 0.7), _spread(0.4, 0.65))  # overlap: within the seed spread
-    assert not separated(_spread(0.6, 0.7), dict(mean=math.nan, min=math.nan, max=math.nan, n=0))
 
 
 def _lora_equal_rows(lift_retention: float) -> dict:
@@ -98,3 +97,17 @@ def test_the_frontier_figure_draws_one_line_per_method_and_budget() -> None:
     assert len(ax.lines) == 3  # full, lora, lift: one frontier each
     assert {t.get_text() for t in ax.get_legend().get_texts()} == {"full", "lora", "lift", "all", "lora_equal",
                                                                    "before FT"}
+
+
+def test_a_reference_that_never_reaches_the_matched_target_is_named_as_such() -> None:
+    from scaleup.frontier_report import frontier_verdict, separated
+
+    never = dict(mean=math.nan, min=math.nan, max=math.nan, n=0)
+    assert separated(_spread(0.1, 0.2), never) and not separated(never, _spread(0.1, 0.2))
+    rows = _lora_equal_rows(0.7)
+    for key, row in rows.items():
+        if row["method"] == "lora":  # LoRA learns only half of the target
+            row["trace"] = [dict(retention_token=0.9, target_test_token=0.5)]
+    verdict = frontier_verdict(rows)
+    assert "LoRA never reaches 90% of full FT's best target on any seed; the sparse criteria that do: lift." in verdict
+    assert "only the first reaches it (0.710); the other never does on any seed" in verdict  # LIFT vs LoRA
