@@ -1,6 +1,7 @@
 """The controlled benchmark: full fine-tuning vs sparse fine-tuning (every criterion) vs LoRA.
 
-One pretrained GPT (``scaleup.pretrain``), one target task (``scaleup.tasks``), and every
+One pretrained model (the lab's GPT, or a Hugging Face architecture with ``--model``:
+``scaleup.hf_model``; ``scaleup.pretrain``), one target task (``scaleup.tasks``), and every
 method fine-tunes a copy of it under the same conditions (``scaleup.finetune``), with a
 learning-rate sweep per method whose value is chosen on the target's *validation* split
 (the smallest rate within ``lr_tie`` of the best accuracy: ``scaleup.results.best_lr``);
@@ -39,7 +40,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from scaleup import gpt
+from scaleup import gpt, hf_model
 from scaleup import tasks as tk
 from scaleup.bench_config import (DEMO_METHODS, INCLUDE, METHODS, MICRO_WORLD, BenchConfig, Setup, check_methods,
                                   default_config, demo_config, is_sparse_criterion, known_methods, prepare)
@@ -47,7 +48,7 @@ from scaleup.finetune import (LAYER_TYPES, budget_count, finetune, layer_type, m
                               sparse_config, update_profile)
 from scaleup.report import budget_label, plot_summary, print_report, report_markdown, verdict, write_summary
 from scaleup.results import RESULTS, best_lr, cell_key, diverged_runs, load_results, store, summarize
-from sparsity.cli_args import finite_list, output_file, output_folder, positive_int
+from sparsity.cli_args import finite_list, nonnegative_int, output_file, output_folder, positive_int
 from sparsity.sweep import command_line, machine
 
 __all__ = [
@@ -118,11 +119,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m scaleup.compare",
                                 description="Full vs sparse (every criterion) vs LoRA fine-tuning of a small GPT.")
     p.add_argument("--preset", default="tiny", choices=tuple(gpt.PRESETS))
+    p.add_argument("--model", type=model_name, default=hf_model.LAB_GPT,
+                   help=f"the model fine-tuned: {hf_model.LAB_GPT} (the lab's GPT), {', '.join(hf_model.BUILTIN)} "
+                        "(a Hugging Face family at the preset's shape) or a local folder / config.json")
     p.add_argument("--target", default="add2", choices=tuple(tk.TARGET_TASKS))
     p.add_argument("--methods", default=",".join(METHODS),
                    help=f"comma-separated, from {','.join(known_methods())} (any registered criterion)")
-    p.add_argument("--density", type=finite_list, default=None,
-                   help="comma-separated densities, e.g. 0.01,0.05 (default 0.01,0.05)")
+    p.add_argument("--density", type=densities, default=None,
+                   help="comma-separated densities, e.g. 0.01,0.05 (default 0.01,0.05); 'none' for the "
+                        "LoRA-equal budget alone")
     p.add_argument("--no-lora-equal", action="store_true", help="skip the LoRA-equal budget")
     p.add_argument("--seeds", type=positive_int, default=None)
     p.add_argument("--steps", type=positive_int, default=None)
@@ -132,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(f"--lrs-{kind}", type=finite_list, default=None, metavar="LRS",
                        help=f"comma-separated learning-rate grid of {kind} fine-tuning "
                             f"(default: BenchConfig.lrs_{kind})")
+    p.add_argument("--eval-every", type=nonnegative_int, default=None, metavar="N",
+                   help="evaluate every N steps of each run (its trace); default 0: only at the end")
     p.add_argument("--sweep-all-seeds", action="store_true", help="choose the lr on the mean over all seeds")
     p.add_argument("--report", action="store_true", help="only rebuild the summary from the results file")
     p.add_argument("--md", type=output_file, default=None, help="also write the report's markdown to this file")
@@ -139,6 +146,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch CPU threads (1 is fastest on a busy 2-core box)")
     p.add_argument("--no-progress", action="store_true")
     return p
+
+
+def densities(text: str) -> tuple[float, ...]:
+    """``--density``'s type: comma-separated densities, or ``none`` (no density budget)."""
+    return () if text.strip().lower() == "none" else finite_list(text)
+
+
+def model_name(text: str) -> str:
+    """``--model``'s type: a name ``scaleup.hf_model.check_model`` accepts (argparse reports its error)."""
+    try:
+        return hf_model.check_model(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -155,7 +175,9 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
             overrides[f"lrs_{kind}"] = grid
     if args.no_lora_equal:
         overrides["lora_equal"] = False
-    for name in ("seeds", "steps"):
+    if args.model != hf_model.LAB_GPT:
+        overrides["model"] = args.model
+    for name in ("seeds", "steps", "eval_every"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     if args.sweep_all_seeds:
