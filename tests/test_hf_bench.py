@@ -126,6 +126,12 @@ def test_model_from_a_local_folder_or_config_json(tmp_path: Path) -> None:
         assert BenchConfig(model=name, **MICRO).pretrain.key.startswith("hf-llama-micro-")
     args = compare.build_parser().parse_args(["--model", str(tmp_path / "llama"), "--out", str(tmp_path / "out")])
     assert compare._overrides(args)["model"] == str(tmp_path / "llama")
+    # a Llama from the folder's config, end to end: PEFT on nn.Linear (fan_in_fan_out off), untied head frozen
+    cfg = BenchConfig(model=str(tmp_path / "llama"), **MICRO)
+    compare.run(cfg, tmp_path / "out", ["lora", "lift"], cache_dir=tmp_path / "cache", progress=False)
+    rows = compare.load_results(tmp_path / "out")
+    assert {r["method"] for r in rows.values() if "target_test" in r} == {"lora", "lift"}
+    assert all(r["update_sparsity"]["embedding"] == 1.0 for r in rows.values())
 
 
 def test_bad_model_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
