@@ -1,6 +1,10 @@
 """What a run of the GPT fine-tuning benchmark depends on: its methods, its config, its setting.
 
-A *method* is how a copy of the pretrained GPT is fine-tuned: ``full`` (every parameter),
+The model is the lab's GPT at a preset (the default) or a Hugging Face architecture
+(``BenchConfig.model``: a built-in family at the preset's shape, or a local folder or config.json;
+``scaleup.hf_model``), built for the task world's vocabulary and pretrained the same way.
+
+A *method* is how a copy of the pretrained model is fine-tuned: ``full`` (every parameter),
 ``lora`` (adapters, ``scaleup.lora``), ``2:4`` (the N:M pattern sparse tensor cores
 accelerate, chosen by magnitude) or a sparse mask chosen by any criterion registered in
 ``sparsity.registry``; the registry's ``layers`` criterion runs as ``middle_blocks`` (the
@@ -22,7 +26,9 @@ from typing import Any
 
 import torch
 
-from scaleup import gpt
+from torch import nn
+
+from scaleup import gpt, hf_model
 from scaleup import pretrain as pt
 from scaleup import tasks as tk
 from sparsity import registry
@@ -96,6 +102,7 @@ class BenchConfig:
     """Everything a benchmark run depends on. A results folder belongs to one config."""
 
     preset: str = "tiny"
+    """The lab GPT's size; for a built-in Hugging Face family its shape too (unused for a folder's config)."""
     target: str = "add2"
     steps: int = 300
     batch_size: int = 32
@@ -125,9 +132,13 @@ class BenchConfig:
     sweep_all_seeds: bool = False
     pretrain_steps: int = 2000
     world: tk.WorldConfig = field(default_factory=tk.WorldConfig)
+    model: str = hf_model.LAB_GPT
+    """The model fine-tuned: ``"gpt"`` (the lab's), ``"hf-gpt2"``, ``"hf-llama"``, ``"hf-gpt_neox"``, or the
+    path of a local folder or config.json (``scaleup.hf_model``)."""
 
     def __post_init__(self) -> None:
         gpt.config(self.preset)
+        hf_model.check_model(self.model, "BenchConfig.model")
         if self.target not in tk.TARGET_TASKS:
             raise ValueError(f"target must be one of {tuple(tk.TARGET_TASKS)}, got {self.target!r}")
         for name in ("steps", "batch_size", "seeds", "lora_rank", "lift_rank", "lift_reselect_every", "rigl_every", "score_batches",
@@ -152,7 +163,14 @@ class BenchConfig:
 
     @property
     def pretrain(self) -> pt.PretrainConfig:
-        return pt.default_config(self.preset, world=self.world, steps=self.pretrain_steps)
+        return pt.default_config(self.preset, world=self.world, steps=self.pretrain_steps, model=self.model)
+
+    @property
+    def model_name(self) -> str:
+        """The model as a report names it: "GPT tiny", "hf-gpt2 (tiny shape)", or a config's path."""
+        if not hf_model.is_hf(self.model):
+            return f"GPT {self.preset}"
+        return f"{self.model} ({self.preset} shape)" if self.model in hf_model.BUILTIN else self.model
 
     def lrs(self, method: str) -> tuple[float, ...]:
         return self.lrs_full if method == "full" else self.lrs_lora if method == "lora" else self.lrs_sparse
@@ -176,8 +194,12 @@ class BenchConfig:
         return (["lora_equal"] if self.lora_equal else []) + [f"d{d:g}" for d in self.densities]
 
     def to_json(self) -> dict[str, Any]:
-        """The config as plain JSON data (what a results folder's config.json holds)."""
-        return asdict(self)
+        """The config as plain JSON data (what a results folder's config.json holds). ``model`` is left
+        out for the lab's GPT, so folders written before the field still hold this config."""
+        data = asdict(self)
+        if not hf_model.is_hf(self.model):
+            del data["model"]
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> BenchConfig:
@@ -222,7 +244,7 @@ class Setup:
 
     cfg: BenchConfig
     world: tk.World
-    pretrained: gpt.GPT
+    pretrained: nn.Module
     reference: dict[str, torch.Tensor]
     device: str
     before: dict[str, float]

@@ -1,6 +1,7 @@
 """The controlled benchmark: full fine-tuning vs sparse fine-tuning (every criterion) vs LoRA.
 
-One pretrained GPT (``scaleup.pretrain``), one target task (``scaleup.tasks``), and every
+One pretrained model (the lab's GPT, or a Hugging Face architecture with ``--model``:
+``scaleup.hf_model``; ``scaleup.pretrain``), one target task (``scaleup.tasks``), and every
 method fine-tunes a copy of it under the same conditions (``scaleup.finetune``), with a
 learning-rate sweep per method whose value is chosen on the target's *validation* split
 (the smallest rate within ``lr_tie`` of the best accuracy: ``scaleup.results.best_lr``);
@@ -39,7 +40,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from scaleup import gpt
+from scaleup import gpt, hf_model
 from scaleup import tasks as tk
 from scaleup.bench_config import (DEMO_METHODS, INCLUDE, METHODS, MICRO_WORLD, BenchConfig, Setup, check_methods,
                                   default_config, demo_config, is_sparse_criterion, known_methods, prepare)
@@ -118,13 +119,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m scaleup.compare",
                                 description="Full vs sparse (every criterion) vs LoRA fine-tuning of a small GPT.")
     p.add_argument("--preset", default="tiny", choices=tuple(gpt.PRESETS))
+    p.add_argument("--model", type=model_name, default=hf_model.LAB_GPT,
+                   help=f"the model fine-tuned: {hf_model.LAB_GPT} (the lab's GPT), {', '.join(hf_model.BUILTIN)} "
+                        "(a Hugging Face family at the preset's shape) or a local folder / config.json")
     p.add_argument("--target", default="add2", choices=tuple(tk.TARGET_TASKS))
     p.add_argument("--methods", default=",".join(METHODS),
                    help=f"comma-separated, from {','.join(known_methods())} (any registered criterion)")
-    p.add_argument("--density", type=finite_list, default=None,
-                   help="comma-separated densities, e.g. 0.01,0.05 (default 0.01,0.05)")
+    p.add_argument("--density", type=densities, default=None,
+                   help="comma-separated densities, e.g. 0.01,0.05 (default 0.01,0.05); 'none' for the "
+                        "LoRA-equal budget alone")
     p.add_argument("--no-lora-equal", action="store_true", help="skip the LoRA-equal budget")
-    p.add_argument("--no-density", action="store_true", help="no density budgets: the LoRA-equal budget only")
     p.add_argument("--seeds", type=positive_int, default=None)
     p.add_argument("--steps", type=positive_int, default=None)
     p.add_argument("--out", type=output_folder, required=True)
@@ -135,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
                             f"(default: BenchConfig.lrs_{kind})")
     p.add_argument("--sweep-all-seeds", action="store_true",
                    help="run every lr on every seed (the frontier protocol) and choose the lr on their mean")
-    p.add_argument("--eval-every", type=nonnegative_int, default=None,
+    p.add_argument("--eval-every", type=nonnegative_int, default=None, metavar="N",
                    help="trace the graded metrics every N steps of each run (the frontier's points; 0: only at the end)")
     p.add_argument("--report", action="store_true", help="only rebuild the summary from the results file")
     p.add_argument("--md", type=output_file, default=None, help="also write the report's markdown to this file")
@@ -145,6 +149,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def densities(text: str) -> tuple[float, ...]:
+    """``--density``'s type: comma-separated densities, or ``none`` (no density budget)."""
+    return () if text.strip().lower() == "none" else finite_list(text)
+
+
+def model_name(text: str) -> str:
+    """``--model``'s type: a name ``scaleup.hf_model.check_model`` accepts (argparse reports its error)."""
+    try:
+        return hf_model.check_model(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return build_parser().parse_args(argv)
 
@@ -152,15 +169,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The BenchConfig fields the command line sets."""
     overrides: dict[str, Any] = {}
-    if args.density is not None and args.no_density:
-        raise ValueError("--density and --no-density contradict each other: give one")
-    if args.density is not None or args.no_density:
-        overrides["densities"] = () if args.no_density else args.density
+    if args.density is not None:
+        overrides["densities"] = args.density
     for kind in ("full", "sparse", "lora"):
         if (grid := getattr(args, f"lrs_{kind}")) is not None:
             overrides[f"lrs_{kind}"] = grid
     if args.no_lora_equal:
         overrides["lora_equal"] = False
+    if args.model != hf_model.LAB_GPT:
+        overrides["model"] = args.model
     for name in ("seeds", "steps", "eval_every"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)

@@ -11,6 +11,10 @@ budget rule of ``sparsity.config``: the budget label ``"d0.05"`` is a density pe
 matrix, ``"lora_equal"`` LoRA's ``r * (m + n)`` entries per matrix, ``"2:4"`` the N:M
 pattern. Set criteria (the entries an L1-to-init run moved, the middle blocks) spend the
 same total inside their set. Embeddings and LayerNorms stay frozen in sparse runs.
+
+The model is the lab's GPT or a Hugging Face architecture (``scaleup.hf_model``): the layer types
+and the blocks are read from either's parameter names, and LoRA is the lab's ``scaleup.lora`` on
+the GPT and PEFT's on a Hugging Face model (merged with ``merge_and_unload`` before measuring).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from scaleup import gpt, lora
+from scaleup import gpt, hf_model, lora
 from scaleup import tasks as tk
 from scaleup.bench_config import INCLUDE, LIFT_RESELECT, MIDDLE_BLOCKS, RIGL, TWO_FOUR, Setup, criterion_of
 from scaleup.memory import PeakMemory
@@ -45,8 +49,18 @@ def middle_blocks(n_layer: int) -> list[int]:
     return [i for i in range(n_layer) if n_layer / 4 <= i < 3 * n_layer / 4]
 
 
+def block_names(model: nn.Module) -> list[str]:
+    """The module names of the model's transformer blocks in order (``blocks.0``, ... for the lab's GPT)."""
+    if isinstance(model, hf_model.CausalLM):
+        return model.block_names()
+    return [f"blocks.{i}" for i in range(len(model.blocks))]
+
+
 def layer_type(name: str) -> str:
-    """The layer type of a GPT parameter: "attn.qkv", "attn.proj", "mlp.fc", "mlp.proj", "embedding" or "norm"."""
+    """The layer type of a parameter of the lab's GPT or of a Hugging Face model (``hf.`` names,
+    ``scaleup.hf_model.layer_type``): "attn.qkv", "attn.proj", "mlp.fc", "mlp.proj", "embedding" or "norm"."""
+    if name.startswith(f"{hf_model.PREFIX}."):
+        return hf_model.layer_type(name)
     if name.endswith("_emb.weight"):
         return "embedding"
     parts = name.split(".")
@@ -82,7 +96,8 @@ def criterion_options(setup: Setup, method: str) -> dict[str, Any]:
     if method == "l1_discovered":
         return {"lam": cfg.l1_lam, "lr": cfg.l1_lr}
     if method == MIDDLE_BLOCKS:
-        return {"layers": [f"blocks.{i}" for i in middle_blocks(setup.pretrained.config.n_layer)]}
+        blocks = block_names(setup.pretrained)
+        return {"layers": [blocks[i] for i in middle_blocks(len(blocks))]}
     return {}
 
 
@@ -175,7 +190,9 @@ def finetune(setup: Setup, method: str, budget: str, lr: float, seed: int,
     cfg = setup.cfg
     mask, select_s = select(setup, method, budget, seed)
     model = copy.deepcopy(setup.pretrained).train()
-    if method == "lora":
+    if method == "lora" and isinstance(model, hf_model.CausalLM):
+        hf_model.add_peft_lora(model, cfg.lora_rank, cfg.lora_alpha, seed=seed)
+    elif method == "lora":
         lora.add_lora(model, lora.LoraConfig(r=cfg.lora_rank, alpha=cfg.lora_alpha), seed=seed)
     if mask is None:
         opt = _dense_optimizer(model, method, lr)
@@ -203,7 +220,9 @@ def finetune(setup: Setup, method: str, budget: str, lr: float, seed: int,
     if bad is not None:
         raise FloatingPointError(f"{method} @ {budget}, lr {lr:g}, seed {seed}: parameter '{bad}' is not finite "
                                  "after training: the run diverged")
-    if method == "lora":
+    if method == "lora" and isinstance(model, hf_model.CausalLM):
+        hf_model.merge_peft_lora(model)
+    elif method == "lora":
         lora.merge_lora(model)
     for p in model.parameters():
         p.requires_grad_(True)
@@ -262,7 +281,7 @@ def update_profile(model: nn.Module, reference: dict[str, torch.Tensor], tol: fl
         t, n = layer_type(name), params[name].numel()
         unchanged[t][0] += share * n
         unchanged[t][1] += n
-        if name.startswith("blocks.") and params[name].ndim == 2:
+        if t not in ("embedding", "norm") and params[name].ndim == 2:  # the block matrices
             delta = (params[name] - reference[name]).detach().float()
             ranks[t].append(update_rank(delta) / min(delta.shape))
     return {

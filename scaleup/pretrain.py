@@ -13,6 +13,12 @@ the data of step ``s`` is a function of (seed, s) only and the learning-rate sch
 function of ``s``. The loop is the lab's one training loop, ``sparsity.train.fit`` (the
 checkpoints are one of its hooks; a resumed run starts it at the saved step).
 
+The model is the lab's GPT at a preset, or a Hugging Face architecture (``PretrainConfig.model``,
+``scaleup.hf_model``); for the latter the key also hashes the architecture's config (with the
+``transformers`` version), and the finished checkpoint is a ``save_pretrained`` folder that every
+later call loads through ``from_pretrained``, the path users load models by. The partial checkpoints
+(with the AdamW moments) are the lab's own file for both.
+
 The cache lives in ``$SUBNET_LAB_CACHE`` or else ``.cache/subnet-lab/`` at the repository
 root (git-ignored); every function takes ``cache_dir`` to put it elsewhere (tests use a
 temporary folder).
@@ -23,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import warnings
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -32,7 +39,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from scaleup import gpt
+from torch import nn
+
+from scaleup import gpt, hf_model
 from scaleup import tasks as tk
 from sparsity.fastmode import fast_mode
 from sparsity.threads import one_thread
@@ -57,6 +66,8 @@ class PretrainConfig:
     preset: str = "tiny"
     world: tk.WorldConfig = field(default_factory=tk.WorldConfig)
     seed: int = 0
+    model: str = hf_model.LAB_GPT
+    """The lab's GPT (at ``preset``) or a Hugging Face architecture (``scaleup.hf_model``)."""
     steps: int = 2000
     batch_size: int = 64
     lr: float = 3e-3
@@ -66,6 +77,7 @@ class PretrainConfig:
 
     def __post_init__(self) -> None:
         gpt.config(self.preset)  # validates the preset name
+        hf_model.check_model(self.model, "PretrainConfig.model")
         if not isinstance(self.world, tk.WorldConfig):
             raise TypeError(f"world must be a WorldConfig, got {type(self.world).__name__}")
         for name in ("steps", "batch_size", "checkpoint_every"):
@@ -77,18 +89,28 @@ class PretrainConfig:
             raise ValueError("PretrainConfig.lr must be > 0, got 0")
 
     def as_json(self) -> str:
-        """The whole config as canonical JSON (sorted keys): what the cache key hashes and the file stores."""
-        return json.dumps(asdict(self), sort_keys=True)
+        """The whole config as canonical JSON (sorted keys): what the cache key hashes and the file stores.
+        ``model`` is left out for the lab's GPT, so its checkpoints keep the keys they had before the field."""
+        data = asdict(self)
+        if not hf_model.is_hf(self.model):
+            del data["model"]
+        return json.dumps(data, sort_keys=True)
 
     @property
     def key(self) -> str:
         """The checkpoint's file stem: a readable prefix plus a hash of the whole config and ``CODE_VERSION``.
 
         Every field enters the hash in full precision, so two learning rates that differ in
-        the tenth digit get two checkpoints.
+        the tenth digit get two checkpoints; a Hugging Face model's architecture enters it too.
         """
-        digest = hashlib.sha256(f"{CODE_VERSION}|{self.as_json()}".encode()).hexdigest()[:16]
-        return f"gpt-{self.preset}-{self.world.key}-seed{self.seed}-steps{self.steps}-{digest}"
+        text = f"{CODE_VERSION}|{self.as_json()}"
+        name = "gpt"
+        if hf_model.is_hf(self.model):
+            world = tk.World(self.world)
+            text += "|" + hf_model.architecture(self.model, self.preset, world.vocab_size, world.block_size)
+            name = hf_model.slug(self.model)
+        digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+        return f"{name}-{self.preset}-{self.world.key}-seed{self.seed}-steps{self.steps}-{digest}"
 
 
 def default_config(preset: str = "tiny", **overrides: object) -> PretrainConfig:
@@ -108,39 +130,54 @@ def schedule(cfg: PretrainConfig) -> Schedule:
     return cosine(cfg.lr, cfg.steps, cfg.warmup, floor=0.1)
 
 
-def build(cfg: PretrainConfig, world: tk.World, device: str | torch.device = "cpu") -> gpt.GPT:
+def build(cfg: PretrainConfig, world: tk.World, device: str | torch.device = "cpu") -> nn.Module:
     """The untrained model of a pretraining config, sized for the world's vocabulary and sequences."""
+    if hf_model.is_hf(cfg.model):
+        return hf_model.build(cfg.model, cfg.preset, world.vocab_size, world.block_size, seed=cfg.seed, device=device)
     return gpt.build(cfg.preset, world.vocab_size, world.block_size, seed=cfg.seed, device=device)
 
 
-def _optimizer(model: gpt.GPT, cfg: PretrainConfig) -> torch.optim.AdamW:
+def _architecture(model: nn.Module) -> tuple[str, dict]:
+    """The checkpoint metadata naming the model's architecture: ("gpt", its GPTConfig) or ("hf", its config)."""
+    if isinstance(model, hf_model.CausalLM):
+        return "hf", model.hf.config.to_dict()
+    return "gpt", asdict(model.config)
+
+
+def _optimizer(model: nn.Module, cfg: PretrainConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
 
 
-def save_checkpoint(path: Path, model: gpt.GPT, cfg: PretrainConfig, step: int,
+def check_finite(model: nn.Module, what: str, step: int) -> None:
+    """FloatingPointError (``what``, the parameter, the step) unless every weight is finite."""
+    bad = next((n for n, p in model.named_parameters() if not torch.isfinite(p).all()), None)
+    if bad is not None:
+        raise FloatingPointError(f"{what}: parameter '{bad}' is not finite (the run diverged at step {step})")
+
+
+def save_checkpoint(path: Path, model: nn.Module, cfg: PretrainConfig, step: int,
                     opt: torch.optim.Optimizer | None = None) -> None:
     """Weights (``model::name``), optional AdamW moments (``exp_avg::name`` ...) and metadata, atomically.
 
     Refuses (``FloatingPointError``) weights that are not all finite: a diverged model is never cached.
     """
-    bad = next((n for n, p in model.named_parameters() if not torch.isfinite(p).all()), None)
-    if bad is not None:
-        raise FloatingPointError(f"not saving {path}: parameter '{bad}' is not finite (the run diverged at step {step})")
+    check_finite(model, f"not saving {path}", step)
     tensors = {f"model::{n}": p.detach().cpu().contiguous() for n, p in model.named_parameters()}
     if opt is not None:
         names = {id(p): n for n, p in model.named_parameters()}
         for p, state in opt.state.items():
             for key, value in state.items():
                 tensors[f"{key}::{names[id(p)]}"] = value.detach().cpu().reshape(value.shape).contiguous()
+    kind, architecture = _architecture(model)
     meta = {"format": FORMAT, "step": str(step), "config": cfg.as_json(), "code_version": CODE_VERSION,
-            "gpt": json.dumps(asdict(model.config))}
+            kind: json.dumps(architecture)}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     save_file(tensors, str(tmp), metadata=meta)
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: Path, model: gpt.GPT, opt: torch.optim.Optimizer | None = None,
+def load_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer | None = None,
                     cfg: PretrainConfig | None = None) -> int:
     """Load weights (and moments, if ``opt``) saved by :func:`save_checkpoint`; return the step reached.
 
@@ -156,13 +193,14 @@ def load_checkpoint(path: Path, model: gpt.GPT, opt: torch.optim.Optimizer | Non
         raise ValueError(f"{path} is truncated or not a safetensors file ({e})") from None
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path} is not a subnet-lab GPT checkpoint (format {meta.get('format')!r})")
+    kind, architecture = _architecture(model)
     try:
-        saved = json.loads(meta["gpt"])
+        saved = json.loads(meta[kind])
         step = int(meta["step"])
     except (KeyError, ValueError) as e:
         raise ValueError(f"{path} has unreadable metadata ({e!r})") from None
-    if saved != asdict(model.config):
-        raise ValueError(f"{path} holds a model of config {saved}, not {asdict(model.config)}")
+    if saved != architecture:
+        raise ValueError(f"{path} holds a model of config {saved}, not {architecture}")
     if cfg is not None and (meta.get("config") != cfg.as_json() or meta.get("code_version") != CODE_VERSION):
         raise ValueError(
             f"{path} was pretrained with config {meta.get('config')} (code version {meta.get('code_version')}), "
@@ -189,7 +227,7 @@ def load_checkpoint(path: Path, model: gpt.GPT, opt: torch.optim.Optimizer | Non
     return step
 
 
-def _load_or_discard(path: Path, model: gpt.GPT, cfg: PretrainConfig, opt: torch.optim.Optimizer | None = None) -> int | None:
+def _load_or_discard(path: Path, model: nn.Module, cfg: PretrainConfig, opt: torch.optim.Optimizer | None = None) -> int | None:
     """Load a cache file of ``cfg``; a broken one (truncated, non-finite, another config) is reported and removed."""
     if not path.exists():
         return None
@@ -202,8 +240,31 @@ def _load_or_discard(path: Path, model: gpt.GPT, cfg: PretrainConfig, opt: torch
 
 
 def checkpoint_path(cfg: PretrainConfig, cache_dir: str | Path | None = None) -> Path:
-    """Where the finished checkpoint of ``cfg`` lives."""
-    return Path(cache_dir or default_cache_dir()) / f"{cfg.key}.safetensors"
+    """Where the finished checkpoint of ``cfg`` lives: a file for the lab's GPT, a ``save_pretrained``
+    folder for a Hugging Face model."""
+    suffix = "" if hf_model.is_hf(cfg.model) else ".safetensors"
+    return Path(cache_dir or default_cache_dir()) / f"{cfg.key}{suffix}"
+
+
+def _note(cfg: PretrainConfig) -> dict[str, str]:
+    """What a finished Hugging Face folder records beside its weights (checked on every load)."""
+    return {"config": cfg.as_json(), "code_version": CODE_VERSION}
+
+
+def _load_folder_or_discard(folder: Path, cfg: PretrainConfig, device: str | torch.device) -> nn.Module | None:
+    """The finished Hugging Face model of ``cfg`` through ``from_pretrained``; a broken or foreign folder
+    is reported and removed (None)."""
+    if not folder.exists():
+        return None
+    try:
+        model, note = hf_model.load_folder(folder, device)
+        if note != _note(cfg):
+            raise ValueError(f"{folder} was pretrained with {note}, not the asked {_note(cfg)}")
+        return model
+    except ValueError as e:
+        warnings.warn(f"discarding the cached model folder and rebuilding it: {e}", stacklevel=3)
+        shutil.rmtree(folder)
+        return None
 
 
 def pretrained(
@@ -213,7 +274,7 @@ def pretrained(
     device: str | torch.device = "cpu",
     progress: bool = True,
     stop_after: int | None = None,
-) -> gpt.GPT:
+) -> nn.Module:
     """The model pretrained on the source mixture: loaded from the cache, or trained (resuming) and cached.
 
     ``stop_after`` ends training after that many steps of *this call*, leaving a partial
@@ -223,9 +284,12 @@ def pretrained(
     if not isinstance(cfg, PretrainConfig):
         raise TypeError(f"cfg must be a PretrainConfig, got {type(cfg).__name__}")
     world = tk.World(cfg.world)
-    model = build(cfg, world, device)
     final = checkpoint_path(cfg, cache_dir)
-    if _load_or_discard(final, model, cfg) is not None:
+    if hf_model.is_hf(cfg.model):
+        if (loaded := _load_folder_or_discard(final, cfg, device)) is not None:
+            return loaded.eval()
+    model = build(cfg, world, device)
+    if not hf_model.is_hf(cfg.model) and _load_or_discard(final, model, cfg) is not None:
         return model.eval()
     # One CPU thread: a CPU matmul's rounding depends on the thread count, and the cached
     # checkpoint must not depend on which notebook or command (on how many cores) made it.
@@ -233,8 +297,8 @@ def pretrained(
         return _train(cfg, world, model, final, progress, stop_after, device)
 
 
-def _train(cfg: PretrainConfig, world: tk.World, model: gpt.GPT, final: Path, progress: bool,
-           stop_after: int | None, device: str | torch.device) -> gpt.GPT:
+def _train(cfg: PretrainConfig, world: tk.World, model: nn.Module, final: Path, progress: bool,
+           stop_after: int | None, device: str | torch.device) -> nn.Module:
     """Train (resuming a partial checkpoint) and cache; see :func:`pretrained`."""
     partial = final.with_name(final.stem + ".partial.safetensors")
     opt = _optimizer(model, cfg)
@@ -242,7 +306,7 @@ def _train(cfg: PretrainConfig, world: tk.World, model: gpt.GPT, final: Path, pr
     model.train()
     end = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
 
-    def loss_of_batch(model: gpt.GPT, batch: tk.Batch) -> torch.Tensor:
+    def loss_of_batch(model: nn.Module, batch: tk.Batch) -> torch.Tensor:
         with gpt.autocast(device):
             return tk.loss(model, batch)
 
@@ -258,6 +322,11 @@ def _train(cfg: PretrainConfig, world: tk.World, model: gpt.GPT, final: Path, pr
     if end < cfg.steps:
         save_checkpoint(partial, model, cfg, end, opt)
         return model.eval()
-    save_checkpoint(final, model, cfg, cfg.steps)
+    if hf_model.is_hf(cfg.model):  # the folder, then back through from_pretrained: the path every later call takes
+        check_finite(model, f"not saving {final}", cfg.steps)
+        hf_model.save_folder(model, final, _note(cfg))
+        model = hf_model.load_folder(final, device)[0]
+    else:
+        save_checkpoint(final, model, cfg, cfg.steps)
     partial.unlink(missing_ok=True)
     return model.eval()

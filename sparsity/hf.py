@@ -137,7 +137,7 @@ def tiny_config(family: str, *, vocab_size: int = 64, d_model: int = 32, n_layer
     t = require_transformers()
     if family == "gpt2":
         return t.GPT2Config(vocab_size=vocab_size, n_positions=max_positions, n_embd=d_model, n_layer=n_layers,
-                            n_head=n_heads)
+                            n_head=n_heads, bos_token_id=None, eos_token_id=None)  # GPT-2's 50256 lies outside
     if family == "llama":
         return t.LlamaConfig(vocab_size=vocab_size, hidden_size=d_model, intermediate_size=2 * d_model,
                              num_hidden_layers=n_layers, num_attention_heads=n_heads,
