@@ -25,6 +25,9 @@ from that file, also without running anything (``--report``; ``--md FILE`` write
 markdown elsewhere too, keeping a hand-written ``## Notes`` section). The learning rate is
 chosen on seed 0 and reused for the other seeds unless ``sweep_all_seeds`` (then the mean
 over seeds decides): the sweep costs ``len(lrs)`` runs per method instead of ``len(lrs) * seeds``.
+The runs are independent: ``--workers N`` runs them on a local process pool, ``--executor ray``
+(``--ray-address`` for a cluster) on Ray (``scaleup.grid``, ``sparsity.executor``); only this
+process writes results, and the rows are those of a serial run on as many threads.
 """
 
 from __future__ import annotations
