@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# The CPU build of torch first: an unpinned torch would pull a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[lab,dev,hf]"
+	$(PY) -m pip install -q -e ".[lab,dev,hf,ray]"
 	touch $(STAMP)
 
 # The quick report in a few minutes; `make demo FULL=1` runs every experiment at full size.

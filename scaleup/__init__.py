@@ -6,6 +6,7 @@
 ``lora``         LoRA adapters, PEFT style (the baseline at a matched budget)
 ``compare``      the controlled benchmark's command line and sweep: full vs every sparse criterion vs LoRA
 ``bench_config`` its configuration (methods, budgets, learning-rate grids) and the prepared set-up
+``grid``         its grid of cells in two phases (lr sweep, then seeds), run serially or on workers
 ``finetune``     one benchmark cell: selection through the criteria registry, fine-tuning through ``fit``
 ``results``      its results store (``sparsity.sweep``), learning-rate choice and summary over seeds
 ``report``       its tables, verdict and figures

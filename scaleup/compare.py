@@ -26,6 +26,9 @@ from that file, also without running anything (``--report``; ``--md FILE`` write
 markdown elsewhere too, keeping a hand-written ``## Notes`` section). The learning rate is
 chosen on seed 0 and reused for the other seeds unless ``sweep_all_seeds`` (then the mean
 over seeds decides): the sweep costs ``len(lrs)`` runs per method instead of ``len(lrs) * seeds``.
+The runs are independent: ``--workers N`` runs them on a local process pool, ``--executor ray``
+(``--ray-address`` for a cluster) on Ray (``scaleup.grid``, ``sparsity.executor``); only this
+process writes results, and the rows are those of a serial run on as many threads.
 """
 
 from __future__ import annotations
@@ -33,14 +36,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
-from scaleup import gpt, hf_model
+from scaleup import gpt, grid, hf_model
 from scaleup import tasks as tk
 from scaleup.bench_config import (DEMO_METHODS, INCLUDE, METHODS, MICRO_WORLD, BenchConfig, Setup, check_methods,
                                   default_config, demo_config, is_sparse_criterion, known_methods, prepare)
@@ -49,6 +52,7 @@ from scaleup.finetune import (LAYER_TYPES, budget_count, finetune, layer_type, m
 from scaleup.report import budget_label, plot_summary, print_report, report_markdown, verdict, write_summary
 from scaleup.results import RESULTS, best_lr, cell_key, diverged_runs, load_results, store, summarize
 from sparsity.cli_args import finite_list, nonnegative_int, output_file, output_folder, positive_int
+from sparsity.executor import EXECUTORS, Executor, Worker, check_executor
 from sparsity.sweep import command_line, machine
 
 __all__ = [
@@ -61,56 +65,31 @@ __all__ = [
 
 
 def run(cfg: BenchConfig, out: str | Path, methods: Sequence[str] = METHODS, *, cache_dir: str | Path | None = None,
-        device: str = "cpu", progress: bool = True, stop_after: int | None = None) -> int:
+        device: str = "cpu", progress: bool = True, stop_after: int | None = None, workers: int = 1,
+        executor: str = "process", address: str | None = None, threads: int = 1) -> int:
     """Run every missing cell of the benchmark, appending each to ``out/results.jsonl``; write the summary.
 
     Returns the number of runs done by this call. ``stop_after`` stops after that many runs
-    (a stand-in for a kill, for tests). One (method, budget) is completed at a time (its
-    sweep, then the other seeds at the chosen rate), so a partial run has whole rows.
+    (a stand-in for a kill, for tests). ``workers`` > 1 runs the cells on that many workers
+    (``executor``: "process", a local process pool, or "ray", Ray actors on the cluster at
+    ``address``, a local instance if None), each on ``threads`` torch threads; the rows are the
+    same as a serial run's on as many threads (timings aside). The order is ``scaleup.grid``'s.
     """
     methods = check_methods(methods)
+    check_executor(executor, workers)
     sparse = [m for m in methods if is_sparse_criterion(m)]
     if sparse and not cfg.densities and not cfg.lora_equal:
         raise ValueError(f"no budget for the sparse methods {sparse}: give a density or lora_equal=True")
     out = Path(out)
     results = store(out, cfg)
-    setup = prepare(cfg, cache_dir=cache_dir, device=device, progress=progress)
+    setup = prepare(cfg, cache_dir=cache_dir, device=device, progress=progress)  # pretrains (once) before any worker
     (out / "before.json").write_text(json.dumps(setup.before))
     pairs = [(m, b) for m in methods for b in cfg.budgets(m)]
-    sweep_seeds = range(cfg.seeds) if cfg.sweep_all_seeds else [0]
-    total = sum(len(cfg.lrs(m)) * len(sweep_seeds) + (0 if cfg.sweep_all_seeds else cfg.seeds - 1) for m, _ in pairs)
-    bar = tqdm(total=total, desc=f"benchmark {cfg.preset}/{cfg.target}", disable=not progress)
-    done, stopped = 0, False
-
-    def run_one(cell: dict[str, Any]) -> dict[str, Any]:
-        nonlocal done
-        done += 1
-        return run_cell(setup, cell["method"], cell["budget"], cell["lr"], cell["seed"], progress=progress)
-
-    def phase(method: str, budget: str, lrs: Sequence[float], seeds: Sequence[int]) -> dict[str, dict[str, Any]]:
-        cells = [{"method": method, "budget": budget, "lr": lr, "seed": s} for lr in lrs for s in seeds]
-
-        def schedule(todo: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-            nonlocal stopped
-            bar.update(len(cells) - len(todo))
-            room = len(todo) if stop_after is None else max(0, stop_after - done)
-            stopped = len(todo) > room
-            for cell in todo[:room]:
-                yield cell
-                bar.update(1)
-
-        return results.run(cells, run_one, schedule)
-
-    with bar:
-        for m, b in pairs:
-            rows = phase(m, b, cfg.lrs(m), sweep_seeds)
-            if stopped:
-                return done
-            if not cfg.sweep_all_seeds:
-                phase(m, b, [best_lr(cfg, rows, m, b)], range(1, cfg.seeds))
-                if stopped:
-                    return done
-    write_summary(out, methods)
+    worker = Worker(grid.worker_setup, (cfg, cache_dir, device), partial(grid.run_row, progress=progress and workers == 1))
+    with Executor(worker, workers, executor, address=address, threads=threads, state=setup) as pool:
+        done, complete = grid.run_grid(cfg, pairs, results, pool, stop_after=stop_after, progress=progress)
+    if complete:
+        write_summary(out, methods)
     return done
 
 
@@ -144,7 +123,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", action="store_true", help="only rebuild the summary from the results file")
     p.add_argument("--md", type=output_file, default=None, help="also write the report's markdown to this file")
     p.add_argument("--threads", type=positive_int, default=None,
-                   help="torch CPU threads (1 is fastest on a busy 2-core box)")
+                   help="torch CPU threads of this process, and of each worker (default 1) with --workers")
+    p.add_argument("--workers", type=positive_int, default=1,
+                   help="run the independent cells on this many workers (default 1: in this process, in order)")
+    p.add_argument("--executor", choices=EXECUTORS, default="process",
+                   help='with --workers: a local process pool, or Ray actors (pip install -e ".[ray]")')
+    p.add_argument("--ray-address", default=None, metavar="ADDRESS",
+                   help="with --executor ray: the cluster to join ('auto': the one `ray start` made on this "
+                        "machine); default a local Ray instance")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -188,6 +174,18 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return overrides
 
 
+def _check_scale_out(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Scale-out flags that only make sense together, and Ray installed where it is asked for."""
+    if args.ray_address is not None and args.executor != "ray":
+        parser.error("argument --ray-address: needs --executor ray")
+    if args.executor == "ray" and args.workers < 2:
+        parser.error("argument --executor: ray needs --workers 2 or more (one worker runs in this process)")
+    try:
+        check_executor(args.executor, args.workers)
+    except ImportError as e:
+        parser.error(f"argument --executor: {e}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -201,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         write_summary(args.out, methods)
         print_report(args.out, args.md)
         return 0
+    _check_scale_out(parser, args)
     try:
         cfg = default_config(args.preset, target=args.target, **_overrides(args))
         store(args.out, cfg)  # refuses a folder of another config before anything in it is written
@@ -213,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.backends.cuda.matmul.allow_tf32 = True
     if not (args.out / "command.txt").exists():  # fast mode changes the defaults (one lr, ...): command_line says so
         (args.out / "command.txt").write_text(command_line("scaleup.compare", sys.argv[1:] if argv is None else argv))
-    run(cfg, args.out, methods, device=args.device, progress=not args.no_progress)
+    run(cfg, args.out, methods, device=args.device, progress=not args.no_progress, workers=args.workers,
+        executor=args.executor, address=args.ray_address, threads=args.threads or 1)
     print_report(args.out, args.md)
     return 0
 

@@ -3,7 +3,8 @@ initialisation and update metrics. It imports nothing from toys/, scaleup/ or le
 
 The entry point, PEFT-style: ``SparseConfig`` + ``sparsify(model, config)`` selects, freezes
 and builds the optimizer; ``fit`` is the lab's one training loop; ``registry`` holds the
-criteria by name; ``sweep`` stores experiment cells and reports them.
+criteria by name; ``sweep`` stores experiment cells and reports them; ``executor`` runs a grid's
+independent cells on a local process pool or on Ray (the ``ray`` extra, imported only when used).
 
 One concept per module: ``criteria`` (scores), ``masks`` (selection), ``optim`` and
 ``compact`` (optimizers), ``regularize``, ``metrics``, ``ablate``, ``discover`` (learned

@@ -136,12 +136,22 @@ class SweepStore:
         done = self.load()
         todo = [c for c in cells if self.key(c) not in done]
         for cell in (progress(todo) if progress is not None else todo):
-            row = dict(run_cell(cell))
-            if self.key(row) != self.key(cell):
-                raise ValueError(f"run_cell returned the row of cell {self.key(row)} for cell {self.key(cell)}")
-            self.append(row)
+            row = self.record(cell, run_cell(cell))
             done[self.key(row)] = row
         return done
+
+    def pending(self, cells: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+        """The cells not yet stored, in order."""
+        done = self.load()
+        return [c for c in cells if self.key(c) not in done]
+
+    def record(self, cell: Mapping[str, Any], row: Mapping[str, Any]) -> dict[str, Any]:
+        """Store the row a cell's run returned (it must hold the cell's key fields, unchanged); the row."""
+        row = dict(row)
+        if self.key(row) != self.key(cell):
+            raise ValueError(f"the run of cell {self.key(cell)} returned the row of cell {self.key(row)}")
+        self.append(row)
+        return row
 
 
 def mean_spread(values: Sequence[float]) -> tuple[float, float]:
