@@ -8,6 +8,9 @@ the test split is only reported. Each run measures learning (target test accurac
 forgetting (retention: mean test accuracy on the source tasks), where the update went
 (update sparsity and relative rank per layer type, ``sparsity.metrics``) and the costs
 (trainable count, optimizer-state bytes, selection and training time, peak memory).
+The same benchmark runs unchanged in the toy worlds too (``--world modular`` or
+``teacher_student``; the seam is ``scaleup.bench_world``): toy, tiny and small GPT on a CPU,
+``mid`` on a GPU, one table and one frontier per scale.
 
 Methods (``scaleup.bench_config``): ``full``, ``lora`` (rank-r adapters on every block
 matrix), ``2:4`` (the N:M pattern chosen by magnitude), and a mask chosen by any criterion of
@@ -39,6 +42,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from scaleup import bench_world as bw
 from scaleup import gpt
 from scaleup import tasks as tk
 from scaleup.bench_config import (DEMO_METHODS, INCLUDE, METHODS, MICRO_WORLD, BenchConfig, Setup, check_methods,
@@ -47,7 +51,7 @@ from scaleup.finetune import (LAYER_TYPES, budget_count, finetune, layer_type, m
                               sparse_config, update_profile)
 from scaleup.report import budget_label, plot_summary, print_report, report_markdown, verdict, write_summary
 from scaleup.results import RESULTS, best_lr, cell_key, diverged_runs, load_results, store, summarize
-from sparsity.cli_args import finite_list, output_file, output_folder, positive_int
+from sparsity.cli_args import finite_list, nonnegative_int, output_file, output_folder, positive_int
 from sparsity.sweep import command_line, machine
 
 __all__ = [
@@ -117,8 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
     """The command line; every flag's type checks its value, so a bad flag fails before any work."""
     p = argparse.ArgumentParser(prog="python -m scaleup.compare",
                                 description="Full vs sparse (every criterion) vs LoRA fine-tuning of a small GPT.")
-    p.add_argument("--preset", default="tiny", choices=tuple(gpt.PRESETS))
-    p.add_argument("--target", default="add2", choices=tuple(tk.TARGET_TASKS))
+    p.add_argument("--world", default="gpt", choices=tuple(bw.WORLDS),
+                   help="the task world (scaleup.bench_world): the GPT's token tasks or a toy MLP's")
+    p.add_argument("--preset", default=None,
+                   help=f"model size (default: the world's; the gpt world's: {', '.join(gpt.PRESETS)}, default tiny)")
+    p.add_argument("--target", default=None,
+                   help=f"target task (default: the world's first; the gpt world's: {', '.join(tk.TARGET_TASKS)})")
     p.add_argument("--methods", default=",".join(METHODS),
                    help=f"comma-separated, from {','.join(known_methods())} (any registered criterion)")
     p.add_argument("--density", type=finite_list, default=None,
@@ -132,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(f"--lrs-{kind}", type=finite_list, default=None, metavar="LRS",
                        help=f"comma-separated learning-rate grid of {kind} fine-tuning "
                             f"(default: BenchConfig.lrs_{kind})")
+    p.add_argument("--eval-every", type=nonnegative_int, default=None,
+                   help="trace the graded scores every this many steps (the frontier's points; 0: at the end only)")
     p.add_argument("--sweep-all-seeds", action="store_true", help="choose the lr on the mean over all seeds")
     p.add_argument("--report", action="store_true", help="only rebuild the summary from the results file")
     p.add_argument("--md", type=output_file, default=None, help="also write the report's markdown to this file")
@@ -155,7 +165,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
             overrides[f"lrs_{kind}"] = grid
     if args.no_lora_equal:
         overrides["lora_equal"] = False
-    for name in ("seeds", "steps"):
+    for name in ("seeds", "steps", "eval_every"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     if args.sweep_all_seeds:
@@ -179,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         print_report(args.out, args.md)
         return 0
     try:
-        cfg = default_config(args.preset, target=args.target, **_overrides(args))
+        cfg = default_config(args.preset, target=args.target, world_kind=args.world, **_overrides(args))
         store(args.out, cfg)  # refuses a folder of another config before anything in it is written
     except (ValueError, TypeError) as e:
         parser.error(str(e))

@@ -20,8 +20,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from scaleup import tasks as tk
 from scaleup.bench_config import BenchConfig, is_sparse_criterion, known_methods
+from scaleup.bench_world import describe, kind
 from scaleup.results import cell_key, diverged_runs, load_config, load_results, measured, summarize
 from sparsity.sweep import markdown_table
 
@@ -176,7 +176,7 @@ def report_markdown(out: str | Path, command: str | None = None) -> str:
     table = summarize(out)
     before = json.loads((out / "before.json").read_text()) if (out / "before.json").exists() else None
     rows = load_results(out)
-    parts = [f"Preset `{cfg.preset}`, target `{cfg.target}` ({tk.TARGET_TASKS[cfg.target]}), {cfg.steps} steps of "
+    parts = [f"{describe(cfg)}, {cfg.steps} steps of "
              f"batch {cfg.batch_size}, {cfg.seeds} seed(s); learning rate: the smallest of the grid within "
              f"{cfg.lr_tie:g} of the best target validation accuracy "
              f"({'mean over seeds' if cfg.sweep_all_seeds else 'seed 0, reused for the other seeds'}); "
@@ -238,7 +238,8 @@ def plot_summary(table: list[dict[str, Any]], cfg: BenchConfig, fig: Any = None,
     ax_bars.set(xticks=list(xs), ylim=(0, 1.05), ylabel="accuracy", title="Per method and budget")
     ax_bars.set_xticklabels(names, rotation=90, fontsize="x-small")
     ax_bars.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    fig.suptitle(f"GPT {cfg.preset}: fine-tuning on {cfg.target}, {cfg.steps} steps, {cfg.seeds} seed(s)")
+    fig.suptitle(f"{kind(cfg.world_kind).title} {cfg.preset}: fine-tuning on {cfg.target}, {cfg.steps} steps, "
+                 f"{cfg.seeds} seed(s)")
     fig.tight_layout()
     return fig
 
