@@ -97,9 +97,11 @@ def verdict(table: list[dict[str, Any]]) -> str:
 
 
 def results_table(table: list[dict[str, Any]], cfg: BenchConfig, before: Mapping[str, float] | None) -> str:
-    """The summary as markdown: one row per (method, budget), mean ± std over seeds."""
+    """The summary as markdown: one row per (method, budget), mean ± std over seeds. The update columns
+    show two layer types: a GPT's attn.qkv and mlp.fc, another world's first two (``scaleup.bench_world``)."""
+    a, b = ("attn.qkv", "mlp.fc") if cfg.world_kind == "gpt" or not table else [*table[0]["update_sparsity"]][:2]
     header = ["method", "budget", "trainable", "lr", "target acc (test)", "retention (source)", "train s", "select s",
-              "peak MB", "upd. sparsity attn.qkv / mlp.fc", "upd. rank attn.qkv / mlp.fc", "seeds"]
+              "peak MB", f"upd. sparsity {a} / {b}", f"upd. rank {a} / {b}", "seeds"]
     rows: list[list[object]] = []
     if before:
         rows.append(["before FT", "-", 0, "-", f"{before['target_test']:.3f}", f"{before['retention']:.3f}",
@@ -112,8 +114,8 @@ def results_table(table: list[dict[str, Any]], cfg: BenchConfig, before: Mapping
             f"{r['target_test']:.3f} ± {r['target_test_std']:.3f}",
             f"{r['retention']:.3f} ± {r['retention_std']:.3f}",
             f"{r['train_s']:.1f}", f"{r['select_s']:.1f}", f"{r['peak_mb']:.0f}",
-            f"{us.get('attn.qkv', float('nan')):.2f} / {us.get('mlp.fc', float('nan')):.2f}",
-            f"{ur.get('attn.qkv', float('nan')):.2f} / {ur.get('mlp.fc', float('nan')):.2f}", r["n_seeds"]])
+            f"{us.get(a, float('nan')):.2f} / {us.get(b, float('nan')):.2f}",
+            f"{ur.get(a, float('nan')):.2f} / {ur.get(b, float('nan')):.2f}", r["n_seeds"]])
     return _table(header, rows)
 
 
