@@ -14,7 +14,8 @@ method too: :func:`known_methods` reads the registry when it is asked.
 :class:`BenchConfig` holds every setting a result depends on (a results folder belongs to
 one config); :class:`Setup` is what every run of one config shares: the pretrained model,
 its snapshot, the task world, the accuracies before fine-tuning and a cache of criterion
-scores.
+scores. Which world the benchmark runs in (the GPT's token tasks, or a toy MLP's) is
+``BenchConfig.world_kind``; what a world provides is the seam of ``scaleup.bench_world``.
 """
 
 from __future__ import annotations
@@ -25,10 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from torch import nn
 
-from scaleup import gpt, hf_model
+from scaleup import bench_world as bw
+from scaleup import hf_model
 from scaleup import pretrain as pt
 from scaleup import tasks as tk
 from sparsity import registry
@@ -99,11 +100,16 @@ def check_methods(methods: Iterable[str]) -> list[str]:
 
 @dataclass(frozen=True)
 class BenchConfig:
-    """Everything a benchmark run depends on. A results folder belongs to one config."""
+    """Everything a benchmark run depends on. A results folder belongs to one config.
 
-    preset: str = "tiny"
-    """The lab GPT's size; for a built-in Hugging Face family its shape too (unused for a folder's config)."""
-    target: str = "add2"
+    ``world_kind`` names the world (``scaleup.bench_world.WORLDS``); ``preset`` (the model size;
+    for a built-in Hugging Face family its shape too, unused for a folder's config), ``target`` and
+    ``world`` (the world's own config) default to that kind's default preset, first target and
+    default config: the GPT world's ``tiny``, ``add2`` and ``tasks.WorldConfig()``.
+    """
+
+    preset: str | None = None
+    target: str | None = None
     steps: int = 300
     batch_size: int = 32
     warmup: int = 30
@@ -131,17 +137,36 @@ class BenchConfig:
     """Validation accuracies within this of the best count as tied; the smallest tied lr is chosen."""
     sweep_all_seeds: bool = False
     pretrain_steps: int = 2000
-    world: tk.WorldConfig = field(default_factory=tk.WorldConfig)
+    world: Any = None
+    """The world's config: a ``tasks.WorldConfig`` for the GPT world, ``bench_modular.ModularConfig``, ..."""
+    world_kind: str = "gpt"
     model: str = hf_model.LAB_GPT
-    """The model fine-tuned: ``"gpt"`` (the lab's), ``"hf-gpt2"``, ``"hf-llama"``, ``"hf-gpt_neox"``, or the
+    """The GPT world's model: ``"gpt"`` (the lab's), ``"hf-gpt2"``, ``"hf-llama"``, ``"hf-gpt_neox"``, or the
     path of a local folder or config.json (``scaleup.hf_model``)."""
 
     def __post_init__(self) -> None:
-        gpt.config(self.preset)
+        spec = bw.kind(self.world_kind)
         hf_model.check_model(self.model, "BenchConfig.model")
-        if self.target not in tk.TARGET_TASKS:
-            raise ValueError(f"target must be one of {tuple(tk.TARGET_TASKS)}, got {self.target!r}")
-        for name in ("steps", "batch_size", "seeds", "lora_rank", "lift_rank", "lift_reselect_every", "rigl_every", "score_batches",
+        if hf_model.is_hf(self.model) and self.world_kind != "gpt":
+            raise ValueError(f"BenchConfig.model {self.model!r} is a model of the GPT world's token tasks, "
+                             f"not of world_kind {self.world_kind!r}")
+        if self.preset is None:
+            object.__setattr__(self, "preset", spec.default_preset)
+        if self.world is None:
+            object.__setattr__(self, "world", spec.config())
+        if not isinstance(self.world, spec.config):
+            raise TypeError(f"BenchConfig.world must be a {spec.config.__name__} for world_kind "
+                            f"{self.world_kind!r}, got {type(self.world).__name__}")
+        if self.preset not in spec.presets:
+            raise ValueError(f"preset must be one of {spec.presets} for world_kind {self.world_kind!r}, "
+                             f"got {self.preset!r}")
+        known_targets = tuple(spec.targets(self.world))
+        if self.target is None:
+            object.__setattr__(self, "target", known_targets[0])
+        if self.target not in known_targets:
+            raise ValueError(f"target must be one of {known_targets}, got {self.target!r}")
+        for name in ("steps", "batch_size", "seeds", "lora_rank", "lift_rank", "lift_reselect_every", "rigl_every",
+                     "score_batches",
                      "pretrain_steps"):
             check_positive_int(getattr(self, name), f"BenchConfig.{name}")
         if check_nonnegative_int(self.warmup, "BenchConfig.warmup") >= self.steps:
@@ -163,11 +188,18 @@ class BenchConfig:
 
     @property
     def pretrain(self) -> pt.PretrainConfig:
+        """The GPT world's pretraining config (the toy worlds pretrain in their own modules)."""
+        if self.world_kind != "gpt":
+            raise ValueError(f"BenchConfig.pretrain is the GPT world's; this config's world_kind is "
+                             f"{self.world_kind!r}")
         return pt.default_config(self.preset, world=self.world, steps=self.pretrain_steps, model=self.model)
 
     @property
     def model_name(self) -> str:
-        """The model as a report names it: "GPT tiny", "hf-gpt2 (tiny shape)", or a config's path."""
+        """The model as a report names it: "GPT tiny", "hf-gpt2 (tiny shape)", a config's path, or the
+        toy world's name and size."""
+        if self.world_kind != "gpt":
+            return f"{bw.kind(self.world_kind).title} {self.preset}"
         if not hf_model.is_hf(self.model):
             return f"GPT {self.preset}"
         return f"{self.model} ({self.preset} shape)" if self.model in hf_model.BUILTIN else self.model
@@ -195,25 +227,30 @@ class BenchConfig:
 
     def to_json(self) -> dict[str, Any]:
         """The config as plain JSON data (what a results folder's config.json holds). ``model`` is left
-        out for the lab's GPT, so folders written before the field still hold this config."""
+        out for the lab's GPT and ``world_kind`` for the GPT world, so folders written before those
+        fields still hold this config."""
         data = asdict(self)
         if not hf_model.is_hf(self.model):
             del data["model"]
+        if self.world_kind == "gpt":  # likewise world_kind for the GPT world
+            del data["world_kind"]
         return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> BenchConfig:
         """The config a results folder's config.json holds."""
         d = dict(data)
-        d["world"] = tk.WorldConfig(**d["world"])
+        world_cls = bw.kind(d.get("world_kind", "gpt")).config
+        d["world"] = world_cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d["world"].items()})
         for f in fields(cls):
             if isinstance(d.get(f.name), list):
                 d[f.name] = tuple(d[f.name])
         return cls(**d)
 
 
-def default_config(preset: str = "tiny", **overrides: Any) -> BenchConfig:
-    """The benchmark's defaults; fast mode (``LAB_FAST=1``) runs 30 steps, one seed, one lr per method."""
+def default_config(preset: str | None = None, **overrides: Any) -> BenchConfig:
+    """The benchmark's defaults (preset None: the world's default); fast mode (``LAB_FAST=1``) runs 30 steps,
+    one seed, one lr per method."""
     if fast_mode():
         base: dict[str, Any] = dict(steps=30, warmup=3, seeds=1, pretrain_steps=300, l1_lam=1e-4, lrs_full=(1e-3,),
                                     lrs_sparse=(1e-2,), lrs_lora=(1e-2,))
@@ -240,14 +277,18 @@ def demo_config() -> BenchConfig:
 
 @dataclass
 class Setup:
-    """The pretrained model, its snapshot, the task world and a cache of criterion scores."""
+    """The pretrained model, its snapshot, the task world (its data, and the benchmark's seam to it)
+    and a cache of criterion scores."""
 
     cfg: BenchConfig
-    world: tk.World
+    world: Any
+    """The world's data: a ``tasks.World`` for the GPT world (``bench.data``)."""
     pretrained: nn.Module
     reference: dict[str, torch.Tensor]
     device: str
     before: dict[str, float]
+    bench: bw.BenchWorld
+    """What the benchmark calls: batches, loss, evaluation, layer types, blocks (``scaleup.bench_world``)."""
     cache: dict[tuple[str, int], tuple[Any, float]] = field(default_factory=dict)
     """(method, seed) -> (the criterion's scores or Selection, the seconds scoring took)."""
 
@@ -259,12 +300,12 @@ class Setup:
 
 def prepare(cfg: BenchConfig, *, cache_dir: str | Path | None = None, device: str = "cpu",
             progress: bool = True) -> Setup:
-    """Load (or pretrain and cache) the model, and measure it before any fine-tuning."""
+    """Load (or pretrain and cache) the model, and measure it before any fine-tuning (exact scores)."""
     if not isinstance(cfg, BenchConfig):
         raise TypeError(f"cfg must be a BenchConfig, got {type(cfg).__name__}")
-    world = tk.World(cfg.world)
-    model = pt.pretrained(cfg.pretrain, cache_dir=cache_dir, device=device, progress=progress)
-    before = {"target_val": tk.accuracy(model, world, cfg.target, "val"),
-              "target_test": tk.accuracy(model, world, cfg.target, "test"),
-              "retention": tk.retention(model, world)}
-    return Setup(cfg, world, model, snapshot(model), device, before)
+    bench = bw.make_world(cfg, device)
+    model = bench.pretrained(cache_dir, progress)
+    val, test, source = bench.evaluate(model)
+    before = {"target_val": val.exact, "target_test": test.exact,
+              "retention": sum(s.exact for s in source.values()) / len(source)}
+    return Setup(cfg, bench.data, model, snapshot(model), device, before, bench)

@@ -9,6 +9,9 @@ the test split is only reported. Each run measures learning (target test accurac
 forgetting (retention: mean test accuracy on the source tasks), where the update went
 (update sparsity and relative rank per layer type, ``sparsity.metrics``) and the costs
 (trainable count, optimizer-state bytes, selection and training time, peak memory).
+The same benchmark runs unchanged in the toy worlds too (``--world modular`` or
+``teacher_student``; the seam is ``scaleup.bench_world``): toy, tiny and small GPT on a CPU,
+``mid`` on a GPU, one table and one frontier per scale.
 
 Methods (``scaleup.bench_config``): ``full``, ``lora`` (rank-r adapters on every block
 matrix), ``2:4`` (the N:M pattern chosen by magnitude), and a mask chosen by any criterion of
@@ -43,6 +46,7 @@ from typing import Any
 
 import torch
 
+from scaleup import bench_world as bw
 from scaleup import gpt, grid, hf_model
 from scaleup import tasks as tk
 from scaleup.bench_config import (DEMO_METHODS, INCLUDE, METHODS, MICRO_WORLD, BenchConfig, Setup, check_methods,
@@ -97,11 +101,15 @@ def build_parser() -> argparse.ArgumentParser:
     """The command line; every flag's type checks its value, so a bad flag fails before any work."""
     p = argparse.ArgumentParser(prog="python -m scaleup.compare",
                                 description="Full vs sparse (every criterion) vs LoRA fine-tuning of a small GPT.")
-    p.add_argument("--preset", default="tiny", choices=tuple(gpt.PRESETS))
+    p.add_argument("--world", default="gpt", choices=tuple(bw.WORLDS),
+                   help="the task world (scaleup.bench_world): the GPT's token tasks or a toy MLP's")
+    p.add_argument("--preset", default=None,
+                   help=f"model size (default: the world's; the gpt world's: {', '.join(gpt.PRESETS)}, default tiny)")
     p.add_argument("--model", type=model_name, default=hf_model.LAB_GPT,
-                   help=f"the model fine-tuned: {hf_model.LAB_GPT} (the lab's GPT), {', '.join(hf_model.BUILTIN)} "
+                   help=f"the gpt world's model: {hf_model.LAB_GPT} (the lab's GPT), {', '.join(hf_model.BUILTIN)} "
                         "(a Hugging Face family at the preset's shape) or a local folder / config.json")
-    p.add_argument("--target", default="add2", choices=tuple(tk.TARGET_TASKS))
+    p.add_argument("--target", default=None,
+                   help=f"target task (default: the world's first; the gpt world's: {', '.join(tk.TARGET_TASKS)})")
     p.add_argument("--methods", default=",".join(METHODS),
                    help=f"comma-separated, from {','.join(known_methods())} (any registered criterion)")
     p.add_argument("--density", type=densities, default=None,
@@ -201,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     _check_scale_out(parser, args)
     try:
-        cfg = default_config(args.preset, target=args.target, **_overrides(args))
+        cfg = default_config(args.preset, target=args.target, world_kind=args.world, **_overrides(args))
         store(args.out, cfg)  # refuses a folder of another config before anything in it is written
     except (ValueError, TypeError) as e:
         parser.error(str(e))

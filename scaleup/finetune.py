@@ -1,6 +1,7 @@
 """One fine-tuning run of the benchmark: choose what trains, train it, measure it.
 
-Every method fine-tunes a copy of the same pretrained GPT under the same conditions: the
+Every method fine-tunes a copy of the same pretrained model (a GPT, or a toy world's MLP: the
+world is reached through the seam of ``scaleup.bench_world``) under the same conditions: the
 same steps, the same data in the same order (batch ``s`` of seed ``k`` is a function of
 (k, s) only), the same schedule shape (linear warm-up, cosine decay to a tenth; Loshchilov
 & Hutter 2017) and AdamW without weight decay (decay toward zero would pull sparse methods
@@ -22,12 +23,13 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from scaleup import gpt, hf_model, lora
+from scaleup import hf_model, lora
 from scaleup import tasks as tk
 from scaleup.bench_config import INCLUDE, LIFT_RESELECT, MIDDLE_BLOCKS, RIGL, TWO_FOUR, Setup, criterion_of
 from scaleup.memory import PeakMemory
@@ -37,6 +39,7 @@ from sparsity.compact import CompactAdamW
 from sparsity.config import SparseConfig
 from sparsity.metrics import update_rank, update_sparsity
 from sparsity.dynamic import reselect_top
+from sparsity.eligibility import eligible
 from sparsity.train import Every, Reselect, RigL, cosine, fit
 from sparsity.validate import Mask, named_params
 from sparsity.wrap import build_optimizer
@@ -76,12 +79,12 @@ def train(setup: Setup, model: nn.Module, optimizer: torch.optim.Optimizer, peak
     """Fine-tune ``model`` on the target for ``cfg.steps`` steps of seed ``seed``'s batches; the losses."""
     cfg = setup.cfg
 
-    def loss_of_batch(model: nn.Module, batch: tk.Batch) -> torch.Tensor:
-        with gpt.autocast(setup.device):
-            return tk.loss(model, batch)
+    def loss_of_batch(model: nn.Module, batch: Any) -> torch.Tensor:
+        with setup.bench.autocast():
+            return setup.bench.loss(model, batch)
 
-    def batch_at(step: int) -> tk.Batch:
-        return setup.world.train_batch(cfg.target, step, cfg.batch_size, seed).to(setup.device)
+    def batch_at(step: int) -> Any:
+        return setup.bench.train_batch(step, cfg.batch_size, seed)
 
     history = fit(model, optimizer, loss_of_batch, cfg.steps, batches=batch_at,
                   schedule=cosine(peak_lr, cfg.steps, cfg.warmup, floor=0.1), hooks=hooks, progress=progress, desc=desc)
@@ -96,7 +99,7 @@ def criterion_options(setup: Setup, method: str) -> dict[str, Any]:
     if method == "l1_discovered":
         return {"lam": cfg.l1_lam, "lr": cfg.l1_lr}
     if method == MIDDLE_BLOCKS:
-        blocks = block_names(setup.pretrained)
+        blocks = setup.bench.blocks()
         return {"layers": [blocks[i] for i in middle_blocks(len(blocks))]}
     return {}
 
@@ -130,10 +133,8 @@ def budget_count(setup: Setup, budget: str) -> int:
     return sparse_cfg.budget_count(setup.pretrained, SparseConfig(include=INCLUDE, **budget_kwargs(setup, budget)))
 
 
-def _score_batches(setup: Setup, seed: int) -> list[tk.Batch]:
-    gen = torch.Generator().manual_seed(5000 + seed)
-    n, size = setup.cfg.score_batches, setup.cfg.batch_size
-    return [setup.world.batch(setup.cfg.target, "train", size, gen).to(setup.device) for _ in range(n)]
+def _score_batches(setup: Setup, seed: int) -> list[Any]:
+    return setup.bench.score_batches(setup.cfg.score_batches, setup.cfg.batch_size, seed)
 
 
 def scores(setup: Setup, method: str, seed: int) -> tuple[registry.Scores | registry.Selection, float]:
@@ -155,7 +156,7 @@ def scores(setup: Setup, method: str, seed: int) -> tuple[registry.Scores | regi
 
     entry = registry.get_criterion(criterion)
     batches = _score_batches(setup, seed) if entry.needs_data else None
-    inputs = registry.CriterionInputs(loss_fn=tk.loss, batches=batches, include=INCLUDE, seed=seed,
+    inputs = registry.CriterionInputs(loss_fn=setup.bench.loss, batches=batches, include=INCLUDE, seed=seed,
                                       options=criterion_options(setup, method), train=train_l1,
                                       reference=setup.reference)
     start = time.perf_counter()
@@ -246,9 +247,7 @@ def reselect_principal(setup: Setup, model: nn.Module, opt: CompactAdamW) -> Mas
 @torch.no_grad()
 def evaluate(setup: Setup, model: nn.Module) -> tuple[tk.Scores, tk.Scores, dict[str, tk.Scores]]:
     """The graded scores (``tasks.Scores``) of the target's validation and test splits and of each source task."""
-    world, target = setup.world, setup.cfg.target
-    return (tk.task_scores(model, world, target, "val"), tk.task_scores(model, world, target, "test"),
-            {t: tk.task_scores(model, world, t, "test") for t in tk.SOURCE_TASKS})
+    return setup.bench.evaluate(model)
 
 
 def headline(val: tk.Scores, test: tk.Scores, source: dict[str, tk.Scores]) -> dict[str, float]:
@@ -270,18 +269,23 @@ def graded(setup: Setup, model: nn.Module, step: int) -> dict[str, Any]:
     return dict(step=step, **point, eval_s=time.perf_counter() - began)
 
 
-def update_profile(model: nn.Module, reference: dict[str, torch.Tensor], tol: float) -> dict[str, dict[str, float]]:
-    """Per layer type: update sparsity (share of entries with abs(delta) <= tol) and the mean relative
-    rank of the block matrices' updates (numerical rank / min(m, n))."""
+def update_profile(model: nn.Module, reference: dict[str, torch.Tensor], tol: float,
+                   type_of: Callable[[str], str] = layer_type,
+                   types: Sequence[str] = LAYER_TYPES) -> dict[str, dict[str, float]]:
+    """Per layer type (``type_of`` a name, one of ``types``: the GPT's by default, a world's
+    ``layer_type`` and ``layer_types``): update sparsity (share of entries with abs(delta) <= tol)
+    and the mean relative rank of the updates of the matrices a budget spends on (``INCLUDE``:
+    the GPT's block matrices; numerical rank / min(m, n))."""
     sparsity_per = update_sparsity(model, reference, tol).per_tensor
     params = named_params(model)
-    unchanged: dict[str, list[float]] = {t: [0.0, 0.0] for t in LAYER_TYPES}
-    ranks: dict[str, list[float]] = {t: [] for t in LAYER_TYPES}
+    matrices = set(eligible(model, INCLUDE))
+    unchanged: dict[str, list[float]] = {t: [0.0, 0.0] for t in types}
+    ranks: dict[str, list[float]] = {t: [] for t in types}
     for name, share in sparsity_per.items():
-        t, n = layer_type(name), params[name].numel()
+        t, n = type_of(name), params[name].numel()
         unchanged[t][0] += share * n
         unchanged[t][1] += n
-        if t not in ("embedding", "norm") and params[name].ndim == 2:  # the block matrices
+        if name in matrices:
             delta = (params[name] - reference[name]).detach().float()
             ranks[t].append(update_rank(delta) / min(delta.shape))
     return {
@@ -325,5 +329,5 @@ def run_cell(setup: Setup, method: str, budget: str, lr: float, seed: int, progr
     if rose:
         row["diverged_reason"] = (f"the training loss rose from {costs['first_train_loss']:.4g} "
                                   f"(first 10 steps) to {costs['final_train_loss']:.4g} (last 10)")
-    row.update(update_profile(model, setup.reference, setup.cfg.tol))
+    row.update(update_profile(model, setup.reference, setup.cfg.tol, setup.bench.layer_type, setup.bench.layer_types))
     return row

@@ -20,8 +20,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from scaleup import tasks as tk
 from scaleup.bench_config import BenchConfig, is_sparse_criterion, known_methods
+from scaleup.bench_world import describe
 from scaleup.frontier_report import frontier_table, frontier_verdict, plot_frontiers
 from scaleup.results import cell_key, diverged_runs, load_config, load_results, measured, summarize
 from sparsity.sweep import markdown_table
@@ -98,9 +98,11 @@ def verdict(table: list[dict[str, Any]]) -> str:
 
 
 def results_table(table: list[dict[str, Any]], cfg: BenchConfig, before: Mapping[str, float] | None) -> str:
-    """The summary as markdown: one row per (method, budget), mean ± std over seeds."""
+    """The summary as markdown: one row per (method, budget), mean ± std over seeds. The update columns
+    show two layer types: a GPT's attn.qkv and mlp.fc, another world's first two (``scaleup.bench_world``)."""
+    a, b = ("attn.qkv", "mlp.fc") if cfg.world_kind == "gpt" or not table else [*table[0]["update_sparsity"]][:2]
     header = ["method", "budget", "trainable", "lr", "target acc (test)", "retention (source)", "train s", "select s",
-              "peak MB", "upd. sparsity attn.qkv / mlp.fc", "upd. rank attn.qkv / mlp.fc", "seeds"]
+              "peak MB", f"upd. sparsity {a} / {b}", f"upd. rank {a} / {b}", "seeds"]
     rows: list[list[object]] = []
     if before:
         rows.append(["before FT", "-", 0, "-", f"{before['target_test']:.3f}", f"{before['retention']:.3f}",
@@ -113,8 +115,8 @@ def results_table(table: list[dict[str, Any]], cfg: BenchConfig, before: Mapping
             f"{r['target_test']:.3f} ± {r['target_test_std']:.3f}",
             f"{r['retention']:.3f} ± {r['retention_std']:.3f}",
             f"{r['train_s']:.1f}", f"{r['select_s']:.1f}", f"{r['peak_mb']:.0f}",
-            f"{us.get('attn.qkv', float('nan')):.2f} / {us.get('mlp.fc', float('nan')):.2f}",
-            f"{ur.get('attn.qkv', float('nan')):.2f} / {ur.get('mlp.fc', float('nan')):.2f}", r["n_seeds"]])
+            f"{us.get(a, float('nan')):.2f} / {us.get(b, float('nan')):.2f}",
+            f"{ur.get(a, float('nan')):.2f} / {ur.get(b, float('nan')):.2f}", r["n_seeds"]])
     return _table(header, rows)
 
 
@@ -159,7 +161,7 @@ def report_markdown(out: str | Path, command: str | None = None) -> str:
     table = summarize(out)
     before = json.loads((out / "before.json").read_text()) if (out / "before.json").exists() else None
     rows = load_results(out)
-    parts = [f"Model {cfg.model_name}, target `{cfg.target}` ({tk.TARGET_TASKS[cfg.target]}), {cfg.steps} steps of "
+    parts = [f"{describe(cfg)}, {cfg.steps} steps of "
              f"batch {cfg.batch_size}, {cfg.seeds} seed(s); learning rate: the smallest of the grid within "
              f"{cfg.lr_tie:g} of the best target validation accuracy "
              f"({'mean over seeds' if cfg.sweep_all_seeds else 'seed 0, reused for the other seeds'}); "
@@ -237,7 +239,7 @@ def frontier_figure(rows: Mapping[str, Mapping[str, Any]], cfg: BenchConfig) -> 
     fig, axes = plt.subplots(1, len(budgets), figsize=(7 * len(budgets), 6), squeeze=False)
     for ax, budget in zip(axes[0], budgets):
         plot_frontiers(rows, f"budget {budget_label(budget, cfg)} (with full FT)", budgets=[budget, "all"], ax=ax)
-    fig.suptitle(f"GPT {cfg.preset}: learning-forgetting frontiers on {cfg.target}, {cfg.steps} steps, "
+    fig.suptitle(f"{cfg.model_name}: learning-forgetting frontiers on {cfg.target}, {cfg.steps} steps, "
                  f"{cfg.seeds} seed(s), every lr and every {cfg.eval_every} steps")
     fig.tight_layout()
     return fig
