@@ -212,6 +212,7 @@ def fill_menus(*_):
     methods_box.options = list(dict.fromkeys(r["method"] for r in rows.values()))
     methods_box.value = tuple(methods_box.options)
     budget_menu.options = [b for b in dict.fromkeys(r["budget"] for r in rows.values()) if b != "all"]
+    budget_menu.value = "lora_equal" if "lora_equal" in budget_menu.options else budget_menu.options[0]
 
 
 def on_frontier():

@@ -126,7 +126,7 @@ scale_menu.value = "tiny GPT, add2 (near: a variant of increment)"
 methods_box.value = ("full", "lora")
 frontier_button.click()
 assert last_frontier["scale"].startswith("tiny GPT, add2") and set(last_frontier["methods"]) == {"full", "lora"}
-assert len(last_frontier["figure"].axes[0].lines) == 2  # one frontier per method
+assert budget_menu.value == "lora_equal" and len(last_frontier["figure"].axes[0].lines) == 2  # one frontier per method
 """,
     "06_rl_subnetworks.py": """
 algorithm_menu.value = "sft"
