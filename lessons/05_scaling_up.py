@@ -189,6 +189,7 @@ ROOT = Path(compare.__file__).resolve().parents[1]
 FRONTIERS = {label: ROOT / "benchmarks" / "results" / name for label, name in (
     ("tiny GPT, facts_b (far: new facts)", "frontier_tiny_facts_b"),
     ("tiny GPT, add2 (near: a variant of increment)", "frontier_tiny_add2"),
+    ("small GPT, facts_b (one seed)", "frontier_small_facts_b"),
     ("Hugging Face GPT-2 (tiny config)", "hf_gpt2_tiny"),
     ("modular toy MLP", "toy_modular"),
     ("teacher-student MLP", "toy_teacher_student"),

@@ -46,11 +46,12 @@ def frontier_table(rows: Mapping[str, Mapping[str, Any]], x: str = fr.X, y: str 
 
 
 def separated(a: Spread, b: Spread) -> bool:
-    """Whether ``a`` lies above ``b`` by more than the seeds' scatter: a's min exceeds b's max, or ``a``
-    reached the matched target on every seed and ``b`` on none (a frontier that never gets there)."""
+    """Whether ``a`` lies above ``b`` by more than the seeds' scatter: a's min exceeds b's max (two or
+    more seeds each: one seed has no scatter to judge by), or ``b`` never reaches the matched target
+    on any seed while ``a`` does."""
     if a["n"] and not b["n"]:
         return True
-    return bool(a["n"] and b["n"] and a["min"] > b["max"])
+    return bool(a["n"] >= 2 and b["n"] >= 2 and a["min"] > b["max"])
 
 
 def _compare(a: Spread, b: Spread) -> str:
@@ -61,7 +62,9 @@ def _compare(a: Spread, b: Spread) -> str:
         reached, value = ("the first", a) if a["n"] else ("the second", b)
         return f"only {reached} reaches it ({value['mean']:.3f}); the other never does on any seed"
     gap = a["mean"] - b["mean"]
-    if separated(a, b) or separated(b, a):
+    if min(a["n"], b["n"]) < 2:
+        how = "one seed: no spread measured"
+    elif separated(a, b) or separated(b, a):
         how = "separated: the seed intervals do not overlap"
     else:
         how = "within the seed spread"

@@ -111,3 +111,11 @@ def test_a_reference_that_never_reaches_the_matched_target_is_named_as_such() ->
     verdict = frontier_verdict(rows)
     assert "LoRA never reaches 90% of full FT's best target on any seed; the sparse criteria that do: lift." in verdict
     assert "only the first reaches it (0.710); the other never does on any seed" in verdict  # LIFT vs LoRA
+
+
+def test_one_seed_is_never_called_separated() -> None:
+    from scaleup.frontier_report import _compare, separated
+
+    one, other = _spread(0.8, 0.8, n=1), _spread(0.5, 0.5, n=1)
+    assert not separated(one, other)
+    assert _compare(one, other) == "0.800 vs 0.500 (+0.300, one seed: no spread measured)"
