@@ -36,7 +36,8 @@ from sparsity import registry
 from sparsity.eligibility import eligible
 from sparsity.fastmode import fast_mode
 from sparsity.regularize import snapshot
-from sparsity.validate import check_density, check_nonnegative_int, check_positive_int, named_params
+from sparsity.validate import (check_density, check_finite_nonnegative, check_nonnegative_int, check_positive_int,
+                               named_params)
 
 DENSE_METHODS = ("full", "lora")
 """Methods without a mask: every parameter, or LoRA's adapters."""
@@ -45,12 +46,14 @@ MIDDLE_BLOCKS = "middle_blocks"
 """The benchmark's name for the registry's ``layers`` criterion, with the middle blocks as its layers."""
 LIFT_RESELECT = "lift_reselect"
 """LIFT as its authors run it (Liu et al. 2025): principal weights re-selected every
-``BenchConfig.lift_reselect_every`` steps, AdamW betas (0.9, 0.95); plain ``lift`` selects once."""
+``BenchConfig.lift_reselect_every`` steps, AdamW betas (0.9, 0.95), and with ``BenchConfig.lift_eps`` their
+epsilon placement (added before the bias correction); plain ``lift`` selects once."""
 RIGL = "rigl"
 """Dynamic sparsity (RigL, Evci et al. 2020): a random mask at the budget, then every
 ``BenchConfig.rigl_every`` steps the entries that moved least are dropped and as many with the
 largest gradient grown (``sparsity.train.RigL``)."""
-METHODS = ("full", "lora", "lift", LIFT_RESELECT, RIGL, "random", "magnitude", "l1_discovered", "gradient", "fisher", "snip", "movement",
+METHODS = ("full", "lora", "lift", LIFT_RESELECT, RIGL, "random", "magnitude", "l1_discovered", "gradient", "fisher",
+           "snip", "movement",
            MIDDLE_BLOCKS, TWO_FOUR)
 """The default run, in the order a run does them (the headline comparison first, so a partial run
 already answers it). :func:`known_methods` adds every other registered criterion."""
@@ -121,6 +124,9 @@ class BenchConfig:
     lift_rank: int = 4
     lift_reselect_every: int = 50
     lift_betas: tuple[float, float] = (0.9, 0.95)
+    lift_eps: float | None = None
+    """``lift_reselect``'s Adam epsilon added before the bias correction, as LIFT's optimizer does (1e-6
+    in its configs; ``sparsity.train.EpsBeforeBiasCorrection``); None keeps PyTorch's AdamW (eps 1e-8 after it)."""
     rigl_every: int = 50
     rigl_fraction: float = 0.3
     score_batches: int = 4
@@ -179,6 +185,10 @@ class BenchConfig:
                 raise ValueError(f"BenchConfig.{name} must be a non-empty tuple of positive learning rates, "
                                  f"got {lrs!r}")
         check_nonnegative_int(self.eval_every, "BenchConfig.eval_every")
+        if self.lift_eps is not None:
+            check_finite_nonnegative(self.lift_eps, "BenchConfig.lift_eps")
+            if self.lift_eps == 0:
+                raise ValueError("BenchConfig.lift_eps must be > 0 (or None for PyTorch's placement), got 0")
         if not 0 < self.rigl_fraction <= 1:
             raise ValueError(f"BenchConfig.rigl_fraction must be in (0, 1], got {self.rigl_fraction!r}")
         if not 0 <= self.lr_tie < 1:
@@ -227,13 +237,15 @@ class BenchConfig:
 
     def to_json(self) -> dict[str, Any]:
         """The config as plain JSON data (what a results folder's config.json holds). ``model`` is left
-        out for the lab's GPT and ``world_kind`` for the GPT world, so folders written before those
-        fields still hold this config."""
+        out for the lab's GPT, ``world_kind`` for the GPT world and ``lift_eps`` when None, so folders
+        written before those fields still hold this config."""
         data = asdict(self)
         if not hf_model.is_hf(self.model):
             del data["model"]
-        if self.world_kind == "gpt":  # likewise world_kind for the GPT world
+        if self.world_kind == "gpt":  # likewise world_kind for the GPT world, and lift_eps when unset
             del data["world_kind"]
+        if self.lift_eps is None:
+            del data["lift_eps"]
         return data
 
     @classmethod

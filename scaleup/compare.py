@@ -55,7 +55,7 @@ from scaleup.finetune import (LAYER_TYPES, budget_count, finetune, layer_type, m
                               sparse_config, update_profile)
 from scaleup.report import budget_label, plot_summary, print_report, report_markdown, verdict, write_summary
 from scaleup.results import RESULTS, best_lr, cell_key, diverged_runs, load_results, store, summarize
-from sparsity.cli_args import finite_list, nonnegative_int, output_file, output_folder, positive_int
+from sparsity.cli_args import finite_list, finite_nonnegative, nonnegative_int, output_file, output_folder, positive_int
 from sparsity.executor import EXECUTORS, Executor, Worker, check_executor
 from sparsity.sweep import command_line, machine
 
@@ -128,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run every lr on every seed (the frontier protocol) and choose the lr on their mean")
     p.add_argument("--eval-every", type=nonnegative_int, default=None, metavar="N",
                    help="trace the graded metrics every N steps of each run (the frontier's points; 0: only at the end)")
+    p.add_argument("--lift-eps", type=finite_nonnegative, default=None, metavar="EPS",
+                   help="lift_reselect's Adam epsilon added before the bias correction, as LIFT's optimizer "
+                        "(1e-6 in its configs); default: PyTorch's AdamW")
     p.add_argument("--report", action="store_true", help="only rebuild the summary from the results file")
     p.add_argument("--md", type=output_file, default=None, help="also write the report's markdown to this file")
     p.add_argument("--threads", type=positive_int, default=None,
@@ -172,7 +175,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         overrides["lora_equal"] = False
     if args.model != hf_model.LAB_GPT:
         overrides["model"] = args.model
-    for name in ("seeds", "steps", "eval_every"):
+    for name in ("seeds", "steps", "eval_every", "lift_eps"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     if args.sweep_all_seeds:

@@ -40,7 +40,7 @@ from sparsity.config import SparseConfig
 from sparsity.metrics import update_rank, update_sparsity
 from sparsity.dynamic import reselect_top
 from sparsity.eligibility import eligible
-from sparsity.train import Every, Reselect, RigL, cosine, fit
+from sparsity.train import EpsBeforeBiasCorrection, Every, Reselect, RigL, cosine, fit
 from sparsity.validate import Mask, named_params
 from sparsity.wrap import build_optimizer
 
@@ -207,6 +207,8 @@ def finetune(setup: Setup, method: str, budget: str, lr: float, seed: int,
         if cfg.eval_every else []
     if method == LIFT_RESELECT:
         hooks.append(Reselect(cfg.lift_reselect_every, lambda m, step: reselect_principal(setup, m, opt)))
+        if cfg.lift_eps is not None:
+            hooks.append(EpsBeforeBiasCorrection(cfg.lift_eps))
     if method == RIGL:
         hooks.append(RigL(cfg.rigl_every, cfg.steps, setup.reference, cfg.rigl_fraction))
     with PeakMemory(setup.device) as peak:

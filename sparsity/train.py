@@ -15,8 +15,9 @@ The hooks the lab needs are here: :class:`ProximalL1` and :class:`ProximalNuclea
 (the penalty toward the start as a proximal step, Parikh & Boyd 2014; after Adam with
 Adam's own step scale, Yun et al. 2021, ProxGen), :class:`Reselect` (periodic mask
 re-selection by fresh scores, LIFT's principal weights, Liu et al. 2025), :class:`RigL`
-(drop/grow by movement and gradient, Evci et al. 2020) and :class:`Every` (evaluate, log
-or checkpoint every N steps).
+(drop/grow by movement and gradient, Evci et al. 2020), :class:`EpsBeforeBiasCorrection`
+(Adam's epsilon where Kingma & Ba and LIFT put it) and :class:`Every` (evaluate, log or
+checkpoint every N steps).
 """
 
 from __future__ import annotations
@@ -268,6 +269,26 @@ class RigL:
         grads = {n: params[n].grad for n in partial}
         share = self.fraction * (1 + math.cos(math.pi * step / self.steps)) / 2
         state.optimizer.reselect(rigl_swap(mask, deltas, grads, share))
+
+
+class EpsBeforeBiasCorrection:
+    """Adam's epsilon added to ``sqrt(v)`` *before* the bias correction, as in Kingma & Ba (2015)'s
+    efficient form of Adam and in LIFT's optimizer (Liu et al. 2025): ``theta -= lr * sqrt(1 - b2^t) /
+    (1 - b1^t) * m / (sqrt(v) + eps)``. PyTorch adds eps *after* it (``m_hat / (sqrt(v_hat) + eps)``);
+    the two agree exactly when torch's eps at step ``t`` is ``eps / sqrt(1 - b2^t)``, which this hook
+    sets in every param group before each step. The step ``t`` is the loop's (a fresh optimizer, or one
+    resumed with its state at the loop's step).
+    """
+
+    def __init__(self, eps: float) -> None:
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < math.inf:
+            raise ValueError(f"eps must be a finite number > 0, got {eps!r}")
+        self.eps = float(eps)
+
+    def before_step(self, state: FitState) -> None:
+        t = state.step + 1
+        for group in state.optimizer.param_groups:
+            group["eps"] = self.eps / math.sqrt(1 - group["betas"][1] ** t)
 
 
 class Every:

@@ -218,3 +218,41 @@ def test_lift_style_reselection_with_the_reselect_hook_follows_the_model() -> No
         assert {n: int(m.sum()) for n, m in new.items()} == counts
     assert all(torch.equal(opt.mask[n], chosen[-1][1][n]) for n in counts)
     assert any(not torch.equal(chosen[0][1][n], mask[n]) for n in counts)  # the selection followed the model
+
+
+def test_eps_before_the_bias_correction_is_kingma_and_bas_adam() -> None:
+    """The hook makes torch's AdamW take theta -= lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps)."""
+    from sparsity.train import EpsBeforeBiasCorrection
+
+    torch.manual_seed(0)
+    model = nn.Linear(8, 4)
+    start = [p.detach().clone() for p in model.parameters()]
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, betas=(0.9, 0.95), weight_decay=0.0)
+    steps, eps = 5, 1e-3  # a large eps, so its placement matters
+    fit(model, opt, _mse, steps, batches=_batch, hooks=[EpsBeforeBiasCorrection(eps)])
+
+    again = nn.Linear(8, 4)
+    with torch.no_grad():
+        for p, s in zip(again.parameters(), start):
+            p.copy_(s)
+    m = [torch.zeros_like(p) for p in again.parameters()]
+    v = [torch.zeros_like(p) for p in again.parameters()]
+    for t in range(1, steps + 1):
+        again.zero_grad()
+        _mse(again, _batch(t - 1)).backward()
+        with torch.no_grad():
+            for p, m_, v_ in zip(again.parameters(), m, v):
+                m_.mul_(0.9).add_(p.grad, alpha=0.1)
+                v_.mul_(0.95).addcmul_(p.grad, p.grad, value=0.05)
+                p -= 1e-2 * math.sqrt(1 - 0.95**t) / (1 - 0.9**t) * m_ / (v_.sqrt() + eps)
+    for p, q in zip(model.parameters(), again.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    plain = nn.Linear(8, 4)  # torch's own placement ends elsewhere: the test can fail
+    with torch.no_grad():
+        for p, s in zip(plain.parameters(), start):
+            p.copy_(s)
+    fit(plain, torch.optim.AdamW(plain.parameters(), lr=1e-2, betas=(0.9, 0.95), eps=eps, weight_decay=0.0), _mse,
+        steps, batches=_batch)
+    assert any((p - q).abs().max() > 1e-5 for p, q in zip(plain.parameters(), again.parameters()))
+    with pytest.raises(ValueError, match="eps"):
+        EpsBeforeBiasCorrection(0.0)

@@ -439,3 +439,18 @@ def test_rigl_swaps_entries_at_a_constant_count_and_grows_by_the_gradient(setup)
     assert not moved(static)[~start[name]].any()
     assert moved(dynamic)[~start[name]].any()  # grown entries trained
     assert costs["trainable"] == sum(int(m.sum()) for m in start.values())  # the count never changes
+
+
+def test_lifts_epsilon_placement_is_an_option_of_the_reselecting_row(setup):
+    from dataclasses import replace as dc_replace
+
+    base = dc_replace(setup, cfg=dc_replace(setup.cfg, lift_reselect_every=5, lift_rank=2, steps=20, warmup=2), cache={})
+    theirs = dc_replace(base, cfg=dc_replace(base.cfg, lift_eps=1e-3))
+    assert "lift_eps" not in base.cfg.to_json() and theirs.cfg.to_json()["lift_eps"] == 1e-3
+    assert cp.BenchConfig.from_json(theirs.cfg.to_json()) == theirs.cfg
+    ours, _ = cp.finetune(base, "lift_reselect", "d0.05", 3e-2, 0)
+    lift_adam, _ = cp.finetune(theirs, "lift_reselect", "d0.05", 3e-2, 0)
+    name = "blocks.0.mlp.fc.weight"
+    assert not torch.equal(ours.get_parameter(name), lift_adam.get_parameter(name))
+    with pytest.raises(ValueError, match="lift_eps"):
+        dc_replace(base.cfg, lift_eps=0.0)
