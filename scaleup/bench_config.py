@@ -209,7 +209,8 @@ class BenchConfig:
         """The model as a report names it: "GPT tiny", "hf-gpt2 (tiny shape)", a config's path, or the
         toy world's name and size."""
         if self.world_kind != "gpt":
-            return f"{bw.kind(self.world_kind).title} {self.preset}"
+            spec = bw.kind(self.world_kind)
+            return spec.title if len(spec.presets) == 1 else f"{spec.title} {self.preset}"
         if not hf_model.is_hf(self.model):
             return f"GPT {self.preset}"
         return f"{self.model} ({self.preset} shape)" if self.model in hf_model.BUILTIN else self.model
