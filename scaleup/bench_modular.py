@@ -35,11 +35,13 @@ import contextlib
 import hashlib
 import json
 import os
+import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -136,8 +138,12 @@ class ModularWorld:
         model = modular_world.make_model(self.toy)
         path = self.cache_path(cache_dir)
         if path.exists():
-            model.load_state_dict(load_file(path))
-            return model.to(self.device)
+            try:
+                model.load_state_dict(load_file(path))
+                return model.to(self.device)
+            except (SafetensorError, OSError, RuntimeError) as e:  # truncated, unreadable, or another model's
+                warnings.warn(f"discarding the cached modular model {path} and rebuilding it: {e}", stacklevel=2)
+                path.unlink()
         modular_training.train(model, self.data, self.source_tasks, steps=self.cfg.pretrain_steps, seed=self.toy.seed,
                                progress=progress, desc=f"pretraining on all but {self.target}")
         self._probe(model)

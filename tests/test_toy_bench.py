@@ -83,6 +83,10 @@ def test_modular_pretraining_is_cached(cache):
     assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), again.state_dict().values()))
     other = bw.make_world(replace(cfg, target="t1"), "cpu").cache_path(cache)
     assert other != world.cache_path(cache)
+    world.cache_path(cache).write_bytes(b"not a safetensors file")  # a broken cache is named, removed and rebuilt
+    with pytest.warns(UserWarning, match="discarding the cached modular model .*modular-t0"):
+        rebuilt = bw.make_world(cfg, "cpu").pretrained(cache, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), rebuilt.state_dict().values()))
 
 
 def test_teacher_student_world_runs_every_method_from_the_command_line(tmp_path, gpt_row_keys):
