@@ -126,6 +126,9 @@ class ModularWorld:
         self.x_test = d.x_test[half:].to(device)
         self.y_test = {t: y[half:].to(device) for t, y in d.y_test.items()}
 
+    def checkpoint(self, cache_dir: str | Path | None) -> Path | None:
+        return self.cache_path(cache_dir)
+
     def cache_path(self, cache_dir: str | Path | None) -> Path:
         """Where the pretrained model lives: named by the target, the steps and a hash of everything else."""
         key = json.dumps(dict(code=CODE_VERSION, world=asdict(self.cfg.world), target=self.target,

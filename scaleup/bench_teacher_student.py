@@ -138,6 +138,9 @@ class TeacherStudentWorld:
     def _labelled(self, x: torch.Tensor, teacher: nn.Module) -> Batch:
         return x, teacher(x)
 
+    def checkpoint(self, cache_dir: str | Path | None) -> Path | None:
+        return None  # the pretrained model is a copy of teacher A, made on the spot
+
     def pretrained(self, cache_dir: str | Path | None, progress: bool) -> nn.Module:
         return copy.deepcopy(self.teacher_a).requires_grad_(True)
 

@@ -56,6 +56,10 @@ class BenchWorld(Protocol):
     def pretrained(self, cache_dir: str | Path | None, progress: bool) -> nn.Module:
         """The model every method fine-tunes a copy of, on the world's device (made once, then cached)."""
 
+    def checkpoint(self, cache_dir: str | Path | None) -> Path | None:
+        """Where :meth:`pretrained` caches its model (a file or folder); None for a world that makes it
+        on the spot. A scale-out worker loads it and never trains it (``scaleup.grid.worker_setup``)."""
+
     def train_batch(self, step: int, batch_size: int, seed: int) -> Any:
         """The target's training batch of ``step`` for ``seed``, on the device: a function of (seed, step) only."""
 
@@ -100,6 +104,9 @@ class GPTWorld:
         from scaleup.finetune import LAYER_TYPES  # here: finetune imports bench_config, which imports this module
 
         return LAYER_TYPES
+
+    def checkpoint(self, cache_dir: str | Path | None) -> Path | None:
+        return pt.checkpoint_path(self.cfg.pretrain, cache_dir)
 
     def pretrained(self, cache_dir: str | Path | None, progress: bool) -> nn.Module:
         self.model = pt.pretrained(self.cfg.pretrain, cache_dir=cache_dir, device=self.device, progress=progress)

@@ -21,7 +21,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from scaleup import pretrain as pt
+from scaleup import bench_world as bw
 from scaleup.bench_config import BenchConfig, Setup, prepare
 from scaleup.finetune import run_cell
 from scaleup.results import best_lr
@@ -35,9 +35,10 @@ __all__ = ["Pair", "phases", "run_grid", "run_row", "total_runs", "worker_setup"
 
 
 def worker_setup(cfg: BenchConfig, cache_dir: str | Path | None, device: str) -> Setup:
-    """A worker's Setup, from the cached pretrained checkpoint; a missing one is an error, never a pretraining."""
-    path = pt.checkpoint_path(cfg.pretrain, cache_dir)
-    if not path.exists():
+    """A worker's Setup, from the cached pretrained checkpoint of its world (``BenchWorld.checkpoint``);
+    a missing one is an error, never a pretraining."""
+    path = bw.make_world(cfg, device).checkpoint(cache_dir)
+    if path is not None and not path.exists():
         raise FileNotFoundError(f"no pretrained checkpoint {path} on this worker: the driver made it in its cache; "
                                 "share that folder ($SUBNET_LAB_CACHE) with every worker, or copy the file there")
     return prepare(cfg, cache_dir=cache_dir, device=device, progress=False)

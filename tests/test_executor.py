@@ -97,3 +97,21 @@ def test_bad_scale_out_settings_fail_before_any_work(tmp_path, monkeypatch, caps
             cp.main(["--preset", "micro", "--out", str(tmp_path), *argv])
         assert message in capsys.readouterr().err
     assert not (tmp_path / "config.json").exists()
+
+
+def test_a_toy_world_scales_out_too(tmp_path, cache):
+    """Each world says where its pretrained model is cached: the modular toy's file, none for teacher-student."""
+    from scaleup import bench_modular, bench_teacher_student
+
+    modular = cp.BenchConfig(world_kind="modular", world=bench_modular.ModularConfig(n_tasks=2, n_train=512, n_test=256),
+                             steps=6, warmup=1, seeds=1, pretrain_steps=50, densities=(), lrs_full=(1e-3, 3e-3),
+                             lrs_sparse=(3e-2,), lrs_lora=(3e-2,), score_batches=2)
+    with pytest.raises(FileNotFoundError, match="no pretrained checkpoint .*modular-t0"):
+        grid.worker_setup(modular, tmp_path, "cpu")
+    teacher = cp.BenchConfig(world_kind="teacher_student", world=bench_teacher_student.TeacherStudentConfig(),
+                             steps=6, warmup=1, seeds=1)
+    assert grid.worker_setup(teacher, tmp_path, "cpu").bench.checkpoint(tmp_path) is None
+    with one_thread():
+        cp.run(modular, tmp_path / "serial", ["full"], cache_dir=cache, progress=False)
+    assert cp.run(modular, tmp_path / "pool", ["full"], cache_dir=cache, progress=False, workers=2) == 2
+    assert _measured(tmp_path / "pool") == _measured(tmp_path / "serial")
