@@ -50,9 +50,11 @@ class SparseModel:
     mask, optimizer and the snapshot it started from."""
 
     def __init__(self, model: nn.Module, config: SparseConfig, mask: Mask, optimizer: torch.optim.Optimizer,
-                 reference: TensorDict, inputs: CriterionInputs, select_seconds: float = 0.0) -> None:
+                 reference: TensorDict, inputs: CriterionInputs, select_seconds: float = 0.0,
+                 requires_grad: dict[str, bool] | None = None) -> None:
         self.model, self.config, self.optimizer, self.reference = model, config, optimizer, reference
         self._mask, self._inputs, self.select_seconds = mask, inputs, select_seconds
+        self._requires_grad = requires_grad if requires_grad is not None else {n: True for n in mask}
 
     @property
     def mask(self) -> Mask:
@@ -98,12 +100,21 @@ class SparseModel:
         """Write :meth:`delta` to ``path`` (safetensors indices and values)."""
         delta_lib.save_delta(self.delta(), path)
 
-    def merge(self) -> nn.Module:
-        """The plain fine-tuned model, every parameter trainable again (the sparse update is already
-        in its weights: nothing to fold in, unlike LoRA's ``merge_and_unload``)."""
-        for p in self.model.parameters():
-            p.requires_grad_(True)
+    def merge_and_unload(self) -> nn.Module:
+        """The plain fine-tuned model, with everything ``sparsify`` installed taken off (PEFT's name,
+        Mangrulkar et al. 2022): the values-only gradient forwards and anchors (``values_grad=True``)
+        are removed and every parameter gets back the ``requires_grad`` it had before ``sparsify``
+        (all of them, for a model the user had not frozen), so ordinary autograd trains it whole.
+        Nothing is folded in: the sparse update already is in the weights, unlike LoRA's adapters.
+        ``run.optimizer`` belongs to the sparse run; build a new optimizer for further training."""
+        if isinstance(self.optimizer, CompactAdamW):
+            values_grad.remove(self.model, self.optimizer)
+        for n, p in self.model.named_parameters():
+            p.requires_grad_(self._requires_grad.get(n, True))
         return self.model
+
+    merge = merge_and_unload
+    """An alias of :meth:`merge_and_unload`."""
 
 
 def sparsify(
@@ -129,6 +140,7 @@ def sparsify(
                              options=config.options, train=train, reference=snapshot(model))
     if entry.needs_data and scores is None and (loss_fn is None or batches is None) and train is None:
         raise ValueError(f"criterion {entry.name!r} needs data: pass loss_fn and batches (or train)")
+    requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
     start = time.perf_counter()
     out = score(config.criterion, model, inputs) if scores is None else scores
     mask = select_mask(model, out, config)
@@ -136,4 +148,4 @@ def sparsify(
     optimizer = build_optimizer(model, mask, config)
     if config.values_grad:
         values_grad.install(model, optimizer)  # type: ignore[arg-type]
-    return SparseModel(model, config, mask, optimizer, inputs.reference, inputs, seconds)
+    return SparseModel(model, config, mask, optimizer, inputs.reference, inputs, seconds, requires_grad)
