@@ -8,9 +8,12 @@ proximal pull toward the start, a mask re-selection, an evaluation, a checkpoint
 those are the arguments; the loop itself is written once, in the style of nanoGPT's
 single training loop (Karpathy 2022).
 
-A hook is any object with some of the methods ``before_step(state)`` (after the backward,
-before the optimizer moves: the gradients are there, e.g. for RigL's regrowth),
-``after_step(state)`` and ``on_end(state)``; :class:`FitState` says what a hook can read.
+A hook (the :class:`Hook` protocol) is an object with at least one of the methods
+``before_step(state)`` (after the backward, before the optimizer moves: the gradients are
+there, e.g. for RigL's regrowth), ``after_step(state)`` and ``on_end(state)``; :class:`FitState`
+says what a hook can read. ``fit`` refuses anything else before the first step: a plain function
+(wrap it as :class:`EachStep` or :class:`Every`), an object with none of the methods, or one whose
+method name is a near miss of a hook method it lacks (``after_stpe``), which would never be called.
 The hooks the lab needs are here: :class:`ProximalL1` and :class:`ProximalNuclear`
 (the penalty toward the start as a proximal step, Parikh & Boyd 2014; after Adam with
 Adam's own step scale, Yun et al. 2021, ProxGen), :class:`Reselect` (periodic mask
@@ -22,10 +25,12 @@ checkpoint every N steps).
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from numbers import Real
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -110,6 +115,91 @@ def _batch_source(batches: Callable[[int], Any] | Iterable[Any] | None) -> Calla
                     f"got {type(batches).__name__}")
 
 
+HOOK_METHODS = ("before_step", "after_step", "on_end")
+"""The methods ``fit`` calls on a hook, in the order of a step."""
+
+
+class Hook(Protocol):
+    """What ``fit`` calls on a hook. A hook defines *at least one* of these methods (the protocol lists
+    all three; a missing one is simply not called), each taking the :class:`FitState`."""
+
+    def before_step(self, state: FitState) -> None:
+        """After the backward, before the optimizer moves."""
+
+    def after_step(self, state: FitState) -> None:
+        """After the optimizer's step."""
+
+    def on_end(self, state: FitState) -> None:
+        """Once, after the last step."""
+
+
+def check_hooks(hooks: Iterable[Any]) -> list[Any]:
+    """The hooks as a list, each checked to be a :class:`Hook` ``fit`` will actually call: a plain
+    function, an object with no hook method, a hook method that is not callable, or a method named
+    like a hook method the object lacks (a misspelling, which would silently never run) is a TypeError."""
+    if isinstance(hooks, (str, bytes)) or not isinstance(hooks, Iterable):
+        raise TypeError(f"hooks must be a list of hook objects, got {type(hooks).__name__}")
+    checked = list(hooks)
+    for i, hook in enumerate(checked):
+        what = f"hooks[{i}] ({type(hook).__name__})"
+        present = [m for m in HOOK_METHODS if getattr(hook, m, None) is not None]
+        not_callable = [m for m in present if not callable(getattr(hook, m))]
+        if not_callable:
+            raise TypeError(f"{what}.{not_callable[0]} is not a method")
+        lacking = [m for m in HOOK_METHODS if m not in present]
+        for attr in dir(hook):
+            if attr.startswith("_") or not callable(getattr(hook, attr, None)):
+                continue
+            near = difflib.get_close_matches(attr, lacking, n=1, cutoff=0.8)
+            if near:
+                raise TypeError(f"{what} has a method '{attr}', which fit never calls: did you mean '{near[0]}'? "
+                                f"(hook methods: {', '.join(HOOK_METHODS)})")
+        if not present:
+            if callable(hook):
+                raise TypeError(f"{what} is a function, not a hook: wrap it as EachStep(fn) to call it after every "
+                                "step, or Every(n, fn) after every n-th")
+            raise TypeError(f"{what} has none of the hook methods {', '.join(HOOK_METHODS)}: fit would never call it")
+    return checked
+
+
+def _checked_lr(lr: object, step: int, schedule: Schedule) -> float:
+    """The learning rate ``schedule`` returned for ``step``, refused unless a finite number >= 0."""
+    if isinstance(lr, bool) or not isinstance(lr, Real) or not math.isfinite(lr) or lr < 0:
+        name = getattr(schedule, "__qualname__", type(schedule).__name__)
+        raise ValueError(f"the schedule {name} returned the learning rate {lr!r} at step {step}: it must be a "
+                         "finite number >= 0 (nothing was trained at this step)")
+    return float(lr)
+
+
+def _checked_loss(out: object, step: int) -> tuple[torch.Tensor, Mapping[str, Any]]:
+    """``loss_of_batch``'s output split into (scalar loss tensor, extra values), with a TypeError
+    naming ``loss_of_batch`` for anything else (a float loss has no gradient to follow)."""
+    if isinstance(out, tuple):
+        if len(out) != 2:
+            raise TypeError(f"loss_of_batch returned a tuple of {len(out)} at step {step}: return a loss or "
+                            "(loss, extra)")
+        loss, extra = out
+        if not isinstance(extra, Mapping):
+            raise TypeError(f"loss_of_batch returned (loss, {type(extra).__name__}) at step {step}: extra must map "
+                            "names to scalar values")
+    else:
+        loss, extra = out, {}
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1 or not loss.is_floating_point():
+        got = f"a tensor of shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else type(loss).__name__
+        raise TypeError(f"loss_of_batch must return a scalar floating tensor (or (loss, extra)); at step {step} it "
+                        f"returned {got}")
+    if not loss.requires_grad:
+        raise TypeError(f"loss_of_batch returned a loss with no gradient at step {step} (computed under no_grad, "
+                        "detached, or every parameter frozen?)")
+    for key, v in extra.items():
+        scalar = isinstance(v, torch.Tensor) and v.numel() == 1
+        if not scalar and (isinstance(v, bool) or not isinstance(v, Real)):
+            got = f"a tensor of shape {tuple(v.shape)}" if isinstance(v, torch.Tensor) else type(v).__name__
+            raise TypeError(f"loss_of_batch's extra value '{key}' at step {step} is {got}: extra values must be "
+                            "scalars (one number per step)")
+    return loss, extra
+
+
 def _call(hooks: Sequence[Any], method: str, state: FitState) -> None:
     for hook in hooks:
         fn = getattr(hook, method, None)
@@ -150,18 +240,23 @@ def fit(
         raise TypeError(f"loss_of_batch must be a function (model, batch) -> loss, got {type(loss_of_batch).__name__}")
     postfix_every = check_positive_int(postfix_every, "postfix_every")
     batch_at = _batch_source(batches)
-    hooks = list(hooks)
+    hooks = check_hooks(hooks)
+    if schedule is not None and not callable(schedule):
+        raise TypeError(f"schedule must be a function step -> learning rate, got {type(schedule).__name__}")
     history: dict[str, list[float]] = {"loss": []}
     state = FitState(step=start, model=model, optimizer=optimizer, history=history)
     bar = tqdm(range(start, steps), desc=desc, disable=not progress, leave=False, initial=start, total=steps)
     state.bar = bar
     for step in bar:
         if schedule is not None:
-            lr = schedule(step)
+            lr = _checked_lr(schedule(step), step, schedule)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-        out = loss_of_batch(model, batch_at(step))
-        loss, extra = (out[0], out[1]) if isinstance(out, tuple) else (out, {})
+        loss, extra = _checked_loss(loss_of_batch(model, batch_at(step)), step)
+        value = loss.item()
+        if not math.isfinite(value):
+            raise FloatingPointError(f"the loss is {value} at step {step} (lr {optimizer.param_groups[0]['lr']:g}): "
+                                     "the run diverged (stopped before this step's update and hooks: nothing of it was applied)")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         state.step, state.loss, state.extra = step, loss, extra
@@ -169,9 +264,6 @@ def fit(
         _call(hooks, "before_step", state)
         optimizer.step()
         _call(hooks, "after_step", state)
-        value = loss.item()
-        if not math.isfinite(value):
-            raise FloatingPointError(f"the loss is {value} at step {step} (lr {state.lr:g}): the run diverged")
         history["loss"].append(value)
         for key, v in extra.items():
             history.setdefault(key, []).append(v.item() if isinstance(v, torch.Tensor) else float(v))
