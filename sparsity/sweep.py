@@ -42,19 +42,35 @@ def _is_json(line: str) -> bool:
     return True
 
 
+def _read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON file holding one object, or a ValueError naming the file."""
+    try:
+        value = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); fix or remove it") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} must hold a JSON object, got a {type(value).__name__}")
+    return value
+
+
 def cell_key(row: Mapping[str, Any], key_fields: Sequence[str]) -> str:
-    """A cell's key: its ``key_fields`` joined with ``|`` (floats as ``%g``), e.g. ``lift|d0.05|0.001|0``."""
+    """A cell's key: its ``key_fields`` joined with ``|``, floats as ``repr`` (the shortest text that
+    reads back as the same float, so lr 0.1 and 0.1000001 are two cells), e.g. ``lift|d0.05|0.001|0``.
+    Stores written when keys used ``%g`` load unchanged: keys are recomputed from the stored rows."""
     missing = [f for f in key_fields if f not in row]
     if missing:
         raise KeyError(f"a cell needs the key fields {missing}")
-    return "|".join(f"{row[f]:g}" if isinstance(row[f], float) else str(row[f]) for f in key_fields)
+    return "|".join(repr(row[f]) if isinstance(row[f], float) else str(row[f]) for f in key_fields)
 
 
 class SweepStore:
     """Cells of one configuration in ``folder/results.jsonl``, keyed by ``key_fields``.
 
     ``config`` (plain JSON data) is written to ``folder/config.json`` on first use and must
-    match on every later use. ``key(row)`` joins the key fields with ``|`` (floats as ``%g``).
+    match on every later use. ``key(row)`` joins the key fields with ``|`` (:func:`cell_key`).
+    A cell is stored once: appending a stored key again is refused, and a file holding one key
+    twice, or a line that is not a JSON object with the key fields, is an error naming the file
+    and the line.
     """
 
     def __init__(self, folder: str | os.PathLike[str], key_fields: Sequence[str],
@@ -72,7 +88,7 @@ class SweepStore:
     def _guard(self, want: dict[str, Any]) -> None:
         path = self.folder / CONFIG
         if path.exists():
-            saved = json.loads(path.read_text())
+            saved = _read_json_object(path)
             diff = sorted(k for k in set(saved) | set(want) if saved.get(k) != want.get(k))
             if diff:
                 raise ValueError(f"{self.folder} holds results of another config (differs in {diff}); "
@@ -86,44 +102,62 @@ class SweepStore:
         path = self.folder / CONFIG
         if not path.exists():
             raise FileNotFoundError(f"{self.folder} holds no sweep (no {CONFIG})")
-        return json.loads(path.read_text())
+        return _read_json_object(path)
 
     def key(self, row: Mapping[str, Any]) -> str:
         return cell_key(row, self.key_fields)
 
+    def _rows(self, text: bytes) -> dict[str, tuple[int, dict[str, Any]]]:
+        """Cells by key with their line numbers, from the raw bytes of the results file."""
+        rows: dict[str, tuple[int, dict[str, Any]]] = {}
+        lines = text.splitlines()
+        for i, raw in enumerate(lines):
+            where = f"{self.path} line {i + 1}"
+            try:
+                row = json.loads(raw.decode("utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                if i == len(lines) - 1 and not text.endswith(b"\n"):
+                    continue  # cut off by a kill: that cell is redone
+                raise ValueError(f"{where} is not JSON (only the last line may be cut off by a kill)") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{where} is a JSON {type(row).__name__}, not a cell (a JSON object)")
+            try:
+                key = self.key(row)
+            except KeyError as err:
+                raise ValueError(f"{where}: {err.args[0]}") from None
+            if key in rows:
+                raise ValueError(f"{where} stores cell {key} again (first on line {rows[key][0]}): a cell is stored "
+                                 "once; remove one of the two lines")
+            rows[key] = (i + 1, row)
+        return rows
+
     def load(self) -> dict[str, dict[str, Any]]:
         """Finished cells by key. A last line cut off by a kill is ignored (that cell is redone)."""
-        rows: dict[str, dict[str, Any]] = {}
         if not self.path.exists():
-            return rows
-        lines = self.path.read_text().splitlines()
-        for i, line in enumerate(lines):
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                if i == len(lines) - 1:
-                    continue
-                raise ValueError(f"{self.path} line {i + 1} is not JSON (only the last line may be cut off by a kill)")
-            rows[self.key(row)] = row
-        return rows
+            return {}
+        return {key: row for key, (_, row) in self._rows(self.path.read_bytes()).items()}
 
     def append(self, row: Mapping[str, Any]) -> None:
         """Store one finished cell durably (flushed and fsynced). Non-finite numbers are refused:
         they are not JSON, and a NaN result is a diverged run to report, not a number to average."""
-        self.key(row)
+        key = self.key(row)
         try:
             line = json.dumps(dict(row), allow_nan=False)
         except ValueError:
             bad = [k for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)]
-            raise ValueError(f"cell {self.key(row)} has non-finite values in {bad}") from None
+            raise ValueError(f"cell {key} has non-finite values in {bad}") from None
         self.folder.mkdir(parents=True, exist_ok=True)
-        text = self.path.read_text() if self.path.exists() else ""
-        if text and not text.endswith("\n"):
-            last = text[text.rfind("\n") + 1:]
-            if _is_json(last):  # a complete row whose newline was lost: keep it
-                self.path.write_text(text + "\n")
+        text = self.path.read_bytes() if self.path.exists() else b""
+        if text and not text.endswith(b"\n"):
+            last = text[text.rfind(b"\n") + 1:]
+            if _is_json(last.decode("utf-8", errors="replace")):  # a complete row whose newline was lost: keep it
+                text += b"\n"
             else:  # a line cut off by a kill: drop it (its cell is redone)
-                self.path.write_text(text[: text.rfind("\n") + 1])
+                text = text[: text.rfind(b"\n") + 1]
+            self.path.write_bytes(text)
+        stored = self._rows(text)
+        if key in stored:
+            raise ValueError(f"cell {key} is already stored in {self.path} (line {stored[key][0]}): a cell is run once")
         with self.path.open("a") as f:
             f.write(line + "\n")
             f.flush()
