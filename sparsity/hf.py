@@ -64,23 +64,67 @@ def read_config(path: str | os.PathLike[str], arg: str = "path") -> dict[str, An
     """The ``config.json`` of a saved model folder, as a dict."""
     file = model_folder(path, arg) / "config.json"
     try:
-        return json.loads(file.read_text())
-    except json.JSONDecodeError as err:
+        config = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{arg}: {file} is not valid JSON ({err})") from err
+    if not isinstance(config, dict):
+        raise ValueError(f"{arg}: {file} must hold a JSON object, got a {type(config).__name__}")
+    return config
+
+
+def parameter_aliases(path: str | os.PathLike[str], arg: str = "path") -> tuple[set[str], dict[str, str]]:
+    """(buffer names, tied alias -> the name ``named_parameters()`` keeps) of the causal LM saved in
+    ``path``, from its ``config.json`` alone: the model is built on the meta device (no weights, no
+    memory), so a checkpoint's tensors can be counted the way ``named_parameters()`` counts them."""
+    config = read_config(path, arg)
+    refuse_remote_code(path, config, arg)
+    transformers = require_transformers()
+    hf_config = transformers.AutoConfig.from_pretrained(os.fspath(path), local_files_only=True)
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(hf_config)
+    first: dict[int, str] = {}
+    aliases = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in first:
+            aliases[name] = first[id(p)]
+        else:
+            first[id(p)] = name
+    return {n for n, _ in model.named_buffers(remove_duplicate=False)}, aliases
+
+
+def _auto_map_at(config: object, where: str = "") -> str | None:
+    """Where ``config`` (or a sub-config nested in it, e.g. ``text_config``) has an ``auto_map``."""
+    if not isinstance(config, dict):
+        return None
+    if "auto_map" in config:
+        return f"{where}.auto_map" if where else "auto_map"
+    for key, value in config.items():
+        found = _auto_map_at(value, f"{where}.{key}" if where else key)
+        if found:
+            return found
+    return None
+
+
+def refuse_remote_code(path: str | os.PathLike[str], config: dict[str, Any], arg: str = "path") -> None:
+    """Refuse a folder whose config maps the model (or a sub-model) to code in the folder (``auto_map``,
+    at the top or nested in ``text_config`` ...): loading it would run that code."""
+    found = _auto_map_at(config)
+    if found:
+        raise ValueError(f"{arg}: {path}: this model's code lives in the folder (config.json has {found}) and would "
+                         "run on load; pass trust_remote_code=True only if you trust that code")
 
 
 def load_causal_lm(path: str | os.PathLike[str], *, trust_remote_code: bool = False,
                    dtype: torch.dtype | None = None) -> nn.Module:
     """``AutoModelForCausalLM.from_pretrained`` on a local folder, offline.
 
-    A folder whose config maps the model to its own code (``auto_map``) runs that code when
-    loaded; it is refused unless ``trust_remote_code=True`` says the caller read it.
-    ``dtype`` loads the weights in another precision (None keeps the saved one).
+    A folder whose config maps the model to its own code (``auto_map``, at the top or in a
+    nested sub-config) runs that code when loaded; it is refused unless ``trust_remote_code=True``
+    says the caller read it. ``dtype`` loads the weights in another precision (None keeps the saved one).
     """
     config = read_config(path)
-    if "auto_map" in config and not trust_remote_code:
-        raise ValueError(f"{path}: this model's code lives in the folder (config.json has auto_map) and would run "
-                         "on load; pass trust_remote_code=True only if you trust that code")
+    if not trust_remote_code:
+        refuse_remote_code(path, config)
     transformers = require_transformers()
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, "local_files_only": True}
     if dtype is not None:
