@@ -37,7 +37,7 @@ from scaleup import pretrain, rl
 from scaleup import tasks as tk
 from scaleup.finetune import layer_type
 from sparsity import metrics
-from sparsity.cli_args import json_ready, nonnegative_int, output_folder, positive_int
+from sparsity.cli_args import json_ready, output_folder, positive_int, random_seed
 from sparsity.fastmode import fast_mode
 from sparsity.optim import MaskedAdamW
 from sparsity.validate import Mask, TensorDict
@@ -336,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m scaleup.rl",
                                 description="Update sparsity of RL (GRPO), SFT and DPO fine-tuning of the lab's GPT.")
     p.add_argument("--steps", type=positive_int, default=None, help="fine-tuning steps per run")
-    p.add_argument("--seed", type=nonnegative_int, default=None)
+    p.add_argument("--seed", type=random_seed, default=None)
     p.add_argument("--cache-dir", type=output_folder, default=None)
     p.add_argument("--json", action="store_true", help="print every number as JSON")
     p.add_argument("--no-progress", action="store_true")

@@ -50,7 +50,9 @@ from scaleup import pretrain as pt
 from scaleup import tasks as tk
 from scaleup.finetune import LAYER_TYPES, layer_type
 from sparsity import masks
-from sparsity.cli_args import finite_nonnegative, json_ready, nonnegative_int, output_file, output_folder, positive_int
+from sparsity.cli_args import (
+    finite_nonnegative, json_ready, output_file, output_folder, positive_int, random_seed,
+)
 from sparsity.fastmode import fast_mode
 from sparsity.metrics import update_norms, update_sparsity
 from sparsity.optim import MaskedAdamW
@@ -453,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lam", type=finite_nonnegative, default=None, help="L1-to-init strength of the second run")
     p.add_argument("--steps", type=positive_int, default=None, help="student steps")
     p.add_argument("--teacher-steps", type=positive_int, default=None)
-    p.add_argument("--seed", type=nonnegative_int, default=None)
+    p.add_argument("--seed", type=random_seed, default=None)
     p.add_argument("--pretrain-steps", type=positive_int, default=None,
                    help="steps of the pretrained model to load or train")
     p.add_argument("--cache-dir", type=output_folder, default=None)

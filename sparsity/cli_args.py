@@ -48,6 +48,19 @@ def nonnegative_int(text: str) -> int:
     return _int_at_least(text, 0, "non-negative")
 
 
+SEED_MAX = 2**32 - 1
+"""The largest seed a command line takes: every generator the lab seeds (torch, numpy, Python) takes it,
+with room for the offsets studies add to it (a seed of 10**20 overflows torch's 64-bit seed)."""
+
+
+def random_seed(text: str) -> int:
+    """A random seed: an int in [0, 2**32 - 1]."""
+    value = nonnegative_int(text)
+    if value > SEED_MAX:
+        raise argparse.ArgumentTypeError(f"must be a seed in [0, {SEED_MAX}], got {value}")
+    return value
+
+
 def finite_list(text: str) -> tuple[float, ...]:
     """Comma-separated finite numbers, e.g. a learning-rate grid ``1e-4,3e-4``."""
     values = tuple(_number(x) for x in text.split(",") if x.strip())

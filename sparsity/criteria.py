@@ -6,7 +6,9 @@ selection policy's job (``sparsity.masks``), so a new criterion plugs in as one 
 
 Criteria that need gradients take ``loss_fn(model, batch) -> scalar loss`` and an
 iterable of ``batches``; they read gradients with ``torch.autograd.grad`` and leave the
-model's ``.grad`` untouched.
+model's ``.grad`` untouched. They score the eligible tensors that require a gradient: a tensor
+the user froze (``requires_grad=False``, e.g. by an earlier ``sparsify``) gets no score, so no
+budget; a model with every eligible tensor frozen is refused, naming one.
 """
 
 from __future__ import annotations
@@ -60,6 +62,17 @@ def _batch_gradients(model: nn.Module, loss_fn: LossFn, batches: Iterable[Any] |
         raise ValueError("batches is empty: this criterion needs at least one batch of data")
 
 
+def _trainable(model: nn.Module, include: Include) -> list[str]:
+    """The eligible parameters that require a gradient (the ones a gradient criterion can score)."""
+    params = named_params(model)
+    names = eligible(model, include)
+    trainable = [n for n in names if params[n].requires_grad]
+    if names and not trainable:
+        raise ValueError(f"a gradient criterion needs parameters that require gradients, but every eligible one is "
+                         f"frozen (e.g. '{names[0]}' has requires_grad=False): unfreeze the tensors to score")
+    return trainable
+
+
 def _accumulated_gradient(model: nn.Module, loss_fn: LossFn, batches: Iterable[Any] | None, names: list[str]) -> Scores:
     total: Scores = {}
     for grads in _batch_gradients(model, loss_fn, batches, names):
@@ -70,20 +83,20 @@ def _accumulated_gradient(model: nn.Module, loss_fn: LossFn, batches: Iterable[A
 
 def gradient(model: nn.Module, loss_fn: LossFn, batches: Iterable[Any] | None, include: Include = "weight") -> Scores:
     """abs(sum of gradients over the batches): where the loss wants change first."""
-    return {n: g.abs() for n, g in _accumulated_gradient(model, loss_fn, batches, eligible(model, include)).items()}
+    return {n: g.abs() for n, g in _accumulated_gradient(model, loss_fn, batches, _trainable(model, include)).items()}
 
 
 def snip(model: nn.Module, loss_fn: LossFn, batches: Iterable[Any] | None, include: Include = "weight") -> Scores:
     """abs(w * g): first-order effect on the loss of removing the entry (SNIP, Lee et al. 2019)."""
     params = named_params(model)
-    grads = _accumulated_gradient(model, loss_fn, batches, eligible(model, include))
+    grads = _accumulated_gradient(model, loss_fn, batches, _trainable(model, include))
     return {n: (params[n].detach() * g).abs() for n, g in grads.items()}
 
 
 def fisher(model: nn.Module, loss_fn: LossFn, batches: Iterable[Any] | None, include: Include = "weight") -> Scores:
     """Empirical Fisher diagonal: the sum over batches of squared batch gradients (FISH mask, Sung et al. 2021)."""
     total: Scores = {}
-    for grads in _batch_gradients(model, loss_fn, batches, eligible(model, include)):
+    for grads in _batch_gradients(model, loss_fn, batches, _trainable(model, include)):
         for n, g in grads.items():
             total[n] = total[n] + g.square() if n in total else g.square()
     return total
@@ -95,7 +108,7 @@ def movement(model: nn.Module, loss_fn: LossFn, batches: Iterable[Any] | None, i
     Unlike the other scores it can be negative: an entry being pushed toward zero scores low.
     """
     params = named_params(model)
-    grads = _accumulated_gradient(model, loss_fn, batches, eligible(model, include))
+    grads = _accumulated_gradient(model, loss_fn, batches, _trainable(model, include))
     return {n: -params[n].detach() * g for n, g in grads.items()}
 
 

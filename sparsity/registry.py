@@ -82,12 +82,24 @@ Criterion = Callable[[nn.Module, CriterionInputs], "Scores | Selection"]
 
 @dataclass(frozen=True)
 class Entry:
-    """A registered criterion: its scoring function, whether it needs data, and one line of doc."""
+    """A registered criterion: its scoring function, whether it needs data, one line of doc, and the
+    option names it reads (None: not declared, so not checked)."""
 
     name: str
     score: Criterion
     needs_data: bool
     doc: str
+    options: frozenset[str] | None = None
+
+    def check_options(self, options: Mapping[str, Any]) -> None:
+        """Refuse option names this criterion does not read (a typo or a setting meant for another
+        criterion would otherwise be silently ignored), naming the ones it does."""
+        if self.options is None:
+            return
+        unknown = sorted(set(options) - self.options)
+        if unknown:
+            takes = f"takes the options {sorted(self.options)}" if self.options else "takes no options"
+            raise ValueError(f"criterion {self.name!r} {takes}; got unknown option(s) {unknown} in options")
 
 
 CRITERIA: dict[str, Entry] = {}
@@ -95,15 +107,21 @@ CRITERIA: dict[str, Entry] = {}
 
 
 def register_criterion(name: str, score: Criterion, *, needs_data: bool = False, doc: str = "",
-                       replace: bool = False) -> Entry:
-    """Register ``score(model, inputs) -> Scores | Selection`` under ``name``; returns its entry."""
+                       replace: bool = False, options: Iterable[str] | None = None) -> Entry:
+    """Register ``score(model, inputs) -> Scores | Selection`` under ``name``; returns its entry.
+    ``options`` names the settings it reads from ``inputs.options`` (``()`` for none), so
+    ``sparsify`` refuses any other; None leaves them unchecked."""
     if not isinstance(name, str) or not name or name != name.strip():
         raise ValueError(f"name must be a non-empty string without surrounding spaces, got {name!r}")
     if not callable(score):
         raise TypeError(f"score must be a function (model, inputs) -> scores, got {type(score).__name__}")
     if name in CRITERIA and not replace:
         raise ValueError(f"criterion {name!r} is already registered (replace=True overrides it)")
-    CRITERIA[name] = Entry(name, score, needs_data, doc or (score.__doc__ or "").strip().split("\n")[0])
+    if options is not None:
+        options = frozenset(options)
+        if not all(isinstance(o, str) for o in options):
+            raise TypeError(f"options must be option names (strings), got {sorted(map(repr, options))}")
+    CRITERIA[name] = Entry(name, score, needs_data, doc or (score.__doc__ or "").strip().split("\n")[0], options)
     return CRITERIA[name]
 
 
@@ -177,11 +195,11 @@ def _l1_discovered(model: nn.Module, inputs: CriterionInputs) -> Selection:
 
 
 register_criterion("random", lambda model, inputs: criteria.random(model, inputs.seed, inputs.include),
-                   doc=criteria.random.__doc__.split("\n")[0])
+                   doc=criteria.random.__doc__.split("\n")[0], options=())
 register_criterion("magnitude", lambda model, inputs: criteria.magnitude(model, inputs.include),
-                   doc=criteria.magnitude.__doc__.split("\n")[0])
+                   doc=criteria.magnitude.__doc__.split("\n")[0], options=())
 for _name in ("gradient", "fisher", "snip", "movement"):
-    register_criterion(_name, _gradient_based(_name), needs_data=True)
-register_criterion("lift", _lift, doc=criteria.lift.__doc__.split("\n")[0])
-register_criterion("layers", _layers)
-register_criterion("l1_discovered", _l1_discovered, needs_data=True)
+    register_criterion(_name, _gradient_based(_name), needs_data=True, options=())
+register_criterion("lift", _lift, doc=criteria.lift.__doc__.split("\n")[0], options=("rank", "method"))
+register_criterion("layers", _layers, options=("layers",))
+register_criterion("l1_discovered", _l1_discovered, needs_data=True, options=("lam", "lr"))

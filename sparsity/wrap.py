@@ -136,6 +136,7 @@ def sparsify(
     if not isinstance(config, SparseConfig):
         raise TypeError(f"config must be a SparseConfig, got {type(config).__name__}")
     entry = get_criterion(config.criterion)
+    entry.check_options(config.options)
     inputs = CriterionInputs(loss_fn=loss_fn, batches=batches, include=config.include, seed=config.seed,
                              options=config.options, train=train, reference=snapshot(model))
     if entry.needs_data and scores is None and (loss_fn is None or batches is None) and train is None:

@@ -25,7 +25,7 @@ import json
 import sys
 from dataclasses import replace
 
-from sparsity.cli_args import nonnegative_int, positive_int
+from sparsity.cli_args import nonnegative_int, positive_int, random_seed
 from toys.modular_consistency import (
     ARMS,
     CrossSeedOverlap,
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="mask-learning steps (default %(default)s)")
     parser.add_argument("--overlap", type=nonnegative_int, default=base.overlap, help="features shared by neighbouring groups")
     parser.add_argument("--ablation", choices=("zero", "mean"), default=base.ablation)
-    parser.add_argument("--seed", type=nonnegative_int, default=base.seed)
+    parser.add_argument("--seed", type=random_seed, default=base.seed)
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     args = parser.parse_args(argv)

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field, replace
 import torch
 from torch import nn
 
-from sparsity.cli_args import finite_nonnegative, json_ready, nonnegative_int, output_file, positive_int
+from sparsity.cli_args import finite_nonnegative, json_ready, output_file, positive_int, random_seed
 from sparsity.fastmode import fast_mode
 from sparsity.metrics import distances, update_norms
 from sparsity.optim import MaskedAdamW, MaskedSGD
@@ -331,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lam", type=finite_nonnegative, default=base.lam,
                         help="L1-to-init strength (default %(default)g)")
     parser.add_argument("--steps", type=positive_int, default=base.steps, help="training steps (default %(default)s)")
-    parser.add_argument("--seed", type=nonnegative_int, default=base.seed)
+    parser.add_argument("--seed", type=random_seed, default=base.seed)
     parser.add_argument("--optimizer", choices=OPTIMIZERS, default=base.optimizer)
     parser.add_argument("--lr", type=finite_nonnegative, default=None, help=f"learning rate (default: {DEFAULT_LR})")
     parser.add_argument("--penalty", choices=PENALTIES, default=base.penalty, help="L1 as a loss term or a proximal step")

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from sparsity import prune, registry
 from sparsity import semistructured as ss
-from sparsity.cli_args import nonnegative_int, positive_int
+from sparsity.cli_args import positive_int, random_seed
 from sparsity.fastmode import fast_mode
 from sparsity.optim import MaskedAdamW
 from sparsity.registry import CriterionInputs
@@ -370,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--criterion", choices=sorted(registry.CRITERIA), default=base.criterion,
                         help="what keeps 2 of every 4 inputs (default: %(default)s)")
     parser.add_argument("--finetune-steps", type=positive_int, default=None, help="default: the dense training steps")
-    parser.add_argument("--seeds", type=nonnegative_int, nargs="+", default=list(base.seeds))
+    parser.add_argument("--seeds", type=random_seed, nargs="+", default=list(base.seeds))
     parser.add_argument("--gpt", action="store_true", help="also run the comparison on the pretrained tiny GPT")
     parser.add_argument("--gpt-target", default=None, help="the GPT's fine-tuning task (default: sort)")
     parser.add_argument("--gpt-steps", type=positive_int, default=None, help="the GPT's fine-tuning steps (default: 1500)")
