@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -91,6 +92,32 @@ class SparseModel:
             return self._mask
 
         return [Reselect(self.config.reselect_every, select)]
+
+    def trainer_optimizers(self, args: Any) -> tuple[torch.optim.Optimizer, None]:
+        """``Trainer(..., optimizers=run.trainer_optimizers(args))``: this run's optimizer for Hugging Face's
+        ``Trainer``, checked against ``args`` (its ``TrainingArguments``).
+
+        Trainer trains with an optimizer it is given as it is: ``args.learning_rate``, ``weight_decay``,
+        ``adam_beta1`` / ``adam_beta2`` and ``adam_epsilon`` never reach it (its scheduler only warms up and
+        decays the optimizer's own learning rate, ``SparseConfig.lr``). A value that differs is a warning
+        naming both, so a learning rate set in ``args`` is not silently ignored. The scheduler slot is None
+        (Trainer builds its own from ``args``).
+        """
+        settings = {"learning_rate": "lr", "weight_decay": "weight_decay", "adam_epsilon": "eps"}
+        missing = [a for a in (*settings, "adam_beta1", "adam_beta2") if not hasattr(args, a)]
+        if missing:
+            raise TypeError(f"args must be the transformers.TrainingArguments given to Trainer; "
+                            f"{type(args).__name__} has no {missing[0]}")
+        group = self.optimizer.param_groups[0]
+        ours = {a: group[key] for a, key in settings.items()}
+        ours["adam_beta1"], ours["adam_beta2"] = group["betas"]
+        differ = [f"{a}={getattr(args, a)!r} (the optimizer's: {v!r})" for a, v in ours.items()
+                  if float(getattr(args, a)) != float(v)]
+        if differ:
+            warnings.warn(f"TrainingArguments {', '.join(differ)}: Trainer trains with the optimizer sparsify built "
+                          "and ignores these arguments; set them equal, or set SparseConfig(lr=..., weight_decay=..., "
+                          "betas=..., eps=...) to the values you want", UserWarning, stacklevel=2)
+        return self.optimizer, None
 
     def delta(self) -> delta_lib.SparseDelta:
         """The exact change of the selected entries since sparsify (``theta - theta_0``, float64)."""
