@@ -24,7 +24,6 @@ without it and this module imports it only when a function needs it.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ import torch
 from torch import nn
 
 from sparsity.eligibility import input_axes, parameter_kinds
-from sparsity.validate import check_module, check_positive_int
+from sparsity.validate import check_module, check_positive_int, read_json_object
 
 FAMILIES = ("gpt2", "llama", "gpt_neox")
 """The architectures :func:`tiny_config` builds (the ones the lab's tests run)."""
@@ -62,14 +61,7 @@ def model_folder(path: str | os.PathLike[str], arg: str = "path") -> Path:
 
 def read_config(path: str | os.PathLike[str], arg: str = "path") -> dict[str, Any]:
     """The ``config.json`` of a saved model folder, as a dict."""
-    file = model_folder(path, arg) / "config.json"
-    try:
-        config = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{arg}: {file} is not valid JSON ({err})") from err
-    if not isinstance(config, dict):
-        raise ValueError(f"{arg}: {file} must hold a JSON object, got a {type(config).__name__}")
-    return config
+    return read_json_object(model_folder(path, arg) / "config.json", arg)
 
 
 def parameter_aliases(path: str | os.PathLike[str], arg: str = "path") -> tuple[set[str], dict[str, str]]:

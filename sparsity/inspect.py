@@ -44,7 +44,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from sparsity.metrics import update_rank
-from sparsity.validate import check_nonnegative, check_positive_int
+from sparsity.validate import check_nonnegative, check_positive_int, read_json_object
 
 DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
@@ -162,7 +162,7 @@ def checkpoint_files(path: str | os.PathLike[str], arg: str = "path") -> dict[st
         return {k: p for k in _keys(p, arg)}
     index = p / "model.safetensors.index.json"
     if index.is_file():
-        weight_map = _read_json(index, arg).get("weight_map")
+        weight_map = read_json_object(index, arg).get("weight_map")
         if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
             raise ValueError(f"{arg}: {index} has no weight_map (tensor name -> shard file)")
         files = {k: p / v for k, v in weight_map.items()}
@@ -189,19 +189,9 @@ def _keys(file: Path, arg: str) -> list[str]:
         raise ValueError(f"{arg}: {file} is not a readable safetensors file ({err})") from None
 
 
-def _read_json(file: Path, arg: str) -> dict[str, Any]:
-    try:
-        value = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{arg}: {file} is not valid JSON ({err})") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"{arg}: {file} must hold a JSON object, got a {type(value).__name__}")
-    return value
-
-
 def _model_type(path: Path, arg: str) -> str | None:
     config = path / "config.json"
-    return _read_json(config, arg).get("model_type") if path.is_dir() and config.is_file() else None
+    return read_json_object(config, arg).get("model_type") if path.is_dir() and config.is_file() else None
 
 
 def _not_parameters(files: dict[str, Path], before: Path) -> set[str]:

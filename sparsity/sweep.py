@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from sparsity.fastmode import fast_mode
+from sparsity.validate import read_json_object
 
 RESULTS = "results.jsonl"
 CONFIG = "config.json"
@@ -40,17 +41,6 @@ def _is_json(line: str) -> bool:
     except json.JSONDecodeError:
         return False
     return True
-
-
-def _read_json_object(path: Path) -> dict[str, Any]:
-    """A JSON file holding one object, or a ValueError naming the file."""
-    try:
-        value = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); fix or remove it") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"{path} must hold a JSON object, got a {type(value).__name__}")
-    return value
 
 
 def cell_key(row: Mapping[str, Any], key_fields: Sequence[str]) -> str:
@@ -88,7 +78,7 @@ class SweepStore:
     def _guard(self, want: dict[str, Any]) -> None:
         path = self.folder / CONFIG
         if path.exists():
-            saved = _read_json_object(path)
+            saved = read_json_object(path)
             diff = sorted(k for k in set(saved) | set(want) if saved.get(k) != want.get(k))
             if diff:
                 raise ValueError(f"{self.folder} holds results of another config (differs in {diff}); "
@@ -102,7 +92,7 @@ class SweepStore:
         path = self.folder / CONFIG
         if not path.exists():
             raise FileNotFoundError(f"{self.folder} holds no sweep (no {CONFIG})")
-        return _read_json_object(path)
+        return read_json_object(path)
 
     def key(self, row: Mapping[str, Any]) -> str:
         return cell_key(row, self.key_fields)

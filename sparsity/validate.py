@@ -7,8 +7,12 @@ turn into a silently wrong experiment later on.
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -131,3 +135,17 @@ def check_reference(params: Mapping[str, torch.Tensor], reference: object, arg: 
 
 def named_params(model: nn.Module) -> dict[str, torch.Tensor]:
     return dict(check_module(model).named_parameters())
+
+
+def read_json_object(file: str | os.PathLike[str], arg: str | None = None) -> dict[str, Any]:
+    """The JSON object a file holds, or a ValueError naming the file (and ``arg``, the argument or
+    checkpoint it belongs to) for text that is not JSON, not UTF-8, or JSON that is not an object."""
+    file = Path(file)
+    where = f"{arg}: {file}" if arg else str(file)
+    try:
+        value = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{where} is not valid JSON ({err})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{where} must hold a JSON object, got a {type(value).__name__}")
+    return value
