@@ -1,15 +1,12 @@
-"""What a run of the GPT fine-tuning benchmark depends on: its methods, its config, its setting.
+"""What a run of the GPT fine-tuning benchmark depends on: its config and its setting.
 
 The model is the lab's GPT at a preset (the default) or a Hugging Face architecture
 (``BenchConfig.model``: a built-in family at the preset's shape, or a local folder or config.json;
 ``scaleup.hf_model``), built for the task world's vocabulary and pretrained the same way.
 
-A *method* is how a copy of the pretrained model is fine-tuned: ``full`` (every parameter),
-``lora`` (adapters, ``scaleup.lora``), ``2:4`` (the N:M pattern sparse tensor cores
-accelerate, chosen by magnitude) or a sparse mask chosen by any criterion registered in
-``sparsity.registry``; the registry's ``layers`` criterion runs as ``middle_blocks`` (the
-middle half of the blocks). A criterion registered after this module was imported is a
-method too: :func:`known_methods` reads the registry when it is asked.
+A *method* is how a copy of the pretrained model is fine-tuned (full, LoRA, a mask any criterion
+chooses, ...): an object registered in ``scaleup.methods``, which the config asks for a method's
+learning-rate grid and budgets.
 
 :class:`BenchConfig` holds every setting a result depends on (a results folder belongs to
 one config); :class:`Setup` is what every run of one config shares: the pretrained model,
@@ -20,7 +17,6 @@ scores. Which world the benchmark runs in (the GPT's token tasks, or a toy MLP's
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -32,73 +28,16 @@ from scaleup import bench_world as bw
 from scaleup import hf_model
 from scaleup import pretrain as pt
 from scaleup import tasks as tk
-from sparsity import registry
+from scaleup.method_base import INCLUDE, Budget
+from scaleup.methods import get_method, known_methods
 from sparsity.eligibility import eligible
 from sparsity.fastmode import fast_mode
 from sparsity.regularize import snapshot
 from sparsity.validate import (check_density, check_finite_nonnegative, check_nonnegative_int, check_positive_int,
                                named_params)
 
-DENSE_METHODS = ("full", "lora")
-"""Methods without a mask: every parameter, or LoRA's adapters."""
-TWO_FOUR = "2:4"
-MIDDLE_BLOCKS = "middle_blocks"
-"""The benchmark's name for the registry's ``layers`` criterion, with the middle blocks as its layers."""
-LIFT_RESELECT = "lift_reselect"
-"""LIFT as its authors run it (Liu et al. 2025): principal weights re-selected every
-``BenchConfig.lift_reselect_every`` steps, AdamW betas (0.9, 0.95), and with ``BenchConfig.lift_eps`` their
-epsilon placement (added before the bias correction); plain ``lift`` selects once."""
-RIGL = "rigl"
-"""Dynamic sparsity (RigL, Evci et al. 2020): a random mask at the budget, then every
-``BenchConfig.rigl_every`` steps the entries that moved least are dropped and as many with the
-largest gradient grown (``sparsity.train.RigL``)."""
-METHODS = ("full", "lora", "lift", LIFT_RESELECT, RIGL, "random", "magnitude", "l1_discovered", "gradient", "fisher",
-           "snip", "movement",
-           MIDDLE_BLOCKS, TWO_FOUR)
-"""The default run, in the order a run does them (the headline comparison first, so a partial run
-already answers it). :func:`known_methods` adds every other registered criterion."""
 DEMO_METHODS = ("full", "lora", "lift", "magnitude", "random")
 """What ``make demo`` compares: the CLI example's methods at the LoRA-equal budget."""
-INCLUDE = "weight"
-"""Sparse budgets are spent on the block matrices (``parameter_kinds`` "weight")."""
-
-
-def criterion_of(method: str) -> str | None:
-    """The registry criterion a method selects its mask with (None for full and LoRA)."""
-    if method in DENSE_METHODS:
-        return None
-    if method == TWO_FOUR:
-        return "magnitude"
-    if method == MIDDLE_BLOCKS:
-        return "layers"
-    if method == LIFT_RESELECT:
-        return "lift"
-    if method == RIGL:
-        return "random"
-    if method in registry.CRITERIA and method != "layers":
-        return method
-    raise ValueError(f"method must be one of {known_methods()}, got {method!r}")
-
-
-def known_methods() -> tuple[str, ...]:
-    """Every method the benchmark runs now: :data:`METHODS`, then the criteria registered since."""
-    extra = tuple(n for n in registry.CRITERIA if n not in METHODS and n != "layers")
-    return METHODS + extra
-
-
-def is_sparse_criterion(method: str) -> bool:
-    """A method whose mask a criterion chooses within the benchmark's budgets (not full, LoRA or 2:4)."""
-    return method not in DENSE_METHODS and method != TWO_FOUR and method in known_methods()
-
-
-def check_methods(methods: Iterable[str]) -> list[str]:
-    """The methods, deduplicated in order; unknown names are an error listing the known ones."""
-    methods = list(methods)
-    known = known_methods()
-    unknown = [m for m in methods if m not in known]
-    if unknown or not methods:
-        raise ValueError(f"methods must be a non-empty list from {known}; unknown: {unknown}")
-    return list(dict.fromkeys(methods))
 
 
 @dataclass(frozen=True)
@@ -216,7 +155,8 @@ class BenchConfig:
         return f"{self.model} ({self.preset} shape)" if self.model in hf_model.BUILTIN else self.model
 
     def lrs(self, method: str) -> tuple[float, ...]:
-        return self.lrs_full if method == "full" else self.lrs_lora if method == "lora" else self.lrs_sparse
+        """The learning-rate grid of a method (the field its ``Method.lr_grid`` names)."""
+        return getattr(self, get_method(method).lr_grid)
 
     def lr_edge(self, method: str, lr: float) -> str | None:
         """"top" or "bottom" when ``lr`` is the largest or smallest of a method's grid (of two or more
@@ -227,14 +167,23 @@ class BenchConfig:
         return "top" if lr == max(grid) else "bottom" if lr == min(grid) else None
 
     def budgets(self, method: str) -> list[str]:
-        """Budget labels a method runs at: "all" (full), "lora_equal", "d0.05" (a density), "2:4"."""
-        if method == "full":
-            return ["all"]
-        if method == "lora":
-            return ["lora_equal"]
-        if method == TWO_FOUR:
-            return [TWO_FOUR]
-        return (["lora_equal"] if self.lora_equal else []) + [f"d{d:g}" for d in self.densities]
+        """The keys of the budgets a method runs at (``Method.budgets``): "all", "lora_equal", "d0.05", "2:4"."""
+        return [b.key for b in get_method(method).budgets(self)]
+
+    def budget(self, method: str, key: str) -> Budget:
+        """The budget of a method called ``key`` in results rows; one it does not run at is an error."""
+        found = {b.key: b for b in get_method(method).budgets(self)}
+        if key not in found:
+            raise ValueError(f"method {method!r} runs at budgets {list(found)}, got {key!r}")
+        return found[key]
+
+    def budget_of(self, key: str) -> Budget:
+        """The budget any known method of this config runs at under ``key`` (for labels of stored rows)."""
+        for method in known_methods():
+            for b in get_method(method).budgets(self):
+                if b.key == key:
+                    return b
+        raise ValueError(f"no method of this config runs at a budget {key!r}")
 
     def to_json(self) -> dict[str, Any]:
         """The config as plain JSON data (what a results folder's config.json holds). ``model`` is left

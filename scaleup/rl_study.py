@@ -35,7 +35,7 @@ from torch import nn
 
 from scaleup import pretrain, rl
 from scaleup import tasks as tk
-from scaleup.finetune import layer_type
+from scaleup.layers import layer_type
 from sparsity import metrics
 from sparsity.cli_args import json_ready, nonnegative_int, output_folder, positive_int
 from sparsity.fastmode import fast_mode
@@ -47,7 +47,7 @@ TOL = 1e-5
 
 
 def rl_layer_type(name: str) -> str:
-    """``scaleup.finetune.layer_type`` with LayerNorm gains and biases apart (the paper reports them apart)."""
+    """``scaleup.layers.layer_type`` with LayerNorm gains and biases apart (the paper reports them apart)."""
     kind = layer_type(name)
     return f"norm.{name.rsplit('.', 1)[1]}" if kind == "norm" else kind
 
@@ -333,7 +333,7 @@ def verdicts(study: dict[str, Any]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m scaleup.rl",
+    p = argparse.ArgumentParser(prog="python -m scaleup.rl_study",
                                 description="Update sparsity of RL (GRPO), SFT and DPO fine-tuning of the lab's GPT.")
     p.add_argument("--steps", type=positive_int, default=None, help="fine-tuning steps per run")
     p.add_argument("--seed", type=nonnegative_int, default=None)
@@ -375,3 +375,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['full_target']:.3f}, masked {r['masked_target']:.3f}; agreement in the subnetwork "
               + ", ".join(f"{k} {v:.3f}" for k, v in r["agreement_in_subnetwork"].items()))
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -48,7 +48,7 @@ from torch import nn
 from scaleup import gpt
 from scaleup import pretrain as pt
 from scaleup import tasks as tk
-from scaleup.finetune import LAYER_TYPES, layer_type
+from scaleup.layers import LAYER_TYPES, layer_type
 from sparsity import masks
 from sparsity.cli_args import finite_nonnegative, json_ready, nonnegative_int, output_file, output_folder, positive_int
 from sparsity.fastmode import fast_mode

@@ -82,28 +82,31 @@ Criterion = Callable[[nn.Module, CriterionInputs], "Scores | Selection"]
 
 @dataclass(frozen=True)
 class Entry:
-    """A registered criterion: its scoring function, whether it needs data, and one line of doc."""
+    """A registered criterion: its scoring function, whether it needs data, one line of doc, and the
+    label reports and figures show (the name unless given)."""
 
     name: str
     score: Criterion
     needs_data: bool
     doc: str
+    label: str = ""
 
 
 CRITERIA: dict[str, Entry] = {}
 """Name -> registered criterion."""
 
 
-def register_criterion(name: str, score: Criterion, *, needs_data: bool = False, doc: str = "",
+def register_criterion(name: str, score: Criterion, *, needs_data: bool = False, doc: str = "", label: str = "",
                        replace: bool = False) -> Entry:
-    """Register ``score(model, inputs) -> Scores | Selection`` under ``name``; returns its entry."""
+    """Register ``score(model, inputs) -> Scores | Selection`` under ``name`` (shown as ``label``, default
+    the name); returns its entry."""
     if not isinstance(name, str) or not name or name != name.strip():
         raise ValueError(f"name must be a non-empty string without surrounding spaces, got {name!r}")
     if not callable(score):
         raise TypeError(f"score must be a function (model, inputs) -> scores, got {type(score).__name__}")
     if name in CRITERIA and not replace:
         raise ValueError(f"criterion {name!r} is already registered (replace=True overrides it)")
-    CRITERIA[name] = Entry(name, score, needs_data, doc or (score.__doc__ or "").strip().split("\n")[0])
+    CRITERIA[name] = Entry(name, score, needs_data, doc or (score.__doc__ or "").strip().split("\n")[0], label or name)
     return CRITERIA[name]
 
 
@@ -118,7 +121,7 @@ def get_criterion(criterion: str | Criterion) -> Entry:
     """The registry entry for a name, or an ad-hoc entry for a callable ``(model, inputs) -> scores``."""
     if callable(criterion):
         name = getattr(criterion, "__name__", "custom")
-        return Entry(name, criterion, needs_data=False, doc=(criterion.__doc__ or "").strip())
+        return Entry(name, criterion, needs_data=False, doc=(criterion.__doc__ or "").strip(), label=name)
     if criterion not in CRITERIA:
         raise ValueError(f"criterion must be one of {sorted(CRITERIA)} or a function (model, inputs) -> scores; "
                          f"got {criterion!r}")
@@ -180,8 +183,8 @@ register_criterion("random", lambda model, inputs: criteria.random(model, inputs
                    doc=criteria.random.__doc__.split("\n")[0])
 register_criterion("magnitude", lambda model, inputs: criteria.magnitude(model, inputs.include),
                    doc=criteria.magnitude.__doc__.split("\n")[0])
-for _name in ("gradient", "fisher", "snip", "movement"):
-    register_criterion(_name, _gradient_based(_name), needs_data=True)
-register_criterion("lift", _lift, doc=criteria.lift.__doc__.split("\n")[0])
-register_criterion("layers", _layers)
-register_criterion("l1_discovered", _l1_discovered, needs_data=True)
+for _name, _label in (("gradient", "gradient"), ("fisher", "Fisher"), ("snip", "SNIP"), ("movement", "movement")):
+    register_criterion(_name, _gradient_based(_name), needs_data=True, label=_label)
+register_criterion("lift", _lift, doc=criteria.lift.__doc__.split("\n")[0], label="LIFT")
+register_criterion("layers", _layers, label="whole layers")
+register_criterion("l1_discovered", _l1_discovered, needs_data=True, label="L1-discovered")
