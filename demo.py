@@ -185,14 +185,16 @@ def scaleup_section(out: Path) -> tuple[str, str]:
     """The controlled benchmark, small: full vs sparse (LoRA-equal budget) vs LoRA fine-tuning of a GPT."""
     import shutil
 
+    from scaleup import bench_config as bc
     from scaleup import compare as cp
+    from scaleup import report as rep
     from scaleup.frontier_report import frontier_verdict
     from scaleup.results import load_results
 
-    cfg = cp.demo_config()
+    cfg = bc.demo_config()
     folder = out / f"scaleup_{cfg.preset}_{cfg.steps}steps"
-    cp.run(cfg, folder, cp.DEMO_METHODS)
-    table = cp.report_markdown(folder)
+    cp.run(cfg, folder, bc.DEMO_METHODS)
+    table = rep.report_markdown(folder)
     committed = Path(__file__).resolve().parent / "benchmarks" / "results" / "frontier_tiny_facts_b"
     tiny = ""
     if (committed / "frontier.png").exists():

@@ -69,6 +69,8 @@ def sparse_config(setup: Setup, method: str, budget: str, lr: float = 1e-3, seed
 def budget_count(setup: Setup, budget: str) -> int:
     """Trainable entries a budget (its key) allows in the block matrices."""
     sparse = setup.cfg.budget_of(budget).sparse
+    if not sparse:
+        raise ValueError(f"budget {budget!r} is no mask budget (it sets no density, LoRA-equal rank or N:M pattern)")
     return sparse_cfg.budget_count(setup.pretrained, SparseConfig(include=INCLUDE, **sparse))
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from scaleup.method_base import Method
+from scaleup.method_base import FAMILIES, Method
 from scaleup.method_dense import FullFineTuning, LoRA
 from scaleup.method_dynamic import Lift, LiftReselect, RigLMethod
 from scaleup.method_mask import CriterionMask, MiddleBlocks, TwoFour, l1_options
@@ -32,6 +32,8 @@ def register_method(method: Method, *, replace: bool = False) -> Method:
         raise TypeError(f"method must be a scaleup.method_base.Method, got {type(method).__name__}")
     if not isinstance(method.name, str) or not method.name or "|" in method.name or "," in method.name:
         raise ValueError(f"a method's name must be a non-empty string without '|' or ',', got {method.name!r}")
+    if method.family not in FAMILIES:
+        raise ValueError(f"method {method.name!r}: family must be one of {FAMILIES}, got {method.family!r}")
     if method.name in REGISTRY and not replace:
         raise ValueError(f"method {method.name!r} is already registered (replace=True overrides it)")
     REGISTRY[method.name] = method
