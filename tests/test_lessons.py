@@ -78,7 +78,7 @@ assert modular.trunk_share(iso.pretrained, entries_only) > modular.trunk_share(i
     "03_choosing_the_weights.py": """
 criterion_menu.value = "snip"
 density_slider.value = 0.01
-policy_buttons.value = "per_tensor"
+scope_buttons.value = "per_tensor"
 train_button.click()
 row = last_run["row"]
 assert (row.criterion, row.density, row.scope) == ("snip", 0.01, "per_tensor"), row
@@ -86,7 +86,7 @@ assert row.selected == 44 and last_run["result"].config.steps == cfg.steps
 assert len(last_run["figure"].axes) == 2 and last_run["figure"].axes[0].lines
 criterion_menu.value = "lift"
 rank_slider.value = 2
-policy_buttons.value = "global"
+scope_buttons.value = "global"
 train_button.click()
 assert last_run["row"].criterion == "lift" and last_run["row"].scope == "global"
 """,

@@ -12,6 +12,7 @@ from scaleup import bench_config as bc
 from scaleup import compare as cp
 from scaleup import finetune as ft
 from scaleup import methods as meth
+from scaleup import results as res
 from scaleup import frontier
 from scaleup.bench_modular import ModularConfig
 from scaleup.bench_teacher_student import TeacherStudentConfig, teachers
