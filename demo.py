@@ -28,7 +28,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from sparsity.fastmode import fast_mode  # noqa: E402
 from sparsity.sweep import command_line, machine_lines, markdown_table  # noqa: E402
-from toys import modular  # noqa: E402
+from toys import modular_consistency, modular_isolation, modular_plots, modular_report, modular_world  # noqa: E402
 from toys import prune_study as ps  # noqa: E402
 from toys import teacher_student as ts  # noqa: E402
 from toys import two_four_study as tfs  # noqa: E402
@@ -102,29 +102,29 @@ Student {widths} on a random teacher's labels, {study.world.steps} training step
 
 def modular_section(out: Path) -> tuple[str, str]:
     """Modular subnetworks: the ablation matrix, consistency across seeds, core isolation."""
-    cfg = modular.default_config()
-    report = modular.run(cfg)
+    cfg = modular_world.default_config()
+    report = modular_report.run(cfg)
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for ax, arm in zip(axes, ("random init", "pretrained")):
         seed0 = report.runs[arm][0]
         title = f"{arm}, seed 0: modularity {seed0.modularity:.2f}"
-        modular.plot_ablation_matrix(seed0.matrix, cfg.chance, ax, title)
+        modular_plots.plot_ablation_matrix(seed0.matrix, cfg.chance, ax, title)
     fig.tight_layout()
-    figures = {"modular_ablation.png": fig, "modular_consistency.png": modular.plot_consistency(report)}
-    figures["modular_isolation.png"] = modular.plot_isolation(report.isolation).figure
+    figures = {"modular_ablation.png": fig, "modular_consistency.png": modular_plots.plot_consistency(report)}
+    figures["modular_isolation.png"] = modular_plots.plot_isolation(report.isolation).figure
     for name, figure in figures.items():
         figure.savefig(out / name, dpi=110)
         plt.close(figure)
     summary = report.summary()
-    overlaps = {arm: report.overlaps.get(arm) for arm in modular.ARMS}
+    overlaps = {arm: report.overlaps.get(arm) for arm in modular_consistency.ARMS}
     consistency = markdown_table(
         ["arm", "modularity (mean +- std over seeds)", "cross-seed Jaccard", "chance"],
         [[arm, f"{summary['modularity'][arm]['mean']:.3f} +- {summary['modularity'][arm]['std']:.3f}",
-          *((f"{o.jaccard:.3f}", f"{o.chance:.3f}") if (o := overlaps[arm]) else ("-", "-"))] for arm in modular.ARMS])
+          *((f"{o.jaccard:.3f}", f"{o.chance:.3f}") if (o := overlaps[arm]) else ("-", "-"))] for arm in modular_consistency.ARMS])
     iso = report.isolation
     ways = markdown_table(["way", "B (target)", "A (retained)", "trainable share of trunk"],
                           [[w, f"{iso.target[w]:.3f}", f"{iso.retained[w]:.3f}", f"{iso.trainable[w]:.2f}"]
-                           for w in modular.WAYS])
+                           for w in modular_isolation.WAYS])
     matrix = report.runs["random init"][0].matrix
     ablated = [["(none)", *(f"{b:.3f}" for b in matrix.baseline)]]
     ablated += [[name, *(f"{v:.3f}" for v in row)] for name, row in zip(matrix.subnetworks, matrix.scores)]
@@ -158,7 +158,7 @@ def two_four_section(out: Path) -> tuple[str, str]:
     """2:4 sparsity: one-shot cost and fixed-pattern fine-tuning recovery vs dense FT and unstructured 50%."""
     import warnings
 
-    from sparsity.semistructured import FastPathNotice
+    from sparsity.two_four_linear import FastPathNotice
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FastPathNotice)  # the CPU runs the dense masked reference

@@ -58,7 +58,7 @@ from IPython.display import Markdown, display
 
 from sparsity import SparseConfig, cosine, fit, masks, sparsify
 from sparsity.fastmode import fast_mode
-from toys import modular
+from toys import modular_world
 from toys import modular_criteria as mc
 from toys import optimizer_pitfall as pit
 from toys import teacher_student as ts
@@ -201,7 +201,7 @@ plt.show()
 
 # %%
 MODULAR_CRITERIA = ("fisher", "update", "module") if FAST else mc.MODULAR_CRITERIA
-mcfg = modular.default_config(steps=150) if FAST else modular.default_config()
+mcfg = modular_world.default_config(steps=150) if FAST else modular_world.default_config()
 modular_comparison = mc.compare_modular(mcfg, task="t1", criteria=MODULAR_CRITERIA, densities=DENSITIES)
 display(Markdown(modular_comparison.table()))
 mc.plot_modular(modular_comparison, 0.05)

@@ -169,9 +169,9 @@ def test_bad_input_gives_clear_errors(tiny: tsc.Setup) -> None:
 
 
 def test_modular_comparison_covers_its_criteria_and_the_module_oracle_lies_in_the_module() -> None:
-    from toys import modular
+    from toys import modular_world
 
-    cfg = modular.Config(hidden=(32, 32), n_train=1024, n_test=512, steps=40, batch=128)
+    cfg = modular_world.Config(hidden=(32, 32), n_train=1024, n_test=512, steps=40, batch=128)
     comp = mc.compare_modular(cfg, densities=(0.05,), progress=False)
     assert [r.criterion for r in comp.rows] == list(mc.MODULAR_CRITERIA)
     oracle = next(r for r in comp.rows if r.criterion == "module")

@@ -1,6 +1,6 @@
 """What does 2:4 cost in accuracy, and how much does fine-tuning with the pattern fixed win back?
 
-2:4 sparsity (``sparsity.semistructured``) keeps 2 of every 4 consecutive inputs of each
+2:4 sparsity (``sparsity.two_four``) keeps 2 of every 4 consecutive inputs of each
 row: 50% sparse, in a pattern sparse tensor cores can skip. Unstructured pruning at the
 same 50% may keep any half, so 2:4 can only cost more. This study measures how much on
 ``toys.classification``: train a dense student (the "pretrained" model), then give every
@@ -33,8 +33,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from sparsity import prune, registry
-from sparsity import semistructured as ss
+from sparsity import prune, registry, two_four_convert
 from sparsity.cli_args import nonnegative_int, positive_int
 from sparsity.fastmode import fast_mode
 from sparsity.optim import MaskedAdamW
@@ -123,7 +122,7 @@ def compare(dense: nn.Module, train_fn: prune.TrainFn, evaluate: Callable[[nn.Mo
 
     ``train_fn(model, keep)`` is the same fine-tuning for every method (an optimizer on the
     keep-mask); ``modules``: the linears to sparsify (None = all); ``criterion`` and
-    ``inputs`` choose the kept 2 of every 4 (see ``ss.sparsify_24``). Any model works: the
+    ``inputs`` choose the kept 2 of every 4 (see ``two_four_convert.sparsify_24``). Any model works: the
     toy's MLP, a GPT.
     """
     scores = {"dense": evaluate(dense)}
@@ -131,14 +130,14 @@ def compare(dense: nn.Module, train_fn: prune.TrainFn, evaluate: Callable[[nn.Mo
     train_fn(full, {n: torch.ones_like(p, dtype=torch.bool) for n, p in full.named_parameters()})
     scores["dense + fine-tuning"] = evaluate(full)
 
-    two_four = ss.sparsify_24(copy.deepcopy(dense), criterion=criterion, modules=modules, inputs=inputs)
+    two_four = two_four_convert.sparsify_24(copy.deepcopy(dense), criterion=criterion, modules=modules, inputs=inputs)
     scores["2:4 one-shot"] = evaluate(two_four)
-    prune.recover(two_four, ss.keep_mask(two_four), train_fn)
-    ss.check_pattern(two_four)
+    prune.recover(two_four, two_four_convert.keep_mask(two_four), train_fn)
+    two_four_convert.check_pattern(two_four)
     scores["2:4 + fine-tuning"] = evaluate(two_four)
 
     unstructured = copy.deepcopy(dense)
-    keep = unstructured_keep(unstructured, list(ss.two_four_layers(two_four)))
+    keep = unstructured_keep(unstructured, list(two_four_convert.two_four_layers(two_four)))
     prune.apply_mask_(unstructured, keep)
     scores["unstructured 50% one-shot"] = evaluate(unstructured)
     prune.recover(unstructured, keep, train_fn)
@@ -235,7 +234,7 @@ def format_comparison(studies: dict[str, Study]) -> str:
 def one_shot_by_layer(dense: nn.Module, evaluate: Callable[[nn.Module], float], criterion: str = "magnitude",
                       inputs: CriterionInputs | None = None) -> dict[str, float]:
     """One-shot 2:4 on one linear at a time, no fine-tuning: which layers pay for the pattern."""
-    return {name: evaluate(ss.sparsify_24(copy.deepcopy(dense), criterion, modules=name, inputs=inputs))
+    return {name: evaluate(two_four_convert.sparsify_24(copy.deepcopy(dense), criterion, modules=name, inputs=inputs))
             for name in linear_names(dense)}
 
 
@@ -348,7 +347,7 @@ def run_gpt_study(cfg: GptStudyConfig, cache_dir: str | None = None, progress: b
         scores = compare(base, train_fn, evaluate, list(cfg.modules), cfg.criterion, inputs)
     finally:
         torch.set_num_threads(threads)
-    layers = sorted(ss.two_four_layers(ss.sparsify_24(copy.deepcopy(base), modules=list(cfg.modules))))
+    layers = sorted(two_four_convert.two_four_layers(two_four_convert.sparsify_24(copy.deepcopy(base), modules=list(cfg.modules))))
     return {"config": asdict(cfg), "pretrain_steps": pcfg.steps, "layers": layers, "scores": scores}
 
 
