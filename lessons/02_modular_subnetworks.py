@@ -56,7 +56,7 @@ from toys import modular_isolation, modular_plots, modular_report, modular_train
 from toys.widgets import run_on_click, wide
 
 FAST = fast_mode()  # LAB_FAST=1 shrinks the runs so the notebook executes in CI
-cfg = modular_world.default_config()
+cfg = modular_world.default_config(fast=FAST)
 print(f"fast mode: {FAST}; {cfg.n_tasks} tasks, trunk {cfg.hidden}, {cfg.steps} training steps, "
       f"{cfg.mask_steps} mask steps, {cfg.n_seeds} seeds per arm")
 

@@ -69,7 +69,7 @@ from toys.widgets import LABEL_STYLE, budget_slider, train_panel, wide
 
 FAST = fast_mode()  # LAB_FAST=1: fewer steps, one budget, so the notebook executes in CI
 torch.set_num_threads(1)  # the toy's matrices are tiny: one thread is fastest, and immune to a busy CPU
-cfg = tsc.default_config()
+cfg = tsc.default_config(fast=FAST)
 DENSITIES = (0.05,) if FAST else ALL_DENSITIES
 print(f"fast mode: {FAST}; {cfg.steps} Adam steps per run, widths {cfg.widths}, budgets {DENSITIES}")
 
@@ -201,7 +201,7 @@ plt.show()
 
 # %%
 MODULAR_CRITERIA = ("fisher", "update", "module") if FAST else mc.MODULAR_CRITERIA
-mcfg = modular_world.default_config(steps=150) if FAST else modular_world.default_config()
+mcfg = modular_world.default_config(fast=True, steps=150) if FAST else modular_world.default_config()
 modular_comparison = mc.compare_modular(mcfg, task="t1", criteria=MODULAR_CRITERIA, densities=DENSITIES)
 display(Markdown(modular_comparison.table()))
 mc.plot_modular(modular_comparison, 0.05)

@@ -62,7 +62,7 @@ if FAST:
     torch.set_num_threads(1)  # a 26k-parameter model gains nothing from threads that a shared CI machine lacks
 DENSITIES = (0.01, 0.05, 0.2)
 if FAST:  # the micro preset in a small task world it learns in 200 pretraining steps
-    cfg = replace(bench_config.demo_config(), densities=DENSITIES)
+    cfg = replace(bench_config.demo_config(fast=True), densities=DENSITIES)
 else:  # one learning rate per method, from inside the frontier benchmark's grids
     cfg = bench_config.default_config(PRESET, densities=DENSITIES, lrs_full=(3e-4,), lrs_sparse=(1e-2,), lrs_lora=(3e-3,))
 setup = bench_config.prepare(cfg, device=DEVICE)  # loads the cached checkpoint, or pretrains it once
@@ -256,7 +256,7 @@ if traced:
 
 # %%
 if FAST:  # the same micro checkpoint as above
-    ts_cfg = ts.default_config("micro", world=cfg.world, pretrain_steps=cfg.pretrain_steps)
+    ts_cfg = ts.default_config("micro", fast=True, world=cfg.world, pretrain_steps=cfg.pretrain_steps)
 else:
     ts_cfg = ts.default_config("tiny")
 study = ts.run(ts_cfg)

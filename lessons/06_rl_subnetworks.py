@@ -49,7 +49,7 @@ from toys.widgets import LABEL_STYLE, run_on_click, wide
 
 FAST = fast_mode()  # LAB_FAST=1: fewer steps and smaller groups, so the notebook executes in CI
 torch.set_num_threads(1)  # one thread: reproducible rounding, and fastest for this small model
-cfg = rl_study.default_config()
+cfg = rl_study.default_config(fast=FAST)
 world = tk.World(cfg.pretrain.world)
 start, warmup = rl_study.start_model(cfg, world, progress=True)
 print(f"fast mode: {FAST}; GPT '{cfg.preset}', target '{cfg.task}'; theta_0 after {warmup} SFT warm-up steps "

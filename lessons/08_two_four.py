@@ -47,7 +47,7 @@ from toys.widgets import run_on_click
 
 FAST = fast_mode()  # LAB_FAST=1: a smaller student, fewer steps and one seed, so the notebook runs in CI
 torch.set_num_threads(1)  # the toy's matrices are tiny: one thread is fastest
-study = tfs.default_study()
+study = tfs.default_study(fast=FAST)
 print(f"fast mode: {FAST}; student {study.world.in_dim}-{'-'.join(map(str, study.world.hidden))}-"
       f"{study.world.n_classes}, {study.world.steps} training steps, seeds {study.seeds}")
 
@@ -130,8 +130,8 @@ print(tfs.verdict(result))
 # %%
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", two_four_linear.FastPathNotice)
-    fc1_dense = tfs.run_study(tfs.default_study(modules=("fc2", "fc3")), world, dense, progress=False)
-    at_random = tfs.run_study(tfs.default_study(criterion="random"), world, dense, progress=False)
+    fc1_dense = tfs.run_study(tfs.default_study(fast=FAST, modules=("fc2", "fc3")), world, dense, progress=False)
+    at_random = tfs.run_study(tfs.default_study(fast=FAST, criterion="random"), world, dense, progress=False)
 variants = {"2:4 everywhere": result, "2:4 on fc2, fc3 (fc1 dense)": fc1_dense, "2:4 at random": at_random}
 display(Markdown(tfs.format_comparison(variants)))
 print(tfs.verdict(fc1_dense))
@@ -228,7 +228,7 @@ last_run = {}
 
 def on_run():
     """Sparsify the chosen layers by the chosen score, fine-tune, and draw the comparison."""
-    choice = tfs.default_study(modules=tuple(layer_pick.value) or None, criterion=score_pick.value,
+    choice = tfs.default_study(fast=FAST, modules=tuple(layer_pick.value) or None, criterion=score_pick.value,
                                seeds=(study.seeds[0],))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", two_four_linear.FastPathNotice)

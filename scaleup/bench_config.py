@@ -31,7 +31,6 @@ from scaleup import tasks as tk
 from scaleup.method_base import INCLUDE, Budget
 from scaleup.methods import get_method, known_methods
 from sparsity.eligibility import eligible
-from sparsity.fastmode import fast_mode
 from sparsity.regularize import snapshot
 from sparsity.validate import (check_density, check_finite_nonnegative, check_nonnegative_int, check_positive_int,
                                named_params)
@@ -210,10 +209,10 @@ class BenchConfig:
         return cls(**d)
 
 
-def default_config(preset: str | None = None, **overrides: Any) -> BenchConfig:
-    """The benchmark's defaults (preset None: the world's default); fast mode (``LAB_FAST=1``) runs 30 steps,
-    one seed, one lr per method."""
-    if fast_mode():
+def default_config(preset: str | None = None, *, fast: bool = False, **overrides: Any) -> BenchConfig:
+    """The benchmark's defaults (preset None: the world's default); ``fast`` (the lab's fast mode, passed down
+    by an entry point) runs 30 steps, one seed, one lr per method."""
+    if fast:
         base: dict[str, Any] = dict(steps=30, warmup=3, seeds=1, pretrain_steps=300, l1_lam=1e-4, lrs_full=(1e-3,),
                                     lrs_sparse=(1e-2,), lrs_lora=(1e-2,))
     else:
@@ -227,10 +226,10 @@ MICRO_WORLD = tk.WorldConfig(n_symbols=5, length=3, n_facts=6, n_eval=64)
 add2 it learns in a few dozen fine-tuning steps: the CI-sized setting of the demo and the tests."""
 
 
-def demo_config() -> BenchConfig:
+def demo_config(fast: bool = False) -> BenchConfig:
     """The ``make demo`` comparison: one seed, one learning rate per method, traced every few steps
-    (so its report has frontiers), the tiny preset; fast mode the micro preset in :data:`MICRO_WORLD`."""
-    if fast_mode():
+    (so its report has frontiers), the tiny preset; ``fast``: the micro preset in :data:`MICRO_WORLD`."""
+    if fast:
         return BenchConfig(preset="micro", world=MICRO_WORLD, steps=40, warmup=4, seeds=1, densities=(),
                            pretrain_steps=200, lrs_full=(3e-3,), lrs_sparse=(3e-2,), lrs_lora=(3e-2,), eval_every=10)
     return BenchConfig(preset="tiny", steps=150, warmup=15, seeds=1, densities=(), lrs_full=(3e-4,),

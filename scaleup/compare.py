@@ -55,6 +55,7 @@ from scaleup.report import print_report, write_summary
 from scaleup.results import store
 from sparsity.cli_args import finite_list, finite_nonnegative, nonnegative_int, output_file, output_folder, positive_int
 from sparsity.executor import EXECUTORS, Executor, Worker, check_executor
+from sparsity.fastmode import fast_mode
 from sparsity.sweep import command_line, machine
 
 
@@ -201,8 +202,9 @@ def main(argv: list[str] | None = None) -> int:
         print_report(args.out, args.md)
         return 0
     _check_scale_out(parser, args)
+    fast = fast_mode()  # the entry point reads LAB_FAST once and passes it down
     try:
-        cfg = default_config(args.preset, target=args.target, world_kind=args.world, **_overrides(args))
+        cfg = default_config(args.preset, fast=fast, target=args.target, world_kind=args.world, **_overrides(args))
         store(args.out, cfg)  # refuses a folder of another config before anything in it is written
     except (ValueError, TypeError) as e:
         parser.error(str(e))
@@ -212,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.device != "cpu":
         torch.backends.cuda.matmul.allow_tf32 = True
     if not (args.out / "command.txt").exists():  # fast mode changes the defaults (one lr, ...): command_line says so
-        (args.out / "command.txt").write_text(command_line("scaleup.compare", sys.argv[1:] if argv is None else argv))
+        (args.out / "command.txt").write_text(command_line("scaleup.compare", sys.argv[1:] if argv is None else argv,
+                                                                  fast))
     run(cfg, args.out, methods, device=args.device, progress=not args.no_progress, workers=args.workers,
         executor=args.executor, address=args.ray_address, threads=args.threads or 1)
     print_report(args.out, args.md)

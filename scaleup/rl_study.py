@@ -79,9 +79,12 @@ class StudyConfig:
         return rl.RLConfig(**{**base, **overrides})
 
 
-def default_config(**overrides: Any) -> StudyConfig:
-    fast = dict(warmup_steps=60, steps=12, prompts=8, group=4) if fast_mode() else {}
-    return StudyConfig(**{**fast, **overrides})
+def default_config(*, fast: bool = False, **overrides: Any) -> StudyConfig:
+    """The study's defaults; ``fast`` (the lab's fast mode, passed down by an entry point): a 300-step
+    pretrained model, 60 warm-up steps and 12-step runs of 8 prompts x 4 samples."""
+    small = dict(warmup_steps=60, steps=12, prompts=8, group=4, pretrain=pretrain.default_config(fast=True)) \
+        if fast else {}
+    return StudyConfig(**{**small, **overrides})
 
 
 def snapshot(model: nn.Module) -> TensorDict:
@@ -343,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     overrides = {k: v for k, v in {"steps": args.steps, "seed": args.seed}.items() if v is not None}
     try:
-        cfg = default_config(**overrides)
+        cfg = default_config(fast=fast_mode(), **overrides)
     except (ValueError, TypeError) as e:
         p.error(str(e))
     try:

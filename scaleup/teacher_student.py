@@ -119,13 +119,13 @@ class Config:
         return pt.default_config(self.preset, world=self.world, steps=self.pretrain_steps)
 
 
-def default_config(preset: str = "tiny", **overrides: Any) -> Config:
+def default_config(preset: str = "tiny", *, fast: bool = False, **overrides: Any) -> Config:
     """The default experiment: the teacher changes the middle block (block ``n_layer // 2``).
 
-    Fast mode (``LAB_FAST=1``) uses 300 pretraining steps and 60-step runs.
+    ``fast`` (the lab's fast mode, passed down by an entry point) uses 300 pretraining steps and 60-step runs.
     """
     base: dict[str, Any] = {"preset": preset, "blocks": (gpt.config(preset).n_layer // 2,)}
-    if fast_mode():
+    if fast:
         base.update(pretrain_steps=300, teacher_steps=60, steps=60, warmup=6, log_every=5)
     base.update(overrides)
     return Config(**base)
@@ -469,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
     if "steps" in overrides:
         overrides.setdefault("warmup", overrides["steps"] // 10)
     try:
-        cfg = default_config(args.preset, **overrides)
+        cfg = default_config(args.preset, fast=fast_mode(), **overrides)
     except (ValueError, TypeError) as err:
         p.error(str(err))
     try:

@@ -32,8 +32,8 @@ def fast(tiny: tsc.Setup) -> tsc.Setup:
 
     Only the full fine-tuning reference differs (20 steps), which the science tests do not read.
     """
-    assert tiny.l1.config.steps == max(tsc.default_config().steps, tsc.L1_MIN_STEPS)
-    return replace(tiny, config=tsc.default_config())
+    assert tiny.l1.config.steps == max(tsc.default_config(fast=True).steps, tsc.L1_MIN_STEPS)
+    return replace(tiny, config=tsc.default_config(fast=True))
 
 
 def test_rows_cover_every_criterion_density_and_scope(tiny: tsc.Setup) -> None:

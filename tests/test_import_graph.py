@@ -116,3 +116,42 @@ def test_the_core_imports_nothing_from_the_rest_of_the_lab():
     outside = {(m, t) for m, edges in graph.items() if m.split(".")[0] == "sparsity"
                for t in edges if t.split(".")[0] != "sparsity"}
     assert not outside, f"sparsity/ imports from the rest of the lab: {sorted(outside)}"
+
+
+ENTRY_POINTS = ("main", "parse_args")
+"""Functions that may read ``LAB_FAST`` (``sparsity.fastmode.fast_mode``): the command lines."""
+
+
+def _fast_mode_reads(tree: ast.AST):
+    """(line, enclosing function name or None) of every ``fast_mode()`` call in a module."""
+    def walk(node, func):
+        for child in ast.iter_child_nodes(node):
+            inner = child.name if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)) else func
+            if isinstance(child, ast.Call) and getattr(child.func, "id", getattr(child.func, "attr", None)) == "fast_mode":
+                yield child.lineno, func
+            yield from walk(child, inner)
+    yield from walk(tree, None)
+
+
+def test_only_entry_points_read_fast_mode():
+    """Libraries take ``fast`` as an argument; a command line's main (or a lesson, a notebook's top level)
+    reads ``LAB_FAST`` once and passes it down."""
+    readers = []
+    for name, path in _modules().items():
+        if name == "sparsity.fastmode" or (name.startswith("lessons.") and name.split(".")[1][:1].isdigit()):
+            continue
+        readers += [f"{name}:{line} (in {func or 'module level'})"
+                    for line, func in _fast_mode_reads(ast.parse(path.read_text())) if func not in ENTRY_POINTS]
+    assert not readers, f"fast_mode() read outside an entry point: {readers}"
+
+
+def test_library_defaults_follow_their_argument_not_the_environment(monkeypatch):
+    from scaleup import bench_config, pretrain
+    from toys import modular_world, teacher_student_criteria
+
+    monkeypatch.setenv("LAB_FAST", "1")
+    assert modular_world.default_config() == modular_world.Config()
+    assert modular_world.default_config(fast=True) != modular_world.Config()
+    assert pretrain.default_config().steps == 2000 and pretrain.default_config(fast=True).steps == 300
+    assert bench_config.default_config().steps == bench_config.BenchConfig().steps
+    assert teacher_student_criteria.default_config(fast=True).steps < teacher_student_criteria.default_config().steps

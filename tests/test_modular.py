@@ -14,12 +14,12 @@ from toys import (modular, modular_consistency, modular_isolation, modular_plots
 
 SMALL = dict(n_tasks=3, hidden=(64, 64), n_train=4096, n_test=2048, steps=500, lr=5e-3, mask_steps=150, mask_lr=0.1,
              n_seeds=2)
-"""The fast-mode world (``default_config()`` under LAB_FAST=1): CI-sized, the claims still show."""
+"""The fast-mode world (``default_config(fast=True)``): CI-sized, the claims still show."""
 
 
 def test_fast_mode_default_is_the_small_world() -> None:
-    assert modular_world.default_config() == modular_world.Config(**SMALL)
-    assert modular_world.default_config(seed=3).seed == 3
+    assert modular_world.default_config(fast=True) == modular_world.Config(**SMALL)
+    assert modular_world.default_config(fast=True, seed=3).seed == 3
 
 
 def test_config_rejects_bad_values_naming_them() -> None:

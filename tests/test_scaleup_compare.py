@@ -206,7 +206,7 @@ def test_the_cli_takes_a_learning_rate_grid(tmp_path, cache, monkeypatch, capsys
     monkeypatch.setattr(cp, "print_report", lambda *a: None)
     cp.main(["--preset", "micro", "--lrs-sparse", "1e-3, 3e-2", "--lrs-full", "1e-4", "--out", str(tmp_path)])
     assert seen["cfg"].lrs_sparse == (1e-3, 3e-2) and seen["cfg"].lrs_full == (1e-4,)
-    assert seen["cfg"].lrs_lora == bc.default_config("micro").lrs_lora
+    assert seen["cfg"].lrs_lora == bc.default_config("micro", fast=True).lrs_lora
     assert "argument --lrs-lora: must be a number, got 'fast'" in cli_error(capsys, ["--lrs-lora", "fast", "--out", str(tmp_path)])
     assert "lrs_sparse must be a non-empty tuple of positive" in cli_error(
         capsys, ["--preset", "micro", "--lrs-sparse", "-1", "--out", str(tmp_path)])
@@ -257,7 +257,7 @@ def test_bad_input_raises_clear_errors(setup, tmp_path, capsys):
 
 
 def test_fast_mode_defaults_are_ci_sized():
-    cfg = bc.default_config("micro")  # tests run with LAB_FAST=1
+    cfg = bc.default_config("micro", fast=True)
     assert cfg.steps <= 50 and cfg.seeds == 1 and all(len(cfg.lrs(m)) == 1 for m in ("full", "lora", "lift"))
 
 

@@ -17,7 +17,7 @@ from toys import two_four_study as tfs
 def fast_study() -> tfs.Study:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", two_four_linear.FastPathNotice)
-        return tfs.run_study(tfs.default_study(), progress=False)
+        return tfs.run_study(tfs.default_study(fast=True), progress=False)
 
 
 def test_fast_study_measures_every_method(fast_study: tfs.Study) -> None:

@@ -26,12 +26,13 @@ import sys
 from dataclasses import replace
 
 from sparsity.cli_args import nonnegative_int, positive_int
+from sparsity.fastmode import fast_mode
 from toys.modular_report import format_report, run
 from toys.modular_world import default_config
 
 
 def main(argv: list[str] | None = None) -> int:
-    base = default_config()
+    base = default_config(fast=fast_mode())
     parser = argparse.ArgumentParser(
         prog="python -m toys.modular",
         description="Modular subnetworks: find them, ablate them, protect them "

@@ -40,7 +40,6 @@ from tqdm.auto import tqdm
 
 from sparsity import criteria, masks, registry
 from sparsity.eligibility import eligible
-from sparsity.fastmode import fast_mode
 from sparsity.metrics import mask_overlap
 from sparsity.registry import Criterion, CriterionInputs, Selection
 from sparsity.sweep import markdown_table
@@ -62,13 +61,13 @@ L1_MIN_STEPS = 600
 W3 entries moved before the penalty pulls them back) is still in its support."""
 
 
-def default_config(**overrides: object) -> ts.Config:
-    """The toy config of the comparison: plain MSE (lam = 0), fewer steps in fast mode (``LAB_FAST=1``).
+def default_config(*, fast: bool = False, **overrides: object) -> ts.Config:
+    """The toy config of the comparison: plain MSE (lam = 0), fewer steps with ``fast`` (the lab's fast mode, ``LAB_FAST=1``, read by the entry point and passed down).
 
     Full mode trains 3,000 steps (every masked run has flattened by then); fast mode 300,
     enough for the criteria's ranking at 5% to show but not for full convergence.
     """
-    base = ts.default_config(lam=0.0, steps=300 if fast_mode() else 3000)
+    base = ts.default_config(fast=fast, lam=0.0, steps=300 if fast else 3000)
     return replace(base, **overrides)
 
 

@@ -90,9 +90,9 @@ class StudyConfig:
         return {"steps": self.finetune_steps, "lr": self.finetune_lr}
 
 
-def default_study(**overrides: object) -> StudyConfig:
-    """The full study (3 seeds), or a CI-sized one in fast mode (``LAB_FAST=1``: 1 seed)."""
-    base = StudyConfig(world=tc.default_config(), seeds=(0,) if fast_mode() else (0, 1, 2))
+def default_study(*, fast: bool = False, **overrides: object) -> StudyConfig:
+    """The full study (3 seeds), or a CI-sized one with ``fast`` (the lab's fast mode, ``LAB_FAST=1``, read by the entry point and passed down): 1 seed."""
+    base = StudyConfig(world=tc.default_config(fast=fast), seeds=(0,) if fast else (0, 1, 2))
     return replace(base, **overrides)
 
 
@@ -313,9 +313,18 @@ class GptStudyConfig:
     seed: int = 0
 
 
-def default_gpt_study(**overrides: object) -> GptStudyConfig:
-    """The tiny GPT, 1,500 fine-tuning steps on ``sort``; fast mode: 30 steps (pretraining shrinks with fast mode too)."""
-    return replace(GptStudyConfig(steps=30) if fast_mode() else GptStudyConfig(), **overrides)
+def default_gpt_study(*, fast: bool = False, **overrides: object) -> GptStudyConfig:
+    """The tiny GPT, 1,500 fine-tuning steps on ``sort``; ``fast``: 30 steps after 300 of pretraining (the
+    fast length of ``scaleup.pretrain.default_config``)."""
+    small = GptStudyConfig(steps=30, pretrain_steps=pretrain_steps_fast()) if fast else GptStudyConfig()
+    return replace(small, **overrides)
+
+
+def pretrain_steps_fast() -> int:
+    """The pretraining length of the lab's fast mode (``scaleup.pretrain.default_config(fast=True)``)."""
+    from scaleup import pretrain
+
+    return pretrain.default_config(fast=True).steps
 
 
 def run_gpt_study(cfg: GptStudyConfig, cache_dir: str | None = None, progress: bool = True) -> dict[str, object]:
@@ -362,7 +371,8 @@ def format_gpt_table(result: dict[str, object]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    base = default_study()
+    fast = fast_mode()
+    base = default_study(fast=fast)
     parser = argparse.ArgumentParser(prog="python -m toys.two_four_study",
                                      description="2:4 pruning: one-shot cost and fixed-pattern fine-tuning recovery")
     parser.add_argument("--modules", nargs="+", default=None, help="linears to sparsify (default: all)")
@@ -383,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(err))
     result = run_study(study, progress=not args.no_progress)
     gpt_overrides = {k: v for k, v in (("target", args.gpt_target), ("steps", args.gpt_steps)) if v is not None}
-    gpt = run_gpt_study(default_gpt_study(**gpt_overrides), progress=not args.no_progress) if args.gpt else None
+    gpt = run_gpt_study(default_gpt_study(fast=fast, **gpt_overrides), progress=not args.no_progress) if args.gpt else None
     if args.json:
         json.dump({**result.summary(), **({"gpt": gpt} if gpt else {})}, sys.stdout, indent=2)
         print()
