@@ -1,10 +1,10 @@
 """LIFT's principal weights, and the methods whose mask changes during training (as training hooks).
 
-``lift`` selects the principal weights once (Liu et al. 2025). LIFT as its authors run it (Liu et al. 2025): principal weights re-selected every
-``LiftSettings.reselect_every`` steps, AdamW betas ``betas`` and, with ``eps``, their epsilon placement
-(added before the bias correction). RigL (Evci et al. 2020): a random mask at the budget, then every
-``RigLSettings.every`` steps the ``fraction`` of entries that moved least are dropped and as many with
-the largest gradient grown (``sparsity.train.RigL``).
+``lift`` selects the principal weights once (Liu et al. 2025). ``lift_reselect`` runs LIFT as its
+authors do: principal weights re-selected every ``LiftSettings.reselect_every`` steps, AdamW betas
+``betas`` and, with ``eps``, their epsilon placement (added before the bias correction). RigL (Evci
+et al. 2020): a random mask at the budget, then every ``RigLSettings.every`` steps the ``fraction`` of
+entries that moved least are dropped and as many with the largest gradient grown (``sparsity.train.RigL``).
 """
 
 from __future__ import annotations
