@@ -14,7 +14,6 @@ every experiment at full size: longer training, more seeds, the ``tiny`` GPT ins
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -26,19 +25,19 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from sparsity.fastmode import fast_mode  # noqa: E402
 from sparsity.sweep import command_line, machine_lines, markdown_table  # noqa: E402
-from toys import modular  # noqa: E402
+from toys import modular_consistency, modular_isolation, modular_plots, modular_report, modular_world  # noqa: E402
 from toys import prune_study as ps  # noqa: E402
 from toys import teacher_student as ts  # noqa: E402
 from toys import two_four_study as tfs  # noqa: E402
 
-Section = Callable[[Path], tuple[str, str]]
+Section = Callable[[Path, bool], tuple[str, str]]
+"""A section: (output folder, fast) -> (markdown, terminal summary); ``fast`` selects the small configurations."""
 
 
-def teacher_student_section(out: Path) -> tuple[str, str]:
+def teacher_student_section(out: Path, fast: bool) -> tuple[str, str]:
     """Liu 2026's probe at lambda = 0 and lambda = 1e-3: where does the update go?"""
-    base = ts.default_config()
+    base = ts.default_config(fast=fast)
     runs = {lam: ts.train(replace(base, lam=lam)) for lam in (0.0, 1e-3)}
     figures = []
     for lam, run in runs.items():
@@ -76,9 +75,9 @@ def update_sentence(lam: float, share: dict[str, float]) -> str:
     return f"With lambda = {lam:g}, W2 holds {share['W2']:.0%} of the update; {reading}"
 
 
-def prune_recover_section(out: Path) -> tuple[str, str]:
+def prune_recover_section(out: Path, fast: bool) -> tuple[str, str]:
     """Prune, then fine-tune with the pattern fixed: how much of dense accuracy comes back?"""
-    study = ps.default_study()
+    study = ps.default_study(fast=fast)
     result = ps.run_study(study)
     path = out / "prune_and_recover.png"
     fig = ps.plot_study(result)
@@ -100,31 +99,31 @@ Student {widths} on a random teacher's labels, {study.world.steps} training step
     return markdown, "Prune and recover: accuracy (share of dense)\n" + table + "\n" + verdict
 
 
-def modular_section(out: Path) -> tuple[str, str]:
+def modular_section(out: Path, fast: bool) -> tuple[str, str]:
     """Modular subnetworks: the ablation matrix, consistency across seeds, core isolation."""
-    cfg = modular.default_config()
-    report = modular.run(cfg)
+    cfg = modular_world.default_config(fast=fast)
+    report = modular_report.run(cfg)
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for ax, arm in zip(axes, ("random init", "pretrained")):
         seed0 = report.runs[arm][0]
         title = f"{arm}, seed 0: modularity {seed0.modularity:.2f}"
-        modular.plot_ablation_matrix(seed0.matrix, cfg.chance, ax, title)
+        modular_plots.plot_ablation_matrix(seed0.matrix, cfg.chance, ax, title)
     fig.tight_layout()
-    figures = {"modular_ablation.png": fig, "modular_consistency.png": modular.plot_consistency(report)}
-    figures["modular_isolation.png"] = modular.plot_isolation(report.isolation).figure
+    figures = {"modular_ablation.png": fig, "modular_consistency.png": modular_plots.plot_consistency(report)}
+    figures["modular_isolation.png"] = modular_plots.plot_isolation(report.isolation).figure
     for name, figure in figures.items():
         figure.savefig(out / name, dpi=110)
         plt.close(figure)
     summary = report.summary()
-    overlaps = {arm: report.overlaps.get(arm) for arm in modular.ARMS}
+    overlaps = {arm: report.overlaps.get(arm) for arm in modular_consistency.ARMS}
     consistency = markdown_table(
         ["arm", "modularity (mean +- std over seeds)", "cross-seed Jaccard", "chance"],
         [[arm, f"{summary['modularity'][arm]['mean']:.3f} +- {summary['modularity'][arm]['std']:.3f}",
-          *((f"{o.jaccard:.3f}", f"{o.chance:.3f}") if (o := overlaps[arm]) else ("-", "-"))] for arm in modular.ARMS])
+          *((f"{o.jaccard:.3f}", f"{o.chance:.3f}") if (o := overlaps[arm]) else ("-", "-"))] for arm in modular_consistency.ARMS])
     iso = report.isolation
     ways = markdown_table(["way", "B (target)", "A (retained)", "trainable share of trunk"],
                           [[w, f"{iso.target[w]:.3f}", f"{iso.retained[w]:.3f}", f"{iso.trainable[w]:.2f}"]
-                           for w in modular.WAYS])
+                           for w in modular_isolation.WAYS])
     matrix = report.runs["random init"][0].matrix
     ablated = [["(none)", *(f"{b:.3f}" for b in matrix.baseline)]]
     ablated += [[name, *(f"{v:.3f}" for v in row)] for name, row in zip(matrix.subnetworks, matrix.scores)]
@@ -154,15 +153,15 @@ Pretrained on A = {cfg.task_a} (A {iso.a_before:.3f}), then fine-tuned on B = {c
         (ablation, consistency, ways))
 
 
-def two_four_section(out: Path) -> tuple[str, str]:
+def two_four_section(out: Path, fast: bool) -> tuple[str, str]:
     """2:4 sparsity: one-shot cost and fixed-pattern fine-tuning recovery vs dense FT and unstructured 50%."""
     import warnings
 
-    from sparsity.semistructured import FastPathNotice
+    from sparsity.two_four_linear import FastPathNotice
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FastPathNotice)  # the CPU runs the dense masked reference
-        result = tfs.run_study(tfs.default_study())
+        result = tfs.run_study(tfs.default_study(fast=fast))
     path = out / "two_four.png"
     fig = tfs.plot_study(result)
     fig.savefig(path, dpi=110)
@@ -181,18 +180,20 @@ Every method gets the same fine-tuning steps after the dense training:
     return markdown, "2:4 vs unstructured 50% (same fine-tuning steps)\n" + table + "\n" + verdict
 
 
-def scaleup_section(out: Path) -> tuple[str, str]:
+def scaleup_section(out: Path, fast: bool) -> tuple[str, str]:
     """The controlled benchmark, small: full vs sparse (LoRA-equal budget) vs LoRA fine-tuning of a GPT."""
     import shutil
 
+    from scaleup import bench_config as bc
     from scaleup import compare as cp
+    from scaleup import report as rep
     from scaleup.frontier_report import frontier_verdict
     from scaleup.results import load_results
 
-    cfg = cp.demo_config()
+    cfg = bc.demo_config(fast)
     folder = out / f"scaleup_{cfg.preset}_{cfg.steps}steps"
-    cp.run(cfg, folder, cp.DEMO_METHODS)
-    table = cp.report_markdown(folder)
+    cp.run(cfg, folder, bc.DEMO_METHODS)
+    table = rep.report_markdown(folder)
     committed = Path(__file__).resolve().parent / "benchmarks" / "results" / "frontier_tiny_facts_b"
     tiny = ""
     if (committed / "frontier.png").exists():
@@ -222,11 +223,11 @@ criterion and its learning-rate grid are benchmarks/results/frontier_tiny_facts_
     return markdown, "Scale-up comparison (target vs retention)\n" + table
 
 
-def rl_section(out: Path) -> tuple[str, str]:
+def rl_section(out: Path, fast: bool) -> tuple[str, str]:
     """RL update sparsity (lesson 6): GRPO, SFT and DPO, float32 vs bf16 weight storage, and the subnetwork retrain."""
     from scaleup import rl_study
 
-    study = rl_study.run_study(rl_study.default_config())
+    study = rl_study.run_study(rl_study.default_config(fast=fast))
     rows = [[name, f"{r['target']:.3f}", f"{r['update_sparsity']:.1%}", f"{r['per_layer_type'].get('norm.weight', 0):.1%}",
              f"{r['relative_rank']:.2f}"] for name, r in study["runs"].items()]
     table = markdown_table(["run", "target", "entries unchanged", "LayerNorm gains unchanged", "relative rank"], rows)
@@ -260,15 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--full", action="store_true", help=f"the full report: {FULL_ADDS}")
     args = parser.parse_args(argv)
     args.argv = argv
-    before = os.environ.get("LAB_FAST")
-    os.environ["LAB_FAST"] = "0" if args.full else "1"  # every section's configuration follows fast mode
-    try:
-        return _run(args)
-    finally:
-        if before is None:
-            os.environ.pop("LAB_FAST")
-        else:
-            os.environ["LAB_FAST"] = before
+    return _run(args)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -282,7 +275,7 @@ def _run(args: argparse.Namespace) -> int:
         title = (section.__doc__ or section.__name__).splitlines()[0]
         print(f"[section {i} of {len(SECTIONS)}] {title}", flush=True)
         began = time.perf_counter()
-        markdown, summary = section(args.out)
+        markdown, summary = section(args.out, not args.full)  # the quick report: every section's fast size
         timings.append((section.__name__.removesuffix("_section"), time.perf_counter() - began))
         parts.append(markdown)
         print(summary, end="\n\n")

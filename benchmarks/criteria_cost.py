@@ -101,8 +101,9 @@ def format_report(widths: tuple[int, ...], n_params: int, rows: list, rank: int,
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    fast = fast_mode()  # the entry point reads LAB_FAST once and passes it down
     parser = argparse.ArgumentParser(prog="python -m benchmarks.criteria_cost", description=__doc__.splitlines()[0])
-    parser.add_argument("--rank", type=positive_int, default=8 if fast_mode() else 64, help="LIFT rank (default %(default)s)")
+    parser.add_argument("--rank", type=positive_int, default=8 if fast else 64, help="LIFT rank (default %(default)s)")
     parser.add_argument("--batches", type=positive_int, default=4, help="batches for gradient criteria (default %(default)s)")
     parser.add_argument("--criteria", nargs="+", default=list(CRITERIA), metavar="NAME",
                         help="registered criteria to time (default: %(default)s)")
@@ -113,9 +114,10 @@ def main(argv: list[str] | None = None) -> int:
             registry.get_criterion(name)
     except ValueError as err:
         parser.error(str(err))
-    widths = FAST_WIDTHS if fast_mode() else FULL_WIDTHS
+    widths = FAST_WIDTHS if fast else FULL_WIDTHS
     n_params, rows = run(widths, args.rank, args.batches, args.criteria)
-    report = format_report(widths, n_params, rows, args.rank, args.batches, command_line("benchmarks.criteria_cost", argv))
+    report = format_report(widths, n_params, rows, args.rank, args.batches,
+                           command_line("benchmarks.criteria_cost", argv, fast))
     emit(report, args.out)
     return 0
 

@@ -338,8 +338,7 @@ def format_report(settings: Settings, n_params: int, rows: list[Row], machine: l
 # --- the command line ---------------------------------------------------------------
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    fast = fast_mode()
+def parse_args(argv: list[str] | None, fast: bool = False) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.optimizer_step",
         description="Step time and state bytes of MaskedAdamW vs torch.optim.AdamW (LAB_FAST=1: small and quick).",
@@ -355,8 +354,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = parse_args(argv)
-    fast = fast_mode()
+    fast = fast_mode()  # the entry point reads LAB_FAST once and passes it down
+    args = parse_args(argv, fast)
     settings = Settings(
         widths=FAST_WIDTHS if fast else FULL_WIDTHS,
         steps=args.steps,
@@ -368,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     load_at_start = load_average()
     try:
         rows = run_benchmark(settings)
-        machine = machine_lines(command_line("benchmarks.optimizer_step", argv))
+        machine = machine_lines(command_line("benchmarks.optimizer_step", argv, fast))
     finally:
         torch.set_num_threads(previous_threads)  # leave the process as we found it (tests call main)
     n_params = count_parameters(build_mlp(settings.widths))

@@ -277,7 +277,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.device == "cuda" and not cuda:
         p.error("--device cuda: CUDA is not available here")
-    fast = fast_mode()
+    fast = args.fast = fast_mode()  # the entry point reads LAB_FAST once and passes it down
     args.preset = args.preset or ("micro" if fast else "mid" if args.device == "cuda" else "small")
     args.batch = args.batch or (64 if args.device == "cuda" else 32)
     args.steps = args.steps or (6 if fast else 30)
@@ -292,9 +292,9 @@ def main(argv: list[str] | None = None) -> int:
     load_start = load_average()
     start = time.perf_counter()
     try:
-        rows, facts = measure(args.preset, args.device, args.batch, args.steps, warmup=2 if fast_mode() else 3)
+        rows, facts = measure(args.preset, args.device, args.batch, args.steps, warmup=2 if args.fast else 3)
         report = format_report(rows, facts, args.device, args.steps,
-                               command_line("benchmarks.scaleup_memory", argv), (load_start, load_average()))
+                               command_line("benchmarks.scaleup_memory", argv, args.fast), (load_start, load_average()))
     finally:
         torch.set_num_threads(previous)  # tests call main in-process
     print(f"measured in {time.perf_counter() - start:.0f} s", file=sys.stderr)

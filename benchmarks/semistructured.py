@@ -51,7 +51,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from sparsity import semistructured as ss
+from sparsity import two_four_convert, two_four_linear
 from sparsity import sweep as report
 from sparsity.cli_args import output_file, positive_int
 
@@ -116,10 +116,10 @@ def timer(device: torch.device, warmup: int, reps: int) -> Callable[[Callable[[]
     return measure
 
 
-def _layer(n_out: int, n_in: int, dtype: torch.dtype, device: torch.device) -> ss.SemiStructuredLinear:
+def _layer(n_out: int, n_in: int, dtype: torch.dtype, device: torch.device) -> two_four_linear.SemiStructuredLinear:
     """A bias-free 2:4 layer (magnitude mask of PyTorch's default init, seed 0)."""
     torch.manual_seed(0)
-    return ss.SemiStructuredLinear.from_linear(nn.Linear(n_in, n_out, bias=False, device=device, dtype=dtype))
+    return two_four_linear.SemiStructuredLinear.from_linear(nn.Linear(n_in, n_out, bias=False, device=device, dtype=dtype))
 
 
 def bench_linear(dtype_name: str, shape: tuple[int, int], tokens: int, device: torch.device,
@@ -162,7 +162,7 @@ def bench_linear(dtype_name: str, shape: tuple[int, int], tokens: int, device: t
 
     dense_train = measure(dense_step)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ss.FastPathNotice)
+        warnings.simplefilter("ignore", two_four_linear.FastPathNotice)
         sparse_train = measure(sparse_step)
     return LinearRow(dtype_name, shape, tokens, dense_ms, sparse_ms, dense_train, sparse_train, train_route)
 
@@ -177,14 +177,14 @@ def bench_gpt(device: torch.device, measure: Callable, preset: str, shapes: dict
     for variant, modules in GPT_VARIANTS.items():
         model = copy.deepcopy(base)
         if modules is not None:
-            ss.sparsify_24(model, modules=modules)
+            two_four_convert.sparsify_24(model, modules=modules)
         model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
         if modules is not None:
-            ss.to_inference_(model)
+            two_four_convert.to_inference_(model)
         for label, (batch, t) in shapes.items():
             idx = torch.randint(0, GPT_VOCAB, (batch, t), device=device)
             with torch.no_grad(), warnings.catch_warnings():
-                warnings.simplefilter("ignore", ss.FastPathNotice)
+                warnings.simplefilter("ignore", two_four_linear.FastPathNotice)
                 ms = measure(lambda model=model, idx=idx: model(idx))
             rows.append(GptRow(label, variant, batch * t / (ms / 1e3)))
     return rows
@@ -323,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=output_file, default=None, help="markdown path (default results/semistructured-<device>.md)")
     args = parser.parse_args(argv)
 
-    cuda_ok = torch.cuda.is_available() and torch.cuda.get_device_capability() >= ss.MIN_CAPABILITY
+    cuda_ok = torch.cuda.is_available() and torch.cuda.get_device_capability() >= two_four_linear.MIN_CAPABILITY
     if not args.dry_run and not cuda_ok:
         why = "no CUDA device" if not torch.cuda.is_available() else "compute capability < 8.0 (no sparse tensor cores)"
         print(f"benchmarks.semistructured measures 2:4 on sparse tensor cores and needs a CUDA GPU of compute "

@@ -51,7 +51,7 @@ from toys.teacher_student import default_config, format_table, label, plot_run, 
 from toys.widgets import run_on_click, wide
 
 FAST = fast_mode()  # LAB_FAST=1 shrinks the runs so the notebook executes in CI
-base = default_config()
+base = default_config(fast=FAST)
 print(f"fast mode: {FAST}; {base.steps} steps, widths {base.widths}, Adam lr {base.learning_rate}")
 
 # %% [markdown]

@@ -52,11 +52,11 @@ from IPython.display import display
 from sparsity.ablate import ablate
 from sparsity.discover import exclusive
 from sparsity.fastmode import fast_mode
-from toys import modular
+from toys import modular_isolation, modular_plots, modular_report, modular_training, modular_world
 from toys.widgets import run_on_click, wide
 
 FAST = fast_mode()  # LAB_FAST=1 shrinks the runs so the notebook executes in CI
-cfg = modular.default_config()
+cfg = modular_world.default_config(fast=FAST)
 print(f"fast mode: {FAST}; {cfg.n_tasks} tasks, trunk {cfg.hidden}, {cfg.steps} training steps, "
       f"{cfg.mask_steps} mask steps, {cfg.n_seeds} seeds per arm")
 
@@ -66,8 +66,8 @@ print(f"fast mode: {FAST}; {cfg.n_tasks} tasks, trunk {cfg.hidden}, {cfg.steps} 
 # (seconds in fast mode, minutes in full mode). The rest of the lesson reads its results.
 
 # %%
-report = modular.run(cfg)
-print(modular.format_report(report))
+report = modular_report.run(cfg)
+print(modular_report.format_report(report))
 
 # %% [markdown]
 # ## 1. The ablation matrix
@@ -83,7 +83,7 @@ print(modular.format_report(report))
 fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
 for ax, arm in zip(axes, ("random init", "pretrained")):
     seed0 = report.runs[arm][0]
-    modular.plot_ablation_matrix(seed0.matrix, cfg.chance, ax, f"{arm}, seed 0: modularity {seed0.modularity:.2f}")
+    modular_plots.plot_ablation_matrix(seed0.matrix, cfg.chance, ax, f"{arm}, seed 0: modularity {seed0.modularity:.2f}")
 fig.tight_layout()
 plt.show()
 checks = report.checks()
@@ -101,7 +101,7 @@ for arm in ("random init", "pretrained"):
 
 # %%
 seed0 = report.runs["random init"][0]
-modular.plot_mask_learning(seed0)
+modular_plots.plot_mask_learning(seed0)
 plt.show()
 for task, learned in seed0.masks.items():
     print(f"{task}: subnetwork keeps {learned.density:.1%} of the trunk; with only it left, {task} scores "
@@ -115,7 +115,7 @@ for task, learned in seed0.masks.items():
 
 # %%
 arm_pick = widgets.ToggleButtons(options=["random init", "pretrained"], description="network")
-subnet_pick = widgets.Dropdown(options=["none", *modular.make_world(cfg).targets], value="t0",
+subnet_pick = widgets.Dropdown(options=["none", *modular_world.make_world(cfg).targets], value="t0",
                                description="ablate")
 mode_pick = widgets.ToggleButtons(options=["zero", "mean"], description="mode")
 part_pick = widgets.ToggleButtons(options=["exclusive part", "whole mask"], description="which entries")
@@ -129,7 +129,7 @@ def show_ablation(_=None):
     masks = {t: learned.mask for t, learned in run0.masks.items()}
     if part_pick.value == "exclusive part":
         masks = exclusive(masks)
-    scorers = modular.evaluators(report.world, report.world.targets)
+    scorers = modular_training.evaluators(report.world, report.world.targets)
     if subnet_pick.value == "none":
         scores = {t: f(run0.model) for t, f in scorers.items()}
     else:
@@ -137,7 +137,7 @@ def show_ablation(_=None):
             scores = {t: f(run0.model) for t, f in scorers.items()}
     with ablation_out:
         ablation_out.clear_output(wait=True)
-        ax = modular.plot_task_scores(scores, cfg.chance, subnet_pick.value, title=f"{arm_pick.value}: "
+        ax = modular_plots.plot_task_scores(scores, cfg.chance, subnet_pick.value, title=f"{arm_pick.value}: "
                                       f"{subnet_pick.value} ablated ({part_pick.value}, {mode_pick.value})")
         plt.show()
     last_ablation.update(scores=scores, figure=ax.figure)
@@ -161,7 +161,7 @@ show_ablation()
 # densities would give.
 
 # %%
-modular.plot_consistency(report)
+modular_plots.plot_consistency(report)
 plt.show()
 for arm, overlap in report.overlaps.items():
     per_tensor = ", ".join(f"{n} {j:.2f} (chance {c:.2f})" for n, (j, c) in overlap.per_tensor.items())
@@ -197,9 +197,9 @@ iso = report.isolation
 print(f"A's core: top {cfg.core_density:.0%} of the trunk; B's subnetwork: top {cfg.subnet_density:.0%}")
 print(f"after pretraining on A: A {iso.a_before:.3f}, B {iso.b_before:.3f} (chance {cfg.chance:.2f})")
 print(f"{'way':<22}{'B (target)':>12}{'A (retained)':>14}{'trainable share of trunk':>26}")
-for way in modular.WAYS:
+for way in modular_isolation.WAYS:
     print(f"{way:<22}{iso.target[way]:>12.3f}{iso.retained[way]:>14.3f}{iso.trainable[way]:>26.2f}")
-modular.plot_isolation(iso)
+modular_plots.plot_isolation(iso)
 plt.show()
 
 # %% [markdown]
@@ -213,7 +213,7 @@ plt.show()
 # closed over whole units, then press **Fine-tune**. Each run adds a point to the plot.
 
 # %%
-way_pick = widgets.ToggleButtons(options=list(modular.WAYS), value="freeze A's core", description="way",
+way_pick = widgets.ToggleButtons(options=list(modular_isolation.WAYS), value="freeze A's core", description="way",
                                  style={"button_width": "auto"})  # each way's name in full
 density_slider = widgets.FloatLogSlider(value=cfg.core_density, base=10, min=-2, max=-0.3, step=0.05,
                                         description="density", continuous_update=False, layout=wide())
@@ -226,17 +226,17 @@ last_finetune = {}
 
 def on_finetune():
     """Fine-tune a copy of the A-pretrained model on B the chosen way and plot forgetting vs target."""
-    core = modular.a_core(iso.pretrained, density_slider.value, units=units_box.value)
-    subnetwork = modular.b_subnetwork(iso.pretrained, iso.models["full"], density_slider.value)
-    mask = modular.way_mask(way_pick.value, core, subnetwork, cfg.task_b)
-    tuned = modular.finetune_b(iso.pretrained, report.world, mask)
-    b = modular.accuracy(tuned, report.world, cfg.task_b)
-    a = modular.accuracy(tuned, report.world, cfg.task_a)
+    core = modular_isolation.a_core(iso.pretrained, density_slider.value, units=units_box.value)
+    subnetwork = modular_isolation.b_subnetwork(iso.pretrained, iso.models["full"], density_slider.value)
+    mask = modular_isolation.way_mask(way_pick.value, core, subnetwork, cfg.task_b)
+    tuned = modular_isolation.finetune_b(iso.pretrained, report.world, mask)
+    b = modular_training.accuracy(tuned, report.world, cfg.task_b)
+    a = modular_training.accuracy(tuned, report.world, cfg.task_a)
     label = f"{way_pick.value}, d={density_slider.value:.2f}" + ("" if units_box.value else ", entries")
     tried.append((label, b, a))
-    ax = modular.plot_isolation(iso, tried)
+    ax = modular_plots.plot_isolation(iso, tried)
     plt.show()
-    print(f"{label}: B {b:.3f}, A {a:.3f}; trainable share of trunk {modular.trunk_share(tuned, mask):.2f}")
+    print(f"{label}: B {b:.3f}, A {a:.3f}; trainable share of trunk {modular_isolation.trunk_share(tuned, mask):.2f}")
     last_finetune.update(target=b, retained=a, mask=mask, figure=ax.figure)
 
 
@@ -248,7 +248,7 @@ display(widgets.VBox([way_pick, widgets.HBox([density_slider, units_box]), finet
 # 1. The ablation matrix uses each subnetwork's *exclusive* part. Switch the widget to
 #    *whole mask*: what do the shared entries carry, and why must a modularity test leave
 #    them alone?
-# 2. Set `overlap=4` (`modular.default_config(overlap=4)`): neighbouring tasks now share
+# 2. Set `overlap=4` (`modular_world.default_config(overlap=4)`): neighbouring tasks now share
 #    half their inputs. What happens to the diagonal and the off-diagonal of the matrix?
 # 3. The mask learner's penalty `mask_sparsity` sets how small the subnetworks get. With a
 #    weak penalty (try 1.0) masks stay dense and overlap: how does the modularity score move?
@@ -256,7 +256,7 @@ display(widgets.VBox([way_pick, widgets.HBox([density_slider, units_box]), finet
 #    pretraining, or about sharing a starting point? What experiment would separate the two?
 # 5. Untick *whole units* at the same density: how much of A does freezing its core's
 #    *entries* save? Then pretrain A without the L1 penalty:
-#    `modular.isolation(modular.make_world(modular.default_config(pretrain_l1=0.0)))`.
+#    `modular_isolation.isolation(modular_world.make_world(modular_world.default_config(pretrain_l1=0.0)))`.
 #    The core's units now cover most of the trunk. What does that say about when freezing
 #    a core can work?
 # 6. Compare B's subnetwork alone with full fine-tuning on B in the table above. Raise its

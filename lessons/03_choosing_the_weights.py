@@ -15,7 +15,7 @@
 #
 # Sparse fine-tuning trains a small subset of a model's weights and freezes the rest. Two
 # questions decide whether it works: **which** weights (the *criterion* that scores every
-# entry), and **how** the budget is spread (the *policy* that turns scores into a mask).
+# entry), and **how** the budget is spread (the *scope* of the selection that turns scores into a mask).
 # A third, quieter one decides whether the experiment means anything at all: does the
 # optimizer really leave the frozen weights alone?
 #
@@ -33,12 +33,12 @@
 # | `fisher` | sum of g^2 over batches | the empirical Fisher: how informative the entry is (FISH mask, Sung et al. 2021) |
 # | `movement` | -w * g | entries gradient descent pushes away from zero (Sanh et al. 2020) |
 # | `lift` | abs of a rank-r approximation of W | LIFT's principal weights (Liu et al. 2025; lesson 7) |
-# | `l1_update` | abs(delta) of an L1-to-init run | the subnetwork a sparse update *discovered* (lesson 1's lambda = 1e-3 run) |
-# | `layer` | the re-drawn layer fc2 | an oracle that knows the layer but not which of its entries matter |
+# | `l1_discovered` | abs(delta) of an L1-to-init run | the subnetwork a sparse update *discovered* (lesson 1's lambda = 1e-3 run) |
+# | `layers` | the re-drawn layer fc2 | an oracle that knows the layer but not which of its entries matter |
 #
 # The **budget** is a share of the weight entries (1%, 5%, 20%; biases stay frozen in the
-# sparse runs). The **policy** is `top_k`, either *global* (the best entries anywhere) or
-# *per tensor* (the same share of every matrix). `l1_update` and `layer` name *sets*: they
+# sparse runs). Selection is `top_k`, its **scope** either *global* (the best entries anywhere) or
+# *per tensor* (the same share of every matrix). `l1_discovered` and `layers` name *sets*: they
 # never spend budget outside them, so when the budget is bigger than the set they take all
 # of it and the table shows the smaller actual density. Masks are chosen once, at the
 # start (RigL, Evci et al. 2020, would re-choose them during training).
@@ -58,7 +58,7 @@ from IPython.display import Markdown, display
 
 from sparsity import SparseConfig, cosine, fit, masks, sparsify
 from sparsity.fastmode import fast_mode
-from toys import modular
+from toys import modular_world
 from toys import modular_criteria as mc
 from toys import optimizer_pitfall as pit
 from toys import teacher_student as ts
@@ -69,7 +69,7 @@ from toys.widgets import LABEL_STYLE, budget_slider, train_panel, wide
 
 FAST = fast_mode()  # LAB_FAST=1: fewer steps, one budget, so the notebook executes in CI
 torch.set_num_threads(1)  # the toy's matrices are tiny: one thread is fastest, and immune to a busy CPU
-cfg = tsc.default_config()
+cfg = tsc.default_config(fast=FAST)
 DENSITIES = (0.05,) if FAST else ALL_DENSITIES
 print(f"fast mode: {FAST}; {cfg.steps} Adam steps per run, widths {cfg.widths}, budgets {DENSITIES}")
 
@@ -77,7 +77,7 @@ print(f"fast mode: {FAST}; {cfg.steps} Adam steps per run, widths {cfg.widths}, 
 # ## The reference runs
 # Full fine-tuning (every parameter, plain MSE) is the bar to match. The L1 run (lambda =
 # 1e-3, applied as a proximal step so that unneeded entries end *exactly* where they
-# started) is the discovery run `l1_update` reads.
+# started) is the discovery run `l1_discovered` reads.
 
 # %%
 setup = tsc.prepare(cfg)
@@ -89,7 +89,7 @@ print(f"W2 holds {setup.chance_share:.1%} of the weight entries: what a random m
 
 # %% [markdown]
 # ## The comparison
-# Every criterion at every budget (global policy): build the mask at the start, train only
+# Every criterion at every budget (global scope): build the mask at the start, train only
 # it, measure. "x full" is the test MSE over full fine-tuning's; "recovery" the share of
 # full fine-tuning's loss reduction the sparse run achieves (1 = as good, above 1 =
 # better); "in W2" the share of the mask inside W2; "covers W2" the share of W2 it trains.
@@ -105,22 +105,22 @@ plt.show()
 # pay off in the loss? The measured verdicts, per budget:
 
 # %%
-start_criteria = [c for c in tsc.CRITERIA if c not in ("l1_update", "layer")]  # read at the start, no training
+start_criteria = [c for c in tsc.CRITERIA if c not in ("l1_discovered", "layers")]  # read at the start, no training
 for d in DENSITIES:
     rows = [r for r in comparison.rows if r.density == d and r.scope == "global"]
     by_loss = sorted(rows, key=lambda r: r.test_loss)
-    rnd, mag, l1 = comparison.get("random", d), comparison.get("magnitude", d), comparison.get("l1_update", d)
+    rnd, mag, l1 = comparison.get("random", d), comparison.get("magnitude", d), comparison.get("l1_discovered", d)
     read_at_start = [r for r in rows if r.criterion in start_criteria]
     best_start = min(read_at_start, key=lambda r: r.test_loss)
-    layer_rank = [r.criterion for r in by_loss].index("layer") + 1
+    layer_rank = [r.criterion for r in by_loss].index("layers") + 1
     outside = 1 - sum(r.share_needed for r in read_at_start) / len(read_at_start)
     print(f"budget {d:.0%}: share of the mask in W2: " + ", ".join(f"{r.criterion} {r.share_needed:.0%}" for r in rows)
           + f" (chance {setup.chance_share:.0%})")
     print(f"   ranking by test MSE: {' < '.join(r.criterion for r in by_loss)}")
     print(f"   random reaches {rnd.recovery:.0%} of full fine-tuning's gain, magnitude {mag.recovery:.0%}, "
           f"the best ({by_loss[0].criterion}) {by_loss[0].recovery:.0%}")
-    layer = comparison.get("layer", d)
-    print(f"   test MSE of the best criterion read at the start ({best_start.criterion}) over l1_update's: "
+    layer = comparison.get("layers", d)
+    print(f"   test MSE of the best criterion read at the start ({best_start.criterion}) over l1_discovered's: "
           f"{best_start.test_loss / l1.test_loss:.2g}x; the layer oracle ranks #{layer_rank} and trains "
           f"{layer.actual_density:.1%} of the weights")
     print(f"   the criteria read at the start put {outside:.0%} of their masks outside W2 on average; the best "
@@ -134,10 +134,10 @@ for d in DENSITIES:
 #   what the *task* wants; magnitude reads only the weights' scale, and the re-drawn W2 has
 #   the scale of the copied W3 (both have fan-in 20), so its picks split between the two
 #   (lesson 7 looks at LIFT more closely).
-# - **The discovered update as a ranking.** `l1_update` trains what an L1-penalised run
+# - **The discovered update as a ranking.** `l1_discovered` trains what an L1-penalised run
 #   actually moved. Compare its test MSE with the best criterion read at the start. It is
 #   not free: it costs a whole training run first.
-# - **Which layer, then which entries.** `layer` picks W2's entries at *random*; given the
+# - **Which layer, then which entries.** `layers` picks W2's entries at *random*; given the
 #   whole of W2 (the 20% budget covers it) it trains W2 and nothing else.
 # - **At a large budget the criteria matter less**: every ranking criterion runs out of good
 #   W2 entries and spends most of its budget on W1 and W3.
@@ -170,7 +170,7 @@ print(f"test MSE {test_mse:.6e}; the comparison's Fisher row at 5%: {fisher_row.
       f"(identical: {test_mse == fisher_row.test_loss})")
 
 # %% [markdown]
-# ## The policy: global vs per tensor
+# ## The scope: global vs per tensor
 # A per-tensor budget gives every matrix the same share. That is what LIFT and many
 # sparse fine-tuning methods do, and it makes "find the layer" impossible by
 # construction: whatever the scores, W2 gets at most its own share of the budget (a
@@ -178,7 +178,7 @@ print(f"test MSE {test_mse:.6e}; the comparison's Fisher row at 5%: {fisher_row.
 # matrices' shares unspent, so its mask is smaller).
 
 # %%
-per_tensor_criteria = ("fisher", "l1_update") if FAST else tsc.CRITERIA
+per_tensor_criteria = ("fisher", "l1_discovered") if FAST else tsc.CRITERIA
 per_tensor = tsc.compare(setup, criteria=per_tensor_criteria, densities=(0.05,), scopes=("per_tensor",))
 for row in per_tensor.rows:
     glob = comparison.get(row.criterion, 0.05)
@@ -201,7 +201,7 @@ plt.show()
 
 # %%
 MODULAR_CRITERIA = ("fisher", "update", "module") if FAST else mc.MODULAR_CRITERIA
-mcfg = modular.default_config(steps=150) if FAST else modular.default_config()
+mcfg = modular_world.default_config(fast=True, steps=150) if FAST else modular_world.default_config()
 modular_comparison = mc.compare_modular(mcfg, task="t1", criteria=MODULAR_CRITERIA, densities=DENSITIES)
 display(Markdown(modular_comparison.table()))
 mc.plot_modular(modular_comparison, 0.05)
@@ -258,23 +258,23 @@ plt.show()
 # unselected entries stay bit-identical.
 #
 # ## Try it yourself
-# Pick a criterion, a budget and a policy, then press **Train**: the mask is built at the
+# Pick a criterion, a budget and a scope, then press **Train**: the mask is built at the
 # student's start and trained alone; the plot compares its training curve with full
 # fine-tuning's and shows where the mask lies. Things to try: `magnitude` vs `fisher` at
-# 1%; any criterion with the per-tensor policy; `layer` at 20% (the whole of W2).
+# 1%; any criterion with the per-tensor scope; `layers` at 20% (the whole of W2).
 
 # %%
 criterion_menu = widgets.Dropdown(options=tsc.CRITERIA, value="fisher", description="criterion")
 density_slider = budget_slider()
-policy_buttons = widgets.ToggleButtons(options=[("global", "global"), ("per tensor", "per_tensor")], value="global",
-                                       description="policy")
+scope_buttons = widgets.ToggleButtons(options=[("global", "global"), ("per tensor", "per_tensor")], value="global",
+                                       description="scope")
 rank_slider = widgets.IntSlider(value=4, min=1, max=min(cfg.widths), description="LIFT rank", continuous_update=False,
                                 layout=wide(), style=LABEL_STYLE)
 
 
 def train_and_plot():
     """Select, train and plot with the chosen settings: what the Train button runs."""
-    row, result = tsc.evaluate(setup, criterion_menu.value, density_slider.value, policy_buttons.value,
+    row, result = tsc.evaluate(setup, criterion_menu.value, density_slider.value, scope_buttons.value,
                                lift_rank=rank_slider.value, progress=True)
     figure = tsc.plot_run(row, result, setup)
     plt.show()
@@ -284,7 +284,7 @@ def train_and_plot():
 
 
 train_button, output, last_run = train_panel(train_and_plot)
-display(widgets.VBox([criterion_menu, density_slider, policy_buttons, rank_slider, train_button, output]))
+display(widgets.VBox([criterion_menu, density_slider, scope_buttons, rank_slider, train_button, output]))
 
 # %% [markdown]
 # ## Questions to think about
@@ -293,12 +293,12 @@ display(widgets.VBox([criterion_menu, density_slider, policy_buttons, rank_slide
 #    the start but that needs to change later)?
 # 2. Magnitude fails here. In a *pretrained* network, why might large weights be the
 #    *wrong* ones to change (they may carry what the model already knows)?
-# 3. `layer` at 20% is the whole of W2, fewer entries than the budget allows. Does it beat
+# 3. `layers` at 20% is the whole of W2, fewer entries than the budget allows. Does it beat
 #    the other 20% masks, and does it reach full fine-tuning? Test the local-optimum reading:
 #    train W2 alone for longer, or start it from the end of a full fine-tuning run.
-# 4. `l1_update` needs a full training run before it can select anything. When is that
+# 4. `l1_discovered` needs a full training run before it can select anything. When is that
 #    still worth it? (Think of re-training a discovered subnetwork on new data, lesson 6.)
-# 5. The per-tensor policy cannot find W2. Why do methods use it anyway? (Hint: memory
+# 5. The per-tensor scope cannot find W2. Why do methods use it anyway? (Hint: memory
 #    per layer, hardware, and not trusting scores across layers of different scale.)
 # 6. Plain AdamW with the gradient zeroed and weight decay 0: do the frozen entries stay
 #    put? What if the mask changes during training?
@@ -307,4 +307,4 @@ display(widgets.VBox([criterion_menu, density_slider, policy_buttons, rank_slide
 # - Lesson 4 prunes and recovers: sparse fine-tuning with a fixed pattern after pruning.
 # - Lesson 7 takes a closer look at LIFT's principal weights against plain magnitude.
 # - Lesson 6 measures which weights an RL run actually moves and retrains only those,
-#   the `l1_update` idea at scale.
+#   the `l1_discovered` idea at scale.

@@ -50,7 +50,7 @@ from toys import prune_study as ps
 from toys.widgets import run_on_click, wide
 
 FAST = fast_mode()  # LAB_FAST=1 shrinks every run so the notebook executes in CI
-study = ps.default_study()
+study = ps.default_study(fast=FAST)
 cfg = study.world
 print(f"fast mode: {FAST}; student {cfg.in_dim}-{'-'.join(map(str, cfg.hidden))}-{cfg.n_classes}, "
       f"{cfg.steps} AdamW steps, {cfg.n_train} training inputs")

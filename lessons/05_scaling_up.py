@@ -47,7 +47,7 @@ import matplotlib.pyplot as plt
 import torch
 from IPython.display import Markdown, display
 
-from scaleup import compare, gpt, report, results
+from scaleup import bench_config, finetune, gpt, methods, report, results
 from scaleup import tasks as tk
 from scaleup import teacher_student as ts
 from sparsity import SparseConfig, cosine, fit, sparsify
@@ -62,10 +62,10 @@ if FAST:
     torch.set_num_threads(1)  # a 26k-parameter model gains nothing from threads that a shared CI machine lacks
 DENSITIES = (0.01, 0.05, 0.2)
 if FAST:  # the micro preset in a small task world it learns in 200 pretraining steps
-    cfg = replace(compare.demo_config(), densities=DENSITIES)
+    cfg = replace(bench_config.demo_config(fast=True), densities=DENSITIES)
 else:  # one learning rate per method, from inside the frontier benchmark's grids
-    cfg = compare.default_config(PRESET, densities=DENSITIES, lrs_full=(3e-4,), lrs_sparse=(1e-2,), lrs_lora=(3e-3,))
-setup = compare.prepare(cfg, device=DEVICE)  # loads the cached checkpoint, or pretrains it once
+    cfg = bench_config.default_config(PRESET, densities=DENSITIES, lrs_full=(3e-4,), lrs_sparse=(1e-2,), lrs_lora=(3e-3,))
+setup = bench_config.prepare(cfg, device=DEVICE)  # loads the cached checkpoint, or pretrains it once
 print(f"fast mode: {FAST}; GPT {PRESET} ({setup.pretrained.n_params():,} parameters) on {DEVICE}; "
       f"fine-tuning: {cfg.steps} steps of batch {cfg.batch_size} on '{cfg.target}'")
 print(f"before fine-tuning: target accuracy {setup.before['target_test']:.2f}, "
@@ -85,7 +85,7 @@ print(f"before fine-tuning: target accuracy {setup.before['target_test']:.2f}, "
 # %%
 LR_SPARSE = cfg.lrs_sparse[0]
 model = copy.deepcopy(setup.pretrained).train()
-sparse = sparsify(model, SparseConfig(criterion="lift", density=0.05, options={"rank": cfg.lift_rank}, lr=LR_SPARSE))
+sparse = sparsify(model, SparseConfig(criterion="lift", density=0.05, options={"rank": cfg.lift.rank}, lr=LR_SPARSE))
 sparse.print_trainable_parameters()
 
 
@@ -134,7 +134,7 @@ def lr_of(setup, method):
     return lr
 
 
-rows = {m: compare.run_cell(setup, m, budget_of(m), lr_of(setup, m), seed=0, progress=True) for m in SHOWN}
+rows = {m: finetune.run_cell(setup, m, budget_of(m), lr_of(setup, m), seed=0, progress=True) for m in SHOWN}
 print(f"{'method':<10}{'trainable':>11}{'lr':>8}{'target':>8}{'retention':>11}{'train s':>9}")
 for m, r in rows.items():
     print(f"{m:<10}{r['trainable']:>11,}{r['lr']:>8g}{r['target_test']:>8.2f}{r['retention']:>11.2f}"
@@ -185,7 +185,7 @@ plt.show()
 # %%
 from scaleup import frontier_report
 
-ROOT = Path(compare.__file__).resolve().parents[1]
+ROOT = Path(bench_config.__file__).resolve().parents[1]
 FRONTIERS = {label: ROOT / "benchmarks" / "results" / name for label, name in (
     ("tiny GPT, facts_b (far: new facts)", "frontier_tiny_facts_b"),
     ("tiny GPT, add2 (near: a variant of increment)", "frontier_tiny_add2"),
@@ -256,7 +256,7 @@ if traced:
 
 # %%
 if FAST:  # the same micro checkpoint as above
-    ts_cfg = ts.default_config("micro", world=cfg.world, pretrain_steps=cfg.pretrain_steps)
+    ts_cfg = ts.default_config("micro", fast=True, world=cfg.world, pretrain_steps=cfg.pretrain_steps)
 else:
     ts_cfg = ts.default_config("tiny")
 study = ts.run(ts_cfg)
@@ -290,7 +290,7 @@ for lam, student in study.runs.items():
 # vs LoRA; `middle_blocks` at LoRA-equal (is the middle enough?).
 
 # %%
-method_menu = widgets.Dropdown(options=compare.known_methods(), value="lift", description="method")
+method_menu = widgets.Dropdown(options=methods.known_methods(), value="lift", description="method")
 density_slider = widgets.SelectionSlider(options=[("1%", "d0.01"), ("5%", "d0.05"), ("20%", "d0.2"),
                                                   ("LoRA-equal", "lora_equal")],
                                          value="d0.05", description="budget", continuous_update=False,
@@ -306,16 +306,16 @@ def on_run():
     """Fine-tune with the chosen method, budget and target, and plot it next to full fine-tuning."""
     target, method = target_menu.value, method_menu.value
     if target not in setups:
-        setups[target] = compare.prepare(replace(cfg, target=target), device=DEVICE, progress=True)
+        setups[target] = bench_config.prepare(replace(cfg, target=target), device=DEVICE, progress=True)
     here = setups[target]
     budget = budget_of(method, density_slider.value)
-    row = compare.run_cell(here, method, budget, lr_of(here, method), seed=0, progress=True)
+    row = finetune.run_cell(here, method, budget, lr_of(here, method), seed=0, progress=True)
     shown = {"full": rows["full"]} if target == cfg.target else {}
-    shown[f"{method} @ {compare.budget_label(budget, cfg)}"] = row
+    shown[f"{method} @ {report.budget_label(budget, cfg)}"] = row
     fig, ax = plt.subplots(figsize=(6, 5))
     report.plot_learning_vs_forgetting(shown, here.before, f"GPT {PRESET}: {method} on {target}", ax)
     plt.show()
-    print(f"{method} @ {compare.budget_label(budget, cfg)}: {row['trainable']:,} trainable; target "
+    print(f"{method} @ {report.budget_label(budget, cfg)}: {row['trainable']:,} trainable; target "
           f"{row['target_test']:.2f}, retention {row['retention']:.2f}, {row['train_s']:.1f} s")
     last_run.update(row=row, method=method, budget=budget, target=target, figure=fig)
 

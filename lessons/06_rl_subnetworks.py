@@ -27,7 +27,7 @@
 # run GRPO (RL), SFT and DPO at matched settings, with the weights kept in float32 or
 # *stored* in bf16 after every step, and test each claim. The code is `scaleup/rl.py` (the
 # algorithms, through the lab's one training loop) and `scaleup/rl_study.py` (the
-# measurements); `python -m scaleup.rl` prints the same study.
+# measurements); `python -m scaleup.rl_study` prints the same study.
 #
 # **The start.** RL learns from rewards, and the pretrained GPT scores 0 on the target:
 # every reward would be 0. So theta_0 is the pretrained GPT after a short SFT warm-up on the
@@ -49,7 +49,7 @@ from toys.widgets import LABEL_STYLE, run_on_click, wide
 
 FAST = fast_mode()  # LAB_FAST=1: fewer steps and smaller groups, so the notebook executes in CI
 torch.set_num_threads(1)  # one thread: reproducible rounding, and fastest for this small model
-cfg = rl_study.default_config()
+cfg = rl_study.default_config(fast=FAST)
 world = tk.World(cfg.pretrain.world)
 start, warmup = rl_study.start_model(cfg, world, progress=True)
 print(f"fast mode: {FAST}; GPT '{cfg.preset}', target '{cfg.task}'; theta_0 after {warmup} SFT warm-up steps "

@@ -59,7 +59,7 @@ from toys.widgets import budget_slider, train_panel, wide
 
 FAST = fast_mode()  # LAB_FAST=1: fewer steps and one seed, so the notebook executes in CI
 torch.set_num_threads(1)  # the toy's matrices are tiny: one thread is fastest, and immune to a busy CPU
-tcfg = pw.default_transfer_config()
+tcfg = pw.default_transfer_config(fast=FAST)
 SEEDS = (0,) if FAST else (0, 1, 2)
 task = pw.make_transfer_task(tcfg)  # seed 0's source/target setting
 student = task.student  # the pretrained model of seed 0

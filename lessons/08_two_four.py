@@ -24,8 +24,7 @@
 # This lesson asks the lab's question for that pattern:
 #
 # 1. what the pattern and its compressed format look like (`sparsity/two_four.py`, the fast
-#    layer in `sparsity/two_four_linear.py`, whole models in `sparsity/two_four_convert.py`;
-#    `sparsity.semistructured` gathers them);
+#    layer in `sparsity/two_four_linear.py`, whole models in `sparsity/two_four_convert.py`);
 # 2. how much accuracy one-shot 2:4 pruning costs, and how much **fine-tuning the kept
 #    weights with the pattern fixed** wins back, against dense fine-tuning and
 #    unstructured 50% at the same number of steps (`toys/two_four_study.py`);
@@ -40,7 +39,7 @@ import torch
 from IPython.display import Markdown, display
 
 from benchmarks import semistructured as bench
-from sparsity import semistructured as ss
+from sparsity import two_four, two_four_convert, two_four_linear
 from sparsity.fastmode import fast_mode
 from toys import classification as tc
 from toys import two_four_study as tfs
@@ -48,21 +47,21 @@ from toys.widgets import run_on_click
 
 FAST = fast_mode()  # LAB_FAST=1: a smaller student, fewer steps and one seed, so the notebook runs in CI
 torch.set_num_threads(1)  # the toy's matrices are tiny: one thread is fastest
-study = tfs.default_study()
+study = tfs.default_study(fast=FAST)
 print(f"fast mode: {FAST}; student {study.world.in_dim}-{'-'.join(map(str, study.world.hidden))}-"
       f"{study.world.n_classes}, {study.world.steps} training steps, seeds {study.seeds}")
 
 # %% [markdown]
 # ## 1. The pattern, drawn
-# `ss.mask_24(w)` keeps the 2 largest |w| of every 4 consecutive inputs (any score works:
-# `ss.mask_24(w, score)`). `ss.compress` stores the kept entries and, per group, one byte
-# `i0 | i1 << 2` naming their two positions; `ss.decompress` inverts it exactly.
+# `two_four.mask_24(w)` keeps the 2 largest |w| of every 4 consecutive inputs (any score works:
+# `two_four.mask_24(w, score)`). `two_four.compress` stores the kept entries and, per group, one byte
+# `i0 | i1 << 2` naming their two positions; `two_four.decompress` inverts it exactly.
 
 # %%
 w = torch.randn(6, 16, generator=torch.Generator().manual_seed(0))
-keep = ss.mask_24(w)
-values, meta = ss.compress(w * keep)
-assert torch.equal(ss.decompress(values, meta), w * keep)
+keep = two_four.mask_24(w)
+values, meta = two_four.compress(w * keep)
+assert torch.equal(two_four.decompress(values, meta), w * keep)
 
 fig, axes = plt.subplots(1, 3, figsize=(12, 2.8), gridspec_kw={"width_ratios": [16, 8, 4]})
 axes[0].imshow((w * keep).numpy(), cmap="RdBu", vmin=-2.5, vmax=2.5)
@@ -88,13 +87,13 @@ print(f"fp16 bytes: dense {dense_bytes}, values {2 * values.numel()} + meta {met
 # masked reference**, which gives the same numbers without the speed. It says why, once:
 
 # %%
-layer = ss.SemiStructuredLinear(16, 6)
+layer = two_four_linear.SemiStructuredLinear(16, 6)
 x = torch.randn(3, 16)
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
     y = layer(x)
 print("route:", layer.route(x))
-print("notice:", [str(c.message) for c in caught if issubclass(c.category, ss.FastPathNotice)] or "(given earlier)")
+print("notice:", [str(c.message) for c in caught if issubclass(c.category, two_four_linear.FastPathNotice)] or "(given earlier)")
 print("equals the dense masked product:", torch.equal(y, x @ (layer.weight * layer.mask).T + layer.bias))
 
 # %% [markdown]
@@ -104,8 +103,8 @@ print("equals the dense masked product:", torch.equal(y, x @ (layer.weight * lay
 # gets the **same** number of fine-tuning steps with the same optimizer and batches:
 #
 # * dense fine-tuning (every weight trains): the reference;
-# * `ss.sparsify_24` (2:4 in every linear, by magnitude), before and after fine-tuning the
-#   kept weights only, `MaskedAdamW` on `ss.keep_mask(model)`; pruned weights stay
+# * `two_four_convert.sparsify_24` (2:4 in every linear, by magnitude), before and after fine-tuning the
+#   kept weights only, `MaskedAdamW` on `two_four_convert.keep_mask(model)`; pruned weights stay
 #   exactly zero (checked);
 # * unstructured magnitude pruning at the same 50% of the same layers (any half of each
 #   matrix), before and after the same fine-tuning.
@@ -114,7 +113,7 @@ print("equals the dense masked product:", torch.equal(y, x @ (layer.weight * lay
 world = tc.make_world(study.world)
 dense = {seed: tfs.train_dense(world, seed) for seed in study.seeds}
 with warnings.catch_warnings():
-    warnings.simplefilter("ignore", ss.FastPathNotice)
+    warnings.simplefilter("ignore", two_four_linear.FastPathNotice)
     result = tfs.run_study(study, world, dense)
 display(Markdown(tfs.format_table(result)))
 tfs.plot_study(result)
@@ -130,9 +129,9 @@ print(tfs.verdict(result))
 
 # %%
 with warnings.catch_warnings():
-    warnings.simplefilter("ignore", ss.FastPathNotice)
-    fc1_dense = tfs.run_study(tfs.default_study(modules=("fc2", "fc3")), world, dense, progress=False)
-    at_random = tfs.run_study(tfs.default_study(criterion="random"), world, dense, progress=False)
+    warnings.simplefilter("ignore", two_four_linear.FastPathNotice)
+    fc1_dense = tfs.run_study(tfs.default_study(fast=FAST, modules=("fc2", "fc3")), world, dense, progress=False)
+    at_random = tfs.run_study(tfs.default_study(fast=FAST, criterion="random"), world, dense, progress=False)
 variants = {"2:4 everywhere": result, "2:4 on fc2, fc3 (fc1 dense)": fc1_dense, "2:4 at random": at_random}
 display(Markdown(tfs.format_comparison(variants)))
 print(tfs.verdict(fc1_dense))
@@ -156,7 +155,7 @@ print("kept at random:", tfs.verdict(at_random))
 student = dense[study.seeds[0]]
 names = tfs.linear_names(student)
 with warnings.catch_warnings():
-    warnings.simplefilter("ignore", ss.FastPathNotice)
+    warnings.simplefilter("ignore", two_four_linear.FastPathNotice)
     one_layer = tfs.one_shot_by_layer(student, lambda m: tc.accuracy(m, world))
 tfs.plot_by_layer(one_layer, tc.accuracy(student, world))
 plt.show()
@@ -191,9 +190,9 @@ for path in files:
 # compares it with the dense masked product. Without one it says so and does nothing.
 
 # %%
-if torch.cuda.is_available() and torch.cuda.get_device_capability() >= ss.MIN_CAPABILITY:
+if torch.cuda.is_available() and torch.cuda.get_device_capability() >= two_four_linear.MIN_CAPABILITY:
     lin = torch.nn.Linear(4096, 4096, bias=False, device="cuda", dtype=torch.bfloat16)
-    live = ss.SemiStructuredLinear.from_linear(lin)
+    live = two_four_linear.SemiStructuredLinear.from_linear(lin)
     xs = torch.randn(1024, 4096, device="cuda", dtype=torch.bfloat16)
     reference = xs @ (live.weight * live.mask).T
     measure = bench.timer(torch.device("cuda"), warmup=3, reps=10)
@@ -229,10 +228,10 @@ last_run = {}
 
 def on_run():
     """Sparsify the chosen layers by the chosen score, fine-tune, and draw the comparison."""
-    choice = tfs.default_study(modules=tuple(layer_pick.value) or None, criterion=score_pick.value,
+    choice = tfs.default_study(fast=FAST, modules=tuple(layer_pick.value) or None, criterion=score_pick.value,
                                seeds=(study.seeds[0],))
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ss.FastPathNotice)
+        warnings.simplefilter("ignore", two_four_linear.FastPathNotice)
         run = tfs.run_study(choice, world, {study.seeds[0]: dense[study.seeds[0]]}, progress=True)
     last_run.update(study=run, modules=choice.modules, criterion=choice.criterion)
     last_run["figure"] = tfs.plot_study(run)

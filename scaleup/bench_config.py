@@ -1,15 +1,12 @@
-"""What a run of the GPT fine-tuning benchmark depends on: its methods, its config, its setting.
+"""What a run of the GPT fine-tuning benchmark depends on: its config and its setting.
 
 The model is the lab's GPT at a preset (the default) or a Hugging Face architecture
 (``BenchConfig.model``: a built-in family at the preset's shape, or a local folder or config.json;
 ``scaleup.hf_model``), built for the task world's vocabulary and pretrained the same way.
 
-A *method* is how a copy of the pretrained model is fine-tuned: ``full`` (every parameter),
-``lora`` (adapters, ``scaleup.lora``), ``2:4`` (the N:M pattern sparse tensor cores
-accelerate, chosen by magnitude) or a sparse mask chosen by any criterion registered in
-``sparsity.registry``; the registry's ``layers`` criterion runs as ``middle_blocks`` (the
-middle half of the blocks). A criterion registered after this module was imported is a
-method too: :func:`known_methods` reads the registry when it is asked.
+A *method* is how a copy of the pretrained model is fine-tuned (full, LoRA, a mask any criterion
+chooses, ...): an object registered in ``scaleup.methods``, which the config asks for a method's
+learning-rate grid and budgets.
 
 :class:`BenchConfig` holds every setting a result depends on (a results folder belongs to
 one config); :class:`Setup` is what every run of one config shares: the pretrained model,
@@ -20,7 +17,6 @@ scores. Which world the benchmark runs in (the GPT's token tasks, or a toy MLP's
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -32,73 +28,16 @@ from scaleup import bench_world as bw
 from scaleup import hf_model
 from scaleup import pretrain as pt
 from scaleup import tasks as tk
-from sparsity import registry
+from scaleup.method_base import INCLUDE, Budget
+from scaleup.method_dynamic import LiftSettings, RigLSettings
+from scaleup.method_mask import L1Settings
+from scaleup.methods import get_method, known_methods
 from sparsity.eligibility import eligible
-from sparsity.fastmode import fast_mode
 from sparsity.regularize import snapshot
-from sparsity.validate import (check_density, check_finite_nonnegative, check_nonnegative_int, check_positive_int,
-                               named_params)
+from sparsity.validate import check_density, check_nonnegative_int, check_positive_int, named_params
 
-DENSE_METHODS = ("full", "lora")
-"""Methods without a mask: every parameter, or LoRA's adapters."""
-TWO_FOUR = "2:4"
-MIDDLE_BLOCKS = "middle_blocks"
-"""The benchmark's name for the registry's ``layers`` criterion, with the middle blocks as its layers."""
-LIFT_RESELECT = "lift_reselect"
-"""LIFT as its authors run it (Liu et al. 2025): principal weights re-selected every
-``BenchConfig.lift_reselect_every`` steps, AdamW betas (0.9, 0.95), and with ``BenchConfig.lift_eps`` their
-epsilon placement (added before the bias correction); plain ``lift`` selects once."""
-RIGL = "rigl"
-"""Dynamic sparsity (RigL, Evci et al. 2020): a random mask at the budget, then every
-``BenchConfig.rigl_every`` steps the entries that moved least are dropped and as many with the
-largest gradient grown (``sparsity.train.RigL``)."""
-METHODS = ("full", "lora", "lift", LIFT_RESELECT, RIGL, "random", "magnitude", "l1_discovered", "gradient", "fisher",
-           "snip", "movement",
-           MIDDLE_BLOCKS, TWO_FOUR)
-"""The default run, in the order a run does them (the headline comparison first, so a partial run
-already answers it). :func:`known_methods` adds every other registered criterion."""
 DEMO_METHODS = ("full", "lora", "lift", "magnitude", "random")
 """What ``make demo`` compares: the CLI example's methods at the LoRA-equal budget."""
-INCLUDE = "weight"
-"""Sparse budgets are spent on the block matrices (``parameter_kinds`` "weight")."""
-
-
-def criterion_of(method: str) -> str | None:
-    """The registry criterion a method selects its mask with (None for full and LoRA)."""
-    if method in DENSE_METHODS:
-        return None
-    if method == TWO_FOUR:
-        return "magnitude"
-    if method == MIDDLE_BLOCKS:
-        return "layers"
-    if method == LIFT_RESELECT:
-        return "lift"
-    if method == RIGL:
-        return "random"
-    if method in registry.CRITERIA and method != "layers":
-        return method
-    raise ValueError(f"method must be one of {known_methods()}, got {method!r}")
-
-
-def known_methods() -> tuple[str, ...]:
-    """Every method the benchmark runs now: :data:`METHODS`, then the criteria registered since."""
-    extra = tuple(n for n in registry.CRITERIA if n not in METHODS and n != "layers")
-    return METHODS + extra
-
-
-def is_sparse_criterion(method: str) -> bool:
-    """A method whose mask a criterion chooses within the benchmark's budgets (not full, LoRA or 2:4)."""
-    return method not in DENSE_METHODS and method != TWO_FOUR and method in known_methods()
-
-
-def check_methods(methods: Iterable[str]) -> list[str]:
-    """The methods, deduplicated in order; unknown names are an error listing the known ones."""
-    methods = list(methods)
-    known = known_methods()
-    unknown = [m for m in methods if m not in known]
-    if unknown or not methods:
-        raise ValueError(f"methods must be a non-empty list from {known}; unknown: {unknown}")
-    return list(dict.fromkeys(methods))
 
 
 @dataclass(frozen=True)
@@ -121,17 +60,13 @@ class BenchConfig:
     lora_equal: bool = True
     lora_rank: int = 4
     lora_alpha: float = 8.0
-    lift_rank: int = 4
-    lift_reselect_every: int = 50
-    lift_betas: tuple[float, float] = (0.9, 0.95)
-    lift_eps: float | None = None
-    """``lift_reselect``'s Adam epsilon added before the bias correction, as LIFT's optimizer does (1e-6
-    in its configs; ``sparsity.train.EpsBeforeBiasCorrection``); None keeps PyTorch's AdamW (eps 1e-8 after it)."""
-    rigl_every: int = 50
-    rigl_fraction: float = 0.3
+    lift: LiftSettings = field(default_factory=LiftSettings)
+    """The ``lift`` and ``lift_reselect`` methods' settings (``scaleup.method_dynamic``)."""
+    rigl: RigLSettings = field(default_factory=RigLSettings)
+    """The ``rigl`` method's settings."""
     score_batches: int = 4
-    l1_lam: float = 2e-3
-    l1_lr: float = 1e-3
+    l1: L1Settings = field(default_factory=L1Settings)
+    """The ``l1_discovered`` method's discovery run (``scaleup.method_mask``)."""
     tol: float = 1e-5
     lrs_full: tuple[float, ...] = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
     lrs_sparse: tuple[float, ...] = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
@@ -171,9 +106,10 @@ class BenchConfig:
             object.__setattr__(self, "target", known_targets[0])
         if self.target not in known_targets:
             raise ValueError(f"target must be one of {known_targets}, got {self.target!r}")
-        for name in ("steps", "batch_size", "seeds", "lora_rank", "lift_rank", "lift_reselect_every", "rigl_every",
-                     "score_batches",
-                     "pretrain_steps"):
+        for name, settings in (("lift", LiftSettings), ("rigl", RigLSettings), ("l1", L1Settings)):
+            if not isinstance(getattr(self, name), settings):
+                raise TypeError(f"BenchConfig.{name} must be a {settings.__name__}, got {getattr(self, name)!r}")
+        for name in ("steps", "batch_size", "seeds", "lora_rank", "score_batches", "pretrain_steps"):
             check_positive_int(getattr(self, name), f"BenchConfig.{name}")
         if check_nonnegative_int(self.warmup, "BenchConfig.warmup") >= self.steps:
             raise ValueError(f"BenchConfig.warmup must be an int in [0, steps), got {self.warmup!r}")
@@ -185,16 +121,8 @@ class BenchConfig:
                 raise ValueError(f"BenchConfig.{name} must be a non-empty tuple of positive learning rates, "
                                  f"got {lrs!r}")
         check_nonnegative_int(self.eval_every, "BenchConfig.eval_every")
-        if self.lift_eps is not None:
-            check_finite_nonnegative(self.lift_eps, "BenchConfig.lift_eps")
-            if self.lift_eps == 0:
-                raise ValueError("BenchConfig.lift_eps must be > 0 (or None for PyTorch's placement), got 0")
-        if not 0 < self.rigl_fraction <= 1:
-            raise ValueError(f"BenchConfig.rigl_fraction must be in (0, 1], got {self.rigl_fraction!r}")
         if not 0 <= self.lr_tie < 1:
             raise ValueError(f"BenchConfig.lr_tie must be in [0, 1), got {self.lr_tie!r}")
-        if not self.l1_lam > 0 or not self.l1_lr > 0:
-            raise ValueError("l1_lam and l1_lr must be > 0")
 
     @property
     def pretrain(self) -> pt.PretrainConfig:
@@ -216,7 +144,8 @@ class BenchConfig:
         return f"{self.model} ({self.preset} shape)" if self.model in hf_model.BUILTIN else self.model
 
     def lrs(self, method: str) -> tuple[float, ...]:
-        return self.lrs_full if method == "full" else self.lrs_lora if method == "lora" else self.lrs_sparse
+        """The learning-rate grid of a method (the field its ``Method.lr_grid`` names)."""
+        return getattr(self, get_method(method).lr_grid)
 
     def lr_edge(self, method: str, lr: float) -> str | None:
         """"top" or "bottom" when ``lr`` is the largest or smallest of a method's grid (of two or more
@@ -227,46 +156,62 @@ class BenchConfig:
         return "top" if lr == max(grid) else "bottom" if lr == min(grid) else None
 
     def budgets(self, method: str) -> list[str]:
-        """Budget labels a method runs at: "all" (full), "lora_equal", "d0.05" (a density), "2:4"."""
-        if method == "full":
-            return ["all"]
-        if method == "lora":
-            return ["lora_equal"]
-        if method == TWO_FOUR:
-            return [TWO_FOUR]
-        return (["lora_equal"] if self.lora_equal else []) + [f"d{d:g}" for d in self.densities]
+        """The keys of the budgets a method runs at (``Method.budgets``): "all", "lora_equal", "d0.05", "2:4"."""
+        return [b.key for b in get_method(method).budgets(self)]
+
+    def budget(self, method: str, key: str) -> Budget:
+        """The budget of a method called ``key`` in results rows; one it does not run at is an error."""
+        found = {b.key: b for b in get_method(method).budgets(self)}
+        if key not in found:
+            raise ValueError(f"method {method!r} runs at budgets {list(found)}, got {key!r}")
+        return found[key]
+
+    def budget_of(self, key: str) -> Budget:
+        """The budget any known method of this config runs at under ``key`` (for labels of stored rows)."""
+        for method in known_methods():
+            for b in get_method(method).budgets(self):
+                if b.key == key:
+                    return b
+        raise ValueError(f"no method of this config runs at a budget {key!r}")
 
     def to_json(self) -> dict[str, Any]:
-        """The config as plain JSON data (what a results folder's config.json holds). ``model`` is left
-        out for the lab's GPT, ``world_kind`` for the GPT world and ``lift_eps`` when None, so folders
-        written before those fields still hold this config."""
+        """The config as plain JSON data (what a results folder's config.json holds). The methods'
+        settings are flat keys (``lift_rank``, ``rigl_every``, ``l1_lam``: :data:`SETTINGS_KEYS`), as before
+        they moved into the methods; ``model`` is left out for the lab's GPT, ``world_kind`` for the GPT
+        world and ``lift_eps`` when None, so folders written before those fields still hold this config."""
         data = asdict(self)
+        for name, prefix in SETTINGS_KEYS.items():
+            data.update({f"{prefix}{key}": value for key, value in data.pop(name).items()})
         if not hf_model.is_hf(self.model):
             del data["model"]
         if self.world_kind == "gpt":  # likewise world_kind for the GPT world, and lift_eps when unset
             del data["world_kind"]
-        if self.lift_eps is None:
+        if self.lift.eps is None:
             del data["lift_eps"]
         return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> BenchConfig:
-        """The config a results folder's config.json holds."""
-        d = dict(data)
+        """The config a results folder's config.json holds (the methods' settings from their flat keys)."""
+        d = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
         world_cls = bw.kind(d.get("world_kind", "gpt")).config
-        d["world"] = world_cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d["world"].items()})
-        for f in fields(cls):
-            if isinstance(d.get(f.name), list):
-                d[f.name] = tuple(d[f.name])
+        d["world"] = world_cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data["world"].items()})
+        for name, settings in (("lift", LiftSettings), ("rigl", RigLSettings), ("l1", L1Settings)):
+            prefix = SETTINGS_KEYS[name]
+            d[name] = settings(**{f.name: d.pop(prefix + f.name) for f in fields(settings) if prefix + f.name in d})
         return cls(**d)
 
 
-def default_config(preset: str | None = None, **overrides: Any) -> BenchConfig:
-    """The benchmark's defaults (preset None: the world's default); fast mode (``LAB_FAST=1``) runs 30 steps,
-    one seed, one lr per method."""
-    if fast_mode():
-        base: dict[str, Any] = dict(steps=30, warmup=3, seeds=1, pretrain_steps=300, l1_lam=1e-4, lrs_full=(1e-3,),
-                                    lrs_sparse=(1e-2,), lrs_lora=(1e-2,))
+SETTINGS_KEYS = {"lift": "lift_", "rigl": "rigl_", "l1": "l1_"}
+"""BenchConfig field holding a method's settings -> the prefix of their flat keys in config.json."""
+
+
+def default_config(preset: str | None = None, *, fast: bool = False, **overrides: Any) -> BenchConfig:
+    """The benchmark's defaults (preset None: the world's default); ``fast`` (the lab's fast mode, passed down
+    by an entry point) runs 30 steps, one seed, one lr per method."""
+    if fast:
+        base: dict[str, Any] = dict(steps=30, warmup=3, seeds=1, pretrain_steps=300, l1=L1Settings(lam=1e-4),
+                                    lrs_full=(1e-3,), lrs_sparse=(1e-2,), lrs_lora=(1e-2,))
     else:
         base = {}
     base.update(overrides)
@@ -278,10 +223,10 @@ MICRO_WORLD = tk.WorldConfig(n_symbols=5, length=3, n_facts=6, n_eval=64)
 add2 it learns in a few dozen fine-tuning steps: the CI-sized setting of the demo and the tests."""
 
 
-def demo_config() -> BenchConfig:
+def demo_config(fast: bool = False) -> BenchConfig:
     """The ``make demo`` comparison: one seed, one learning rate per method, traced every few steps
-    (so its report has frontiers), the tiny preset; fast mode the micro preset in :data:`MICRO_WORLD`."""
-    if fast_mode():
+    (so its report has frontiers), the tiny preset; ``fast``: the micro preset in :data:`MICRO_WORLD`."""
+    if fast:
         return BenchConfig(preset="micro", world=MICRO_WORLD, steps=40, warmup=4, seeds=1, densities=(),
                            pretrain_steps=200, lrs_full=(3e-3,), lrs_sparse=(3e-2,), lrs_lora=(3e-2,), eval_every=10)
     return BenchConfig(preset="tiny", steps=150, warmup=15, seeds=1, densities=(), lrs_full=(3e-4,),

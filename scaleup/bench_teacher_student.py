@@ -26,7 +26,7 @@ teacher's output power explained: graded); ``exact`` = the share of examples who
 error is at most ``tolerance`` times their target's squared norm (an example counts only if
 it is right to within that tolerance); ``nll`` = the MSE itself. Layer types and blocks are
 the layers ``fc1``, ``fc2``, ... (weight and bias together); ``middle_blocks`` trains the middle
-half of them (``finetune.middle_blocks``: ``fc2`` and ``fc3`` of three).
+half of them (``scaleup.layers.middle_blocks``: ``fc2`` and ``fc3`` of three).
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ in one harness"):
 
 A world also says how its parameters group into layer types (the update profile of a run)
 and which prefixes are its *blocks*, in order (the ``middle_blocks`` method trains the middle
-half of them, ``scaleup.finetune.middle_blocks``).
+half of them, ``scaleup.layers.middle_blocks``).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 from torch import nn
 
-from scaleup import bench_modular, bench_teacher_student, gpt
+from scaleup import bench_modular, bench_teacher_student, gpt, layers
 from scaleup import pretrain as pt
 from scaleup import tasks as tk
 
@@ -88,7 +88,7 @@ class GPTWorld:
     Exactly the calls the benchmark made before this seam existed, so every number it
     produces is unchanged: batches from ``tasks.World.train_batch``, ``tasks.loss`` (under
     ``gpt.autocast``), ``tasks.task_scores`` on the fixed evaluation sets; layer types and
-    blocks by ``scaleup.finetune.layer_type`` and ``block_names`` (the lab GPT's ``blocks.<i>``, or a
+    blocks by ``scaleup.layers.layer_type`` and ``block_names`` (the lab GPT's ``blocks.<i>``, or a
     Hugging Face model's, ``BenchConfig.model``).
     """
 
@@ -99,11 +99,7 @@ class GPTWorld:
         self.data = tk.World(cfg.world)
         self.model: nn.Module | None = None
 
-    @property
-    def layer_types(self) -> tuple[str, ...]:
-        from scaleup.finetune import LAYER_TYPES  # here: finetune imports bench_config, which imports this module
-
-        return LAYER_TYPES
+    layer_types = layers.LAYER_TYPES
 
     def checkpoint(self, cache_dir: str | Path | None) -> Path | None:
         return pt.checkpoint_path(self.cfg.pretrain, cache_dir)
@@ -132,16 +128,12 @@ class GPTWorld:
                 {t: tk.task_scores(model, world, t, "test") for t in tk.SOURCE_TASKS})
 
     def layer_type(self, name: str) -> str:
-        from scaleup.finetune import layer_type  # here: finetune imports bench_config, which imports this module
-
-        return layer_type(name)
+        return layers.layer_type(name)
 
     def blocks(self) -> list[str]:
-        from scaleup.finetune import block_names  # here: finetune imports bench_config, which imports this module
-
         if self.model is None:
             raise RuntimeError("GPTWorld.blocks() needs the pretrained model: call pretrained() first")
-        return block_names(self.model)
+        return layers.block_names(self.model)
 
 
 @dataclass(frozen=True)

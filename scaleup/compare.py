@@ -13,7 +13,7 @@ The same benchmark runs unchanged in the toy worlds too (``--world modular`` or
 ``teacher_student``; the seam is ``scaleup.bench_world``): toy, tiny and small GPT on a CPU,
 ``mid`` on a GPU, one table and one frontier per scale.
 
-Methods (``scaleup.bench_config``): ``full``, ``lora`` (rank-r adapters on every block
+Methods (registered objects, ``scaleup.methods``): ``full``, ``lora`` (rank-r adapters on every block
 matrix), ``2:4`` (the N:M pattern chosen by magnitude), and a mask chosen by any criterion of
 ``sparsity.registry`` at a budget: random, magnitude, gradient, fisher, snip, movement,
 lift (LIFT principal weights, Liu et al. 2025), l1_discovered (the entries an L1-to-init
@@ -49,23 +49,15 @@ import torch
 from scaleup import bench_world as bw
 from scaleup import gpt, grid, hf_model
 from scaleup import tasks as tk
-from scaleup.bench_config import (DEMO_METHODS, INCLUDE, METHODS, MICRO_WORLD, BenchConfig, Setup, check_methods,
-                                  default_config, demo_config, is_sparse_criterion, known_methods, prepare)
-from scaleup.finetune import (LAYER_TYPES, budget_count, finetune, layer_type, middle_blocks, run_cell, scores, select,
-                              sparse_config, update_profile)
-from scaleup.report import budget_label, plot_summary, print_report, report_markdown, verdict, write_summary
-from scaleup.results import RESULTS, best_lr, cell_key, diverged_runs, load_results, store, summarize
+from scaleup.bench_config import BenchConfig, default_config, prepare
+from scaleup.method_dynamic import LiftSettings
+from scaleup.methods import METHODS, check_methods, known_methods
+from scaleup.report import print_report, write_summary
+from scaleup.results import store
 from sparsity.cli_args import finite_list, finite_nonnegative, nonnegative_int, output_file, output_folder, positive_int
 from sparsity.executor import EXECUTORS, Executor, Worker, check_executor
+from sparsity.fastmode import fast_mode
 from sparsity.sweep import command_line, machine
-
-__all__ = [
-    "DEMO_METHODS", "INCLUDE", "LAYER_TYPES", "METHODS", "MICRO_WORLD", "RESULTS", "BenchConfig", "Setup",
-    "best_lr", "budget_count", "budget_label", "cell_key", "check_methods", "diverged_runs", "default_config", "demo_config",
-    "finetune", "known_methods", "layer_type", "load_results", "main", "middle_blocks", "plot_summary", "prepare",
-    "print_report", "report_markdown", "run", "run_cell", "scores", "select", "sparse_config", "summarize",
-    "update_profile", "verdict", "write_summary",
-]
 
 
 def run(cfg: BenchConfig, out: str | Path, methods: Sequence[str] = METHODS, *, cache_dir: str | Path | None = None,
@@ -81,9 +73,9 @@ def run(cfg: BenchConfig, out: str | Path, methods: Sequence[str] = METHODS, *, 
     """
     methods = check_methods(methods)
     check_executor(executor, workers)
-    sparse = [m for m in methods if is_sparse_criterion(m)]
-    if sparse and not cfg.densities and not cfg.lora_equal:
-        raise ValueError(f"no budget for the sparse methods {sparse}: give a density or lora_equal=True")
+    unbudgeted = [m for m in methods if not cfg.budgets(m)]
+    if unbudgeted:
+        raise ValueError(f"no budget for the methods {unbudgeted}: give a density or lora_equal=True")
     out = Path(out)
     results = store(out, cfg)
     setup = prepare(cfg, cache_dir=cache_dir, device=device, progress=progress)  # pretrains (once) before any worker
@@ -175,9 +167,11 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         overrides["lora_equal"] = False
     if args.model != hf_model.LAB_GPT:
         overrides["model"] = args.model
-    for name in ("seeds", "steps", "eval_every", "lift_eps"):
+    for name in ("seeds", "steps", "eval_every"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
+    if args.lift_eps is not None:
+        overrides["lift"] = LiftSettings(eps=args.lift_eps)
     if args.sweep_all_seeds:
         overrides["sweep_all_seeds"] = True
     if "steps" in overrides:
@@ -211,8 +205,9 @@ def main(argv: list[str] | None = None) -> int:
         print_report(args.out, args.md)
         return 0
     _check_scale_out(parser, args)
+    fast = fast_mode()  # the entry point reads LAB_FAST once and passes it down
     try:
-        cfg = default_config(args.preset, target=args.target, world_kind=args.world, **_overrides(args))
+        cfg = default_config(args.preset, fast=fast, target=args.target, world_kind=args.world, **_overrides(args))
         store(args.out, cfg)  # refuses a folder of another config before anything in it is written
     except (ValueError, TypeError) as e:
         parser.error(str(e))
@@ -222,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.device != "cpu":
         torch.backends.cuda.matmul.allow_tf32 = True
     if not (args.out / "command.txt").exists():  # fast mode changes the defaults (one lr, ...): command_line says so
-        (args.out / "command.txt").write_text(command_line("scaleup.compare", sys.argv[1:] if argv is None else argv))
+        (args.out / "command.txt").write_text(command_line("scaleup.compare", sys.argv[1:] if argv is None else argv,
+                                                                  fast))
     run(cfg, args.out, methods, device=args.device, progress=not args.no_progress, workers=args.workers,
         executor=args.executor, address=args.ray_address, threads=args.threads or 1)
     print_report(args.out, args.md)

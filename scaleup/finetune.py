@@ -7,15 +7,12 @@ same steps, the same data in the same order (batch ``s`` of seed ``k`` is a func
 & Hutter 2017) and AdamW without weight decay (decay toward zero would pull sparse methods
 and LoRA to different places). The loop is the lab's one loop, ``sparsity.train.fit``.
 
-A sparse method's mask comes from the criteria registry (``sparsity.registry``) and the
-budget rule of ``sparsity.config``: the budget label ``"d0.05"`` is a density per block
-matrix, ``"lora_equal"`` LoRA's ``r * (m + n)`` entries per matrix, ``"2:4"`` the N:M
-pattern. Set criteria (the entries an L1-to-init run moved, the middle blocks) spend the
-same total inside their set. Embeddings and LayerNorms stay frozen in sparse runs.
-
-The model is the lab's GPT or a Hugging Face architecture (``scaleup.hf_model``): the layer types
-and the blocks are read from either's parameter names, and LoRA is the lab's ``scaleup.lora`` on
-the GPT and PEFT's on a Hugging Face model (merged with ``merge_and_unload`` before measuring).
+What differs between methods is the method's own (``scaleup.methods``): its criterion and
+budgets (``scaleup.method_base.Budget``: a density per block matrix, LoRA's ``r * (m + n)`` entries
+per matrix, the 2:4 pattern), how the model is prepared and finished (LoRA's adapters, merged
+before measuring), its optimizer and its training hooks. Set criteria (the entries an L1-to-init
+run moved, the middle blocks) spend the same total inside their set. Embeddings and LayerNorms
+stay frozen in sparse runs. Layer types come from the world (``scaleup.layers`` for a GPT).
 """
 
 from __future__ import annotations
@@ -29,50 +26,20 @@ from typing import Any
 import torch
 from torch import nn
 
-from scaleup import hf_model, lora
 from scaleup import tasks as tk
-from scaleup.bench_config import INCLUDE, LIFT_RESELECT, MIDDLE_BLOCKS, RIGL, TWO_FOUR, Setup, criterion_of
+from scaleup.bench_config import Setup
+from scaleup.layers import LAYER_TYPES, layer_type
 from scaleup.memory import PeakMemory
+from scaleup.method_base import INCLUDE
+from scaleup.method_mask import CriterionMask
+from scaleup.methods import get_method
 from sparsity import config as sparse_cfg
 from sparsity import registry
-from sparsity.compact import CompactAdamW
 from sparsity.config import SparseConfig
-from sparsity.metrics import update_rank, update_sparsity
-from sparsity.dynamic import reselect_top
 from sparsity.eligibility import eligible
-from sparsity.train import EpsBeforeBiasCorrection, Every, Reselect, RigL, cosine, fit
+from sparsity.metrics import update_rank, update_sparsity
+from sparsity.train import Every, cosine, fit
 from sparsity.validate import Mask, named_params
-from sparsity.wrap import build_optimizer
-
-LAYER_TYPES = ("attn.qkv", "attn.proj", "mlp.fc", "mlp.proj", "embedding", "norm")
-
-
-def middle_blocks(n_layer: int) -> list[int]:
-    """Indices of the middle half of the blocks, [n/4, 3n/4): 1, 2 of 4; 2, 3, 4 of 6; 1 of 2."""
-    return [i for i in range(n_layer) if n_layer / 4 <= i < 3 * n_layer / 4]
-
-
-def block_names(model: nn.Module) -> list[str]:
-    """The module names of the model's transformer blocks in order (``blocks.0``, ... for the lab's GPT)."""
-    if isinstance(model, hf_model.CausalLM):
-        return model.block_names()
-    return [f"blocks.{i}" for i in range(len(model.blocks))]
-
-
-def layer_type(name: str) -> str:
-    """The layer type of a parameter of the lab's GPT or of a Hugging Face model (``hf.`` names,
-    ``scaleup.hf_model.layer_type``): "attn.qkv", "attn.proj", "mlp.fc", "mlp.proj", "embedding" or "norm"."""
-    if name.startswith(f"{hf_model.PREFIX}."):
-        return hf_model.layer_type(name)
-    if name.endswith("_emb.weight"):
-        return "embedding"
-    parts = name.split(".")
-    if name.startswith("blocks.") and parts[2] in ("attn", "mlp"):
-        return f"{parts[2]}.{parts[3]}"
-    if parts[0] == "ln_f" or (name.startswith("blocks.") and parts[2].startswith("ln")):
-        return "norm"
-    raise ValueError(f"'{name}' is not a parameter name of scaleup.gpt.GPT")
-
 
 def train(setup: Setup, model: nn.Module, optimizer: torch.optim.Optimizer, peak_lr: float, seed: int, *,
           hooks: list[Any] | tuple[Any, ...] = (), progress: bool = False, desc: str = "fine-tuning") -> list[float]:
@@ -91,46 +58,20 @@ def train(setup: Setup, model: nn.Module, optimizer: torch.optim.Optimizer, peak
     return history["loss"]
 
 
-def criterion_options(setup: Setup, method: str) -> dict[str, Any]:
-    """The registry options the benchmark gives a method's criterion (none for one it does not know)."""
-    cfg = setup.cfg
-    if method in ("lift", LIFT_RESELECT):
-        return {"rank": cfg.lift_rank}
-    if method == "l1_discovered":
-        return {"lam": cfg.l1_lam, "lr": cfg.l1_lr}
-    if method == MIDDLE_BLOCKS:
-        blocks = setup.bench.blocks()
-        return {"layers": [blocks[i] for i in middle_blocks(len(blocks))]}
-    return {}
-
-
-def budget_kwargs(setup: Setup, budget: str) -> dict[str, Any]:
-    """A budget label as ``SparseConfig`` fields: "d0.05" a density, "lora_equal" a rank, "2:4" N:M."""
-    if budget == "lora_equal":
-        return {"lora_rank": setup.cfg.lora_rank}
-    if budget == TWO_FOUR:
-        return {"n_m": (2, 4)}
-    if budget.startswith("d"):
-        return {"density": float(budget[1:])}
-    raise ValueError(f"budget must be 'lora_equal', '2:4' or 'd<density>', got {budget!r}")
-
-
 def sparse_config(setup: Setup, method: str, budget: str, lr: float = 1e-3, seed: int = 0) -> SparseConfig:
-    """The ``SparseConfig`` of a sparse method at a budget: its criterion and options, the block
-    matrices per tensor, compact AdamW state without weight decay."""
-    criterion = criterion_of(method)
-    if criterion is None:
+    """The ``SparseConfig`` of a mask method at a budget (its key): ``CriterionMask.sparse_config``."""
+    m = get_method(method)
+    if not isinstance(m, CriterionMask):
         raise ValueError(f"method {method!r} trains no mask")
-    dynamic = dict(reselect_every=setup.cfg.lift_reselect_every, betas=setup.cfg.lift_betas) \
-        if method == LIFT_RESELECT else {}
-    return SparseConfig(criterion=criterion, include=INCLUDE, scope="per_tensor", storage="compact",
-                        options=criterion_options(setup, method), lr=lr, weight_decay=0.0, seed=seed,
-                        **dynamic, **budget_kwargs(setup, budget))
+    return m.sparse_config(setup, setup.cfg.budget(method, budget), lr, seed)
 
 
 def budget_count(setup: Setup, budget: str) -> int:
-    """Trainable entries a budget allows in the block matrices."""
-    return sparse_cfg.budget_count(setup.pretrained, SparseConfig(include=INCLUDE, **budget_kwargs(setup, budget)))
+    """Trainable entries a budget (its key) allows in the block matrices."""
+    sparse = setup.cfg.budget_of(budget).sparse
+    if not sparse:
+        raise ValueError(f"budget {budget!r} is no mask budget (it sets no density, LoRA-equal rank or N:M pattern)")
+    return sparse_cfg.budget_count(setup.pretrained, SparseConfig(include=INCLUDE, **sparse))
 
 
 def _score_batches(setup: Setup, seed: int) -> list[Any]:
@@ -138,7 +79,7 @@ def _score_batches(setup: Setup, seed: int) -> list[Any]:
 
 
 def scores(setup: Setup, method: str, seed: int) -> tuple[registry.Scores | registry.Selection, float]:
-    """A sparse method's criterion on the pretrained model (scores, or a Selection for set criteria)
+    """A mask method's criterion on the pretrained model (scores, or a Selection for set criteria)
     and the seconds it took. Cached per (method, seed): the learning-rate sweep reuses them.
 
     Gradient criteria see ``score_batches`` batches of the target's training split; the
@@ -147,27 +88,27 @@ def scores(setup: Setup, method: str, seed: int) -> tuple[registry.Scores | regi
     key = (method, seed)
     if key in setup.cache:
         return setup.cache[key]
-    criterion = criterion_of(method)
-    if criterion is None:
+    m = get_method(method)
+    if m.criterion is None:
         raise ValueError(f"method {method!r} has no criterion")
 
     def train_l1(model: nn.Module, optimizer: torch.optim.Optimizer, hooks: list[Any]) -> None:
-        train(setup, model, optimizer, setup.cfg.l1_lr, seed, hooks=hooks)
+        train(setup, model, optimizer, setup.cfg.l1.lr, seed, hooks=hooks)
 
-    entry = registry.get_criterion(criterion)
+    entry = registry.get_criterion(m.criterion)
     batches = _score_batches(setup, seed) if entry.needs_data else None
     inputs = registry.CriterionInputs(loss_fn=setup.bench.loss, batches=batches, include=INCLUDE, seed=seed,
-                                      options=criterion_options(setup, method), train=train_l1,
+                                      options=m.criterion_options(setup), train=train_l1,
                                       reference=setup.reference)
     start = time.perf_counter()
-    out = registry.score(criterion, setup.pretrained, inputs)
+    out = registry.score(m.criterion, setup.pretrained, inputs)
     setup.cache[key] = (out, time.perf_counter() - start)
     return setup.cache[key]
 
 
 def select(setup: Setup, method: str, budget: str, seed: int) -> tuple[Mask | None, float]:
-    """The mask a sparse method trains (None for full and LoRA) and the seconds selection took."""
-    if criterion_of(method) is None:
+    """The mask a method trains (None for a method without a criterion) and the seconds selection took."""
+    if get_method(method).criterion is None:
         return None, 0.0
     out, seconds = scores(setup, method, seed)
     start = time.perf_counter()
@@ -175,42 +116,22 @@ def select(setup: Setup, method: str, budget: str, seed: int) -> tuple[Mask | No
     return mask, seconds + time.perf_counter() - start
 
 
-def _dense_optimizer(model: nn.Module, method: str, lr: float) -> CompactAdamW:
-    """AdamW (no decay) on every parameter (full) or on LoRA's adapters (the rest is frozen)."""
-    if method == "lora":
-        return CompactAdamW([(n, p) for n, p in model.named_parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
-    return CompactAdamW(model.named_parameters(), lr=lr, weight_decay=0.0)
-
-
 def finetune(setup: Setup, method: str, budget: str, lr: float, seed: int,
              progress: bool = False) -> tuple[nn.Module, dict[str, Any]]:
-    """Fine-tune a copy of the pretrained model with one method; return it (LoRA merged) and its costs."""
-    criterion_of(method)  # an unknown method fails here, naming the known ones
-    if budget not in setup.cfg.budgets(method):
-        raise ValueError(f"method {method!r} runs at budgets {setup.cfg.budgets(method)}, got {budget!r}")
+    """Fine-tune a copy of the pretrained model with one method (``scaleup.methods``) at one budget (its
+    key); return it as a plain model (adapters merged) and its costs."""
+    m = get_method(method)  # an unknown method fails here, naming the known ones
+    chosen = setup.cfg.budget(method, budget)
     cfg = setup.cfg
     mask, select_s = select(setup, method, budget, seed)
     model = copy.deepcopy(setup.pretrained).train()
-    if method == "lora" and isinstance(model, hf_model.CausalLM):
-        hf_model.add_peft_lora(model, cfg.lora_rank, cfg.lora_alpha, seed=seed)
-    elif method == "lora":
-        lora.add_lora(model, lora.LoraConfig(r=cfg.lora_rank, alpha=cfg.lora_alpha), seed=seed)
-    if mask is None:
-        opt = _dense_optimizer(model, method, lr)
-    else:  # frozen tensors get no gradient at all
-        opt = build_optimizer(model, mask, sparse_config(setup, method, budget, lr, seed))
-    trainable = (lora.trainable_count(model) if method == "lora" else
-                 sum(p.numel() for p in model.parameters()) if mask is None else
-                 sum(int(m.sum()) for m in mask.values()))
+    m.prepare(setup, model, seed)
+    opt = m.optimizer(setup, model, mask, chosen, lr, seed)
+    trainable = m.trainable(model, mask)
     trace: list[dict[str, Any]] = []
     hooks: list[Any] = [Every(cfg.eval_every, lambda state: trace.append(graded(setup, model, state.step + 1)))] \
         if cfg.eval_every else []
-    if method == LIFT_RESELECT:
-        hooks.append(Reselect(cfg.lift_reselect_every, lambda m, step: reselect_principal(setup, m, opt)))
-        if cfg.lift_eps is not None:
-            hooks.append(EpsBeforeBiasCorrection(cfg.lift_eps))
-    if method == RIGL:
-        hooks.append(RigL(cfg.rigl_every, cfg.steps, setup.reference, cfg.rigl_fraction))
+    hooks += m.hooks(setup, model, opt)
     with PeakMemory(setup.device) as peak:
         start = time.perf_counter()
         try:
@@ -223,10 +144,7 @@ def finetune(setup: Setup, method: str, budget: str, lr: float, seed: int,
     if bad is not None:
         raise FloatingPointError(f"{method} @ {budget}, lr {lr:g}, seed {seed}: parameter '{bad}' is not finite "
                                  "after training: the run diverged")
-    if method == "lora" and isinstance(model, hf_model.CausalLM):
-        hf_model.merge_peft_lora(model)
-    elif method == "lora":
-        lora.merge_lora(model)
+    m.finish(model)
     for p in model.parameters():
         p.requires_grad_(True)
     costs = dict(trainable=trainable, select_s=select_s, train_s=train_s,
@@ -236,14 +154,6 @@ def finetune(setup: Setup, method: str, budget: str, lr: float, seed: int,
     if cfg.eval_every:
         costs["trace"] = trace
     return model.eval(), costs
-
-
-@torch.no_grad()
-def reselect_principal(setup: Setup, model: nn.Module, opt: CompactAdamW) -> Mask:
-    """LIFT's periodic step: the principal weights of the *current* model, each tensor keeping its count."""
-    scores = registry.score("lift", model, registry.CriterionInputs(include=INCLUDE,
-                                                                    options={"rank": setup.cfg.lift_rank}))
-    return reselect_top(opt.mask, scores)  # type: ignore[arg-type]
 
 
 @torch.no_grad()

@@ -25,6 +25,7 @@ import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from scaleup.methods import get_method
 from scaleup.results import measured
 
 X, Y = "retention_token", "target_test_token"
@@ -85,10 +86,10 @@ def _spread(values: Sequence[float]) -> dict[str, float]:
 def summary(rows: Mapping[str, Mapping[str, Any]], x: str = X, y: str = Y) -> list[dict[str, Any]]:
     """One entry per (method, budget): area under the frontier and retention at matched target, over seeds.
 
-    "Matched" targets are shares (``MATCHED``) of full fine-tuning's best y over all its points
-    and seeds; without a full fine-tuning run they are NaN."""
+    "Matched" targets are shares (``MATCHED``) of the reference method's best y (full fine-tuning,
+    ``Method.reference``) over all its points and seeds; without a reference run they are NaN."""
     fronts = frontiers(rows, x, y)
-    full = [py for (m, _, _), f in fronts.items() if m == "full" for _, py in f]
+    full = [py for (m, _, _), f in fronts.items() if get_method(m).reference for _, py in f]
     best_full = max(full) if full else math.nan
     out = []
     for method, budget in dict.fromkeys((m, b) for m, b, _ in fronts):

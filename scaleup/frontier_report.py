@@ -20,12 +20,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from scaleup import frontier as fr
-from scaleup.bench_config import known_methods
+from scaleup.method_base import LORA_EQUAL
+from scaleup.methods import get_method, known_methods, method_color
 from sparsity.sweep import markdown_table
 
 Spread = Mapping[str, float]
-BUDGET_MARKERS = {"all": "o", "lora_equal": "s", "2:4": "D", "d0.01": "v", "d0.05": "P", "d0.2": "*"}
-LIFT_METHODS = ("lift", "lift_reselect")
 
 
 def _cell(spread: Spread) -> str:
@@ -84,9 +83,11 @@ def frontier_verdict(rows: Mapping[str, Mapping[str, Any]], x: str = fr.X, y: st
     by = {(e["method"], e["budget"]): e for e in entries}
     key = f"retention_at_{share:g}"
     lines = []
-    lora = by.get(("lora", "lora_equal"))
-    sparse = [e for e in entries if e["budget"] == "lora_equal" and e["method"] not in ("lora", "full")]
-    if lora and sparse and ("full", "all") in by:
+    at_lora_equal = [e for e in entries if e["budget"] == LORA_EQUAL]
+    lora = next((e for e in at_lora_equal if get_method(e["method"]).family == "adapter"), None)
+    sparse = [e for e in at_lora_equal if get_method(e["method"]).family == "sparse"]
+    references = [e for e in entries if get_method(e["method"]).reference]
+    if lora and sparse and references:
         beat = [e for e in sparse if separated(e[key], lora[key])]
         best = max(sparse, key=lambda e: -math.inf if not e[key]["n"] else e[key]["mean"])
         if not lora[key]["n"]:
@@ -110,26 +111,26 @@ def frontier_verdict(rows: Mapping[str, Mapping[str, Any]], x: str = fr.X, y: st
                      f"it is separated from {len(dominated)} of the other {len(ranked) - 1}.")
         lines.append(f"- **Measured separation** between the best and the worst frontier ({last['method']} @ "
                      f"{last['budget']}): {_compare(top['area'], last['area'])}.")
-    for method in LIFT_METHODS:
+    others = [(get_method(o["method"]).label, o) for o in references[:1] + ([lora] if lora else [])]
+    for method in known_methods():
+        claim = get_method(method).retention_claim
         for (m, budget), e in by.items():
-            if m != method:
+            if m != method or not claim or not others:
                 continue
-            others = [(name, by[k]) for name, k in (("full FT", ("full", "all")), ("LoRA", ("lora", "lora_equal")))
-                      if k in by]
-            if others:
-                lines.append(f"- **{method} @ {budget} retention** at {share:.0%} of full FT's best target against "
-                             + "; ".join(f"{name}: {_compare(e[key], o[key])}, {_relative(e[key], o[key])}"
-                                         for name, o in others)
-                             + " (LIFT's abstract claims up to +20%).")
+            lines.append(f"- **{method} @ {budget} retention** at {share:.0%} of full FT's best target against "
+                         + "; ".join(f"{name}: {_compare(e[key], o[key])}, {_relative(e[key], o[key])}"
+                                     for name, o in others)
+                         + f" ({claim}).")
     return "\n".join(lines) if lines else "- Too few traced methods for a verdict."
 
 
 def plot_frontiers(rows: Mapping[str, Mapping[str, Any]], title: str, methods: Sequence[str] | None = None,
                    budgets: Sequence[str] | None = None, ax: Any = None, x: str = fr.X, y: str = fr.Y,
-                   before: tuple[float, float] | None = None) -> Any:
+                   before: tuple[float, float] | None = None, markers: Mapping[str, str] | None = None) -> Any:
     """Every traced point (faint) and each (method, budget)'s Pareto frontier over all its seeds' points
-    (a step line toward the upper right: better is up and right); one colour per method, one marker
-    per budget; the axes."""
+    (a step line toward the upper right: better is up and right); one colour per method
+    (``scaleup.methods.method_color``), labelled by the method's label, and one marker per budget
+    (``markers``: budget key -> marker, e.g. each ``Budget.marker``; "o" where not given); the axes."""
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
@@ -141,9 +142,8 @@ def plot_frontiers(rows: Mapping[str, Mapping[str, Any]], title: str, methods: S
             points.setdefault((row["method"], row["budget"]), []).extend(fr.run_points(row, x, y))
     names = list(dict.fromkeys(m for m, _ in points))
     kinds = list(dict.fromkeys(b for _, b in points))
-    order = list(dict.fromkeys([*known_methods(), *names]))  # a method keeps its colour in every panel and figure
-    colors = {m: plt.get_cmap("tab20")(order.index(m) % 20) for m in names}
-    markers = {b: BUDGET_MARKERS.get(b, "^") for b in kinds}
+    colors = {m: method_color(m) for m in names}
+    markers = {b: (markers or {}).get(b, "o") for b in kinds}
     for (m, b), pts in points.items():
         ax.scatter(*zip(*pts), s=6, alpha=0.15, color=colors[m], marker=markers[b])
         front = fr.pareto(pts)  # by increasing x: on (x_i, x_i+1] the best reachable target is y_i+1
@@ -153,7 +153,7 @@ def plot_frontiers(rows: Mapping[str, Mapping[str, Any]], title: str, methods: S
         ax.scatter([before[0]], [before[1]], marker="x", color="black", s=50, zorder=5)
     ax.set(xlabel=f"retention of the source ({x})", ylabel=f"learning the target ({y})",
            xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), title=title)
-    handles = ([Line2D([], [], color=colors[m], linewidth=2, label=m) for m in names]
+    handles = ([Line2D([], [], color=colors[m], linewidth=2, label=get_method(m).label) for m in names]
                + [Line2D([], [], color="gray", marker=markers[b], linestyle="none", label=b) for b in kinds]
                + ([Line2D([], [], color="black", marker="x", linestyle="none", label="before FT")] if before else []))
     ax.legend(handles=handles, fontsize="x-small", loc="lower left")

@@ -43,7 +43,6 @@ from torch import nn
 
 from scaleup import gpt, hf_model
 from scaleup import tasks as tk
-from sparsity.fastmode import fast_mode
 from sparsity.threads import one_thread
 from sparsity.train import Every, FitState, Schedule, cosine, fit
 from sparsity.validate import check_finite_nonnegative, check_nonnegative_int, check_positive_int
@@ -113,13 +112,14 @@ class PretrainConfig:
         return f"{name}-{self.preset}-{self.world.key}-seed{self.seed}-steps{self.steps}-{digest}"
 
 
-def default_config(preset: str = "tiny", **overrides: object) -> PretrainConfig:
-    """The lab's pretraining run for a preset; fast mode (``LAB_FAST=1``) trains 300 steps instead of 2,000.
+def default_config(preset: str = "tiny", *, fast: bool = False, **overrides: object) -> PretrainConfig:
+    """The lab's pretraining run for a preset; ``fast`` (the lab's fast mode, ``LAB_FAST=1``, passed down by
+    an entry point) trains 300 steps instead of 2,000.
 
     The full length is meant to learn every source task on the tiny preset (pretraining always
     runs on one CPU thread); the fast length is a CI-sized stand-in.
     """
-    base = dict(preset=preset, steps=300 if fast_mode() else 2000)
+    base = dict(preset=preset, steps=300 if fast else 2000)
     base.update(overrides)
     return PretrainConfig(**base)  # type: ignore[arg-type]
 

@@ -20,9 +20,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from scaleup.bench_config import BenchConfig, is_sparse_criterion, known_methods
+from scaleup.bench_config import BenchConfig
 from scaleup.bench_world import describe
 from scaleup.frontier_report import frontier_table, frontier_verdict, plot_frontiers
+from scaleup.method_base import ALL
+from scaleup.methods import get_method, known_methods, method_color
 from scaleup.results import cell_key, diverged_runs, load_config, load_results, measured, summarize
 from sparsity.sweep import markdown_table
 
@@ -31,10 +33,8 @@ NOTES = "## Notes"
 
 
 def budget_label(budget: str, cfg: BenchConfig) -> str:
-    """A budget label in words: "5%", "LoRA-equal (r=4)", "100%", "2:4 (50%)"."""
-    if budget.startswith("d"):
-        return f"{float(budget[1:]):.0%}"
-    return {"lora_equal": f"LoRA-equal (r={cfg.lora_rank})", "all": "100%", "2:4": "2:4 (50%)"}[budget]
+    """A stored budget key in words (``Budget.label``): "5%", "LoRA-equal (r=4)", "100%", "2:4 (50%)"."""
+    return cfg.budget_of(budget).label
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -67,21 +67,22 @@ def verdict(table: list[dict[str, Any]]) -> str:
 
     "Within one spread": the intervals mean +- std over seeds of the two methods overlap.
     """
-    full = next((r for r in table if r["method"] == "full"), None)
+    full = next((r for r in table if get_method(r["method"]).reference), None)
     if full is None:
         return "Full fine-tuning was not run: nothing to compare against."
     low = full["target_test"] - full["target_test_std"]
-    others = [r for r in table if r["method"] != "full"]
+    others = [r for r in table if r is not full]
     match = [r for r in others if r["target_test"] + r["target_test_std"] >= low]
 
-    sparse_match = [r for r in match if is_sparse_criterion(r["method"])]
+    sparse_match = [r for r in match if get_method(r["method"]).family == "sparse"]
     lines = [f"Full fine-tuning: target {full['target_test']:.3f} +- {full['target_test_std']:.3f}, "
              f"retention {full['retention']:.3f} +- {full['retention_std']:.3f}.",
              "Sparse criteria that reach full FT on the target (their mean + std reaches full FT's mean - std): "
              + (", ".join(f"{r['method']} @ {r['budget']} ({versus(r, full)})" for r in sparse_match) or "none")
              + ".",
-             *(f"LoRA @ {r['budget']} on the target: {r['target_test']:.3f} +- {r['target_test_std']:.3f}, "
-               f"{versus(r, full)}." for r in table if r["method"] == "lora")]
+             *(f"{get_method(r['method']).label} @ {r['budget']} on the target: {r['target_test']:.3f} +- "
+               f"{r['target_test_std']:.3f}, {versus(r, full)}." for r in table
+               if get_method(r["method"]).family == "adapter")]
     if others:
         best = max(table, key=lambda r: r["retention"])
         lines.append(f"Best retention overall: {best['method']} @ {best['budget']} ({best['retention']:.3f}, "
@@ -194,10 +195,8 @@ def plot_summary(table: list[dict[str, Any]], cfg: BenchConfig, fig: Any = None,
         fig = plt.figure(figsize=(16, 5.5))
     fig.clear()
     ax_scatter, ax_bars = fig.subplots(1, 2, gridspec_kw={"width_ratios": (1, 1.3)})
-    colors = {m: plt.get_cmap("tab20")(i) for i, m in enumerate(known_methods())}  # colour: method; marker: budget
-    markers = {"all": "*", "lora_equal": "s", "2:4": "D", "d0.01": "v"}
-    for r in table:
-        marker, color = markers.get(r["budget"], "o"), colors[r["method"]]
+    for r in table:  # colour: the method's; marker: the budget's
+        marker, color = cfg.budget_of(r["budget"]).marker, method_color(r["method"])
         ax_scatter.errorbar(r["retention"], r["target_test"], xerr=r["retention_std"], yerr=r["target_test_std"],
                             marker=marker, color=color, linestyle="none", capsize=2, markersize=7)
         sweep = [rows.get(cell_key(r["method"], r["budget"], lr, 0)) for lr in cfg.lrs(r["method"])] if rows else []
@@ -210,8 +209,9 @@ def plot_summary(table: list[dict[str, Any]], cfg: BenchConfig, fig: Any = None,
                    title="Learning vs forgetting (upper right is best)\nfaint: the lr sweep (seed 0, target on val)")
     shown = list(dict.fromkeys(r["method"] for r in table))
     budgets = list(dict.fromkeys(r["budget"] for r in table))
-    handles = ([Line2D([], [], color=colors[m], marker="o", linestyle="none", label=m) for m in shown] +
-               [Line2D([], [], color="gray", marker=markers.get(b, "o"), linestyle="none",
+    handles = ([Line2D([], [], color=method_color(m), marker="o", linestyle="none", label=get_method(m).label)
+                for m in shown] +
+               [Line2D([], [], color="gray", marker=cfg.budget_of(b).marker, linestyle="none",
                        label=budget_label(b, cfg)) for b in budgets])
     ax_scatter.legend(handles=handles, fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     names = [f"{r['method']}\n{budget_label(r['budget'], cfg)}" for r in table]
@@ -235,10 +235,11 @@ def frontier_figure(rows: Mapping[str, Mapping[str, Any]], cfg: BenchConfig) -> 
     """One frontier panel per budget kind: the LoRA-equal budget (with full FT and LoRA) and each density."""
     import matplotlib.pyplot as plt
 
-    budgets = list(dict.fromkeys(r["budget"] for r in rows.values() if r["budget"] not in ("all",)))
+    budgets = list(dict.fromkeys(r["budget"] for r in rows.values() if r["budget"] != ALL.key))
     fig, axes = plt.subplots(1, len(budgets), figsize=(7 * len(budgets), 6), squeeze=False)
     for ax, budget in zip(axes[0], budgets):
-        plot_frontiers(rows, f"budget {budget_label(budget, cfg)} (with full FT)", budgets=[budget, "all"], ax=ax)
+        plot_frontiers(rows, f"budget {budget_label(budget, cfg)} (with full FT)", budgets=[budget, ALL.key], ax=ax,
+                       markers={b: cfg.budget_of(b).marker for b in (budget, ALL.key)})
     fig.suptitle(f"{cfg.model_name}: learning-forgetting frontiers on {cfg.target}, {cfg.steps} steps, "
                  f"{cfg.seeds} seed(s), every lr and every {cfg.eval_every} steps")
     fig.tight_layout()

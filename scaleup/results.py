@@ -15,13 +15,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from scaleup.bench_config import BenchConfig, check_methods, known_methods
-from sparsity.sweep import RESULTS, SweepStore, mean_spread
+from scaleup.bench_config import BenchConfig
+from scaleup.methods import check_methods, known_methods
+from sparsity.sweep import SweepStore, mean_spread
 from sparsity.sweep import cell_key as sweep_key
 
 KEY_FIELDS = ("method", "budget", "lr", "seed")
-__all__ = ["KEY_FIELDS", "RESULTS", "best_lr", "cell_key", "diverged_runs", "load_config", "load_results", "measured",
-           "store", "summarize"]
 
 
 def measured(row: Mapping[str, Any]) -> bool:

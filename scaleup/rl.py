@@ -230,9 +230,3 @@ def finetune(model: nn.Module, cfg: RLConfig, world: tk.World, optimizer: torch.
     return fit(model, optimizer, loss_of(cfg), cfg.steps, batches=batch_maker(cfg, world, model, reference, device),
                schedule=schedule or constant(cfg.lr), hooks=(*store, *hooks), progress=progress,
                desc=f"{cfg.algorithm} {cfg.task} ({cfg.weights})")
-
-
-if __name__ == "__main__":
-    from scaleup.rl_study import main
-
-    raise SystemExit(main())

@@ -35,7 +35,7 @@ from torch import nn
 
 from scaleup import pretrain, rl
 from scaleup import tasks as tk
-from scaleup.finetune import layer_type
+from scaleup.layers import layer_type
 from sparsity import metrics
 from sparsity.cli_args import json_ready, output_folder, positive_int, random_seed
 from sparsity.fastmode import fast_mode
@@ -47,7 +47,7 @@ TOL = 1e-5
 
 
 def rl_layer_type(name: str) -> str:
-    """``scaleup.finetune.layer_type`` with LayerNorm gains and biases apart (the paper reports them apart)."""
+    """``scaleup.layers.layer_type`` with LayerNorm gains and biases apart (the paper reports them apart)."""
     kind = layer_type(name)
     return f"norm.{name.rsplit('.', 1)[1]}" if kind == "norm" else kind
 
@@ -79,9 +79,12 @@ class StudyConfig:
         return rl.RLConfig(**{**base, **overrides})
 
 
-def default_config(**overrides: Any) -> StudyConfig:
-    fast = dict(warmup_steps=60, steps=12, prompts=8, group=4) if fast_mode() else {}
-    return StudyConfig(**{**fast, **overrides})
+def default_config(*, fast: bool = False, **overrides: Any) -> StudyConfig:
+    """The study's defaults; ``fast`` (the lab's fast mode, passed down by an entry point): a 300-step
+    pretrained model, 60 warm-up steps and 12-step runs of 8 prompts x 4 samples."""
+    small = dict(warmup_steps=60, steps=12, prompts=8, group=4, pretrain=pretrain.default_config(fast=True)) \
+        if fast else {}
+    return StudyConfig(**{**small, **overrides})
 
 
 def snapshot(model: nn.Module) -> TensorDict:
@@ -333,7 +336,7 @@ def verdicts(study: dict[str, Any]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m scaleup.rl",
+    p = argparse.ArgumentParser(prog="python -m scaleup.rl_study",
                                 description="Update sparsity of RL (GRPO), SFT and DPO fine-tuning of the lab's GPT.")
     p.add_argument("--steps", type=positive_int, default=None, help="fine-tuning steps per run")
     p.add_argument("--seed", type=random_seed, default=None)
@@ -343,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     overrides = {k: v for k, v in {"steps": args.steps, "seed": args.seed}.items() if v is not None}
     try:
-        cfg = default_config(**overrides)
+        cfg = default_config(fast=fast_mode(), **overrides)
     except (ValueError, TypeError) as e:
         p.error(str(e))
     try:
@@ -375,3 +378,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['full_target']:.3f}, masked {r['masked_target']:.3f}; agreement in the subnetwork "
               + ", ".join(f"{k} {v:.3f}" for k, v in r["agreement_in_subnetwork"].items()))
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -48,7 +48,7 @@ from torch import nn
 from scaleup import gpt
 from scaleup import pretrain as pt
 from scaleup import tasks as tk
-from scaleup.finetune import LAYER_TYPES, layer_type
+from scaleup.layers import LAYER_TYPES, layer_type
 from sparsity import masks
 from sparsity.cli_args import (
     finite_nonnegative, json_ready, output_file, output_folder, positive_int, random_seed,
@@ -121,13 +121,13 @@ class Config:
         return pt.default_config(self.preset, world=self.world, steps=self.pretrain_steps)
 
 
-def default_config(preset: str = "tiny", **overrides: Any) -> Config:
+def default_config(preset: str = "tiny", *, fast: bool = False, **overrides: Any) -> Config:
     """The default experiment: the teacher changes the middle block (block ``n_layer // 2``).
 
-    Fast mode (``LAB_FAST=1``) uses 300 pretraining steps and 60-step runs.
+    ``fast`` (the lab's fast mode, passed down by an entry point) uses 300 pretraining steps and 60-step runs.
     """
     base: dict[str, Any] = {"preset": preset, "blocks": (gpt.config(preset).n_layer // 2,)}
-    if fast_mode():
+    if fast:
         base.update(pretrain_steps=300, teacher_steps=60, steps=60, warmup=6, log_every=5)
     base.update(overrides)
     return Config(**base)
@@ -471,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
     if "steps" in overrides:
         overrides.setdefault("warmup", overrides["steps"] // 10)
     try:
-        cfg = default_config(args.preset, **overrides)
+        cfg = default_config(args.preset, fast=fast_mode(), **overrides)
     except (ValueError, TypeError) as err:
         p.error(str(err))
     try:

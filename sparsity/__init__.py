@@ -9,13 +9,13 @@ independent cells on a local process pool or on Ray (the ``ray`` extra, imported
 One concept per module: ``criteria`` (scores), ``masks`` (selection), ``optim`` and
 ``compact`` (optimizers), ``regularize``, ``metrics``, ``ablate``, ``discover`` (learned
 subnetworks), ``prune``, ``dynamic`` (drop/grow), ``delta`` (sparse update checkpoints),
-``semistructured`` (2:4 sparsity, gathering ``two_four``: the pattern and compressed format,
+2:4 sparsity in three (``two_four``: the pattern and compressed format,
 ``two_four_linear``: the fast linear layer, ``two_four_convert``: model conversion), ``delta_dir`` (a delta as a shippable folder),
 ``inspect`` (update sparsity of two checkpoints), ``hf`` (Hugging Face causal LMs; needs the
 ``hf`` extra, imported only when used).
 """
 
-from sparsity import ablate, criteria, delta, discover, dynamic, masks, prune, registry, semistructured, sweep
+from sparsity import ablate, criteria, delta, discover, dynamic, masks, prune, registry, sweep
 from sparsity.compact import CompactAdamW
 from sparsity.config import SparseConfig
 from sparsity.registry import register_criterion
@@ -46,7 +46,6 @@ __all__ = [
     "dynamic",
     "masks",
     "prune",
-    "semistructured",
     "CompactAdamW",
     "MaskedAdamW",
     "MaskedSGD",

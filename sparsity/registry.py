@@ -83,12 +83,14 @@ Criterion = Callable[[nn.Module, CriterionInputs], "Scores | Selection"]
 @dataclass(frozen=True)
 class Entry:
     """A registered criterion: its scoring function, whether it needs data, one line of doc, and the
-    option names it reads (None: not declared, so not checked)."""
+    label reports and figures show (the name unless given) and the option names it reads (None: not
+    declared, so not checked)."""
 
     name: str
     score: Criterion
     needs_data: bool
     doc: str
+    label: str = ""
     options: frozenset[str] | None = None
 
     def check_options(self, options: Mapping[str, Any]) -> None:
@@ -106,11 +108,11 @@ CRITERIA: dict[str, Entry] = {}
 """Name -> registered criterion."""
 
 
-def register_criterion(name: str, score: Criterion, *, needs_data: bool = False, doc: str = "",
+def register_criterion(name: str, score: Criterion, *, needs_data: bool = False, doc: str = "", label: str = "",
                        replace: bool = False, options: Iterable[str] | None = None) -> Entry:
-    """Register ``score(model, inputs) -> Scores | Selection`` under ``name``; returns its entry.
-    ``options`` names the settings it reads from ``inputs.options`` (``()`` for none), so
-    ``sparsify`` refuses any other; None leaves them unchecked."""
+    """Register ``score(model, inputs) -> Scores | Selection`` under ``name`` (shown as ``label``, default
+    the name); returns its entry. ``options`` names the settings it reads from ``inputs.options`` (``()``
+    for none), so ``sparsify`` refuses any other; None leaves them unchecked."""
     if not isinstance(name, str) or not name or name != name.strip():
         raise ValueError(f"name must be a non-empty string without surrounding spaces, got {name!r}")
     if not callable(score):
@@ -121,7 +123,8 @@ def register_criterion(name: str, score: Criterion, *, needs_data: bool = False,
         options = frozenset(options)
         if not all(isinstance(o, str) for o in options):
             raise TypeError(f"options must be option names (strings), got {sorted(map(repr, options))}")
-    CRITERIA[name] = Entry(name, score, needs_data, doc or (score.__doc__ or "").strip().split("\n")[0], options)
+    CRITERIA[name] = Entry(name, score, needs_data, doc or (score.__doc__ or "").strip().split("\n")[0], label or name,
+                           options)
     return CRITERIA[name]
 
 
@@ -136,7 +139,7 @@ def get_criterion(criterion: str | Criterion) -> Entry:
     """The registry entry for a name, or an ad-hoc entry for a callable ``(model, inputs) -> scores``."""
     if callable(criterion):
         name = getattr(criterion, "__name__", "custom")
-        return Entry(name, criterion, needs_data=False, doc=(criterion.__doc__ or "").strip())
+        return Entry(name, criterion, needs_data=False, doc=(criterion.__doc__ or "").strip(), label=name)
     if criterion not in CRITERIA:
         raise ValueError(f"criterion must be one of {sorted(CRITERIA)} or a function (model, inputs) -> scores; "
                          f"got {criterion!r}")
@@ -198,8 +201,8 @@ register_criterion("random", lambda model, inputs: criteria.random(model, inputs
                    doc=criteria.random.__doc__.split("\n")[0], options=())
 register_criterion("magnitude", lambda model, inputs: criteria.magnitude(model, inputs.include),
                    doc=criteria.magnitude.__doc__.split("\n")[0], options=())
-for _name in ("gradient", "fisher", "snip", "movement"):
-    register_criterion(_name, _gradient_based(_name), needs_data=True, options=())
-register_criterion("lift", _lift, doc=criteria.lift.__doc__.split("\n")[0], options=("rank", "method"))
-register_criterion("layers", _layers, options=("layers",))
-register_criterion("l1_discovered", _l1_discovered, needs_data=True, options=("lam", "lr"))
+for _name, _label in (("gradient", "gradient"), ("fisher", "Fisher"), ("snip", "SNIP"), ("movement", "movement")):
+    register_criterion(_name, _gradient_based(_name), needs_data=True, label=_label, options=())
+register_criterion("lift", _lift, doc=criteria.lift.__doc__.split("\n")[0], label="LIFT", options=("rank", "method"))
+register_criterion("layers", _layers, label="whole layers", options=("layers",))
+register_criterion("l1_discovered", _l1_discovered, needs_data=True, label="L1-discovered", options=("lam", "lr"))

@@ -23,7 +23,6 @@ from typing import Any
 
 import torch
 
-from sparsity.fastmode import fast_mode
 from sparsity.validate import read_json_object
 
 RESULTS = "results.jsonl"
@@ -200,9 +199,10 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]], alig
     return "\n".join(lines)
 
 
-def command_line(module: str, argv: Sequence[str]) -> str:
-    """The command that reproduces a run of ``python -m module``, the fast-mode switch included."""
-    prefix = "LAB_FAST=1 " if fast_mode() else ""
+def command_line(module: str, argv: Sequence[str], fast: bool = False) -> str:
+    """The command that reproduces a run of ``python -m module``; ``fast``: it ran in the lab's fast mode
+    (the entry point read ``LAB_FAST``), so the command sets it too."""
+    prefix = "LAB_FAST=1 " if fast else ""
     return f"{prefix}PYTHONPATH=. python -m {module} {shlex.join(argv)}".rstrip()
 
 

@@ -11,7 +11,7 @@ import jupytext
 import matplotlib
 import pytest
 
-from lessons.assignments import checks
+from lessons.assignments import checks, hidden
 from lessons.assignments.build import SOLUTION, _replace_regions, build, sources, strip_hidden_tests
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,7 +45,7 @@ def _solution_lines(text):
 def test_there_are_four_assignments_with_questions_and_hand_graded_parts():
     assert [p.stem for p in sources()] == list(NAMES) == list(checks.ASSIGNMENTS)
     for name in NAMES:
-        spec = checks.assignment(name, hidden=True)
+        spec = hidden.assignment(name)
         assert spec.questions and spec.hand_graded
         assert "graded by hand" in _source(name)
         for q in spec.questions:
@@ -57,7 +57,7 @@ def test_there_are_four_assignments_with_questions_and_hand_graded_parts():
 def test_sources_state_the_points_the_grader_gives():
     for name in NAMES:
         text = _source(name)
-        for q in checks.assignment(name, hidden=True).questions:
+        for q in hidden.assignment(name).questions:
             stated = [line for line in text.split("\n") if f"`{q.function}" in line
                       and (f"({q.points} points)" in line or line.rstrip().endswith(f"| {q.points} |"))]
             assert stated, f"{name}: no line states {q.function} is worth {q.points} points"
@@ -100,7 +100,7 @@ def test_reference_sources_pass_their_visible_and_hidden_checks(name):
         for cell in jupytext.read(ROOT / "lessons" / "assignments" / f"{name}.py").cells:
             if cell.cell_type == "code":
                 exec(compile(cell.source, f"{name}.py", "exec"), namespace)
-    for q in checks.assignment(name, hidden=True).questions:
+    for q in hidden.assignment(name).questions:
         assert f"visible checks of {q.function} passed" in printed.getvalue()
         assert f"all {len(q.checks)} checks of {q.function} passed" in printed.getvalue()
 

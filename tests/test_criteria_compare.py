@@ -32,8 +32,8 @@ def fast(tiny: tsc.Setup) -> tsc.Setup:
 
     Only the full fine-tuning reference differs (20 steps), which the science tests do not read.
     """
-    assert tiny.l1.config.steps == max(tsc.default_config().steps, tsc.L1_MIN_STEPS)
-    return replace(tiny, config=tsc.default_config())
+    assert tiny.l1.config.steps == max(tsc.default_config(fast=True).steps, tsc.L1_MIN_STEPS)
+    return replace(tiny, config=tsc.default_config(fast=True))
 
 
 def test_rows_cover_every_criterion_density_and_scope(tiny: tsc.Setup) -> None:
@@ -46,7 +46,7 @@ def test_rows_cover_every_criterion_density_and_scope(tiny: tsc.Setup) -> None:
         assert r.actual_density <= r.density + 1e-3
         assert r.test_loss > 0 and 0 <= r.share_needed <= 1
     table = comp.table()
-    assert "full FT" in table and "l1_update" in table and "lift r=4" in table
+    assert "full FT" in table and "L1-discovered" in table and "LIFT r=4" in table  # the registry's labels
     assert comp.get("fisher", 0.05).criterion == "fisher"
     with pytest.raises(KeyError):
         comp.get("fisher", 0.5)
@@ -61,20 +61,20 @@ def test_ranking_criteria_spend_the_whole_budget(tiny: tsc.Setup) -> None:
             assert not mask["fc2.bias"].any()  # budgets are spent on weights only
 
 
-@pytest.mark.parametrize("criterion", ["l1_update", "layer"])
+@pytest.mark.parametrize("criterion", ["l1_discovered", "layers"])
 @pytest.mark.parametrize("density", DENSITIES)
 def test_discovered_update_and_layer_masks_lie_in_w2(tiny: tsc.Setup, criterion: str, density: float) -> None:
     mask = tsc.select(tiny, criterion, density)
-    assert mask_overlap(mask, tiny.needed).a_in_b > 0.9  # measured: l1_update 1.00 / 0.95 / 0.92, layer 1.00
+    assert mask_overlap(mask, tiny.needed).a_in_b > 0.9  # measured: l1_discovered 1.00 / 0.95 / 0.92, layers 1.00
 
 
 def test_layer_mask_is_the_whole_layer_when_the_budget_allows(tiny: tsc.Setup) -> None:
-    mask = tsc.select(tiny, "layer", 0.2)
+    mask = tsc.select(tiny, "layers", 0.2)
     assert mask["fc2.weight"].all() and sum(int(m.sum()) for m in mask.values()) == tiny.needed_count
 
 
 def test_masked_training_leaves_unselected_entries_bit_identical(tiny: tsc.Setup) -> None:
-    for criterion in ("snip", "l1_update"):
+    for criterion in ("snip", "l1_discovered"):
         mask = tsc.select(tiny, criterion, 0.05)
         _, result = tsc.evaluate(tiny, criterion, 0.05)
         moved_any = False
@@ -111,10 +111,10 @@ def test_per_tensor_policy_cannot_find_w2(tiny: tsc.Setup) -> None:
 
 
 def test_science_at_fast_config_discovered_beats_snip_beats_magnitude_beats_random(fast: tsc.Setup) -> None:
-    # measured at 5%, 300 steps: test MSE l1_update 0.036 < snip 0.125 < magnitude 0.150 < random 0.227
-    loss = {c: tsc.evaluate(fast, c, 0.05)[0].test_loss for c in ("random", "magnitude", "snip", "l1_update")}
-    assert loss["l1_update"] < loss["snip"] < loss["magnitude"] < loss["random"]
-    assert loss["l1_update"] < 0.5 * loss["snip"]
+    # measured at 5%, 300 steps: test MSE l1_discovered 0.036 < snip 0.125 < magnitude 0.150 < random 0.227
+    loss = {c: tsc.evaluate(fast, c, 0.05)[0].test_loss for c in ("random", "magnitude", "snip", "l1_discovered")}
+    assert loss["l1_discovered"] < loss["snip"] < loss["magnitude"] < loss["random"]
+    assert loss["l1_discovered"] < 0.5 * loss["snip"]
 
 
 def test_lift_equals_magnitude_at_full_rank_and_differs_below() -> None:
@@ -146,6 +146,10 @@ def test_transfer_task_splits_input_space() -> None:
 def test_bad_input_gives_clear_errors(tiny: tsc.Setup) -> None:
     with pytest.raises(ValueError, match="criterion"):
         tsc.select(tiny, "grad", 0.05)
+    with pytest.raises(ValueError, match="'l1_update' is now called 'l1_discovered'"):
+        tsc.select(tiny, "l1_update", 0.05)  # a former study name: an error naming the registry's, not an alias
+    with pytest.raises(ValueError, match="'layer' is now called 'layers'"):
+        tsc.select(tiny, "layer", 0.05)
     with pytest.raises(ValueError, match="density"):
         tsc.select(tiny, "random", 0.0)
     with pytest.raises(ValueError, match="scope"):
@@ -165,9 +169,9 @@ def test_bad_input_gives_clear_errors(tiny: tsc.Setup) -> None:
 
 
 def test_modular_comparison_covers_its_criteria_and_the_module_oracle_lies_in_the_module() -> None:
-    from toys import modular
+    from toys import modular_world
 
-    cfg = modular.Config(hidden=(32, 32), n_train=1024, n_test=512, steps=40, batch=128)
+    cfg = modular_world.Config(hidden=(32, 32), n_train=1024, n_test=512, steps=40, batch=128)
     comp = mc.compare_modular(cfg, densities=(0.05,), progress=False)
     assert [r.criterion for r in comp.rows] == list(mc.MODULAR_CRITERIA)
     oracle = next(r for r in comp.rows if r.criterion == "module")

@@ -6,8 +6,11 @@ import sys
 
 import pytest
 
+from scaleup import bench_config as bc
 from scaleup import compare as cp
+from scaleup import results as res
 from scaleup import grid
+from scaleup.method_mask import L1Settings
 from sparsity.executor import CellFailed, Executor, Worker, check_executor
 from sparsity.threads import one_thread
 
@@ -16,14 +19,14 @@ METHODS = ["full", "random"]  # phase 1: 2 lrs of full + 1 of random; phase 2: s
 
 
 def micro_config():
-    return cp.BenchConfig(preset="micro", world=cp.MICRO_WORLD, steps=10, warmup=1, seeds=2, pretrain_steps=200,
-                          densities=(), lrs_full=(1e-3, 3e-3), lrs_sparse=(3e-2,), lrs_lora=(3e-2,), l1_lam=1e-4,
+    return bc.BenchConfig(preset="micro", world=bc.MICRO_WORLD, steps=10, warmup=1, seeds=2, pretrain_steps=200,
+                          densities=(), lrs_full=(1e-3, 3e-3), lrs_sparse=(3e-2,), lrs_lora=(3e-2,), l1=L1Settings(lam=1e-4),
                           score_batches=2)
 
 
 def _measured(out):
     """Every stored row by key, without the fields that time the run."""
-    return {k: {f: v for f, v in row.items() if f not in TIMINGS} for k, row in cp.load_results(out).items()}
+    return {k: {f: v for f, v in row.items() if f not in TIMINGS} for k, row in res.load_results(out).items()}
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +46,7 @@ def serial(tmp_path_factory, cache):
 def test_a_killed_pooled_run_resumes_to_the_serial_rows(serial, tmp_path, cache):
     kw = dict(cache_dir=cache, progress=False, workers=2)
     assert cp.run(micro_config(), tmp_path, METHODS, stop_after=2, **kw) == 2
-    assert len(cp.load_results(tmp_path)) == 2 and not (tmp_path / "summary.json").exists()
+    assert len(res.load_results(tmp_path)) == 2 and not (tmp_path / "summary.json").exists()
     assert cp.run(micro_config(), tmp_path, METHODS, **kw) == 3
     assert _measured(tmp_path) == serial
     assert (tmp_path / "summary.json").exists()
@@ -103,12 +106,12 @@ def test_a_toy_world_scales_out_too(tmp_path, cache):
     """Each world says where its pretrained model is cached: the modular toy's file, none for teacher-student."""
     from scaleup import bench_modular, bench_teacher_student
 
-    modular = cp.BenchConfig(world_kind="modular", world=bench_modular.ModularConfig(n_tasks=2, n_train=512, n_test=256),
+    modular = bc.BenchConfig(world_kind="modular", world=bench_modular.ModularConfig(n_tasks=2, n_train=512, n_test=256),
                              steps=6, warmup=1, seeds=1, pretrain_steps=50, densities=(), lrs_full=(1e-3, 3e-3),
                              lrs_sparse=(3e-2,), lrs_lora=(3e-2,), score_batches=2)
     with pytest.raises(FileNotFoundError, match="no pretrained checkpoint .*modular-t0"):
         grid.worker_setup(modular, tmp_path, "cpu")
-    teacher = cp.BenchConfig(world_kind="teacher_student", world=bench_teacher_student.TeacherStudentConfig(),
+    teacher = bc.BenchConfig(world_kind="teacher_student", world=bench_teacher_student.TeacherStudentConfig(),
                              steps=6, warmup=1, seeds=1)
     assert grid.worker_setup(teacher, tmp_path, "cpu").bench.checkpoint(tmp_path) is None
     with one_thread():

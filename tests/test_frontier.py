@@ -95,8 +95,8 @@ def test_the_frontier_figure_draws_one_line_per_method_and_budget() -> None:
 
     ax = plot_frontiers(_lora_equal_rows(0.7), "t", before=(1.0, 0.0))
     assert len(ax.lines) == 3  # full, lora, lift: one frontier each
-    assert {t.get_text() for t in ax.get_legend().get_texts()} == {"full", "lora", "lift", "all", "lora_equal",
-                                                                   "before FT"}
+    assert {t.get_text() for t in ax.get_legend().get_texts()} == {"full FT", "LoRA", "LIFT", "all", "lora_equal",
+                                                                   "before FT"}  # methods by their labels
 
 
 def test_a_reference_that_never_reaches_the_matched_target_is_named_as_such() -> None:

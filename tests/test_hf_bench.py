@@ -20,13 +20,17 @@ peft = pytest.importorskip("peft")
 from scaleup import compare, hf_model  # noqa: E402
 from scaleup import pretrain as pt  # noqa: E402
 from scaleup import tasks as tk  # noqa: E402
-from scaleup.bench_config import MICRO_WORLD, METHODS, BenchConfig, Setup, prepare  # noqa: E402
-from scaleup.finetune import LAYER_TYPES, block_names, finetune, layer_type, select  # noqa: E402
+from scaleup import results as res  # noqa: E402
+from scaleup.bench_config import MICRO_WORLD, BenchConfig, Setup, prepare  # noqa: E402
+from scaleup.finetune import finetune, select  # noqa: E402
+from scaleup.layers import LAYER_TYPES, block_names, layer_type  # noqa: E402
+from scaleup.method_dynamic import LiftSettings  # noqa: E402
+from scaleup.methods import METHODS  # noqa: E402
 from sparsity.eligibility import input_axes, parameter_kinds  # noqa: E402
 from sparsity.hf import FAMILIES, tiny_config  # noqa: E402
 
 MICRO = dict(preset="micro", world=MICRO_WORLD, steps=6, warmup=1, seeds=1, densities=(), pretrain_steps=20,
-             lrs_full=(3e-3,), lrs_sparse=(3e-2,), lrs_lora=(3e-2,), score_batches=1, lift_reselect_every=3,
+             lrs_full=(3e-3,), lrs_sparse=(3e-2,), lrs_lora=(3e-2,), score_batches=1, lift=LiftSettings(reselect_every=3),
              eval_every=3)
 
 
@@ -38,8 +42,8 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     with mock.patch.object(peft, "get_peft_model", wraps=peft.get_peft_model) as spy:
         compare.run(cfg, root / "hf", METHODS, cache_dir=root / "cache", progress=False)
     compare.run(BenchConfig(**MICRO), root / "gpt", ["full", "lora"], cache_dir=root / "cache", progress=False)
-    return dict(root=root, cfg=cfg, peft_calls=spy.call_count, hf=compare.load_results(root / "hf"),
-                gpt=compare.load_results(root / "gpt"))
+    return dict(root=root, cfg=cfg, peft_calls=spy.call_count, hf=res.load_results(root / "hf"),
+                gpt=res.load_results(root / "gpt"))
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +133,7 @@ def test_model_from_a_local_folder_or_config_json(tmp_path: Path) -> None:
     # a Llama from the folder's config, end to end: PEFT on nn.Linear (fan_in_fan_out off), untied head frozen
     cfg = BenchConfig(model=str(tmp_path / "llama"), **MICRO)
     compare.run(cfg, tmp_path / "out", ["lora", "lift"], cache_dir=tmp_path / "cache", progress=False)
-    rows = compare.load_results(tmp_path / "out")
+    rows = res.load_results(tmp_path / "out")
     assert {r["method"] for r in rows.values() if "target_test" in r} == {"lora", "lift"}
     assert all(r["update_sparsity"]["embedding"] == 1.0 for r in rows.values())
 

@@ -56,18 +56,19 @@ VOLATILE = ("select_s", "train_s", "peak_mb")
 def test_tiny_benchmark_cells_are_unchanged(monkeypatch: pytest.MonkeyPatch) -> None:
     """Full, LoRA, L1-discovered 5% and 2:4 fine-tuning of the tiny GPT at seed 0, every metric, at the
     committed benchmark's settings (full mode: the 2,000-step pretrained checkpoint, cached after the first run)."""
-    from scaleup import compare
+    from scaleup import bench_config as bc
+    from scaleup import finetune as ft
 
     monkeypatch.setenv("LAB_FAST", "0")
     want = {(r["method"], r["budget"]): r for r in json.loads((DATA / "scaleup_tiny_cells.json").read_text())}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        cfg = compare.default_config("tiny", densities=(0.01, 0.05), seeds=3, steps=300, warmup=30)
-        setup = compare.prepare(cfg, progress=False)
+        cfg = bc.default_config("tiny", densities=(0.01, 0.05), seeds=3, steps=300, warmup=30)
+        setup = bc.prepare(cfg, progress=False)
         for method, budget in [("full", "all"), ("lora", "lora_equal"), ("l1_discovered", "d0.05"), ("2:4", "2:4")]:
             old = want[(method, budget)]
-            new = compare.run_cell(setup, method, budget, old["lr"], 0)
+            new = ft.run_cell(setup, method, budget, old["lr"], 0)
             for key, value in old.items():
                 if key not in VOLATILE:
                     assert new[key] == value, f"{method} {budget}: {key} changed from {value} to {new[key]}"

@@ -350,7 +350,7 @@ def test_training_is_reproducible_and_snapshots_the_early_checkpoint() -> None:
 
 @pytest.fixture(scope="module")
 def trained() -> tuple[tc.World, nn.Module, float]:
-    cfg = tc.default_config()
+    cfg = tc.default_config(fast=True)
     world = tc.make_world(cfg)
     model = tc.make_student(cfg)
     tc.train(model, world, progress=False)

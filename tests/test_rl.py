@@ -116,7 +116,7 @@ def test_predictor_and_deciles_on_a_hand_made_update() -> None:
 
 def test_the_study_runs_in_fast_mode_and_prints_json(tmp_path, monkeypatch, capsys) -> None:
     monkeypatch.setenv("LAB_FAST", "1")
-    small = rl_study.default_config(preset="micro", steps=3, warmup_steps=5, algorithms=("grpo", "sft"),
+    small = rl_study.default_config(fast=True, preset="micro", steps=3, warmup_steps=5, algorithms=("grpo", "sft"),
                                     pretrain=rl_study.pretrain.PretrainConfig(preset="micro", world=WORLD.config,
                                                                               steps=30))
     monkeypatch.setattr(rl_study, "default_config", lambda **kw: small)

@@ -18,8 +18,7 @@ if not torch.cuda.is_available():
     # Must be set before triton compiles the kernels: then they run on CPU tensors.
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from sparsity import criteria, prune, registry, two_four_linear
-from sparsity import semistructured as ss
+from sparsity import criteria, prune, registry, two_four, two_four_convert, two_four_linear
 from sparsity.compact import CompactAdamW
 from sparsity.optim import MaskedAdamW
 
@@ -42,23 +41,23 @@ def _groups(t: torch.Tensor) -> torch.Tensor:
 
 def test_mask_keeps_the_two_largest_of_every_four_inputs() -> None:
     w = torch.tensor([[0.1, -3.0, 2.0, 0.5, 4.0, 0.0, -0.2, 1.0]])
-    keep = ss.mask_24(w)
+    keep = two_four.mask_24(w)
     assert keep.tolist() == [[False, True, True, False, True, False, False, True]]
 
 
 def test_mask_from_any_score_and_ties_go_to_the_earlier_input() -> None:
     w = torch.randn(8, 12, generator=torch.Generator().manual_seed(1))
     score = torch.arange(w.numel(), dtype=torch.float32).reshape(w.shape)  # the last two of each group win
-    assert torch.equal(_groups(ss.mask_24(w, score)), torch.tensor([False, False, True, True]).expand(8, 3, 4))
-    assert torch.equal(_groups(ss.mask_24(w, torch.zeros_like(w))), torch.tensor([True, True, False, False]).expand(8, 3, 4))
+    assert torch.equal(_groups(two_four.mask_24(w, score)), torch.tensor([False, False, True, True]).expand(8, 3, 4))
+    assert torch.equal(_groups(two_four.mask_24(w, torch.zeros_like(w))), torch.tensor([True, True, False, False]).expand(8, 3, 4))
 
 
 def test_mask_is_two_of_four_everywhere_and_the_masked_weight_passes_the_check() -> None:
     w = torch.randn(64, 128, generator=torch.Generator().manual_seed(2))
-    keep = ss.mask_24(w)
+    keep = two_four.mask_24(w)
     assert (_groups(keep).sum(-1) == 2).all()
-    assert ss.is_two_four(w * keep) and not ss.is_two_four(w)
-    assert torch.equal(ss.check_two_four(w * keep), w * keep)  # returns the weight it checked
+    assert two_four.is_two_four(w * keep) and not two_four.is_two_four(w)
+    assert torch.equal(two_four.check_two_four(w * keep), w * keep)  # returns the weight it checked
     # Kept entries are the largest: every kept |w| >= every pruned |w| within its group.
     g, k = _groups(w.abs()), _groups(keep)
     assert (g.masked_fill(~k, float("inf")).min(-1).values >= g.masked_fill(k, -1.0).max(-1).values).all()
@@ -68,7 +67,7 @@ def test_check_names_the_offending_group() -> None:
     w = torch.zeros(3, 8)
     w[2, 4:7] = 1.0
     with pytest.raises(ValueError, match=r"row 2, inputs 4\.\.7 hold 3 nonzeros"):
-        ss.check_two_four(w)
+        two_four.check_two_four(w)
 
 
 # --- the compressed format -------------------------------------------------------------
@@ -77,17 +76,17 @@ def test_check_names_the_offending_group() -> None:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
 def test_compress_round_trip_is_exact(dtype: torch.dtype) -> None:
     w = torch.randn(16, 32, generator=torch.Generator().manual_seed(3)).to(dtype)
-    w = w * ss.mask_24(w)
-    values, meta = ss.compress(w)
+    w = w * two_four.mask_24(w)
+    values, meta = two_four.compress(w)
     assert values.shape == (16, 16) and values.dtype == dtype
     assert meta.shape == (16, 8) and meta.dtype == torch.uint8
-    assert torch.equal(ss.decompress(values, meta), w)
-    assert torch.equal(ss.meta_to_mask(meta), w != 0)
+    assert torch.equal(two_four.decompress(values, meta), w)
+    assert torch.equal(two_four.meta_to_mask(meta), w != 0)
 
 
 def test_compress_documented_layout() -> None:
     w = torch.tensor([[0.0, 5.0, 0.0, 7.0, 1.0, 2.0, 0.0, 0.0]])
-    values, meta = ss.compress(w)
+    values, meta = two_four.compress(w)
     assert values.tolist() == [[5.0, 7.0, 1.0, 2.0]]
     assert meta.tolist() == [[1 | 3 << 2, 0 | 1 << 2]]
 
@@ -95,37 +94,37 @@ def test_compress_documented_layout() -> None:
 def test_compress_with_a_mask_keeps_zero_valued_kept_entries_in_place() -> None:
     w = torch.tensor([[0.0, 0.0, 3.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
     keep = torch.tensor([[True, False, True, False], [False, False, True, True]])
-    values, meta = ss.compress(w, keep)
-    assert torch.equal(ss.meta_to_mask(meta), keep)
-    assert torch.equal(ss.decompress(values, meta), w)
+    values, meta = two_four.compress(w, keep)
+    assert torch.equal(two_four.meta_to_mask(meta), keep)
+    assert torch.equal(two_four.decompress(values, meta), w)
     # Without a mask, sparse groups are padded with the lowest free positions.
-    assert ss.meta_to_mask(ss.compress(w)[1]).tolist() == [[True, False, True, False], [True, True, False, False]]
+    assert two_four.meta_to_mask(two_four.compress(w)[1]).tolist() == [[True, False, True, False], [True, True, False, False]]
 
 
 def test_compressor_refuses_bad_weights() -> None:
     with pytest.raises(ValueError, match="violates 2:4"):
-        ss.compress(torch.ones(4, 8))
+        two_four.compress(torch.ones(4, 8))
     with pytest.raises(ValueError, match="divisible by 4"):
-        ss.compress(torch.zeros(4, 6))
+        two_four.compress(torch.zeros(4, 6))
     with pytest.raises(ValueError, match="2-D"):
-        ss.compress(torch.zeros(8))
+        two_four.compress(torch.zeros(8))
     w = torch.tensor([[1.0, 0.0, 0.0, 1.0]])
     with pytest.raises(ValueError, match="nonzero entries where the mask prunes"):
-        ss.compress(w, torch.tensor([[True, True, False, False]]))
+        two_four.compress(w, torch.tensor([[True, True, False, False]]))
     with pytest.raises(ValueError, match="exactly 2 required"):
-        ss.compress(w, torch.tensor([[True, True, True, True]]))
+        two_four.compress(w, torch.tensor([[True, True, True, True]]))
     with pytest.raises(TypeError, match="bool"):
-        ss.compress(w, torch.ones(1, 4))
+        two_four.compress(w, torch.ones(1, 4))
 
 
 def test_decompress_refuses_corrupt_metadata() -> None:
-    values, meta = ss.compress(torch.tensor([[1.0, 0.0, 2.0, 0.0]]))
+    values, meta = two_four.compress(torch.tensor([[1.0, 0.0, 2.0, 0.0]]))
     with pytest.raises(ValueError, match="invalid groups"):
-        ss.decompress(values, torch.tensor([[1 | 1 << 2]], dtype=torch.uint8))  # i0 == i1
+        two_four.decompress(values, torch.tensor([[1 | 1 << 2]], dtype=torch.uint8))  # i0 == i1
     with pytest.raises(TypeError, match="uint8"):
-        ss.decompress(values, meta.to(torch.int32))
+        two_four.decompress(values, meta.to(torch.int32))
     with pytest.raises(ValueError, match="do not match"):
-        ss.decompress(values[:, :1], meta)
+        two_four.decompress(values[:, :1], meta)
 
 
 # --- the layer -------------------------------------------------------------------------
@@ -135,15 +134,15 @@ def test_layer_equals_the_dense_masked_reference_and_says_once_why_it_is_slow() 
     torch.manual_seed(0)
     linear = nn.Linear(32, 12)
     reference = copy.deepcopy(linear)
-    keep = ss.mask_24(linear.weight)
-    layer = ss.SemiStructuredLinear.from_linear(linear, keep)
+    keep = two_four.mask_24(linear.weight)
+    layer = two_four_linear.SemiStructuredLinear.from_linear(linear, keep)
     assert layer.weight is linear.weight  # parameters are shared
     x = torch.randn(3, 5, 32)
     two_four_linear._NOTICED.clear()
-    with pytest.warns(ss.FastPathNotice, match="CUDA is not available"):
+    with pytest.warns(two_four_linear.FastPathNotice, match="CUDA is not available"):
         y = layer(x)
     with warnings.catch_warnings():
-        warnings.simplefilter("error", ss.FastPathNotice)  # the notice is given once only
+        warnings.simplefilter("error", two_four_linear.FastPathNotice)  # the notice is given once only
         layer(x)
     assert torch.equal(y, F.linear(x, reference.weight * keep, reference.bias))
     assert layer.route(x) == ("reference", "CUDA is not available")
@@ -151,36 +150,36 @@ def test_layer_equals_the_dense_masked_reference_and_says_once_why_it_is_slow() 
 
 
 def test_layer_constructed_directly_is_two_four_and_has_a_masked_gradient() -> None:
-    layer = ss.SemiStructuredLinear(8, 4)
-    assert ss.is_two_four(layer.weight.detach()) and (_groups(layer.mask).sum(-1) == 2).all()
+    layer = two_four_linear.SemiStructuredLinear(8, 4)
+    assert two_four.is_two_four(layer.weight.detach()) and (_groups(layer.mask).sum(-1) == 2).all()
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ss.FastPathNotice)
+        warnings.simplefilter("ignore", two_four_linear.FastPathNotice)
         layer(torch.randn(6, 8)).square().sum().backward()
     assert (layer.weight.grad[~layer.mask] == 0).all() and (layer.weight.grad[layer.mask] != 0).any()
 
 
 def test_layer_refuses_bad_configuration() -> None:
     with pytest.raises(ValueError, match="in_features divisible by 4"):
-        ss.SemiStructuredLinear(6, 4)
+        two_four_linear.SemiStructuredLinear(6, 4)
     with pytest.raises(ValueError, match="kernel must be one of"):
-        ss.SemiStructuredLinear(8, 4, kernel="cuda")
+        two_four_linear.SemiStructuredLinear(8, 4, kernel="cuda")
     with pytest.raises(ValueError, match="backend must be"):
-        ss.SemiStructuredLinear(8, 4, backend="magic")
+        two_four_linear.SemiStructuredLinear(8, 4, backend="magic")
     with pytest.raises(ValueError, match="kernel='torch' cannot run here: CUDA is not available"):
-        ss.SemiStructuredLinear(8, 4, kernel="torch")(torch.randn(2, 8))
+        two_four_linear.SemiStructuredLinear(8, 4, kernel="torch")(torch.randn(2, 8))
 
 
 def test_gpu_path_refuses_cpu_tensors_and_unsupported_shapes_or_dtypes() -> None:
     w = torch.randn(32, 64)
-    w = w * ss.mask_24(w)
+    w = w * two_four.mask_24(w)
     with pytest.raises(ValueError, match="cannot build PyTorch's 2:4 tensor"):
-        ss.to_semi_structured(w)
-    assert ss.min_shape(torch.float16, "cutlass") == (32, 64)
-    assert ss.min_shape(torch.bfloat16, "cusparselt") == (16, 16)
-    assert "not a multiple of (32, 64)" in ss.shape_problem(torch.zeros(32, 48, dtype=torch.float16), "cutlass")
-    assert ss.shape_problem(torch.zeros(64, 128, dtype=torch.float16), "cutlass") is None
+        two_four_linear.to_semi_structured(w)
+    assert two_four_linear.min_shape(torch.float16, "cutlass") == (32, 64)
+    assert two_four_linear.min_shape(torch.bfloat16, "cusparselt") == (16, 16)
+    assert "not a multiple of (32, 64)" in two_four_linear.shape_problem(torch.zeros(32, 48, dtype=torch.float16), "cutlass")
+    assert two_four_linear.shape_problem(torch.zeros(64, 128, dtype=torch.float16), "cutlass") is None
     with pytest.raises(ValueError, match="no torch.float64 support"):
-        ss.min_shape(torch.float64, "cusparselt")
+        two_four_linear.min_shape(torch.float64, "cusparselt")
 
 
 # --- whole models ----------------------------------------------------------------------
@@ -189,34 +188,34 @@ def test_gpu_path_refuses_cpu_tensors_and_unsupported_shapes_or_dtypes() -> None
 def test_sparsify_and_densify_round_trip_any_model() -> None:
     net = _net()
     reference = copy.deepcopy(net)
-    ss.sparsify_24(net, modules=["0", "2"])
-    layers = ss.two_four_layers(net)
-    assert set(layers) == {"0", "2"} and isinstance(net[4], nn.Linear) and not isinstance(net[4], ss.SemiStructuredLinear)
-    keep = ss.keep_mask(net)
+    two_four_convert.sparsify_24(net, modules=["0", "2"])
+    layers = two_four_convert.two_four_layers(net)
+    assert set(layers) == {"0", "2"} and isinstance(net[4], nn.Linear) and not isinstance(net[4], two_four_linear.SemiStructuredLinear)
+    keep = two_four_convert.keep_mask(net)
     for name in ("0.weight", "2.weight"):
-        assert torch.equal(keep[name], ss.mask_24(reference.get_parameter(name)))
+        assert torch.equal(keep[name], two_four.mask_24(reference.get_parameter(name)))
     assert keep["4.weight"].all() and keep["0.bias"].all()
     x = torch.randn(10, 16)
     masked_ref = copy.deepcopy(reference)
     prune.apply_mask_(masked_ref, keep)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ss.FastPathNotice)
+        warnings.simplefilter("ignore", two_four_linear.FastPathNotice)
         assert torch.equal(net(x), masked_ref(x))
-    ss.densify(net)
-    assert not ss.two_four_layers(net) and all(type(m) is nn.Linear for m in (net[0], net[2], net[4]))
+    two_four_convert.densify(net)
+    assert not two_four_convert.two_four_layers(net) and all(type(m) is nn.Linear for m in (net[0], net[2], net[4]))
     assert torch.equal(net(x), masked_ref(x))
 
 
 def test_sparsify_with_another_criterion_and_by_pattern() -> None:
     net = _net()
     scores = criteria.random(net, seed=3)
-    ss.sparsify_24(net, criterion=scores, modules="[02]")
+    two_four_convert.sparsify_24(net, criterion=scores, modules="[02]")
     layer = net[2]
-    assert isinstance(layer, ss.SemiStructuredLinear)
-    assert torch.equal(layer.mask, ss.mask_24(layer.weight, scores["2.weight"]))
+    assert isinstance(layer, two_four_linear.SemiStructuredLinear)
+    assert torch.equal(layer.mask, two_four.mask_24(layer.weight, scores["2.weight"]))
     net2 = _net()
-    ss.sparsify_24(net2, criterion="random", modules="0")
-    assert torch.equal(net2[0].mask, ss.mask_24(net2[0].weight, criteria.random(_net(), seed=0)["0.weight"]))
+    two_four_convert.sparsify_24(net2, criterion="random", modules="0")
+    assert torch.equal(net2[0].mask, two_four.mask_24(net2[0].weight, criteria.random(_net(), seed=0)["0.weight"]))
 
 
 def test_sparsify_takes_every_registered_criterion() -> None:
@@ -226,11 +225,11 @@ def test_sparsify_takes_every_registered_criterion() -> None:
 
     registry.register_criterion("test_squared_24", squared)
     try:
-        net = ss.sparsify_24(_net(), criterion="test_squared_24", modules="2")
+        net = two_four_convert.sparsify_24(_net(), criterion="test_squared_24", modules="2")
     finally:
         registry.unregister_criterion("test_squared_24")
-    assert torch.equal(net[2].mask, ss.mask_24(net[2].weight, net[2].weight.detach() ** 2))
-    assert torch.equal(ss.sparsify_24(_net(), criterion=squared, modules="2")[2].mask, net[2].mask)
+    assert torch.equal(net[2].mask, two_four.mask_24(net[2].weight, net[2].weight.detach() ** 2))
+    assert torch.equal(two_four_convert.sparsify_24(_net(), criterion=squared, modules="2")[2].mask, net[2].mask)
 
     torch.manual_seed(1)
     batches = [(torch.randn(8, 16), torch.randn(8, 6)) for _ in range(2)]
@@ -240,30 +239,30 @@ def test_sparsify_takes_every_registered_criterion() -> None:
 
     reference = _net()
     fisher = criteria.fisher(reference, loss_fn, batches)
-    net = ss.sparsify_24(_net(), criterion="fisher", modules=["0", "2"],
+    net = two_four_convert.sparsify_24(_net(), criterion="fisher", modules=["0", "2"],
                          inputs=registry.CriterionInputs(loss_fn=loss_fn, batches=batches))
-    assert torch.equal(net[0].mask, ss.mask_24(net[0].weight, fisher["0.weight"]))
-    assert torch.equal(net[2].mask, ss.mask_24(net[2].weight, fisher["2.weight"]))
+    assert torch.equal(net[0].mask, two_four.mask_24(net[0].weight, fisher["0.weight"]))
+    assert torch.equal(net[2].mask, two_four.mask_24(net[2].weight, fisher["2.weight"]))
     with pytest.raises(ValueError, match="needs gradients"):
-        ss.sparsify_24(_net(), criterion="fisher")
+        two_four_convert.sparsify_24(_net(), criterion="fisher")
     with pytest.raises(ValueError, match="cannot be cut into a 2:4 pattern"):
-        ss.sparsify_24(_net(), criterion="layers", inputs=registry.CriterionInputs(options={"layers": ["2"]}))
+        two_four_convert.sparsify_24(_net(), criterion="layers", inputs=registry.CriterionInputs(options={"layers": ["2"]}))
 
 
 def test_sparsify_refuses_bad_choices() -> None:
     with pytest.raises(ValueError, match="matches no nn.Linear"):
-        ss.sparsify_24(_net(), modules="nothing")
+        two_four_convert.sparsify_24(_net(), modules="nothing")
     odd = nn.Sequential(nn.Linear(6, 8), nn.Linear(8, 4))
     with pytest.raises(ValueError, match=r"in_features divisible by 4; not so for \['0 \(6 inputs\)'\]"):
-        ss.sparsify_24(odd)
+        two_four_convert.sparsify_24(odd)
     with pytest.raises(ValueError, match="criterion must be one of"):
-        ss.sparsify_24(_net(), criterion="psychic")
+        two_four_convert.sparsify_24(_net(), criterion="psychic")
     with pytest.raises(TypeError, match="criterion must be a registered name"):
-        ss.sparsify_24(_net(), criterion=3)
+        two_four_convert.sparsify_24(_net(), criterion=3)
     with pytest.raises(ValueError, match="gives no scores for"):
-        ss.sparsify_24(_net(), criterion={"0.weight": torch.ones(32, 16)}, modules=["0", "2"])
+        two_four_convert.sparsify_24(_net(), criterion={"0.weight": torch.ones(32, 16)}, modules=["0", "2"])
     with pytest.raises(ValueError, match="no SemiStructuredLinear"):
-        ss.keep_mask(_net())
+        two_four_convert.keep_mask(_net())
 
 
 # --- fine-tuning with the pattern fixed ----------------------------------------------------
@@ -288,29 +287,29 @@ def test_finetuning_keeps_the_pattern_exactly_with_weight_decay(kind: str) -> No
     net = _net()
     train_fn, x, y = _regression_train_fn(kind)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ss.FastPathNotice)
-        ss.sparsify_24(net, modules=["0", "2"])
+        warnings.simplefilter("ignore", two_four_linear.FastPathNotice)
+        two_four_convert.sparsify_24(net, modules=["0", "2"])
         before_loss = F.mse_loss(net(x), y).item()
-        masks_before = {n: m.mask.clone() for n, m in ss.two_four_layers(net).items()}
-        kept_before = {n: m.weight.detach()[m.mask].clone() for n, m in ss.two_four_layers(net).items()}
-        train_fn(net, ss.keep_mask(net))
+        masks_before = {n: m.mask.clone() for n, m in two_four_convert.two_four_layers(net).items()}
+        kept_before = {n: m.weight.detach()[m.mask].clone() for n, m in two_four_convert.two_four_layers(net).items()}
+        train_fn(net, two_four_convert.keep_mask(net))
         after_loss = F.mse_loss(net(x), y).item()
-    for name, layer in ss.two_four_layers(net).items():
+    for name, layer in two_four_convert.two_four_layers(net).items():
         assert torch.equal(layer.mask, masks_before[name])
         assert (layer.weight.detach()[~layer.mask] == 0).all()  # exactly zero despite weight decay 0.5
         assert not torch.equal(layer.weight.detach()[layer.mask], kept_before[name])  # the kept ones trained
-        assert ss.is_two_four(layer.weight.detach())
+        assert two_four.is_two_four(layer.weight.detach())
     assert after_loss < before_loss
-    ss.check_pattern(net)
+    two_four_convert.check_pattern(net)
 
 
 def test_finetune_24_prunes_trains_and_checks() -> None:
     net = _net()
     train_fn, _, _ = _regression_train_fn("masked")
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ss.FastPathNotice)
-        ss.finetune_24(net, train_fn, modules=["0", "2"])
-        report = ss.to_inference_(net)
+        warnings.simplefilter("ignore", two_four_linear.FastPathNotice)
+        two_four_convert.finetune_24(net, train_fn, modules=["0", "2"])
+        report = two_four_convert.to_inference_(net)
     assert report == {"0": "reference: CUDA is not available", "2": "reference: CUDA is not available"}
     assert not any(p.requires_grad for p in net.parameters()) and not net.training
 
@@ -325,17 +324,17 @@ def test_plain_adamw_would_break_the_pattern_and_is_caught() -> None:
         opt.zero_grad()
 
     with pytest.raises(RuntimeError, match="moved pruned entries"):
-        ss.finetune_24(net, careless, modules="0")
+        two_four_convert.finetune_24(net, careless, modules="0")
 
 
 def test_optimizer_helper_builds_on_the_keep_mask() -> None:
-    net = ss.sparsify_24(_net(), modules="2")
-    opt = ss.optimizer(net, "compact", lr=1e-3)
+    net = two_four_convert.sparsify_24(_net(), modules="2")
+    opt = two_four_convert.optimizer(net, "compact", lr=1e-3)
     assert isinstance(opt, CompactAdamW) and set(opt.indices) == {"2.weight"}
     assert opt.indices["2.weight"].numel() == net[2].weight.numel() // 2
-    assert isinstance(ss.optimizer(net), MaskedAdamW)
+    assert isinstance(two_four_convert.optimizer(net), MaskedAdamW)
     with pytest.raises(ValueError, match="kind must be one of"):
-        ss.optimizer(net, "sgd")
+        two_four_convert.optimizer(net, "sgd")
 
 
 # --- Triton kernels against the reference (CPU interpreter without a GPU) --------------------
@@ -361,9 +360,9 @@ def test_triton_matmul_matches_the_reference(shape: tuple[int, int, int], dtype:
     t, n, kin = shape
     gen = torch.Generator().manual_seed(sum(shape))
     w = torch.randn(n, kin, generator=gen)
-    w = (w * ss.mask_24(w)).to(dtype)
+    w = (w * two_four.mask_24(w)).to(dtype)
     x, b = torch.randn(t, kin, generator=gen).to(dtype), torch.randn(n, generator=gen).to(dtype)
-    values, meta = (v.to(_device()) for v in ss.compress(w))
+    values, meta = (v.to(_device()) for v in two_four.compress(w))
     y = k.matmul(x.to(_device()), values, meta, b.to(_device())).cpu()
     expected = x.double() @ w.double().T + b.double()
     tol = 1e-5 if dtype == torch.float32 else 2e-2
@@ -380,12 +379,12 @@ def test_triton_weight_gradient_is_the_masked_dense_gradient(dtype: torch.dtype)
     k = _kernels()
     gen = torch.Generator().manual_seed(7)
     w = torch.randn(20, 36, generator=gen)
-    keep = ss.mask_24(w)
-    _, meta = ss.compress(w * keep)
+    keep = two_four.mask_24(w)
+    _, meta = two_four.compress(w * keep)
     x, dy = torch.randn(2, 9, 36, generator=gen).to(dtype), torch.randn(2, 9, 20, generator=gen).to(dtype)
     grad_values = k.weight_grad(dy.to(_device()), x.to(_device()), meta.to(_device())).cpu()
     assert grad_values.shape == (20, 18)
-    dense = ss.decompress(grad_values, meta)
+    dense = two_four.decompress(grad_values, meta)
     expected = (dy.double().reshape(-1, 20).T @ x.double().reshape(-1, 36)) * keep
     tol = 1e-5 if dtype == torch.float32 else 2e-2
     torch.testing.assert_close(dense.double(), expected, rtol=tol, atol=tol * 4)
@@ -395,7 +394,7 @@ def test_triton_weight_gradient_is_the_masked_dense_gradient(dtype: torch.dtype)
 @needs_triton
 def test_triton_kernels_refuse_bad_input() -> None:
     k = _kernels()
-    values, meta = ss.compress(torch.tensor([[1.0, 0.0, 2.0, 0.0]] * 2))
+    values, meta = two_four.compress(torch.tensor([[1.0, 0.0, 2.0, 0.0]] * 2))
     with pytest.raises(ValueError, match="input features"):
         k.matmul(torch.randn(3, 8), values, meta)
     with pytest.raises(TypeError, match="dtype"):
@@ -412,7 +411,7 @@ def test_triton_kernels_refuse_bad_input() -> None:
 def test_triton_kernels_refuse_cpu_tensors_outside_the_interpreter(monkeypatch: pytest.MonkeyPatch) -> None:
     k = _kernels()
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    values, meta = ss.compress(torch.tensor([[1.0, 0.0, 2.0, 0.0]]))
+    values, meta = two_four.compress(torch.tensor([[1.0, 0.0, 2.0, 0.0]]))
     with pytest.raises(ValueError, match="need CUDA tensors, got tensors on cpu"):
         k.matmul(torch.randn(2, 4), values, meta)
 
@@ -420,11 +419,11 @@ def test_triton_kernels_refuse_cpu_tensors_outside_the_interpreter(monkeypatch: 
 # --- the fast GPU paths -------------------------------------------------------------------
 
 
-def _gpu_layer(n: int, k: int, dtype: torch.dtype, kernel: str, backend: str = "auto") -> tuple[nn.Linear, ss.SemiStructuredLinear]:
+def _gpu_layer(n: int, k: int, dtype: torch.dtype, kernel: str, backend: str = "auto") -> tuple[nn.Linear, two_four_linear.SemiStructuredLinear]:
     torch.manual_seed(0)
     linear = nn.Linear(k, n, device="cuda", dtype=dtype)
     reference = copy.deepcopy(linear)
-    layer = ss.SemiStructuredLinear.from_linear(linear, kernel=kernel, backend=backend)
+    layer = two_four_linear.SemiStructuredLinear.from_linear(linear, kernel=kernel, backend=backend)
     with torch.no_grad():
         reference.weight.copy_(layer.weight)
     return reference, layer
@@ -435,7 +434,7 @@ def _gpu_layer(n: int, k: int, dtype: torch.dtype, kernel: str, backend: str = "
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("kernel,backend", [("torch", "cusparselt"), ("torch", "cutlass"), ("triton", "auto")])
 def test_gpu_forward_matches_the_dense_masked_reference(dtype: torch.dtype, kernel: str, backend: str) -> None:
-    if backend == "cusparselt" and ss.resolve_backend("auto") != "cusparselt":
+    if backend == "cusparselt" and two_four_linear.resolve_backend("auto") != "cusparselt":
         pytest.skip("this PyTorch build has no cuSPARSELt")
     reference, layer = _gpu_layer(256, 512, dtype, kernel, backend)
     x = torch.randn(64, 512, device="cuda", dtype=dtype)
@@ -473,7 +472,7 @@ def test_gpu_path_refuses_float32_and_says_why() -> None:
     _, layer = _gpu_layer(64, 64, torch.float32, "auto")
     assert layer.route(torch.randn(2, 64, device="cuda")) == ("reference", "dtype torch.float32 is not float16/bfloat16")
     with pytest.raises(ValueError, match="not float16/bfloat16"):
-        ss.to_semi_structured(layer.weight.detach())
+        two_four_linear.to_semi_structured(layer.weight.detach())
 
 
 # --- the benchmark script ---------------------------------------------------------------
@@ -546,10 +545,10 @@ def test_the_core_imports_and_works_without_triton() -> None:
         "import sys; sys.modules['triton'] = None\n"  # makes `import triton` fail
         "import torch, warnings\n"
         "import sparsity\n"
-        "from sparsity import semistructured as ss\n"
-        "assert not ss.triton_available()\n"
+        "from sparsity import two_four_convert, two_four_linear\n"
+        "assert not two_four_linear.triton_available()\n"
         "warnings.simplefilter('ignore')\n"
-        "net = ss.sparsify_24(torch.nn.Sequential(torch.nn.Linear(8, 4)))\n"
+        "net = two_four_convert.sparsify_24(torch.nn.Sequential(torch.nn.Linear(8, 4)))\n"
         "print(net(torch.randn(2, 8)).shape)\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False,
@@ -565,7 +564,7 @@ def test_layer_on_the_triton_route_trains_like_the_reference() -> None:
     torch.manual_seed(0)
     linear = nn.Linear(20, 12, device=_device())
     reference = copy.deepcopy(linear)
-    layer = ss.SemiStructuredLinear.from_linear(linear, kernel="triton")
+    layer = two_four_linear.SemiStructuredLinear.from_linear(linear, kernel="triton")
     with torch.no_grad():
         reference.weight.copy_(layer.weight)
     assert layer.route(torch.randn(1, 20, device=_device()))[0] == "triton"
@@ -586,7 +585,7 @@ def test_layer_on_the_triton_route_trains_like_the_reference() -> None:
 
 
 def test_copies_of_a_layer_drop_the_compressed_cache_and_rebuild_it() -> None:
-    layer = ss.SemiStructuredLinear(8, 4)
+    layer = two_four_linear.SemiStructuredLinear(8, 4)
     values, meta = layer._compressed_meta()
     assert set(layer._cache) == {"reference-format"}
     twin = copy.deepcopy(layer)

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def runs() -> dict[str, ts.Result]:
     """The fast-mode runs the science tests share (about 5 s each on 2 cores)."""
-    base = ts.default_config()
+    base = ts.default_config(fast=True)
     return {
         "lam0": ts.train(replace(base, lam=0.0), progress=False),
         "lam1e-3": ts.train(replace(base, lam=1e-3), progress=False),

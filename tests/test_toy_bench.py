@@ -8,7 +8,12 @@ import pytest
 import torch
 
 from scaleup import bench_world as bw
+from scaleup import bench_config as bc
 from scaleup import compare as cp
+from scaleup import finetune as ft
+from scaleup.method_dynamic import LiftSettings
+from scaleup import methods as meth
+from scaleup import results as res
 from scaleup import frontier
 from scaleup.bench_modular import ModularConfig
 from scaleup.bench_teacher_student import TeacherStudentConfig, teachers
@@ -21,9 +26,9 @@ STEPS, EVERY = 20, 10
 def toy_config(world_kind, world, **kw):
     base = dict(world_kind=world_kind, world=world, steps=STEPS, warmup=2, seeds=1, pretrain_steps=100,
                 densities=(0.05,), lrs_full=(3e-3,), lrs_sparse=(3e-2,), lrs_lora=(3e-2,), score_batches=2,
-                eval_every=EVERY, lift_reselect_every=5)
+                eval_every=EVERY, lift=LiftSettings(reselect_every=5))
     base.update(kw)
-    return cp.BenchConfig(**base)
+    return bc.BenchConfig(**base)
 
 
 @pytest.fixture(scope="module")
@@ -34,16 +39,16 @@ def cache(tmp_path_factory):
 @pytest.fixture(scope="module")
 def gpt_row_keys(cache):
     """The keys of a GPT world's row (micro preset, traced), the shape every world's rows must have."""
-    cfg = cp.BenchConfig(preset="micro", world=cp.MICRO_WORLD, steps=STEPS, warmup=2, seeds=1, pretrain_steps=100,
+    cfg = bc.BenchConfig(preset="micro", world=bc.MICRO_WORLD, steps=STEPS, warmup=2, seeds=1, pretrain_steps=100,
                          densities=(0.05,), eval_every=EVERY)
-    row = cp.run_cell(cp.prepare(cfg, cache_dir=cache, progress=False), "random", "d0.05", 3e-2, 0)
+    row = ft.run_cell(bc.prepare(cfg, cache_dir=cache, progress=False), "random", "d0.05", 3e-2, 0)
     return set(row), set(row["trace"][0])
 
 
 def check_benchmark(out, gpt_row_keys):
     cfg = load_config(out)
     rows = load_results(out)
-    pairs = {(m, b) for m in cp.METHODS for b in cfg.budgets(m)}
+    pairs = {(m, b) for m in meth.METHODS for b in cfg.budgets(m)}
     assert {(r["method"], r["budget"]) for r in rows.values()} == pairs
     keys, point_keys = gpt_row_keys
     for r in rows.values():
@@ -66,11 +71,11 @@ def test_modular_world_runs_every_method(tmp_path, cache, gpt_row_keys):
     rows = load_results(tmp_path)
     before = json.loads((tmp_path / "before.json").read_text())
     assert before["retention"] > 0.45  # pretrained on every task but the target (chance: 0.25)
-    full = rows[cp.cell_key("full", "all", 3e-3, 0)]
+    full = rows[res.cell_key("full", "all", 3e-3, 0)]
     assert set(full["source"]) == {"t1", "t2", "r0", "r1", "r2"}
     assert full["update_sparsity"]["head.source"] == 1.0  # no gradient reaches the sources' heads
     assert full["update_sparsity"]["trunk.fc1"] < 0.5
-    middle = rows[cp.cell_key("middle_blocks", "d0.05", 3e-2, 0)]
+    middle = rows[res.cell_key("middle_blocks", "d0.05", 3e-2, 0)]
     assert middle["update_sparsity"]["trunk.fc1"] == 1.0 and middle["update_sparsity"]["trunk.fc2"] < 1.0
 
 
@@ -106,7 +111,7 @@ def test_teacher_b_differs_from_a_only_where_the_source_never_looks():
     diff = {n: ~torch.isclose(p, q) for (n, p), (_, q) in zip(a.named_parameters(), b.named_parameters())}
     assert diff["fc1.weight"][:, -cfg.new_inputs:].all() and not diff["fc1.weight"][:, :-cfg.new_inputs].any()
     assert not any(d.any() for n, d in diff.items() if n != "fc1.weight")
-    world = bw.make_world(cp.BenchConfig(world_kind="teacher_student"), "cpu")
+    world = bw.make_world(bc.BenchConfig(world_kind="teacher_student"), "cpu")
     val, test, source = world.evaluate(b)  # teacher B is perfect on the target and keeps the source
     assert val.token == test.token == source["teacher_a"].token == 1.0 and test.exact == 1.0
     _, start, _ = world.evaluate(world.pretrained(None, progress=False))
@@ -115,20 +120,20 @@ def test_teacher_b_differs_from_a_only_where_the_source_never_looks():
 
 def test_configs_round_trip_and_bad_ones_are_refused():
     for cfg in (toy_config("modular", SMALL_MODULAR), toy_config("teacher_student", TeacherStudentConfig())):
-        assert cp.BenchConfig.from_json(json.loads(json.dumps(cfg.to_json()))) == cfg
-    assert cp.BenchConfig().world_kind == "gpt" and cp.BenchConfig().preset == "tiny"
-    assert cp.BenchConfig(world_kind="modular").target == "t0"
+        assert bc.BenchConfig.from_json(json.loads(json.dumps(cfg.to_json()))) == cfg
+    assert bc.BenchConfig().world_kind == "gpt" and bc.BenchConfig().preset == "tiny"
+    assert bc.BenchConfig(world_kind="modular").target == "t0"
     with pytest.raises(ValueError, match="world_kind must be one of"):
-        cp.BenchConfig(world_kind="cnn")
+        bc.BenchConfig(world_kind="cnn")
     with pytest.raises(TypeError, match="ModularConfig for world_kind 'modular'"):
-        cp.BenchConfig(world_kind="modular", world=TeacherStudentConfig())
+        bc.BenchConfig(world_kind="modular", world=TeacherStudentConfig())
     with pytest.raises(ValueError, match="target must be one of"):
-        cp.BenchConfig(world_kind="modular", target="add2")
+        bc.BenchConfig(world_kind="modular", target="add2")
     with pytest.raises(ValueError, match="preset must be one of"):
-        cp.BenchConfig(world_kind="teacher_student", preset="tiny")
+        bc.BenchConfig(world_kind="teacher_student", preset="tiny")
     with pytest.raises(ValueError, match="pretrain is the GPT world's"):
-        cp.BenchConfig(world_kind="modular").pretrain
+        bc.BenchConfig(world_kind="modular").pretrain
     with pytest.raises(ValueError, match="new_inputs"):
         TeacherStudentConfig(new_inputs=100)
     with pytest.raises(ValueError, match="is not a parameter name"):
-        bw.make_world(cp.BenchConfig(world_kind="teacher_student"), "cpu").layer_type("blocks.0.mlp.fc.weight")
+        bw.make_world(bc.BenchConfig(world_kind="teacher_student"), "cpu").layer_type("blocks.0.mlp.fc.weight")

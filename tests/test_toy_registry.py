@@ -52,9 +52,9 @@ def test_registry_criteria_that_learn_their_set_get_the_toys_training_run(setup)
 
 
 def test_a_registered_criterion_runs_through_the_modular_comparison(registered) -> None:
-    from toys import modular
+    from toys import modular_world
 
-    cfg = modular.Config(hidden=(16, 16), n_train=512, n_test=256, steps=10, batch=64)
+    cfg = modular_world.Config(hidden=(16, 16), n_train=512, n_test=256, steps=10, batch=64)
     comp = mc.compare_modular(cfg, criteria=(registered, "magnitude"), densities=(0.05,), progress=False)
     new, magnitude = comp.rows
     assert (new.criterion, new.selected, new.share_in_module) == (registered, magnitude.selected,

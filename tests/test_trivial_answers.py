@@ -13,7 +13,7 @@ import math
 import pytest
 import torch
 
-from lessons.assignments import checks
+from lessons.assignments import checks, hidden
 from lessons.assignments.sandbox import run_case, sanitize
 from lessons.grading.wire import check_kind
 
@@ -22,7 +22,7 @@ NAN = float("nan")
 
 def earned(question_id, fn):
     """{check id: earned points} of ``fn`` on every check of the question, hidden ones included."""
-    q = checks.question(question_id, hidden=True)
+    q = hidden.question(question_id)
     result = {}
     for check in q.checks:
         ok = True
@@ -92,7 +92,7 @@ TRIVIAL = {
 
 @pytest.mark.parametrize("question_id,name", [(q, n) for q, answers in TRIVIAL.items() for n in answers])
 def test_a_do_nothing_answer_scores_zero(question_id, name):
-    assert earned(question_id, TRIVIAL[question_id][name]) == {c.id: 0 for c in checks.question(question_id, True).checks}
+    assert earned(question_id, TRIVIAL[question_id][name]) == {c.id: 0 for c in hidden.question(question_id).checks}
 
 
 def test_every_question_has_do_nothing_answers_tried():
@@ -104,9 +104,9 @@ def test_the_reference_earns_every_point_of_the_paired_checks():
     from sparsity.criteria import low_rank_approximation
     from sparsity.metrics import mask_overlap
 
-    full = checks.question("a4.low_rank_approximation", True)
+    full = hidden.question("a4.low_rank_approximation")
     assert earned(full.id, low_rank_approximation) == {c.id: c.points for c in full.checks}
-    overlap = checks.question("a4.mask_overlap", True)
+    overlap = hidden.question("a4.mask_overlap")
     assert earned(overlap.id, lambda a, b: mask_overlap(a, b).jaccard) == {c.id: c.points for c in overlap.checks}
 
 

@@ -8,7 +8,7 @@ import warnings
 import pytest
 import torch
 
-from sparsity import semistructured as ss
+from sparsity import two_four_linear
 from toys import classification as tc
 from toys import two_four_study as tfs
 
@@ -16,8 +16,8 @@ from toys import two_four_study as tfs
 @pytest.fixture(scope="module")
 def fast_study() -> tfs.Study:
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ss.FastPathNotice)
-        return tfs.run_study(tfs.default_study(), progress=False)
+        warnings.simplefilter("ignore", two_four_linear.FastPathNotice)
+        return tfs.run_study(tfs.default_study(fast=True), progress=False)
 
 
 def test_fast_study_measures_every_method(fast_study: tfs.Study) -> None:
@@ -54,7 +54,7 @@ def test_compare_keeps_the_pattern_and_reuses_a_trained_model() -> None:
         tc.train(model, world, mask=keep, steps=5, progress=False)
 
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ss.FastPathNotice)
+        warnings.simplefilter("ignore", two_four_linear.FastPathNotice)
         scores = tfs.compare(dense, train_fn, lambda m: tc.accuracy(m, world), modules=["fc2"])
     assert set(scores) == set(tfs.METHODS)
     assert all(torch.equal(p, before[n]) for n, p in dense.named_parameters())  # the dense model is untouched
@@ -85,7 +85,7 @@ def test_study_takes_every_registered_criterion() -> None:
     registry.register_criterion("test_rows_24", largest_rows)
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ss.FastPathNotice)
+            warnings.simplefilter("ignore", two_four_linear.FastPathNotice)
             for criterion in ("test_rows_24", "fisher"):
                 study = tfs.run_study(tfs.StudyConfig(world=world.config, criterion=criterion, finetune_steps=5,
                                                       seeds=(0,)), world, dense, progress=False)
@@ -99,7 +99,7 @@ def test_study_takes_every_registered_criterion() -> None:
 
 def test_cli_json(capsys: pytest.CaptureFixture[str]) -> None:
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ss.FastPathNotice)
+        warnings.simplefilter("ignore", two_four_linear.FastPathNotice)
         assert tfs.main(["--json", "--no-progress", "--modules", "fc3", "--finetune-steps", "20"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["layers"] == ["fc3"] and summary["config"]["finetune_steps"] == 20
@@ -109,7 +109,7 @@ def test_cli_json(capsys: pytest.CaptureFixture[str]) -> None:
 def test_gpt_study_runs_on_a_small_pretrained_gpt(tmp_path) -> None:
     cfg = tfs.default_gpt_study(preset="micro", steps=3, pretrain_steps=10)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ss.FastPathNotice)
+        warnings.simplefilter("ignore", two_four_linear.FastPathNotice)
         result = tfs.run_gpt_study(cfg, cache_dir=str(tmp_path), progress=False)
     assert result["pretrain_steps"] == 10
     assert result["layers"] == [f"blocks.{i}.{m}" for i in range(2) for m in ("attn.proj", "attn.qkv", "mlp.fc", "mlp.proj")]

@@ -23,7 +23,6 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from sparsity.fastmode import fast_mode
 from sparsity.optim import MaskedAdamW
 from sparsity.regularize import snapshot
 from sparsity.threads import one_thread
@@ -68,9 +67,10 @@ class Config:
                 raise ValueError(f"{name} must be a number >= 0, got {value!r}")
 
 
-def default_config(**overrides: object) -> Config:
-    """The default world and student, shrunk in fast mode (``LAB_FAST=1``) to a CI-sized run."""
-    base = Config(hidden=(128, 128), n_train=8192, n_test=2048, steps=500) if fast_mode() else Config()
+def default_config(*, fast: bool = False, **overrides: object) -> Config:
+    """The default world and student; ``fast`` (fast mode, passed down by the entry point) shrinks them to a
+    CI-sized run."""
+    base = Config(hidden=(128, 128), n_train=8192, n_test=2048, steps=500) if fast else Config()
     return replace(base, **overrides)
 
 

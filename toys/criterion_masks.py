@@ -4,9 +4,9 @@ A toy comparison asks "which weights should a sparse fine-tune train?": a criter
 model at its start and a budget cuts the scores to a mask. Criterion names resolve through
 ``sparsity.registry``, so a criterion registered there (``register_criterion``) runs through
 every toy comparison without an edit in ``toys/``. A study may add criteria only it can
-define (the update of a discovery run it made, the layer it knows must change) as functions
-of the registry's form ``(model, inputs) -> Scores | Selection``, or as aliases of registered
-names.
+define (an oracle only it knows), or its own reading of a registry criterion under the
+registry's name (the update of a discovery run it already made), as functions of the registry's
+form ``(model, inputs) -> Scores | Selection``.
 
 Selection follows the ``top_k`` policy (``sparsity.config.select_mask``) over the weight
 matrices, globally or per tensor. A set criterion (a ``Selection``: the entries an L1 run
@@ -43,9 +43,16 @@ def check_choice(value: object, allowed: Sequence[object], arg: str) -> None:
         raise ValueError(f"{arg} must be one of {tuple(allowed)}, got {value!r}")
 
 
-def resolve(criterion: object, local: Mapping[str, str | Criterion] | None = None) -> str | Criterion:
-    """A study's own criterion (or alias) by name, else a name registered in ``sparsity.registry``."""
+RENAMED = {"l1_update": "l1_discovered", "layer": "layers"}
+"""Former study names of registry criteria -> the registry's name (refused, naming the new one)."""
+
+
+def resolve(criterion: object, local: Mapping[str, Criterion] | None = None) -> str | Criterion:
+    """A study's own criterion (or its own reading of a registry criterion) by name, else a name
+    registered in ``sparsity.registry``. A former name (:data:`RENAMED`) is an error naming the new one."""
     local = local or {}
+    if isinstance(criterion, str) and criterion in RENAMED and criterion not in registry.CRITERIA:
+        raise ValueError(f"criterion {criterion!r} is now called {RENAMED[criterion]!r} (sparsity.registry's name)")
     if isinstance(criterion, str) and criterion in local:
         return local[criterion]
     if not isinstance(criterion, str) or criterion not in registry.CRITERIA:

@@ -15,7 +15,7 @@ experiments (Csordás et al. 2021; Lepori et al. 2023; core-parameter isolation,
 * :mod:`toys.modular_report`: the whole experiment, its summary and tables;
 * :mod:`toys.modular_plots`: its figures.
 
-This module is their common namespace (``from toys import modular``) and the command line.
+This module is the command line; callers import from the module that defines what they use.
 """
 
 from __future__ import annotations
@@ -26,38 +26,13 @@ import sys
 from dataclasses import replace
 
 from sparsity.cli_args import nonnegative_int, positive_int, random_seed
-from toys.modular_consistency import (
-    ARMS,
-    CrossSeedOverlap,
-    SeedRun,
-    analyse,
-    cross_seed_overlap,
-    pretrain,
-    seed_run,
-)
-from toys.modular_isolation import WAYS, Isolation, a_core, b_subnetwork, finetune_b, isolation, trunk_share, way_mask
-from toys.modular_plots import (
-    plot_ablation_matrix,
-    plot_consistency,
-    plot_isolation,
-    plot_mask_learning,
-    plot_task_scores,
-)
-from toys.modular_report import Report, format_report, run
-from toys.modular_training import accuracy, evaluators, learn_task_mask, train
-from toys.modular_world import Composition, Config, ModularMLP, World, default_config, make_model, make_world
-
-__all__ = [
-    "ARMS", "WAYS", "Composition", "Config", "CrossSeedOverlap", "Isolation", "ModularMLP", "Report", "SeedRun",
-    "World", "a_core", "accuracy", "analyse", "b_subnetwork", "cross_seed_overlap", "default_config", "evaluators",
-    "finetune_b", "format_report", "isolation", "learn_task_mask", "main", "make_model", "make_world",
-    "plot_ablation_matrix", "plot_consistency", "plot_isolation", "plot_mask_learning", "plot_task_scores",
-    "pretrain", "run", "seed_run", "train", "trunk_share", "way_mask",
-]
+from sparsity.fastmode import fast_mode
+from toys.modular_report import format_report, run
+from toys.modular_world import default_config
 
 
 def main(argv: list[str] | None = None) -> int:
-    base = default_config()
+    base = default_config(fast=fast_mode())
     parser = argparse.ArgumentParser(
         prog="python -m toys.modular",
         description="Modular subnetworks: find them, ablate them, protect them "

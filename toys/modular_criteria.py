@@ -115,12 +115,12 @@ def compare_modular(
     ``task``'s cross-entropy over ``n_batches`` training batches; LIFT at ``lift_rank``, which
     must fit every matrix, heads included; ``options`` add criterion settings); the scores of
     the trunk are cut to the top ``density`` of it, and those entries plus ``task``'s own head
-    are trained with ``modular.train(mask=...)``.
+    are trained with ``modular_training.train(mask=...)``.
     """
-    from toys import modular
+    from toys import modular_consistency, modular_training, modular_world
 
-    cfg = modular.default_config() if cfg is None else cfg
-    if not isinstance(cfg, modular.Config):
+    cfg = modular_world.default_config() if cfg is None else cfg
+    if not isinstance(cfg, modular_world.Config):
         raise TypeError(f"cfg must be a toys.modular.Config, got {type(cfg).__name__}")
     criteria, densities = list(criteria), list(densities)
     for c in criteria:
@@ -132,9 +132,9 @@ def compare_modular(
         raise ValueError("criteria and densities must each name at least one value")
     check_positive_int(lift_rank, "lift_rank")
     check_positive_int(n_batches, "n_batches")
-    world = modular.make_world(cfg)
+    world = modular_world.make_world(cfg)
     check_choice(task, world.targets, "task")
-    pretrained = modular.pretrain(world, progress=progress)
+    pretrained = modular_consistency.pretrain(world, progress=progress)
     params = named_params(pretrained)
     trunk = [n for n in pretrained.trunk_names() if params[n].ndim == 2]
     head = {n for n in params if n.startswith(f"heads.{task}.")}
@@ -146,11 +146,11 @@ def compare_modular(
 
     def finetune(mask: Mask | None) -> nn.Module:
         model = copy.deepcopy(pretrained)
-        modular.train(model, world, [task], steps=cfg.steps, seed=cfg.seed + 3000, mask=mask, progress=False)
+        modular_training.train(model, world, [task], steps=cfg.steps, seed=cfg.seed + 3000, mask=mask, progress=False)
         return model
 
     def retained(model: nn.Module) -> float:
-        return sum(modular.accuracy(model, world, r) for r in world.related) / len(world.related)
+        return sum(modular_training.accuracy(model, world, r) for r in world.related) / len(world.related)
 
     full = finetune(None)
     local = _toy_criteria(trunk, module, full, pretrained)
@@ -181,15 +181,15 @@ def compare_modular(
             criterion=c,
             density=d,
             selected=in_trunk,
-            target_acc=modular.accuracy(model, world, task),
+            target_acc=modular_training.accuracy(model, world, task),
             retained_acc=retained(model),
             share_in_module=int((fc1 & module["fc1.weight"]).sum()) / max(int(fc1.sum()), 1),
             fc1_share=int(fc1.sum()) / max(in_trunk, 1),
         ))
     return ModularComparison(
         task=task, steps=cfg.steps, rows=rows, chance_share=cfg.group_size / cfg.in_dim,
-        before_target=modular.accuracy(pretrained, world, task), before_retained=retained(pretrained),
-        full_target=modular.accuracy(full, world, task), full_retained=retained(full),
+        before_target=modular_training.accuracy(pretrained, world, task), before_retained=retained(pretrained),
+        full_target=modular_training.accuracy(full, world, task), full_retained=retained(full),
     )
 
 

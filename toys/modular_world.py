@@ -25,7 +25,6 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from sparsity.fastmode import fast_mode
 from sparsity.validate import check_nonnegative_int, check_positive_int
 
 Composition = tuple[tuple[int, int], ...]
@@ -125,10 +124,10 @@ class Config:
         return slice(start, start + self.group_size)
 
 
-def default_config(**overrides: object) -> Config:
-    """The default experiment, shrunk in fast mode (``LAB_FAST=1``) to a CI-sized run."""
+def default_config(*, fast: bool = False, **overrides: object) -> Config:
+    """The default experiment; ``fast`` (fast mode, passed down by the entry point) shrinks it to a CI-sized run."""
     base = Config()
-    if fast_mode():
+    if fast:
         base = replace(base, n_tasks=3, hidden=(64, 64), n_train=4096, n_test=2048, steps=500, lr=5e-3,
                        mask_steps=150, mask_lr=0.1, n_seeds=2)
     return replace(base, **overrides)

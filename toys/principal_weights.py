@@ -27,7 +27,6 @@ from tqdm.auto import tqdm
 
 from sparsity import criteria, masks
 from sparsity.config import SparseConfig
-from sparsity.fastmode import fast_mode
 from sparsity.metrics import mask_overlap
 from sparsity.optim import MaskedAdamW
 from sparsity.registry import Criterion, CriterionInputs, Scores
@@ -147,9 +146,9 @@ class TransferConfig:
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
 
 
-def default_transfer_config(**overrides: object) -> TransferConfig:
-    """Lesson 7's setting; fast mode (``LAB_FAST=1``) trains 250 steps instead of 1,000."""
-    base = TransferConfig(steps=250) if fast_mode() else TransferConfig()
+def default_transfer_config(*, fast: bool = False, **overrides: object) -> TransferConfig:
+    """Lesson 7's setting; ``fast`` (fast mode, passed down by the entry point) trains 250 steps instead of 1,000."""
+    base = TransferConfig(steps=250) if fast else TransferConfig()
     return replace(base, **overrides)
 
 

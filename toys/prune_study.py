@@ -28,7 +28,6 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from sparsity import prune
-from sparsity.fastmode import fast_mode
 from sparsity.optim import MaskedAdamW
 from sparsity.regularize import snapshot
 from sparsity.sweep import markdown_table
@@ -76,10 +75,10 @@ class StudyConfig:
         return {"steps": self.recovery_steps, "lr": self.recovery_lr}
 
 
-def default_study(**overrides: object) -> StudyConfig:
-    """The full study, or a CI-sized one in fast mode (``LAB_FAST=1``)."""
-    world = tc.default_config()
-    base = StudyConfig(world=world, rounds=4, rewind_step=25) if fast_mode() else StudyConfig(world=world)
+def default_study(*, fast: bool = False, **overrides: object) -> StudyConfig:
+    """The full study, or a CI-sized one with ``fast`` (fast mode, passed down by the entry point)."""
+    world = tc.default_config(fast=fast)
+    base = StudyConfig(world=world, rounds=4, rewind_step=25) if fast else StudyConfig(world=world)
     return replace(base, **overrides)
 
 

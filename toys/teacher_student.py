@@ -90,9 +90,9 @@ class Config:
         return DEFAULT_LR[self.optimizer] if self.lr is None else self.lr
 
 
-def default_config(**overrides: object) -> Config:
-    """The default experiment, shrunk in fast mode (``LAB_FAST=1``) to a CI-sized run."""
-    base = Config(steps=1500) if fast_mode() else Config()
+def default_config(*, fast: bool = False, **overrides: object) -> Config:
+    """The default experiment; ``fast`` (fast mode, passed down by the entry point) shrinks it to a CI-sized run."""
+    base = Config(steps=1500) if fast else Config()
     return replace(base, **overrides)
 
 
@@ -323,7 +323,7 @@ def _parse_widths(text: str) -> tuple[int, ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    base = default_config()
+    base = default_config(fast=fast_mode())
     parser = argparse.ArgumentParser(
         prog="python -m toys.teacher_student",
         description="Teacher-student MLP: which layer needs fine-tuning? (Liu 2026)",

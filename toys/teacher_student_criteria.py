@@ -11,14 +11,17 @@ criterion, train only the masked entries (``MaskedAdamW``), and ask two question
   re-drawn layer's weights, against ``chance_share`` for a random mask).
 
 Every criterion of ``sparsity.registry`` runs here by name (random, magnitude, gradient,
-SNIP, Fisher, movement, LIFT, ...; ``l1_discovered`` learns its set from an L1 run of this
-toy's task), and two criteria only this toy can define:
+SNIP, Fisher, movement, LIFT, ...), two of them with this toy's own knowledge:
 
-``l1_update``  abs(delta) of a run with an L1 penalty toward the start (as a proximal step, so
-               unneeded entries sit exactly at zero), inside the entries it moved: the subnetwork
-               an observed sparse update discovered (``masks.from_update``, ``criteria.update``).
-``layer``      the re-drawn layer itself (the registry's ``layers`` on "fc2"): an oracle that knows
-               the layer but not which of its entries matter.
+``l1_discovered``  abs(delta) of a run with an L1 penalty toward the start (as a proximal step, so
+                   unneeded entries sit exactly at zero), inside the entries it moved: the subnetwork
+                   an observed sparse update discovered (``masks.from_update``, ``criteria.update``).
+                   The registry's criterion, read from the setup's discovery run (trained once).
+``layers``         the re-drawn layer itself (the registry's ``layers``, given "fc2"): an oracle that
+                   knows the layer but not which of its entries matter.
+
+Names are the registry's (``sparsity.registry``); the study's former names (``l1_update``,
+``layer``) are refused with an error naming the new one (``toys.criterion_masks.RENAMED``).
 
 Selection is ``toys.criterion_masks``'s: ``top_k`` at a density of the weight entries, global or
 per tensor; set criteria never spend budget outside their set. Fixed-pattern sparse training
@@ -35,9 +38,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from sparsity import criteria, masks
+from sparsity import criteria, masks, registry
 from sparsity.eligibility import eligible
-from sparsity.fastmode import fast_mode
 from sparsity.metrics import mask_overlap
 from sparsity.registry import Criterion, CriterionInputs, Selection
 from sparsity.sweep import markdown_table
@@ -48,21 +50,25 @@ from toys.criterion_masks import DENSITIES, INCLUDE, SCOPES, check_choice, crite
     weight_count
 from toys.figures import panels
 
-CRITERIA = ("random", "magnitude", "gradient", "snip", "fisher", "movement", "lift", "l1_update", "layer")
+CRITERIA = ("random", "magnitude", "gradient", "snip", "fisher", "movement", "lift", "l1_discovered", "layers")
 """The criteria compared by default, in the order tables list them (any registered name also runs)."""
+
+SET_CRITERIA = ("l1_discovered", "layers")
+"""The criteria of :data:`CRITERIA` that name a set (drawn dashed): they need the toy's knowledge or a run."""
 
 L1_MIN_STEPS = 600
 """The L1 discovery run trains at least this long: shorter, part of Adam's early transient (W1 and
 W3 entries moved before the penalty pulls them back) is still in its support."""
 
 
-def default_config(**overrides: object) -> ts.Config:
-    """The toy config of the comparison: plain MSE (lam = 0), fewer steps in fast mode (``LAB_FAST=1``).
+def default_config(*, fast: bool = False, **overrides: object) -> ts.Config:
+    """The toy config of the comparison: plain MSE (lam = 0), fewer steps with ``fast`` (fast mode, passed
+    down by the entry point).
 
     Full mode trains 3,000 steps (every masked run has flattened by then); fast mode 300,
     enough for the criteria's ranking at 5% to show but not for full convergence.
     """
-    base = ts.default_config(lam=0.0, steps=300 if fast_mode() else 3000)
+    base = ts.default_config(fast=fast, lam=0.0, steps=300 if fast else 3000)
     return replace(base, **overrides)
 
 
@@ -81,7 +87,7 @@ class Setup:
     """What every criterion needs, computed once: the student at its start, data, the reference runs.
 
     ``full`` is full fine-tuning (every parameter, lam = 0): the bar to match. ``l1`` is the
-    discovery run (L1 toward the start as a proximal step) whose update ``l1_update`` reads.
+    discovery run (L1 toward the start as a proximal step) whose update ``l1_discovered`` reads.
     ``needed`` marks the weights of the re-drawn layer(s), W2 by default.
     """
 
@@ -168,17 +174,17 @@ def prepare(
 # --------------------------------------------------------------------------------------
 
 
-def toy_criteria(setup: Setup) -> dict[str, str | Criterion]:
-    """The criteria only this toy defines: ``l1_update`` (a function of the setup's discovery run)
-    and ``layer`` (the registry's ``layers``, given the re-drawn layers as its option)."""
+def toy_criteria(setup: Setup) -> dict[str, Criterion]:
+    """This toy's own reading of a registry criterion: ``l1_discovered`` from the setup's discovery run
+    (already trained; ``layers`` needs no override: :func:`criterion_inputs` names the re-drawn layers)."""
 
-    def l1_update(model: nn.Module, inputs: CriterionInputs) -> Selection:
+    def l1_discovered(model: nn.Module, inputs: CriterionInputs) -> Selection:
         """abs(delta) of the L1 discovery run, inside the entries it moved by more than ``l1_tol``."""
         run = setup.l1
         support = masks.from_update(run.student, run.init, setup.l1_tol, include=inputs.include)
         return Selection(criteria.update(run.student, run.init, include=inputs.include), support)
 
-    return {"l1_update": l1_update, "layer": "layers"}
+    return {"l1_discovered": l1_discovered}
 
 
 def criterion_inputs(setup: Setup, *, lift_rank: int = 4, seed: int = 0,
@@ -285,8 +291,9 @@ class Comparison:
         raise KeyError(f"no row for criterion={criterion!r}, density={density}, scope={scope!r}")
 
     def name(self, criterion: str) -> str:
-        """How tables and plots name a criterion ("lift r=4" for LIFT)."""
-        return f"lift r={self.lift_rank}" if criterion == "lift" else criterion
+        """How tables and plots name a criterion: the registry's label ("LIFT r=4" for LIFT, with its rank)."""
+        label = registry.CRITERIA[criterion].label if criterion in registry.CRITERIA else criterion
+        return f"{label} r={self.lift_rank}" if criterion == "lift" else label
 
     def table(self) -> str:
         """A markdown table: one line per criterion x budget x scope, full fine-tuning first."""
@@ -354,7 +361,7 @@ def plot_comparison(comparison: Comparison, scope: str = "global", fig: object =
     fig, (ax_loss, ax_share) = panels(fig, (13, 4.5), 2)
     for name in dict.fromkeys(r.criterion for r in rows):
         own = sorted((r for r in rows if r.criterion == name), key=lambda r: r.density)
-        style = dict(marker="o", linestyle="-" if name not in ("l1_update", "layer") else "--",
+        style = dict(marker="o", linestyle="-" if name not in SET_CRITERIA else "--",
                      label=comparison.name(name))
         ax_loss.plot([r.density for r in own], [r.test_loss for r in own], **style)
         ax_share.plot([r.density for r in own], [r.share_needed for r in own], **style)

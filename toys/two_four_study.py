@@ -1,6 +1,6 @@
 """What does 2:4 cost in accuracy, and how much does fine-tuning with the pattern fixed win back?
 
-2:4 sparsity (``sparsity.semistructured``) keeps 2 of every 4 consecutive inputs of each
+2:4 sparsity (``sparsity.two_four``) keeps 2 of every 4 consecutive inputs of each
 row: 50% sparse, in a pattern sparse tensor cores can skip. Unstructured pruning at the
 same 50% may keep any half, so 2:4 can only cost more. This study measures how much on
 ``toys.classification``: train a dense student (the "pretrained" model), then give every
@@ -33,9 +33,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from sparsity import prune, registry
-from sparsity import semistructured as ss
-from sparsity.cli_args import positive_int, random_seed
+from sparsity import prune, registry, two_four_convert
+from sparsity.cli_args import nonnegative_int, positive_int, random_seed
 from sparsity.fastmode import fast_mode
 from sparsity.optim import MaskedAdamW
 from sparsity.registry import CriterionInputs
@@ -91,9 +90,9 @@ class StudyConfig:
         return {"steps": self.finetune_steps, "lr": self.finetune_lr}
 
 
-def default_study(**overrides: object) -> StudyConfig:
-    """The full study (3 seeds), or a CI-sized one in fast mode (``LAB_FAST=1``: 1 seed)."""
-    base = StudyConfig(world=tc.default_config(), seeds=(0,) if fast_mode() else (0, 1, 2))
+def default_study(*, fast: bool = False, **overrides: object) -> StudyConfig:
+    """The full study (3 seeds), or a CI-sized one with ``fast`` (fast mode, passed down by the entry point): 1 seed."""
+    base = StudyConfig(world=tc.default_config(fast=fast), seeds=(0,) if fast else (0, 1, 2))
     return replace(base, **overrides)
 
 
@@ -123,7 +122,7 @@ def compare(dense: nn.Module, train_fn: prune.TrainFn, evaluate: Callable[[nn.Mo
 
     ``train_fn(model, keep)`` is the same fine-tuning for every method (an optimizer on the
     keep-mask); ``modules``: the linears to sparsify (None = all); ``criterion`` and
-    ``inputs`` choose the kept 2 of every 4 (see ``ss.sparsify_24``). Any model works: the
+    ``inputs`` choose the kept 2 of every 4 (see ``two_four_convert.sparsify_24``). Any model works: the
     toy's MLP, a GPT.
     """
     scores = {"dense": evaluate(dense)}
@@ -131,14 +130,14 @@ def compare(dense: nn.Module, train_fn: prune.TrainFn, evaluate: Callable[[nn.Mo
     train_fn(full, {n: torch.ones_like(p, dtype=torch.bool) for n, p in full.named_parameters()})
     scores["dense + fine-tuning"] = evaluate(full)
 
-    two_four = ss.sparsify_24(copy.deepcopy(dense), criterion=criterion, modules=modules, inputs=inputs)
+    two_four = two_four_convert.sparsify_24(copy.deepcopy(dense), criterion=criterion, modules=modules, inputs=inputs)
     scores["2:4 one-shot"] = evaluate(two_four)
-    prune.recover(two_four, ss.keep_mask(two_four), train_fn)
-    ss.check_pattern(two_four)
+    prune.recover(two_four, two_four_convert.keep_mask(two_four), train_fn)
+    two_four_convert.check_pattern(two_four)
     scores["2:4 + fine-tuning"] = evaluate(two_four)
 
     unstructured = copy.deepcopy(dense)
-    keep = unstructured_keep(unstructured, list(ss.two_four_layers(two_four)))
+    keep = unstructured_keep(unstructured, list(two_four_convert.two_four_layers(two_four)))
     prune.apply_mask_(unstructured, keep)
     scores["unstructured 50% one-shot"] = evaluate(unstructured)
     prune.recover(unstructured, keep, train_fn)
@@ -235,7 +234,7 @@ def format_comparison(studies: dict[str, Study]) -> str:
 def one_shot_by_layer(dense: nn.Module, evaluate: Callable[[nn.Module], float], criterion: str = "magnitude",
                       inputs: CriterionInputs | None = None) -> dict[str, float]:
     """One-shot 2:4 on one linear at a time, no fine-tuning: which layers pay for the pattern."""
-    return {name: evaluate(ss.sparsify_24(copy.deepcopy(dense), criterion, modules=name, inputs=inputs))
+    return {name: evaluate(two_four_convert.sparsify_24(copy.deepcopy(dense), criterion, modules=name, inputs=inputs))
             for name in linear_names(dense)}
 
 
@@ -314,9 +313,18 @@ class GptStudyConfig:
     seed: int = 0
 
 
-def default_gpt_study(**overrides: object) -> GptStudyConfig:
-    """The tiny GPT, 1,500 fine-tuning steps on ``sort``; fast mode: 30 steps (pretraining shrinks with fast mode too)."""
-    return replace(GptStudyConfig(steps=30) if fast_mode() else GptStudyConfig(), **overrides)
+def default_gpt_study(*, fast: bool = False, **overrides: object) -> GptStudyConfig:
+    """The tiny GPT, 1,500 fine-tuning steps on ``sort``; ``fast``: 30 steps after 300 of pretraining (the
+    fast length of ``scaleup.pretrain.default_config``)."""
+    small = GptStudyConfig(steps=30, pretrain_steps=pretrain_steps_fast()) if fast else GptStudyConfig()
+    return replace(small, **overrides)
+
+
+def pretrain_steps_fast() -> int:
+    """The pretraining length of the lab's fast mode (``scaleup.pretrain.default_config(fast=True)``)."""
+    from scaleup import pretrain
+
+    return pretrain.default_config(fast=True).steps
 
 
 def run_gpt_study(cfg: GptStudyConfig, cache_dir: str | None = None, progress: bool = True) -> dict[str, object]:
@@ -348,7 +356,7 @@ def run_gpt_study(cfg: GptStudyConfig, cache_dir: str | None = None, progress: b
         scores = compare(base, train_fn, evaluate, list(cfg.modules), cfg.criterion, inputs)
     finally:
         torch.set_num_threads(threads)
-    layers = sorted(ss.two_four_layers(ss.sparsify_24(copy.deepcopy(base), modules=list(cfg.modules))))
+    layers = sorted(two_four_convert.two_four_layers(two_four_convert.sparsify_24(copy.deepcopy(base), modules=list(cfg.modules))))
     return {"config": asdict(cfg), "pretrain_steps": pcfg.steps, "layers": layers, "scores": scores}
 
 
@@ -363,7 +371,8 @@ def format_gpt_table(result: dict[str, object]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    base = default_study()
+    fast = fast_mode()
+    base = default_study(fast=fast)
     parser = argparse.ArgumentParser(prog="python -m toys.two_four_study",
                                      description="2:4 pruning: one-shot cost and fixed-pattern fine-tuning recovery")
     parser.add_argument("--modules", nargs="+", default=None, help="linears to sparsify (default: all)")
@@ -384,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(err))
     result = run_study(study, progress=not args.no_progress)
     gpt_overrides = {k: v for k, v in (("target", args.gpt_target), ("steps", args.gpt_steps)) if v is not None}
-    gpt = run_gpt_study(default_gpt_study(**gpt_overrides), progress=not args.no_progress) if args.gpt else None
+    gpt = run_gpt_study(default_gpt_study(fast=fast, **gpt_overrides), progress=not args.no_progress) if args.gpt else None
     if args.json:
         json.dump({**result.summary(), **({"gpt": gpt} if gpt else {})}, sys.stdout, indent=2)
         print()

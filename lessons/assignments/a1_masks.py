@@ -98,9 +98,9 @@ check_magnitude_mask(magnitude_mask)
 
 # %%
 ### BEGIN HIDDEN TESTS
-from lessons.assignments.checks import run_checks
+from lessons.assignments.hidden import run_checks
 
-run_checks("a1.magnitude_mask", magnitude_mask, hidden=True)
+run_checks("a1.magnitude_mask", magnitude_mask)
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -123,7 +123,7 @@ check_random_mask(random_mask)
 
 # %%
 ### BEGIN HIDDEN TESTS
-run_checks("a1.random_mask", random_mask, hidden=True)
+run_checks("a1.random_mask", random_mask)
 ### END HIDDEN TESTS
 
 # %% [markdown]

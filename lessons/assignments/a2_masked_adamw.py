@@ -85,9 +85,9 @@ check_masked_adamw_step(masked_adamw_step)
 
 # %%
 ### BEGIN HIDDEN TESTS
-from lessons.assignments.checks import run_checks
+from lessons.assignments.hidden import run_checks
 
-run_checks("a2.masked_adamw_step", masked_adamw_step, hidden=True)
+run_checks("a2.masked_adamw_step", masked_adamw_step)
 ### END HIDDEN TESTS
 
 # %% [markdown]

@@ -66,9 +66,9 @@ check_l1_to_init(l1_to_init)
 
 # %%
 ### BEGIN HIDDEN TESTS
-from lessons.assignments.checks import run_checks
+from lessons.assignments.hidden import run_checks
 
-run_checks("a3.l1_to_init", l1_to_init, hidden=True)
+run_checks("a3.l1_to_init", l1_to_init)
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -93,7 +93,7 @@ check_update_shares(update_shares)
 
 # %%
 ### BEGIN HIDDEN TESTS
-run_checks("a3.update_shares", update_shares, hidden=True)
+run_checks("a3.update_shares", update_shares)
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -120,7 +120,7 @@ check_update_sparsity(update_sparsity)
 
 # %%
 ### BEGIN HIDDEN TESTS
-run_checks("a3.update_sparsity", update_sparsity, hidden=True)
+run_checks("a3.update_sparsity", update_sparsity)
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -143,7 +143,7 @@ check_which_layer(which_layer_needs_finetuning)
 
 # %%
 ### BEGIN HIDDEN TESTS
-run_checks("a3.which_layer", which_layer_needs_finetuning, hidden=True)
+run_checks("a3.which_layer", which_layer_needs_finetuning)
 ### END HIDDEN TESTS
 
 # %% [markdown]

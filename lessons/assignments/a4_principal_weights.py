@@ -77,9 +77,9 @@ check_low_rank_approximation(low_rank_approximation)
 
 # %%
 ### BEGIN HIDDEN TESTS
-from lessons.assignments.checks import run_checks
+from lessons.assignments.hidden import run_checks
 
-run_checks("a4.low_rank_approximation", low_rank_approximation, hidden=True)
+run_checks("a4.low_rank_approximation", low_rank_approximation)
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -103,7 +103,7 @@ check_principal_mask(principal_mask)
 
 # %%
 ### BEGIN HIDDEN TESTS
-run_checks("a4.principal_mask", principal_mask, hidden=True)
+run_checks("a4.principal_mask", principal_mask)
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -125,7 +125,7 @@ check_mask_overlap(mask_overlap)
 
 # %%
 ### BEGIN HIDDEN TESTS
-run_checks("a4.mask_overlap", mask_overlap, hidden=True)
+run_checks("a4.mask_overlap", mask_overlap)
 ### END HIDDEN TESTS
 
 # %% [markdown]

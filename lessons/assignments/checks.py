@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
@@ -613,30 +613,32 @@ ASSIGNMENTS: dict[str, Assignment] = {
 # ---------------------------------------------------------------- running checks in a notebook
 
 
-def assignment(name: str, hidden: bool = False) -> Assignment:
-    """An assignment with its visible checks, plus the hidden ones when ``hidden`` (grader only)."""
+def assignment(name: str, hidden: Mapping[str, Sequence[Check]] | None = None) -> Assignment:
+    """An assignment with its visible checks, plus ``hidden`` ones by question id (grader only:
+    ``lessons.assignments.hidden``, which imports this module, passes its own)."""
     if name not in ASSIGNMENTS:
         raise ValueError(f"unknown assignment {name!r}; known: {sorted(ASSIGNMENTS)}")
     visible = ASSIGNMENTS[name]
+    if isinstance(hidden, bool):
+        raise TypeError("hidden must be the hidden checks by question id, not a bool: "
+                        "lessons.assignments.hidden.assignment(name) gives an assignment with them")
     if not hidden:
         return visible
-    from lessons.assignments.hidden import HIDDEN
-
     questions = tuple(
-        Question(q.id, q.function, q.returns, q.checks + tuple(HIDDEN.get(q.id, ()))) for q in visible.questions
+        Question(q.id, q.function, q.returns, q.checks + tuple(hidden.get(q.id, ()))) for q in visible.questions
     )
     return Assignment(visible.name, visible.title, questions, visible.hand_graded)
 
 
-def question(question_id: str, hidden: bool = False) -> Question:
-    """One question by id (e.g. ``"a1.magnitude_mask"``), with its hidden checks when ``hidden``."""
+def question(question_id: str, hidden: Mapping[str, Sequence[Check]] | None = None) -> Question:
+    """One question by id (e.g. ``"a1.magnitude_mask"``), with its ``hidden`` checks if given."""
     for name, spec in ASSIGNMENTS.items():
         if any(q.id == question_id for q in spec.questions):
             return next(q for q in assignment(name, hidden).questions if q.id == question_id)
     raise ValueError(f"unknown question {question_id!r}")
 
 
-def run_checks(question_id: str, fn: Callable, hidden: bool = False) -> None:
+def run_checks(question_id: str, fn: Callable, hidden: Mapping[str, Sequence[Check]] | None = None) -> None:
     """Run a question's checks on ``fn`` in this process; raise AssertionError at the first failure."""
     q = question(question_id, hidden)
     checks = [c for c in q.checks if hidden or not c.hidden]

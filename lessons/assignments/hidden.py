@@ -8,10 +8,14 @@ a submission runs in a sandbox that cannot import or open this file.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from sparsity import masks
 
+from lessons.assignments import checks
 from lessons.assignments.checks import (
+    Assignment,
     Case,
     Check,
     adamw_case,
@@ -152,3 +156,18 @@ HIDDEN: dict[str, list[Check]] = {
               hidden=True),
     ],
 }
+
+
+def assignment(name: str) -> Assignment:
+    """An assignment with its visible and hidden checks (what the grader grades)."""
+    return checks.assignment(name, HIDDEN)
+
+
+def question(question_id: str) -> checks.Question:
+    """One question with its visible and hidden checks."""
+    return checks.question(question_id, HIDDEN)
+
+
+def run_checks(question_id: str, fn: Callable) -> None:
+    """Run a question's visible and hidden checks on ``fn`` (the hidden test cells of a solution)."""
+    checks.run_checks(question_id, fn, HIDDEN)

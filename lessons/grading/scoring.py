@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from lessons.assignments.checks import Assignment, Question
-from lessons.assignments.checks import assignment as load_assignment
+from lessons.assignments.hidden import assignment as load_assignment
 from lessons.grading.report import CheckResult, QuestionResult, Report, one_line
 from lessons.grading.runner import Limits, Sandbox, SandboxRun, run_submission
 from lessons.grading.wire import check_kind
@@ -74,7 +74,7 @@ def grade_notebook(path: str | Path, *, assignment: str | None = None, limits: L
     try:
         nb = read_notebook(path)
         name = identify(nb, path, assignment)
-        spec = load_assignment(name, hidden=True)
+        spec = load_assignment(name)
         cells = code_cells(nb)
     except Exception as err:  # noqa: BLE001 - a malformed submission is a message, never a crash
         return Report(str(path), assignment or "?", 0, 0, notes=[f"could not grade: {type(err).__name__}: {err}"])
