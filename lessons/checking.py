@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import copy
 import math
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,7 +34,10 @@ class Case:
     """One call of the student's function and what it must return.
 
     ``compare(expected, got)`` returns None when ``got`` is acceptable, else a one-line
-    message; left None, :func:`same` compares.
+    message; left None, :func:`same` compares. ``points``: what the case is worth when an
+    assignment is graded (the lessons' exercises ignore it); cases sharing a non-empty
+    ``group`` earn their points together, only if all of them pass (so a constant answer that
+    happens to fit one case of a group earns nothing).
     """
 
     name: str
@@ -40,6 +45,8 @@ class Case:
     kwargs: dict = field(default_factory=dict)
     expected: Any = None
     compare: Compare | None = None
+    points: int = 1
+    group: str = ""
 
 
 def _short(value: Any) -> str:
@@ -142,6 +149,36 @@ def same(expected: Any, got: Any, *, rtol: float = 1e-5, atol: float = 1e-6) -> 
     return None if got == expected else f"expected {_short(expected)}, got {_short(got)}"
 
 
+@dataclass(frozen=True)
+class Close:
+    """A compare: :func:`same` with the given tolerances (data, so it ships with a handout's cases)."""
+
+    rtol: float = 1e-5
+    atol: float = 1e-6
+
+    def __call__(self, expected: Any, got: Any) -> str | None:
+        return same(expected, got, rtol=self.rtol, atol=self.atol)
+
+
+@dataclass(frozen=True)
+class Within:
+    """A compare for a measured number: any value in ``[low, high]`` passes, ``expected`` is ignored.
+
+    ``what`` names the quantity in the message (e.g. "W2's share of the update at lambda=1e-3").
+    """
+
+    low: float
+    high: float
+    what: str
+
+    def __call__(self, expected: Any, got: Any) -> str | None:
+        if isinstance(got, bool) or not isinstance(got, (int, float)) or math.isnan(got):
+            return f"expected a number for {self.what}, got {type(got).__name__} {_short(got)}"
+        if self.low <= got <= self.high:
+            return None
+        return f"expected {self.what} between {self.low:g} and {self.high:g}, got {got:.4g}: re-run the experiment?"
+
+
 def top_k_of(scores: torch.Tensor) -> Compare:
     """A compare for masks where ties make several answers right.
 
@@ -192,6 +229,109 @@ def check(fn: Callable, cases: Sequence[Case], *, name: str, quiet: bool = False
             raise AssertionError(f"{name}: case {case.name} failed: {message}")
     if not quiet:
         print(f"{name}: all {len(cases)} cases passed")
+
+
+def with_mode(fn: Callable, mode: str) -> Callable:
+    """``fn`` called the way a question's ``mode`` says (the grader's sandbox calls it the same way).
+
+    ``call``: ``fn(*args, **kwargs)``. ``steps``: an optimizer step run over a list of
+    gradients, ``param = fn(param, grad, mask, state, **kwargs)`` with one ``state`` dict kept
+    across steps; returns the last ``param``. ``grad``: ``value = fn(model, ...)``, then
+    ``value.backward()``; returns the value and each parameter's gradient (None if it got none).
+    """
+    if mode == "call":
+        return fn
+    if mode == "steps":
+
+        def steps(param: torch.Tensor, grads: list, mask: torch.Tensor, **kwargs: Any) -> Any:
+            state: dict = {}
+            for grad in grads:
+                param = fn(param, grad, mask, state, **kwargs)
+            return param
+
+        return steps
+    if mode == "grad":
+
+        def value_and_grads(model: torch.nn.Module, *args: Any, **kwargs: Any) -> dict:
+            value = fn(model, *args, **kwargs)
+            value.backward()
+            return {"value": value.detach(), "grads": {n: p.grad for n, p in model.named_parameters()}}
+
+        return value_and_grads
+    raise ValueError(f"unknown mode {mode!r}: expected 'call', 'steps' or 'grad'")
+
+
+def _pack(value: Any) -> Any:
+    """A case's data as what ``torch.load(weights_only=True)`` reads: an MLP (``nn.Sequential`` of
+    ``fc<i>`` Linear layers and ReLUs) becomes its state dict under the key ``__mlp__``."""
+    if isinstance(value, torch.nn.Module):
+        layers = dict(value.named_children())
+        if not isinstance(value, torch.nn.Sequential) or not all(
+            isinstance(m, torch.nn.Linear) if n.startswith("fc") else isinstance(m, torch.nn.ReLU)
+            for n, m in layers.items()
+        ):
+            raise ValueError(f"only MLPs of fc<i> Linear layers and ReLUs ship as case data, got {type(value).__name__}")
+        return {"__mlp__": {n: t.detach().clone() for n, t in value.state_dict().items()}}
+    if isinstance(value, dict):
+        return {k: _pack(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_pack(v) for v in value)
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    return value
+
+
+def _unpack(value: Any) -> Any:
+    if isinstance(value, dict) and set(value) == {"__mlp__"}:
+        state = value["__mlp__"]
+        count = len([k for k in state if k.endswith(".weight")])
+        layers: OrderedDict[str, torch.nn.Module] = OrderedDict()
+        for i in range(1, count + 1):
+            fan_out, fan_in = state[f"fc{i}.weight"].shape
+            layers[f"fc{i}"] = torch.nn.Linear(fan_in, fan_out)
+            if i < count:
+                layers[f"act{i}"] = torch.nn.ReLU()
+        model = torch.nn.Sequential(layers)
+        model.load_state_dict(state)
+        return model
+    if isinstance(value, dict):
+        return {k: _unpack(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_unpack(v) for v in value)
+    return value
+
+
+def save_cases(path: str | Path, cases: dict[str, Sequence[Case]]) -> None:
+    """Write each function's cases (inputs, expected outputs, points) as plain data.
+
+    A case's ``compare`` must be None, :class:`Close` or :class:`Within` (data); anything
+    else is code, which a data file cannot carry: a ValueError names the case.
+    """
+    data = {}
+    for function, items in cases.items():
+        rows = []
+        for case in items:
+            if case.compare is not None and not isinstance(case.compare, (Close, Within)):
+                raise ValueError(f"case {case.name!r} of {function}: its compare is code; a shipped case may "
+                                 "only use None, Close or Within")
+            compare = None if case.compare is None else [type(case.compare).__name__, asdict(case.compare)]
+            rows.append({"name": case.name, "args": _pack(case.args), "kwargs": _pack(case.kwargs),
+                         "expected": _pack(case.expected), "compare": compare, "points": case.points,
+                         "group": case.group})
+        data[function] = rows
+    torch.save(data, path)
+
+
+def load_cases(path: str | Path) -> dict[str, list[Case]]:
+    """The cases :func:`save_cases` wrote, read with ``weights_only=True`` (no code runs while reading)."""
+    data = torch.load(path, weights_only=True)
+    kinds = {"Close": Close, "Within": Within}
+    return {
+        function: [Case(row["name"], _unpack(row["args"]), _unpack(row["kwargs"]), _unpack(row["expected"]),
+                        None if row["compare"] is None else kinds[row["compare"][0]](**row["compare"][1]),
+                        row["points"], row["group"]) for row in rows]
+        for function, rows in data.items()
+    }
 
 
 def _raises(*args: Any, **kwargs: Any) -> Any:
