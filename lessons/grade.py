@@ -44,7 +44,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from lessons.assignments.spec import find, load, sources
+from lessons.assignments.spec import HERE, find, load
 from lessons.grading.gradebook import Column, Gradebook, StudentIds, read_previous, write_gradescope
 from lessons.grading.report import Report, format_report, one_line
 from lessons.grading.runner import IsolationUnavailable, Limits, Sandbox
@@ -54,17 +54,17 @@ from lessons.grading.submission import identify, read_notebook
 __all__ = ["IsolationUnavailable", "Limits", "Report", "Sandbox", "format_report", "grade_notebook", "main"]
 
 
-def _columns(files: list[Path], forced: str | None, hidden: Path | None) -> list[Column]:
+def _columns(files: list[Path], forced: str | None, hidden: Path | None, folder: Path) -> list[Column]:
     """The gradebook's question columns: every assignment the notebooks name (read as data)."""
     names = set()
     for f in files:
         try:
-            names.add(identify(read_notebook(f), f, forced))
+            names.add(identify(read_notebook(f), f, forced, folder))
         except Exception:  # noqa: BLE001 - an unreadable notebook gets its row, with no question columns
             continue
     columns = []
     for name in sorted(names):
-        spec = load(find(name), hidden)
+        spec = load(find(name, folder), hidden)
         columns += [Column(q.id, q.points, False) for q in spec.questions]
         columns += [Column(h.id, h.points, True) for h in spec.hand_graded]
     return columns
@@ -73,7 +73,7 @@ def _columns(files: list[Path], forced: str | None, hidden: Path | None) -> list
 def _grade_one(path: Path, args: argparse.Namespace, limits: Limits, sandbox: Sandbox) -> Report:
     try:
         return grade_notebook(path, assignment=args.assignment, limits=limits, sandbox=sandbox, hidden=args.hidden,
-                              only=args.question)
+                              only=args.question, folder=args.assignments)
     except Exception as err:  # noqa: BLE001 - one submission that breaks the grader costs only its own row
         return Report(str(path), args.assignment or "?", 0, 0,
                       notes=[one_line(f"grader error: {type(err).__name__}: {err}")])
@@ -86,7 +86,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--csv", type=Path, help="the gradebook: one row per submission, written as each is "
                         "graded; an existing one keeps its hand-graded scores")
     parser.add_argument("--gradescope", type=Path, help="write Gradescope's results.json (one submission)")
-    parser.add_argument("--assignment", choices=[p.stem for p in sources()], help="when the notebook does not say")
+    parser.add_argument("--assignment", help="the assignment's name, when the notebook does not say")
+    parser.add_argument("--assignments", type=Path, default=HERE,
+                        help="the folder of assignment sources (default: the lab's, %(default)s)")
     parser.add_argument("--hidden", type=Path, help="a folder of private hidden tests, <assignment>.py each")
     parser.add_argument("--question", help="regrade only this question id (e.g. a1.magnitude_mask); with --csv, "
                         "the other questions' points are kept from the existing gradebook")
@@ -120,14 +122,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--hidden {args.hidden}: not a folder")
     try:
         ids = StudentIds(args.roster, args.id_pattern)
-        columns = _columns(files, args.assignment, args.hidden)
+        if args.assignment is not None:
+            find(args.assignment, args.assignments)
+        columns = _columns(files, args.assignment, args.hidden, args.assignments)
     except (OSError, ValueError) as err:
         parser.error(str(err))
     if args.question and args.question not in {c.id for c in columns if not c.by_hand}:
         parser.error(f"--question {args.question}: not a question of {sorted({c.id for c in columns})}")
     limits = Limits(question_s=args.time_limit, cell_s=args.cell_time_limit, submission_s=args.submission_time_limit)
     folders = tuple(str(p.resolve()) for p in args.paths if p.is_dir()) + tuple(str(f.resolve().parent) for f in files)
-    hide = (*folders, *((str(args.hidden.resolve()),) if args.hidden else ()))
+    hide = (*folders, *(str(p.resolve()) for p in (args.hidden, args.assignments) if p is not None))
     try:
         sandbox = Sandbox(trusted=args.trusted, hide=tuple(dict.fromkeys(hide)))
     except IsolationUnavailable as err:

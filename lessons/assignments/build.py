@@ -126,16 +126,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="the instructor's folder (solutions included)")
     parser.add_argument("--handout", type=Path, help="the students' folder (and a zip beside it)")
     parser.add_argument("--hidden", type=Path, help="a folder of private hidden tests, <assignment>.py each")
+    parser.add_argument("--assignments", type=Path, default=HERE, help="the folder of sources (default %(default)s)")
     args = parser.parse_args(argv)
     if args.out is None and args.handout is None:
         parser.error("say --out DIR (instructor's build) and/or --handout DIR (students' folder)")
     if args.hidden is not None and not args.hidden.is_dir():
         parser.error(f"--hidden {args.hidden}: not a folder")
     if args.out is not None:
-        for path in build(args.out, args.hidden):
+        for path in build(args.out, args.hidden, args.assignments):
             print(f"wrote {path} (solutions in {args.out / 'solutions'}: keep them)")
     if args.handout is not None:
-        print(f"wrote {args.handout}/ and {handout(args.handout, args.hidden)} for the students")
+        print(f"wrote {args.handout}/ and {handout(args.handout, args.hidden, args.assignments)} for the students")
     return 0
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lessons.assignments.spec import Assignment, GradedCase, Question, find, load
+from lessons.assignments.spec import HERE, Assignment, GradedCase, Question, find, load
 from lessons.checking import same
 from lessons.grading.report import CheckResult, QuestionResult, Report, one_line
 from lessons.grading.runner import Limits, Sandbox, SandboxRun, run_submission
@@ -88,18 +88,18 @@ def score_question(q: Question, run: SandboxRun, cells: list[tuple[int, str]]) -
 
 def grade_notebook(path: str | Path, *, assignment: str | None = None, limits: Limits = Limits(),
                    sandbox: Sandbox | None = None, hidden: Path | None = None,
-                   only: str | None = None) -> Report:
+                   only: str | None = None, folder: Path = HERE) -> Report:
     """Grade one submission. Never raises for a bad submission: problems become messages and 0 points.
 
     ``hidden``: a folder of private hidden tests (``<assignment>.py``); ``only``: grade just this
-    question id (a regrade). Without a ``sandbox``, one is made for this call (bubblewrap;
+    question id (a regrade); ``folder``: where the assignment sources are. Without a ``sandbox``, one is made for this call (bubblewrap;
     IsolationUnavailable if it is missing).
     """
     path = Path(path)
     try:
         nb = read_notebook(path)
-        name = identify(nb, path, assignment)
-        spec: Assignment = load(find(name), hidden)
+        name = identify(nb, path, assignment, folder)
+        spec: Assignment = load(find(name, folder), hidden)
         cells = code_cells(nb)
         questions = [spec.question(only)] if only else list(spec.questions)
     except Exception as err:  # noqa: BLE001 - a malformed submission is a message, never a crash

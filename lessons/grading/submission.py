@@ -31,9 +31,10 @@ def _text(cell: object) -> str:
     return "".join(map(str, source)) if isinstance(source, list) else str(source)
 
 
-def identify(nb: dict, path: Path, forced: str | None) -> str:
-    """Which assignment a notebook is: ``forced``, else its metadata, else its file name."""
-    known_names = [p.stem for p in sources()]
+def identify(nb: dict, path: Path, forced: str | None, folder: Path | None = None) -> str:
+    """Which assignment a notebook is: ``forced``, else its metadata, else its file name
+    (among the sources in ``folder``, by default the lab's own)."""
+    known_names = [p.stem for p in (sources(folder) if folder else sources())]
     if forced:
         return forced
     meta = nb.get("metadata", {}).get("subnet_lab", {})
