@@ -68,7 +68,7 @@ def _secret_lines(path: Path) -> set[str]:
     secret = {line.strip() for markers in (spec.SOLUTION, spec.HIDDEN_TESTS) for line in spec.regions(text, markers)}
     public = spec.remove_region(spec.remove_region(text, spec.SOLUTION, None), spec.HIDDEN_TESTS, None)
     public_lines = {line.strip() for line in public.split("\n")}
-    return {line for line in secret - public_lines if len(line) >= 12 and not line.startswith("#")}
+    return {line for line in secret - public_lines if len(line) >= 20 and not line.startswith("#")}
 
 
 def test_the_handout_holds_no_line_of_a_solution_or_hidden_test(handed_out):
@@ -92,7 +92,7 @@ def test_the_handout_holds_no_line_of_a_solution_or_hidden_test(handed_out):
 
 def test_the_scan_would_find_a_leak(tmp_path):
     leaky = tmp_path / "a1_leak.py"
-    leaky.write_text("x = 1\n### BEGIN SOLUTION\nreturn top_k_mask(model, scores)\n### END SOLUTION\n")
+    leaky.write_text("x = 1\n### BEGIN SOLUTION\nreturn top_k_mask(model, scores)\nreturn x\n### END SOLUTION\n")
     assert _secret_lines(leaky) == {"return top_k_mask(model, scores)"}
 
 
@@ -122,11 +122,11 @@ def test_the_reference_passes_its_visible_checks_in_the_handout_and_the_stub_doe
     _run_visible_checks(solution, folder)
     printed = capsys.readouterr().out
     assert printed.count("cases passed") == len(spec.load(spec.find(name)).questions), printed
-    student = json.loads((folder / f"{name}.ipynb").read_text())
     import nbformat
 
+    student = nbformat.reads((folder / f"{name}.ipynb").read_text(), as_version=4)
     with pytest.raises(AssertionError, match="not implemented yet"):
-        _run_visible_checks(nbformat.from_dict(student), folder)
+        _run_visible_checks(student, folder)
 
 
 def test_shipped_cases_load_without_running_code_and_match_the_grader(handed_out):

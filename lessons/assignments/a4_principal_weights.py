@@ -38,12 +38,13 @@ CASES = load_cases("a4_principal_weights_cases.pt")
 
 
 # %% [markdown]
-# A per-tensor top-k, given (you wrote the general one in assignment 1). Ties go to the
-# earlier entry.
+# A per-tensor top-k (not graded on its own): bring your `top_k_mask` from assignment 1 and
+# call it with `scope="per_tensor"`, or write it again. Ties go to the earlier entry.
 
 # %%
 def top_k_per_tensor(model: nn.Module, scores: dict[str, torch.Tensor], density: float) -> dict[str, torch.Tensor]:
     """In every scored tensor, the top ``max(1, round(density * n))`` entries; other parameters all False."""
+    ### BEGIN SOLUTION
     mask = {n: torch.zeros_like(p, dtype=torch.bool) for n, p in model.named_parameters()}
     for name, s in scores.items():
         k = max(1, round(density * s.numel()))
@@ -52,6 +53,7 @@ def top_k_per_tensor(model: nn.Module, scores: dict[str, torch.Tensor], density:
         chosen[order] = True
         mask[name] = chosen.view(s.shape)
     return mask
+    ### END SOLUTION
 
 
 # %% [markdown]
