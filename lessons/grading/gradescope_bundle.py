@@ -28,6 +28,7 @@ set -euo pipefail
 apt-get update && apt-get install -y bubblewrap python3-venv
 python3 -m venv /autograder/venv
 /autograder/venv/bin/pip install -q --index-url https://download.pytorch.org/whl/cpu torch
+/autograder/venv/bin/pip install -q jupytext nbformat
 /autograder/venv/bin/pip install -q -e /autograder/source/lab
 """
 
