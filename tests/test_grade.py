@@ -396,7 +396,7 @@ def test_make_gradescope_builds_the_autograder_bundle(tmp_path):
         run = z.read("run_autograder").decode()
     assert {"setup.sh", "run_autograder", "lab/lessons/assignments/a1_masks.py", "lab/pyproject.toml"} <= names
     assert "--assignment a1_masks" in run and "--gradescope /autograder/results/results.json" in run
-    assert "make gradescope" in (ROOT / "Makefile").read_text() or "gradescope:" in (ROOT / "Makefile").read_text()
+    assert "lessons.grading.gradescope_bundle $(ASSIGNMENT)" in (ROOT / "Makefile").read_text()
 
 
 def test_without_bubblewrap_the_grader_refuses_unless_trusted(notebooks, tmp_path):
