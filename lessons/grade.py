@@ -125,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.assignment is not None:
             find(args.assignment, args.assignments)
         columns = _columns(files, args.assignment, args.hidden, args.assignments)
+        previous = read_previous(args.csv, columns) if args.csv else {}
     except (OSError, ValueError) as err:
         parser.error(str(err))
     if args.question and args.question not in {c.id for c in columns if not c.by_hand}:
@@ -138,7 +139,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"python -m lessons.grade: refusing to grade: {err}", file=sys.stderr)
         return 2
     reports = []
-    previous = read_previous(args.csv) if args.csv else {}
     partial = args.csv.with_name(args.csv.name + ".partial") if args.csv else None
     try:
         with open(partial, "w", newline="", encoding="utf-8") if partial else open(os.devnull, "w") as stream:

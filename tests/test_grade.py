@@ -8,6 +8,7 @@ on the isolation itself are in ``test_grade_isolation.py``, which needs bubblewr
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -361,7 +362,7 @@ def test_regrading_one_question_keeps_the_hand_scores_and_the_other_points(noteb
     assert [r[2:8] for r in rows[1:]] == [["12.5", "14", "8", "2", "2.5", "alice"], ["13", "14", "8", "2", "3", "bob"]]
 
 
-def test_a_gradebook_with_text_in_a_score_cell_is_refused_with_the_cell_named(notebooks, tmp_path, monkeypatch):
+def test_a_gradebook_with_text_in_a_score_cell_is_refused_before_grading(notebooks, tmp_path, monkeypatch, capsys):
     folder = tmp_path / "submissions"
     folder.mkdir()
     shutil.copy(notebooks / "a1_masks.ipynb", folder / "a1_masks_alice.ipynb")
@@ -369,8 +370,10 @@ def test_a_gradebook_with_text_in_a_score_cell_is_refused_with_the_cell_named(no
     monkeypatch.setattr(grade_cli, "grade_notebook", lambda path, **kw: Report(str(path), "a1_masks", 0, 11))
     assert grade_cli.main([str(folder), "--csv", str(csv_path), "--trusted"]) == 0
     _hand_scored(csv_path, {"a1_masks_alice": "good"})
-    with pytest.raises(ValueError, match=r"cell a1.scope of .*a1_masks_alice.ipynb holds 'good'"):
+    monkeypatch.setattr(grade_cli, "grade_notebook", lambda path, **kw: pytest.fail("graded before refusing"))
+    with pytest.raises(SystemExit):
         grade_cli.main([str(folder), "--csv", str(csv_path), "--trusted"])
+    assert re.search(r"cell a1.scope of .*a1_masks_alice.ipynb holds 'good', not a number", capsys.readouterr().err)
     assert "good" in csv_path.read_text()  # the gradebook is untouched
 
 

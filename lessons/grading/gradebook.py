@@ -71,12 +71,17 @@ class StudentIds:
         return [s for s in self.students if s not in set(seen)]
 
 
-def read_previous(path: Path) -> dict[str, dict[str, str]]:
-    """An existing gradebook's rows by submission (empty if there is none)."""
+def read_previous(path: Path, columns: list[Column]) -> dict[str, dict[str, str]]:
+    """An existing gradebook's rows by submission (empty if there is none); a ValueError naming the
+    cell if a score cell holds anything but a number, before anything is graded."""
     if not path.is_file():
         return {}
     with open(path, newline="", encoding="utf-8") as f:
-        return {row["submission"]: row for row in csv.DictReader(f) if row.get("submission")}
+        rows = {row["submission"]: row for row in csv.DictReader(f) if row.get("submission")}
+    for submission, row in rows.items():
+        for c in columns:
+            _number(row.get(c.id), f"cell {c.id} of {submission}")
+    return rows
 
 
 def _number(text: str | None, what: str) -> float | None:
