@@ -133,3 +133,52 @@ def test_ties_any_tie_break_is_accepted_but_not_a_mask_that_ignores_scores():
     for trivial in TRIVIAL_ANSWERS.values():
         with pytest.raises(AssertionError):
             check(trivial, cases, name="top3")
+
+
+def test_within_accepts_a_range_and_names_the_quantity():
+    from lessons.checking import Within
+
+    inside = Within(0.85, 1.0, "W2's share")
+    assert inside(None, 0.9) is None
+    assert inside(None, 0.5) == "expected W2's share between 0.85 and 1, got 0.5: re-run the experiment?"
+    assert inside(None, "0.9").startswith("expected a number for W2's share")
+    assert inside(None, float("nan")) is not None and inside(None, True) is not None
+
+
+def test_cases_ship_as_data_and_come_back_equal(tmp_path):
+    from collections import OrderedDict
+
+    from lessons.checking import Close, Within, load_cases, save_cases
+
+    layers = OrderedDict(fc1=torch.nn.Linear(3, 4), act1=torch.nn.ReLU(), fc2=torch.nn.Linear(4, 2))
+    model = torch.nn.Sequential(layers)
+    cases = {"f": [Case("mlp", (model, 0.5), {"scope": "global"}, expected={"a": torch.ones(2)}, compare=Close(1e-3),
+                        points=2, group="g"),
+                   Case("range", ("0",), compare=Within(0.0, 1.0, "x"))]}
+    save_cases(tmp_path / "c.pt", cases)
+    back = load_cases(tmp_path / "c.pt")["f"]
+    assert [(c.name, c.kwargs, c.compare, c.points, c.group) for c in back] == [
+        ("mlp", {"scope": "global"}, Close(1e-3), 2, "g"), ("range", {}, Within(0.0, 1.0, "x"), 1, "")]
+    rebuilt = back[0].args[0]
+    x = torch.randn(5, 3)
+    assert torch.equal(rebuilt(x), model(x)) and [n for n, _ in rebuilt.named_children()] == ["fc1", "act1", "fc2"]
+    with pytest.raises(ValueError, match="case 'code' of f: its compare is code"):
+        save_cases(tmp_path / "d.pt", {"f": [Case("code", (1,), compare=lambda e, g: None)]})
+    with pytest.raises(ValueError, match="only MLPs"):
+        save_cases(tmp_path / "e.pt", {"f": [Case("conv", (torch.nn.Conv1d(1, 1, 1),))]})
+
+
+def test_with_mode_runs_steps_with_one_state_and_takes_gradients():
+    from lessons.checking import with_mode
+
+    def step(param, grad, mask, state, lr=1.0):
+        state["n"] = state.get("n", 0) + 1
+        return param - lr * grad * mask * state["n"]
+
+    out = with_mode(step, "steps")(torch.zeros(2), [torch.ones(2)] * 3, torch.tensor([1.0, 0.0]), lr=0.5)
+    assert torch.equal(out, torch.tensor([-3.0, 0.0]))  # 0.5 * (1 + 2 + 3): the state persisted
+    model = torch.nn.Linear(2, 1)
+    got = with_mode(lambda m: m.weight.sum() * 3, "grad")(model)
+    assert torch.equal(got["grads"]["weight"], torch.full((1, 2), 3.0)) and got["grads"]["bias"] is None
+    with pytest.raises(ValueError, match="unknown mode 'call twice'"):
+        with_mode(step, "call twice")
