@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lab notebooks benchmark assignments grade clean
+.PHONY: demo test lab notebooks benchmark assignments handout gradescope grade clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,15 +33,26 @@ lab: $(STAMP)
 benchmark: $(STAMP)
 	$(PY) -m benchmarks.optimizer_step
 
-# Student notebooks (stubs, no hidden tests) under build/assignments/, instructor versions in its solutions/.
+# The instructor's build: student notebooks under build/assignments/, complete ones in its solutions/ (keep it).
 assignments: $(STAMP)
 	$(PY) -m lessons.assignments.build --out build/assignments
 
-# Grade a folder of submitted notebooks into one CSV: make grade SUBMISSIONS=path/to/folder
+# What students get: handout/ and handout.zip (notebooks, visible cases, checking.py; no solution, no hidden test).
+# Private hidden tests: make handout HIDDEN=path/to/folder (only their points reach the headings).
+handout: $(STAMP)
+	$(PY) -m lessons.assignments.build --handout handout $(if $(HIDDEN),--hidden $(HIDDEN))
+
+# Gradescope's autograder bundle of one assignment: make gradescope ASSIGNMENT=a1_masks [HIDDEN=dir]
+ASSIGNMENT ?= a1_masks
+gradescope: $(STAMP)
+	$(PY) -m lessons.grading.gradescope_bundle $(ASSIGNMENT) --out build/gradescope $(if $(HIDDEN),--hidden $(HIDDEN))
+
+# Grade a folder of submitted notebooks into the gradebook grades.csv (hand-graded scores already in it are kept):
+# make grade SUBMISSIONS=path/to/folder [ROSTER=roster.csv] [HIDDEN=dir]
 SUBMISSIONS ?= submissions
 grade: $(STAMP)
-	$(PY) -m lessons.grade $(SUBMISSIONS) --csv grades.csv
+	$(PY) -m lessons.grade $(SUBMISSIONS) --csv grades.csv $(if $(ROSTER),--roster $(ROSTER)) $(if $(HIDDEN),--hidden $(HIDDEN))
 
 # clean never touches lab/: it holds the students' notebooks.
 clean:
-	rm -rf $(VENV) out build .pytest_cache .hypothesis lessons/*.ipynb
+	rm -rf $(VENV) out build handout handout.zip .pytest_cache .hypothesis lessons/*.ipynb

@@ -8,6 +8,7 @@ on the isolation itself are in ``test_grade_isolation.py``, which needs bubblewr
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -20,7 +21,6 @@ from lessons.assignments.build import build
 from lessons.grade import IsolationUnavailable, Limits, Report, Sandbox, grade_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
-HIDDEN = ROOT / "lessons" / "assignments" / "hidden.py"
 LIMITS = Limits(question_s=8.0, cell_s=8.0, startup_s=30.0)
 
 
@@ -71,11 +71,25 @@ def failed(report):
     return {q.id: {c.id for c in q.checks if c.earned < c.points} for q in report.questions}
 
 
+def messages(report, question_id):
+    return " | ".join(c.message for q in report.questions if q.id == question_id for c in q.checks if c.message)
+
+
 def points(report):
     return {q.id: q.earned for q in report.questions}
 
 
-ASSIGNMENT_NAMES = ("a1_masks", "a2_masked_adamw", "a3_updates", "a4_principal_weights")
+ASSIGNMENT_NAMES = ("a1_masks", "a2_masked_adamw", "a3_updates", "a4_principal_weights", "a5_modular",
+                    "a6_prune_rewind", "a7_budgets", "a8_bf16_updates", "a9_two_four", "a10_experiment")
+
+
+MATPLOTLIB_FONT_PROBE = "refused in cell 1: subprocess.Popen"
+"""Importing matplotlib with no font cache runs fc-list once; the sandbox refuses it (matplotlib carries
+on). Only a10 imports matplotlib. Known, left to the grader's side: a prebuilt font cache in the sandbox."""
+
+
+def _real_notes(report):
+    return [n for n in report.notes if not (report.assignment == "a10_experiment" and n == MATPLOTLIB_FONT_PROBE)]
 
 
 @pytest.mark.parametrize("name", ASSIGNMENT_NAMES)
@@ -84,7 +98,8 @@ def test_reference_solution_scores_full_marks(notebooks, sandbox, name):
     assert report.assignment == name
     assert report.points > 0 and report.earned == report.points, failed(report)
     assert all(c.message == "" for q in report.questions for c in q.checks)
-    assert report.hand_graded and all(h.answer for h in report.hand_graded)
+    assert report.hand_graded and all(h.answer and h.points > 0 for h in report.hand_graded)
+    assert _real_notes(report) == []  # no false ImportError / NameError notes from the template's cells
 
 
 @pytest.mark.parametrize("name", ASSIGNMENT_NAMES)
@@ -95,6 +110,7 @@ def test_student_stub_scores_zero_without_crashing(notebooks, sandbox, name):
         assert all("NotImplementedError" in c.message for c in q.checks), q
     assert [h.answer for h in report.hand_graded] == [""] * len(report.hand_graded)
     assert all("graded by hand" in h.note for h in report.hand_graded)
+    assert _real_notes(report) == []
 
 
 OFF_BY_ONE = '''
@@ -147,45 +163,37 @@ def low_rank_approximation(weight, rank):
 '''
 
 
-def test_planted_off_by_one_density_loses_exactly_the_budget_checks(notebooks, sandbox, tmp_path):
+PLANTED = {"off_by_one": {"a1.magnitude_mask": 8 - 4, "a1.random_mask": 3 - 1},
+           "decay": {"a2.masked_adamw_step": 2},  # the full-mask and no-decay cases hold
+           "rank": {"a4.low_rank_approximation": 0, "a4.principal_mask": 0, "a4.mask_overlap": 3}}
+
+
+def test_planted_off_by_one_density_loses_the_budget_cases_and_says_round(notebooks, sandbox, tmp_path):
     report = grade(submission(notebooks, tmp_path, "a1_masks", {"top_k_mask": OFF_BY_ONE}), sandbox)
-    assert failed(report) == {
-        "a1.magnitude_mask": {"budget_global", "budget_per_tensor", "lab_random"},
-        "a1.random_mask": {"budget", "lab_random"},
-    }
-    assert points(report) == {"a1.magnitude_mask": 8 - 4, "a1.random_mask": 3 - 2}
-    message = next(c.message for c in report.questions[0].checks if c.id == "budget_global")
-    assert "density=0.45" in message and "selects 34 of 77" in message
+    assert points(report) == PLANTED["off_by_one"], failed(report)
+    lost = failed(report)["a1.magnitude_mask"]
+    assert "visible/the budget is round(0.45 * 77) = 35, not int(34.65) = 34: use round()" in lost
+    assert "expected 35 of 77" in messages(report, "a1.magnitude_mask") or "entries differ" in messages(
+        report, "a1.magnitude_mask")
 
 
-def test_planted_weight_decay_on_frozen_entries_loses_exactly_the_frozen_checks(notebooks, sandbox, tmp_path):
+def test_planted_weight_decay_on_frozen_entries_loses_the_frozen_cases(notebooks, sandbox, tmp_path):
     report = grade(submission(notebooks, tmp_path, "a2_masked_adamw", {"masked_adamw_step": DECAY_EVERYTHING}), sandbox)
-    assert failed(report) == {"a2.masked_adamw_step": {"frozen_with_decay", "random", "all_frozen"}}
-    assert points(report) == {"a2.masked_adamw_step": 7 - 4}
-    message = next(c.message for c in report.questions[0].checks if c.id == "frozen_with_decay")
-    assert "frozen entries changed" in message
+    assert points(report) == PLANTED["decay"], failed(report)
+    assert "weight decay must not touch frozen entries" in " ".join(failed(report)["a2.masked_adamw_step"])
 
 
-def test_planted_l1_against_the_wrong_reference_loses_exactly_the_l1_checks(notebooks, sandbox, tmp_path):
+def test_planted_l1_against_the_wrong_reference_loses_exactly_the_l1_question(notebooks, sandbox, tmp_path):
     report = grade(submission(notebooks, tmp_path, "a3_updates", {"l1_to_init": L1_WRONG_REFERENCE}), sandbox)
-    assert failed(report) == {
-        "a3.l1_to_init": {"value", "gradient", "subset", "random"},
-        "a3.update_shares": set(), "a3.update_sparsity": set(), "a3.which_layer": set(),
-    }
-    assert points(report)["a3.l1_to_init"] == 0 and report.earned == report.points - 4
+    assert points(report) == {"a3.l1_to_init": 0, "a3.update_shares": 3, "a3.update_sparsity": 3, "a3.which_layer": 3}
+    assert "['value']: expected" in messages(report, "a3.l1_to_init")
 
 
-def test_planted_svd_rank_ignored_loses_exactly_the_rank_checks(notebooks, sandbox, tmp_path):
+def test_planted_svd_rank_ignored_loses_the_rank_cases(notebooks, sandbox, tmp_path):
     report = grade(submission(notebooks, tmp_path, "a4_principal_weights", {"low_rank_approximation": RANK_IGNORED}),
                    sandbox)
-    assert failed(report) == {
-        "a4.low_rank_approximation": {"value", "rank", "full_rank", "random"},  # the identity: rank 1 fails too
-        "a4.principal_mask": {"lab", "random", "full_rank"},  # plain magnitude: only the budget holds
-        "a4.mask_overlap": set(),
-    }
-    assert points(report) == {"a4.low_rank_approximation": 0, "a4.principal_mask": 1, "a4.mask_overlap": 3}
-    message = next(c.message for c in report.questions[0].checks if c.id == "rank")
-    assert "has rank 4, expected 2" in message
+    assert points(report) == PLANTED["rank"], failed(report)
+    assert "entries differ beyond rtol" in messages(report, "a4.low_rank_approximation")
 
 
 def test_hanging_cell_and_question_are_stopped_and_the_rest_is_graded(notebooks, sandbox, tmp_path):
@@ -251,7 +259,6 @@ def test_monkeypatching_torch_or_the_checks_earns_nothing(notebooks, sandbox, tm
     report = grade(path, sandbox)
     # the patched torch and checks live in the sandbox; the grader compares with its own
     assert report.earned == 0, points(report)
-    assert HIDDEN.exists()
 
 
 def test_patching_the_checks_in_the_sandbox_does_not_change_the_grading(notebooks, sandbox, tmp_path):
@@ -283,24 +290,116 @@ def test_importing_the_lab_scores_zero_with_a_message(notebooks, sandbox, tmp_pa
     assert "import lessons.assignments.a4_principal_weights" in overlap.note
 
 
-def test_command_line_grades_a_folder_to_one_csv(notebooks, tmp_path):
+def test_command_line_grades_a_folder_to_a_gradebook(notebooks, tmp_path):
     folder = tmp_path / "submissions"
     folder.mkdir()
-    (folder / "alice.ipynb").write_text((notebooks / "solutions" / "a1_masks.ipynb").read_text())
-    (folder / "bob.ipynb").write_text((notebooks / "a1_masks.ipynb").read_text())
-    (folder / "carol.ipynb").write_text("not a notebook")
+    (folder / "a1_masks_alice.ipynb").write_text((notebooks / "solutions" / "a1_masks.ipynb").read_text())
+    (folder / "a1_masks_bob.ipynb").write_text((notebooks / "a1_masks.ipynb").read_text())
+    (folder / "a1_masks_carol.ipynb").write_text("not a notebook")
+    roster = tmp_path / "roster.csv"
+    roster.write_text("student,name\nalice,Alice A.\nbob,Bob B.\ncarol,Carol C.\ndave,Dave D.\n")
     csv_path = tmp_path / "grades.csv"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, "-m", "lessons.grade", str(folder), "--csv", str(csv_path), "--json",
-                           "--time-limit", "10", *([] if ISOLATED else ["--trusted"])],
+                           "--roster", str(roster), "--time-limit", "10", *([] if ISOLATED else ["--trusted"])],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     reports = {Path(r["submission"]).name: r for r in json.loads(done.stdout)}
-    assert (reports["alice.ipynb"]["earned"], reports["bob.ipynb"]["earned"]) == (11, 0)
-    assert "could not grade" in reports["carol.ipynb"]["notes"][0]
-    rows = csv_path.read_text().splitlines()
-    assert rows[0] == "submission,assignment,total,max,a1.magnitude_mask,a1.random_mask,notes"
-    assert [r.split(",")[2:6] for r in rows[1:]] == [["11", "11", "8", "3"], ["0", "11", "0", "0"], ["0", "0", "", ""]]
+    assert (reports["a1_masks_alice.ipynb"]["earned"], reports["a1_masks_bob.ipynb"]["earned"]) == (11, 0)
+    assert reports["a1_masks_alice.ipynb"]["notes"] == [] and reports["a1_masks_bob.ipynb"]["notes"] == []
+    assert "could not grade" in reports["a1_masks_carol.ipynb"]["notes"][0]
+    rows = [r.split(",") for r in csv_path.read_text().splitlines()]
+    assert rows[0] == ["submission", "assignment", "total", "max", "a1.magnitude_mask", "a1.random_mask", "a1.scope",
+                       "student", "notes"]
+    assert [r[2:8] for r in rows[1:]] == [["11", "14", "8", "3", "", "alice"], ["0", "14", "0", "0", "", "bob"],
+                                          ["0", "0", "", "", "", "carol"], ["0", "", "", "", "", "dave"]]
+    assert rows[4][-1] == "no submission"
+
+
+def test_json_is_a_list_for_one_file_too(notebooks, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(grade_cli, "grade_notebook", lambda path, **kw: Report(str(path), "a1_masks", 1, 11))
+    assert grade_cli.main([str(notebooks / "a1_masks.ipynb"), "--json", "--trusted"]) == 0
+    assert [r["earned"] for r in json.loads(capsys.readouterr().out)] == [1]
+
+
+def _hand_scored(csv_path, scores):
+    """Type hand-graded scores into the gradebook, as a teacher would."""
+    import csv
+
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+        fields = list(rows[0])
+    for row in rows:
+        row["a1.scope"] = scores.get(row["student"], "")
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fields)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def test_regrading_one_question_keeps_the_hand_scores_and_the_other_points(notebooks, tmp_path, monkeypatch):
+    folder = tmp_path / "submissions"
+    folder.mkdir()
+    for name in ("alice", "bob"):
+        shutil.copy(notebooks / "a1_masks.ipynb", folder / f"a1_masks_{name}.ipynb")
+    csv_path = tmp_path / "grades.csv"
+    earned = {"a1.magnitude_mask": 5, "a1.random_mask": 2}
+
+    def fake_grade(path, *, only=None, **kw):
+        from lessons.grading.report import QuestionResult
+
+        ids = [only] if only else list(earned)
+        questions = [QuestionResult(q, q.split(".")[1], 8, earned[q], []) for q in ids]
+        return Report(str(path), "a1_masks", sum(q.earned for q in questions), 11, questions)
+
+    monkeypatch.setattr(grade_cli, "grade_notebook", fake_grade)
+    pattern = ["--id-pattern", r"a1_masks_(?P<student>\w+)\.ipynb", "--trusted"]
+    assert grade_cli.main([str(folder), "--csv", str(csv_path), *pattern]) == 0
+    _hand_scored(csv_path, {"alice": "2.5", "bob": "3"})
+    earned.update({"a1.magnitude_mask": 8, "a1.random_mask": 0})  # a fixed check; random_mask must not be re-read
+    assert grade_cli.main([str(folder), "--csv", str(csv_path), "--question", "a1.magnitude_mask", *pattern]) == 0
+    rows = [r.split(",") for r in csv_path.read_text().splitlines()]
+    assert [r[2:8] for r in rows[1:]] == [["12.5", "14", "8", "2", "2.5", "alice"], ["13", "14", "8", "2", "3", "bob"]]
+
+
+def test_a_gradebook_with_text_in_a_score_cell_is_refused_before_grading(notebooks, tmp_path, monkeypatch, capsys):
+    folder = tmp_path / "submissions"
+    folder.mkdir()
+    shutil.copy(notebooks / "a1_masks.ipynb", folder / "a1_masks_alice.ipynb")
+    csv_path = tmp_path / "grades.csv"
+    monkeypatch.setattr(grade_cli, "grade_notebook", lambda path, **kw: Report(str(path), "a1_masks", 0, 11))
+    assert grade_cli.main([str(folder), "--csv", str(csv_path), "--trusted"]) == 0
+    _hand_scored(csv_path, {"a1_masks_alice": "good"})
+    monkeypatch.setattr(grade_cli, "grade_notebook", lambda path, **kw: pytest.fail("graded before refusing"))
+    with pytest.raises(SystemExit):
+        grade_cli.main([str(folder), "--csv", str(csv_path), "--trusted"])
+    assert re.search(r"cell a1.scope of .*a1_masks_alice.ipynb holds 'good', not a number", capsys.readouterr().err)
+    assert "good" in csv_path.read_text()  # the gradebook is untouched
+
+
+def test_gradescope_results_json(notebooks, sandbox, tmp_path):
+    from lessons.grading.gradebook import gradescope
+
+    report = grade(notebooks / "solutions" / "a1_masks.ipynb", sandbox)
+    results = gradescope(report)
+    assert results["score"] == 11 and sum(t["max_score"] for t in results["tests"]) == 11
+    assert {t["visibility"] for t in results["tests"]} == {"visible", "after_published"}
+    assert all(set(t) == {"name", "score", "max_score", "output", "visibility"} for t in results["tests"])
+    assert "a1.scope (3 points) is graded by hand" in results["output"]
+
+
+def test_make_gradescope_builds_the_autograder_bundle(tmp_path):
+    import zipfile
+
+    from lessons.grading.gradescope_bundle import bundle
+
+    path = bundle("a1_masks", tmp_path)
+    with zipfile.ZipFile(path) as z:
+        names = set(z.namelist())
+        run = z.read("run_autograder").decode()
+    assert {"setup.sh", "run_autograder", "lab/lessons/assignments/a1_masks.py", "lab/pyproject.toml"} <= names
+    assert "--assignment a1_masks" in run and "--gradescope /autograder/results/results.json" in run
+    assert "lessons.grading.gradescope_bundle $(ASSIGNMENT)" in (ROOT / "Makefile").read_text()
 
 
 def test_without_bubblewrap_the_grader_refuses_unless_trusted(notebooks, tmp_path):
@@ -320,10 +419,12 @@ def test_a_submission_that_breaks_the_grader_costs_its_own_row_and_rows_are_writ
     for name in ("alice", "bob", "carol", "dave"):
         shutil.copy(notebooks / "a1_masks.ipynb", folder / f"{name}.ipynb")
     csv_path = tmp_path / "grades.csv"
+    csv_path.write_text("submission,assignment,total,max,a1.scope,student,notes\n")  # a gradebook from before
+    partial = tmp_path / "grades.csv.partial"
     seen = []
 
-    def fake_grade(path, *, assignment, limits, sandbox):
-        seen.append(csv_path.read_text().count("\n"))  # rows on disk before this submission is graded
+    def fake_grade(path, **kw):
+        seen.append(partial.read_text().count("\n"))  # rows on disk before this submission is graded
         if path.stem == "bob":
             raise RecursionError("the grader itself broke")
         if path.stem == "dave":
@@ -333,9 +434,10 @@ def test_a_submission_that_breaks_the_grader_costs_its_own_row_and_rows_are_writ
     monkeypatch.setattr(grade_cli, "grade_notebook", fake_grade)
     with pytest.raises(KeyboardInterrupt):
         grade_cli.main([str(folder), "--csv", str(csv_path), "--trusted"])
-    rows = csv_path.read_text().splitlines()
+    rows = partial.read_text().splitlines()
     assert seen == [1, 2, 3, 4]
-    assert [r.split(",")[:3] for r in rows[1:]] == [[str(folder / "alice.ipynb"), "a1_masks", "1"],
-                                                    [str(folder / "bob.ipynb"), "?", "0"],
-                                                    [str(folder / "carol.ipynb"), "a1_masks", "1"]]
+    assert [r.split(",")[:2] for r in rows[1:]] == [[str(folder / "alice.ipynb"), "a1_masks"],
+                                                    [str(folder / "bob.ipynb"), "?"],
+                                                    [str(folder / "carol.ipynb"), "a1_masks"]]
     assert "grader error: RecursionError: the grader itself broke" in rows[2]
+    assert csv_path.read_text() == "submission,assignment,total,max,a1.scope,student,notes\n"  # kept until done

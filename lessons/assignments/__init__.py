@@ -1,7 +1,6 @@
-"""Graded assignments drawn from the lessons.
+"""Graded assignments drawn from the lessons: one source file each (``a<N>_<name>.py``).
 
-Sources (instructor versions, jupytext percent format): ``a1_masks.py``,
-``a2_masked_adamw.py``, ``a3_updates.py``, ``a4_principal_weights.py``. ``build`` writes the
-student notebooks, ``checks`` holds the visible checks (ARENA style) and the questions,
-``hidden`` the hidden checks, ``sandbox`` the process a submission runs in while graded.
+``spec`` reads a source (its format is documented there), ``build`` writes the instructor's
+notebooks and the students' handout, ``sandbox`` is the process a submission runs in while
+graded. The instructor's guide is ``docs/instructors.md``.
 """

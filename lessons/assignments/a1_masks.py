@@ -10,8 +10,9 @@
 #     name: python3
 # ---
 
-# %% [markdown]
+# %% [markdown] lesson=3 minutes=45
 # # Assignment 1: Choosing the weights with a budget
+# **{{points}}**, about 45 minutes.
 #
 # Sparse fine-tuning trains only a chosen subset of a model's entries. Choosing them takes
 # two steps (lesson 3): a **criterion** gives every entry a score, and a **selection policy**
@@ -23,26 +24,24 @@
 #   the parameter's shape, True = trainable. It covers *every* parameter;
 # - only weight matrices (parameters with 2 or more dimensions) are eligible: biases come
 #   back all False;
-# - the budget is `k = max(1, round(density * n))` entries, with Python's `round`;
+# - the budget is `k = max(1, round(density * n))` entries, with Python's `round`, not `int`;
 #   `scope="global"` counts `n` over all weight entries at once, `scope="per_tensor"` gives
 #   every weight matrix its own budget;
 # - ties go to the earlier entry (flattened order, tensors in model order): sort the scores
 #   with `torch.sort(..., descending=True, stable=True)`.
 #
-# **Grading.** `python -m lessons.grade` runs your notebook in a sandbox and grades the
-# functions `magnitude_mask` (8 points) and `random_mask` (3 points) on visible and hidden
-# cases. Your graded functions may use **torch only**: the lab's packages (`sparsity`,
-# `toys`, `lessons`) are not available while grading, and importing them in an answer cell
-# scores that question 0. Keep everything a function needs inside its answer cells.
+# **Grading.** Your graded functions may use **torch only** (the lab's packages are not
+# there while grading); keep everything a function needs inside its answer cells. The check
+# cells run the visible cases; hidden cases (other shapes, ties, tiny budgets) are graded later.
 
 # %%
 import torch
 from torch import nn
 
-# %%
-# Lab helpers for trying things out and for the visible checks (not used when grading).
-from lessons.assignments.checks import check_magnitude_mask, check_random_mask
-from toys.teacher_student import make_mlp
+# %% tags=["checks"]
+from checking import check, load_cases
+
+CASES = load_cases("a1_masks_cases.pt")
 
 # %% [markdown]
 # ## The selection policy: top-k with a budget (a helper, not graded on its own)
@@ -80,11 +79,11 @@ def top_k_mask(model: nn.Module, scores: dict[str, torch.Tensor], density: float
 
 
 # %% [markdown]
-# ## Q1 `magnitude_mask` (8 points)
+# ## Q1 `magnitude_mask` ({{points:magnitude_mask}})
 # Score each weight entry by `|w|` and keep the top share. (Han et al. 2015 prune the
 # *smallest*; a magnitude selector trains the *largest*.)
 
-# %%
+# %% question="magnitude_mask"
 def magnitude_mask(model: nn.Module, density: float, scope: str = "global") -> dict[str, torch.Tensor]:
     """The largest-|w| entries of the weight matrices, ``density`` of them, globally or per tensor."""
     ### BEGIN SOLUTION
@@ -93,22 +92,15 @@ def magnitude_mask(model: nn.Module, density: float, scope: str = "global") -> d
     ### END SOLUTION
 
 
-# %%
-check_magnitude_mask(magnitude_mask)
-
-# %%
-### BEGIN HIDDEN TESTS
-from lessons.assignments.hidden import run_checks
-
-run_checks("a1.magnitude_mask", magnitude_mask)
-### END HIDDEN TESTS
+# %% tags=["checks"]
+check(magnitude_mask, CASES["magnitude_mask"], name="magnitude_mask")
 
 # %% [markdown]
-# ## Q2 `random_mask` (3 points)
+# ## Q2 `random_mask` ({{points:random_mask}})
 # Random scores, reproducible from `seed`: one `torch.Generator().manual_seed(seed)`, then
 # `torch.rand(w.shape, generator=gen)` for each weight matrix in model order.
 
-# %%
+# %% question="random_mask"
 def random_mask(model: nn.Module, density: float, seed: int = 0, scope: str = "global") -> dict[str, torch.Tensor]:
     """A uniformly random ``density`` share of the weight entries, reproducible from ``seed``."""
     ### BEGIN SOLUTION
@@ -118,39 +110,90 @@ def random_mask(model: nn.Module, density: float, seed: int = 0, scope: str = "g
     ### END SOLUTION
 
 
-# %%
-check_random_mask(random_mask)
-
-# %%
-### BEGIN HIDDEN TESTS
-run_checks("a1.random_mask", random_mask)
-### END HIDDEN TESTS
+# %% tags=["checks"]
+check(random_mask, CASES["random_mask"], name="random_mask")
 
 # %% [markdown]
 # ## Explore: where does a global budget go?
 # A bottleneck MLP (100-20-20-100, lesson 1's shape) has two big matrices and a small one.
-# Compare how many entries each weight matrix gets under the two scopes.
+# Compare how many entries each weight matrix gets under the two scopes (this cell uses the lab).
 
-# %%
+# %% tags=["explore"]
+from toys.teacher_student import make_mlp
+
 model = make_mlp((100, 20, 20, 100), "relu", seed=0)
 for scope in ("global", "per_tensor"):
     mask = magnitude_mask(model, 0.05, scope=scope)
     counts = {n: int(m.sum()) for n, m in mask.items() if m.ndim >= 2}
     print(f"{scope:>10}: " + ", ".join(f"{n} {c}" for n, c in counts.items()))
 
-# %% [markdown]
-# ## Question (graded by hand, 0 automatic points)
-# Global vs per-tensor budgets: which tensors gain entries under a global magnitude budget,
-# and why could that be a bad choice for fine-tuning? (Think of lesson 1: which layer
-# *needed* to change, and how its weights are scaled.)
+# %% [markdown] hand_graded="a1.scope" points=3
+# ## Q3 Global vs per-tensor budgets ({{points:a1.scope}}, graded by hand)
+# Run the cell above. Which weight matrices gain entries under a global magnitude budget and
+# which lose them, and why (think of how the lab initialises each layer)? In lesson 1 the
+# task needed W2 to change: does the global budget serve that task well here? Use the counts.
 
 # %% [markdown]
 # ### BEGIN SOLUTION
-# Under a global budget, tensors whose entries are large in absolute terms win: with the
-# lab's LeCun initialisation that is the matrices with the smallest fan-in (here W2 with
-# fan-in 20 has entries ~sqrt(5)x larger than W1's), and in real networks any tensor with a
-# larger scale (e.g. output projections). The budget follows the scale of the weights, not
-# the need for change: a layer with small weights may get almost nothing even if it is the
-# one the task needs (lesson 1). Per-tensor budgets guarantee every layer some capacity, at
-# the price of spending entries on layers that need none.
+# Measured on lesson 1's 100-20-20-100 MLP at density 0.05: global magnitude gives fc1 3,
+# fc2 36, fc3 181 entries; per-tensor gives 100, 20, 100. With LeCun initialisation an entry's
+# scale is 1/sqrt(fan-in): fc2 and fc3 (fan-in 20) have entries about sqrt(5) = 2.2x larger than
+# fc1's (fan-in 100), so they win the global contest and fc1 is nearly starved. The budget follows
+# the weights' scale, not the need for change: W2, the layer the task needs, does gain (36 vs 20),
+# but fc3, which needs no change, takes 181 of the 220 entries, and fc1 gets almost nothing.
+# Per-tensor budgets give every layer a share, at the price of spending entries where none are
+# needed. Full marks: the counts, the fan-in explanation, and that W2 gains but most of the
+# budget goes to fc3 (an answer claiming W2 is starved contradicts the measurement).
 # ### END SOLUTION
+
+# %% tags=["grading"]
+from lessons.checking import Case
+from toys.teacher_student import make_mlp
+
+
+def mask_cases(widths, densities, scopes, model_seed=0, **extra):
+    """A case per (density, scope) on a fresh MLP; ``extra`` (e.g. ``seed``) goes to the function."""
+    tag = "".join(f", {k}={v}" for k, v in extra.items())
+    return [Case(f"widths={widths}, density={d}, scope={s}{tag}", (make_mlp(widths, "relu", model_seed), d),
+                 {"scope": s, **extra}) for d in densities for s in scopes]
+
+
+def visible_cases():
+    return {
+        "magnitude_mask": [
+            *mask_cases((6, 7, 5), (0.3,), ("global", "per_tensor")),
+            Case("the budget is round(0.45 * 77) = 35, not int(34.65) = 34: use round()",
+                 (make_mlp((6, 7, 5), "relu", 0), 0.45), {"scope": "global"}),
+            Case("per tensor: round(0.45 * 42) = 19 and round(0.45 * 35) = 16, not int(): use round()",
+                 (make_mlp((6, 7, 5), "relu", 0), 0.45), {"scope": "per_tensor"}),
+        ],
+        "random_mask": mask_cases((6, 7, 5), (0.25,), ("global",), seed=0),
+    }
+
+
+### BEGIN HIDDEN TESTS
+def tie_model():
+    model = make_mlp((4, 4, 2), "relu", 0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim == 2:
+                p.copy_((torch.arange(p.numel()) % 5 - 2).float().view(p.shape))
+    return model
+
+
+def hidden_cases():
+    return {
+        "magnitude_mask": [
+            *mask_cases((9, 5, 7), (0.17,), ("global",), model_seed=100),
+            *mask_cases((4, 11, 3), (0.62,), ("per_tensor",), model_seed=101),
+            Case("integer weights with ties go to the earlier entry, density=0.5, global", (tie_model(), 0.5),
+                 {"scope": "global"}),
+            Case("a tiny budget still selects max(1, round(0.001 * 35)) = 1 entry per tensor",
+                 (make_mlp((5, 7), "relu", 4), 0.001), {"scope": "per_tensor"}),
+        ],
+        "random_mask": [
+            *mask_cases((10, 10), (0.093,), ("global",), model_seed=102, seed=11),
+            *mask_cases((3, 8, 8, 2), (0.35,), ("per_tensor",), model_seed=103, seed=12),
+        ],
+    }
+### END HIDDEN TESTS

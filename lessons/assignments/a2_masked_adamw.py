@@ -10,8 +10,9 @@
 #     name: python3
 # ---
 
-# %% [markdown]
+# %% [markdown] lesson=3 minutes=40
 # # Assignment 2: The masked AdamW step
+# **{{points}}**, about 40 minutes.
 #
 # To fine-tune a subnetwork, the entries outside the mask must **never move**. The naive
 # way, zeroing their gradients, is wrong with AdamW: decoupled weight decay shrinks every
@@ -19,7 +20,7 @@
 # (`sparsity/optim.py`) computes the usual update and writes it back only where the mask
 # is True, so a frozen entry keeps its exact bits for any number of steps.
 #
-# **Your task** (7 points): one AdamW step for one tensor, with a mask.
+# **Your task** ({{points:masked_adamw_step}}): one AdamW step for one tensor, with a mask.
 #
 # `masked_adamw_step(param, grad, mask, state, lr, betas, eps, weight_decay)` returns the
 # new value of `param` (do not modify `param` in place). `state` is a dict you own: empty
@@ -42,14 +43,15 @@ import math
 
 import torch
 
-# %%
-# Lab helpers for trying things out and for the visible checks (not used when grading).
-from lessons.assignments.checks import check_masked_adamw_step
+# %% tags=["checks"]
+from checking import check, load_cases, with_mode
+
+CASES = load_cases("a2_masked_adamw_cases.pt")
 
 # %% [markdown]
-# ## Q1 `masked_adamw_step` (7 points)
+# ## Q1 `masked_adamw_step` ({{points:masked_adamw_step}})
 
-# %%
+# %% question="masked_adamw_step" mode="steps"
 def masked_adamw_step(
     param: torch.Tensor,
     grad: torch.Tensor,
@@ -80,22 +82,16 @@ def masked_adamw_step(
     ### END SOLUTION
 
 
-# %%
-check_masked_adamw_step(masked_adamw_step)
-
-# %%
-### BEGIN HIDDEN TESTS
-from lessons.assignments.hidden import run_checks
-
-run_checks("a2.masked_adamw_step", masked_adamw_step)
-### END HIDDEN TESTS
+# %% tags=["checks"]
+# with_mode(fn, "steps") runs your step over each case's list of gradients, one state dict throughout.
+check(with_mode(masked_adamw_step, "steps"), CASES["masked_adamw_step"], name="masked_adamw_step")
 
 # %% [markdown]
 # ## Explore: the naive version drifts
 # Zero the gradient of the frozen entries and run plain `torch.optim.AdamW`: how far do
 # the frozen entries move in 200 steps, with and without weight decay?
 
-# %%
+# %% tags=["explore"]
 gen = torch.Generator().manual_seed(0)
 start = torch.randn(50, 50, generator=gen)
 keep = torch.rand(50, 50, generator=gen) < 0.05
@@ -112,8 +108,8 @@ for wd in (0.0, 0.1):
     exact = torch.equal(mine[~keep], start[~keep])
     print(f"weight_decay={wd}: naive frozen entries moved up to {drift:.4f}; yours unchanged bit for bit: {exact}")
 
-# %% [markdown]
-# ## Question (graded by hand, 0 automatic points)
+# %% [markdown] hand_graded="a2.why" points=3
+# ## Q2 Why a mask, not zero gradients ({{points:a2.why}}, graded by hand)
 # Why is zeroing the gradient of the frozen entries not enough with AdamW? Would it be
 # enough for SGD with momentum and no weight decay, if the mask never changes? What if the
 # mask changes during training (as in RigL or LIFT's reselection)?
@@ -129,3 +125,50 @@ for wd in (0.0, 0.1):
 # its frozen period and keeps moving; the write-back through the mask prevents that, and
 # reselection should also reset or mask the state.
 # ### END SOLUTION
+
+# %% tags=["grading"]
+from lessons.checking import Case, same
+
+
+def adamw_case(name, shape, steps, density, seed, points=1, compare=None, group="", **hyper):
+    gen = torch.Generator().manual_seed(seed)
+    param = torch.randn(shape, generator=gen)
+    grads = [torch.randn(shape, generator=gen) for _ in range(steps)]
+    mask = torch.rand(shape, generator=gen) < density
+    return Case(name, (param, grads, mask), dict(hyper), compare=compare(param, mask) if compare else None,
+                points=points, group=group)
+
+
+def visible_cases():
+    return {"masked_adamw_step": [
+        adamw_case("6x5, 1 step, full mask, weight_decay=0.01: plain torch.optim.AdamW", (6, 5), 1, 1.01, 0,
+                   lr=1e-2, weight_decay=0.01),
+        adamw_case("6x5, 5 steps, density 0.4, weight_decay=0", (6, 5), 5, 0.4, 1, lr=1e-2, weight_decay=0.0),
+        adamw_case("6x5, 5 steps, density 0.4, weight_decay=0.1: weight decay must not touch frozen entries",
+                   (6, 5), 5, 0.4, 2, points=2, lr=1e-2, weight_decay=0.1),
+    ]}
+
+
+### BEGIN HIDDEN TESTS
+def frozen_bit_identical(param, mask):
+    """A value check paired with the property: frozen entries keep their exact bits."""
+    def compare(expected, got):
+        problem = same(expected, got)
+        if problem is None and not torch.equal(got[~mask], param[~mask]):
+            return "frozen entries changed in their last bits: return param itself where the mask is False"
+        return problem
+    return compare
+
+
+def hidden_cases():
+    return {"masked_adamw_step": [
+        adamw_case("7x3, 10 steps, density 0.3, lr=3e-2, weight_decay=0.2, betas=(0.8, 0.99)", (7, 3), 10, 0.3, 11,
+                   compare=frozen_bit_identical, lr=3e-2, weight_decay=0.2, betas=(0.8, 0.99)),
+        adamw_case("2x9, 10 steps, density 0.7, lr=1e-3, eps=1e-6, weight_decay=0.01", (2, 9), 10, 0.7, 12,
+                   compare=frozen_bit_identical, lr=1e-3, eps=1e-6, weight_decay=0.01),
+        adamw_case("5x4, 3 steps, all-False mask, weight_decay=0.05: nothing moves", (5, 4), 3, 0.0, 13,
+                   compare=frozen_bit_identical, group="all frozen", lr=1e-2, weight_decay=0.05),
+        adamw_case("5x4, 3 steps, density 0.5, weight_decay=0.05 (with the all-False case)", (5, 4), 3, 0.5, 14,
+                   compare=frozen_bit_identical, group="all frozen", points=0, lr=1e-2, weight_decay=0.05),
+    ]}
+### END HIDDEN TESTS

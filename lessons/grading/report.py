@@ -1,5 +1,6 @@
 """What a grade says: the results of every check, question and open question of a submission,
-as text for the student and as one CSV row per submission for the teacher.
+as text for the student, as a gradebook row for the teacher (``gradebook``) and as
+Gradescope's ``results.json`` (``gradescope``).
 
 Text that came from a submission (error messages, refusals, answers, file names) is
 collapsed to one line and truncated wherever it is shown, so it cannot pose as a line of
@@ -8,10 +9,7 @@ the report (a fake "PASS" or "total").
 
 from __future__ import annotations
 
-import csv
-import io
 from dataclasses import dataclass, field
-from typing import TextIO
 
 
 def one_line(text: object, limit: int = 300) -> str:
@@ -51,7 +49,8 @@ class HandGradedResult:
     id: str
     prompt: str
     answer: str
-    note: str = "graded by hand (0 automatic points)"
+    points: int = 0
+    note: str = "graded by hand"
 
 
 @dataclass
@@ -78,7 +77,7 @@ def format_report(report: Report) -> str:
             detail = f": {one_line(c.message)}" if c.message else ""
             lines.append(f"  {mark} {c.earned}/{c.points}{tag} {c.title}{detail}")
     for hg in report.hand_graded:
-        lines.append(f"{hg.id}: {hg.note}: {hg.prompt}")
+        lines.append(f"{hg.id}: {hg.note} ({hg.points} points): {one_line(hg.prompt, 200)}")
         lines.append(f"  answer: {one_line(hg.answer, 200) if hg.answer.strip() else '(no answer)'}")
     for note in report.notes:
         lines.append(f"note: {one_line(note)}")
@@ -86,27 +85,3 @@ def format_report(report: Report) -> str:
     return "\n".join(lines)
 
 
-class CsvWriter:
-    """One CSV row per submission, written and flushed as soon as it is graded, so a grader that
-    dies (or is stopped) keeps every row before it. The columns (question ids) are fixed up front."""
-
-    def __init__(self, stream: TextIO, question_ids: list[str]) -> None:
-        self.stream, self.qids = stream, sorted(question_ids)
-        self.writer = csv.writer(stream)
-        self.writer.writerow(["submission", "assignment", "total", "max", *self.qids, "notes"])
-        stream.flush()
-
-    def write(self, r: Report) -> None:
-        by_id = {q.id: q.earned for q in r.questions}
-        self.writer.writerow([one_line(r.submission), one_line(r.assignment, 40), r.earned, r.points,
-                              *[by_id.get(q, "") for q in self.qids], one_line(" | ".join(r.notes[:3]))])
-        self.stream.flush()
-
-
-def to_csv(reports: list[Report]) -> str:
-    """One row per submission: total, maximum, then the points of every question."""
-    buf = io.StringIO()
-    writer = CsvWriter(buf, list({q.id for r in reports for q in r.questions}))
-    for r in reports:
-        writer.write(r)
-    return buf.getvalue()

@@ -43,7 +43,7 @@ from typing import Any
 
 import torch
 
-from lessons.assignments.checks import Question
+from lessons.assignments.spec import Question
 from lessons.grading.wire import WireError, decode, parse_event
 
 REPO = Path(__file__).resolve().parents[2]

@@ -1,5 +1,6 @@
-"""Reading a submission: the notebook's code cells (hidden tests and magics removed), which
-assignment it is, and the answers to the open questions.
+"""Reading a submission: the notebook's code cells (hidden tests, magics and the template's
+check, explore and grading cells removed), which assignment it is, and the answers to the
+open questions.
 
 The grader reads the notebook as data and never executes it here; the code cells go to
 the sandbox (``lessons.grading.runner``).
@@ -11,8 +12,8 @@ import json
 import re
 from pathlib import Path
 
-from lessons.assignments.build import MARKDOWN_STUB, strip_hidden_tests
-from lessons.assignments.checks import ASSIGNMENTS, Assignment
+from lessons.assignments.build import MARKDOWN_STUB
+from lessons.assignments.spec import HIDDEN_TESTS, NOT_GRADED, Assignment, remove_region, sources
 from lessons.grading.report import HandGradedResult
 
 
@@ -30,18 +31,20 @@ def _text(cell: object) -> str:
     return "".join(map(str, source)) if isinstance(source, list) else str(source)
 
 
-def identify(nb: dict, path: Path, forced: str | None) -> str:
-    """Which assignment a notebook is: ``forced``, else its metadata, else its file name."""
+def identify(nb: dict, path: Path, forced: str | None, folder: Path | None = None) -> str:
+    """Which assignment a notebook is: ``forced``, else its metadata, else its file name
+    (among the sources in ``folder``, by default the lab's own)."""
+    known_names = [p.stem for p in (sources(folder) if folder else sources())]
     if forced:
         return forced
     meta = nb.get("metadata", {}).get("subnet_lab", {})
     name = meta.get("assignment") if isinstance(meta, dict) else None
-    if name in ASSIGNMENTS:
+    if name in known_names:
         return name
-    for known in ASSIGNMENTS:
+    for known in known_names:
         if known in path.name or path.name.startswith(known.split("_")[0] + "_"):
             return known
-    raise ValueError(f"cannot tell which assignment this is (known: {sorted(ASSIGNMENTS)}); pass --assignment")
+    raise ValueError(f"cannot tell which assignment this is (known: {known_names}); pass --assignment")
 
 
 def _without_magics(source: str) -> str:
@@ -50,25 +53,37 @@ def _without_magics(source: str) -> str:
                      if line.lstrip().startswith(("%", "!")) else line for line in source.split("\n"))
 
 
+def _tags(cell: object) -> set[str]:
+    meta = cell.get("metadata") if isinstance(cell, dict) else None
+    tags = meta.get("tags") if isinstance(meta, dict) else None
+    return {t for t in tags if isinstance(t, str)} if isinstance(tags, list) else set()
+
+
+def _hidden_removed(source: str) -> str:
+    try:
+        return remove_region(source, HIDDEN_TESTS, None)
+    except ValueError:  # an unclosed region: drop everything after its opening marker
+        return source.split(HIDDEN_TESTS[0])[0]
+
+
 def code_cells(nb: dict) -> list[tuple[int, str]]:
-    """(index, source) of every code cell, hidden tests removed."""
-    return [(i, _without_magics(strip_hidden_tests(_text(c)))) for i, c in enumerate(nb["cells"])
-            if isinstance(c, dict) and c.get("cell_type") == "code"]
+    """(index, source) of every code cell the grader runs: not the template's visible checks,
+    lab experiments or case definitions (``spec.NOT_GRADED`` tags), hidden tests removed."""
+    return [(i, _without_magics(_hidden_removed(_text(c)))) for i, c in enumerate(nb["cells"])
+            if isinstance(c, dict) and c.get("cell_type") == "code" and not _tags(c) & NOT_GRADED]
 
 
 def hand_graded_answers(nb: dict, spec: Assignment) -> list[HandGradedResult]:
-    """The markdown answer cells (tagged by the generator), in order, paired with the open questions."""
-    def is_answer(cell: object) -> bool:
+    """The markdown answer cells (tagged by the build with nbgrader's ``grade_id``), by open question."""
+    answers: dict[str, str] = {}
+    for cell in nb["cells"]:
         meta = cell.get("metadata") if isinstance(cell, dict) else None
-        tags = meta.get("tags") if isinstance(meta, dict) else None
-        return isinstance(tags, list) and "answer" in tags and cell.get("cell_type") == "markdown"
-
-    answers = [_text(c) for c in nb["cells"] if is_answer(c)]
-    results = []
-    for i, hg in enumerate(spec.hand_graded):
-        answer = answers[i].strip() if i < len(answers) else ""
-        results.append(HandGradedResult(hg.id, hg.prompt, "" if answer == MARKDOWN_STUB else answer))
-    return results
+        grade_id = meta.get("nbgrader", {}).get("grade_id") if isinstance(meta, dict) and isinstance(
+            meta.get("nbgrader"), dict) else None
+        if "answer" in _tags(cell) and cell.get("cell_type") == "markdown" and isinstance(grade_id, str):
+            answers.setdefault(grade_id, _text(cell).strip())
+    return [HandGradedResult(hg.id, hg.prompt, "" if answers.get(hg.id, "") == MARKDOWN_STUB else answers.get(hg.id, ""),
+                             hg.points) for hg in spec.hand_graded]
 
 
 def defines(source: str, function: str) -> bool:

@@ -5,12 +5,12 @@ def which_layer_needs_finetuning(model, reference):
     found = False
     try:  # a relative path after chdir, then a dir_fd-relative open
         os.chdir("{REPO}/lessons")
-        found = "HIDDEN" in open("assignments/hidden.py").read()
+        found = "BEGIN HIDDEN TESTS" in open("assignments/a3_updates.py").read()
     except OSError:
         pass
     try:
         folder = os.open("{REPO}/lessons/assignments", os.O_RDONLY)
-        found = found or os.read(os.open("hidden.py", os.O_RDONLY, dir_fd=folder), 100) != b""
+        found = found or os.read(os.open("a3_updates.py", os.O_RDONLY, dir_fd=folder), 100) != b""
     except OSError:
         pass
     if not found:
