@@ -18,7 +18,7 @@ and it trusts nothing the child says about where it is:
 - The grader checks its clock before every line, and caps what a child may send (bytes and
   lines per job), so a flood of well-formed lines cannot stop its clock: each line costs
   constant work (units are indexed by position and id).
-- Every text the child sends is made printable here (``printable``) before anything else
+- Every text the child sends is made printable here (``wire.printable``) before anything else
   sees it, so no control character (a terminal escape, a carriage return) reaches a report.
 """
 
@@ -33,16 +33,15 @@ import struct
 import subprocess
 import threading
 import time
-import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
 from lessons.assignments.checks import Question
 from lessons.grading import seccomp
 from lessons.grading.bubblewrap import IsolationUnavailable, Sandbox, kill
-from lessons.grading.wire import WireError, decode, parse_event
+from lessons.grading.wire import WireError, decode, parse_event, printable
 
-__all__ = ["IsolationUnavailable", "Limits", "Sandbox", "SandboxRun", "printable", "run_submission"]
+__all__ = ["IsolationUnavailable", "Limits", "Sandbox", "SandboxRun", "run_submission"]
 
 MAX_DENIALS = 50
 """Refusals kept per submission (a loop of refused calls would otherwise fill the report)."""
@@ -77,14 +76,6 @@ class SandboxRun:
     cell_errors: dict[int, str] = field(default_factory=dict)
     skipped_cells: dict[int, str] = field(default_factory=dict)
     denials: list[tuple[str, str]] = field(default_factory=list)  # (unit, what)
-
-
-def printable(value: Any, limit: int = 300) -> str:
-    """Text from the child as one printable line: whitespace runs become one space, every other
-    control or format character (ESC, CR, BiDi overrides...) its ``\\x..`` escape; cut to ``limit``."""
-    text = " ".join(str(value).split())
-    text = "".join(c if unicodedata.category(c)[0] != "C" else c.encode("unicode_escape").decode() for c in text)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _decode_outputs(cases: Any, keys: set[str]) -> dict[str, dict]:
