@@ -170,8 +170,9 @@ def test_a_child_that_attacks_the_grader_costs_only_its_own_question(folder_run)
     reports, *_ = folder_run
     report = reports["c06_crash_the_grader"]
     assert _points(report)["a4.low_rank_approximation"] == 4  # the forged earlier outputs were ignored
-    note = next(q["note"] for q in report["questions"] if q["id"] == "a4.mask_overlap")
-    assert "resource.prlimit" in note or "os.kill" in note
+    overlap = next(q for q in report["questions"] if q["id"] == "a4.mask_overlap")
+    # its forged, malformed outputs ended its question (the kills and limits that follow reach no one)
+    assert overlap["earned"] == 0 and overlap["note"].startswith("0 points: ")
 
 
 def test_a_structure_that_shares_itself_is_refused_in_the_child(folder_run):
