@@ -163,7 +163,8 @@ def _watch(proc: subprocess.Popen, fd: int, job: _Job, limits: Limits, run: Sand
 
     The clock is checked before each line, and the child may send at most ``output_mb`` and
     four lines per unit (plus ``extra_lines``), so no amount of input stops the clock."""
-    pending, total, lines_left = b"", 0, 4 * len(job.units) + limits.extra_lines
+    pending: list[bytes] = []  # the unfinished line, in pieces (joined once, when it ends)
+    total, lines_left = 0, 4 * len(job.units) + limits.extra_lines
     cap = limits.output_mb << 20
 
     def where() -> str:
@@ -178,13 +179,17 @@ def _watch(proc: subprocess.Popen, fd: int, job: _Job, limits: Limits, run: Sand
             if proc.poll() is None:
                 continue
             ready, _, _ = select.select([fd], [], [], 0)  # it exited: read what it wrote before
-        chunk = os.read(fd, 1 << 16) if ready else b""
+        chunk = os.read(fd, 1 << 20) if ready else b""
         if not chunk:
             return where(), "the process exited (os._exit, a signal or a crash)"
         total += len(chunk)
         if total > cap:
             return where(), f"it sent more than {limits.output_mb} MB"
-        *lines, pending = (pending + chunk).split(b"\n")
+        if b"\n" not in chunk:
+            pending.append(chunk)
+            continue
+        first, *lines = chunk.split(b"\n")
+        lines[:0], pending = [b"".join([*pending, first])], [lines.pop()]
         for line in lines:
             reason = job.overdue()
             if reason:
