@@ -141,3 +141,17 @@ def probe():
     assert "bwrap --args" in got  # PID 1 was read
     for host_path in ("lessons/assignments", "lessons/grading", sandbox.root, "subnet-grade-"):
         assert host_path not in got, host_path
+
+
+def test_without_what_the_sandbox_needs_the_grader_refuses_and_says_why(monkeypatch):
+    """Not root (no noexec scratch) or an architecture without a seccomp table: refused, --trusted named."""
+    from lessons.grading import bubblewrap, seccomp
+    from lessons.grade import IsolationUnavailable
+
+    monkeypatch.setattr(bubblewrap.os, "geteuid", lambda: 1000)
+    with pytest.raises(IsolationUnavailable, match="needs root.*--trusted"):
+        Sandbox()
+    monkeypatch.undo()
+    monkeypatch.setattr(seccomp.platform, "machine", lambda: "riscv64")
+    with pytest.raises(IsolationUnavailable, match="no seccomp filter for the riscv64 architecture.*--trusted"):
+        Sandbox()

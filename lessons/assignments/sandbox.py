@@ -2,20 +2,23 @@
 
 The grader (``lessons.grade``) never runs student code itself. For each grading job it starts
 this file as ``python -I sandbox.py FD``, normally inside a bubblewrap sandbox
-(``lessons/grading/runner.py``): its own user (nobody), PID, network, IPC and mount
-namespaces, a filesystem holding only the Python environment (read-only), this one file
-and a private, size-limited scratch ``/tmp``. The lab's code, its hidden tests, other
-submissions and build or temp folders are not there to be read.
+(``lessons/grading/bubblewrap.py``): its own user namespace (where it is nobody), PID,
+network, IPC and mount namespaces, a seccomp filter, a filesystem holding only the Python
+environment (read-only), this one file and a private, size-limited, noexec scratch ``/tmp``.
+The lab's code, its hidden tests, other submissions and build or temp folders are not there.
 
-The child reads the job (code cells, graded functions, their inputs) from stdin, drops to
-the unprivileged user when it was started as root, lowers its resource limits, installs a
-second line of defence (an audit hook, PEP 578, refusing the lab's modules, processes,
-signals, sockets, ctypes, tracing and the garbage collector's lists, with all of its state
-frozen in a closure at install time), then runs the cells and calls each function on each
-case. It writes JSON lines to file descriptor ``FD``: which cell or question runs, refusals,
-and each question's outputs (tensors as raw bytes in base64; no pickle). The grader treats
-every line as untrusted: it keeps its own clock, accepts a question's outputs only while
-that question runs, and validates their structure and size before comparing them.
+The child reads the grader's messages on stdin (length-prefixed pickles, from the grader it
+trusts): first the settings and the code cells. Before anything else it adds the grader's
+seccomp filter (no ``execve``: bubblewrap's own filter could not refuse it, it needs it to
+start this file), then lowers its resource limits and installs a second line of defence (an
+audit hook, PEP 578, refusing the lab's modules, processes, signals, sockets, ctypes, tracing
+and the garbage collector's lists, with all of its state frozen in a closure at install
+time), runs the cells and says "ready". Then it receives one question at a time, its inputs
+sent when its clock starts, and calls the function on each case. It writes JSON lines to
+file descriptor ``FD``: which cell runs, refusals, and each question's outputs (tensors as
+raw bytes in base64; no pickle). The grader treats every line as untrusted: it keeps its own
+clock, lets an event advance it only to the next unit, and validates every output's
+structure and size before comparing it.
 
 ``run_case`` and ``sanitize`` are also what the visible checks use in a notebook, so a
 student's function is called the same way in both places. This module imports only the
