@@ -18,6 +18,10 @@ REASON = bubblewrap_missing()
 pytestmark = pytest.mark.skipif(bool(REASON), reason=f"needs a working bubblewrap: {REASON}")
 
 TRY = '''
+import ctypes, os
+def syscall(nr, *args):
+    if ctypes.CDLL(None, use_errno=True).syscall(nr, *args) < 0:
+        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
 def attempt(what, fn):
     try:
         fn()
@@ -67,17 +71,13 @@ def probe():
 def test_the_kernel_keyring_is_out_of_reach(sandbox):
     """A key added by one submission was read by the next (the child was the host's nobody, no user namespace)."""
     source = TRY + '''
-import ctypes, os, platform
+import platform
 NR = {"x86_64": (248, 249, 250), "aarch64": (217, 218, 219)}[platform.machine()]
 def probe():
-    libc = ctypes.CDLL(None, use_errno=True)
-    def call(nr, *args):
-        if libc.syscall(nr, *args) < 0:
-            raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
     return "; ".join([
-        attempt("add_key", lambda: call(NR[0], b"user", b"subnet-attack", b"answers", 7, -4)),
-        attempt("request_key", lambda: call(NR[1], b"user", b"subnet-attack", None, 0)),
-        attempt("keyctl", lambda: call(NR[2], 0, -4, 0)),
+        attempt("add_key", lambda: syscall(NR[0], b"user", b"subnet-attack", b"answers", 7, -4)),
+        attempt("request_key", lambda: syscall(NR[1], b"user", b"subnet-attack", None, 0)),
+        attempt("keyctl", lambda: syscall(NR[2], 0, -4, 0)),
     ])
 '''
     got = probe(sandbox, source)
@@ -86,17 +86,13 @@ def probe():
 
 def test_no_namespace_can_be_made_or_joined_inside(sandbox):
     source = TRY + """
-import ctypes, os, platform
+import platform
 UNSHARE, SETNS = {"x86_64": (272, 308), "aarch64": (97, 268)}[platform.machine()]
 def probe():
-    libc = ctypes.CDLL(None, use_errno=True)
-    def call(nr, *args):
-        if libc.syscall(nr, *args) < 0:
-            raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
     return "; ".join([
-        attempt("unshare user", lambda: call(UNSHARE, 0x10000000)),
-        attempt("unshare mount", lambda: call(UNSHARE, 0x00020000)),
-        attempt("setns", lambda: call(SETNS, os.open("/proc/self/ns/net", os.O_RDONLY), 0)),
+        attempt("unshare user", lambda: syscall(UNSHARE, 0x10000000)),
+        attempt("unshare mount", lambda: syscall(UNSHARE, 0x00020000)),
+        attempt("setns", lambda: syscall(SETNS, os.open("/proc/self/ns/net", os.O_RDONLY), 0)),
     ])
 """
     got = probe(sandbox, source)
