@@ -101,7 +101,8 @@ def probe():
 
 def test_native_code_written_by_a_submission_cannot_be_loaded(sandbox):
     """An extension module copied to the scratch folder (as a compiled attack would be) loads through
-    the import machinery, no ctypes needed, unless the folder is noexec; memory files are refused."""
+    the import machinery, no ctypes needed, unless the folder is noexec; memory files are refused,
+    and the scratch folder is the only place the child can write."""
     dynload = sysconfig.get_config_var("DESTSHARED")
     name = next(f for f in sorted(os.listdir(dynload)) if f.startswith("_bisect.") and f.endswith(".so"))
     source = TRY + f'''
@@ -112,10 +113,19 @@ def probe():
     def load():
         spec = importlib.util.spec_from_file_location("_bisect", "/tmp/mine/{name}")
         spec.loader.exec_module(importlib.util.module_from_spec(spec))
-    return "; ".join([attempt("load from /tmp", load), attempt("memfd", lambda: os.memfd_create("code"))])
+    def can_create(folder):
+        try:
+            os.close(os.open(os.path.join(folder, ".probe"), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            os.remove(os.path.join(folder, ".probe"))
+            return True
+        except OSError:
+            return False
+    writable = sorted(top for top, _, _ in os.walk("/") if not top.startswith(("/proc", "/sys")) and can_create(top))
+    return "; ".join([attempt("load from /tmp", load), attempt("memfd", lambda: os.memfd_create("code")),
+                      "writable: " + " ".join(writable)])
 '''
     got = probe(sandbox, source)
-    assert got == "load from /tmp: ImportError ; memfd: PermissionError 1", got
+    assert got == "load from /tmp: ImportError ; memfd: PermissionError 1; writable: /tmp /tmp/mine", got
 
 
 def test_proc_shows_no_host_path_of_the_grader(sandbox, tmp_path):

@@ -11,7 +11,8 @@ empty root and ties the sandbox's life to the grader's (``--die-with-parent``). 
 - a seccomp filter (``lessons.grading.seccomp``): no new processes, programs, keyrings,
   namespaces, mounts or tracing; the child adds ``execve`` once it is running;
 - a filesystem of read-only binds (the system libraries and the Python environment, with the
-  lab's own folders covered by empty tmpfs) and one writable scratch ``/tmp``: a fresh tmpfs
+  lab's own folders covered by empty tmpfs) on a read-only root and ``/dev`` (both made by
+  bubblewrap as nobody, so otherwise writable), and one writable scratch ``/tmp``: a fresh tmpfs
   per job, of bounded size, mounted ``noexec`` so nothing written there can run or be loaded
   as native code (a shared object built by a submission cannot be mapped executable);
 - its options from an inherited file descriptor (``--args``) and an empty environment, so
@@ -88,7 +89,7 @@ def _under(path: str, root: str) -> bool:
 
 
 def bwrap_args(scratch: str | None, hide: tuple[str, ...] = (), scratch_mb: int = 64,
-               source: Callable[[str], str] = str) -> list[str]:
+               source: Callable[[str], str] = str, script_fd: int | None = None) -> list[str]:
     """bubblewrap's options: namespaces, identity, and the filesystem (the system libraries and the
     Python environment read-only, ``scratch`` bound as ``/tmp``, or a plain tmpfs of ``scratch_mb``
     when None); any of ``hide`` under a bound folder (the repository, the submissions, a copy of
@@ -96,7 +97,7 @@ def bwrap_args(scratch: str | None, hide: tuple[str, ...] = (), scratch_mb: int 
 
     ``source`` says where bubblewrap finds each folder it binds: the grader's views of them, so
     that bubblewrap, running as nobody, need not reach them where they are (a Python under
-    ``/root``). The child script is not among them: it comes as data (``--ro-bind-data``)."""
+    ``/root``). The child script is not among them: it comes as data, read from ``script_fd``."""
     args = ["--unshare-user", "--disable-userns", "--uid", str(NOBODY), "--gid", str(NOBODY), "--unshare-ipc",
             "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try", "--die-with-parent",
             "--new-session", "--cap-drop", "ALL"]
@@ -120,7 +121,11 @@ def bwrap_args(scratch: str | None, hide: tuple[str, ...] = (), scratch_mb: int 
     mounts = [(len(Path(r).parts), 0, r) for r in roots] + [(len(Path(h).parts), 1, h) for h in hidden]
     for _, kind, path in sorted(mounts):
         args += ["--ro-bind", source(path), path] if kind == 0 else ["--tmpfs", path]
-    args += ["--proc", "/proc", "--dev", "/dev", "--chdir", "/tmp", "--clearenv"]
+    if script_fd is not None:
+        args += ["--ro-bind-data", str(script_fd), INSIDE]
+    # the root and /dev are tmpfs that bubblewrap made as nobody, so nobody could write (and run) there
+    args += ["--proc", "/proc", "--dev", "/dev", "--remount-ro", "/dev", "--remount-ro", "/", "--chdir", "/tmp",
+             "--clearenv"]
     for key, value in ENV.items():
         args += ["--setenv", key, value]
     return args
@@ -220,7 +225,7 @@ class Sandbox:
             script_read, script_write = os.pipe()
             args_read, args_write = os.pipe()
             fds += [info_write, filter_read, script_read, args_read]
-            options = [*bwrap_args(scratch, self.hide, source=self._view), "--ro-bind-data", str(script_read), INSIDE,
+            options = [*bwrap_args(scratch, self.hide, source=self._view, script_fd=script_read),
                        "--info-fd", str(info_write), "--seccomp", str(filter_read)]
             _write_all(filter_write, seccomp.program(deny_exec=False))
             _write_all(script_write, SANDBOX.read_bytes())
