@@ -188,8 +188,8 @@ def _watch(proc: subprocess.Popen, fd: int, job: _Job, limits: Limits, run: Sand
         if b"\n" not in chunk:
             pending.append(chunk)
             continue
-        first, *lines = chunk.split(b"\n")
-        lines[:0], pending = [b"".join([*pending, first])], [lines.pop()]
+        first, *rest = chunk.split(b"\n")
+        lines, pending = [b"".join([*pending, first]), *rest[:-1]], [rest[-1]]
         for line in lines:
             reason = job.overdue()
             if reason:
