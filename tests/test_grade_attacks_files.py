@@ -66,8 +66,9 @@ def test_a_link_to_the_solution_and_a_fifo_are_reported_not_graded_or_waited_on(
     rows = (tmp_path / "grades.csv").read_text().splitlines()
     assert rows[0].startswith("submission,assignment,total,max,") and len(rows) == 4
     reports = result["reports"]
-    assert reports["bob.ipynb"]["earned"] == 0 and "a symbolic link, not a regular file" in reports["bob.ipynb"]["notes"][0]
-    assert reports["mallory.ipynb"]["earned"] == 0 and "a FIFO, not a regular file" in reports["mallory.ipynb"]["notes"][0]
+    bob, mallory = reports["bob.ipynb"], reports["mallory.ipynb"]
+    assert bob["earned"] == 0 and "a symbolic link, not a regular file" in bob["notes"][0]
+    assert mallory["earned"] == 0 and "a FIFO, not a regular file" in mallory["notes"][0]
     assert reports["alice.ipynb"]["assignment"] == "a1_masks" and reports["alice.ipynb"]["points"] == 11
 
 

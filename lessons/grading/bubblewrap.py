@@ -230,9 +230,10 @@ class Sandbox:
             _write_all(filter_write, seccomp.program(deny_exec=False))
             _write_all(script_write, SANDBOX.read_bytes())
             _write_all(args_write, b"".join(a.encode() + b"\0" for a in options))
-            proc = subprocess.Popen([self.bwrap, "--args", str(args_read), "--", *python, *script], stdin=subprocess.PIPE,
-                                    stdout=subprocess.DEVNULL, stderr=stderr, pass_fds=tuple(f for f in (fd, *fds) if f > 2),
-                                    cwd="/", env={"PATH": ENV["PATH"]}, start_new_session=True,
+            proc = subprocess.Popen([self.bwrap, "--args", str(args_read), "--", *python, *script],
+                                    stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=stderr,
+                                    pass_fds=tuple(f for f in (fd, *fds) if f > 2), cwd="/",
+                                    env={"PATH": ENV["PATH"]}, start_new_session=True,
                                     user=NOBODY, group=NOBODY, extra_groups=[])
         except BaseException:
             self.release(scratch)
