@@ -2,20 +2,23 @@
 
 The grader (``lessons.grade``) never runs student code itself. For each grading job it starts
 this file as ``python -I sandbox.py FD``, normally inside a bubblewrap sandbox
-(``lessons/grading/runner.py``): its own user (nobody), PID, network, IPC and mount
-namespaces, a filesystem holding only the Python environment (read-only), this one file
-and a private, size-limited scratch ``/tmp``. The lab's code, its hidden tests, other
-submissions and build or temp folders are not there to be read.
+(``lessons/grading/bubblewrap.py``): its own user namespace (where it is nobody), PID,
+network, IPC and mount namespaces, a seccomp filter, a filesystem holding only the Python
+environment (read-only), this one file and a private, size-limited, noexec scratch ``/tmp``.
+The lab's code, its hidden tests, other submissions and build or temp folders are not there.
 
-The child reads the job (code cells, graded functions, their inputs) from stdin, drops to
-the unprivileged user when it was started as root, lowers its resource limits, installs a
-second line of defence (an audit hook, PEP 578, refusing the lab's modules, processes,
-signals, sockets, ctypes, tracing and the garbage collector's lists, with all of its state
-frozen in a closure at install time), then runs the cells and calls each function on each
-case. It writes JSON lines to file descriptor ``FD``: which cell or question runs, refusals,
-and each question's outputs (tensors as raw bytes in base64; no pickle). The grader treats
-every line as untrusted: it keeps its own clock, accepts a question's outputs only while
-that question runs, and validates their structure and size before comparing them.
+The child reads the grader's messages on stdin (length-prefixed pickles, from the grader it
+trusts): first the settings and the code cells. Before anything else it adds the grader's
+seccomp filter (no ``execve``: bubblewrap's own filter could not refuse it, it needs it to
+start this file), then lowers its resource limits and installs a second line of defence (an
+audit hook, PEP 578, refusing the lab's modules, processes, signals, sockets, ctypes, tracing
+and the garbage collector's lists, with all of its state frozen in a closure at install
+time), runs the cells and says "ready". Then it receives one question at a time, its inputs
+sent when its clock starts, and calls the function on each case. It writes JSON lines to
+file descriptor ``FD``: which cell runs, refusals, and each question's outputs (tensors as
+raw bytes in base64; no pickle). The grader treats every line as untrusted: it keeps its own
+clock, lets an event advance it only to the next unit, and validates every output's
+structure and size before comparing it.
 
 ``run_case`` and ``sanitize`` are also what the visible checks use in a notebook, so a
 student's function is called the same way in both places. This module imports only the
@@ -29,7 +32,9 @@ import io
 import json
 import math
 import os
+import pickle
 import resource
+import struct
 import sys
 from typing import Any
 
@@ -182,25 +187,53 @@ def _install_hook(report: Any) -> None:
     sys.addaudithook(hook)
 
 
-def _drop_privileges(uid: int) -> None:
-    """Started as root (bubblewrap without a user namespace): become ``uid`` for good."""
-    if os.getuid() == 0:
-        os.setgroups([])
-        os.setgid(uid)
-        os.setuid(uid)
-    if os.getuid() == 0 or os.geteuid() == 0:
-        raise SystemExit("refusing to run a submission as root")
+def _read_message(fd: int) -> Any:
+    """One message from the grader: 8 bytes of length, then a pickle (see ``lessons.grading.runner.frame``)."""
+    def exactly(n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = os.read(fd, min(n - len(data), 1 << 20))
+            if not chunk:
+                raise SystemExit("the grader closed the job channel")
+            data += chunk
+        return data
+
+    (size,) = struct.unpack(">Q", exactly(8))
+    return pickle.loads(exactly(size))
+
+
+def _load_seccomp(program: bytes, syscall_nr: int) -> None:
+    """Add the grader's seccomp filter (bubblewrap's cannot refuse ``execve``: it needs it itself).
+
+    Loaded before torch is imported, so it covers every thread (later threads inherit it);
+    ctypes is dropped from ``sys.modules`` again so that a submission must import it anew."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    buffer = ctypes.create_string_buffer(program, len(program))
+
+    class SockFprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    prog = SockFprog(len(program) // 8, ctypes.addressof(buffer))
+    if libc.prctl(38, ctypes.c_ulong(1), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0)) != 0:  # NO_NEW_PRIVS
+        raise SystemExit(f"prctl(PR_SET_NO_NEW_PRIVS) failed: {os.strerror(ctypes.get_errno())}")
+    if libc.syscall(ctypes.c_long(syscall_nr), ctypes.c_ulong(1), ctypes.c_ulong(0), ctypes.byref(prog)) != 0:
+        raise SystemExit(f"seccomp(SECCOMP_SET_MODE_FILTER) failed: {os.strerror(ctypes.get_errno())}")
+    for name in [m for m in sys.modules if m == "ctypes" or m.startswith(("ctypes.", "_ctypes"))]:
+        del sys.modules[name]
 
 
 def _main(fd: int) -> None:
     """The child: run one grading job, writing JSON lines to ``fd``. Never returns."""
-    job_bytes = sys.stdin.buffer.read()
+    channel = os.dup(0)  # the grader's messages; fd 0 becomes /dev/null below
+    job = _read_message(channel)
+    if job["isolated"]:
+        _load_seccomp(job["seccomp"], job["seccomp_nr"])
+        if os.getuid() == 0 or os.geteuid() == 0:
+            raise SystemExit("refusing to run a submission as root")
     import torch
 
-    job = torch.load(io.BytesIO(job_bytes), weights_only=False)  # written by the grader, which we trust
-    del job_bytes
-    if job["drop_to"] is not None:
-        _drop_privileges(job["drop_to"])
     write, dumps = os.write, json.dumps
 
     def emit(event: dict) -> None:
@@ -228,8 +261,9 @@ def _main(fd: int) -> None:
             exec(compile(source, f"<cell {index}>", "exec"), namespace)
         except BaseException as exc:  # noqa: BLE001 - a student's cell may raise anything, SystemExit included
             emit({"e": "cell_error", "i": index, "msg": _describe(exc)})
-    for question in job["questions"]:
-        emit({"e": "q", "id": question["id"]})
+    emit({"e": "ready"})
+    while True:  # one question at a time: its inputs arrive when its clock starts
+        question = _read_message(channel)
         results: dict[str, Any] = {}
         fn = namespace.get(question["function"])
         for case in question["cases"]:
@@ -245,8 +279,6 @@ def _main(fd: int) -> None:
             emit({"e": "out", "id": question["id"], "cases": results})
         except BaseException as exc:  # noqa: BLE001 - e.g. an output torch could not write as bytes
             emit({"e": "q_error", "id": question["id"], "msg": f"could not send the outputs: {_describe(exc)}"})
-    emit({"e": "end"})
-    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from lessons.grading.wire import printable
+
 
 def one_line(text: object, limit: int = 300) -> str:
-    """``text`` on one line (any whitespace run becomes one space), cut to ``limit`` characters."""
-    flat = " ".join(str(text).split())
-    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+    """``text`` on one line (any whitespace run becomes one space, any other control character its
+    escape: ``wire.printable``), cut to ``limit`` characters."""
+    return printable(text, limit)
 
 
 @dataclass

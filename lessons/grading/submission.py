@@ -3,24 +3,46 @@ check, explore and grading cells removed), which assignment it is, and the answe
 open questions.
 
 The grader reads the notebook as data and never executes it here; the code cells go to
-the sandbox (``lessons.grading.runner``).
+the sandbox (``lessons.grading.runner``). Only a regular file is read, opened without
+following a symbolic link and without blocking (a link to the instructor's solution, a
+FIFO or a device named ``*.ipynb`` is refused with a note, never graded or waited on).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
 from pathlib import Path
 
 from lessons.assignments.build import MARKDOWN_STUB
 from lessons.assignments.spec import HIDDEN_TESTS, NOT_GRADED, Assignment, remove_region, sources
 from lessons.grading.report import HandGradedResult
+from lessons.grading.wire import escape_controls
+
+MAX_NOTEBOOK_MB = 64
+
+
+def _kind(mode: int) -> str:
+    kinds = ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISDIR, "a folder"),
+             (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device"))
+    return next((name for test, name in kinds if test(mode)), "not a regular file")
 
 
 def read_notebook(path: Path) -> dict:
-    """The notebook's JSON; a ValueError if it is not a notebook."""
-    with open(path, encoding="utf-8") as f:
-        nb = json.load(f)
+    """The notebook's JSON; a ValueError if it is not a regular file or not a notebook."""
+    mode = os.lstat(path).st_mode
+    if not stat.S_ISREG(mode):
+        raise ValueError(f"{_kind(mode)}, not a regular file: only regular files are graded")
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
+        opened = os.fstat(f.fileno())
+        if not stat.S_ISREG(opened.st_mode):  # replaced between the two looks
+            raise ValueError(f"{_kind(opened.st_mode)}, not a regular file: only regular files are graded")
+        if opened.st_size > MAX_NOTEBOOK_MB << 20:
+            raise ValueError(f"a notebook of more than {MAX_NOTEBOOK_MB} MB")
+        nb = json.loads(f.read().decode("utf-8"))
     if not isinstance(nb, dict) or not isinstance(nb.get("cells"), list):
         raise ValueError("not a Jupyter notebook (no 'cells' list)")
     return nb
@@ -31,19 +53,30 @@ def _text(cell: object) -> str:
     return "".join(map(str, source)) if isinstance(source, list) else str(source)
 
 
+def _named_by_file(path: Path, known_names: list[str]) -> set[str]:
+    """The assignments a file name names (``a1_masks_alice.ipynb``, ``a1_alice.ipynb``)."""
+    return {known for known in known_names if known in path.name or path.name.startswith(known.split("_")[0] + "_")}
+
+
 def identify(nb: dict, path: Path, forced: str | None, folder: Path | None = None) -> str:
     """Which assignment a notebook is: ``forced``, else its metadata, else its file name
-    (among the sources in ``folder``, by default the lab's own)."""
+    (among the sources in ``folder``, by default the lab's own).
+
+    A notebook whose metadata and file name name different assignments is refused (a
+    ValueError saying both), since either may be the student's mistake or a trick."""
     known_names = [p.stem for p in (sources(folder) if folder else sources())]
     if forced:
         return forced
     meta = nb.get("metadata", {}).get("subnet_lab", {})
     name = meta.get("assignment") if isinstance(meta, dict) else None
+    by_file = _named_by_file(path, known_names)
     if name in known_names:
+        if by_file and name not in by_file:
+            raise ValueError(f"the file name names {', '.join(sorted(by_file))} but the notebook's metadata names "
+                             f"{name}; pass --assignment to say which it is")
         return name
-    for known in known_names:
-        if known in path.name or path.name.startswith(known.split("_")[0] + "_"):
-            return known
+    if len(by_file) == 1:
+        return by_file.pop()
     raise ValueError(f"cannot tell which assignment this is (known: {known_names}); pass --assignment")
 
 
@@ -82,8 +115,12 @@ def hand_graded_answers(nb: dict, spec: Assignment) -> list[HandGradedResult]:
             meta.get("nbgrader"), dict) else None
         if "answer" in _tags(cell) and cell.get("cell_type") == "markdown" and isinstance(grade_id, str):
             answers.setdefault(grade_id, _text(cell).strip())
-    return [HandGradedResult(hg.id, hg.prompt, "" if answers.get(hg.id, "") == MARKDOWN_STUB else answers.get(hg.id, ""),
-                             hg.points) for hg in spec.hand_graded]
+    results = []
+    for hg in spec.hand_graded:
+        answer = answers.get(hg.id, "")
+        results.append(HandGradedResult(hg.id, hg.prompt, "" if answer == MARKDOWN_STUB else escape_controls(answer),
+                                        hg.points))
+    return results
 
 
 def defines(source: str, function: str) -> bool:

@@ -2,7 +2,9 @@
 
 The child (``lessons/assignments/sandbox.py``) writes JSON lines; this module turns one
 line into an event and one question's outputs into tensors, numbers, strings, lists,
-tuples and dicts, within fixed budgets (bytes, values, depth, tensor sizes and dtypes),
+tuples and dicts, within fixed budgets (bytes, values, depth, tensor sizes and dtypes; every size of a shape,
+so an empty tensor cannot hide an overflowing one), with control characters escaped in
+every string,
 and checks that an output has the structure its question returns before any comparison
 or message looks at it. JSON, not pickle: reading it runs nothing of the sender's, and
 its values form a tree, so a structure that shares itself cannot grow here.
@@ -13,6 +15,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import unicodedata
 from typing import Any
 
 import torch
@@ -27,6 +30,21 @@ DTYPES = {name: getattr(torch, name) for name in (
 
 class WireError(ValueError):
     """An event or output that does not have the structure the grader expects."""
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with every control or format character but newline and tab (ESC, CR, NUL, BiDi
+    overrides...) written as its escape (``\\x1b``), so that no text from a submission can move a
+    terminal's cursor or overwrite a line (reports put newlines and tabs on one line themselves)."""
+    return "".join(c if c in "\n\t" or unicodedata.category(c)[0] != "C" else c.encode("unicode_escape").decode()
+                   for c in text)
+
+
+def printable(value: Any, limit: int = 300) -> str:
+    """Text from a submission as one printable line: whitespace runs become one space, other
+    control characters their escapes (``escape_controls``), cut to ``limit`` characters."""
+    text = escape_controls(" ".join(str(value).split()))
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def parse_event(line: bytes) -> dict | None:
@@ -47,6 +65,8 @@ def _tensor(spec: Any) -> torch.Tensor:
         raise WireError(f"tensors of dtype {dtype[:40]!r} are not accepted")
     if len(shape) > 8 or not all(type(d) is int and 0 <= d < 1 << 31 for d in shape):
         raise WireError("a tensor's shape must be at most 8 non-negative sizes")
+    if math.prod(max(d, 1) for d in shape) > MAX_TENSOR_BYTES:  # an empty tensor's other sizes count too
+        raise WireError(f"a tensor's shape {shape} is larger than any output may be")
     numel = math.prod(shape)
     itemsize = torch.empty((), dtype=DTYPES[dtype]).element_size()
     if numel * itemsize > MAX_TENSOR_BYTES or len(data) > 2 * MAX_TENSOR_BYTES:
@@ -82,7 +102,7 @@ def decode(data: Any) -> Any:
         if isinstance(x, str):
             if len(x) > MAX_STRING:
                 raise WireError(f"a string of more than {MAX_STRING} characters")
-            return x
+            return escape_controls(x)
         if isinstance(x, list):
             return [walk(v, depth + 1) for v in x]
         if not isinstance(x, dict):
