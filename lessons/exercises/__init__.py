@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any
 
-from lessons.checking import Case, same
+from lessons.checking import Case
 
 Input = tuple[str, tuple, dict]
 """One case before its expected value is known: (name, args, kwargs)."""
@@ -30,17 +30,6 @@ def cases_from(library: Callable[..., Any], inputs: Sequence[Input],
     """Cases whose expected values are what the lab's own function returns on (a copy of) each input."""
     return [Case(name, args, kwargs, library(*copy.deepcopy(args), **copy.deepcopy(kwargs)), compare)
             for name, args, kwargs in inputs]
-
-
-def same_items(expected: tuple, got: Any) -> str | None:
-    """Compare a returned tuple item by item (``same`` on each), for functions that return a pair."""
-    if not isinstance(got, tuple) or len(got) != len(expected):
-        return f"expected a tuple of {len(expected)} items, got {type(got).__name__}"
-    for i, (e, g) in enumerate(zip(expected, got)):
-        problem = same(e, g)
-        if problem:
-            return f"item {i}: {problem}"
-    return None
 
 
 def yours_or_library(exercises: ModuleType, name: str, yours: Callable[..., Any]) -> Callable[..., Any]:

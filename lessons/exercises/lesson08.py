@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 
 from lessons.checking import check
-from lessons.exercises import cases_from, same_items
+from lessons.exercises import cases_from
 from sparsity import two_four
 
 
@@ -53,4 +53,4 @@ def check_compress(fn: Callable, quiet: bool = False) -> None:
          (torch.tensor([[0.0, 0.0, 0.7, 0.0], [0.0, 0.0, 0.0, 0.0]]),), {}),
         ("a bf16 weight keeps its dtype", (_pruned(2, 8, 1).bfloat16(),), {}),
     ]
-    check(fn, cases_from(_library_compress, inputs, compare=same_items), name="compress", quiet=quiet)
+    check(fn, cases_from(_library_compress, inputs), name="compress", quiet=quiet)
