@@ -203,8 +203,15 @@ def test_lesson_executes_in_fast_mode(source: Path) -> None:
         # message lost. One fresh kernel retries; a lesson that truly hangs times out twice.
         warnings.warn(f"{source.name}: a cell timed out; retrying once in a fresh kernel")
         nb = _execute(source)
-    errors = [o for cell in nb.cells for o in cell.get("outputs", []) if o.get("output_type") == "error"]
+    errors = [o for cell in nb.cells if "raises-exception" not in cell.metadata.get("tags", [])
+              for o in cell.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
+    # An exercise's check cell (tagged raises-exception, so Run All goes on) fails on the untouched stub,
+    # and only with the check's own message.
+    stubs = [o for cell in nb.cells if "raises-exception" in cell.metadata.get("tags", [])
+             for o in cell.get("outputs", []) if o.get("output_type") == "error"]
+    assert len(stubs) >= 2, "every lesson has at least two checked exercises"
+    assert all(o["ename"] == "AssertionError" and "not implemented yet" in o["evalue"] for o in stubs), stubs
     images = sum("image/png" in o.get("data", {}) for cell in nb.cells for o in cell.get("outputs", []))
     assert images >= 3, "the lesson should show its plots"
 

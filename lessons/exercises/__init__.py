@@ -59,3 +59,17 @@ def tiny_mlp(sizes: Sequence[int] = (4, 3, 2), seed: int = 0) -> Any:
     for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
         layers += [nn.Linear(n_in, n_out)] + ([nn.ReLU()] if i < len(sizes) - 2 else [])
     return nn.Sequential(*layers)
+
+
+def reveal(prediction: object, measured: object, question: str) -> bool | None:
+    """Print the student's prediction beside the measured answer (predict, then check); True if they match.
+
+    ``prediction`` None means the student made none: the measured answer is printed alone.
+    """
+    if prediction is None:
+        print(f"{question} measured: {measured} (you made no prediction: set `prediction` above and rerun)")
+        return None
+    right = str(prediction).strip().lower() == str(measured).strip().lower()
+    print(f"{question} you predicted {prediction}; measured: {measured}. "
+          + ("Right." if right else "Not this time: read on for why."))
+    return right
