@@ -65,7 +65,7 @@ from IPython.display import Markdown, display
 from lessons.exercises import lesson07 as ex
 from lessons.exercises import reveal, yours_or_library
 from lessons.exercises.lesson07 import check_low_rank_approximation, check_principal_mask
-from sparsity import SparseConfig, cosine, fit, sparsify
+from sparsity import SparseConfig, cosine, fit, masks, sparsify
 from sparsity.fastmode import fast_mode
 from toys import principal_weights as pw
 from toys.widgets import budget_slider, train_panel, wide
@@ -158,8 +158,9 @@ check_principal_mask(principal_mask)
 # %%
 mask_of = yours_or_library(ex, "principal_mask", principal_mask)
 w2 = student.fc2.weight.detach()
+magnitude_mask = masks.top_k(student, {"fc2.weight": w2.abs()}, 0.05)["fc2.weight"]
 for r in (1, 2, 4, min(w2.shape)):
-    lift_mask, magnitude_mask = mask_of(w2, r, 0.05), mask_of(w2, min(w2.shape), 0.05)
+    lift_mask = mask_of(w2, r, 0.05)
     shared = int((lift_mask & magnitude_mask).sum()) / int(lift_mask.sum())
     print(f"rank {r:>2}: {shared:.0%} of the principal weights are also magnitude's"
           + (" (full rank: the approximation is W itself)" if r == min(w2.shape) else ""))
