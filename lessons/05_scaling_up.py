@@ -318,7 +318,7 @@ for label, stored in list(traced.items())[:1]:
     for (method, _), p in points.items():
         per_method.setdefault(method, []).append(area_of(p))
     print(f"{label}, area under each method's frontier at the LoRA-equal budget (full: all entries), "
-          "mean over seeds, with your function: "
+          "mean over seeds: "
           + ", ".join(f"{m} {sum(a) / len(a):.3f}" for m, a in sorted(per_method.items(), key=lambda kv: -sum(kv[1]) / len(kv[1]))))
 
 # %%
