@@ -338,7 +338,8 @@ print("- Update sparsity (share unchanged): " + ", ".join(f"{n} {r['update_spars
       + ": compare float32 with bf16 for the role of storage precision.")
 deciles = runs["grpo/bfloat16"]["changed_by_decile"]
 print(f"- GRPO in bf16 changed {deciles[0]:.0%} of the smallest tenth of theta_0's entries and {deciles[-1]:.0%} of "
-      "the largest tenth: half a bf16 ulp grows with |w|.")
+      "the largest tenth: " + ("the pattern rounding predicts (half a bf16 ulp grows with |w|)." if deciles[0] > deciles[-1]
+                                else "not the pattern rounding predicts (half a bf16 ulp grows with |w|)."))
 print(f"- {o['pair']} changed entries overlap with Jaccard {o['jaccard']:.2f} (chance {o['chance_jaccard']:.2f}).")
 gain = r["full_target"] - study["start_target"]
 if gain >= rl_study.RETRAIN_MIN_GAIN:
@@ -346,7 +347,8 @@ if gain >= rl_study.RETRAIN_MIN_GAIN:
           f"(the full run gained {gain:+.3f} over theta_0).")
 else:
     print(f"- The full GRPO run barely learned ({study['start_target']:.3f} -> {r['full_target']:.3f}), so this run "
-          "cannot test whether the subnetwork alone gets the score back (full mode, `LAB_FAST=0`, can).")
+          "cannot test whether the subnetwork alone gets the score back (full mode, `LAB_FAST=0`, trains longer: "
+          "its summary says whether that run can).")
 print("- Whether the *values* agree is stricter: " + ", ".join(
     f"{k} {v:.0%}" for k, v in r["agreement_in_subnetwork"].items()) + " of the subnetwork's entries agree.")
 
@@ -355,9 +357,9 @@ print("- Whether the *values* agree is stricter: " + ", ".join(
 # *after* training. Lesson 3's criteria sit between the two.
 #
 # ## Questions to think about
-# 1. The bf16 runs leave far more entries unchanged than the float32 runs at the same
-#    learning rate (or do they? read the summary). If sparsity came from RL itself, what
-#    would you expect the float32 runs to show?
+# 1. Compare the bf16 and float32 runs' update sparsity at the same learning rate (the
+#    summary's first line). If sparsity came from RL itself, what would you expect the
+#    float32 runs to show?
 # 2. Half a bf16 ulp grows with |w|. Which entries does a small learning rate leave alone,
 #    and what does that predict for LayerNorm gains (values near 1)?
 # 3. With exact-match rewards a group that is all right or all wrong has zero advantage
