@@ -54,6 +54,7 @@ import matplotlib.pyplot as plt
 from IPython.display import Markdown, display
 
 import torch
+from tqdm.auto import tqdm
 
 from lessons.exercises import lesson04 as ex
 from lessons.exercises import reveal, yours_or_library
@@ -240,7 +241,7 @@ check_imp_round(imp_round)
 imp_of = yours_or_library(ex, "imp_round", imp_round)
 ticket = copy.deepcopy(dense.model)
 ticket_keep = {n: torch.ones_like(p, dtype=torch.bool) for n, p in ticket.named_parameters()}
-for target in (0.5, 0.75):
+for target in tqdm((0.5, 0.75), desc="IMP rounds by hand", leave=False):
     step = imp_of(ticket, ticket_keep, dense.early, target)
     ticket_keep = step["keep"]
     ticket.load_state_dict(step["weights"])
