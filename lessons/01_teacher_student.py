@@ -242,7 +242,7 @@ for name, p in sparse.student.named_parameters():
     once = prox_step(p.detach(), sparse.init[name], base.learning_rate)
     before = (p.detach() == sparse.init[name]).float().mean().item()
     after = (once == sparse.init[name]).float().mean().item()
-    print(f"{label(name):>3}: exactly at the start {before:.0%} -> {after:.0%} after one step of your prox")
+    print(f"{label(name):>3}: exactly at the start {before:.0%} -> {after:.0%} after one proximal step")
 
 # %% [markdown]
 # The lab's training applies that step after *every* Adam step (`penalty="prox"`), with

@@ -251,3 +251,19 @@ def test_saving_drops_widget_views_that_would_reopen_as_errors() -> None:
     assert "widgets" not in model["content"]["metadata"]
     assert all(lab.WIDGET_VIEW not in o.get("data", {}) for o in outputs)
     assert [o.get("data", {}).get("text/plain") for o in outputs] == [None, lab.CONTROLS_NOTE]
+
+
+@pytest.mark.parametrize("source", LESSONS, ids=lambda p: p.stem)
+def test_lesson_states_objectives_time_and_ends_with_a_summary_and_questions(source: Path) -> None:
+    """What a student working alone needs around the experiments: what they will learn, what they need,
+    how long it takes; a prediction before a main experiment, checked after it; a summary printed from
+    the run's numbers (a code cell under the heading); questions."""
+    cells = jupytext.read(source).cells
+    text = "\n".join(c.source for c in cells)
+    for needed in ("**By the end you can**", "**Prerequisites**", "**Time**", "**Predict before you run.**",
+                   "## Questions to think about"):
+        assert needed in text, f"{source.name}: no {needed}"
+    assert "TIME_FAST" not in text and "TIME_FULL" not in text, f"{source.name}: the time is not filled in"
+    assert any(c.cell_type == "code" and "reveal(prediction" in c.source for c in cells), f"{source.name}: no reveal"
+    summary = next(i for i, c in enumerate(cells) if c.cell_type == "markdown" and "## Summary" in c.source)
+    assert cells[summary + 1].cell_type == "code" and "print(" in cells[summary + 1].source, source.name
