@@ -307,8 +307,9 @@ for way in modular.WAYS:
     print(f"{way:<22}{iso.target[way]:>12.3f}{iso.retained[way]:>14.3f}{iso.trainable[way]:>26.2f}")
 if iso.b_before < cfg.chance:
     print(f"B scores {iso.b_before:.3f} before fine-tuning, below chance ({cfg.chance:.2f}): B's head was never "
-          "trained, so it is a fixed arbitrary read-out; chance is the score of *uniform* guessing, and a fixed "
-          "read-out that favours classes rarer in B's labels scores below it.")
+          "trained, so it is an arbitrary read-out of the trunk's features; chance is the score of guessing "
+          "without looking at the input, and an untrained read-out that does look at it can be anti-correlated "
+          "with B's labels.")
 modular.plot_isolation(iso)
 plt.show()
 
