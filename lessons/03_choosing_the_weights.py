@@ -436,7 +436,8 @@ print(f"- Zeroing gradients under plain AdamW moved {naive.moved} of {naive.froz
 # 1. Gradient and Fisher read the loss at the start only. Why do they still find W2? When
 #    would a score read at the start mislead (think of a layer whose gradient is zero at
 #    the start but that needs to change later)?
-# 2. Magnitude fails here. In a *pretrained* network, why might large weights be the
+# 2. Compare magnitude's share of W2 and its recovery with the gradient criteria's (the
+#    lines above). In a *pretrained* network, why might large weights be the
 #    *wrong* ones to change (they may carry what the model already knows)?
 # 3. `layer` at 20% is the whole of W2, fewer entries than the budget allows. Does it beat
 #    the other 20% masks, and does it reach full fine-tuning? Test the local-optimum reading:
