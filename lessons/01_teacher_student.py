@@ -36,8 +36,9 @@
 # **Prerequisites**: PyTorch basics (modules, `named_parameters`, an optimizer step); the
 # L1 norm; what Adam does with a gradient (a step of about the learning rate per entry).
 #
-# **Time**: reading and exercises about 45 min. Running: TIME_FAST in fast mode (`LAB_FAST=1`),
-# TIME_FULL in full mode, measured on the lab's 2-core machine.
+# **Time**: reading and exercises about 45 min (an estimate). Running, measured on the lab's
+# 2-core machine shared with other jobs (`benchmarks/results/lesson_times.md`): about 2 min in
+# fast mode (`LAB_FAST=1`), about 11 min in full mode.
 #
 # **The setup.** A *teacher* MLP (100 -> 20 -> 20 -> 100, ReLU, random weights) labels
 # standard-normal inputs. A *student* of the same shape copies the teacher's first and

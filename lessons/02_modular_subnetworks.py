@@ -32,8 +32,9 @@
 # **Prerequisites**: lesson 1; classification accuracy and chance level; binary masks over
 # weights (`{name: bool tensor}`).
 #
-# **Time**: reading and exercises about 45 min. Running: TIME_FAST in fast mode (`LAB_FAST=1`),
-# TIME_FULL in full mode, measured on the lab's 2-core machine.
+# **Time**: reading and exercises about 45 min (an estimate). Running, measured on the lab's
+# 2-core machine shared with other jobs (`benchmarks/results/lesson_times.md`): about 3 min in
+# fast mode (`LAB_FAST=1`), full mode not measured yet.
 #
 # **The world.** The input has one group of features per task (how many groups and
 # features: printed by the first cell; fast mode uses fewer tasks). Each group has its own

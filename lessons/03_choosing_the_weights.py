@@ -26,8 +26,9 @@
 # **Prerequisites**: lesson 1 (the teacher-student toy); gradients with `torch.autograd`;
 # `torch.topk` or sorting.
 #
-# **Time**: reading and exercises about 50 min. Running: TIME_FAST in fast mode (`LAB_FAST=1`),
-# TIME_FULL in full mode, measured on the lab's 2-core machine.
+# **Time**: reading and exercises about 50 min (an estimate). Running, measured on the lab's
+# 2-core machine shared with other jobs (`benchmarks/results/lesson_times.md`): about 2 min in
+# fast mode (`LAB_FAST=1`), full mode not measured yet.
 #
 # We use lesson 1's teacher-student toy because it **knows the answer**: the student
 # copies W1 and W3 from the teacher and has W2 re-drawn, so only W2 needs to change. A

@@ -26,8 +26,9 @@
 # **Prerequisites**: lesson 3 (masks and the masked optimizer); classification accuracy;
 # sorting and thresholds in PyTorch.
 #
-# **Time**: reading and exercises about 50 min. Running: TIME_FAST in fast mode (`LAB_FAST=1`),
-# TIME_FULL in full mode, measured on the lab's 2-core machine.
+# **Time**: reading and exercises about 50 min (an estimate). Running, measured on the lab's
+# 2-core machine shared with other jobs (`benchmarks/results/lesson_times.md`): about 3 min in
+# fast mode (`LAB_FAST=1`), full mode not measured yet.
 #
 # The recipes, all in `sparsity/prune.py`:
 #

@@ -38,8 +38,9 @@
 # **Prerequisites**: lessons 1, 3 and 7 (criteria, LIFT); what a decoder-only transformer and
 # LoRA are; Pareto optimality.
 #
-# **Time**: reading and exercises about 50 min. Running: TIME_FAST in fast mode (`LAB_FAST=1`),
-# TIME_FULL in full mode, measured on the lab's 2-core machine.
+# **Time**: reading and exercises about 50 min (an estimate). Running, measured on the lab's
+# 2-core machine shared with other jobs (`benchmarks/results/lesson_times.md`): about 1 min in
+# fast mode (`LAB_FAST=1`), full mode not measured yet.
 #
 # Everything runs the lab's code: `scaleup.pretrain` (cached checkpoints), `scaleup.compare`
 # (the controlled benchmark: one function fine-tunes with any method; `scaleup.report` draws

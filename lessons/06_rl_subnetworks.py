@@ -29,8 +29,9 @@
 # **Prerequisites**: lessons 1 and 5 (update sizes; the GPT and its tasks); floating-point
 # formats (sign, exponent, mantissa); policy-gradient RL in outline.
 #
-# **Time**: reading and exercises about 50 min. Running: TIME_FAST in fast mode (`LAB_FAST=1`),
-# TIME_FULL in full mode, measured on the lab's 2-core machine.
+# **Time**: reading and exercises about 50 min (an estimate). Running, measured on the lab's
+# 2-core machine shared with other jobs (`benchmarks/results/lesson_times.md`): about 4 min in
+# fast mode (`LAB_FAST=1`), full mode not measured yet.
 #
 # Lessons 1-5 *chose* a subnetwork and trained it. Here nothing is chosen: we train
 # everything and **look at what moved**. On the lab's small GPT and its synthetic tasks we

@@ -36,8 +36,9 @@
 # **Prerequisites**: lessons 1 and 3 (the toy, criteria and budgets); the singular value
 # decomposition.
 #
-# **Time**: reading and exercises about 45 min. Running: TIME_FAST in fast mode (`LAB_FAST=1`),
-# TIME_FULL in full mode, measured on the lab's 2-core machine.
+# **Time**: reading and exercises about 45 min (an estimate). Running, measured on the lab's
+# 2-core machine shared with other jobs (`benchmarks/results/lesson_times.md`): about 1 min in
+# fast mode (`LAB_FAST=1`), about 4 min in full mode.
 #
 # **The setting.** Lesson 1's student plays the pretrained model (W1 and W3 copied from a
 # teacher, W2 re-drawn). Its *source skill* is its own function. The *target task* is the

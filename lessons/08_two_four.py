@@ -38,8 +38,9 @@
 # **Prerequisites**: lesson 4 (pruning and recovery); integer bit operations (`|`, `<<`);
 # matrix multiplication on a GPU in outline.
 #
-# **Time**: reading and exercises about 45 min. Running: TIME_FAST in fast mode (`LAB_FAST=1`),
-# TIME_FULL in full mode, measured on the lab's 2-core machine.
+# **Time**: reading and exercises about 45 min (an estimate). Running, measured on the lab's
+# 2-core machine shared with other jobs (`benchmarks/results/lesson_times.md`): about 2 min in
+# fast mode (`LAB_FAST=1`), full mode not measured yet.
 
 # %%
 import warnings
