@@ -363,7 +363,7 @@ display(widgets.VBox([sparsity_slider, method_dropdown, run_button, output]))
 # Every sentence below is printed from the numbers above.
 
 # %%
-one_shot, recovered_by = result.accuracy["one-shot"], result.accuracy["one-shot + recovery"]
+one_shot = result.accuracy["one-shot"]
 print(f"- Dense accuracy {result.dense:.3f}; one-shot pruning alone keeps {one_shot[min(study.sparsities)]:.3f} at "
       f"{min(study.sparsities):.1%} sparsity and {one_shot[max(study.sparsities)]:.3f} at {max(study.sparsities):.1%}.")
 print(f"- With recovery, at least 95% of dense holds up to {max(holds):.1%} sparsity" if holds else
