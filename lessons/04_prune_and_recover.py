@@ -180,7 +180,7 @@ for row in regrowth:
     print(f"{row.method:>24}: {row.moved:,} of {row.frozen:,} pruned entries are no longer zero")
 
 # %%
-prune.recover(pruned, keep, tc.trainer(dense.world, **study.recovery))
+prune.recover(pruned, keep, tc.trainer(dense.world, progress=True, desc="recovery", **study.recovery))
 recovered = tc.accuracy(pruned, dense.world)
 print(f"90% sparse, after {study.recovery_steps or cfg.steps} steps of recovery: accuracy {recovered:.3f} "
       f"({recovered / dense.accuracy:.0%} of dense; {prune.pruned_fraction(pruned, keep):.1%} still pruned)")
@@ -246,7 +246,8 @@ for target in tqdm((0.5, 0.75), desc="IMP rounds by hand", leave=False):
     step = imp_of(ticket, ticket_keep, dense.early, target)
     ticket_keep = step["keep"]
     ticket.load_state_dict(step["weights"])
-    prune.recover(ticket, ticket_keep, tc.trainer(dense.world, **study.recovery))
+    prune.recover(ticket, ticket_keep, tc.trainer(dense.world, progress=True, desc=f"retraining at {target:.0%}",
+                                                  **study.recovery))
     print(f"IMP round to {target:.0%} sparse (rewound, retrained): accuracy {tc.accuracy(ticket, dense.world):.3f} "
           f"(dense {dense.accuracy:.3f})")
 
