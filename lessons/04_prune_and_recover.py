@@ -28,7 +28,7 @@
 #
 # **Time**: reading and exercises about 50 min (an estimate). Running, measured on the lab's
 # 2-core machine shared with other jobs (`benchmarks/results/lesson_times.md`): about 3 min in
-# fast mode (`LAB_FAST=1`), full mode not measured yet.
+# fast mode (`LAB_FAST=1`), about 28 min in full mode.
 #
 # The recipes, all in `sparsity/prune.py`:
 #
