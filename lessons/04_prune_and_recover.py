@@ -257,8 +257,8 @@ for target in tqdm((0.5, 0.75), desc="IMP rounds by hand", leave=False):
 # remaining weights per round: 50%, 75%, 87.5%, ... One IMP run gives every rung, so all
 # recipes meet at the same points. IMP *with rewinding* rewinds the survivors to the early
 # checkpoint and retrains fully every round; IMP *without* fine-tunes them from where they
-# are, with the same budget as one recovery. (The slow cell: under a minute in fast mode,
-# several minutes at full size.)
+# are, with the same budget as one recovery. (The slow cell: about 1 min in fast mode and 23
+# min in full mode, measured on the lab's loaded 2-core machine, `benchmarks/results/lesson_times.md`.)
 #
 # **Predict before you run.** Up to which sparsity of the ladder will one-shot pruning +
 # recovery keep at least 95% of dense accuracy? Give one of the ladder's sparsities
@@ -282,7 +282,7 @@ reveal(prediction if prediction is None else f"{float(prediction):g}", f"{max(ho
 # %% [markdown]
 # How to read it. The numbers above are measured on this run; in fast mode the student is
 # small and briefly trained (so extra training during recovery can even *beat* dense). Run
-# with `LAB_FAST=0` for the full-size picture (student 16-256-256-8, several minutes); the
+# with `LAB_FAST=0` for the full-size picture (student 16-256-256-8; the header gives its time); the
 # printed verdict states where each recipe keeps 95% of dense accuracy.
 #
 # * **One-shot pruning alone** costs little at 50% and a lot beyond: the smallest weights
