@@ -79,7 +79,8 @@ print(f"fast mode: {FAST}; {cfg.n_tasks} tasks (input: {cfg.n_tasks} groups of {
 # %% [markdown]
 # ## Run the experiment
 # One call trains every network, learns every mask and runs the fine-tuning comparison
-# (seconds in fast mode, minutes in full mode). The rest of the lesson reads its results.
+# (about 2 min in fast mode on the lab's loaded 2-core machine, more in full mode: the header
+# gives the lesson's times). The rest of the lesson reads its results.
 #
 # **Predict before you run.** Networks trained from different random seeds, and networks
 # fine-tuned from one shared pretrained trunk: will the *pretrained* networks' subnetworks for
