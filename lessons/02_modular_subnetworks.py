@@ -34,7 +34,7 @@
 #
 # **Time**: reading and exercises about 45 min (an estimate). Running, measured on the lab's
 # 2-core machine shared with other jobs (`benchmarks/results/lesson_times.md`): about 3 min in
-# fast mode (`LAB_FAST=1`), full mode not measured yet.
+# fast mode (`LAB_FAST=1`), about 11 min in full mode.
 #
 # **The world.** The input has one group of features per task (how many groups and
 # features: printed by the first cell; fast mode uses fewer tasks). Each group has its own
