@@ -40,7 +40,7 @@
 #
 # **Time**: reading and exercises about 45 min (an estimate). Running, measured on the lab's
 # 2-core machine shared with other jobs (`benchmarks/results/lesson_times.md`): about 2 min in
-# fast mode (`LAB_FAST=1`), full mode not measured yet.
+# fast mode (`LAB_FAST=1`), about 35 min in full mode.
 
 # %%
 import warnings
