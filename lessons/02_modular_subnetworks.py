@@ -25,10 +25,22 @@
 #    interference and forgetting compared with full fine-tuning (core-parameter isolation,
 #    Wang et al. 2025).
 #
-# **The world.** The input has 4 groups of 8 features. Each group has its own *primitives*
-# (4 random projections). Task `t_k` reads group k only and answers with 2 parity bits of
-# its primitives' signs, e.g. [sign(p0) == sign(p1)] and [sign(p2) == sign(p3)]: 4 classes,
-# chance = 0.25. Parities need hidden units, so the shared trunk (two ReLU layers) must
+# **By the end you can** find a task's subnetwork by learning a mask, test it by ablation,
+# compute the exclusive part of several subnetworks and the modularity score yourself, and
+# say when freezing a task's core protects it.
+#
+# **Prerequisites**: lesson 1; classification accuracy and chance level; binary masks over
+# weights (`{name: bool tensor}`).
+#
+# **Time**: reading and exercises about 45 min (an estimate). Running, measured on the lab's
+# 2-core machine shared with other jobs (`benchmarks/results/lesson_times.md`): about 3 min in
+# fast mode (`LAB_FAST=1`), about 11 min in full mode.
+#
+# **The world.** The input has one group of features per task (how many groups and
+# features: printed by the first cell; fast mode uses fewer tasks). Each group has its own
+# *primitives* (random projections). Task `t_k` reads group k only and answers with 2 parity
+# bits of its primitives' signs, e.g. [sign(p0) == sign(p1)] and [sign(p2) == sign(p3)]: 4
+# classes, chance printed below. Parities need hidden units, so the shared trunk (two ReLU layers) must
 # compute every task's features; each task has its own output head. *Related* tasks `r_k`
 # combine the same primitives differently: pretraining on them teaches the trunk the
 # primitives without the target labels. Ground truth: `t_k` needs only group k's inputs;
@@ -47,23 +59,36 @@
 # %%
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
+import torch
 from IPython.display import display
 
+from lessons.exercises import lesson02 as ex
+from lessons.exercises import reveal, yours_or_library
+from lessons.exercises.lesson02 import check_exclusive, check_modularity
 from sparsity.ablate import ablate
-from sparsity.discover import exclusive
 from sparsity.fastmode import fast_mode
 from toys import modular_isolation, modular_plots, modular_report, modular_training, modular_world
 from toys.widgets import run_on_click, wide
 
 FAST = fast_mode()  # LAB_FAST=1 shrinks the runs so the notebook executes in CI
 cfg = modular_world.default_config(fast=FAST)
-print(f"fast mode: {FAST}; {cfg.n_tasks} tasks, trunk {cfg.hidden}, {cfg.steps} training steps, "
-      f"{cfg.mask_steps} mask steps, {cfg.n_seeds} seeds per arm")
+print(f"fast mode: {FAST}; {cfg.n_tasks} tasks (input: {cfg.n_tasks} groups of {cfg.group_size} features), "
+      f"trunk {cfg.hidden}, {cfg.steps} training steps, {cfg.mask_steps} mask steps, {cfg.n_seeds} seeds per arm; "
+      f"chance {cfg.chance:.2f}")
 
 # %% [markdown]
 # ## Run the experiment
 # One call trains every network, learns every mask and runs the fine-tuning comparison
-# (seconds in fast mode, minutes in full mode). The rest of the lesson reads its results.
+# (about 2 min in fast mode on the lab's loaded 2-core machine, more in full mode: the header
+# gives the lesson's times). The rest of the lesson reads its results.
+#
+# **Predict before you run.** Networks trained from different random seeds, and networks
+# fine-tuned from one shared pretrained trunk: will the *pretrained* networks' subnetworks for
+# the same task overlap more across seeds (Jaccard index) than the random-init ones? Answer
+# "yes" or "no"; section 2 checks it.
+
+# %%
+prediction = None  # "yes" or "no"
 
 # %%
 report = modular_report.run(cfg)
@@ -78,12 +103,56 @@ print(modular_report.format_report(report))
 # bright rest. The **modularity score** is the mean damage on the diagonal minus the mean
 # damage off it, damage being the share of the way from the task's accuracy to chance
 # (1 = perfectly modular, 0 = no specialisation).
+#
+# ### Exercise 2.1: the modularity score (difficulty 2/3, importance 2/3)
+# Write it from the ablation matrix. `scores[i][j]` is task j's accuracy with subnetwork i
+# ablated, `baseline[j]` task j's accuracy without ablation. The *damage* to task j is
+# `(baseline[j] - scores[i][j]) / (baseline[j] - chance)`, clipped to [0, 1] (0 when the
+# baseline is not above chance: there was nothing to damage). The score is the mean damage
+# on the diagonal minus the mean damage off it.
 
 # %%
+def modularity(scores, baseline, chance):
+    """Mean normalised damage of each subnetwork to its own task minus the mean to the others (a float).
+
+    scores: list of n lists of n floats; baseline: list of n floats; chance: a float.
+    """
+    raise NotImplementedError("your code here")
+
+
+# %% tags=["raises-exception"]
+check_modularity(modularity)
+
+# %% [markdown]
+# <details><summary>Hint</summary>
+#
+# Build the n x n damage matrix first with `min(1.0, max(0.0, ...))`, then average `d[i][i]`
+# over n entries and `d[i][j]` (i != j) over n * (n - 1) entries.
+# </details>
+#
+# <details><summary>Solution</summary>
+#
+# ```python
+# def modularity(scores, baseline, chance):
+#     n = len(baseline)
+#     d = [[min(1.0, max(0.0, (b - s) / (b - chance))) if b > chance else 0.0
+#           for s, b in zip(row, baseline)] for row in scores]
+#     diagonal = sum(d[i][i] for i in range(n)) / n
+#     off = sum(d[i][j] for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
+#     return diagonal - off
+# ```
+# </details>
+#
+# The figure's titles below carry each network's modularity, computed with your function
+# (or the lab's, until yours passes):
+
+# %%
+modularity_of = yours_or_library(ex, "modularity", modularity)
 fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
 for ax, arm in zip(axes, ("random init", "pretrained")):
     seed0 = report.runs[arm][0]
-    modular_plots.plot_ablation_matrix(seed0.matrix, cfg.chance, ax, f"{arm}, seed 0: modularity {seed0.modularity:.2f}")
+    score = modularity_of([list(row) for row in seed0.matrix.scores], list(seed0.matrix.baseline), cfg.chance)
+    modular_plots.plot_ablation_matrix(seed0.matrix, cfg.chance, ax, f"{arm}, seed 0: modularity {score:.2f}")
 fig.tight_layout()
 plt.show()
 checks = report.checks()
@@ -108,10 +177,47 @@ for task, learned in seed0.masks.items():
           f"{seed0.alone[task]:.3f} (full network {seed0.matrix.baseline[seed0.matrix.tasks.index(task)]:.3f})")
 
 # %% [markdown]
+# ### Exercise 2.2: the exclusive part of each subnetwork (difficulty 1/3, importance 2/3)
+# The matrix above ablates only the entries no other task's subnetwork uses. Write that
+# selection: given `{task: mask}` (each mask a `{parameter name: bool tensor}`, all masks
+# over the same tensors), return for every task its mask minus every entry that *any* other
+# task's mask also selects. The widget below ablates with your function once it passes.
+
+# %%
+def exclusive(subnetworks):
+    """{task: {name: bool tensor}}: each mask without the entries any other task's mask selects."""
+    raise NotImplementedError("your code here")
+
+
+# %% tags=["raises-exception"]
+check_exclusive(exclusive)
+
+# %% [markdown]
+# <details><summary>Hint</summary>
+#
+# For task k and tensor n: `mask & ~others`, where `others` is the OR over the other tasks'
+# `masks[n]` (`torch.stack([...]).any(0)`).
+# </details>
+#
+# <details><summary>Solution</summary>
+#
+# ```python
+# def exclusive(subnetworks):
+#     out = {}
+#     for task, mask in subnetworks.items():
+#         others = [m for t, m in subnetworks.items() if t != task]
+#         out[task] = {n: t & ~torch.stack([o[n] for o in others]).any(0) for n, t in mask.items()}
+#     return out
+# ```
+# </details>
+#
 # ## Try it: ablate a subnetwork
 # Pick a network and a subnetwork to knock out, and how: **zero** (remove the weights) or
 # **mean** (replace them by their tensor's mean). *Whole mask* ablates every entry of the
 # subnetwork, shared ones included: watch the other tasks suffer.
+
+# %%
+exclusive_of = yours_or_library(ex, "exclusive", exclusive)
 
 # %%
 arm_pick = widgets.ToggleButtons(options=["random init", "pretrained"], description="network")
@@ -128,7 +234,7 @@ def show_ablation(_=None):
     run0 = report.runs[arm_pick.value][0]
     masks = {t: learned.mask for t, learned in run0.masks.items()}
     if part_pick.value == "exclusive part":
-        masks = exclusive(masks)
+        masks = exclusive_of(masks)
     scorers = modular_training.evaluators(report.world, report.world.targets)
     if subnet_pick.value == "none":
         scores = {t: f(run0.model) for t, f in scorers.items()}
@@ -170,6 +276,8 @@ print("overlap / chance: " + ", ".join(f"{arm} {o.jaccard / o.chance:.1f}x" for 
 if {"pretrained", "same init"} <= set(report.overlaps):
     print(f"pretrained minus same-init overlap: "
           f"{report.overlaps['pretrained'].jaccard - report.overlaps['same init'].jaccard:+.3f}")
+more = report.overlaps["pretrained"].jaccard > report.overlaps["random init"].jaccard
+reveal(prediction, "yes" if more else "no", "Do pretrained subnetworks overlap more across seeds than random-init ones?")
 
 # %% [markdown]
 # Read it carefully. From random inits the same task ends in weights that barely overlap
@@ -199,6 +307,11 @@ print(f"after pretraining on A: A {iso.a_before:.3f}, B {iso.b_before:.3f} (chan
 print(f"{'way':<22}{'B (target)':>12}{'A (retained)':>14}{'trainable share of trunk':>26}")
 for way in modular_isolation.WAYS:
     print(f"{way:<22}{iso.target[way]:>12.3f}{iso.retained[way]:>14.3f}{iso.trainable[way]:>26.2f}")
+if iso.b_before < cfg.chance:
+    print(f"B scores {iso.b_before:.3f} before fine-tuning, below chance ({cfg.chance:.2f}): B's head was never "
+          "trained, so it is an arbitrary read-out of the trunk's features; chance is the score of guessing "
+          "without looking at the input, and an untrained read-out that does look at it can be anti-correlated "
+          "with B's labels.")
 modular_plots.plot_isolation(iso)
 plt.show()
 
@@ -242,6 +355,21 @@ def on_finetune():
 
 run_on_click(finetune_button, finetune_out, on_finetune)
 display(widgets.VBox([way_pick, widgets.HBox([density_slider, units_box]), finetune_button, finetune_out]))
+
+# %% [markdown]
+# ## Summary: what this run found
+# Every sentence below is printed from the numbers above.
+
+# %%
+for arm in ("random init", "pretrained"):
+    scores = [r.modularity for r in report.runs[arm]]
+    print(f"- {arm}: modularity {min(scores):.2f} to {max(scores):.2f} over {len(scores)} seeds; the ablated task "
+          f"falls to at most {checks[f'{arm}: own task after ablation, max']:.2f} (chance {cfg.chance:.2f}).")
+print("- Overlap of the same task's subnetwork across seeds (Jaccard / chance): "
+      + ", ".join(f"{arm} {o.jaccard / o.chance:.1f}x" for arm, o in report.overlaps.items()) + ".")
+best = max(modular_isolation.WAYS, key=lambda w: iso.retained[w])
+print(f"- Fine-tuning on B: {best} kept the most of A ({iso.retained[best]:.3f}, from {iso.a_before:.3f}); "
+      f"full fine-tuning kept {iso.retained['full']:.3f} and reached B {iso.target['full']:.3f}.")
 
 # %% [markdown]
 # ## Questions to think about

@@ -19,6 +19,17 @@
 # A third, quieter one decides whether the experiment means anything at all: does the
 # optimizer really leave the frozen weights alone?
 #
+# **By the end you can** write a gradient criterion (SNIP) and the top-k selection within a
+# budget yourself, compare criteria on a toy whose answer is known, tell the global policy
+# from the per-tensor one, and spot the masked-optimizer pitfall.
+#
+# **Prerequisites**: lesson 1 (the teacher-student toy); gradients with `torch.autograd`;
+# `torch.topk` or sorting.
+#
+# **Time**: reading and exercises about 50 min (an estimate). Running, measured on the lab's
+# 2-core machine shared with other jobs (`benchmarks/results/lesson_times.md`): about 2 min in
+# fast mode (`LAB_FAST=1`), full mode not measured yet.
+#
 # We use lesson 1's teacher-student toy because it **knows the answer**: the student
 # copies W1 and W3 from the teacher and has W2 re-drawn, so only W2 needs to change. A
 # good criterion should find W2, and training its mask should come close to full
@@ -56,6 +67,9 @@ import matplotlib.pyplot as plt
 import torch
 from IPython.display import Markdown, display
 
+from lessons.exercises import lesson03 as ex
+from lessons.exercises import reveal, yours_or_library
+from lessons.exercises.lesson03 import check_snip_scores, check_top_k
 from sparsity import SparseConfig, cosine, fit, masks, sparsify
 from sparsity.fastmode import fast_mode
 from toys import modular_world
@@ -88,15 +102,130 @@ print(f"the L1 run moved {sum(l1_where.values())} of {setup.n_weights} weight en
 print(f"W2 holds {setup.chance_share:.1%} of the weight entries: what a random mask puts there")
 
 # %% [markdown]
+# ### Exercise 3.1: the SNIP score (difficulty 2/3, importance 3/3)
+# SNIP (Lee et al. 2019) scores a weight entry by `abs(w * g)`: the first-order change of the
+# loss if the entry were removed. Here `g` is the gradient of the loss **summed over the
+# calibration batches**, and only the weight matrices are scored (names ending in `weight`).
+
+# %%
+def snip_scores(model, loss_fn, batches):
+    """{weight name: abs(w * g)} for every parameter whose name ends in "weight".
+
+    loss_fn(model, batch) returns a scalar loss; g is the sum over batches of its gradient.
+    Leave the model's parameters unchanged.
+    """
+    raise NotImplementedError("your code here")
+
+
+# %% tags=["raises-exception"]
+check_snip_scores(snip_scores)
+
+# %% [markdown]
+# <details><summary>Hint</summary>
+#
+# `torch.autograd.grad(loss, tensors)` returns one gradient per tensor without touching
+# `.grad`; add them up over the batches, then multiply by the detached weights.
+# </details>
+#
+# <details><summary>Solution</summary>
+#
+# ```python
+# def snip_scores(model, loss_fn, batches):
+#     names = [n for n, _ in model.named_parameters() if n.endswith("weight")]
+#     params = dict(model.named_parameters())
+#     total = {n: torch.zeros_like(params[n]) for n in names}
+#     for batch in batches:
+#         grads = torch.autograd.grad(loss_fn(model, batch), [params[n] for n in names])
+#         for n, g in zip(names, grads):
+#             total[n] += g
+#     return {n: (params[n].detach() * total[n]).abs() for n in names}
+# ```
+# </details>
+#
+# ### Exercise 3.2: top-k within a budget (difficulty 2/3, importance 3/3)
+# Scores become a mask by a *policy*. Write `top_k`: the mask holds, for every parameter of
+# the model, a bool tensor; the scored tensors get their top `density` share of entries, the
+# others come back all False. The lab's conventions: the count is `round(density * n)` but at
+# least 1; with `scope="global"` all scored entries compete together (n = all of them), with
+# `"per_tensor"` each scored tensor keeps its own share; ties go to the **earlier** entry (in
+# the order of the scores dict, then row-major).
+
+# %%
+def top_k(model, scores, density, scope="global"):
+    """{name: bool tensor} for every parameter of model; True on the top entries by score."""
+    raise NotImplementedError("your code here")
+
+
+# %% tags=["raises-exception"]
+check_top_k(top_k)
+
+# %% [markdown]
+# <details><summary>Hint 1</summary>
+#
+# `torch.sort(flat, descending=True, stable=True).indices[:k]` gives the top k with ties to the
+# earlier position (`torch.topk` does not promise that).
+# </details>
+#
+# <details><summary>Hint 2</summary>
+#
+# Global: `torch.cat` the flattened scores, pick the top k once, then cut the chosen flags back
+# into tensors of each score's shape, in the same order.
+# </details>
+#
+# <details><summary>Solution</summary>
+#
+# ```python
+# def top_k(model, scores, density, scope="global"):
+#     def top(flat, k):
+#         chosen = torch.zeros(flat.numel(), dtype=torch.bool)
+#         chosen[torch.sort(flat, descending=True, stable=True).indices[:k]] = True
+#         return chosen
+#
+#     mask = {n: torch.zeros_like(p, dtype=torch.bool) for n, p in model.named_parameters()}
+#     if scope == "per_tensor":
+#         for n, s in scores.items():
+#             mask[n] = top(s.flatten().float(), max(1, round(density * s.numel()))).view(s.shape)
+#         return mask
+#     flat = torch.cat([s.flatten().float() for s in scores.values()])
+#     chosen, start = top(flat, max(1, round(density * flat.numel()))), 0
+#     for n, s in scores.items():
+#         mask[n] = chosen[start:start + s.numel()].view(s.shape)
+#         start += s.numel()
+#     return mask
+# ```
+# </details>
+#
+# Your two functions together pick a SNIP mask at 5% of the student's weights. Where does it
+# lie, and is it the mask the comparison below trains as `snip`?
+
+# %%
+snip_of = yours_or_library(ex, "snip_scores", snip_scores)
+top_k_of = yours_or_library(ex, "top_k", top_k)
+your_mask = top_k_of(setup.student, snip_of(setup.student, ts.mse_loss, setup.batches), 0.05)
+theirs = tsc.select(setup, "snip", 0.05)
+in_w2 = int(your_mask["fc2.weight"].sum()) / sum(int(m.sum()) for m in your_mask.values())
+print(f"{in_w2:.0%} of this SNIP mask lies in W2 (a random mask: {setup.chance_share:.0%}); the same mask as the "
+      f"comparison's snip at 5%: {all(torch.equal(your_mask[n], theirs[n]) for n in theirs)}")
+
+# %% [markdown]
 # ## The comparison
 # Every criterion at every budget (global scope): build the mask at the start, train only
-# it, measure. "x full" is the test MSE over full fine-tuning's; "recovery" the share of
+# it, measure.
+#
+# **Predict before you run.** Which will reach the lower test MSE at the 5% budget: `random`
+# or `magnitude`? (Magnitude knows only the weights' sizes; W2 was re-drawn at the scale of
+# the copied layers.) "x full" is the test MSE over full fine-tuning's; "recovery" the share of
 # full fine-tuning's loss reduction the sparse run achieves (1 = as good, above 1 =
 # better); "in W2" the share of the mask inside W2; "covers W2" the share of W2 it trains.
 
 # %%
+prediction = None  # "random" or "magnitude"
+
+# %%
 comparison = tsc.compare(setup, densities=DENSITIES)
 display(Markdown(comparison.table()))
+lower = min(("random", "magnitude"), key=lambda c: comparison.get(c, 0.05).test_loss)
+reveal(prediction, lower, "Lower test MSE at 5%, random or magnitude?")
 tsc.plot_comparison(comparison)
 plt.show()
 
@@ -190,12 +319,12 @@ plt.show()
 # %% [markdown]
 # ## Beyond one layer: which criterion finds the right *module*?
 # In the teacher-student toy the answer is a whole layer. Lesson 2's modular toy
-# (`toys/modular.py`) has a finer one. Its input holds four groups of features; task `t1`
+# (`toys/modular_world.py`) has a finer one. Its input holds four groups of features; task `t1`
 # reads group 1 only, and *related* tasks `r0..r3` compose the same groups' features
 # differently. A trunk pretrained on the related tasks already computes each group's
 # features; fine-tuning it on `t1` should need the **first-layer weights that read group
 # 1**: the module. Does a criterion find it (the share of the mask's first-layer entries
-# that read group 1; chance is 25%), and what does training the mask do to the related
+# that read group 1, against chance: one group's share of the inputs, printed below), and what does training the mask do to the related
 # tasks the trunk was pretrained on (retained accuracy)? `update` ranks entries by how much
 # a full fine-tuning run changed them; `module` is the ground truth, in random order.
 
@@ -287,11 +416,29 @@ train_button, output, last_run = train_panel(train_and_plot)
 display(widgets.VBox([criterion_menu, density_slider, scope_buttons, rank_slider, train_button, output]))
 
 # %% [markdown]
+# ## Summary: what this run found
+# Every sentence below is printed from the numbers above.
+
+# %%
+for d in DENSITIES:
+    rows = [r for r in comparison.rows if r.density == d and r.scope == "global"]
+    best_row = min(rows, key=lambda r: r.test_loss)
+    finders = [r.criterion for r in rows if r.share_needed > 2 * setup.chance_share]
+    print(f"- Budget {d:.0%}: the best mask ({best_row.criterion}) reached {best_row.recovery:.0%} of full fine-tuning's "
+          f"gain; criteria putting over twice chance's share of their mask in W2: {', '.join(finders) or 'none'}.")
+glob_f, per_f = comparison.get("fisher", 0.05), per_tensor.get("fisher", 0.05, "per_tensor")
+print(f"- The per-tensor policy put {per_f.share_needed:.0%} of Fisher's mask in W2 against {glob_f.share_needed:.0%} "
+      "with the global one.")
+print(f"- Zeroing gradients under plain AdamW moved {naive.moved} of {naive.frozen} frozen entries; "
+      f"MaskedAdamW moved {masked.moved}.")
+
+# %% [markdown]
 # ## Questions to think about
 # 1. Gradient and Fisher read the loss at the start only. Why do they still find W2? When
 #    would a score read at the start mislead (think of a layer whose gradient is zero at
 #    the start but that needs to change later)?
-# 2. Magnitude fails here. In a *pretrained* network, why might large weights be the
+# 2. Compare magnitude's share of W2 and its recovery with the gradient criteria's (the
+#    lines above). In a *pretrained* network, why might large weights be the
 #    *wrong* ones to change (they may carry what the model already knows)?
 # 3. `layers` at 20% is the whole of W2, fewer entries than the budget allows. Does it beat
 #    the other 20% masks, and does it reach full fine-tuning? Test the local-optimum reading:

@@ -24,8 +24,23 @@
 # Two numbers per fine-tuning run: **target accuracy** (exact match on the target's test
 # split: did it learn?) and **source retention** (mean accuracy on the pretraining tasks:
 # what did it forget?). The question of the lab, at this scale: **can a sparse subnetwork
-# (5% of every weight matrix) match full fine-tuning, and does it forget less?** LoRA at
-# the same number of trainable entries is the baseline every sparse method must beat.
+# (5% of every weight matrix) match full fine-tuning, and does it forget less?** LoRA is the
+# baseline every sparse method must beat; a fair comparison gives both the same number of
+# trainable entries (the *LoRA-equal* budget, exercise 5.1). In the one-run table below the
+# sparse methods train 5% of every block matrix, in general not LoRA's count: the table
+# prints each method's count; the committed frontiers further down compare them at
+# LoRA-equal budgets too.
+#
+# **By the end you can** fine-tune a transformer sparsely with the lab's entry point, compute
+# the LoRA-equal budget of a matrix and the area under a learning-forgetting frontier
+# yourself, and judge methods by their frontiers rather than by one run.
+#
+# **Prerequisites**: lessons 1, 3 and 7 (criteria, LIFT); what a decoder-only transformer and
+# LoRA are; Pareto optimality.
+#
+# **Time**: reading and exercises about 50 min (an estimate). Running, measured on the lab's
+# 2-core machine shared with other jobs (`benchmarks/results/lesson_times.md`): about 1 min in
+# fast mode (`LAB_FAST=1`), full mode not measured yet.
 #
 # Everything runs the lab's code: `scaleup.pretrain` (cached checkpoints), `scaleup.compare`
 # (the controlled benchmark: one function fine-tunes with any method; `scaleup.report` draws
@@ -47,6 +62,9 @@ import matplotlib.pyplot as plt
 import torch
 from IPython.display import Markdown, display
 
+from lessons.exercises import lesson05 as ex
+from lessons.exercises import reveal, yours_or_library
+from lessons.exercises.lesson05 import check_frontier_area, check_lora_equal_count
 from scaleup import bench_config, finetune, gpt, methods, report, results
 from scaleup import tasks as tk
 from scaleup import teacher_student as ts
@@ -119,6 +137,12 @@ print(f"loss {history['loss'][0]:.3f} -> {history['loss'][-1]:.3f}; target accur
 # and picks, on a validation split, the smallest rate that learns the target as well as the
 # best one; here each method uses the rate that sweep chose on the tiny preset for `add2`
 # (the table prints it: fewer trainable entries need larger steps).
+#
+# **Predict before you run.** Which of `full`, `lora` and `lift` will keep the most of the
+# source (the highest retention)?
+
+# %%
+prediction = None  # "full", "lora" or "lift"
 
 # %%
 SHOWN = ("full", "lora", "random", "magnitude", "lift")
@@ -141,6 +165,13 @@ for m, r in rows.items():
           f"{r['train_s']:>9.1f}")
 same = all(rows["lift"][k] == v for k, v in by_hand.items())
 print(f"the sparsify + fit run above is the benchmark's lift run, bit for bit: {same}")
+kept_most = max(("full", "lora", "lift"), key=lambda m: rows[m]["retention"])
+reveal(prediction, kept_most, "Highest retention of full, lora and lift?")
+if FAST:
+    print(f"fast mode: the micro model fine-tuned for {cfg.steps} steps; retention went from "
+          f"{setup.before['retention']:.2f} to {min(r['retention'] for r in rows.values()):.2f}-"
+          f"{max(r['retention'] for r in rows.values()):.2f}. These numbers only show that the cells run; "
+          "the committed full-size results are the frontiers below.")
 
 # %%
 report.plot_learning_vs_forgetting(rows, setup.before, f"GPT {PRESET}: fine-tuning on {cfg.target}, one seed")
@@ -162,6 +193,46 @@ report.plot_costs(rows)
 plt.show()
 
 # %% [markdown]
+# ### Exercise 5.1: the LoRA-equal budget (difficulty 1/3, importance 3/3)
+# A rank-r LoRA adapter on a matrix of shape (m, n) trains `B` (m x r) and `A` (r x n) (Hu et
+# al. 2021). A sparse method compared "at a matched budget" trains the same number of entries
+# of that matrix, but never more than the matrix has. Write the count.
+
+# %%
+def lora_equal_count(shape, rank):
+    """How many entries of a matrix of shape (m, n) a LoRA-equal sparse mask of rank `rank` trains (an int)."""
+    raise NotImplementedError("your code here")
+
+
+# %% tags=["raises-exception"]
+check_lora_equal_count(lora_equal_count)
+
+# %% [markdown]
+# <details><summary>Hint</summary>
+#
+# B has m * r entries and A has r * n; cap the sum at m * n.
+# </details>
+#
+# <details><summary>Solution</summary>
+#
+# ```python
+# def lora_equal_count(shape, rank):
+#     m, n = shape
+#     return min(rank * (m + n), m * n)
+# ```
+# </details>
+#
+# With your count: how many entries does a LoRA-equal sparse mask train in this GPT's block
+# matrices, against LoRA's adapters and the 5% masks above?
+
+# %%
+count_of = yours_or_library(ex, "lora_equal_count", lora_equal_count)
+blocks = [p for n, p in setup.pretrained.named_parameters() if ".blocks." in f".{n}" and p.ndim == 2]
+equal = sum(count_of(tuple(p.shape), cfg.lora_rank) for p in blocks)
+print(f"{len(blocks)} block matrices; LoRA-equal budget at rank {cfg.lora_rank}: {equal:,} entries; "
+      f"LoRA trained {rows['lora']['trainable']:,}; the 5% masks {rows['lift']['trainable']:,}")
+
+# %% [markdown]
 # ## Learning-forgetting frontiers: judging a method over its whole trade-off
 #
 # One seed and one learning rate per method is an anecdote: a lower rate keeps more of the
@@ -181,9 +252,50 @@ plt.show()
 #
 # The committed results below come from the lab's code (the commands are in each report);
 # choose a scale or world, the methods and the budget.
+#
+# ### Exercise 5.2: the area under a frontier (difficulty 2/3, importance 2/3)
+# Given a run's (retention, target) points, each in [0, 1] with higher better on both, keep
+# the **Pareto frontier** (the points no other point beats on both axes) and return the area
+# of the unit square it dominates: the union of the boxes [0, x] x [0, y] of its points. No
+# points: area 0.
 
 # %%
-from scaleup import frontier_report
+def frontier_area(points):
+    """The area of [0, 1]^2 dominated by the Pareto frontier of a list of (x, y) points (a float)."""
+    raise NotImplementedError("your code here")
+
+
+# %% tags=["raises-exception"]
+check_frontier_area(frontier_area)
+
+# %% [markdown]
+# <details><summary>Hint 1</summary>
+#
+# Dominated points add nothing to the union of boxes, so you can skip the frontier step and
+# compute the union directly.
+# </details>
+#
+# <details><summary>Hint 2</summary>
+#
+# Sort by x. Between the previous x and this point's x, the union's height is the largest y
+# among the points with x at least this one's.
+# </details>
+#
+# <details><summary>Solution</summary>
+#
+# ```python
+# def frontier_area(points):
+#     boxes = sorted(set(points))
+#     area, previous_x = 0.0, 0.0
+#     for i, (x, _) in enumerate(boxes):
+#         area += (x - previous_x) * max(y for _, y in boxes[i:])
+#         previous_x = x
+#     return area
+# ```
+# </details>
+
+# %%
+from scaleup import frontier, frontier_report
 
 ROOT = Path(bench_config.__file__).resolve().parents[1]
 FRONTIERS = {label: ROOT / "benchmarks" / "results" / name for label, name in (
@@ -197,6 +309,18 @@ FRONTIERS = {label: ROOT / "benchmarks" / "results" / name for label, name in (
 traced = {label: results.load_results(folder) for label, folder in FRONTIERS.items()}
 traced = {label: rows for label, rows in traced.items() if any(r.get("trace") for r in rows.values())}
 print("committed frontier benchmarks:", ", ".join(traced) or "none yet")
+area_of = yours_or_library(ex, "frontier_area", frontier_area)
+for label, stored in list(traced.items())[:1]:
+    points = {}
+    for row in stored.values():
+        if row["budget"] in ("all", "lora_equal"):
+            points.setdefault((row["method"], row["seed"]), []).extend(frontier.run_points(row))
+    per_method = {}
+    for (method, _), p in points.items():
+        per_method.setdefault(method, []).append(area_of(p))
+    print(f"{label}, area under each method's frontier at the LoRA-equal budget (full: all entries), "
+          "mean over seeds: "
+          + ", ".join(f"{m} {sum(a) / len(a):.3f}" for m, a in sorted(per_method.items(), key=lambda kv: -sum(kv[1]) / len(kv[1]))))
 
 # %%
 scale_menu = widgets.Dropdown(options=list(traced), description="scale", layout=wide())
@@ -322,6 +446,21 @@ def on_run():
 
 run_on_click(run_button, output, on_run)
 display(widgets.VBox([method_menu, density_slider, target_menu, run_button, output]))
+
+# %% [markdown]
+# ## Summary: what this run found
+# Every sentence below is printed from the numbers above (fast mode: see the note under the
+# one-run table).
+
+# %%
+print(f"- One run each on {cfg.target}: target " + ", ".join(f"{m} {r['target_test']:.2f}" for m, r in rows.items())
+      + "; retention " + ", ".join(f"{m} {r['retention']:.2f}" for m, r in rows.items()) + ".")
+print(f"- Trainable entries: LoRA {rows['lora']['trainable']:,}, the 5% masks {rows['lift']['trainable']:,}, "
+      f"a LoRA-equal mask {equal:,}.")
+for lam, student in study.runs.items():
+    top = max(student.block_share, key=student.block_share.get)
+    print(f"- Teacher-student probe, lambda = {lam:g}: the largest share of the update sits in {top}; the teacher "
+          f"changed {', '.join(study.chosen)}.")
 
 # %% [markdown]
 # ## Questions to think about

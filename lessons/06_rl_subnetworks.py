@@ -22,6 +22,17 @@
 # numerical mechanism: in bf16 an update below half a unit in the last place (ulp) of a
 # weight rounds away.
 #
+# **By the end you can** measure the update sparsity of a fine-tune, write GRPO's group
+# advantage and the half-ulp of a bf16 weight yourself, explain how storage precision and
+# step size make an update sparse, and test the paper's claims one by one.
+#
+# **Prerequisites**: lessons 1 and 5 (update sizes; the GPT and its tasks); floating-point
+# formats (sign, exponent, mantissa); policy-gradient RL in outline.
+#
+# **Time**: reading and exercises about 50 min (an estimate). Running, measured on the lab's
+# 2-core machine shared with other jobs (`benchmarks/results/lesson_times.md`): about 4 min in
+# fast mode (`LAB_FAST=1`), full mode not measured yet.
+#
 # Lessons 1-5 *chose* a subnetwork and trained it. Here nothing is chosen: we train
 # everything and **look at what moved**. On the lab's small GPT and its synthetic tasks we
 # run GRPO (RL), SFT and DPO at matched settings, with the weights kept in float32 or
@@ -42,6 +53,9 @@ import numpy as np
 import torch
 from IPython.display import Markdown, display
 
+from lessons.exercises import lesson06 as ex
+from lessons.exercises import reveal, yours_or_library
+from lessons.exercises.lesson06 import check_group_advantages, check_half_ulp
 from scaleup import rl, rl_study
 from scaleup import tasks as tk
 from sparsity.fastmode import fast_mode
@@ -57,10 +71,61 @@ print(f"fast mode: {FAST}; GPT '{cfg.preset}', target '{cfg.task}'; theta_0 afte
 print(f"each run: {cfg.steps} steps of {cfg.prompts} prompts x {cfg.group} sampled answers, Adam lr {cfg.lr:g}")
 
 # %% [markdown]
+# ### Exercise 6.1: GRPO's group advantage (difficulty 1/3, importance 3/3)
+# GRPO (Shao et al. 2024) samples a *group* of answers per prompt and needs no value model:
+# each answer's advantage is its reward relative to its own group,
+# `(r - mean) / (std + eps)` with `eps = 1e-6` and the (unbiased, torch's default) standard
+# deviation of the group. A group whose answers all got the same reward has advantage 0
+# everywhere.
+
+# %%
+def group_advantages(reward):
+    """Advantages of a [prompts, group] reward tensor, normalised within each row (same shape)."""
+    raise NotImplementedError("your code here")
+
+
+# %% tags=["raises-exception"]
+check_group_advantages(group_advantages)
+
+# %% [markdown]
+# <details><summary>Hint</summary>
+#
+# `reward.mean(1, keepdim=True)` and `reward.std(1, keepdim=True)` keep one value per row that
+# broadcasts against the row.
+# </details>
+#
+# <details><summary>Solution</summary>
+#
+# ```python
+# def group_advantages(reward):
+#     centred = reward - reward.mean(1, keepdim=True)
+#     return centred / (reward.std(1, keepdim=True) + 1e-6)
+# ```
+# </details>
+#
+# What the advantage means for learning from theta_0: with exact-match rewards, a prompt whose
+# group is all right or all wrong teaches nothing. With your function, on rewards drawn at
+# theta_0's accuracy:
+
+# %%
+advantages_of = yours_or_library(ex, "group_advantages", group_advantages)
+p_right = tk.accuracy(start, world, cfg.task, "test")
+drawn = (torch.rand(1000, cfg.group, generator=torch.Generator().manual_seed(0)) < p_right).float()
+silent = (advantages_of(drawn).abs().amax(1) == 0).float().mean().item()
+print(f"groups of {cfg.group} at accuracy {p_right:.2f}: {silent:.0%} of prompts get advantage 0 for every answer "
+      f"(all right or all wrong); the pretrained model, at accuracy 0, would get 100%")
+
+# %% [markdown]
 # ## The study: three algorithms, two storage dtypes
 # Six fine-tunes of theta_0 (GRPO, SFT and DPO, each with float32 and with bf16 weights),
 # then the subnetwork retrain. *Update sparsity* is the share of entries with
 # |theta_1 - theta_0| <= 1e-5, compared in bf16 as the paper does.
+#
+# **Predict before you run.** Will GRPO with bf16 weights leave more entries exactly
+# unchanged than GRPO with float32 weights? Answer "yes" or "no".
+
+# %%
+prediction = None  # "yes" or "no"
 
 # %%
 study = rl_study.run_study(cfg, start=(start, warmup), progress=True)
@@ -81,6 +146,8 @@ for ax in (ax_sparsity, ax_target):
     ax.tick_params(axis="x", rotation=35)
 fig.tight_layout()
 plt.show()
+sparser = study["runs"]["grpo/bfloat16"]["update_sparsity"] > study["runs"]["grpo/float32"]["update_sparsity"]
+reveal(prediction, "yes" if sparser else "no", "Does bf16 leave more entries unchanged than float32 (GRPO)?")
 
 # %% [markdown]
 # ## Where the update goes: per layer type
@@ -107,6 +174,57 @@ plt.show()
 # and two predictions of the bf16 run's sparsity from the float32 run (the share of
 # entries whose whole float32 update, or whose average float32 step, stays below half an
 # ulp of |theta_0|).
+#
+# ### Exercise 6.2: half a unit in the last place (difficulty 3/3, importance 2/3)
+# A float stores a value as `m * 2**e` with a mantissa of `p` stored bits (bf16: 7, float16:
+# 10, float32: 23). The gap between neighbouring representable values near `v` (one *ulp*) is
+# `2**(e - p)` for `v` in `[2**e, 2**(e+1))`; an update below half of it rounds back to `v`.
+# Write half an ulp of each value as stored in `dtype` (0 where the value is 0).
+
+# %%
+def half_ulp(values, dtype=torch.bfloat16):
+    """Half a unit in the last place of each entry of values, stored in dtype: a float32 tensor."""
+    raise NotImplementedError("your code here")
+
+
+# %% tags=["raises-exception"]
+check_half_ulp(half_ulp)
+
+# %% [markdown]
+# <details><summary>Hint 1</summary>
+#
+# `torch.finfo(dtype).eps` is one ulp at 1.0, `2**-p`: `p = round(-log2(eps))`.
+# </details>
+#
+# <details><summary>Hint 2</summary>
+#
+# `torch.frexp(x)` returns `(mantissa, exponent)` with `x = mantissa * 2**exponent` and
+# `0.5 <= |mantissa| < 1`; round to `dtype` first (`values.to(dtype).float()`), then half an ulp is
+# `2**(exponent - 1 - p - 1)`, and `torch.ldexp` builds it.
+# </details>
+#
+# <details><summary>Solution</summary>
+#
+# ```python
+# import math
+#
+# def half_ulp(values, dtype=torch.bfloat16):
+#     bits = round(-math.log2(torch.finfo(dtype).eps))
+#     _, exponent = torch.frexp(values.to(dtype).float())
+#     half = torch.ldexp(torch.ones_like(values, dtype=torch.float32), exponent - bits - 2)
+#     return torch.where(values == 0, torch.zeros_like(half), half)
+# ```
+# </details>
+#
+# With your function on theta_0: how many of its entries could a single step of the learning
+# rate's size not move at all in bf16?
+
+# %%
+half_ulp_of = yours_or_library(ex, "half_ulp", half_ulp)
+weights0 = torch.cat([p.detach().flatten() for p in start.parameters()])
+stuck = (half_ulp_of(weights0) > cfg.lr).float().mean().item()
+print(f"{stuck:.1%} of theta_0's entries have half a bf16 ulp above the learning rate {cfg.lr:g}: a step of that size "
+      "rounds away on them (Adam's steps are about the learning rate early on)")
 
 # %%
 fig, ax = plt.subplots(figsize=(8, 3.6))
@@ -212,12 +330,48 @@ display(widgets.VBox([algorithm_menu, dtype_buttons, lr_slider, steps_slider, ru
 display(Markdown("\n".join(f"- {line}" for line in study["verdicts"])))
 
 # %% [markdown]
-# ## What to take away
-# - On this model the sparsity of the update is mostly a matter of **storage precision and
-#   step size**, not of the algorithm: compare the float32 and bf16 rows, and the overlap
-#   of GRPO's and SFT's changed entries with its chance level.
-# - The entries that stay put are the large ones: half a bf16 ulp grows with |w|.
-# - Training only the changed entries gets the score back; whether the *values* agree to
-#   1e-5 is a much stricter question, and the agreement line answers it.
-# - Lesson 7 chooses a subnetwork *before* training (principal weights); this lesson
-#   found one *after* training. Lesson 3's criteria sit between the two.
+# ## Summary: what this run found
+# Every sentence below is printed from the numbers above.
+
+# %%
+runs = study["runs"]
+print("- Update sparsity (share unchanged): " + ", ".join(f"{n} {r['update_sparsity']:.0%}" for n, r in runs.items())
+      + ": compare float32 with bf16 for the role of storage precision.")
+deciles = runs["grpo/bfloat16"]["changed_by_decile"]
+print(f"- GRPO in bf16 changed {deciles[0]:.0%} of the smallest tenth of theta_0's entries and {deciles[-1]:.0%} of "
+      "the largest tenth: " + ("the pattern rounding predicts (half a bf16 ulp grows with |w|)." if deciles[0] > deciles[-1]
+                                else "not the pattern rounding predicts (half a bf16 ulp grows with |w|)."))
+print(f"- {o['pair']} changed entries overlap with Jaccard {o['jaccard']:.2f} (chance {o['chance_jaccard']:.2f}).")
+gain = r["full_target"] - study["start_target"]
+if gain >= rl_study.RETRAIN_MIN_GAIN:
+    print(f"- Training only the subnetwork: target {r['masked_target']:.3f} vs the full run's {r['full_target']:.3f} "
+          f"(the full run gained {gain:+.3f} over theta_0).")
+else:
+    print(f"- The full GRPO run barely learned ({study['start_target']:.3f} -> {r['full_target']:.3f}), so this run "
+          "cannot test whether the subnetwork alone gets the score back (full mode, `LAB_FAST=0`, trains longer: "
+          "its summary says whether that run can).")
+print("- Whether the *values* agree is stricter: " + ", ".join(
+    f"{k} {v:.0%}" for k, v in r["agreement_in_subnetwork"].items()) + " of the subnetwork's entries agree.")
+
+# %% [markdown]
+# Lesson 7 chooses a subnetwork *before* training (principal weights); this lesson found one
+# *after* training. Lesson 3's criteria sit between the two.
+#
+# ## Questions to think about
+# 1. Compare the bf16 and float32 runs' update sparsity at the same learning rate (the
+#    summary's first line). If sparsity came from RL itself, what would you expect the
+#    float32 runs to show?
+# 2. Half a bf16 ulp grows with |w|. Which entries does a small learning rate leave alone,
+#    and what does that predict for LayerNorm gains (values near 1)?
+# 3. With exact-match rewards a group that is all right or all wrong has zero advantage
+#    (exercise 6.1). Why does that make the SFT warm-up necessary, and what does it predict
+#    for GRPO's update on prompts the model already solves?
+# 4. Training only the changed entries is judged against a full run. Why is "the
+#    subnetwork gets the score back" meaningless when the full run did not learn?
+# 5. The paper compares checkpoints at 1e-5 in bf16. Pick the tolerance that would make
+#    *every* float32 run look sparse, and say why a tolerance must be tied to the storage
+#    precision.
+#
+# ## What next
+# - Lesson 7 chooses a subnetwork before training (LIFT's principal weights).
+# - Lesson 8 turns to 2:4 structured sparsity on GPUs.

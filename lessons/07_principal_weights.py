@@ -29,6 +29,17 @@
 # LIFT *is* magnitude selection; at **low rank** the selection can differ completely.
 # Whether it is *better* is an empirical question. Here we ask it at toy scale.
 #
+# **By the end you can** compute a matrix's best rank-r approximation and LIFT's
+# principal-weight mask yourself, explain why LIFT equals magnitude at full rank and differs
+# below it, and measure learning against forgetting for a sparse fine-tune.
+#
+# **Prerequisites**: lessons 1 and 3 (the toy, criteria and budgets); the singular value
+# decomposition.
+#
+# **Time**: reading and exercises about 45 min (an estimate). Running, measured on the lab's
+# 2-core machine shared with other jobs (`benchmarks/results/lesson_times.md`): about 1 min in
+# fast mode (`LAB_FAST=1`), about 4 min in full mode.
+#
 # **The setting.** Lesson 1's student plays the pretrained model (W1 and W3 copied from a
 # teacher, W2 re-drawn). Its *source skill* is its own function. The *target task* is the
 # teacher's function on inputs confined to a random 10-dimensional subspace U of the
@@ -52,7 +63,10 @@ import matplotlib.pyplot as plt
 import torch
 from IPython.display import Markdown, display
 
-from sparsity import SparseConfig, cosine, fit, sparsify
+from lessons.exercises import lesson07 as ex
+from lessons.exercises import reveal, yours_or_library
+from lessons.exercises.lesson07 import check_low_rank_approximation, check_principal_mask
+from sparsity import SparseConfig, cosine, fit, masks, sparsify
 from sparsity.fastmode import fast_mode
 from toys import principal_weights as pw
 from toys.widgets import budget_slider, train_panel, wide
@@ -75,6 +89,82 @@ print(f"fast mode: {FAST}; {tcfg.steps} steps per fine-tune; input dimension {tc
 # %%
 pw.plot_spectra(student)
 plt.show()
+
+# %% [markdown]
+# ### Exercise 7.1: the best rank-r approximation (difficulty 1/3, importance 3/3)
+# By Eckart & Young (1936), keeping the `r` largest singular values of `W = U S V^T` gives the
+# best rank-r approximation. Write it (in float32, whatever the weight's dtype).
+
+# %%
+def low_rank_approximation(weight, rank):
+    """The best rank-`rank` approximation of a 2-D weight, as a float32 tensor of its shape."""
+    raise NotImplementedError("your code here")
+
+
+# %% tags=["raises-exception"]
+check_low_rank_approximation(low_rank_approximation)
+
+# %% [markdown]
+# <details><summary>Hint</summary>
+#
+# `u, s, vh = torch.linalg.svd(w, full_matrices=False)`; the first `rank` columns of `u`
+# scaled by `s[:rank]`, times the first `rank` rows of `vh`.
+# </details>
+#
+# <details><summary>Solution</summary>
+#
+# ```python
+# def low_rank_approximation(weight, rank):
+#     u, s, vh = torch.linalg.svd(weight.detach().float(), full_matrices=False)
+#     return (u[:, :rank] * s[:rank]) @ vh[:rank]
+# ```
+# </details>
+#
+# ### Exercise 7.2: LIFT's principal-weight mask (difficulty 2/3, importance 3/3)
+# Score every entry by `abs` of the rank-r approximation and keep the top `density` share of
+# the matrix's entries (`round(density * n)`, at least 1; ties to the earlier entry,
+# row-major), as a bool mask of the weight's shape.
+
+# %%
+def principal_mask(weight, rank, density):
+    """Bool mask of weight's shape: the top density share of entries of abs(rank-r approximation)."""
+    raise NotImplementedError("your code here")
+
+
+# %% tags=["raises-exception"]
+check_principal_mask(principal_mask)
+
+# %% [markdown]
+# <details><summary>Hint</summary>
+#
+# Score with your `low_rank_approximation(weight, rank).abs()`, flatten, and take the top k with
+# `torch.sort(..., descending=True, stable=True)`.
+# </details>
+#
+# <details><summary>Solution</summary>
+#
+# ```python
+# def principal_mask(weight, rank, density):
+#     u, s, vh = torch.linalg.svd(weight.detach().float(), full_matrices=False)
+#     scores = ((u[:, :rank] * s[:rank]) @ vh[:rank]).abs().flatten()
+#     chosen = torch.zeros(scores.numel(), dtype=torch.bool)
+#     chosen[torch.sort(scores, descending=True, stable=True).indices[:max(1, round(density * scores.numel()))]] = True
+#     return chosen.view(weight.shape)
+# ```
+# </details>
+#
+# Your mask on the student's W2 at 5%, against plain magnitude's (the top 5% of |W2|): the
+# share of entries they share, as the rank grows.
+
+# %%
+mask_of = yours_or_library(ex, "principal_mask", principal_mask)
+w2 = student.fc2.weight.detach()
+magnitude_mask = masks.top_k(student, {"fc2.weight": w2.abs()}, 0.05)["fc2.weight"]
+for r in (1, 2, 4, min(w2.shape)):
+    lift_mask = mask_of(w2, r, 0.05)
+    shared = int((lift_mask & magnitude_mask).sum()) / int(lift_mask.sum())
+    print(f"rank {r:>2}: {shared:.0%} of the principal weights are also magnitude's"
+          + (" (full rank: the approximation is W itself)" if r == min(w2.shape) else ""))
 
 # %% [markdown]
 # ## LIFT vs magnitude: the same mask at full rank, a different one below
@@ -110,6 +200,12 @@ plt.show()
 # Full fine-tuning, a random 5% mask, magnitude, and LIFT at ranks 1, 2, 4, 8 and full,
 # each trained on the target with `MaskedAdamW` (same steps and learning rate), then
 # scored on the target and on the source.
+#
+# **Predict before you run.** Will LIFT at rank 1 reach a lower target MSE than plain
+# magnitude? Answer "yes" or "no".
+
+# %%
+prediction = None  # "yes" or "no"
 
 # %%
 study = pw.principal_weights(tcfg, density=DENSITY, ranks=pw.RANKS, seeds=SEEDS)
@@ -133,6 +229,11 @@ low, high = min(r.rms_step for r in sparse), max(r.rms_step for r in sparse)
 print(f"how far each trained weight moved (rms): full FT {full.rms_step:.3f} over {full.trained} entries; sparse "
       f"{low:.3f} to {high:.3f} over {mag.trained} entries, {low / full.rms_step:.1f}x to {high / full.rms_step:.1f}x "
       "as far")
+more_drift = [r.name for r in sparse if r.source_drift > full.source_drift]
+less_drift = [r.name for r in sparse if r.source_drift <= full.source_drift]
+print(f"source drift above full FT's: {', '.join(more_drift) or 'none'}; at or below it: {', '.join(less_drift) or 'none'}")
+reveal(prediction, "yes" if study.get("LIFT r=1").target_loss < mag.target_loss else "no",
+       "Does LIFT at rank 1 reach a lower target MSE than magnitude?")
 
 # %% [markdown]
 # Read the numbers before the claims; the error bars are the spread over seeds, and
@@ -143,10 +244,12 @@ print(f"how far each trained weight moved (rms): full FT {full.rms_step:.3f} ove
 # - **Does the low-rank step help?** Follow LIFT's target MSE as the rank falls. If it
 #   rises, the low-rank step *hurts* here, the opposite of LIFT's finding in language models.
 # - **How much less do 5% of the weights learn** than all of them? The ratio is printed above.
-# - **Is sparse gentle here?** Compare the sparse masks' source drift with full fine-tuning's,
-#   then the last printed line: a 5% mask never fits the target, so Adam keeps pushing the
-#   same few weights and each moves further than a weight of full fine-tuning, which stops
-#   once the target is fit. Big moves of a few shared weights change every output.
+# - **Is sparse gentle here?** The last two printed lines answer it: which masks drift more
+#   from the source than full fine-tuning, and which less. Where a mask drifts more, read the
+#   rms line: a 5% mask that does not fit the target keeps Adam pushing the same few weights,
+#   each further than a weight of full fine-tuning (which stops once the target is fit), and
+#   big moves of a few shared weights change every output. Where a mask drifts less, it moved
+#   little in total: fewer weights, and not far enough to offset their number.
 #
 # At toy scale, with random matrices, LIFT's evidence has no reason to carry over: it comes
 # from *pretrained* language models, whose matrices have a few dominant directions that
@@ -197,6 +300,17 @@ def train_and_plot():
 
 train_button, output, last_run = train_panel(train_and_plot)
 display(widgets.VBox([rank_slider, density_slider, train_button, output]))
+
+# %% [markdown]
+# ## Summary: what this run found
+# Every sentence below is printed from the numbers above.
+
+# %%
+print(f"- LIFT at full rank equals magnitude: {study.get('LIFT r=full').target_loss == mag.target_loss}; at rank 1 the "
+      f"masks share {overlap[0].jaccard:.2f} of their entries (Jaccard; chance {overlap[0].chance_jaccard:.3f}).")
+print("- Target MSE: " + ", ".join(f"{r.name} {r.target_loss:.3g}" for r in study.rows) + ".")
+print(f"- Source drift: full FT {full.source_drift:.3f}; masks drifting more: {', '.join(more_drift) or 'none'}; "
+      f"less: {', '.join(less_drift) or 'none'}.")
 
 # %% [markdown]
 # ## Questions to think about

@@ -29,6 +29,17 @@
 #    weights with the pattern fixed** wins back, against dense fine-tuning and
 #    unstructured 50% at the same number of steps (`toys/two_four_study.py`);
 # 3. what it buys in speed on a GPU (`benchmarks/semistructured.py`), where measured.
+#
+# **By the end you can** write the 2:4 keep-mask and its compressed form yourself, measure
+# what one-shot 2:4 costs and what fine-tuning with the pattern fixed wins back, and say
+# which layers to leave dense.
+#
+# **Prerequisites**: lesson 4 (pruning and recovery); integer bit operations (`|`, `<<`);
+# matrix multiplication on a GPU in outline.
+#
+# **Time**: reading and exercises about 45 min (an estimate). Running, measured on the lab's
+# 2-core machine shared with other jobs (`benchmarks/results/lesson_times.md`): about 2 min in
+# fast mode (`LAB_FAST=1`), about 35 min in full mode.
 
 # %%
 import warnings
@@ -37,8 +48,12 @@ import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import torch
 from IPython.display import Markdown, display
+from tqdm.auto import tqdm
 
 from benchmarks import semistructured as bench
+from lessons.exercises import lesson08 as ex
+from lessons.exercises import reveal, yours_or_library
+from lessons.exercises.lesson08 import check_compress, check_mask_24
 from sparsity import two_four, two_four_convert, two_four_linear
 from sparsity.fastmode import fast_mode
 from toys import classification as tc
@@ -56,11 +71,88 @@ print(f"fast mode: {FAST}; student {study.world.in_dim}-{'-'.join(map(str, study
 # `two_four.mask_24(w)` keeps the 2 largest |w| of every 4 consecutive inputs (any score works:
 # `two_four.mask_24(w, score)`). `two_four.compress` stores the kept entries and, per group, one byte
 # `i0 | i1 << 2` naming their two positions; `two_four.decompress` inverts it exactly.
+#
+# ### Exercise 8.1: the 2:4 keep-mask (difficulty 1/3, importance 3/3)
+# For a weight `[N, K]` (K a multiple of 4), keep the 2 entries of largest |w| in every group
+# of 4 consecutive inputs of each row; on ties the earlier input wins.
 
 # %%
+def mask_24(weight):
+    """Bool keep-mask of weight's shape: exactly 2 True in every group of 4 consecutive inputs."""
+    raise NotImplementedError("your code here")
+
+
+# %% tags=["raises-exception"]
+check_mask_24(mask_24)
+
+# %% [markdown]
+# <details><summary>Hint</summary>
+#
+# `weight.abs().reshape(N, K // 4, 4)` puts each group on the last axis; a stable descending
+# `torch.sort` along it gives the two winners' positions, and `scatter_` marks them.
+# </details>
+#
+# <details><summary>Solution</summary>
+#
+# ```python
+# def mask_24(weight):
+#     groups = weight.detach().abs().float().reshape(weight.shape[0], -1, 4)
+#     top2 = torch.sort(groups, dim=-1, descending=True, stable=True).indices[..., :2]
+#     keep = torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, top2, True)
+#     return keep.reshape(weight.shape)
+# ```
+# </details>
+#
+# ### Exercise 8.2: the compressed form (difficulty 2/3, importance 2/3)
+# Sparse tensor cores read only the kept half. For a 2:4 weight (at most 2 nonzeros per
+# group), return `(values, meta)`: `values [N, K/2]` the two stored entries of each group in
+# input order, `meta` a `torch.uint8 [N, K/4]` with one byte per group, `i0 | i1 << 2`, the
+# two stored positions with `i0 < i1`. A group with fewer than 2 nonzeros stores its nonzeros
+# and then the lowest free positions (their values are 0).
+
+# %%
+def compress(weight):
+    """(values [N, K/2] of weight's dtype, meta uint8 [N, K/4]) of a 2:4 weight."""
+    raise NotImplementedError("your code here")
+
+
+# %% tags=["raises-exception"]
+check_compress(compress)
+
+# %% [markdown]
+# <details><summary>Hint 1</summary>
+#
+# Per group, a *stable* descending sort of `(group != 0)` puts the nonzeros first and then
+# the free positions in increasing order; take the first 2 and sort them ascending.
+# </details>
+#
+# <details><summary>Hint 2</summary>
+#
+# `torch.gather` reads the values at those positions; `(pos[:, 0] | (pos[:, 1] << 2)).to(torch.uint8)` packs them.
+# </details>
+#
+# <details><summary>Solution</summary>
+#
+# ```python
+# def compress(weight):
+#     groups = weight.detach().reshape(-1, 4)
+#     nonzero = (groups != 0).to(torch.int8)
+#     pos = torch.sort(torch.sort(nonzero, dim=1, descending=True, stable=True).indices[:, :2], dim=1).values
+#     values = groups.gather(1, pos).reshape(weight.shape[0], -1)
+#     meta = (pos[:, 0] | (pos[:, 1] << 2)).to(torch.uint8).reshape(weight.shape[0], -1)
+#     return values, meta
+# ```
+# </details>
+#
+# The figure below is drawn with your two functions (or the lab's, until yours pass), and
+# `two_four.decompress` checks that your compressed form holds the pruned weight exactly.
+
+# %%
+mask_24_of = yours_or_library(ex, "mask_24", mask_24)
+compress_of = yours_or_library(ex, "compress", compress)
 w = torch.randn(6, 16, generator=torch.Generator().manual_seed(0))
-keep = two_four.mask_24(w)
-values, meta = two_four.compress(w * keep)
+keep = mask_24_of(w)
+values, meta = compress_of(w * keep)
 assert torch.equal(two_four.decompress(values, meta), w * keep)
 
 fig, axes = plt.subplots(1, 3, figsize=(12, 2.8), gridspec_kw={"width_ratios": [16, 8, 4]})
@@ -108,10 +200,16 @@ print("equals the dense masked product:", torch.equal(y, x @ (layer.weight * lay
 #   exactly zero (checked);
 # * unstructured magnitude pruning at the same 50% of the same layers (any half of each
 #   matrix), before and after the same fine-tuning.
+#
+# **Predict before you run.** After fine-tuning with the pattern fixed, will 2:4 come within
+# one point of accuracy (0.01) of dense fine-tuning? Answer "yes" or "no".
+
+# %%
+prediction = None  # "yes" or "no"
 
 # %%
 world = tc.make_world(study.world)
-dense = {seed: tfs.train_dense(world, seed) for seed in study.seeds}
+dense = {seed: tfs.train_dense(world, seed) for seed in tqdm(study.seeds, desc="dense training (seeds)", leave=False)}
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", two_four_linear.FastPathNotice)
     result = tfs.run_study(study, world, dense)
@@ -119,6 +217,8 @@ display(Markdown(tfs.format_table(result)))
 tfs.plot_study(result)
 plt.show()
 print(tfs.verdict(result))
+close = result.mean("dense + fine-tuning") - result.mean("2:4 + fine-tuning") <= 0.01
+reveal(prediction, "yes" if close else "no", "2:4 + fine-tuning within 0.01 of dense fine-tuning?")
 
 # %% [markdown]
 # The numbers above are this run's (fast mode: a small student, one seed; `LAB_FAST=0` gives
@@ -130,8 +230,8 @@ print(tfs.verdict(result))
 # %%
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", two_four_linear.FastPathNotice)
-    fc1_dense = tfs.run_study(tfs.default_study(fast=FAST, modules=("fc2", "fc3")), world, dense, progress=False)
-    at_random = tfs.run_study(tfs.default_study(fast=FAST, criterion="random"), world, dense, progress=False)
+    fc1_dense = tfs.run_study(tfs.default_study(fast=FAST, modules=("fc2", "fc3")), world, dense)
+    at_random = tfs.run_study(tfs.default_study(fast=FAST, criterion="random"), world, dense)
 variants = {"2:4 everywhere": result, "2:4 on fc2, fc3 (fc1 dense)": fc1_dense, "2:4 at random": at_random}
 display(Markdown(tfs.format_comparison(variants)))
 print(tfs.verdict(fc1_dense))
@@ -241,6 +341,19 @@ def on_run():
 
 run_on_click(run_button, output, on_run)
 display(widgets.VBox([layer_pick, score_pick, run_button, output]))
+
+# %% [markdown]
+# ## Summary: what this run found
+# Every sentence below is printed from the numbers above.
+
+# %%
+for label, run in variants.items():
+    print(f"- {label}: one-shot {run.mean('2:4 one-shot'):.3f}, after fine-tuning {run.mean('2:4 + fine-tuning'):.3f} "
+          f"(dense fine-tuning {run.mean('dense + fine-tuning'):.3f}; unstructured 50% after fine-tuning "
+          f"{run.mean('unstructured 50% + fine-tuning'):.3f}).")
+worst = min(one_layer, key=one_layer.get)
+print(f"- 2:4 on one layer at a time costs most on {worst} ({one_layer[worst]:.3f}, dense "
+      f"{tc.accuracy(student, world):.3f}).")
 
 # %% [markdown]
 # ## Questions to think about

@@ -8,6 +8,11 @@ and asserts: no error output, no "Error displaying widget" / "model not found" /
 repr, every widget view rendered as a control, the notebook not marked unsaved on open, the
 figures drawn, the lesson's main button changing its output panel (disabled while its job
 runs), and, saved and reopened, no stale widget view (a note where the controls were).
+Each lesson's first exercise is then solved as a student would: its check cell showed the
+"not implemented yet" failure after Run All (a cell tagged ``raises-exception``, so Run All
+went on past it); the solution the lesson folds away is put into the stub cell (as a paste
+would), the stub and the check cell are run, and the pass line appears; a wrong answer then
+gets the check's failure message naming the case.
 Per lesson, pytest's temporary folder gets a screenshot after the main button's job
 (``<lesson>.png``) and one where the test ended or failed (``<lesson>-last.png``). Without
 Chromium, its driver or Selenium the test skips with the reason.
@@ -56,11 +61,25 @@ if (!w || !w.context || w.context.path !== arguments[0] || !w.sessionContext.ses
 const cells = [];
 for (const cell of w.content.model.cells) {
   cells.push({type: cell.type, count: cell.type === 'code' ? cell.executionCount : null,
-              outputs: cell.type === 'code' ? cell.outputs.toJSON() : []});
+              outputs: cell.type === 'code' ? cell.outputs.toJSON() : [], tags: cell.getMetadata('tags') || []});
 }
 return JSON.stringify({status: w.sessionContext.session.kernel.status, dirty: w.context.model.dirty,
                        pending: [...w.node.querySelectorAll('.jp-InputPrompt')].filter(p => p.textContent.includes('*')).length,
                        cells});
+"""
+RUN_CELL = """
+const w = window.jupyterapp.shell.currentWidget;
+w.content.activeCellIndex = arguments[0];
+if (arguments[1] !== null) w.content.widgets[arguments[0]].model.sharedModel.setSource(arguments[1]);
+w.content.mode = 'command';
+return window.jupyterapp.commands.execute('notebook:run-cell').then(() => true);
+"""
+"""Put ``arguments[1]`` (unless null) into cell ``arguments[0]`` and run that cell, as a paste then Ctrl-Enter would."""
+PAGE_TEXT = """
+const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;
+const cells = w && w.content && w.content.widgets ? [...w.content.widgets] : [];
+return [document.body.innerText,
+        cells.filter(c => (c.model.getMetadata('tags') || []).includes('raises-exception')).map(c => c.node.innerText)];
 """
 OUTPUT_PANELS = """
 return [...window.jupyterapp.shell.currentWidget.node.querySelectorAll('.widget-output')]
@@ -149,13 +168,60 @@ def _state(driver: Any, name: str) -> dict[str, Any] | None:
     return json.loads(raw) if raw else None
 
 
-def _errors(state: dict[str, Any]) -> list[str]:
-    return [f"{o.get('ename')}: {o.get('evalue')}" for c in state["cells"] for o in c["outputs"]
-            if o.get("output_type") == "error"]
+def _errors(state: dict[str, Any], *, checks: bool = False) -> list[str]:
+    """Error outputs of the ordinary cells, or (``checks=True``) of the exercises' check cells."""
+    return [f"{o.get('ename')}: {o.get('evalue')}" for c in state["cells"]
+            if ("raises-exception" in c["tags"]) == checks for o in c["outputs"] if o.get("output_type") == "error"]
+
+
+def _first_exercise(source: Path) -> tuple[str, str]:
+    """The name of a lesson's first exercise and the solution the lesson folds away for it."""
+    import jupytext
+
+    cells = jupytext.read(source).cells
+    (check,) = [c for c in cells if "raises-exception" in c.metadata.get("tags", [])][:1]
+    name = check.source.strip()[len("check_"):].split("(")[0]
+    solutions = [m for c in cells if c.cell_type == "markdown"
+                 for m in re.findall(r"<summary>Solution</summary>\s*```python\n(.*?)```", c.source, re.S)]
+    (solution,) = [s for s in solutions if re.search(rf"^def {name}\(", s, re.M)]
+    return name, solution
+
+
+def _run_cell(driver: Any, name: str, index: int, text: str | None) -> dict[str, Any]:
+    """Run one cell (after putting ``text`` into it) and return the notebook's state once the kernel is idle."""
+    before = _state(driver, name)["cells"][index]["count"]
+    driver.execute_script(RUN_CELL, index, text)
+    return _wait(f"{name}: cell {index} to run", lambda: (s := _state(driver, name)) and s["status"] == "idle"
+                 and not s["pending"] and s["cells"][index]["count"] not in (None, before) and s, 60, poll=0.2)
+
+
+def _solve_first_exercise(driver: Any, name: str, source: Path, state: dict[str, Any]) -> None:
+    """The student's path through an exercise: the stub fails its check, the solution passes, a wrong answer fails."""
+    exercise, solution = _first_exercise(source)
+    stub = next(i for i, c in enumerate(state["cells"]) if c["type"] == "code" and i + 1 < len(state["cells"])
+                and "raises-exception" in state["cells"][i + 1]["tags"])
+    check = stub + 1
+
+    def shown(s: dict[str, Any]) -> str:
+        return "\n".join("".join(o.get("text", "")) + f"{o.get('ename', '')}: {o.get('evalue', '')}"
+                         for o in s["cells"][check]["outputs"])
+
+    assert f"{exercise}: not implemented yet" in shown(state), f"{name}: the stub's check showed {shown(state)!r}"
+    _run_cell(driver, name, stub, solution)
+    passed = _run_cell(driver, name, check, None)
+    assert re.search(rf"{exercise}: all \d+ cases passed", shown(passed)), f"{name}: solved, the check showed {shown(passed)!r}"
+    _run_cell(driver, name, stub, f"def {exercise}(*args, **kwargs):\n    return None\n")
+    failed = _run_cell(driver, name, check, None)
+    assert re.search(rf"AssertionError: {exercise}: case .+ failed: expected .+, got None", shown(failed)), (
+        f"{name}: a wrong answer's check showed {shown(failed)!r}")
 
 
 def _page_text(driver: Any) -> str:
-    return driver.execute_script("return document.body.innerText")
+    """The page's text without the exercises' check cells, whose AssertionError (with its traceback) is their job."""
+    text, checks = driver.execute_script(PAGE_TEXT)
+    for shown in checks:
+        text = text.replace(shown, "")
+    return text
 
 
 @pytest.mark.parametrize("source", lab.SOURCES, ids=lambda p: p.stem)
@@ -178,6 +244,8 @@ def test_lesson_in_a_real_browser(source: Path, server: tuple[str, str, Path], b
         def finished() -> dict[str, Any] | None:
             s = _state(browser, name)
             assert not (s and _errors(s)), f"{name}: error output: {_errors(s)}"
+            unexpected = [e for e in _errors(s, checks=True) if "not implemented yet" not in e] if s else []
+            assert not unexpected, f"{name}: an exercise's check failed with more than the stub's message: {unexpected}"
             done = s and s["status"] == "idle" and not s["pending"] and all(
                 c["count"] is not None for c in s["cells"] if c["type"] == "code")
             return s if done else None
@@ -196,6 +264,8 @@ def test_lesson_in_a_real_browser(source: Path, server: tuple[str, str, Path], b
         images = sum("image/png" in o.get("data", {}) for c in state["cells"] for o in c["outputs"])
         drawn = browser.find_elements(By.CSS_SELECTOR, ".jp-RenderedImage img")
         assert images >= 3 and len(drawn) >= images, f"{name}: {images} figures saved, {len(drawn)} drawn"
+
+        _solve_first_exercise(browser, name, source, state)
 
         button = browser.find_elements(By.CSS_SELECTOR, ".jupyter-widgets button.mod-primary")[-1]
         before = browser.execute_script(OUTPUT_PANELS)

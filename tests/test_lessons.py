@@ -204,8 +204,15 @@ def test_lesson_executes_in_fast_mode(source: Path) -> None:
         # message lost. One fresh kernel retries; a lesson that truly hangs times out twice.
         warnings.warn(f"{source.name}: a cell timed out; retrying once in a fresh kernel")
         nb = _execute(source)
-    errors = [o for cell in nb.cells for o in cell.get("outputs", []) if o.get("output_type") == "error"]
+    errors = [o for cell in nb.cells if "raises-exception" not in cell.metadata.get("tags", [])
+              for o in cell.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
+    # An exercise's check cell (tagged raises-exception, so Run All goes on) fails on the untouched stub,
+    # and only with the check's own message.
+    stubs = [o for cell in nb.cells if "raises-exception" in cell.metadata.get("tags", [])
+             for o in cell.get("outputs", []) if o.get("output_type") == "error"]
+    assert len(stubs) >= 2, "every lesson has at least two checked exercises"
+    assert all(o["ename"] == "AssertionError" and "not implemented yet" in o["evalue"] for o in stubs), stubs
     images = sum("image/png" in o.get("data", {}) for cell in nb.cells for o in cell.get("outputs", []))
     assert images >= 3, "the lesson should show its plots"
 
@@ -245,3 +252,19 @@ def test_saving_drops_widget_views_that_would_reopen_as_errors() -> None:
     assert "widgets" not in model["content"]["metadata"]
     assert all(lab.WIDGET_VIEW not in o.get("data", {}) for o in outputs)
     assert [o.get("data", {}).get("text/plain") for o in outputs] == [None, lab.CONTROLS_NOTE]
+
+
+@pytest.mark.parametrize("source", LESSONS, ids=lambda p: p.stem)
+def test_lesson_states_objectives_time_and_ends_with_a_summary_and_questions(source: Path) -> None:
+    """What a student working alone needs around the experiments: what they will learn, what they need,
+    how long it takes; a prediction before a main experiment, checked after it; a summary printed from
+    the run's numbers (a code cell under the heading); questions."""
+    cells = jupytext.read(source).cells
+    text = "\n".join(c.source for c in cells)
+    for needed in ("**By the end you can**", "**Prerequisites**", "**Time**", "**Predict before you run.**",
+                   "## Questions to think about"):
+        assert needed in text, f"{source.name}: no {needed}"
+    assert "TIME_FAST" not in text and "TIME_FULL" not in text, f"{source.name}: the time is not filled in"
+    assert any(c.cell_type == "code" and "reveal(prediction" in c.source for c in cells), f"{source.name}: no reveal"
+    summary = next(i for i, c in enumerate(cells) if c.cell_type == "markdown" and "## Summary" in c.source)
+    assert cells[summary + 1].cell_type == "code" and "print(" in cells[summary + 1].source, source.name

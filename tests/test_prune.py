@@ -379,3 +379,14 @@ def test_recovery_brings_a_heavily_pruned_student_back_near_dense(trained) -> No
     assert recovered[0.8] >= 0.95 * dense, f"80%: {recovered[0.8]:.3f} vs dense {dense:.3f}"
     assert recovered[0.9] >= 0.9 * dense, f"90%: {recovered[0.9]:.3f} vs dense {dense:.3f}"
     assert all(recovered[s] > one_shot[s] + 0.1 for s in one_shot), "recovery must win back a lot"
+
+
+def test_trainer_shows_a_progress_bar_only_when_asked(capsys: pytest.CaptureFixture[str]) -> None:
+    """Lesson 4's minute-long recoveries show a bar; the studies' many short ones stay quiet."""
+    cfg = tc.Config(hidden=(8,), n_train=64, n_test=32, steps=3, batch=16)
+    world = tc.make_world(cfg)
+    keep = {n: torch.ones_like(p, dtype=torch.bool) for n, p in tc.make_mlp((cfg.in_dim, 8, cfg.n_classes), 0).named_parameters()}
+    tc.trainer(world)(tc.make_mlp((cfg.in_dim, 8, cfg.n_classes), 0), keep)
+    assert "recovery" not in capsys.readouterr().err
+    tc.trainer(world, progress=True, desc="recovery")(tc.make_mlp((cfg.in_dim, 8, cfg.n_classes), 0), keep)
+    assert "recovery" in capsys.readouterr().err

@@ -134,3 +134,15 @@ def test_the_study_runs_in_fast_mode_and_prints_json(tmp_path, monkeypatch, caps
     assert any("without warm-up" in k for k in study["controls"]) and any("own samples" in k for k in study["controls"])
     assert 0.0 <= study["overlap"]["jaccard"] <= 1.0
     assert set(study["retrain"]["agreement_all"]) == {"1e-5_bf16", "1_ulp", "1e-3"}
+
+
+def test_retrain_verdict_is_untested_when_the_full_run_barely_learned() -> None:
+    """Lesson 6 printed "held" for a retrain matching a full run that went 0.422 -> 0.430: nothing to get back."""
+    def study(full: float) -> dict:
+        return {"runs": {}, "start_target": 0.422,
+                "retrain": {"full_target": full, "masked_target": full - 0.01, "agreement_in_subnetwork": {"1e-5_bf16": 0.5}}}
+
+    (barely,) = rl_study.verdicts(study(0.430))
+    assert "untested" in barely and "held" not in barely and "0.422 -> 0.430" in barely
+    (learned,) = rl_study.verdicts(study(0.700))
+    assert "reproduces the full run: held" in learned

@@ -182,10 +182,14 @@ def train(
 
 
 def trainer(world: World, **kwargs: object) -> Callable[[nn.Module, Mask], None]:
-    """``train`` as the ``train_fn(model, keep)`` callback of ``sparsity.prune`` (kwargs passed on)."""
+    """``train`` as the ``train_fn(model, keep)`` callback of ``sparsity.prune`` (kwargs passed on).
+
+    No progress bar unless ``progress=True`` is passed (a lesson's minute-long recovery shows one;
+    the studies' many short ones would flood the output)."""
+    options = {"progress": False, **kwargs}
 
     def train_fn(model: nn.Module, keep: Mask) -> None:
-        train(model, world, mask=keep, progress=False, **kwargs)  # type: ignore[arg-type]
+        train(model, world, mask=keep, **options)  # type: ignore[arg-type]
 
     return train_fn
 
