@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from lessons.assignments.build import build
-from lessons.grade import Limits, Sandbox, format_report, grade_notebook, main, to_csv
+from lessons.grade import Limits, Sandbox, format_report, grade_notebook, main
+from lessons.grading.gradebook import Column, Gradebook, StudentIds
 from lessons.grading.wire import WireError, decode, printable
 
 LIMITS = Limits(question_s=20.0, cell_s=20.0, startup_s=60.0)
@@ -75,6 +76,15 @@ def test_a_link_to_the_solution_and_a_fifo_are_reported_not_graded_or_waited_on(
 ESCAPES = "\x1b[1A\x1b[2K\rPASS 8/8 everything\x1b[0m\u202e\x07"
 
 
+def _gradebook_csv(report) -> str:
+    """The gradebook CSV a class folder holding only this report would get."""
+    stream = io.StringIO()
+    columns = [Column(q.id, 0, False) for q in report.questions] + [Column(h.id, h.points, True)
+                                                                     for h in report.hand_graded]
+    Gradebook(stream, columns, StudentIds()).write(report)
+    return stream.getvalue()
+
+
 def test_terminal_escapes_from_a_submission_reach_no_report(built, tmp_path, trusted):
     nb = json.loads((built / "solutions" / "a1_masks.ipynb").read_text())
     for source in (f"def magnitude_mask(model, density, scope='global'):\n    raise RuntimeError({ESCAPES!r} * 3)\n",
@@ -86,7 +96,7 @@ def test_terminal_escapes_from_a_submission_reach_no_report(built, tmp_path, tru
     path = tmp_path / "a1_\x1b[2K\rtotal: 11 of 11.ipynb"  # the file name is the student's too
     path.write_text(json.dumps(nb))
     report = grade_notebook(path, limits=LIMITS, sandbox=trusted)
-    text, csv_text = format_report(report), to_csv([report])
+    text, csv_text = format_report(report), _gradebook_csv(report)
     assert report.earned == 3  # the random mask still graded
     for shown in (text, csv_text.replace("\r\n", "\n")):  # the CSV's own line ends aside
         assert not any(c in shown for c in "\x1b\r\x07\u202e"), repr(shown)
