@@ -33,9 +33,11 @@ from scaleup import hf_model
 from scaleup import pretrain as pt
 from scaleup import tasks as tk
 from sparsity import registry
+from sparsity.dynamic import ROUNDINGS
 from sparsity.eligibility import eligible
 from sparsity.fastmode import fast_mode
 from sparsity.regularize import snapshot
+from sparsity.train import RIGL_LAB_2025
 from sparsity.validate import (check_density, check_finite_nonnegative, check_nonnegative_int, check_positive_int,
                                named_params)
 
@@ -51,7 +53,8 @@ epsilon placement (added before the bias correction); plain ``lift`` selects onc
 RIGL = "rigl"
 """Dynamic sparsity (RigL, Evci et al. 2020): a random mask at the budget, then every
 ``BenchConfig.rigl_every`` steps the entries that moved least are dropped and as many with the
-largest gradient grown (``sparsity.train.RigL``)."""
+largest gradient grown (``sparsity.train.RigL``), on the paper's schedule by default (``BenchConfig.rigl_end``,
+``rigl_update_on_swap``, ``rigl_rounding``)."""
 METHODS = ("full", "lora", "lift", LIFT_RESELECT, RIGL, "random", "magnitude", "l1_discovered", "gradient", "fisher",
            "snip", "movement",
            MIDDLE_BLOCKS, TWO_FOUR)
@@ -129,6 +132,14 @@ class BenchConfig:
     in its configs; ``sparsity.train.EpsBeforeBiasCorrection``); None keeps PyTorch's AdamW (eps 1e-8 after it)."""
     rigl_every: int = 50
     rigl_fraction: float = 0.3
+    rigl_end: float = 0.75
+    """RigL swaps at steps up to this share of ``steps`` (the paper's 0.75; 1.0 to the last step)."""
+    rigl_update_on_swap: bool = False
+    """Whether the optimizer also steps on a swap step (RigL does not: the mask changes instead)."""
+    rigl_rounding: str = "floor"
+    """How RigL's swap counts are made whole: "floor" (RigL's code) or "round" (``sparsity.dynamic.ROUNDINGS``).
+    The three ``rigl_*`` options default to the paper's settings (``sparsity.train.RIGL_PAPER``); the committed
+    RigL rows ran with ``sparsity.train.RIGL_LAB_2025``, which a folder without these keys holds."""
     score_batches: int = 4
     l1_lam: float = 2e-3
     l1_lr: float = 1e-3
@@ -191,6 +202,13 @@ class BenchConfig:
                 raise ValueError("BenchConfig.lift_eps must be > 0 (or None for PyTorch's placement), got 0")
         if not 0 < self.rigl_fraction <= 1:
             raise ValueError(f"BenchConfig.rigl_fraction must be in (0, 1], got {self.rigl_fraction!r}")
+        if isinstance(self.rigl_end, bool) or not isinstance(self.rigl_end, (int, float)) \
+                or not 0 < self.rigl_end <= 1:
+            raise ValueError(f"BenchConfig.rigl_end must be a share of the steps in (0, 1], got {self.rigl_end!r}")
+        if not isinstance(self.rigl_update_on_swap, bool):
+            raise TypeError(f"BenchConfig.rigl_update_on_swap must be a bool, got {self.rigl_update_on_swap!r}")
+        if self.rigl_rounding not in ROUNDINGS:
+            raise ValueError(f"BenchConfig.rigl_rounding must be one of {ROUNDINGS}, got {self.rigl_rounding!r}")
         if not 0 <= self.lr_tie < 1:
             raise ValueError(f"BenchConfig.lr_tie must be in [0, 1), got {self.lr_tie!r}")
         if not self.l1_lam > 0 or not self.l1_lr > 0:
@@ -215,6 +233,10 @@ class BenchConfig:
             return f"GPT {self.preset}"
         return f"{self.model} ({self.preset} shape)" if self.model in hf_model.BUILTIN else self.model
 
+    def rigl_options(self) -> dict[str, Any]:
+        """The keyword options of ``sparsity.train.RigL`` this config sets (``end``, ``update_on_swap``, ``rounding``)."""
+        return dict(end=self.rigl_end, update_on_swap=self.rigl_update_on_swap, rounding=self.rigl_rounding)
+
     def lrs(self, method: str) -> tuple[float, ...]:
         return self.lrs_full if method == "full" else self.lrs_lora if method == "lora" else self.lrs_sparse
 
@@ -238,9 +260,13 @@ class BenchConfig:
 
     def to_json(self) -> dict[str, Any]:
         """The config as plain JSON data (what a results folder's config.json holds). ``model`` is left
-        out for the lab's GPT, ``world_kind`` for the GPT world and ``lift_eps`` when None, so folders
-        written before those fields still hold this config."""
+        out for the lab's GPT, ``world_kind`` for the GPT world, ``lift_eps`` when None and the ``rigl_*``
+        options at the lab's first RigL (``RIGL_LAB_2025``), so folders written before those fields still
+        hold this config."""
         data = asdict(self)
+        if self.rigl_options() == RIGL_LAB_2025:
+            for key in RIGL_LAB_2025:
+                del data[f"rigl_{key}"]
         if not hf_model.is_hf(self.model):
             del data["model"]
         if self.world_kind == "gpt":  # likewise world_kind for the GPT world, and lift_eps when unset
@@ -252,7 +278,7 @@ class BenchConfig:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> BenchConfig:
         """The config a results folder's config.json holds."""
-        d = dict(data)
+        d = {**{f"rigl_{k}": v for k, v in RIGL_LAB_2025.items()}, **data}  # older folders: the lab's first RigL
         world_cls = bw.kind(d.get("world_kind", "gpt")).config
         d["world"] = world_cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d["world"].items()})
         for f in fields(cls):

@@ -58,6 +58,7 @@ from scaleup.results import RESULTS, best_lr, cell_key, diverged_runs, load_resu
 from sparsity.cli_args import finite_list, finite_nonnegative, nonnegative_int, output_file, output_folder, positive_int
 from sparsity.executor import EXECUTORS, Executor, Worker, check_executor
 from sparsity.sweep import command_line, machine
+from sparsity.train import RIGL_SETTINGS
 
 __all__ = [
     "DEMO_METHODS", "INCLUDE", "LAYER_TYPES", "METHODS", "MICRO_WORLD", "RESULTS", "BenchConfig", "Setup",
@@ -131,6 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lift-eps", type=finite_nonnegative, default=None, metavar="EPS",
                    help="lift_reselect's Adam epsilon added before the bias correction, as LIFT's optimizer "
                         "(1e-6 in its configs); default: PyTorch's AdamW")
+    p.add_argument("--rigl", choices=tuple(RIGL_SETTINGS), default="paper",
+                   help="the rigl row's schedule: 'paper' (Evci et al. 2020: swaps end at 0.75 of the steps, no weight "
+                        "update on a swap step, counts floored) or 'lab-2025' (the lab's first RigL, which made the "
+                        "committed RigL rows: to resume their folders); default paper")
     p.add_argument("--report", action="store_true", help="only rebuild the summary from the results file")
     p.add_argument("--md", type=output_file, default=None, help="also write the report's markdown to this file")
     p.add_argument("--threads", type=positive_int, default=None,
@@ -180,6 +185,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
             overrides[name] = getattr(args, name)
     if args.sweep_all_seeds:
         overrides["sweep_all_seeds"] = True
+    overrides.update({f"rigl_{k}": v for k, v in RIGL_SETTINGS[args.rigl].items()})
     if "steps" in overrides:
         overrides.setdefault("warmup", max(0, overrides["steps"] // 10))
     return overrides

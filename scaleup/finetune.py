@@ -210,7 +210,7 @@ def finetune(setup: Setup, method: str, budget: str, lr: float, seed: int,
         if cfg.lift_eps is not None:
             hooks.append(EpsBeforeBiasCorrection(cfg.lift_eps))
     if method == RIGL:
-        hooks.append(RigL(cfg.rigl_every, cfg.steps, setup.reference, cfg.rigl_fraction))
+        hooks.append(RigL(cfg.rigl_every, cfg.steps, setup.reference, cfg.rigl_fraction, **cfg.rigl_options()))
     with PeakMemory(setup.device) as peak:
         start = time.perf_counter()
         try:
