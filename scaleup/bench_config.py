@@ -234,7 +234,7 @@ class BenchConfig:
         return f"{self.model} ({self.preset} shape)" if self.model in hf_model.BUILTIN else self.model
 
     def rigl_options(self) -> dict[str, Any]:
-        """The keyword options of ``sparsity.train.RigL`` this config sets (``end``, ``update_on_swap``, ``rounding``)."""
+        """The keyword options of ``sparsity.train.RigL`` this config sets (end, update_on_swap, rounding)."""
         return dict(end=self.rigl_end, update_on_swap=self.rigl_update_on_swap, rounding=self.rigl_rounding)
 
     def lrs(self, method: str) -> tuple[float, ...]:

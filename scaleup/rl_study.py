@@ -74,7 +74,7 @@ class StudyConfig:
     seed: int = 0
     pretrain: pretrain.PretrainConfig = field(default_factory=pretrain.default_config)
     grpo: GRPOSettings = field(default_factory=GRPOSettings)
-    """The GRPO runs' loss convention (``scaleup.grpo``; the default is the lab's first, which the committed study ran)."""
+    """The GRPO runs' loss convention (``scaleup.grpo``; the default is the lab's first: the committed study's)."""
     kl: float = 0.0
     """The GRPO runs' KL coefficient (``RLConfig.kl``)."""
 

@@ -8,8 +8,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from scaleup import gpt, grpo, rl, rl_study
+from scaleup import gpt, grpo, rl, rl_study, sampling
 from scaleup import tasks as tk
+from sparsity.train import constant, fit
 
 WORLD = tk.World(tk.WorldConfig(n_symbols=7, length=4, n_facts=6, n_eval=16))
 
@@ -125,8 +126,6 @@ def test_several_updates_per_sampled_batch_reuse_it_with_the_sampling_models_log
                       grpo=grpo.GRPOSettings(loss="grpo", iterations=2))
     batch = rl.batch_maker(cfg, WORLD, model, None)
     b0 = batch(0)
-    from scaleup import sampling
-
     with torch.no_grad():
         assert torch.equal(b0["old_logprobs"], sampling.answer_logprobs(model, b0["prompt"], b0["answer"]))
     assert batch(1) is b0 and batch(2) is not b0 and batch(3) is batch(2)
@@ -137,11 +136,10 @@ def test_several_updates_per_sampled_batch_reuse_it_with_the_sampling_models_log
             ratios.append((sampling.answer_logprobs(m, b["prompt"], b["answer"]) - b["old_logprobs"]).exp())
         return rl.loss_of(cfg)(m, b)
 
-    from sparsity.train import constant, fit
-
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     fit(model, opt, loss, cfg.steps, batches=rl.batch_maker(cfg, WORLD, model, None), schedule=constant(cfg.lr))
-    assert torch.allclose(ratios[0], torch.ones_like(ratios[0])) and torch.allclose(ratios[2], torch.ones_like(ratios[2]))
+    for on_policy in (ratios[0], ratios[2]):
+        assert torch.allclose(on_policy, torch.ones_like(on_policy))
     assert not torch.allclose(ratios[1], torch.ones_like(ratios[1]))  # the second update is off-policy
     history = rl.finetune(gpt.build("micro", WORLD.vocab_size, WORLD.block_size, seed=0), cfg, WORLD)
     assert len(history["loss"]) == 4 and all(math.isfinite(v) for v in history["loss"])
@@ -209,7 +207,7 @@ def test_the_command_line_shows_and_passes_the_grpo_options(monkeypatch, capsys)
 @pytest.mark.parametrize("kl_ratio", [False, True])
 def test_the_loss_equals_trls_grpo_trainer(loss: str, kl_ratio: bool) -> None:
     """TRL's own ``GRPOTrainer._compute_loss`` on the same log-probs: value and gradient."""
-    trl = pytest.importorskip("trl", reason="TRL is not installed (pip install trl): the peer check runs only then")
+    pytest.importorskip("trl", reason="TRL is not installed (pip install trl): the peer check runs only then")
     from trl.trainer.grpo_trainer import GRPOTrainer
     from trl.trainer.utils import nanstd
 
@@ -239,4 +237,3 @@ def test_the_loss_equals_trls_grpo_trainer(loss: str, kl_ratio: bool) -> None:
     std = nanstd(reward, dim=1).repeat_interleave(4)
     want = (reward.flatten() - reward.mean(1).repeat_interleave(4)) / (std + 1e-4)
     torch.testing.assert_close(rl.group_advantages(reward, 1e-4).flatten(), want)
-    assert trl.__version__

@@ -119,8 +119,9 @@ def test_a_swap_step_changes_the_mask_instead_of_the_weights() -> None:
         def after_step(self, state: FitState) -> None:
             super().after_step(state)
             params, opt = dict(state.model.named_parameters()), state.optimizer
-            self.state[state.step] = {n: (opt.indices[n].clone(), {k: v.clone() for k, v in opt.state[params[n]].items()})
-                                      for n in opt.indices}
+            self.state[state.step] = {
+                n: (opt.indices[n].clone(), {k: v.clone() for k, v in opt.state[params[n]].items()})
+                for n in opt.indices}
 
     rec = WithMoments()
     _run(steps, RigL(every, steps, {}, 0.5), rec)
