@@ -34,6 +34,7 @@ from scaleup.method_mask import L1Settings
 from scaleup.methods import get_method, known_methods
 from sparsity.eligibility import eligible
 from sparsity.regularize import snapshot
+from sparsity.train import RIGL_LAB_2025
 from sparsity.validate import check_density, check_nonnegative_int, check_positive_int, named_params
 
 DEMO_METHODS = ("full", "lora", "lift", "magnitude", "random")
@@ -178,10 +179,15 @@ class BenchConfig:
         """The config as plain JSON data (what a results folder's config.json holds). The methods'
         settings are flat keys (``lift_rank``, ``rigl_every``, ``l1_lam``: :data:`SETTINGS_KEYS`), as before
         they moved into the methods; ``model`` is left out for the lab's GPT, ``world_kind`` for the GPT
-        world and ``lift_eps`` when None, so folders written before those fields still hold this config."""
+        world, ``lift_eps`` when None and RigL's schedule (``rigl_end``, ``rigl_update_on_swap``,
+        ``rigl_rounding``) at the lab's first RigL (``sparsity.train.RIGL_LAB_2025``), so folders written before
+        those fields still hold this config."""
         data = asdict(self)
         for name, prefix in SETTINGS_KEYS.items():
             data.update({f"{prefix}{key}": value for key, value in data.pop(name).items()})
+        if self.rigl.options() == RIGL_LAB_2025:
+            for key in RIGL_LAB_2025:
+                del data[f"rigl_{key}"]
         if not hf_model.is_hf(self.model):
             del data["model"]
         if self.world_kind == "gpt":  # likewise world_kind for the GPT world, and lift_eps when unset
@@ -192,7 +198,9 @@ class BenchConfig:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> BenchConfig:
-        """The config a results folder's config.json holds (the methods' settings from their flat keys)."""
+        """The config a results folder's config.json holds (the methods' settings from their flat keys;
+        a folder without the RigL schedule keys ran with ``RIGL_LAB_2025``)."""
+        data = {**{f"rigl_{k}": v for k, v in RIGL_LAB_2025.items()}, **data}  # older folders: the lab's first RigL
         d = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
         world_cls = bw.kind(d.get("world_kind", "gpt")).config
         d["world"] = world_cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data["world"].items()})

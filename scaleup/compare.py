@@ -50,7 +50,7 @@ from scaleup import bench_world as bw
 from scaleup import gpt, grid, hf_model
 from scaleup import tasks as tk
 from scaleup.bench_config import BenchConfig, default_config, prepare
-from scaleup.method_dynamic import LiftSettings
+from scaleup.method_dynamic import LiftSettings, RigLSettings
 from scaleup.methods import METHODS, check_methods, known_methods
 from scaleup.report import print_report, write_summary
 from scaleup.results import store
@@ -58,6 +58,7 @@ from sparsity.cli_args import finite_list, finite_nonnegative, nonnegative_int, 
 from sparsity.executor import EXECUTORS, Executor, Worker, check_executor
 from sparsity.fastmode import fast_mode
 from sparsity.sweep import command_line, machine
+from sparsity.train import RIGL_SETTINGS
 
 
 def run(cfg: BenchConfig, out: str | Path, methods: Sequence[str] = METHODS, *, cache_dir: str | Path | None = None,
@@ -123,6 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lift-eps", type=finite_nonnegative, default=None, metavar="EPS",
                    help="lift_reselect's Adam epsilon added before the bias correction, as LIFT's optimizer "
                         "(1e-6 in its configs); default: PyTorch's AdamW")
+    p.add_argument("--rigl", choices=tuple(RIGL_SETTINGS), default="paper",
+                   help="the rigl row's schedule: 'paper' (Evci et al. 2020: swaps end at 0.75 of the steps, no weight "
+                        "update on a swap step, counts floored) or 'lab-2025' (the lab's first RigL, which made the "
+                        "committed RigL rows: to resume their folders); default paper")
     p.add_argument("--report", action="store_true", help="only rebuild the summary from the results file")
     p.add_argument("--md", type=output_file, default=None, help="also write the report's markdown to this file")
     p.add_argument("--threads", type=positive_int, default=None,
@@ -174,6 +179,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         overrides["lift"] = LiftSettings(eps=args.lift_eps)
     if args.sweep_all_seeds:
         overrides["sweep_all_seeds"] = True
+    overrides["rigl"] = RigLSettings(**RIGL_SETTINGS[args.rigl])
     if "steps" in overrides:
         overrides.setdefault("warmup", max(0, overrides["steps"] // 10))
     return overrides

@@ -18,8 +18,8 @@ from torch import nn
 from scaleup.method_base import INCLUDE
 from scaleup.method_mask import CriterionMask
 from sparsity import registry
-from sparsity.dynamic import reselect_top
-from sparsity.train import EpsBeforeBiasCorrection, Reselect, RigL
+from sparsity.dynamic import ROUNDINGS, reselect_top
+from sparsity.train import RIGL_PAPER, EpsBeforeBiasCorrection, Reselect, RigL
 from sparsity.validate import check_finite_nonnegative, check_positive_int
 
 if TYPE_CHECKING:
@@ -52,16 +52,35 @@ class LiftSettings:
 
 @dataclass(frozen=True)
 class RigLSettings:
-    """RigL's settings in the benchmark (``BenchConfig.rigl``; config.json: ``rigl_every``, ``rigl_fraction``):
-    drop and grow every ``every`` steps, a ``fraction`` of the selected entries each time."""
+    """RigL's settings in the benchmark (``BenchConfig.rigl``; config.json: ``rigl_every``, ``rigl_fraction``,
+    ``rigl_end``, ``rigl_update_on_swap``, ``rigl_rounding``): drop and grow every ``every`` steps, a
+    ``fraction`` of the selected entries each time, on the schedule of ``sparsity.train.RigL``'s options,
+    whose defaults are the paper's (``RIGL_PAPER``); the committed RigL rows ran with ``RIGL_LAB_2025``."""
 
     every: int = 50
     fraction: float = 0.3
+    end: float = RIGL_PAPER["end"]
+    """Swaps happen at steps up to this share of the run (the paper's 0.75; 1.0: to the last step)."""
+    update_on_swap: bool = RIGL_PAPER["update_on_swap"]
+    """Whether the optimizer also steps on a swap step (RigL does not: the mask changes instead)."""
+    rounding: str = RIGL_PAPER["rounding"]
+    """How swap counts are made whole: "floor" (RigL's code) or "round" (``sparsity.dynamic.ROUNDINGS``)."""
 
     def __post_init__(self) -> None:
         check_positive_int(self.every, "RigLSettings.every")
         if not 0 < self.fraction <= 1:
             raise ValueError(f"RigLSettings.fraction must be in (0, 1], got {self.fraction!r}")
+        if isinstance(self.end, bool) or not isinstance(self.end, (int, float)) or not 0 < self.end <= 1:
+            raise ValueError(f"RigLSettings.end (rigl_end) must be a share of the steps in (0, 1], got {self.end!r}")
+        if not isinstance(self.update_on_swap, bool):
+            raise TypeError(f"RigLSettings.update_on_swap (rigl_update_on_swap) must be a bool, "
+                            f"got {self.update_on_swap!r}")
+        if self.rounding not in ROUNDINGS:
+            raise ValueError(f"RigLSettings.rounding (rigl_rounding) must be one of {ROUNDINGS}, got {self.rounding!r}")
+
+    def options(self) -> dict[str, Any]:
+        """The keyword options of ``sparsity.train.RigL`` these settings set (end, update_on_swap, rounding)."""
+        return dict(end=self.end, update_on_swap=self.update_on_swap, rounding=self.rounding)
 
 
 def lift_options(cfg: BenchConfig) -> dict[str, Any]:
@@ -112,4 +131,4 @@ class RigLMethod(CriterionMask):
 
     def hooks(self, setup: Setup, model: nn.Module, optimizer: torch.optim.Optimizer) -> list[Any]:
         cfg = setup.cfg
-        return [RigL(cfg.rigl.every, cfg.steps, setup.reference, cfg.rigl.fraction)]
+        return [RigL(cfg.rigl.every, cfg.steps, setup.reference, cfg.rigl.fraction, **cfg.rigl.options())]

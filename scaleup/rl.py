@@ -10,7 +10,9 @@ lab's one training loop (``sparsity.train.fit``) and any optimizer:
   tokens); the advantage is the reward minus the group's mean, divided by the group's std;
   the loss is ``-advantage * log p(answer)`` (one update per sample, so PPO's ratio is 1
   and its clipping inactive), plus optionally ``kl`` times the k3 estimate of the KL to the
-  reference model (Schulman 2020).
+  reference model (Schulman 2020). That is the lab's first convention, the default; TRL's
+  (old log-probs, PPO's clipped ratio, several updates per sampled batch, its normalisations and
+  ``beta``) is ``RLConfig.grpo`` (``scaleup.grpo``, which says how the two conventions relate).
 - **DPO** (Rafailov et al. 2023): ``-log sigmoid(beta * (margin of the policy - margin of
   the reference))`` on (chosen, rejected) pairs: offline, the ground truth against a
   sampled wrong answer; online, the best against the worst of a sampled group.
@@ -27,14 +29,14 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from scaleup import sampling
+from scaleup import grpo, sampling
 from scaleup import tasks as tk
 from sparsity.train import FitState, Schedule, constant, fit
 from sparsity.validate import check_finite_nonnegative, check_nonnegative_int, check_positive_int
@@ -54,14 +56,20 @@ def rewards(answers: torch.Tensor, truth: torch.Tensor, kind: str = "exact") -> 
     return right.all(1).float() if kind == "exact" else right.mean(1)
 
 
-def group_advantages(reward: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+def group_advantages(reward: torch.Tensor, eps: float = 1e-6, scale: str = "group") -> torch.Tensor:
     """GRPO's advantage, ``(r - mean) / (std + eps)`` within each group (rows of ``[prompts, group]``).
 
+    ``scale``: divide by the group's std ("group"), the whole batch's ("batch") or not at all ("none",
+    Dr. GRPO); the std is the sample std (Bessel's correction, as torch and TRL compute it).
     A group whose answers all got the same reward has advantage 0 everywhere: nothing to learn."""
     if reward.ndim != 2 or reward.shape[1] < 2:
         raise ValueError(f"rewards must be [prompts, group >= 2], got shape {tuple(reward.shape)}")
+    if scale not in grpo.SCALES:
+        raise ValueError(f"scale must be one of {grpo.SCALES}, got {scale!r}")
     centred = reward - reward.mean(1, keepdim=True)
-    return centred / (reward.std(1, keepdim=True) + eps)
+    if scale == "none":
+        return centred
+    return centred / ((reward.std(1, keepdim=True) if scale == "group" else reward.std()) + eps)
 
 
 def grpo_loss(logprobs: torch.Tensor, advantages: torch.Tensor, ref_logprobs: torch.Tensor | None = None,
@@ -121,6 +129,9 @@ class RLConfig:
     temperature: float = 1.0
     sft_data: str = "truth"
     seed: int = 0
+    grpo: grpo.GRPOSettings = field(default_factory=grpo.GRPOSettings)
+    """GRPO's loss, clipping, iterations per sampled batch and advantage (``scaleup.grpo``); with a clipped
+    loss ``kl`` is TRL's ``beta``. ``steps`` counts optimizer steps: ``steps / grpo.iterations`` batches are sampled."""
 
     def __post_init__(self) -> None:
         for name, value, allowed in [("algorithm", self.algorithm, ALGORITHMS), ("reward", self.reward, REWARDS),
@@ -132,6 +143,10 @@ class RLConfig:
         for name in ("steps", "prompts", "group"):
             check_positive_int(getattr(self, name), f"RLConfig.{name}")
         check_nonnegative_int(self.seed, "RLConfig.seed")
+        if not isinstance(self.grpo, grpo.GRPOSettings):
+            raise TypeError(f"RLConfig.grpo must be a scaleup.grpo.GRPOSettings, got {type(self.grpo).__name__}")
+        if self.grpo.iterations > 1 and self.algorithm != "grpo":
+            raise ValueError(f"RLConfig.grpo.iterations > 1 is GRPO's; {self.algorithm} samples anew every step")
         if self.group < 2 and self.algorithm in ("grpo", "dpo_online"):
             raise ValueError(f"RLConfig.group must be >= 2 for {self.algorithm}, got {self.group}")
         for name in ("lr", "kl", "beta", "temperature"):
@@ -147,9 +162,24 @@ def _sequence_logprob(model: nn.Module, prompt: torch.Tensor, answer: torch.Tens
 def batch_maker(cfg: RLConfig, world: tk.World, model: nn.Module, reference: nn.Module | None,
                 device: str | torch.device = "cpu") -> Callable[[int], dict[str, torch.Tensor]]:
     """``batch(step)``: the prompts of the step (a function of seed and step) and what the algorithm
-    needs from them, sampled from the *current* model for the on-policy algorithms."""
+    needs from them, sampled from the *current* model for the on-policy algorithms. GRPO with
+    ``grpo.iterations = K`` samples at steps 0, K, 2K, ... and reuses that batch for the next K - 1
+    steps, with the sampling model's log-probs (``old_logprobs``) for the importance ratio."""
+    sampled: dict[int, dict[str, torch.Tensor]] = {}
 
     def batch(step: int) -> dict[str, torch.Tensor]:
+        if cfg.algorithm != "grpo" or cfg.grpo.iterations == 1:
+            return fresh(step)
+        at = step - step % cfg.grpo.iterations
+        if at not in sampled:
+            sampled.clear()
+            sampled[at] = fresh(at)
+            with torch.no_grad():
+                sampled[at]["old_logprobs"] = sampling.answer_logprobs(model, sampled[at]["prompt"],
+                                                                       sampled[at]["answer"])
+        return sampled[at]
+
+    def fresh(step: int) -> dict[str, torch.Tensor]:
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         prompt, truth = (t.to(device) for t in sampling.prompts(world, cfg.task, "train", cfg.prompts, gen))
         if cfg.algorithm == "sft":
@@ -163,8 +193,8 @@ def batch_maker(cfg: RLConfig, world: tk.World, model: nn.Module, reference: nn.
         answers = sampling.sample(model, repeated, truth.shape[1], gen, temperature=cfg.temperature)
         reward = rewards(answers, truth.repeat_interleave(cfg.group, 0), cfg.reward).view(cfg.prompts, cfg.group)
         if cfg.algorithm == "grpo":
-            out = dict(prompt=repeated, answer=answers, advantage=group_advantages(reward).flatten(),
-                       reward=reward.flatten())
+            advantage = group_advantages(reward, cfg.grpo.std_eps, cfg.grpo.scale_rewards)
+            out = dict(prompt=repeated, answer=answers, advantage=advantage.flatten(), reward=reward.flatten())
             if cfg.kl:
                 with torch.no_grad():
                     out["ref_logprobs"] = sampling.answer_logprobs(reference, repeated, answers)  # type: ignore[arg-type]
@@ -205,7 +235,12 @@ def loss_of(cfg: RLConfig) -> Callable[[nn.Module, dict[str, torch.Tensor]], Any
             return -sampling.answer_logprobs(model, b["prompt"], b["answer"]).mean()
         if cfg.algorithm == "grpo":
             logp = sampling.answer_logprobs(model, b["prompt"], b["answer"])
-            return grpo_loss(logp, b["advantage"], b.get("ref_logprobs"), cfg.kl), {"reward": b["reward"].mean()}
+            if cfg.grpo.loss == grpo.LAB_SUM:
+                value = grpo_loss(logp, b["advantage"], b.get("ref_logprobs"), cfg.kl)
+            else:
+                value = grpo.clipped_loss(logp, b["advantage"], cfg.grpo, b.get("old_logprobs"), b.get("ref_logprobs"),
+                                          cfg.kl)
+            return value, {"reward": b["reward"].mean()}
         chosen = _sequence_logprob(model, b["prompt"], b["chosen"])
         rejected = _sequence_logprob(model, b["prompt"], b["rejected"])
         return dpo_loss(chosen, rejected, b["ref_chosen"], b["ref_rejected"], cfg.beta, b.get("keep"))

@@ -33,8 +33,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from scaleup import pretrain, rl
+from scaleup import grpo, pretrain, rl
 from scaleup import tasks as tk
+from scaleup.grpo import GRPOSettings
 from scaleup.layers import layer_type
 from sparsity import metrics
 from sparsity.cli_args import json_ready, output_folder, positive_int, random_seed
@@ -72,10 +73,16 @@ class StudyConfig:
     controls: bool = True
     seed: int = 0
     pretrain: pretrain.PretrainConfig = field(default_factory=pretrain.default_config)
+    grpo: GRPOSettings = field(default_factory=GRPOSettings)
+    """The GRPO runs' loss convention (``scaleup.grpo``; the default is the lab's first: the committed study's)."""
+    kl: float = 0.0
+    """The GRPO runs' KL coefficient (``RLConfig.kl``)."""
 
     def run_config(self, algorithm: str, weights: str, **overrides: Any) -> rl.RLConfig:
         base = dict(algorithm=algorithm, task=self.task, steps=self.steps, prompts=self.prompts, group=self.group,
                     lr=self.lr, weights=weights, seed=self.seed)
+        if algorithm == "grpo":
+            base.update(grpo=self.grpo, kl=self.kl)
         return rl.RLConfig(**{**base, **overrides})
 
 
@@ -352,10 +359,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache-dir", type=output_folder, default=None)
     p.add_argument("--json", action="store_true", help="print every number as JSON")
     p.add_argument("--no-progress", action="store_true")
+    grpo.add_arguments(p)
     args = p.parse_args(argv)
     overrides = {k: v for k, v in {"steps": args.steps, "seed": args.seed}.items() if v is not None}
     try:
-        cfg = default_config(fast=fast_mode(), **overrides)
+        cfg = default_config(fast=fast_mode(), **overrides, grpo=grpo.from_arguments(args), kl=args.kl)
     except (ValueError, TypeError) as e:
         p.error(str(e))
     try:

@@ -30,6 +30,7 @@ A dropped entry keeps its current value (SpIEL resets it to the reference instea
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import torch
@@ -65,24 +66,35 @@ def _first_k(scores: torch.Tensor, k: int, descending: bool) -> torch.Tensor:
     return torch.sort(scores, descending=descending, stable=True).indices[:k]
 
 
+ROUNDINGS = ("floor", "round")
+"""How :func:`rigl_swap` turns ``fraction * k`` into a count: ``floor`` as RigL's code does (an int cast of
+``n_ones * drop_fraction`` in google-research/rigl and in the rigl-torch port), ``round`` as the lab's first
+RigL did (the committed RigL rows)."""
+
+
 def rigl_swap(
     mask: Mask,
     drop_scores: Mapping[str, torch.Tensor],
     grow_scores: Mapping[str, torch.Tensor],
     fraction: float,
+    rounding: str = "floor",
 ) -> Mask:
     """RigL drop/grow (Evci et al. 2020) at a constant count per tensor; returns a new mask.
 
-    In each tensor with k selected entries, the ``n = round(fraction * k)`` selected
-    entries with the smallest ``abs(drop_scores)`` (for fine-tuning: the change from
-    the reference, ``theta - theta_ref``) are dropped and the ``n`` entries unselected
-    before the swap with the largest ``abs(grow_scores)`` (the gradient) are grown.
+    In each tensor with k selected entries, the ``n = floor(fraction * k)`` (``rounding="round"``:
+    ``round(fraction * k)``) selected entries with the smallest ``abs(drop_scores)`` (for fine-tuning:
+    the change from the reference, ``theta - theta_ref``; RigL's sparse training drops the smallest
+    ``abs(theta)``) are dropped and the ``n`` entries unselected before the swap with the largest
+    ``abs(grow_scores)`` (the gradient) are grown.
     Unlike RigL, a just-dropped entry cannot regrow in the same swap, so ``n`` entries
     really change; ``n`` is capped by the number of unselected entries. Scores are
     needed only for partly selected tensors; other keys are ignored.
     """
     mask = check_mask(mask, mask)
     fraction = _check_fraction(fraction)
+    if rounding not in ROUNDINGS:
+        raise ValueError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
+    count = math.floor if rounding == "floor" else round
     names = _partial(mask)
     drop_scores = _check_scores(mask, drop_scores, "drop_scores", names)
     grow_scores = _check_scores(mask, grow_scores, "grow_scores", names)
@@ -91,7 +103,7 @@ def rigl_swap(
         flat = out[name].view(-1)
         selected = flat.nonzero().squeeze(1)
         unselected = (~flat).nonzero().squeeze(1)
-        n = min(round(fraction * selected.numel()), unselected.numel())
+        n = min(count(fraction * selected.numel()), unselected.numel())
         drop = selected[_first_k(drop_scores[name].reshape(-1)[selected].abs(), n, descending=False)]
         grow = unselected[_first_k(grow_scores[name].reshape(-1)[unselected].abs(), n, descending=True)]
         flat[drop] = False

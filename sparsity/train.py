@@ -36,7 +36,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from sparsity.dynamic import rigl_swap
+from sparsity.dynamic import ROUNDINGS, rigl_swap
 from sparsity.regularize import prox_l1_to_init_, prox_nuclear_to_init_
 from sparsity.validate import Mask, TensorDict, check_finite_nonnegative, check_nonnegative_int, check_positive_int
 
@@ -332,21 +332,55 @@ class RigL:
     entries is there to choose what grows (``sparsity.dynamic.rigl_swap``).
 
     Drop: the selected entries that moved least from ``reference``; grow: the unselected ones with
-    the largest gradient. The share swapped decays as RigL's cosine, ``fraction * (1 + cos(pi t / T)) / 2``
-    for step ``t`` of ``steps``. The optimizer must re-select (``CompactAdamW.reselect``); a partly
-    selected tensor without a gradient is an error (values-only gradients give none).
+    the largest gradient. The optimizer must re-select (``CompactAdamW.reselect``); a partly selected
+    tensor without a gradient is an error (values-only gradients give none).
+
+    Followed from the paper and its code (google-research/rigl ``SparseRigLOptimizer``, and the
+    rigl-torch port), each a documented option with the paper's setting as the default:
+
+    - ``end``: swaps happen at steps ``t = every, 2 * every, ...`` with ``t <= end * steps`` (RigL's
+      ``end_step``, 0.75 of training in the paper), and the share swapped decays as RigL's cosine over
+      that span, ``fraction * (1 + cos(pi * t / (end * steps))) / 2`` (``drop_fraction_anneal="cosine"``;
+      ``fraction``, the paper's alpha, 0.3);
+    - ``update_on_swap=False``: a swap step changes the mask *instead of* the weights, as RigL's
+      optimizer runs either the mask update or the gradient step. The hook then removes every
+      gradient after swapping, so the optimizer (any torch optimizer skips a parameter without a
+      gradient) leaves every weight, moment and step count as it was; the grown entries start the
+      next step with zero moments (``CompactAdamW.reselect``). The loop's step (and the learning-rate
+      schedule) still advances, where RigL's global step does too;
+    - ``rounding="floor"``: counts are ``floor(share * k)``, as RigL's int cast (``sparsity.dynamic.ROUNDINGS``).
+
+    :data:`RIGL_LAB_2025` is the lab's first RigL (swaps to the last step with the cosine over all
+    ``steps``, the optimizer steps on swap steps too, counts rounded): the committed RigL rows were
+    made with it. Simplified from the paper: RigL drops by weight magnitude and may regrow an entry it
+    just dropped, grows with zero weights into a sparse network; here, fine-tuning, the drop score is
+    the change from ``reference``, a just-dropped entry cannot regrow in the same swap, and a grown
+    entry starts from its current (pretrained) value, i.e. a zero change.
     """
 
-    def __init__(self, every: int, steps: int, reference: Mapping[str, torch.Tensor], fraction: float = 0.3) -> None:
+    def __init__(self, every: int, steps: int, reference: Mapping[str, torch.Tensor], fraction: float = 0.3, *,
+                 end: float = 0.75, update_on_swap: bool = False, rounding: str = "floor") -> None:
         self.every = check_positive_int(every, "every")
         self.steps = check_positive_int(steps, "steps")
         if not 0.0 < fraction <= 1.0:
             raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
+        if isinstance(end, bool) or not isinstance(end, (int, float)) or not 0.0 < end <= 1.0:
+            raise ValueError(f"end must be a share of the steps in (0, 1], got {end!r}")
+        if not isinstance(update_on_swap, bool):
+            raise TypeError(f"update_on_swap must be a bool, got {type(update_on_swap).__name__}")
+        if rounding not in ROUNDINGS:
+            raise ValueError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
         self.reference, self.fraction = reference, float(fraction)
+        self.end_step = end * self.steps
+        self.update_on_swap, self.rounding = update_on_swap, rounding
+
+    def swaps_at(self, step: int) -> bool:
+        """Whether the mask changes before the optimizer's step ``step``."""
+        return step > 0 and step % self.every == 0 and step <= self.end_step
 
     def before_step(self, state: FitState) -> None:
         step = state.step
-        if step == 0 or step % self.every:
+        if not self.swaps_at(step):
             return
         if not hasattr(state.optimizer, "reselect"):
             raise TypeError(f"RigL needs an optimizer with reselect(mask) (CompactAdamW), "
@@ -359,8 +393,18 @@ class RigL:
             raise ValueError(f"RigL grows by the dense gradient, but '{missing[0]}' has none at step {step}")
         deltas = {n: params[n].detach() - self.reference[n] for n in partial}
         grads = {n: params[n].grad for n in partial}
-        share = self.fraction * (1 + math.cos(math.pi * step / self.steps)) / 2
-        state.optimizer.reselect(rigl_swap(mask, deltas, grads, share))
+        share = self.fraction * (1 + math.cos(math.pi * step / self.end_step)) / 2
+        state.optimizer.reselect(rigl_swap(mask, deltas, grads, share, self.rounding))
+        if not self.update_on_swap:
+            state.optimizer.zero_grad(set_to_none=True)
+
+
+RIGL_PAPER = dict(end=0.75, update_on_swap=False, rounding="floor")
+""":class:`RigL`'s options as Evci et al. (2020) run it: its defaults."""
+RIGL_LAB_2025 = dict(end=1.0, update_on_swap=True, rounding="round")
+""":class:`RigL`'s options as the lab first ran it (the committed RigL rows of benchmarks/results)."""
+RIGL_SETTINGS = {"paper": RIGL_PAPER, "lab-2025": RIGL_LAB_2025}
+"""The named settings of :class:`RigL`'s options (``python -m scaleup.compare --rigl``)."""
 
 
 class EpsBeforeBiasCorrection:

@@ -13,7 +13,7 @@ from sparsity import criteria, masks
 from sparsity.compact import CompactAdamW
 from sparsity.dynamic import reselect_top, rigl_swap
 from sparsity.regularize import snapshot
-from sparsity.train import FitState, Reselect, RigL, fit
+from sparsity.train import RIGL_LAB_2025, FitState, Reselect, RigL, fit
 
 
 def positions(m: torch.Tensor) -> list[int]:
@@ -68,20 +68,23 @@ def test_rigl_swap_is_capped_and_leaves_full_and_frozen_tensors_alone() -> None:
     cols=st.integers(1, 8),
     density=st.floats(0.05, 0.95),
     fraction=st.floats(0.0, 1.0),
+    rounding=st.sampled_from(["floor", "round"]),
 )
-def test_property_rigl_swap_keeps_counts_and_swaps_the_right_entries(seed, rows, cols, density, fraction) -> None:
+def test_property_rigl_swap_keeps_counts_and_swaps_the_right_entries(seed, rows, cols, density, fraction,
+                                                                     rounding) -> None:
     g = torch.Generator().manual_seed(seed)
     mask = {"a": torch.rand(rows, cols, generator=g) < density, "b": torch.rand(cols, generator=g) < density}
     delta = {n: torch.randn(m.shape, generator=g) for n, m in mask.items()}
     grad = {n: torch.randn(m.shape, generator=g) for n, m in mask.items()}
-    new = rigl_swap(mask, delta, grad, fraction)
+    new = rigl_swap(mask, delta, grad, fraction, rounding)
+    count = math.floor if rounding == "floor" else round
     for name, old in mask.items():
         m = new[name]
         k, n_total = int(old.sum()), old.numel()
         assert m.shape == old.shape and m.dtype == torch.bool
         assert int(m.sum()) == k
         dropped, grown, kept = old & ~m, m & ~old, old & m
-        expected = min(round(fraction * k), n_total - k) if 0 < k < n_total else 0
+        expected = min(count(fraction * k), n_total - k) if 0 < k < n_total else 0
         assert int(dropped.sum()) == int(grown.sum()) == expected
         if expected:
             d, gr = delta[name].abs(), grad[name].abs()
@@ -160,7 +163,7 @@ def test_training_with_rigl_every_k_steps_keeps_the_selection_valid() -> None:
             if t > 0 and t % every == 0:
                 grads = {n: p.grad for n, p in model.named_parameters()}
                 deltas = {n: p.detach() - ref[n] for n, p in model.named_parameters()}
-                new = rigl_swap(opt.mask, deltas, grads, 0.3 * (1 + math.cos(math.pi * t / steps)) / 2)
+                new = rigl_swap(opt.mask, deltas, grads, 0.3 * (1 + math.cos(math.pi * t / steps)) / 2, "round")
                 opt.reselect(new)
                 for name, idx in opt.indices.items():
                     assert idx.dtype == torch.int32
@@ -177,14 +180,21 @@ def test_training_with_rigl_every_k_steps_keeps_the_selection_valid() -> None:
         assert torch.equal(p.detach()[~ever[name]], ref[name][~ever[name]]), name  # never selected: never moved
     assert sum(losses[-4:]) < sum(losses[:4])
 
-    # The library's hook (sparsity.train.RigL) is this loop: the same weights, bit for bit.
+    # The library's hook (sparsity.train.RigL) at the lab's first settings is this loop: the same weights, bit for
+    # bit (the committed RigL rows ran with them; the paper's settings, the hook's defaults, end elsewhere).
     torch.manual_seed(0)
     again = nn.Sequential(OrderedDict(fc1=nn.Linear(8, 16), act=nn.Tanh(), fc2=nn.Linear(16, 4)))
     opt2 = CompactAdamW(again.named_parameters(), masks.random(again, 0.2, seed=0, scope="per_tensor", include="all"),
                         lr=1e-2, weight_decay=0.1)
-    fit(again, opt2, _mse, steps, batches=_batch, hooks=[RigL(every, steps, snapshot(again))])
+    fit(again, opt2, _mse, steps, batches=_batch, hooks=[RigL(every, steps, snapshot(again), **RIGL_LAB_2025)])
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), again.parameters()))
     assert all(torch.equal(opt.mask[n], opt2.mask[n]) for n in counts)
+    torch.manual_seed(0)
+    paper = nn.Sequential(OrderedDict(fc1=nn.Linear(8, 16), act=nn.Tanh(), fc2=nn.Linear(16, 4)))
+    opt3 = CompactAdamW(paper.named_parameters(), masks.random(paper, 0.2, seed=0, scope="per_tensor", include="all"),
+                        lr=1e-2, weight_decay=0.1)
+    fit(paper, opt3, _mse, steps, batches=_batch, hooks=[RigL(every, steps, snapshot(paper))])
+    assert not all(torch.equal(a, b) for a, b in zip(model.parameters(), paper.parameters()))
 
 
 def test_the_rigl_hook_refuses_what_it_cannot_swap() -> None:
@@ -195,7 +205,7 @@ def test_the_rigl_hook_refuses_what_it_cannot_swap() -> None:
         RigL(0, 10, snapshot(model))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(TypeError, match="reselect"):
-        fit(model, opt, _mse, 6, batches=_batch, hooks=[RigL(5, 6, snapshot(model))])
+        fit(model, opt, _mse, 6, batches=_batch, hooks=[RigL(5, 10, snapshot(model))])
 
 
 def test_lift_style_reselection_with_the_reselect_hook_follows_the_model() -> None:
