@@ -20,6 +20,8 @@ from scaleup.method_base import FAMILIES, Method
 from scaleup.method_dense import FullFineTuning, LoRA
 from scaleup.method_dynamic import Lift, LiftReselect, RigLMethod
 from scaleup.method_mask import CriterionMask, MiddleBlocks, TwoFour, l1_options
+from scaleup.method_rosa import RoSA
+from scaleup.method_spiel import SpIEL
 from sparsity import registry
 
 REGISTRY: dict[str, Method] = {}
@@ -94,7 +96,7 @@ for _method in (FullFineTuning("full", "full FT"), LoRA("lora", "LoRA"),
                 LiftReselect(), RigLMethod(), CriterionMask("random"), CriterionMask("magnitude"),
                 CriterionMask("l1_discovered", options=l1_options),
                 CriterionMask("gradient"), CriterionMask("fisher"), CriterionMask("snip"), CriterionMask("movement"),
-                MiddleBlocks(), TwoFour()):
+                MiddleBlocks(), TwoFour(), RoSA(), SpIEL()):
     register_method(_method)
 
 METHODS = tuple(REGISTRY)
