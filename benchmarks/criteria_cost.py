@@ -116,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(err))
     widths = FAST_WIDTHS if fast else FULL_WIDTHS
     n_params, rows = run(widths, args.rank, args.batches, args.criteria)
-    report = format_report(widths, n_params, rows, args.rank, args.batches, command_line("benchmarks.criteria_cost", argv, fast))
+    report = format_report(widths, n_params, rows, args.rank, args.batches,
+                           command_line("benchmarks.criteria_cost", argv, fast))
     emit(report, args.out)
     return 0
 

@@ -85,7 +85,7 @@ print(f"before fine-tuning: target accuracy {setup.before['target_test']:.2f}, "
 # %%
 LR_SPARSE = cfg.lrs_sparse[0]
 model = copy.deepcopy(setup.pretrained).train()
-sparse = sparsify(model, SparseConfig(criterion="lift", density=0.05, options={"rank": cfg.lift_rank}, lr=LR_SPARSE))
+sparse = sparsify(model, SparseConfig(criterion="lift", density=0.05, options={"rank": cfg.lift.rank}, lr=LR_SPARSE))
 sparse.print_trainable_parameters()
 
 

@@ -5,7 +5,10 @@
 ``pretrain``     pretraining on the source mixture, cached and resumable (safetensors)
 ``lora``         LoRA adapters, PEFT style (the baseline at a matched budget)
 ``compare``      the controlled benchmark's command line and sweep: full vs every sparse criterion vs LoRA
-``bench_config`` its configuration (methods, budgets, learning-rate grids) and the prepared set-up
+``bench_config`` its configuration (budgets, learning-rate grids) and the prepared set-up
+``methods``      its methods by name: one registered object each (``method_base``, ``method_dense``,
+                 ``method_mask``, ``method_dynamic``): how it selects, trains, counts its budget, is labelled
+``layers``       layer naming facts of the GPT world's models (layer types, blocks)
 ``grid``         its grid of cells in two phases (lr sweep, then seeds), run serially or on workers
 ``finetune``     one benchmark cell: selection through the criteria registry, fine-tuning through ``fit``
 ``results``      its results store (``sparsity.sweep``), learning-rate choice and summary over seeds

@@ -29,11 +29,12 @@ from scaleup import hf_model
 from scaleup import pretrain as pt
 from scaleup import tasks as tk
 from scaleup.method_base import INCLUDE, Budget
+from scaleup.method_dynamic import LiftSettings, RigLSettings
+from scaleup.method_mask import L1Settings
 from scaleup.methods import get_method, known_methods
 from sparsity.eligibility import eligible
 from sparsity.regularize import snapshot
-from sparsity.validate import (check_density, check_finite_nonnegative, check_nonnegative_int, check_positive_int,
-                               named_params)
+from sparsity.validate import check_density, check_nonnegative_int, check_positive_int, named_params
 
 DEMO_METHODS = ("full", "lora", "lift", "magnitude", "random")
 """What ``make demo`` compares: the CLI example's methods at the LoRA-equal budget."""
@@ -59,17 +60,13 @@ class BenchConfig:
     lora_equal: bool = True
     lora_rank: int = 4
     lora_alpha: float = 8.0
-    lift_rank: int = 4
-    lift_reselect_every: int = 50
-    lift_betas: tuple[float, float] = (0.9, 0.95)
-    lift_eps: float | None = None
-    """``lift_reselect``'s Adam epsilon added before the bias correction, as LIFT's optimizer does (1e-6
-    in its configs; ``sparsity.train.EpsBeforeBiasCorrection``); None keeps PyTorch's AdamW (eps 1e-8 after it)."""
-    rigl_every: int = 50
-    rigl_fraction: float = 0.3
+    lift: LiftSettings = field(default_factory=LiftSettings)
+    """The ``lift`` and ``lift_reselect`` methods' settings (``scaleup.method_dynamic``)."""
+    rigl: RigLSettings = field(default_factory=RigLSettings)
+    """The ``rigl`` method's settings."""
     score_batches: int = 4
-    l1_lam: float = 2e-3
-    l1_lr: float = 1e-3
+    l1: L1Settings = field(default_factory=L1Settings)
+    """The ``l1_discovered`` method's discovery run (``scaleup.method_mask``)."""
     tol: float = 1e-5
     lrs_full: tuple[float, ...] = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
     lrs_sparse: tuple[float, ...] = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
@@ -109,9 +106,10 @@ class BenchConfig:
             object.__setattr__(self, "target", known_targets[0])
         if self.target not in known_targets:
             raise ValueError(f"target must be one of {known_targets}, got {self.target!r}")
-        for name in ("steps", "batch_size", "seeds", "lora_rank", "lift_rank", "lift_reselect_every", "rigl_every",
-                     "score_batches",
-                     "pretrain_steps"):
+        for name, settings in (("lift", LiftSettings), ("rigl", RigLSettings), ("l1", L1Settings)):
+            if not isinstance(getattr(self, name), settings):
+                raise TypeError(f"BenchConfig.{name} must be a {settings.__name__}, got {getattr(self, name)!r}")
+        for name in ("steps", "batch_size", "seeds", "lora_rank", "score_batches", "pretrain_steps"):
             check_positive_int(getattr(self, name), f"BenchConfig.{name}")
         if check_nonnegative_int(self.warmup, "BenchConfig.warmup") >= self.steps:
             raise ValueError(f"BenchConfig.warmup must be an int in [0, steps), got {self.warmup!r}")
@@ -123,16 +121,8 @@ class BenchConfig:
                 raise ValueError(f"BenchConfig.{name} must be a non-empty tuple of positive learning rates, "
                                  f"got {lrs!r}")
         check_nonnegative_int(self.eval_every, "BenchConfig.eval_every")
-        if self.lift_eps is not None:
-            check_finite_nonnegative(self.lift_eps, "BenchConfig.lift_eps")
-            if self.lift_eps == 0:
-                raise ValueError("BenchConfig.lift_eps must be > 0 (or None for PyTorch's placement), got 0")
-        if not 0 < self.rigl_fraction <= 1:
-            raise ValueError(f"BenchConfig.rigl_fraction must be in (0, 1], got {self.rigl_fraction!r}")
         if not 0 <= self.lr_tie < 1:
             raise ValueError(f"BenchConfig.lr_tie must be in [0, 1), got {self.lr_tie!r}")
-        if not self.l1_lam > 0 or not self.l1_lr > 0:
-            raise ValueError("l1_lam and l1_lr must be > 0")
 
     @property
     def pretrain(self) -> pt.PretrainConfig:
@@ -185,36 +175,43 @@ class BenchConfig:
         raise ValueError(f"no method of this config runs at a budget {key!r}")
 
     def to_json(self) -> dict[str, Any]:
-        """The config as plain JSON data (what a results folder's config.json holds). ``model`` is left
-        out for the lab's GPT, ``world_kind`` for the GPT world and ``lift_eps`` when None, so folders
-        written before those fields still hold this config."""
+        """The config as plain JSON data (what a results folder's config.json holds). The methods'
+        settings are flat keys (``lift_rank``, ``rigl_every``, ``l1_lam``: :data:`SETTINGS_KEYS`), as before
+        they moved into the methods; ``model`` is left out for the lab's GPT, ``world_kind`` for the GPT
+        world and ``lift_eps`` when None, so folders written before those fields still hold this config."""
         data = asdict(self)
+        for name, prefix in SETTINGS_KEYS.items():
+            data.update({f"{prefix}{key}": value for key, value in data.pop(name).items()})
         if not hf_model.is_hf(self.model):
             del data["model"]
         if self.world_kind == "gpt":  # likewise world_kind for the GPT world, and lift_eps when unset
             del data["world_kind"]
-        if self.lift_eps is None:
+        if self.lift.eps is None:
             del data["lift_eps"]
         return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> BenchConfig:
-        """The config a results folder's config.json holds."""
-        d = dict(data)
+        """The config a results folder's config.json holds (the methods' settings from their flat keys)."""
+        d = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
         world_cls = bw.kind(d.get("world_kind", "gpt")).config
-        d["world"] = world_cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d["world"].items()})
-        for f in fields(cls):
-            if isinstance(d.get(f.name), list):
-                d[f.name] = tuple(d[f.name])
+        d["world"] = world_cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data["world"].items()})
+        for name, settings in (("lift", LiftSettings), ("rigl", RigLSettings), ("l1", L1Settings)):
+            prefix = SETTINGS_KEYS[name]
+            d[name] = settings(**{f.name: d.pop(prefix + f.name) for f in fields(settings) if prefix + f.name in d})
         return cls(**d)
+
+
+SETTINGS_KEYS = {"lift": "lift_", "rigl": "rigl_", "l1": "l1_"}
+"""BenchConfig field holding a method's settings -> the prefix of their flat keys in config.json."""
 
 
 def default_config(preset: str | None = None, *, fast: bool = False, **overrides: Any) -> BenchConfig:
     """The benchmark's defaults (preset None: the world's default); ``fast`` (the lab's fast mode, passed down
     by an entry point) runs 30 steps, one seed, one lr per method."""
     if fast:
-        base: dict[str, Any] = dict(steps=30, warmup=3, seeds=1, pretrain_steps=300, l1_lam=1e-4, lrs_full=(1e-3,),
-                                    lrs_sparse=(1e-2,), lrs_lora=(1e-2,))
+        base: dict[str, Any] = dict(steps=30, warmup=3, seeds=1, pretrain_steps=300, l1=L1Settings(lam=1e-4),
+                                    lrs_full=(1e-3,), lrs_sparse=(1e-2,), lrs_lora=(1e-2,))
     else:
         base = {}
     base.update(overrides)

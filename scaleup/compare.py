@@ -52,6 +52,7 @@ from scaleup import bench_world as bw
 from scaleup import gpt, grid, hf_model
 from scaleup import tasks as tk
 from scaleup.bench_config import BenchConfig, default_config, prepare
+from scaleup.method_dynamic import LiftSettings
 from scaleup.methods import METHODS, check_methods, known_methods
 from scaleup.report import print_report, write_summary
 from scaleup.results import store
@@ -168,9 +169,11 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         overrides["lora_equal"] = False
     if args.model != hf_model.LAB_GPT:
         overrides["model"] = args.model
-    for name in ("seeds", "steps", "eval_every", "lift_eps"):
+    for name in ("seeds", "steps", "eval_every"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
+    if args.lift_eps is not None:
+        overrides["lift"] = LiftSettings(eps=args.lift_eps)
     if args.sweep_all_seeds:
         overrides["sweep_all_seeds"] = True
     if "steps" in overrides:

@@ -93,7 +93,7 @@ def scores(setup: Setup, method: str, seed: int) -> tuple[registry.Scores | regi
         raise ValueError(f"method {method!r} has no criterion")
 
     def train_l1(model: nn.Module, optimizer: torch.optim.Optimizer, hooks: list[Any]) -> None:
-        train(setup, model, optimizer, setup.cfg.l1_lr, seed, hooks=hooks)
+        train(setup, model, optimizer, setup.cfg.l1.lr, seed, hooks=hooks)
 
     entry = registry.get_criterion(m.criterion)
     batches = _score_batches(setup, seed) if entry.needs_data else None

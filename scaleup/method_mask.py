@@ -11,6 +11,7 @@ in ``scaleup.method_dynamic``.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -70,9 +71,22 @@ class CriterionMask(Method):
         return 0 if mask is None else sum(int(m.sum()) for m in mask.values())
 
 
+@dataclass(frozen=True)
+class L1Settings:
+    """``l1_discovered``'s discovery run in the benchmark (``BenchConfig.l1``; config.json: ``l1_lam``,
+    ``l1_lr``): the proximal L1 pull toward the start and the run's learning rate."""
+
+    lam: float = 2e-3
+    lr: float = 1e-3
+
+    def __post_init__(self) -> None:
+        if not self.lam > 0 or not self.lr > 0:
+            raise ValueError(f"L1Settings.lam and .lr must be > 0, got {self.lam!r} and {self.lr!r}")
+
+
 def l1_options(cfg: BenchConfig) -> dict[str, Any]:
     """``l1_discovered``'s registry options in the benchmark: the L1 run's penalty and learning rate."""
-    return {"lam": cfg.l1_lam, "lr": cfg.l1_lr}
+    return {"lam": cfg.l1.lam, "lr": cfg.l1.lr}
 
 
 class MiddleBlocks(CriterionMask):

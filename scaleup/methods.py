@@ -91,13 +91,22 @@ def method_color(name: str) -> object:
     return plt.get_cmap("tab20")(known_methods().index(name) % 20)
 
 
-for _method in (FullFineTuning("full", "full FT"), LoRA("lora", "LoRA"),
-                Lift(),
-                LiftReselect(), RigLMethod(), CriterionMask("random"), CriterionMask("magnitude"),
-                CriterionMask("l1_discovered", options=l1_options),
-                CriterionMask("gradient"), CriterionMask("fisher"), CriterionMask("snip"), CriterionMask("movement"),
-                MiddleBlocks(), TwoFour(), RoSA(), SpIEL()):
-    register_method(_method)
+register_method(FullFineTuning("full", "full FT"))
+register_method(LoRA("lora", "LoRA"))
+register_method(Lift())
+register_method(LiftReselect())
+register_method(RigLMethod())
+register_method(CriterionMask("random"))
+register_method(CriterionMask("magnitude"))
+register_method(CriterionMask("l1_discovered", options=l1_options))
+register_method(CriterionMask("gradient"))
+register_method(CriterionMask("fisher"))
+register_method(CriterionMask("snip"))
+register_method(CriterionMask("movement"))
+register_method(MiddleBlocks())
+register_method(TwoFour())
+register_method(RoSA())
+register_method(SpIEL())
 
 METHODS = tuple(REGISTRY)
 """The default run, in the order a run does them (the headline comparison first, so a partial run

@@ -10,6 +10,7 @@ from scaleup import bench_config as bc
 from scaleup import compare as cp
 from scaleup import results as res
 from scaleup import grid
+from scaleup.method_mask import L1Settings
 from sparsity.executor import CellFailed, Executor, Worker, check_executor
 from sparsity.threads import one_thread
 
@@ -19,7 +20,7 @@ METHODS = ["full", "random"]  # phase 1: 2 lrs of full + 1 of random; phase 2: s
 
 def micro_config():
     return bc.BenchConfig(preset="micro", world=bc.MICRO_WORLD, steps=10, warmup=1, seeds=2, pretrain_steps=200,
-                          densities=(), lrs_full=(1e-3, 3e-3), lrs_sparse=(3e-2,), lrs_lora=(3e-2,), l1_lam=1e-4,
+                          densities=(), lrs_full=(1e-3, 3e-3), lrs_sparse=(3e-2,), lrs_lora=(3e-2,), l1=L1Settings(lam=1e-4),
                           score_batches=2)
 
 

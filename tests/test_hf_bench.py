@@ -24,12 +24,13 @@ from scaleup import results as res  # noqa: E402
 from scaleup.bench_config import MICRO_WORLD, BenchConfig, Setup, prepare  # noqa: E402
 from scaleup.finetune import finetune, select  # noqa: E402
 from scaleup.layers import LAYER_TYPES, block_names, layer_type  # noqa: E402
+from scaleup.method_dynamic import LiftSettings  # noqa: E402
 from scaleup.methods import METHODS  # noqa: E402
 from sparsity.eligibility import input_axes, parameter_kinds  # noqa: E402
 from sparsity.hf import FAMILIES, tiny_config  # noqa: E402
 
 MICRO = dict(preset="micro", world=MICRO_WORLD, steps=6, warmup=1, seeds=1, densities=(), pretrain_steps=20,
-             lrs_full=(3e-3,), lrs_sparse=(3e-2,), lrs_lora=(3e-2,), score_batches=1, lift_reselect_every=3,
+             lrs_full=(3e-3,), lrs_sparse=(3e-2,), lrs_lora=(3e-2,), score_batches=1, lift=LiftSettings(reselect_every=3),
              eval_every=3)
 
 

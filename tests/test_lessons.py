@@ -72,8 +72,9 @@ finetune_button.click()
 assert len(tried) == 1 and tried[0][0].endswith("entries")
 assert 0.0 <= last_finetune["target"] <= 1.0 and 0.0 <= last_finetune["retained"] <= 1.0
 entries_only = last_finetune["mask"]
-assert modular.trunk_share(iso.pretrained, entries_only) > modular.trunk_share(iso.pretrained, modular.way_mask(
-    "freeze A's core", modular.a_core(iso.pretrained, 0.1), iso.subnetwork, cfg.task_b))
+assert modular_isolation.trunk_share(iso.pretrained, entries_only) > modular_isolation.trunk_share(
+    iso.pretrained, modular_isolation.way_mask("freeze A's core", modular_isolation.a_core(iso.pretrained, 0.1),
+                                               iso.subnetwork, cfg.task_b))
 """,
     "03_choosing_the_weights.py": """
 criterion_menu.value = "snip"
@@ -113,7 +114,7 @@ target_menu.value = "facts_b"
 run_button.click()
 row = last_run["row"]
 assert (row["method"], row["budget"], last_run["target"]) == ("magnitude", "d0.01", "facts_b"), last_run
-assert row["trainable"] == compare.budget_count(setups["facts_b"], "d0.01")
+assert row["trainable"] == finetune.budget_count(setups["facts_b"], "d0.01")
 assert 0.0 <= row["target_test"] <= 1.0 and 0.0 <= row["retention"] <= 1.0
 assert len(last_run["figure"].axes) == 1 and last_run["figure"].axes[0].collections
 method_menu.value = "lora"

@@ -13,6 +13,8 @@ from scaleup import compare as cp
 from scaleup import finetune as ft
 from scaleup import grid
 from scaleup import layers
+from scaleup.method_dynamic import LiftSettings, RigLSettings
+from scaleup.method_mask import L1Settings
 from scaleup import methods as meth
 from scaleup import report as rep
 from scaleup import results as res
@@ -27,7 +29,7 @@ TIMINGS = ("train_s", "select_s", "peak_mb")
 
 def micro_config(**kw):
     base = dict(preset="micro", world=WORLD, steps=40, warmup=4, seeds=2, pretrain_steps=200, densities=(0.05,),
-                lrs_full=(3e-3,), lrs_sparse=(3e-2,), lrs_lora=(3e-2,), l1_lam=1e-4, score_batches=2,
+                lrs_full=(3e-3,), lrs_sparse=(3e-2,), lrs_lora=(3e-2,), l1=L1Settings(lam=1e-4), score_batches=2,
                 batch_size=32)
     base.update(kw)
     return bc.BenchConfig(**base)
@@ -293,7 +295,7 @@ def test_a_newly_registered_criterion_runs_through_the_benchmark(tmp_path, cache
 def test_budget_labels_become_sparse_configs(setup):
     density = ft.sparse_config(setup, "lift", "d0.05", lr=1e-2, seed=3)
     assert (density.criterion, density.density, density.options, density.lr, density.seed) == \
-        ("lift", 0.05, {"rank": setup.cfg.lift_rank}, 1e-2, 3)
+        ("lift", 0.05, {"rank": setup.cfg.lift.rank}, 1e-2, 3)
     assert (density.storage, density.scope, density.include, density.weight_decay) == \
         ("compact", "per_tensor", "weight", 0.0)
     assert ft.sparse_config(setup, "random", "lora_equal").lora_rank == setup.cfg.lora_rank
@@ -302,7 +304,7 @@ def test_budget_labels_become_sparse_configs(setup):
     middle = ft.sparse_config(setup, "middle_blocks", "d0.05")
     assert (middle.criterion, middle.options) == ("layers", {"layers": ["blocks.1"]})
     l1 = ft.sparse_config(setup, "l1_discovered", "d0.05")
-    assert l1.options == {"lam": setup.cfg.l1_lam, "lr": setup.cfg.l1_lr}
+    assert l1.options == {"lam": setup.cfg.l1.lam, "lr": setup.cfg.l1.lr}
     with pytest.raises(ValueError, match="trains no mask"):
         ft.sparse_config(setup, "full", "all")
     with pytest.raises(ValueError, match="'all' is no mask budget"):
@@ -421,7 +423,8 @@ def test_traced_runs_give_frontier_points_and_a_frontier_table(tmp_path, cache):
 def test_lift_as_its_authors_run_it_reselects_the_principal_weights(setup):
     from dataclasses import replace as dc_replace
 
-    resel = dc_replace(setup, cfg=dc_replace(setup.cfg, lift_reselect_every=5, lift_rank=2, steps=20, warmup=2),
+    lift = LiftSettings(rank=2, reselect_every=5)
+    resel = dc_replace(setup, cfg=dc_replace(setup.cfg, lift=lift, steps=20, warmup=2),
                        cache={})  # its own selection cache: the module's holds masks of another LIFT rank
     cfg = ft.sparse_config(resel, "lift_reselect", "d0.05", lr=3e-2)
     assert cfg.reselect_every == 5 and cfg.betas == (0.9, 0.95) and cfg.criterion == "lift"
@@ -438,7 +441,7 @@ def test_lift_as_its_authors_run_it_reselects_the_principal_weights(setup):
 def test_rigl_swaps_entries_at_a_constant_count_and_grows_by_the_gradient(setup):
     from dataclasses import replace as dc_replace
 
-    rigl = dc_replace(setup, cfg=dc_replace(setup.cfg, rigl_every=5, steps=20, warmup=2), cache={})
+    rigl = dc_replace(setup, cfg=dc_replace(setup.cfg, rigl=RigLSettings(every=5), steps=20, warmup=2), cache={})
     start, _ = ft.select(rigl, "rigl", "d0.05", 0)
     random_mask, _ = ft.select(rigl, "random", "d0.05", 0)
     assert all(bool((start[n] == random_mask[n]).all()) for n in start)  # RigL starts from a random mask
@@ -454,13 +457,16 @@ def test_rigl_swaps_entries_at_a_constant_count_and_grows_by_the_gradient(setup)
 def test_lifts_epsilon_placement_is_an_option_of_the_reselecting_row(setup):
     from dataclasses import replace as dc_replace
 
-    base = dc_replace(setup, cfg=dc_replace(setup.cfg, lift_reselect_every=5, lift_rank=2, steps=20, warmup=2), cache={})
-    theirs = dc_replace(base, cfg=dc_replace(base.cfg, lift_eps=1e-3))
+    lift = LiftSettings(rank=2, reselect_every=5)
+    base = dc_replace(setup, cfg=dc_replace(setup.cfg, lift=lift, steps=20, warmup=2), cache={})
+    theirs = dc_replace(base, cfg=dc_replace(base.cfg, lift=dc_replace(base.cfg.lift, eps=1e-3)))
     assert "lift_eps" not in base.cfg.to_json() and theirs.cfg.to_json()["lift_eps"] == 1e-3
     assert bc.BenchConfig.from_json(theirs.cfg.to_json()) == theirs.cfg
     ours, _ = ft.finetune(base, "lift_reselect", "d0.05", 3e-2, 0)
     lift_adam, _ = ft.finetune(theirs, "lift_reselect", "d0.05", 3e-2, 0)
     name = "blocks.0.mlp.fc.weight"
     assert not torch.equal(ours.get_parameter(name), lift_adam.get_parameter(name))
-    with pytest.raises(ValueError, match="lift_eps"):
-        dc_replace(base.cfg, lift_eps=0.0)
+    with pytest.raises(ValueError, match="LiftSettings.eps must be > 0"):
+        LiftSettings(eps=0.0)
+    with pytest.raises(TypeError, match="BenchConfig.lift must be a LiftSettings"):
+        dc_replace(base.cfg, lift={"eps": 1e-3})

@@ -118,3 +118,23 @@ def test_a_method_of_an_unknown_family_is_refused():
     odd.family = "hybrid"
     with pytest.raises(ValueError, match="family must be one of .*got 'hybrid'"):
         meth.register_method(odd)
+
+
+def test_the_methods_settings_keep_their_config_json_keys():
+    """``lift``, ``rigl`` and ``l1`` belong to their methods, yet a results folder's config.json keeps the flat
+    keys it always had, so a committed folder's stored config equals the config read back from it."""
+    from dataclasses import replace
+
+    from scaleup.method_dynamic import LiftSettings, RigLSettings
+    from scaleup.method_mask import L1Settings
+    from scaleup.results import load_config, store
+
+    cfg = bc.BenchConfig(lift=LiftSettings(rank=2, eps=1e-6), rigl=RigLSettings(every=7), l1=L1Settings(lam=1e-4))
+    data = cfg.to_json()
+    assert {"lift_rank", "lift_reselect_every", "lift_betas", "lift_eps", "rigl_every", "rigl_fraction", "l1_lam",
+            "l1_lr"} <= set(data) and not {"lift", "rigl", "l1"} & set(data)
+    assert (data["lift_rank"], data["rigl_every"], data["l1_lam"]) == (2, 7, 1e-4)
+    assert bc.BenchConfig.from_json(data) == cfg
+    assert "lift_eps" not in replace(cfg, lift=LiftSettings()).to_json()
+    for folder in sorted(p.parent for p in RESULTS.glob("*/config.json")):
+        store(folder, load_config(folder))  # the store's guard accepts it: a rerun would resume the folder

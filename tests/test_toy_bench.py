@@ -11,6 +11,7 @@ from scaleup import bench_world as bw
 from scaleup import bench_config as bc
 from scaleup import compare as cp
 from scaleup import finetune as ft
+from scaleup.method_dynamic import LiftSettings
 from scaleup import methods as meth
 from scaleup import results as res
 from scaleup import frontier
@@ -25,7 +26,7 @@ STEPS, EVERY = 20, 10
 def toy_config(world_kind, world, **kw):
     base = dict(world_kind=world_kind, world=world, steps=STEPS, warmup=2, seeds=1, pretrain_steps=100,
                 densities=(0.05,), lrs_full=(3e-3,), lrs_sparse=(3e-2,), lrs_lora=(3e-2,), score_batches=2,
-                eval_every=EVERY, lift_reselect_every=5)
+                eval_every=EVERY, lift=LiftSettings(reselect_every=5))
     base.update(kw)
     return bc.BenchConfig(**base)
 

@@ -68,7 +68,8 @@ class Config:
 
 
 def default_config(*, fast: bool = False, **overrides: object) -> Config:
-    """The default world and student; ``fast`` (the lab's fast mode, ``LAB_FAST=1``, read by the entry point and passed down) shrinks them to a CI-sized run."""
+    """The default world and student; ``fast`` (fast mode, passed down by the entry point) shrinks them to a
+    CI-sized run."""
     base = Config(hidden=(128, 128), n_train=8192, n_test=2048, steps=500) if fast else Config()
     return replace(base, **overrides)
 

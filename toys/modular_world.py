@@ -125,7 +125,7 @@ class Config:
 
 
 def default_config(*, fast: bool = False, **overrides: object) -> Config:
-    """The default experiment; ``fast`` (the lab's fast mode, ``LAB_FAST=1``, read by the entry point and passed down) shrinks it to a CI-sized run."""
+    """The default experiment; ``fast`` (fast mode, passed down by the entry point) shrinks it to a CI-sized run."""
     base = Config()
     if fast:
         base = replace(base, n_tasks=3, hidden=(64, 64), n_train=4096, n_test=2048, steps=500, lr=5e-3,

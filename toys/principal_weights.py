@@ -147,7 +147,7 @@ class TransferConfig:
 
 
 def default_transfer_config(*, fast: bool = False, **overrides: object) -> TransferConfig:
-    """Lesson 7's setting; ``fast`` (the lab's fast mode, ``LAB_FAST=1``, read by the entry point and passed down) trains 250 steps instead of 1,000."""
+    """Lesson 7's setting; ``fast`` (fast mode, passed down by the entry point) trains 250 steps instead of 1,000."""
     base = TransferConfig(steps=250) if fast else TransferConfig()
     return replace(base, **overrides)
 

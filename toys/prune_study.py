@@ -76,7 +76,7 @@ class StudyConfig:
 
 
 def default_study(*, fast: bool = False, **overrides: object) -> StudyConfig:
-    """The full study, or a CI-sized one with ``fast`` (the lab's fast mode, ``LAB_FAST=1``, read by the entry point and passed down)."""
+    """The full study, or a CI-sized one with ``fast`` (fast mode, passed down by the entry point)."""
     world = tc.default_config(fast=fast)
     base = StudyConfig(world=world, rounds=4, rewind_step=25) if fast else StudyConfig(world=world)
     return replace(base, **overrides)

@@ -91,7 +91,7 @@ class Config:
 
 
 def default_config(*, fast: bool = False, **overrides: object) -> Config:
-    """The default experiment; ``fast`` (the lab's fast mode, ``LAB_FAST=1``, read by the entry point and passed down) shrinks it to a CI-sized run."""
+    """The default experiment; ``fast`` (fast mode, passed down by the entry point) shrinks it to a CI-sized run."""
     base = Config(steps=1500) if fast else Config()
     return replace(base, **overrides)
 

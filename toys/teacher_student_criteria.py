@@ -62,7 +62,8 @@ W3 entries moved before the penalty pulls them back) is still in its support."""
 
 
 def default_config(*, fast: bool = False, **overrides: object) -> ts.Config:
-    """The toy config of the comparison: plain MSE (lam = 0), fewer steps with ``fast`` (the lab's fast mode, ``LAB_FAST=1``, read by the entry point and passed down).
+    """The toy config of the comparison: plain MSE (lam = 0), fewer steps with ``fast`` (fast mode, passed
+    down by the entry point).
 
     Full mode trains 3,000 steps (every masked run has flattened by then); fast mode 300,
     enough for the criteria's ranking at 5% to show but not for full convergence.

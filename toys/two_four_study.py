@@ -91,7 +91,7 @@ class StudyConfig:
 
 
 def default_study(*, fast: bool = False, **overrides: object) -> StudyConfig:
-    """The full study (3 seeds), or a CI-sized one with ``fast`` (the lab's fast mode, ``LAB_FAST=1``, read by the entry point and passed down): 1 seed."""
+    """The full study (3 seeds), or a CI-sized one with ``fast`` (fast mode, passed down by the entry point): 1 seed."""
     base = StudyConfig(world=tc.default_config(fast=fast), seeds=(0,) if fast else (0, 1, 2))
     return replace(base, **overrides)
 
