@@ -5,9 +5,9 @@ Followed from the paper and its code: the selected entries are stored compactly 
 ``CompactAdamW``: indices plus ``[k]`` values and moments); the first selection is the entries with the
 largest accumulated gradient (the authors' first selection phase replaces every index by accumulated-gradient
 candidates; here the registry's ``gradient`` criterion over ``BenchConfig.score_batches`` batches); then every
-``rigl_every`` steps the entries with the smallest ``|theta - theta_0|`` are dropped back to the pretrained value
-and as many grown by the gradient accumulated over the last ``accumulate`` steps, the share swapped decaying
-linearly from ``rigl_fraction`` (``sparsity.spiel.SpIELDropGrow``). SpIEL runs at RigL's interval and initial
+``BenchConfig.rigl.every`` steps (RigL's settings, ``scaleup.method_dynamic.RigLSettings``) the entries with
+the smallest ``|theta - theta_0|`` are dropped back to the pretrained value and as many grown by the gradient accumulated over the last ``accumulate`` steps, the share swapped decaying
+linearly from ``rigl.fraction`` (``sparsity.spiel.SpIELDropGrow``). SpIEL runs at RigL's interval and initial
 share so the two drop-and-grow rows differ only in what SpIEL does differently. Simplifications are listed
 in ``sparsity.spiel``.
 """
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 class SpIEL(CriterionMask):
     """The top accumulated-gradient entries, then SpIEL-AG's drop (smallest delta, reset to the base) and grow
-    (largest gradient summed over ``accumulate`` steps) every ``rigl_every`` steps, at a constant count."""
+    (largest gradient summed over ``accumulate`` steps) every ``rigl.every`` steps, at a constant count."""
 
     def __init__(self, name: str = "spiel", label: str = "SpIEL", color: str | None = "teal",
                  accumulate: int = 5) -> None:
@@ -38,5 +38,5 @@ class SpIEL(CriterionMask):
 
     def hooks(self, setup: Setup, model: nn.Module, optimizer: torch.optim.Optimizer) -> list[Any]:
         cfg = setup.cfg
-        return [SpIELDropGrow(cfg.rigl_every, cfg.steps, setup.reference, cfg.rigl_fraction,
-                              min(self.accumulate, cfg.rigl_every))]
+        return [SpIELDropGrow(cfg.rigl.every, cfg.steps, setup.reference, cfg.rigl.fraction,
+                              min(self.accumulate, cfg.rigl.every))]

@@ -15,6 +15,7 @@ from scaleup import finetune as ft
 from scaleup import lora
 from scaleup import methods as meth
 from scaleup import report as rep
+from scaleup.method_dynamic import RigLSettings
 from scaleup.method_rosa import ORIGINAL_NAMES, RoSA
 from scaleup.results import load_results
 from sparsity import SparseConfig, fit, sparsify
@@ -28,7 +29,7 @@ from sparsity.train import FitState
 def micro_config(**kw):
     base = dict(preset="micro", world=bc.MICRO_WORLD, steps=20, warmup=2, seeds=1, pretrain_steps=200,
                 densities=(0.05,), lrs_full=(3e-3,), lrs_sparse=(3e-2,), lrs_lora=(3e-2,), score_batches=2,
-                rigl_every=5, eval_every=10)
+                rigl=RigLSettings(every=5), eval_every=10)
     base.update(kw)
     return bc.BenchConfig(**base)
 
