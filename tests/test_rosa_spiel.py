@@ -20,28 +20,18 @@ from scaleup.method_rosa import ORIGINAL_NAMES, RoSA
 from scaleup.results import load_results
 from sparsity import SparseConfig, fit, sparsify
 from sparsity.compact import CompactAdamW
-from sparsity.config import budget_count
 from sparsity.regularize import snapshot
 from sparsity.spiel import SpIELDropGrow, reset_dropped_
 from sparsity.train import FitState
+from test_scaleup_compare import cache, micro_config  # noqa: F401  (cache: the module-scoped pretrained-model fixture)
 
-
-def micro_config(**kw):
-    base = dict(preset="micro", world=bc.MICRO_WORLD, steps=20, warmup=2, seeds=1, pretrain_steps=200,
-                densities=(0.05,), lrs_full=(3e-3,), lrs_sparse=(3e-2,), lrs_lora=(3e-2,), score_batches=2,
-                rigl=RigLSettings(every=5), eval_every=10)
-    base.update(kw)
-    return bc.BenchConfig(**base)
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("cache")
+CONFIG = dict(steps=20, warmup=2, seeds=1, rigl=RigLSettings(every=5), eval_every=10)
+"""The compare tests' micro benchmark, shorter, one seed, traced, swapping every 5 steps."""
 
 
 @pytest.fixture(scope="module")
 def setup(cache):
-    return bc.prepare(micro_config(), cache_dir=cache, progress=False)
+    return bc.prepare(micro_config(**CONFIG), cache_dir=cache, progress=False)
 
 
 # ---------------------------------------------------------------- RoSA
@@ -196,7 +186,7 @@ def test_spiel_row_swaps_in_the_benchmark_at_a_constant_count(setup):
 
 
 def test_rosa_and_spiel_run_through_the_benchmark_report_and_frontier(tmp_path, cache):
-    cfg = micro_config()
+    cfg = micro_config(**CONFIG)
     cp.run(cfg, tmp_path, ["full", "lora", "rosa", "spiel"], cache_dir=cache, progress=False)
     rows = load_results(tmp_path)
     cells = sorted((r["method"], r["budget"]) for r in rows.values())
