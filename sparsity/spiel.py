@@ -39,8 +39,9 @@ class SpIELDropGrow:
     ``accumulate`` steps (that step included); dropped entries are set back to ``reference``.
 
     ``fraction``: the share of each tensor's selected entries swapped at step 0, decaying linearly to 0
-    at ``steps``. The optimizer must re-select at a constant count (``CompactAdamW.reselect``) and see
-    the dense gradient of the partly selected tensors (not ``values_grad``).
+    at ``steps``. The optimizer must re-select at a constant count (``CompactAdamW.reselect``; it refuses
+    while ``values_grad`` computes only the selected entries' gradient). A partly selected tensor the loss
+    does not reach (no gradient: a multi-task model's other heads) keeps its selection: nothing to grow toward.
     """
 
     def __init__(self, every: int, steps: int, reference: Mapping[str, torch.Tensor], fraction: float = 0.3,
@@ -54,7 +55,8 @@ class SpIELDropGrow:
         if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 < fraction <= 1.0:
             raise ValueError(f"fraction must be a number in (0, 1], got {fraction!r}")
         if not isinstance(reference, Mapping):
-            raise TypeError(f"reference must be a mapping from parameter name to tensor, got {type(reference).__name__}")
+            raise TypeError(f"reference must be a mapping from parameter name to tensor, "
+                            f"got {type(reference).__name__}")
         self.reference, self.fraction = reference, float(fraction)
         self.accumulated: dict[str, torch.Tensor] = {}
         """Name -> the gradient summed since the accumulation began (partly selected tensors only)."""
@@ -80,11 +82,7 @@ class SpIELDropGrow:
                             f"got {type(optimizer).__name__}")
         mask = optimizer.mask
         params = dict(state.model.named_parameters())
-        partial = [n for n, m in mask.items() if 0 < int(m.sum()) < m.numel()]
-        missing = [n for n in partial if params[n].grad is None]
-        if missing:
-            raise ValueError(f"SpIEL grows by the accumulated dense gradient, but '{missing[0]}' has none at "
-                             f"step {step} (values-only gradients give none)")
+        partial = [n for n, m in mask.items() if 0 < int(m.sum()) < m.numel() and params[n].grad is not None]
         unknown = [n for n in partial if n not in self.reference]
         if unknown:
             raise ValueError(f"reference has no entry for '{unknown[0]}': SpIEL drops by the change from it")
@@ -94,7 +92,8 @@ class SpIELDropGrow:
         if step % self.every:
             return
         deltas = {n: params[n].detach() - self.reference[n] for n in partial}
-        new = rigl_swap(mask, deltas, self.accumulated, self.share(step))
+        new = dict(mask)
+        new.update(rigl_swap({n: mask[n] for n in partial}, deltas, self.accumulated, self.share(step)))
         self.accumulated = {}
         self.swaps.append({"step": step, "changed": reset_dropped_(params, mask, new, self.reference)})
         optimizer.reselect(new)

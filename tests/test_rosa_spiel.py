@@ -155,11 +155,22 @@ def test_spiel_refuses_bad_settings_and_an_optimizer_that_cannot_reselect():
     hook = SpIELDropGrow(4, 10, reference, accumulate=2)
     with pytest.raises(TypeError, match="needs an optimizer with reselect"):
         hook.before_step(FitState(step=4, model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1)))
+
+
+def test_spiel_keeps_the_selection_of_a_tensor_the_loss_does_not_reach():
+    """A multi-task model's other heads get no gradient from the target's loss: nothing to grow toward."""
+    model = _toy()
+    reference = snapshot(model)
     mask = {n: torch.zeros_like(p, dtype=torch.bool) for n, p in model.named_parameters()}
-    mask["0.weight"][0, 0] = True
-    opt = CompactAdamW(model.named_parameters(), mask=mask)
-    with pytest.raises(ValueError, match="'0.weight' has none at step 4"):
-        hook.before_step(FitState(step=4, model=model, optimizer=opt))
+    mask["0.weight"].view(-1)[:10] = True
+    mask["2.weight"].view(-1)[:4] = True
+    opt = CompactAdamW(model.named_parameters(), mask=mask, weight_decay=0.0)
+    hook = SpIELDropGrow(4, 100, reference, fraction=0.5, accumulate=1)
+    model[0].weight.grad = torch.arange(48, dtype=torch.float32).view(8, 6)  # '2.weight' has no gradient
+    hook.before_step(FitState(step=4, model=model, optimizer=opt))
+    after = opt.mask
+    assert torch.equal(after["2.weight"], mask["2.weight"])  # kept
+    assert not torch.equal(after["0.weight"], mask["0.weight"]) and int(after["0.weight"].sum()) == 10
 
 
 def test_reset_dropped_counts_and_restores_only_the_dropped_entries():
