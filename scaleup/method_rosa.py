@@ -67,7 +67,7 @@ class RoSA(CriterionMask):
         return [lora_equal(cfg.lora_rank)]
 
     def sparse_config(self, setup: Setup, budget: Budget, lr: float = 1e-3, seed: int = 0) -> SparseConfig:
-        """The sparse part's ``SparseConfig``: the Fisher criterion at the LoRA-equal count of the sparse share's rank."""
+        """The sparse part's ``SparseConfig``: Fisher at the LoRA-equal count of the sparse share's rank."""
         return SparseConfig(criterion=self.criterion, include=INCLUDE, scope="per_tensor", storage="compact",
                             lora_rank=self.ranks(setup.cfg)[1], lr=lr, weight_decay=0.0, seed=seed)
 

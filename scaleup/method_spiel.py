@@ -6,8 +6,9 @@ Followed from the paper and its code: the selected entries are stored compactly 
 largest accumulated gradient (the authors' first selection phase replaces every index by accumulated-gradient
 candidates; here the registry's ``gradient`` criterion over ``BenchConfig.score_batches`` batches); then every
 ``BenchConfig.rigl.every`` steps (RigL's settings, ``scaleup.method_dynamic.RigLSettings``) the entries with
-the smallest ``|theta - theta_0|`` are dropped back to the pretrained value and as many grown by the gradient accumulated over the last ``accumulate`` steps, the share swapped decaying
-linearly from ``rigl.fraction`` (``sparsity.spiel.SpIELDropGrow``). SpIEL runs at RigL's interval and initial
+the smallest ``|theta - theta_0|`` are dropped back to the pretrained value and as many grown by the gradient
+accumulated over the last ``accumulate`` steps, the share swapped decaying linearly from ``rigl.fraction``
+(``sparsity.spiel.SpIELDropGrow``). SpIEL runs at RigL's interval and initial
 share so the two drop-and-grow rows differ only in what SpIEL does differently. Simplifications are listed
 in ``sparsity.spiel``.
 """
@@ -29,7 +30,8 @@ if TYPE_CHECKING:
 
 class SpIEL(CriterionMask):
     """The top accumulated-gradient entries, then SpIEL-AG's drop (smallest delta, reset to the base) and grow
-    (largest gradient summed over ``accumulate`` steps) every ``rigl.every`` steps, at a constant count."""
+    (largest gradient summed over ``accumulate`` steps, at most ``rigl.every``) every ``rigl.every`` steps, at a
+    constant count."""
 
     def __init__(self, name: str = "spiel", label: str = "SpIEL", color: str | None = "teal",
                  accumulate: int = 5) -> None:
