@@ -18,7 +18,9 @@ matrix), ``2:4`` (the N:M pattern chosen by magnitude), and a mask chosen by any
 ``sparsity.registry`` at a budget: random, magnitude, gradient, fisher, snip, movement,
 lift (LIFT principal weights, Liu et al. 2025), l1_discovered (the entries an L1-to-init
 run moved, ranked by how far; Liu 2026's probe), middle_blocks (random entries of the
-middle blocks' matrices), and any criterion registered later. Budgets: ``lora_equal``
+middle blocks' matrices), rosa (RoSA: a LoRA adapter plus Fisher-chosen entries at LoRA's count,
+Nikdan et al. 2024), spiel (SpIEL's drop-and-grow in compact storage, Ansell et al. 2024), and any
+criterion registered later. Budgets: ``lora_equal``
 (LoRA's ``r * (m + n)`` entries per matrix) and densities (the same share of every matrix).
 
 The module is the command line and the sweep (:func:`run`): each finished run is appended

@@ -34,8 +34,9 @@ INCLUDE = "weight"
 """Sparse budgets are spent on the block matrices (``parameter_kinds`` "weight")."""
 LORA_EQUAL = "lora_equal"
 """The key of the LoRA-equal budget: the trainable count the comparison is matched at."""
-FAMILIES = ("full", "adapter", "sparse", "structured")
-"""What a method trains: every parameter, adapters, a mask a criterion chooses, a fixed structured pattern."""
+FAMILIES = ("full", "adapter", "sparse", "structured", "adapter+sparse")
+"""What a method trains: every parameter, adapters, a mask a criterion chooses, a fixed structured pattern,
+or adapters and a mask together (RoSA)."""
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,8 @@ from scaleup.method_base import FAMILIES, Method
 from scaleup.method_dense import FullFineTuning, LoRA
 from scaleup.method_dynamic import Lift, LiftReselect, RigLMethod
 from scaleup.method_mask import CriterionMask, MiddleBlocks, TwoFour, l1_options
+from scaleup.method_rosa import RoSA
+from scaleup.method_spiel import SpIEL
 from sparsity import registry
 
 REGISTRY: dict[str, Method] = {}
@@ -103,6 +105,8 @@ register_method(CriterionMask("snip"))
 register_method(CriterionMask("movement"))
 register_method(MiddleBlocks())
 register_method(TwoFour())
+register_method(RoSA())
+register_method(SpIEL())
 
 METHODS = tuple(REGISTRY)
 """The default run, in the order a run does them (the headline comparison first, so a partial run

@@ -25,7 +25,7 @@ LIFT's re-selection needs no gradient: ``sparsity.train.Reselect`` runs it after
     reselect = Reselect(K, lambda model, step: reselect_top(opt.mask, criteria.lift(model, rank=64)))
     fit(model, opt, loss_of_batch, T, batches=batches, hooks=[reselect])
 
-A dropped entry keeps its current value (SpIEL resets it to the reference instead).
+A dropped entry keeps its current value (SpIEL resets it to the reference instead: ``sparsity.spiel``).
 """
 
 from __future__ import annotations

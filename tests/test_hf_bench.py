@@ -80,7 +80,7 @@ def test_pretrained_model_is_a_save_pretrained_folder_loaded_back(bench: dict[st
 
 
 def test_lora_goes_through_peft_and_changes_only_the_targeted_matrices(bench: dict[str, Any], setup: Setup) -> None:
-    assert bench["peft_calls"] == 1  # the one lora run of the sweep
+    assert bench["peft_calls"] == 2  # the one lora run of the sweep, and rosa's adapter
     model, costs = finetune(setup, "lora", "lora_equal", 3e-2, 0)
     assert not isinstance(model.hf, peft.PeftModel)  # merged and unloaded
     names = [n for n, _ in model.named_parameters()]
@@ -89,6 +89,15 @@ def test_lora_goes_through_peft_and_changes_only_the_targeted_matrices(bench: di
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, setup.reference[n])}
     assert changed == targets
     assert costs["trainable"] == sum(4 * sum(setup.reference[t].shape) for t in targets)  # r * (in + out)
+
+
+def test_rosa_adds_its_adapter_through_peft_at_lora_s_count(setup: Setup) -> None:
+    mask, _ = select(setup, "rosa", "lora_equal", 0)
+    model, costs = finetune(setup, "rosa", "lora_equal", 3e-2, 0)
+    assert not isinstance(model.hf, peft.PeftModel) and [n for n, _ in model.named_parameters()] == list(setup.reference)
+    targets = {f"{hf_model.PREFIX}.{t}.weight" for t in hf_model.lora_targets(setup.pretrained)}
+    assert costs["trainable"] == sum(4 * sum(setup.reference[t].shape) for t in targets)  # LoRA's r * (in + out)
+    assert sum(int(m.sum()) for m in mask.values()) == sum(2 * sum(setup.reference[t].shape) for t in targets)
 
 
 def test_middle_blocks_and_two_four_on_conv1d(setup: Setup) -> None:
