@@ -8,8 +8,10 @@ candidates; here the registry's ``gradient`` criterion over ``BenchConfig.score_
 ``BenchConfig.rigl.every`` steps (RigL's settings, ``scaleup.method_dynamic.RigLSettings``) the entries with
 the smallest ``|theta - theta_0|`` are dropped back to the pretrained value and as many grown by the gradient
 accumulated over the last ``accumulate`` steps, the share swapped decaying linearly from ``rigl.fraction``
-(``sparsity.spiel.SpIELDropGrow``). SpIEL runs at RigL's interval and initial
-share so the two drop-and-grow rows differ only in what SpIEL does differently. Simplifications are listed
+(``sparsity.spiel.SpIELDropGrow``). SpIEL runs at RigL's interval, initial share and count rounding
+(``rigl.rounding``: "floor", SpIEL's own ``int()``, in new folders; a folder written before that setting ran
+with "round", as its config.json says by omission) so the two drop-and-grow rows differ only in what SpIEL
+does differently. Simplifications are listed
 in ``sparsity.spiel``.
 """
 
@@ -41,4 +43,4 @@ class SpIEL(CriterionMask):
     def hooks(self, setup: Setup, model: nn.Module, optimizer: torch.optim.Optimizer) -> list[Any]:
         cfg = setup.cfg
         return [SpIELDropGrow(cfg.rigl.every, cfg.steps, setup.reference, cfg.rigl.fraction,
-                              min(self.accumulate, cfg.rigl.every))]
+                              min(self.accumulate, cfg.rigl.every), cfg.rigl.rounding)]

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from sparsity.dynamic import rigl_swap
+from sparsity.dynamic import ROUNDINGS, rigl_swap
 from sparsity.validate import Mask, check_positive_int
 
 
@@ -45,8 +45,11 @@ class SpIELDropGrow:
     """
 
     def __init__(self, every: int, steps: int, reference: Mapping[str, torch.Tensor], fraction: float = 0.3,
-                 accumulate: int = 5) -> None:
+                 accumulate: int = 5, rounding: str = "floor") -> None:
         self.every = check_positive_int(every, "every")
+        if rounding not in ROUNDINGS:
+            raise ValueError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
+        self.rounding = rounding
         self.steps = check_positive_int(steps, "steps")
         self.accumulate = check_positive_int(accumulate, "accumulate")
         if self.accumulate > self.every:
@@ -93,7 +96,9 @@ class SpIELDropGrow:
             return
         deltas = {n: params[n].detach() - self.reference[n] for n in partial}
         new = dict(mask)
-        new.update(rigl_swap({n: mask[n] for n in partial}, deltas, self.accumulated, self.share(step)))
+        # SpIEL's trainer counts the swap as int(k * share), a floor (AlanAnsell/peft, SftTrainer): the default.
+        new.update(rigl_swap({n: mask[n] for n in partial}, deltas, self.accumulated, self.share(step),
+                             self.rounding))
         self.accumulated = {}
         self.swaps.append({"step": step, "changed": reset_dropped_(params, mask, new, self.reference)})
         optimizer.reselect(new)
