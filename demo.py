@@ -28,6 +28,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from sparsity.fastmode import fast_mode  # noqa: E402
 from sparsity.sweep import command_line, machine_lines, markdown_table  # noqa: E402
+from sparsity.threads import use_threads  # noqa: E402
 from toys import modular  # noqa: E402
 from toys import prune_study as ps  # noqa: E402
 from toys import teacher_student as ts  # noqa: E402
@@ -260,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--full", action="store_true", help=f"the full report: {FULL_ADDS}")
     args = parser.parse_args(argv)
     args.argv = argv
+    use_threads()
     before = os.environ.get("LAB_FAST")
     os.environ["LAB_FAST"] = "0" if args.full else "1"  # every section's configuration follows fast mode
     try:

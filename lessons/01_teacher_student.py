@@ -46,11 +46,13 @@ from dataclasses import replace
 from IPython.display import display
 
 from sparsity.fastmode import fast_mode
+from sparsity.threads import use_threads
 from sparsity.metrics import update_sparsity
 from toys.teacher_student import default_config, format_table, label, plot_run, plot_update_shares, train
 from toys.widgets import run_on_click, wide
 
 FAST = fast_mode()  # LAB_FAST=1 shrinks the runs so the notebook executes in CI
+use_threads()  # one torch thread for the lesson's small models (LAB_THREADS=N: more)
 base = default_config()
 print(f"fast mode: {FAST}; {base.steps} steps, widths {base.widths}, Adam lr {base.learning_rate}")
 

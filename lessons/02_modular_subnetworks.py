@@ -52,10 +52,12 @@ from IPython.display import display
 from sparsity.ablate import ablate
 from sparsity.discover import exclusive
 from sparsity.fastmode import fast_mode
+from sparsity.threads import use_threads
 from toys import modular
 from toys.widgets import run_on_click, wide
 
 FAST = fast_mode()  # LAB_FAST=1 shrinks the runs so the notebook executes in CI
+use_threads()  # one torch thread for the lesson's small models (LAB_THREADS=N: more)
 cfg = modular.default_config()
 print(f"fast mode: {FAST}; {cfg.n_tasks} tasks, trunk {cfg.hidden}, {cfg.steps} training steps, "
       f"{cfg.mask_steps} mask steps, {cfg.n_seeds} seeds per arm")

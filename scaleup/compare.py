@@ -58,6 +58,7 @@ from scaleup.results import RESULTS, best_lr, cell_key, diverged_runs, load_resu
 from sparsity.cli_args import finite_list, finite_nonnegative, nonnegative_int, output_file, output_folder, positive_int
 from sparsity.executor import EXECUTORS, Executor, Worker, check_executor
 from sparsity.sweep import command_line, machine
+from sparsity.threads import use_threads
 
 __all__ = [
     "DEMO_METHODS", "INCLUDE", "LAYER_TYPES", "METHODS", "MICRO_WORLD", "RESULTS", "BenchConfig", "Setup",
@@ -218,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(e))
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    else:
+        use_threads(gpt.approx_parameters(cfg.preset) if args.world == "gpt" else None)
     (args.out / "machine.json").write_text(json.dumps(machine(args.device)))
     if args.device != "cpu":
         torch.backends.cuda.matmul.allow_tf32 = True

@@ -40,6 +40,7 @@ from sparsity import metrics
 from sparsity.cli_args import json_ready, nonnegative_int, output_folder, positive_int
 from sparsity.fastmode import fast_mode
 from sparsity.optim import MaskedAdamW
+from sparsity.threads import use_threads
 from sparsity.validate import Mask, TensorDict
 
 TOL = 1e-5
@@ -341,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print every number as JSON")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
+    use_threads()
     overrides = {k: v for k, v in {"steps": args.steps, "seed": args.seed}.items() if v is not None}
     try:
         cfg = default_config(**overrides)

@@ -55,6 +55,7 @@ from sparsity.fastmode import fast_mode
 from sparsity.metrics import update_norms, update_sparsity
 from sparsity.optim import MaskedAdamW
 from sparsity.regularize import l1_to_init, snapshot
+from sparsity.threads import use_threads
 from sparsity.train import EachStep, FitState, ProximalL1, cosine, fit
 from sparsity.validate import check_finite_nonnegative, check_nonnegative_int, check_positive_int
 
@@ -461,6 +462,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--plot", metavar="PATH", type=output_file, help="save the figure to PATH")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
+    use_threads()
     overrides = {k: v for k, v in {"blocks": args.blocks, "student": args.student, "objective": args.objective,
                                         "penalty": args.penalty, "lam": args.lam, "steps": args.steps,
                                         "teacher_steps": args.teacher_steps, "seed": args.seed, "target": args.target,

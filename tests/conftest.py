@@ -11,8 +11,10 @@ import matplotlib  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from sparsity.threads import use_threads  # noqa: E402
+
 matplotlib.use("Agg")
-torch.set_num_threads(2)
+use_threads()  # the lab's choice (sparsity.threads): one thread unless LAB_THREADS says otherwise
 if not torch.cuda.is_available():
     # Before any test module imports triton (transformers' Trainer does): its kernels then run on CPU
     # tensors in the interpreter, which the 2:4 kernel tests need (tests/test_semistructured.py).

@@ -26,6 +26,7 @@ import sys
 from dataclasses import replace
 
 from sparsity.cli_args import nonnegative_int, positive_int
+from sparsity.threads import use_threads
 from toys.modular_consistency import (
     ARMS,
     CrossSeedOverlap,
@@ -73,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     args = parser.parse_args(argv)
+    use_threads()
     try:
         cfg = replace(base, n_seeds=args.seeds, steps=args.steps, mask_steps=args.mask_steps, overlap=args.overlap,
                       ablation=args.ablation, seed=args.seed)

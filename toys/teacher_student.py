@@ -31,6 +31,7 @@ from sparsity.fastmode import fast_mode
 from sparsity.metrics import distances, update_norms
 from sparsity.optim import MaskedAdamW, MaskedSGD
 from sparsity.regularize import l1_to_init, snapshot
+from sparsity.threads import use_threads
 from sparsity.train import EachStep, FitState, ProximalL1, Schedule, constant, cosine, fit
 from sparsity.validate import Mask, check_positive_int
 
@@ -341,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plot", metavar="PATH", type=output_file, help="save the figure to PATH")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = parser.parse_args(argv)
+    use_threads()
     try:
         cfg = replace(
             base,

@@ -40,6 +40,7 @@ from sparsity.fastmode import fast_mode
 from sparsity.optim import MaskedAdamW
 from sparsity.registry import CriterionInputs
 from sparsity.sweep import markdown_table, mean_spread
+from sparsity.threads import use_threads
 from sparsity.train import fit
 from sparsity.validate import check_positive_int
 from toys import classification as tc
@@ -377,6 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
+    use_threads()
     try:
         study = replace(base, modules=None if args.modules is None else tuple(args.modules), criterion=args.criterion,
                         finetune_steps=args.finetune_steps, seeds=tuple(args.seeds))
