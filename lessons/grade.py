@@ -73,10 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the reports as JSON")
     parser.add_argument("--csv", type=Path, help="write one CSV row per submission to this file, as each is graded")
     parser.add_argument("--assignment", choices=sorted(ASSIGNMENTS), help="when the notebook does not say")
-    parser.add_argument("--time-limit", type=float, default=Limits.question_s, help="seconds per question")
-    parser.add_argument("--cell-time-limit", type=float, default=Limits.cell_s, help="seconds per code cell")
+    parser.add_argument("--time-limit", type=float, default=Limits.question_s, help="seconds per question (default: %(default)s)")
+    parser.add_argument("--cell-time-limit", type=float, default=Limits.cell_s, help="seconds per code cell (default: %(default)s)")
     parser.add_argument("--submission-time-limit", type=float, default=Limits.submission_s,
-                        help="seconds per submission, restarts included")
+                        help="seconds per submission, restarts included (default: %(default)s)")
     parser.add_argument("--trusted", action="store_true",
                         help="grade without bubblewrap's isolation (only for code you trust)")
     args = parser.parse_args(argv)

@@ -336,11 +336,13 @@ def verdicts(study: dict[str, Any]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m scaleup.rl",
                                 description="Update sparsity of RL (GRPO), SFT and DPO fine-tuning of the lab's GPT.")
-    p.add_argument("--steps", type=positive_int, default=None, help="fine-tuning steps per run")
-    p.add_argument("--seed", type=nonnegative_int, default=None)
-    p.add_argument("--cache-dir", type=output_folder, default=None)
+    p.add_argument("--steps", type=positive_int, default=None,
+                   help="fine-tuning steps per run (default: StudyConfig.steps, 100; 12 with LAB_FAST=1)")
+    p.add_argument("--seed", type=nonnegative_int, default=None, help="the runs' seed (default: StudyConfig.seed, 0)")
+    p.add_argument("--cache-dir", type=output_folder, default=None,
+                   help="the pretrained-model cache (default: $SUBNET_LAB_CACHE, else .cache/subnet-lab/)")
     p.add_argument("--json", action="store_true", help="print every number as JSON")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     args = p.parse_args(argv)
     use_threads()
     overrides = {k: v for k, v in {"steps": args.steps, "seed": args.seed}.items() if v is not None}

@@ -207,6 +207,18 @@ def test_the_cli_takes_a_learning_rate_grid(tmp_path, cache, monkeypatch, capsys
     assert "must be comma-separated finite numbers" in cli_error(capsys, ["--lrs-full", "inf", "--out", str(tmp_path)])
 
 
+def test_the_cli_says_how_many_runs_it_launches_before_it_starts(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(cp, "run", lambda *a, **k: print("started"))
+    monkeypatch.setattr(cp, "print_report", lambda *a: None)
+    cp.main(["--preset", "micro", "--methods", "full,lora,random", "--density", "0.01,0.05", "--seeds", "3",
+             "--lrs-full", "1e-4,1e-3", "--lrs-sparse", "1e-2", "--lrs-lora", "1e-2", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    # Each (method, budget) pair: its learning rates on seed 0, then the 2 other seeds at the chosen rate.
+    # full: 2 lrs + 2 = 4; lora: 1 + 2 = 3; random at 1%, 5% and the LoRA-equal budget: 3 x (1 + 2) = 9.
+    assert "scaleup.compare: 16 runs in all (5 method-budget pairs x learning rates x 3 seed(s))" in out
+    assert out.index("16 runs") < out.index("started")
+
+
 def test_report_mode_rebuilds_the_summary_without_training(tmp_path, cache, monkeypatch, capsys):
     cfg = micro_config(steps=10, warmup=1, seeds=1, densities=(), lora_equal=False)
     cp.run(cfg, tmp_path, ["full"], cache_dir=cache, progress=False)

@@ -371,12 +371,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--criterion", choices=sorted(registry.CRITERIA), default=base.criterion,
                         help="what keeps 2 of every 4 inputs (default: %(default)s)")
     parser.add_argument("--finetune-steps", type=positive_int, default=None, help="default: the dense training steps")
-    parser.add_argument("--seeds", type=nonnegative_int, nargs="+", default=list(base.seeds))
+    parser.add_argument("--seeds", type=nonnegative_int, nargs="+", default=list(base.seeds),
+                        help="the seeds to run (default: %(default)s)")
     parser.add_argument("--gpt", action="store_true", help="also run the comparison on the pretrained tiny GPT")
     parser.add_argument("--gpt-target", default=None, help="the GPT's fine-tuning task (default: sort)")
     parser.add_argument("--gpt-steps", type=positive_int, default=None, help="the GPT's fine-tuning steps (default: 1500)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     args = parser.parse_args(argv)
     use_threads()
     try:
