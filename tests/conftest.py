@@ -1,6 +1,7 @@
 """Shared test settings: every test runs the CI-sized (fast mode) configuration."""
 
 import os
+from pathlib import Path
 
 os.environ["LAB_FAST"] = "1"
 # Idle OpenMP threads spin by default and starve other processes on a 2-core machine
@@ -32,3 +33,10 @@ def sparse_cpu_route(request, monkeypatch):
     if request.param == "torch":
         monkeypatch.setattr(sparse_cpu, "load", lambda: None)
     return request.param
+
+
+@pytest.fixture(scope="session")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One pretrained-model cache for the whole run (one per xdist worker): a model that one module's
+    tests pretrained is loaded, not pretrained again, by the next module that asks for the same config."""
+    return tmp_path_factory.mktemp("cache")

@@ -28,11 +28,6 @@ def micro_config(**kw):
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("cache")
-
-
-@pytest.fixture(scope="module")
 def setup(cache):
     return cp.prepare(micro_config(), cache_dir=cache, progress=False)
 
