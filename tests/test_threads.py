@@ -79,3 +79,17 @@ def test_the_gpt_presets_up_to_tiny_get_one_thread_and_small_every_cpu():
 
     assert [choose_threads(gpt.approx_parameters(p), environ={}) for p in ("micro", "tiny")] == [1, 1]
     assert choose_threads(gpt.approx_parameters("small"), environ={}) == usable_cpus()
+
+
+def test_the_threads_benchmark_times_each_preset_on_both_counts(tmp_path, monkeypatch):
+    from benchmarks import threads as bench
+
+    monkeypatch.setenv("LAB_FAST", "1")
+    out = tmp_path / "threads.md"
+    assert bench.main(["--presets", "micro", "--threads", "2", "--reps", "1", "--out", str(out)]) == 0
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| micro")]
+    assert len(rows) == 1
+    preset, parameters, one_ms, two_ms, ratio, given = (c.strip() for c in rows[0].strip("|").split("|"))
+    assert int(parameters.replace(",", "")) > 0 and float(one_ms) > 0 and float(two_ms) > 0
+    assert float(ratio.rstrip("x")) == pytest.approx(float(two_ms) / float(one_ms), abs=0.01)
+    assert given == "1"
