@@ -28,6 +28,7 @@ from sparsity.cli_args import output_file, positive_int
 from sparsity.fastmode import fast_mode
 from sparsity.sweep import busy_warning, command_line, emit, machine_lines, markdown_table
 from sparsity.threads import MANY_THREADS_FROM, choose_threads
+from sparsity.train import fit
 
 BATCH, TOKENS, VOCAB = 32, 64, 64
 
@@ -38,11 +39,11 @@ def step_of(preset: str) -> tuple[int, Callable[[], None]]:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     tokens = torch.randint(0, VOCAB, (BATCH, TOKENS), generator=torch.Generator().manual_seed(0))
 
+    def loss(net: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(net(batch).reshape(-1, VOCAB), batch.reshape(-1))
+
     def step() -> None:
-        loss = F.cross_entropy(model(tokens).reshape(-1, VOCAB), tokens.reshape(-1))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        fit(model, opt, loss, 1, batches=lambda _: tokens)
 
     return sum(p.numel() for p in model.parameters()), step
 
