@@ -214,6 +214,25 @@ def test_the_cli_says_how_many_runs_it_launches_before_it_starts(tmp_path, monke
     assert out.index("16 runs") < out.index("started")
 
 
+@pytest.mark.parametrize("argv, told, expected", [([], None, 1), ([], "2", 2), (["--threads", "3"], "2", 3)])
+def test_the_cli_trains_on_the_threads_chosen_for_the_model(tmp_path, monkeypatch, argv, told, expected):
+    """The micro preset is small: one thread, unless LAB_THREADS or --threads (which wins) says otherwise."""
+    seen = []
+    monkeypatch.setattr(cp, "run", lambda *a, **k: seen.append(torch.get_num_threads()))
+    monkeypatch.setattr(cp, "print_report", lambda *a: None)
+    if told is None:
+        monkeypatch.delenv("LAB_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("LAB_THREADS", told)
+    before = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        cp.main(["--preset", "micro", "--methods", "full", "--out", str(tmp_path), *argv])
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [expected]
+
+
 def test_report_mode_rebuilds_the_summary_without_training(tmp_path, cache, monkeypatch, capsys):
     cfg = micro_config(steps=10, warmup=1, seeds=1, densities=(), lora_equal=False)
     cp.run(cfg, tmp_path, ["full"], cache_dir=cache, progress=False)
