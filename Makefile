@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 
-# The quick report (about a minute on 2 quiet cores); `make demo FULL=1` runs every experiment at full size.
+# The quick report (README.md gives its measured time); `make demo FULL=1` runs every experiment at full size.
 demo: $(STAMP)
 	$(PY) demo.py --out out $(if $(FULL),--full)
 
