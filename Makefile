@@ -6,20 +6,27 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lab notebooks benchmark assignments handout gradescope grade clean
 
+# Where torch comes from. Empty: pip's own index, where torch==2.13.0 is the CUDA build on Linux x86-64
+# (several GB; a local wheel folder in pip's configuration can serve a CPU build instead). A CPU-only
+# machine: make test TORCH_INDEX=https://download.pytorch.org/whl/cpu (PyTorch's CPU wheels).
+TORCH_INDEX ?=
+EXTRAS := lab,dev,hf,ray
+
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	# The CPU build of torch first: an unpinned torch would pull a multi-GB CUDA build.
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[lab,dev,hf,ray]"
+	# torch first, pinned, from TORCH_INDEX when given; then the lab and its extras.
+	$(PY) -m pip install -q torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 
-# The quick report in a few minutes; `make demo FULL=1` runs every experiment at full size.
+# The quick report (README.md gives its measured time); `make demo FULL=1` runs every experiment at full size.
 demo: $(STAMP)
 	$(PY) demo.py --out out $(if $(FULL),--full)
 
+# Every test, on every core: pytest-xdist workers, each test on one torch thread (tests/conftest.py).
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --dist worksteal
 
 # Each lesson's notebook is built ONCE into lab/ (git-ignored) and never overwritten: your edits stay.
 # To start a lesson afresh, delete its notebook in lab/ and run `make notebooks` (or `make lab`) again.

@@ -26,6 +26,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from sparsity.sweep import command_line, machine_lines, markdown_table  # noqa: E402
+from sparsity.threads import use_threads  # noqa: E402
 from toys import modular_consistency, modular_isolation, modular_plots, modular_report, modular_world  # noqa: E402
 from toys import prune_study as ps  # noqa: E402
 from toys import teacher_student as ts  # noqa: E402
@@ -261,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--full", action="store_true", help=f"the full report: {FULL_ADDS}")
     args = parser.parse_args(argv)
     args.argv = argv
+    use_threads()
     return _run(args)
 
 

@@ -65,7 +65,7 @@ from sparsity.cli_args import output_file, positive_int
 from sparsity.compact import CompactAdamW
 from sparsity.fastmode import fast_mode
 from sparsity.optim import MaskedAdamW
-from sparsity.sweep import command_line, emit, load_average, machine_lines, markdown_table
+from sparsity.sweep import busy_warning, command_line, emit, load_average, machine_lines, markdown_table
 from sparsity.train import fit
 
 FULL_WIDTHS = (1024, 2048, 2048, 1024, 1024)
@@ -362,6 +362,8 @@ def main(argv: list[str] | None = None) -> int:
         warmup=FAST_WARMUP if fast else FULL_WARMUP,
         threads=args.threads,
     )
+    if (warning := busy_warning(settings.threads)) is not None:
+        print(warning, file=sys.stderr, flush=True)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(settings.threads)
     load_at_start = load_average()

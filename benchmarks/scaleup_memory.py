@@ -267,7 +267,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     cuda = torch.cuda.is_available()
     p = argparse.ArgumentParser(prog="python -m benchmarks.scaleup_memory",
                                 description="Step time, peak memory and optimizer state: full vs sparse vs LoRA.")
-    p.add_argument("--device", default="cuda" if cuda else "cpu", choices=("cpu", "cuda"))
+    p.add_argument("--device", default="cuda" if cuda else "cpu", choices=("cpu", "cuda"),
+                   help="where to measure (default: cuda where there is one, else cpu)")
     p.add_argument("--preset", default=None, choices=tuple(gpt.PRESETS),
                    help="default: micro with LAB_FAST=1, else small on the CPU and mid on CUDA")
     p.add_argument("--batch", type=positive_int, default=None, help="sequences per step (default 32 CPU, 64 CUDA)")

@@ -315,10 +315,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.semistructured", description=__doc__.split("\n")[0])
     parser.add_argument("--dry-run", action="store_true", help="tiny shapes on the CPU reference: checks the code only")
     parser.add_argument("--quick", action="store_true", help="sizes 1024 and 4096, tokens 16 and 1024")
-    parser.add_argument("--dtypes", nargs="+", choices=sorted(DTYPES), default=sorted(DTYPES))
-    parser.add_argument("--routes", nargs="+", choices=ROUTES, default=list(ROUTES))
+    parser.add_argument("--dtypes", nargs="+", choices=sorted(DTYPES), default=sorted(DTYPES),
+                        help="weight dtypes to time (default: %(default)s)")
+    parser.add_argument("--routes", nargs="+", choices=ROUTES, default=list(ROUTES),
+                        help="2:4 routes to time (default: %(default)s)")
     parser.add_argument("--no-gpt", action="store_true", help="skip the end-to-end GPT measurement")
-    parser.add_argument("--gpt-preset", default="mid")
+    parser.add_argument("--gpt-preset", default="mid", help="the GPT of the end-to-end measurement (default: %(default)s)")
     parser.add_argument("--reps", type=positive_int, default=None, help="timed runs per measurement")
     parser.add_argument("--out", type=output_file, default=None, help="markdown path (default results/semistructured-<device>.md)")
     args = parser.parse_args(argv)

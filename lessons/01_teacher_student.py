@@ -62,11 +62,13 @@ from lessons.exercises import lesson01 as ex
 from lessons.exercises import reveal, yours_or_library
 from lessons.exercises.lesson01 import check_prox_l1_step, check_update_shares
 from sparsity.fastmode import fast_mode
+from sparsity.threads import use_threads
 from sparsity.metrics import update_sparsity
 from toys.teacher_student import default_config, format_table, label, plot_run, plot_update_shares, train
 from toys.widgets import run_on_click, wide
 
 FAST = fast_mode()  # LAB_FAST=1 shrinks the runs so the notebook executes in CI
+use_threads()  # one torch thread for the lesson's small models (LAB_THREADS=N: more)
 base = default_config(fast=FAST)
 print(f"fast mode: {FAST}; {base.steps} steps, widths {base.widths}, Adam lr {base.learning_rate}")
 

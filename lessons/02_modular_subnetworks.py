@@ -67,10 +67,12 @@ from lessons.exercises import reveal, yours_or_library
 from lessons.exercises.lesson02 import check_exclusive, check_modularity
 from sparsity.ablate import ablate
 from sparsity.fastmode import fast_mode
+from sparsity.threads import use_threads
 from toys import modular_isolation, modular_plots, modular_report, modular_training, modular_world
 from toys.widgets import run_on_click, wide
 
 FAST = fast_mode()  # LAB_FAST=1 shrinks the runs so the notebook executes in CI
+use_threads()  # one torch thread for the lesson's small models (LAB_THREADS=N: more)
 cfg = modular_world.default_config(fast=FAST)
 print(f"fast mode: {FAST}; {cfg.n_tasks} tasks (input: {cfg.n_tasks} groups of {cfg.group_size} features), "
       f"trunk {cfg.hidden}, {cfg.steps} training steps, {cfg.mask_steps} mask steps, {cfg.n_seeds} seeds per arm; "

@@ -72,6 +72,7 @@ from lessons.exercises import reveal, yours_or_library
 from lessons.exercises.lesson03 import check_snip_scores, check_top_k
 from sparsity import SparseConfig, cosine, fit, masks, sparsify
 from sparsity.fastmode import fast_mode
+from sparsity.threads import use_threads
 from toys import modular_world
 from toys import modular_criteria as mc
 from toys import optimizer_pitfall as pit
@@ -82,7 +83,7 @@ from toys.criterion_masks import INCLUDE
 from toys.widgets import LABEL_STYLE, budget_slider, train_panel, wide
 
 FAST = fast_mode()  # LAB_FAST=1: fewer steps, one budget, so the notebook executes in CI
-torch.set_num_threads(1)  # the toy's matrices are tiny: one thread is fastest, and immune to a busy CPU
+use_threads()  # one torch thread for the lesson's small models (LAB_THREADS=N: more)
 cfg = tsc.default_config(fast=FAST)
 DENSITIES = (0.05,) if FAST else ALL_DENSITIES
 print(f"fast mode: {FAST}; {cfg.steps} Adam steps per run, widths {cfg.widths}, budgets {DENSITIES}")

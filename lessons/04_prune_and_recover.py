@@ -62,12 +62,14 @@ from lessons.exercises import reveal, yours_or_library
 from lessons.exercises.lesson04 import check_imp_round, check_magnitude_keep
 from sparsity import prune
 from sparsity.fastmode import fast_mode
+from sparsity.threads import use_threads
 from toys import classification as tc
 from toys import optimizer_pitfall as pit
 from toys import prune_study as ps
 from toys.widgets import run_on_click, wide
 
 FAST = fast_mode()  # LAB_FAST=1 shrinks every run so the notebook executes in CI
+use_threads()  # one torch thread for the lesson's small models (LAB_THREADS=N: more)
 study = ps.default_study(fast=FAST)
 cfg = study.world
 print(f"fast mode: {FAST}; student {cfg.in_dim}-{'-'.join(map(str, cfg.hidden))}-{cfg.n_classes}, "

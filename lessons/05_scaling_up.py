@@ -70,14 +70,14 @@ from scaleup import tasks as tk
 from scaleup import teacher_student as ts
 from sparsity import SparseConfig, cosine, fit, sparsify
 from sparsity.fastmode import fast_mode
+from sparsity.threads import use_threads
 from sparsity.sweep import markdown_table
 from toys.widgets import run_on_click, wide
 
 FAST = fast_mode()  # LAB_FAST=1 shrinks the runs so the notebook executes in CI
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 PRESET = "micro" if FAST else "small" if DEVICE == "cuda" else "tiny"
-if FAST:
-    torch.set_num_threads(1)  # a 26k-parameter model gains nothing from threads that a shared CI machine lacks
+use_threads()  # one torch thread for the lesson's small models (LAB_THREADS=N: more)
 DENSITIES = (0.01, 0.05, 0.2)
 if FAST:  # the micro preset in a small task world it learns in 200 pretraining steps
     cfg = replace(bench_config.demo_config(fast=True), densities=DENSITIES)

@@ -59,10 +59,11 @@ from lessons.exercises.lesson06 import check_group_advantages, check_half_ulp
 from scaleup import rl, rl_study
 from scaleup import tasks as tk
 from sparsity.fastmode import fast_mode
+from sparsity.threads import use_threads
 from toys.widgets import LABEL_STYLE, run_on_click, wide
 
 FAST = fast_mode()  # LAB_FAST=1: fewer steps and smaller groups, so the notebook executes in CI
-torch.set_num_threads(1)  # one thread: reproducible rounding, and fastest for this small model
+use_threads()  # one torch thread for the lesson's small models (LAB_THREADS=N: more)
 cfg = rl_study.default_config(fast=FAST)
 world = tk.World(cfg.pretrain.world)
 start, warmup = rl_study.start_model(cfg, world, progress=True)

@@ -68,11 +68,12 @@ from lessons.exercises import reveal, yours_or_library
 from lessons.exercises.lesson07 import check_low_rank_approximation, check_principal_mask
 from sparsity import SparseConfig, cosine, fit, masks, sparsify
 from sparsity.fastmode import fast_mode
+from sparsity.threads import use_threads
 from toys import principal_weights as pw
 from toys.widgets import budget_slider, train_panel, wide
 
 FAST = fast_mode()  # LAB_FAST=1: fewer steps and one seed, so the notebook executes in CI
-torch.set_num_threads(1)  # the toy's matrices are tiny: one thread is fastest, and immune to a busy CPU
+use_threads()  # one torch thread for the lesson's small models (LAB_THREADS=N: more)
 tcfg = pw.default_transfer_config(fast=FAST)
 SEEDS = (0,) if FAST else (0, 1, 2)
 task = pw.make_transfer_task(tcfg)  # seed 0's source/target setting

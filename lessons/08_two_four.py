@@ -56,12 +56,13 @@ from lessons.exercises import reveal, yours_or_library
 from lessons.exercises.lesson08 import check_compress, check_mask_24
 from sparsity import two_four, two_four_convert, two_four_linear
 from sparsity.fastmode import fast_mode
+from sparsity.threads import use_threads
 from toys import classification as tc
 from toys import two_four_study as tfs
 from toys.widgets import run_on_click
 
 FAST = fast_mode()  # LAB_FAST=1: a smaller student, fewer steps and one seed, so the notebook runs in CI
-torch.set_num_threads(1)  # the toy's matrices are tiny: one thread is fastest
+use_threads()  # one torch thread for the lesson's small models (LAB_THREADS=N: more)
 study = tfs.default_study(fast=FAST)
 print(f"fast mode: {FAST}; student {study.world.in_dim}-{'-'.join(map(str, study.world.hidden))}-"
       f"{study.world.n_classes}, {study.world.steps} training steps, seeds {study.seeds}")

@@ -94,10 +94,10 @@ def _parser() -> argparse.ArgumentParser:
                         "the other questions' points are kept from the existing gradebook")
     parser.add_argument("--roster", type=Path, help="a CSV with a 'student' column: ids found in file names")
     parser.add_argument("--id-pattern", help="a regular expression with a group 'student' applied to file names")
-    parser.add_argument("--time-limit", type=float, default=Limits.question_s, help="seconds per question")
-    parser.add_argument("--cell-time-limit", type=float, default=Limits.cell_s, help="seconds per code cell")
+    parser.add_argument("--time-limit", type=float, default=Limits.question_s, help="seconds per question (default: %(default)s)")
+    parser.add_argument("--cell-time-limit", type=float, default=Limits.cell_s, help="seconds per code cell (default: %(default)s)")
     parser.add_argument("--submission-time-limit", type=float, default=Limits.submission_s,
-                        help="seconds per submission, restarts included")
+                        help="seconds per submission, restarts included (default: %(default)s)")
     parser.add_argument("--trusted", action="store_true",
                         help="grade without bubblewrap's isolation (only for code you trust)")
     return parser

@@ -97,15 +97,20 @@ def strip_widget_views(model: dict[str, Any], **_: Any) -> None:
             cell["outputs"] = kept
 
 
-def server_args(folder: Path) -> list[str]:
+def server_args(folder: Path, as_root: bool | None = None) -> list[str]:
     """The JupyterLab options the lab runs with: the student folder as root, no news pop-up and no
-    update check (the settings defaults in :data:`SETTINGS`; the lab runs offline), and
-    :func:`strip_widget_views` on every save."""
+    update check (the settings defaults in :data:`SETTINGS`; the lab runs offline),
+    :func:`strip_widget_views` on every save, and ``--allow-root`` when run by root (``as_root``,
+    default: whether this process's user id is 0), as in most containers, where JupyterLab
+    otherwise refuses to start."""
+    if as_root is None:
+        as_root = hasattr(os, "geteuid") and os.geteuid() == 0
     return [f"--ServerApp.root_dir={folder}",
             f"--LabApp.app_settings_dir={SETTINGS}",
             "--LabApp.news_url=None",
             "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-            "--ContentsManager.pre_save_hook=lessons.lab.strip_widget_views"]
+            "--ContentsManager.pre_save_hook=lessons.lab.strip_widget_views",
+            *(["--allow-root"] if as_root else [])]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

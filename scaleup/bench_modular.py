@@ -151,7 +151,7 @@ class ModularWorld:
                                progress=progress, desc=f"pretraining on all but {self.target}")
         self._probe(model)
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(path.stem + ".partial.safetensors")
+        partial = path.with_name(f"{path.stem}.{os.getpid()}.partial.safetensors")  # this process's own
         save_file({n: t.contiguous() for n, t in model.state_dict().items()}, partial)
         os.replace(partial, path)
         return model.to(self.device)

@@ -59,8 +59,9 @@ from scaleup.results import store
 from sparsity.cli_args import finite_list, finite_nonnegative, nonnegative_int, output_file, output_folder, positive_int
 from sparsity.executor import EXECUTORS, Executor, Worker, check_executor
 from sparsity.fastmode import fast_mode
-from sparsity.sweep import command_line, machine
+from sparsity.sweep import RESULTS, command_line, machine
 from sparsity.train import RIGL_SETTINGS
+from sparsity.threads import use_threads
 
 
 def run(cfg: BenchConfig, out: str | Path, methods: Sequence[str] = METHODS, *, cache_dir: str | Path | None = None,
@@ -97,24 +98,29 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m scaleup.compare",
                                 description="Full vs sparse (every criterion) vs LoRA fine-tuning of a small GPT.")
     p.add_argument("--world", default="gpt", choices=tuple(bw.WORLDS),
-                   help="the task world (scaleup.bench_world): the GPT's token tasks or a toy MLP's")
+                   help="the task world (scaleup.bench_world): the GPT's token tasks or a toy MLP's (default: %(default)s)")
     p.add_argument("--preset", default=None,
                    help=f"model size (default: the world's; the gpt world's: {', '.join(gpt.PRESETS)}, default tiny)")
     p.add_argument("--model", type=model_name, default=hf_model.LAB_GPT,
                    help=f"the gpt world's model: {hf_model.LAB_GPT} (the lab's GPT), {', '.join(hf_model.BUILTIN)} "
-                        "(a Hugging Face family at the preset's shape) or a local folder / config.json")
+                        "(a Hugging Face family at the preset's shape) or a local folder / config.json (default: %(default)s)")
     p.add_argument("--target", default=None,
                    help=f"target task (default: the world's first; the gpt world's: {', '.join(tk.TARGET_TASKS)})")
     p.add_argument("--methods", default=",".join(METHODS),
-                   help=f"comma-separated, from {','.join(known_methods())} (any registered criterion)")
+                   help=f"comma-separated, from {','.join(known_methods())} (any registered criterion); default: all "
+                        f"{len(METHODS)} of %(default)s")
     p.add_argument("--density", type=densities, default=None,
                    help="comma-separated densities, e.g. 0.01,0.05 (default 0.01,0.05); 'none' for the "
                         "LoRA-equal budget alone")
     p.add_argument("--no-lora-equal", action="store_true", help="skip the LoRA-equal budget")
-    p.add_argument("--seeds", type=positive_int, default=None)
-    p.add_argument("--steps", type=positive_int, default=None)
-    p.add_argument("--out", type=output_folder, required=True)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--seeds", type=positive_int, default=None,
+                   help="seeds per method and budget (default: BenchConfig.seeds, 3; 1 with LAB_FAST=1)")
+    p.add_argument("--steps", type=positive_int, default=None,
+                   help="fine-tuning steps per run (default: BenchConfig.steps, 300; 30 with LAB_FAST=1)")
+    p.add_argument("--out", type=output_folder, required=True,
+                   help="the results folder: results.jsonl (a rerun resumes it), the report and figures")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="where to train (default: cuda where there is one, else cpu)")
     for kind in ("full", "sparse", "lora"):
         p.add_argument(f"--lrs-{kind}", type=finite_list, default=None, metavar="LRS",
                        help=f"comma-separated learning-rate grid of {kind} fine-tuning "
@@ -133,15 +139,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", action="store_true", help="only rebuild the summary from the results file")
     p.add_argument("--md", type=output_file, default=None, help="also write the report's markdown to this file")
     p.add_argument("--threads", type=positive_int, default=None,
-                   help="torch CPU threads of this process, and of each worker (default 1) with --workers")
+                   help="torch CPU threads of this process, and of each worker (default 1) with --workers; without it this "
+                        "process takes sparsity.threads' choice: LAB_THREADS, else 1 below 2M parameters")
     p.add_argument("--workers", type=positive_int, default=1,
                    help="run the independent cells on this many workers (default 1: in this process, in order)")
     p.add_argument("--executor", choices=EXECUTORS, default="process",
-                   help='with --workers: a local process pool, or Ray actors (pip install -e ".[ray]")')
+                   help='with --workers: a local process pool, or Ray actors (pip install -e ".[ray]"); default: %(default)s')
     p.add_argument("--ray-address", default=None, metavar="ADDRESS",
                    help="with --executor ray: the cluster to join ('auto': the one `ray start` made on this "
                         "machine); default a local Ray instance")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     return p
 
 
@@ -221,12 +228,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(e))
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    else:
+        use_threads(gpt.approx_parameters(cfg.preset) if args.world == "gpt" else None)
     (args.out / "machine.json").write_text(json.dumps(machine(args.device)))
     if args.device != "cpu":
         torch.backends.cuda.matmul.allow_tf32 = True
     if not (args.out / "command.txt").exists():  # fast mode changes the defaults (one lr, ...): command_line says so
         (args.out / "command.txt").write_text(command_line("scaleup.compare", sys.argv[1:] if argv is None else argv,
                                                                   fast))
+    pairs = [(m, b) for m in methods for b in cfg.budgets(m)]
+    print(f"scaleup.compare: {grid.total_runs(cfg, pairs)} runs in all ({len(pairs)} method-budget pairs x learning "
+          f"rates x {cfg.seeds} seed(s)); those already in {args.out / RESULTS} are skipped", flush=True)
     run(cfg, args.out, methods, device=args.device, progress=not args.no_progress, workers=args.workers,
         executor=args.executor, address=args.ray_address, threads=args.threads or 1)
     print_report(args.out, args.md)

@@ -177,6 +177,14 @@ class GPT(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
+def approx_parameters(preset: str) -> int:
+    """A preset's parameter count without building it: ``12 * n_layer * n_embd**2``, the blocks'
+    matrices (Kaplan et al. 2020); embeddings, norms and biases add a few percent at these sizes.
+    Enough to decide, e.g., how many CPU threads its training gets (``sparsity.threads``)."""
+    cfg = config(preset)
+    return 12 * cfg.n_layer * cfg.n_embd ** 2
+
+
 def autocast(device: torch.device | str) -> contextlib.AbstractContextManager:
     """bf16 autocast on CUDA (weights stay float32), nothing on the CPU (float32 throughout)."""
     if torch.device(device).type == "cuda":

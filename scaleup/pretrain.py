@@ -172,7 +172,7 @@ def save_checkpoint(path: Path, model: nn.Module, cfg: PretrainConfig, step: int
     meta = {"format": FORMAT, "step": str(step), "config": cfg.as_json(), "code_version": CODE_VERSION,
             kind: json.dumps(architecture)}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # this process's own: parallel test workers share caches
     save_file(tensors, str(tmp), metadata=meta)
     os.replace(tmp, path)
 

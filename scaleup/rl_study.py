@@ -41,6 +41,7 @@ from sparsity import metrics
 from sparsity.cli_args import json_ready, output_folder, positive_int, random_seed
 from sparsity.fastmode import fast_mode
 from sparsity.optim import MaskedAdamW
+from sparsity.threads import use_threads
 from sparsity.validate import Mask, TensorDict
 
 TOL = 1e-5
@@ -354,13 +355,16 @@ def verdicts(study: dict[str, Any]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m scaleup.rl_study",
                                 description="Update sparsity of RL (GRPO), SFT and DPO fine-tuning of the lab's GPT.")
-    p.add_argument("--steps", type=positive_int, default=None, help="fine-tuning steps per run")
-    p.add_argument("--seed", type=random_seed, default=None)
-    p.add_argument("--cache-dir", type=output_folder, default=None)
+    p.add_argument("--steps", type=positive_int, default=None,
+                   help="fine-tuning steps per run (default: StudyConfig.steps, 100; 12 with LAB_FAST=1)")
+    p.add_argument("--seed", type=random_seed, default=None, help="the runs' seed (default: StudyConfig.seed, 0)")
+    p.add_argument("--cache-dir", type=output_folder, default=None,
+                   help="the pretrained-model cache (default: $SUBNET_LAB_CACHE, else .cache/subnet-lab/)")
     p.add_argument("--json", action="store_true", help="print every number as JSON")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     grpo.add_arguments(p)
     args = p.parse_args(argv)
+    use_threads()
     overrides = {k: v for k, v in {"steps": args.steps, "seed": args.seed}.items() if v is not None}
     try:
         cfg = default_config(fast=fast_mode(), **overrides, grpo=grpo.from_arguments(args), kl=args.kl)

@@ -57,6 +57,7 @@ from sparsity.fastmode import fast_mode
 from sparsity.metrics import update_norms, update_sparsity
 from sparsity.optim import MaskedAdamW
 from sparsity.regularize import l1_to_init, snapshot
+from sparsity.threads import use_threads
 from sparsity.train import EachStep, FitState, ProximalL1, cosine, fit
 from sparsity.validate import check_finite_nonnegative, check_nonnegative_int, check_positive_int
 
@@ -445,24 +446,32 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m scaleup.teacher_student",
                                 description="Teacher-student GPT: does L1-to-init find the blocks that needed "
                                             "updating?")
-    p.add_argument("--preset", default="tiny", choices=tuple(gpt.PRESETS))
-    p.add_argument("--target", default="add2", choices=tuple(tk.TARGET_TASKS))
+    p.add_argument("--preset", default="tiny", choices=tuple(gpt.PRESETS), help="the GPT's size (default: %(default)s)")
+    p.add_argument("--target", default="add2", choices=tuple(tk.TARGET_TASKS),
+                   help="the task the teacher is fine-tuned on (default: %(default)s)")
     p.add_argument("--blocks", type=_parse_blocks, default=None,
                    help="blocks the teacher changes, e.g. 1,2 (default: the middle one)")
-    p.add_argument("--student", choices=STUDENTS, default=None)
-    p.add_argument("--objective", choices=OBJECTIVES, default=None)
-    p.add_argument("--penalty", choices=PENALTIES, default=None)
-    p.add_argument("--lam", type=finite_nonnegative, default=None, help="L1-to-init strength of the second run")
-    p.add_argument("--steps", type=positive_int, default=None, help="student steps")
-    p.add_argument("--teacher-steps", type=positive_int, default=None)
-    p.add_argument("--seed", type=random_seed, default=None)
+    p.add_argument("--student", choices=STUDENTS, default=None,
+                   help="the student's start: the pretrained model, or its changed blocks re-drawn (default: pretrained)")
+    p.add_argument("--objective", choices=OBJECTIVES, default=None,
+                   help="match the teacher's outputs, or learn the task itself (default: distill)")
+    p.add_argument("--penalty", choices=PENALTIES, default=None,
+                   help="L1 to the start as a proximal step or a loss term (default: prox)")
+    p.add_argument("--lam", type=finite_nonnegative, default=None,
+                   help="L1-to-init strength of the second run (default: 0.005)")
+    p.add_argument("--steps", type=positive_int, default=None, help="student steps (default: 300; 60 with LAB_FAST=1)")
+    p.add_argument("--teacher-steps", type=positive_int, default=None,
+                   help="the teacher's fine-tuning steps (default: 300; 60 with LAB_FAST=1)")
+    p.add_argument("--seed", type=random_seed, default=None, help="the runs' seed (default: 0)")
     p.add_argument("--pretrain-steps", type=positive_int, default=None,
-                   help="steps of the pretrained model to load or train")
-    p.add_argument("--cache-dir", type=output_folder, default=None)
+                   help="steps of the pretrained model to load or train (default: 2000; 300 with LAB_FAST=1)")
+    p.add_argument("--cache-dir", type=output_folder, default=None,
+                   help="the pretrained-model cache (default: $SUBNET_LAB_CACHE, else .cache/subnet-lab/)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--plot", metavar="PATH", type=output_file, help="save the figure to PATH")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     args = p.parse_args(argv)
+    use_threads()
     overrides = {k: v for k, v in {"blocks": args.blocks, "student": args.student, "objective": args.objective,
                                         "penalty": args.penalty, "lam": args.lam, "steps": args.steps,
                                         "teacher_steps": args.teacher_steps, "seed": args.seed, "target": args.target,

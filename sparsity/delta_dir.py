@@ -325,7 +325,7 @@ def unmerge(model: nn.Module, delta: DeltaDir | str | os.PathLike[str], *, force
 def main(argv: list[str] | None = None) -> None:
     """``merge`` / ``unmerge`` a delta folder into a saved Hugging Face model folder, written to OUT."""
     parser = argparse.ArgumentParser(prog="python -m sparsity.delta_dir", description=main.__doc__)
-    parser.add_argument("action", choices=("merge", "unmerge"))
+    parser.add_argument("action", choices=("merge", "unmerge"), help="add the delta to the model, or take it off")
     parser.add_argument("model", help="a model folder saved with save_pretrained")
     parser.add_argument("delta", help="a sparse delta folder (sparsity.delta_dir.save)")
     parser.add_argument("out", help="where to save the result (save_pretrained); must not exist yet")

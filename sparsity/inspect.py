@@ -311,11 +311,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("before", help="the checkpoint before fine-tuning (folder or .safetensors)")
     parser.add_argument("after", help="the checkpoint after fine-tuning, same model")
     parser.add_argument("--dtype", default=None, help="cast both to this dtype first (bfloat16: the RL paper's setting)")
-    parser.add_argument("--tol", type=float, default=1e-5, help="abs(delta) <= tol counts as not updated (1e-5)")
+    parser.add_argument("--tol", type=float, default=1e-5, help="abs(delta) <= tol counts as not updated (default: %(default)g)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--rank-rows", type=int, default=None, help="compute update ranks on N sampled rows")
     parser.add_argument("--no-rank", action="store_true", help="skip update ranks")
-    parser.add_argument("--chunk-mb", type=int, default=16, help="rows are read in chunks of about this size")
+    parser.add_argument("--chunk-mb", type=int, default=16, help="rows are read in chunks of about this many MB (default: %(default)s)")
     parser.add_argument("--params-only", action="store_true",
                         help="count only what named_parameters() counts (no buffers, tied weights once), as the "
                              "RL-sparsity authors' check_sparsity does; needs two model folders")

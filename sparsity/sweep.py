@@ -211,6 +211,19 @@ def load_average() -> str:
     return f"{os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else "n/a"
 
 
+def busy_warning(threads: int) -> str | None:
+    """A warning to print before timing on ``threads`` threads when the 1-minute load average exceeds
+    that count (other jobs then compete for the cores, and timings come out slower and noisier); None
+    when the machine is quiet enough or the platform has no load average."""
+    if not hasattr(os, "getloadavg"):
+        return None
+    load = os.getloadavg()[0]
+    if load <= threads:
+        return None
+    return (f"warning: the 1-minute load average is {load:.1f}, above this benchmark's {threads} thread(s): other "
+            f"jobs compete for the CPU, so the timings will be slower and noisier than on a quiet machine")
+
+
 def machine_lines(command: str) -> list[str]:
     """Markdown bullet lines that start every report: torch version, device, threads, load, date, command.
 

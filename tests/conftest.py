@@ -1,6 +1,7 @@
 """Shared test settings: every test runs the CI-sized (fast mode) configuration."""
 
 import os
+from pathlib import Path
 
 os.environ["LAB_FAST"] = "1"
 # Idle OpenMP threads spin by default and starve other processes on a 2-core machine
@@ -11,8 +12,10 @@ import matplotlib  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from sparsity.threads import use_threads  # noqa: E402
+
 matplotlib.use("Agg")
-torch.set_num_threads(2)
+use_threads()  # the lab's choice (sparsity.threads): one thread unless LAB_THREADS says otherwise
 if not torch.cuda.is_available():
     # Before any test module imports triton (transformers' Trainer does): its kernels then run on CPU
     # tensors in the interpreter, which the 2:4 kernel tests need (tests/test_semistructured.py).
@@ -30,3 +33,10 @@ def sparse_cpu_route(request, monkeypatch):
     if request.param == "torch":
         monkeypatch.setattr(sparse_cpu, "load", lambda: None)
     return request.param
+
+
+@pytest.fixture(scope="session")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One pretrained-model cache for the whole run (one per xdist worker): a model that one module's
+    tests pretrained is loaded, not pretrained again, by the next module that asks for the same config."""
+    return tmp_path_factory.mktemp("cache")

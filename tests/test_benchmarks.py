@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pytest
 import torch
 
 from benchmarks import optimizer_step
+from sparsity.sweep import busy_warning
 
 DENSITIES = ("1%", "5%", "20%", "100%")
 OPTIMIZERS = ("CompactAdamW (fused)", "CompactAdamW", "MaskedAdamW", "AdamW (fused=True)", "AdamW (foreach=True)",
@@ -31,9 +33,19 @@ def test_optimizer_step_benchmark_fast_mode(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("LAB_FAST", "1")
+    monkeypatch.setattr(os, "getloadavg", lambda: (7.5, 6.0, 5.0))  # a busy machine: the benchmark says so first
     out = tmp_path / "optimizer_step.md"
-    assert optimizer_step.main(["--out", str(out)]) == 0
-    printed = capsys.readouterr().out
+    caller_threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # the caller's count, which the benchmark's --threads must replace and give back
+    try:
+        # 3 timed steps and one thread: the table's structure, bytes and ratios are what is checked, not speed.
+        assert optimizer_step.main(["--steps", "3", "--threads", "1", "--out", str(out)]) == 0
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(caller_threads)
+    captured = capsys.readouterr()
+    printed = captured.out
+    assert "warning: the 1-minute load average is 7.5, above this benchmark's 1 thread(s)" in captured.err
     written = out.read_text()
 
     counts = re.findall(r"([\d,]+) parameters", printed)
@@ -61,8 +73,14 @@ def test_optimizer_step_benchmark_fast_mode(
     assert state_bytes("5%", "CompactAdamW") <= 0.08 * adamw
     assert state_bytes("1%", "CompactAdamW") < state_bytes("5%", "CompactAdamW") < state_bytes("20%", "CompactAdamW")
     assert f"- torch {torch.__version__}; device: " in written
-    assert "; 2 torch CPU threads of " in written  # the benchmark's --threads default, not the caller's
+    assert "; 1 torch CPU threads of " in written  # the benchmark's --threads, not the caller's
     assert "load average at the start" in written and "- command: `LAB_FAST=1 " in written
+
+
+def test_a_busy_machine_is_named_before_timing_and_a_quiet_one_is_not(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "getloadavg", lambda: (2.0, 9.0, 9.0))
+    assert busy_warning(2) is None  # the 1-minute average, up to the thread count, is quiet enough
+    assert busy_warning(1) is not None and "load average is 2.0, above this benchmark's 1 thread(s)" in busy_warning(1)
 
 
 def test_optimizer_step_benchmark_refuses_bad_counts(capsys: pytest.CaptureFixture[str]) -> None:

@@ -117,7 +117,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str,
     env = dict(os.environ, LAB_FAST="1", PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
                JUPYTERLAB_SETTINGS_DIR=str(settings), JUPYTERLAB_WORKSPACES_DIR=str(tmp_path_factory.mktemp("ws")))
     log = (tmp_path_factory.mktemp("log") / "jupyterlab.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root",
+    proc = subprocess.Popen([sys.executable, "-m", "jupyterlab", "--no-browser",
                              "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
                              f"--IdentityProvider.token={token}", "--LabApp.expose_app_in_browser=True",
                              *lab.server_args(folder)], env=env, stdout=log, stderr=subprocess.STDOUT)

@@ -30,11 +30,6 @@ def _measured(out):
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("cache")
-
-
-@pytest.fixture(scope="module")
 def serial(tmp_path_factory, cache):
     """The serial run on one torch thread: what every executor must reproduce."""
     out = tmp_path_factory.mktemp("serial")

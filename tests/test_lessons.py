@@ -236,6 +236,19 @@ def test_lab_builds_each_notebook_once_and_keeps_a_students_edits(tmp_path: Path
         lab.build(tmp_path / "file")
 
 
+def test_jupyterlab_is_allowed_to_run_as_root_only_when_root_starts_it(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """JupyterLab refuses to start as root without --allow-root (every container runs as root)."""
+    from lessons import lab
+
+    assert "--allow-root" in lab.server_args(tmp_path, as_root=True)
+    assert "--allow-root" not in lab.server_args(tmp_path, as_root=False)
+    monkeypatch.setattr(lab.os, "geteuid", lambda: 0)
+    assert "--allow-root" in lab.server_args(tmp_path)
+    monkeypatch.setattr(lab.os, "geteuid", lambda: 1000)
+    assert "--allow-root" not in lab.server_args(tmp_path)
+
+
 def test_saving_drops_widget_views_that_would_reopen_as_errors() -> None:
     from lessons import lab
 

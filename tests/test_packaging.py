@@ -73,3 +73,48 @@ def test_one_training_loop() -> None:
     callers = sorted(str(p.relative_to(ROOT)) for p in _sources() if step_call.search(p.read_text()))
     assert [c for c in callers if c not in allowed] == [], "train through sparsity.train.fit"
     assert "sparsity/train.py" in callers
+
+
+def test_the_readme_names_the_extras_the_makefile_installs() -> None:
+    extras = re.search(r"^EXTRAS := (\S+)$", (ROOT / "Makefile").read_text(), re.MULTILINE)
+    assert extras, "the Makefile names its extras once, in EXTRAS"
+    assert f'pip install -e ".[{extras.group(1)}]"' in (ROOT / "README.md").read_text()
+    declared = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"])
+    assert set(extras.group(1).split(",")) == declared  # make installs every extra, so make test runs every test
+
+
+def test_torch_comes_from_the_index_the_makefile_is_told() -> None:
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r"^TORCH_INDEX \?=\s*$", makefile, re.MULTILINE)
+    assert "pip install -q torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))" in makefile
+    assert "TORCH_INDEX=https://download.pytorch.org/whl/cpu" in (ROOT / "README.md").read_text()
+
+
+def test_make_test_runs_on_every_core_with_xdist_declared() -> None:
+    test_recipe = re.search(r"^test: .*\n\t(.+)$", (ROOT / "Makefile").read_text(), re.MULTILINE)
+    assert test_recipe and "-m pytest" in test_recipe.group(1) and "-n auto" in test_recipe.group(1)
+    dev = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["dev"]
+    assert any(req.startswith("pytest-xdist") for req in dev)
+
+
+def test_the_license_is_mit_and_declared() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["license"] == "MIT" and project["license-files"] == ["LICENSE"]
+    assert (ROOT / "LICENSE").read_text().startswith("MIT License")
+
+
+def test_every_console_entry_point_is_a_main_that_takes_argv() -> None:
+    import importlib
+    import inspect
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    scripts = config["project"]["scripts"]
+    assert {"subnet-lab-demo", "subnet-lab-compare", "subnet-lab-grade"} <= set(scripts)
+    assert config["tool"]["setuptools"]["py-modules"] == ["demo"]  # demo.py sits at the top, outside the packages
+    readme = (ROOT / "README.md").read_text()
+    for name, target in scripts.items():
+        module_name, function = target.split(":")
+        main = getattr(importlib.import_module(module_name), function)
+        assert list(inspect.signature(main).parameters) == ["argv"], f"{name}: {target} must be main(argv=None)"
+        assert inspect.signature(main).parameters["argv"].default is None
+        assert f"`{name}`" in readme, f"README.md does not name the command {name}"

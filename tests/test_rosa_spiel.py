@@ -23,7 +23,7 @@ from sparsity.compact import CompactAdamW
 from sparsity.regularize import snapshot
 from sparsity.spiel import SpIELDropGrow, reset_dropped_
 from sparsity.train import FitState
-from test_scaleup_compare import cache, micro_config  # noqa: F401  (cache: the module-scoped pretrained-model fixture)
+from test_scaleup_compare import micro_config
 
 CONFIG = dict(steps=20, warmup=2, seeds=1, rigl=RigLSettings(every=5), eval_every=10)
 """The compare tests' micro benchmark, shorter, one seed, traced, swapping every 5 steps."""

@@ -36,11 +36,6 @@ def micro_config(**kw):
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("cache")
-
-
-@pytest.fixture(scope="module")
 def setup(cache):
     return bc.prepare(micro_config(), cache_dir=cache, progress=False)
 
@@ -213,6 +208,37 @@ def test_the_cli_takes_a_learning_rate_grid(tmp_path, cache, monkeypatch, capsys
     assert "lrs_sparse must be a non-empty tuple of positive" in cli_error(
         capsys, ["--preset", "micro", "--lrs-sparse", "-1", "--out", str(tmp_path)])
     assert "must be comma-separated finite numbers" in cli_error(capsys, ["--lrs-full", "inf", "--out", str(tmp_path)])
+
+
+def test_the_cli_says_how_many_runs_it_launches_before_it_starts(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(cp, "run", lambda *a, **k: print("started"))
+    monkeypatch.setattr(cp, "print_report", lambda *a: None)
+    cp.main(["--preset", "micro", "--methods", "full,lora,random", "--density", "0.01,0.05", "--seeds", "3",
+             "--lrs-full", "1e-4,1e-3", "--lrs-sparse", "1e-2", "--lrs-lora", "1e-2", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    # Each (method, budget) pair: its learning rates on seed 0, then the 2 other seeds at the chosen rate.
+    # full: 2 lrs + 2 = 4; lora: 1 + 2 = 3; random at 1%, 5% and the LoRA-equal budget: 3 x (1 + 2) = 9.
+    assert "scaleup.compare: 16 runs in all (5 method-budget pairs x learning rates x 3 seed(s))" in out
+    assert out.index("16 runs") < out.index("started")
+
+
+@pytest.mark.parametrize("argv, told, expected", [([], None, 1), ([], "2", 2), (["--threads", "3"], "2", 3)])
+def test_the_cli_trains_on_the_threads_chosen_for_the_model(tmp_path, monkeypatch, argv, told, expected):
+    """The micro preset is small: one thread, unless LAB_THREADS or --threads (which wins) says otherwise."""
+    seen = []
+    monkeypatch.setattr(cp, "run", lambda *a, **k: seen.append(torch.get_num_threads()))
+    monkeypatch.setattr(cp, "print_report", lambda *a: None)
+    if told is None:
+        monkeypatch.delenv("LAB_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("LAB_THREADS", told)
+    before = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        cp.main(["--preset", "micro", "--methods", "full", "--out", str(tmp_path), *argv])
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [expected]
 
 
 def test_report_mode_rebuilds_the_summary_without_training(tmp_path, cache, monkeypatch, capsys):

@@ -337,6 +337,22 @@ def test_a_diverged_run_is_not_cached(tmp_path):
         pt.save_checkpoint(tmp_path / "x.safetensors", model, cfg, 3)
 
 
+def test_a_save_leaves_the_file_another_process_is_writing_alone(tmp_path):
+    """Parallel test workers (and lessons run side by side) share a cache: each writer has its own temporary file."""
+    cfg = _cfg()
+    model = pt.build(cfg, tk.World(SMALL_WORLD))
+    path = tmp_path / "model.safetensors"
+    others = [tmp_path / "model.safetensors.tmp", tmp_path / "model.tmp", tmp_path / "model.safetensors.1.tmp"]
+    for other in others:
+        other.write_bytes(b"another process is writing this")
+    pt.save_checkpoint(path, model, cfg, 3)
+    assert [o.read_bytes() for o in others] == [b"another process is writing this"] * len(others)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([path.name, *(o.name for o in others)])
+    loaded = pt.build(cfg, tk.World(SMALL_WORLD))
+    pt.load_checkpoint(path, loaded)
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), loaded.parameters()))
+
+
 def test_graded_scores_agree_with_exact_match_and_move_before_it():
     world = tk.World(SMALL_WORLD)
     model = gpt.build("micro", world.vocab_size, world.block_size, seed=0)

@@ -16,11 +16,6 @@ SMALL = {"preset": "micro", "blocks": (1,), "pretrain_steps": 40, "teacher_steps
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("cache")
-
-
-@pytest.fixture(scope="module")
 def study(cache: Path) -> ts.Study:
     return ts.run(ts.Config(**SMALL), cache_dir=cache, progress=False)
 

@@ -32,11 +32,6 @@ def toy_config(world_kind, world, **kw):
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("cache")
-
-
-@pytest.fixture(scope="module")
 def gpt_row_keys(cache):
     """The keys of a GPT world's row (micro preset, traced), the shape every world's rows must have."""
     cfg = bc.BenchConfig(preset="micro", world=bc.MICRO_WORLD, steps=STEPS, warmup=2, seeds=1, pretrain_steps=100,

@@ -27,6 +27,7 @@ from dataclasses import replace
 
 from sparsity.cli_args import nonnegative_int, positive_int, random_seed
 from sparsity.fastmode import fast_mode
+from sparsity.threads import use_threads
 from toys.modular_report import format_report, run
 from toys.modular_world import default_config
 
@@ -42,12 +43,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=positive_int, default=base.steps, help="training steps per run (default %(default)s)")
     parser.add_argument("--mask-steps", type=positive_int, default=base.mask_steps,
                         help="mask-learning steps (default %(default)s)")
-    parser.add_argument("--overlap", type=nonnegative_int, default=base.overlap, help="features shared by neighbouring groups")
-    parser.add_argument("--ablation", choices=("zero", "mean"), default=base.ablation)
-    parser.add_argument("--seed", type=random_seed, default=base.seed)
+    parser.add_argument("--overlap", type=nonnegative_int, default=base.overlap, help="features shared by neighbouring groups (default: %(default)s)")
+    parser.add_argument("--ablation", choices=("zero", "mean"), default=base.ablation,
+                        help="an ablated unit is set to zero or to its mean (default: %(default)s)")
+    parser.add_argument("--seed", type=random_seed, default=base.seed, help="the first seed (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     args = parser.parse_args(argv)
+    use_threads()
     try:
         cfg = replace(base, n_seeds=args.seeds, steps=args.steps, mask_steps=args.mask_steps, overlap=args.overlap,
                       ablation=args.ablation, seed=args.seed)

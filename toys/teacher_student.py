@@ -31,6 +31,7 @@ from sparsity.fastmode import fast_mode
 from sparsity.metrics import distances, update_norms
 from sparsity.optim import MaskedAdamW, MaskedSGD
 from sparsity.regularize import l1_to_init, snapshot
+from sparsity.threads import use_threads
 from sparsity.train import EachStep, FitState, ProximalL1, Schedule, constant, cosine, fit
 from sparsity.validate import Mask, check_positive_int
 
@@ -331,16 +332,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lam", type=finite_nonnegative, default=base.lam,
                         help="L1-to-init strength (default %(default)g)")
     parser.add_argument("--steps", type=positive_int, default=base.steps, help="training steps (default %(default)s)")
-    parser.add_argument("--seed", type=random_seed, default=base.seed)
-    parser.add_argument("--optimizer", choices=OPTIMIZERS, default=base.optimizer)
+    parser.add_argument("--seed", type=random_seed, default=base.seed, help="the run's seed (default: %(default)s)")
+    parser.add_argument("--optimizer", choices=OPTIMIZERS, default=base.optimizer, help="the optimizer (default: %(default)s)")
     parser.add_argument("--lr", type=finite_nonnegative, default=None, help=f"learning rate (default: {DEFAULT_LR})")
-    parser.add_argument("--penalty", choices=PENALTIES, default=base.penalty, help="L1 as a loss term or a proximal step")
-    parser.add_argument("--schedule", choices=SCHEDULES, default=base.schedule)
-    parser.add_argument("--widths", type=_parse_widths, default=base.widths, help="e.g. 100,20,20,100")
+    parser.add_argument("--penalty", choices=PENALTIES, default=base.penalty, help="L1 as a loss term or a proximal step (default: %(default)s)")
+    parser.add_argument("--schedule", choices=SCHEDULES, default=base.schedule,
+                        help="the learning-rate schedule (default: %(default)s)")
+    parser.add_argument("--widths", type=_parse_widths, default=base.widths, help="layer widths, input to output (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.add_argument("--plot", metavar="PATH", type=output_file, help="save the figure to PATH")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = parser.parse_args(argv)
+    use_threads()
     try:
         cfg = replace(
             base,

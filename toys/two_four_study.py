@@ -34,11 +34,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from sparsity import prune, registry, two_four_convert
-from sparsity.cli_args import nonnegative_int, positive_int, random_seed
+from sparsity.cli_args import positive_int, random_seed
 from sparsity.fastmode import fast_mode
 from sparsity.optim import MaskedAdamW
 from sparsity.registry import CriterionInputs
 from sparsity.sweep import markdown_table, mean_spread
+from sparsity.threads import use_threads
 from sparsity.train import fit
 from sparsity.validate import check_positive_int
 from toys import classification as tc
@@ -379,13 +380,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--criterion", choices=sorted(registry.CRITERIA), default=base.criterion,
                         help="what keeps 2 of every 4 inputs (default: %(default)s)")
     parser.add_argument("--finetune-steps", type=positive_int, default=None, help="default: the dense training steps")
-    parser.add_argument("--seeds", type=random_seed, nargs="+", default=list(base.seeds))
+    parser.add_argument("--seeds", type=random_seed, nargs="+", default=list(base.seeds),
+                        help="the seeds to run (default: %(default)s)")
     parser.add_argument("--gpt", action="store_true", help="also run the comparison on the pretrained tiny GPT")
     parser.add_argument("--gpt-target", default=None, help="the GPT's fine-tuning task (default: sort)")
     parser.add_argument("--gpt-steps", type=positive_int, default=None, help="the GPT's fine-tuning steps (default: 1500)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     args = parser.parse_args(argv)
+    use_threads()
     try:
         study = replace(base, modules=None if args.modules is None else tuple(args.modules), criterion=args.criterion,
                         finetune_steps=args.finetune_steps, seeds=tuple(args.seeds))

@@ -28,7 +28,6 @@ standard library and torch.
 from __future__ import annotations
 
 import base64
-import io
 import json
 import math
 import os

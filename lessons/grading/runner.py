@@ -24,7 +24,6 @@ and it trusts nothing the child says about where it is:
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import queue
