@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 # (several GB; a local wheel folder in pip's configuration can serve a CPU build instead). A CPU-only
 # machine: make test TORCH_INDEX=https://download.pytorch.org/whl/cpu (PyTorch's CPU wheels).
 TORCH_INDEX ?=
-EXTRAS := lab,dev,hf,ray
+EXTRAS := lab,dev,hf,ray,peer
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

@@ -44,12 +44,13 @@ def measure(students: int, assignment: str) -> tuple[float, list[dict]]:
             return seconds, list(csv.DictReader(f))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--students", type=int, default=40)
-    parser.add_argument("--assignment", default="a1_masks")
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.grade_class", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--students", type=int, default=40,
+                        help="how many copies of the reference submission to grade (default: %(default)s)")
+    parser.add_argument("--assignment", default="a1_masks", help="the assignment graded (default: %(default)s)")
     parser.add_argument("--out", type=Path, help="also write the table here (markdown)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.students < 1:
         parser.error(f"--students must be at least 1, got {args.students}")
     load_before = os.getloadavg()[0]

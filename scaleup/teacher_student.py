@@ -472,11 +472,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     args = p.parse_args(argv)
     use_threads()
-    overrides = {k: v for k, v in {"blocks": args.blocks, "student": args.student, "objective": args.objective,
-                                        "penalty": args.penalty, "lam": args.lam, "steps": args.steps,
-                                        "teacher_steps": args.teacher_steps, "seed": args.seed, "target": args.target,
-                                        "pretrain_steps": args.pretrain_steps}.items()
-                 if v is not None}
+    names = ("blocks", "student", "objective", "penalty", "lam", "steps", "teacher_steps", "seed", "target",
+             "pretrain_steps")
+    overrides = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     if "steps" in overrides:
         overrides.setdefault("warmup", overrides["steps"] // 10)
     try:

@@ -73,7 +73,8 @@ def bundle(name: str, out: Path, hidden: Path | None = None) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lessons.grading.gradescope_bundle", description=__doc__.split("\n")[0])
     parser.add_argument("assignment", help="e.g. a1_masks")
-    parser.add_argument("--out", type=Path, default=Path("build/gradescope"))
+    parser.add_argument("--out", type=Path, default=Path("build/gradescope"),
+                        help="the folder the bundle's zip is written to (default: %(default)s)")
     parser.add_argument("--hidden", type=Path, help="a folder of private hidden tests, <assignment>.py each")
     args = parser.parse_args(argv)
     try:
