@@ -8,7 +8,7 @@ the density, the layer's width and the tokens per batch; this script times both 
 inputs, interleaved (sampled, dense, sampled, ...) with medians, and prints the ratio
 ``sampled / dense`` per case and the crossover: the largest measured density where the sampled
 product is still faster. ``values_grad.SAMPLED_MAX_DENSITY``, the rule
-``SparseConfig(values_grad=None)`` follows, come from this table.
+``SparseConfig(values_grad=None)`` follows, comes from this table.
 
 Layers are ``(4 d, d)`` and ``(d, 4 d)`` (a transformer's MLP matrices) at widths ``d``; the
 ``small`` GPT preset has ``d = 256``. ``LAB_FAST=1``: two small cases, a few repetitions. Run::

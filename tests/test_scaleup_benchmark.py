@@ -49,7 +49,7 @@ def test_benchmark_fast_mode_table(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     rows = _rows(written)
     assert set(rows) == set(bench.methods_for("cpu")) == set(bench.METHODS)
     world = tk.World()
-    model = gpt.build("micro", world.vocab_size, world.block_size)
+    model = gpt.build("micro", world.vocab_size, 16)  # fast mode: sequences of 16 random tokens
     weights = sum(p.numel() for n, p in model.named_parameters() if n.startswith("blocks.") and p.ndim == 2)
     trainable = {m: _int(r[0]) for m, r in rows.items()}
     assert trainable[bench.FULL] == model.n_params()
