@@ -58,7 +58,7 @@ class Case:
         return self.sampled_ms / self.dense_ms
 
 
-def _median_ms(fn: Callable[[], object], times: list[float]) -> None:
+def _time_into(fn: Callable[[], object], times: list[float]) -> None:
     start = time.perf_counter()
     fn()
     times.append((time.perf_counter() - start) * 1e3)
@@ -78,7 +78,7 @@ def measure_case(n_out: int, n_in: int, tokens: int, density: float, reps: int) 
     try:
         for _ in range(reps):
             for how, fn in products.items():
-                _median_ms(fn, times[how])
+                _time_into(fn, times[how])
     finally:
         gc.enable()
     return Case(n_out, n_in, tokens, density, statistics.median(times["sampled"]), statistics.median(times["dense"]))

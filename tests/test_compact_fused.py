@@ -137,3 +137,11 @@ def test_the_default_step_is_the_fast_path(monkeypatch) -> None:
     reference = CompactAdamW(model.named_parameters(), _mask(), fused=False, **HP)
     train_step(model, reference, 1, SIZES)
     assert not calls  # fused=False: the bit-exact reference step, no kernel
+
+
+def test_sparsify_takes_the_fast_step_unless_told_otherwise() -> None:
+    from sparsity import SparseConfig, sparsify
+
+    assert sparsify(mlp(sizes=SIZES), SparseConfig("random")).optimizer.fused
+    assert sparsify(mlp(sizes=SIZES), SparseConfig("random", fused=True)).optimizer.fused
+    assert not sparsify(mlp(sizes=SIZES), SparseConfig("random", fused=False)).optimizer.fused
