@@ -32,6 +32,10 @@ if TYPE_CHECKING:
 
 INCLUDE = "weight"
 """Sparse budgets are spent on the block matrices (``parameter_kinds`` "weight")."""
+FUSED = False
+"""The benchmark's optimizers take ``CompactAdamW``'s bit-exact reference step (``fused=False``), not the
+library's fast default: the committed results were computed with it, and a resumed folder must not mix two
+roundings in one grid (the fast step equals it to rounding only)."""
 LORA_EQUAL = "lora_equal"
 """The key of the LoRA-equal budget: the trainable count the comparison is matched at."""
 FAMILIES = ("full", "adapter", "sparse", "structured", "adapter+sparse")
@@ -112,7 +116,7 @@ class Method:
     def optimizer(self, setup: Setup, model: nn.Module, mask: Mask | None, budget: Budget, lr: float,
                   seed: int) -> CompactAdamW:
         """AdamW without weight decay on every parameter."""
-        return CompactAdamW(model.named_parameters(), lr=lr, weight_decay=0.0)
+        return CompactAdamW(model.named_parameters(), lr=lr, weight_decay=0.0, fused=FUSED)
 
     def trainable(self, model: nn.Module, mask: Mask | None) -> int:
         """The entries this method trains (its count against the budget)."""

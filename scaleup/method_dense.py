@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from torch import nn
 
 from scaleup import hf_model, lora
-from scaleup.method_base import Budget, Method, lora_equal
+from scaleup.method_base import FUSED, Budget, Method, lora_equal
 from sparsity.compact import CompactAdamW
 from sparsity.validate import Mask
 
@@ -47,7 +47,8 @@ class LoRA(Method):
     def optimizer(self, setup: Setup, model: nn.Module, mask: Mask | None, budget: Budget, lr: float,
                   seed: int) -> CompactAdamW:
         """AdamW without weight decay on the adapters (the rest is frozen)."""
-        return CompactAdamW([(n, p) for n, p in model.named_parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
+        return CompactAdamW([(n, p) for n, p in model.named_parameters() if p.requires_grad], lr=lr, weight_decay=0.0,
+                            fused=FUSED)
 
     def trainable(self, model: nn.Module, mask: Mask | None) -> int:
         return lora.trainable_count(model)

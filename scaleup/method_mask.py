@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from scaleup.layers import middle_blocks
-from scaleup.method_base import INCLUDE, TWO_FOUR, Budget, Method, density, lora_equal
+from scaleup.method_base import FUSED, INCLUDE, TWO_FOUR, Budget, Method, density, lora_equal
 from sparsity import registry
 from sparsity.config import SparseConfig
 from sparsity.validate import Mask
@@ -57,7 +57,7 @@ class CriterionMask(Method):
         """The ``SparseConfig`` at a budget: the criterion and its options, the block matrices per
         tensor, compact AdamW state without weight decay."""
         return SparseConfig(criterion=self.criterion, include=INCLUDE, scope="per_tensor", storage="compact",
-                            options=self.criterion_options(setup), lr=lr, weight_decay=0.0, seed=seed,
+                            options=self.criterion_options(setup), lr=lr, weight_decay=0.0, seed=seed, fused=FUSED,
                             **self.sparse_settings(setup.cfg), **budget.sparse)
 
     def optimizer(self, setup: Setup, model: nn.Module, mask: Mask | None, budget: Budget, lr: float,

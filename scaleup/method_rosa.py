@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from scaleup import hf_model, lora
-from scaleup.method_base import INCLUDE, Budget, lora_equal
+from scaleup.method_base import FUSED, INCLUDE, Budget, lora_equal
 from scaleup.method_mask import CriterionMask
 from sparsity.config import SparseConfig
 from sparsity.validate import Mask
@@ -69,7 +69,7 @@ class RoSA(CriterionMask):
     def sparse_config(self, setup: Setup, budget: Budget, lr: float = 1e-3, seed: int = 0) -> SparseConfig:
         """The sparse part's ``SparseConfig``: Fisher at the LoRA-equal count of the sparse share's rank."""
         return SparseConfig(criterion=self.criterion, include=INCLUDE, scope="per_tensor", storage="compact",
-                            lora_rank=self.ranks(setup.cfg)[1], lr=lr, weight_decay=0.0, seed=seed)
+                            lora_rank=self.ranks(setup.cfg)[1], lr=lr, weight_decay=0.0, seed=seed, fused=FUSED)
 
     def prepare(self, setup: Setup, model: nn.Module, seed: int) -> None:
         """Add the rank ``r_L`` adapters (scale ``alpha / r`` as the ``lora`` row) and remember the names before."""

@@ -9,7 +9,7 @@ the selected entries (sorted, unique, ``torch.int32``). The moments ``exp_avg`` 
 ``exp_avg_sq`` have shape ``[k]`` (k = number of selected entries), so optimizer state
 and weight decay touch the selected entries only, by construction.
 
-One step gathers the gradient and the current values at ``indices``, applies the
+The reference step (``fused=False``) gathers the gradient and the current values at ``indices``, applies the
 elementwise AdamW operations of ``MaskedAdamW`` in the same order (decoupled decay,
 lerp, addcmul, bias corrections, addcdiv) and scatters the new values back in place.
 Entries not selected are never written, so they stay bit-identical. The trajectory
@@ -19,15 +19,18 @@ body and a scalar tail, and an entry that lands in the tail on the gathered ``[k
 array but in the body on the dense tensor (or the reverse) can get a zero of the other
 sign or a NaN with other payload bits. No finite nonzero value differs.
 
-``fused=True`` is the fast path: on the CPU, a partly selected float32 tensor is updated
-by our one-pass kernel (``sparsity.kernels.sparse_cpu``: read weight and gradient
+**Rounding contract.** ``fused=True``, the default, is the fast path: on the CPU, a partly
+selected float32 tensor is updated by our one-pass kernel (``sparsity.kernels.sparse_cpu``: read weight and gradient
 at each selected position, update the moments, write the weight, no temporaries);
 everything else (dense tensors, GPUs, other dtypes, or no compiler) is gathered and goes
 through torch's fused AdamW kernel, ``torch.optim.adamw.adamw(..., fused=True)``, one call
 per param group, then scattered back. Its numbers agree with the single-tensor reference
 to the rounding that torch's own fused AdamW shows against ``AdamW(foreach=False)``
-(tested), not bit for bit; the unselected entries are still never written. The state has the same layout either way, so a state
-dict moves freely between the two paths.
+(tested), not bit for bit; the unselected entries are still never written, bit for bit.
+``fused=False`` is the reference step described above, value for value equal to
+``MaskedAdamW`` (use it where a trajectory must be reproduced exactly across the two
+optimizers). The state has the same layout either way, so a state dict moves freely between
+the two paths.
 
 Conventions follow ``MaskedAdamW``: named parameters, a mask validated against them,
 param groups, ``step(closure)``, and a ``state_dict`` that carries the selection (as
@@ -75,7 +78,7 @@ class CompactAdamW(NamedOptimizer):
         eps: float = 1e-8,
         weight_decay: float = 1e-2,
         *,
-        fused: bool = False,
+        fused: bool = True,
     ) -> None:
         super().__init__(params, adamw_defaults(lr, betas, eps, weight_decay))
         if not isinstance(fused, bool):
@@ -165,7 +168,7 @@ class CompactAdamW(NamedOptimizer):
             if idx is None:
                 value, grad = p, p.grad.contiguous()
             else:
-                idx = self._int64(name, idx)
+                idx = self.flat_positions(name)
                 grad = compact if compact is not None else p.grad
                 kernel = sparse_cpu.load() if sparse_cpu.usable(p) else None
                 if kernel is not None and sparse_cpu.usable(grad):
@@ -201,9 +204,10 @@ class CompactAdamW(NamedOptimizer):
             state["step"] = state["step"].to(p.device)
         return state
 
-    def _int64(self, name: str, idx: torch.Tensor) -> torch.Tensor:
-        """``idx`` as int64, cached until the selection changes: torch's gathers and scatters take
-        int64 positions natively (int32 ones are converted on every call)."""
+    def flat_positions(self, name: str) -> torch.Tensor:
+        """``indices[name]`` as int64, cached until the selection changes: torch's gathers and scatters
+        and our kernels take int64 positions natively (int32 ones are converted on every call)."""
+        idx = self.indices[name]
         hit = self._int64_cache.get(name)
         if hit is None or hit[0] is not idx:
             hit = self._int64_cache[name] = (idx, idx.long())

@@ -42,11 +42,15 @@ class SparseConfig:
         ``("*.attn.*", "*.mlp.*")``; None spends it on every parameter of the ``include`` kinds.
     storage: "compact" (``CompactAdamW``: state for the selected entries only) or "dense"
         (``MaskedAdamW``: full-size state, the entries outside the mask never move).
-    fused: compact storage only: take ``CompactAdamW``'s fast path (one-pass CPU kernel, torch's
-        fused AdamW elsewhere), equal to the reference step to rounding, not bit for bit.
-    values_grad: compact storage only: backward computes the selected entries' gradient of every
-        partly trained ``nn.Linear`` weight directly, never the dense one (``sparsity.values_grad``;
-        SpIEL, Ansell et al. 2024). Float32 without autocast; not with ``reselect_every``.
+    fused: compact storage only. None (default) or True: ``CompactAdamW``'s fast path (one-pass CPU
+        kernel, torch's fused AdamW elsewhere), equal to the reference step to rounding, not bit for
+        bit; False: the reference step (value for value ``MaskedAdamW``'s).
+    values_grad: compact storage only: backward computes the selected entries' gradient of the
+        partly trained ``nn.Linear`` weights directly and keeps no dense one (``sparsity.values_grad``;
+        SpIEL, Ansell et al. 2024). None (default): on float32 CPU layers, each layer taking the
+        sampled product where it was measured faster and the dense one then gathered elsewhere, when
+        the selection is fixed (no ``reselect_every``); True: the sampled product on every partly
+        trained float32 ``nn.Linear`` (not with ``reselect_every``); False: autograd's dense gradient.
     options: criterion settings, e.g. ``{"rank": 8}`` for LIFT, ``{"layers": ["blocks.2"]}``.
     reselect_every: re-score and re-select every K steps during training (LIFT, Liu et al. 2025,
         re-selects its principal weights periodically); None selects once. Needs compact storage.
@@ -62,8 +66,8 @@ class SparseConfig:
     include: str | tuple[str, ...] = "weight"
     targets: tuple[str, ...] | None = None
     storage: str = "compact"
-    fused: bool = False
-    values_grad: bool = False
+    fused: bool | None = None
+    values_grad: bool | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
     reselect_every: int | None = None
     lr: float = 1e-3
@@ -106,12 +110,12 @@ class SparseConfig:
                 raise ValueError("reselect_every needs storage='compact' (CompactAdamW.reselect moves the moments)")
             if self.n_m is not None:
                 raise ValueError("reselect_every keeps per-tensor counts; it is not defined for an N:M budget")
-        if not isinstance(self.fused, bool):
-            raise TypeError(f"fused must be True or False, got {self.fused!r}")
+        if self.fused is not None and not isinstance(self.fused, bool):
+            raise TypeError(f"fused must be None, True or False, got {self.fused!r}")
         if self.fused and self.storage != "compact":
             raise ValueError("fused=True is CompactAdamW's fast path: it needs storage='compact'")
-        if not isinstance(self.values_grad, bool):
-            raise TypeError(f"values_grad must be True or False, got {self.values_grad!r}")
+        if self.values_grad is not None and not isinstance(self.values_grad, bool):
+            raise TypeError(f"values_grad must be None, True or False, got {self.values_grad!r}")
         if self.values_grad and (self.storage != "compact" or self.reselect_every is not None):
             raise ValueError("values_grad=True needs storage='compact' and a fixed selection (no reselect_every)")
         for name in ("lr", "eps", "weight_decay"):

@@ -1,25 +1,33 @@
-"""Values-only weight gradients: backward computes the gradient of the selected entries, never the dense one.
+"""Values-only weight gradients: backward computes the gradient of the selected entries, never keeps a dense one.
 
 A sparse fine-tune of a linear layer trains k of its ``out x in`` weights, yet autograd
-computes the whole ``[out, in]`` weight gradient ``grad_out^T @ x`` and the optimizer then
-reads k entries of it: the dense gradient costs full fine-tuning's memory and matmul.
-SpIEL (Ansell et al. 2024) and RoSA (Nikdan et al. 2024) compute only what is kept, the
-gradient *at* the selected positions: ``grad[j] = grad_out[:, row_j] . x[:, col_j]``, a
-sampled dense-dense matmul (SDDMM) with ``k * tokens`` multiply-adds instead of
-``out * in * tokens``.
+computes the whole ``[out, in]`` weight gradient ``grad_out^T @ x``, keeps it until the
+optimizer step, and the optimizer then reads k entries of it: the dense gradient costs full
+fine-tuning's memory and matmul. SpIEL (Ansell et al. 2024) and RoSA (Nikdan et al. 2024)
+compute only what is kept, the gradient *at* the selected positions:
+``grad[j] = grad_out[:, row_j] . x[:, col_j]``, a sampled dense-dense matmul (SDDMM) with
+``k * tokens`` multiply-adds instead of ``out * in * tokens``.
 
 :func:`install` does that for every ``nn.Linear`` whose weight ``CompactAdamW`` trains
-partly: the weight stops requiring a gradient (no dense gradient is allocated), and a
-``[k]`` leaf tensor per weight, the *anchor*, receives the selected entries' gradient from a
-custom autograd function; the optimizer reads it (``CompactAdamW.values_grads``) instead
-of gathering ``p.grad``. The layer's forward, its input gradient and its bias are unchanged.
-On the CPU the SDDMM is our kernel (``sparsity.kernels.sparse_cpu``, dot products of
-contiguous rows of the transposed output gradient and input); elsewhere a chunked gather.
+partly: the weight stops requiring a gradient (no dense gradient is kept), and a ``[k]``
+leaf tensor per weight, the *anchor*, receives the selected entries' gradient from a custom
+autograd function; the optimizer reads it (``CompactAdamW.values_grads``) instead of
+gathering ``p.grad``. The layer's forward, its input gradient and its bias are unchanged.
 
-Whether it pays is measured (``benchmarks/scaleup_memory.py``), not assumed: it saves the
-dense gradient's memory for sure, but a BLAS matmul is very fast, so at larger densities
-the sampled one can be slower. It is off unless asked for (``SparseConfig(values_grad=True)``).
-Float32 without autocast only; the selection is fixed while installed.
+How the ``[k]`` gradient is computed (:func:`selected_weight_grad`):
+
+* ``"sampled"``: the SDDMM; on the CPU our kernel (``sparsity.kernels.sparse_cpu``: tokens in
+  blocks, transposed in cache, one dot product per selected entry), elsewhere a chunked gather;
+* ``"dense"``: the dense product, then a gather: a transient ``[out, in]`` buffer for one
+  layer at a time, freed at once (still no dense gradient kept across layers);
+* ``"auto"``: per layer and call, the sampled product where :func:`sampled_pays` says it is
+  faster (the crossover measured by ``benchmarks/values_grad_crossover.py``), else the dense one.
+
+``SparseConfig(values_grad=None)`` (the default) installs ``"auto"`` on float32 CPU layers;
+``True`` forces ``"sampled"`` on every layer, ``False`` leaves autograd's dense gradient.
+Either way the result equals the dense gradient at the selected entries to rounding.
+Under autocast the layer computes in the autocast dtype, as ``F.linear`` would. The
+selection is fixed while installed (``CompactAdamW.reselect`` refuses).
 """
 
 from __future__ import annotations
@@ -33,66 +41,101 @@ from torch.nn import functional as F
 from sparsity.compact import CompactAdamW
 from sparsity.kernels import sparse_cpu
 
+MODES = ("sampled", "dense", "auto")
+
 CHUNK_ENTRIES = 1 << 22
 """Largest temporary (tokens x selected entries) of the fallback SDDMM, in elements."""
 
+SAMPLED_MAX_DENSITY = 0.10
+"""``"auto"`` takes the sampled product on the CPU kernel up to this share of a layer's entries.
+Measured (``benchmarks/results/values_grad_crossover.md``, 2 threads): both products scale with the
+tokens, so the crossover is a density; it lay at 10-40% for layers up to 1024 x 256 and at 5-10% for
+2048 x 512 and 512 x 2048 at 2,048 tokens, and the sampled product won at every density measured
+with 64 tokens."""
 
-def selected_weight_grad(grad_out: torch.Tensor, x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-    """``(grad_out^T @ x)[rows, cols]`` for ``grad_out [B, out]`` and ``x [B, in]``, without the dense product."""
-    g_t, x_t = grad_out.t().contiguous(), x.t().contiguous()
-    kernel = sparse_cpu.load() if sparse_cpu.usable(g_t) and sparse_cpu.usable(x_t) else None
+
+def sampled_pays(k: int, n_out: int, n_in: int, kernel: bool) -> bool:
+    """Whether the sampled product of ``k`` of ``n_out x n_in`` entries is the faster one: only on our
+    CPU kernel (the gather fallback never is), at a density up to :data:`SAMPLED_MAX_DENSITY`."""
+    return kernel and k <= SAMPLED_MAX_DENSITY * n_out * n_in
+
+
+def selected_weight_grad(grad_out: torch.Tensor, x: torch.Tensor, flat: torch.Tensor, how: str = "sampled") -> torch.Tensor:
+    """``(grad_out^T @ x).view(-1)[flat]`` for ``grad_out [B, out]``, ``x [B, in]`` and sorted int64 flat
+    positions ``flat``, computed ``how`` (one of :data:`MODES`)."""
+    if how not in MODES:
+        raise ValueError(f"how must be one of {MODES}, got {how!r}")
+    n_in = x.shape[1]
+    kernel = sparse_cpu.load() if sparse_cpu.usable(grad_out) and sparse_cpu.usable(x) else None
+    if how == "auto":
+        how = "sampled" if sampled_pays(flat.numel(), grad_out.shape[1], n_in, kernel is not None) else "dense"
+    if how == "dense":
+        return (grad_out.t() @ x).view(-1).index_select(0, flat)
     if kernel is not None:
-        return kernel.selected_weight_grad(g_t, x_t, rows, cols)
-    out = torch.empty(rows.numel(), dtype=grad_out.dtype, device=grad_out.device)
-    step = max(1, CHUNK_ENTRIES // max(1, g_t.shape[1]))
-    for start in range(0, rows.numel(), step):
-        r, c = rows[start:start + step], cols[start:start + step]
-        out[start:start + step] = (g_t[r] * x_t[c]).sum(1)
+        return kernel.selected_weight_grad(grad_out, x, flat)
+    out = torch.empty(flat.numel(), dtype=grad_out.dtype, device=grad_out.device)
+    step = max(1, CHUNK_ENTRIES // max(1, x.shape[0]))
+    for start in range(0, flat.numel(), step):
+        part = flat[start:start + step]
+        out[start:start + step] = (grad_out[:, part // n_in] * x[:, part % n_in]).sum(0)
     return out
 
 
 class _SelectedGradLinear(torch.autograd.Function):
-    """``F.linear(x, weight, bias)`` whose backward gives the anchor the weight's gradient at (rows, cols)."""
+    """``F.linear(x, weight, bias)`` whose backward gives the anchor the weight's gradient at ``flat``."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, anchor: torch.Tensor,
-                rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(x, weight, rows, cols)
-        ctx.has_bias = bias is not None
+                flat: torch.Tensor, how: str) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.flat, ctx.how, ctx.has_bias = flat, how, bias is not None  # flat is the optimizer's, not an activation
         return F.linear(x, weight, bias)
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, weight, rows, cols = ctx.saved_tensors
+        x, weight = ctx.saved_tensors
         grad_x = grad_out @ weight if ctx.needs_input_grad[0] else None
         g2, x2 = grad_out.reshape(-1, grad_out.shape[-1]), x.reshape(-1, x.shape[-1])
         grad_bias = g2.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        grad_values = selected_weight_grad(g2, x2, rows, cols) if ctx.needs_input_grad[3] else None
+        grad_values = None
+        if ctx.needs_input_grad[3]:
+            grad_values = selected_weight_grad(g2.contiguous(), x2.contiguous(), ctx.flat, ctx.how).float()
         return grad_x, None, grad_bias, grad_values, None, None
 
 
 class _Installed:
     """What :func:`install` changed on one layer, to undo it."""
 
-    def __init__(self, module: nn.Linear, anchor: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> None:
-        self.module, self.anchor, self.rows, self.cols = module, anchor, rows, cols
+    def __init__(self, module: nn.Linear, anchor: torch.Tensor, flat: torch.Tensor, how: str) -> None:
+        self.module, self.anchor, self.flat, self.how = module, anchor, flat, how
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_autocast_enabled(x.device.type):
-            raise RuntimeError("values-only gradients support float32 without autocast; remove them "
-                               "(sparsity.values_grad.remove) to train under autocast")
         m = self.module
-        return _SelectedGradLinear.apply(x, m.weight, m.bias, self.anchor, self.rows, self.cols)
+        if m.weight.requires_grad:  # trainable again (SparseModel.merge): a plain layer with a dense gradient
+            return F.linear(x, m.weight, m.bias)
+        weight, bias = m.weight, m.bias
+        device = x.device.type
+        if torch.is_autocast_enabled(device):  # compute in the autocast dtype, as F.linear would
+            dtype = torch.get_autocast_dtype(device)
+            x, weight = x.to(dtype), weight.to(dtype)
+            bias = None if bias is None else bias.to(dtype)
+            with torch.autocast(device, enabled=False):
+                return _SelectedGradLinear.apply(x, weight, bias, self.anchor, self.flat, self.how)
+        return _SelectedGradLinear.apply(x, weight, bias, self.anchor, self.flat, self.how)
 
 
-def install(model: nn.Module, optimizer: CompactAdamW) -> list[str]:
+def install(model: nn.Module, optimizer: CompactAdamW, mode: str = "sampled") -> list[str]:
     """Give every partly selected ``nn.Linear`` weight of ``optimizer`` a values-only gradient; return their names.
 
-    Each such weight stops requiring a gradient (so backward allocates no dense one) and gets
-    a ``[k]`` anchor in ``optimizer.values_grads``. Undo with :func:`remove`.
+    ``mode`` picks the product (see the module docstring). ``"sampled"`` and ``"dense"`` take every
+    such layer and refuse a weight that is not float32; ``"auto"`` takes the float32 CPU layers and
+    leaves the others to autograd. Each taken weight stops requiring a gradient (so backward keeps
+    no dense one) and gets a ``[k]`` anchor in ``optimizer.values_grads``. Undo with :func:`remove`.
     """
     if not isinstance(optimizer, CompactAdamW):
         raise TypeError(f"values-only gradients need a CompactAdamW, got {type(optimizer).__name__}")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     params = dict(model.named_parameters())
     done = []
     for mod_name, module in model.named_modules():
@@ -102,12 +145,12 @@ def install(model: nn.Module, optimizer: CompactAdamW) -> list[str]:
         idx = optimizer.indices.get(name)
         if idx is None or idx.numel() == 0 or params.get(name) is not module.weight:
             continue
+        if mode == "auto" and not sparse_cpu.usable(module.weight):
+            continue
         if module.weight.dtype != torch.float32:
             raise TypeError(f"values-only gradients need float32 weights; '{name}' is {module.weight.dtype}")
-        flat = idx.long()
-        n_in = module.weight.shape[1]
         anchor = torch.zeros(idx.numel(), device=idx.device, requires_grad=True)
-        installed = _Installed(module, anchor, flat // n_in, flat % n_in)
+        installed = _Installed(module, anchor, optimizer.flat_positions(name), mode)
         module.weight.requires_grad_(False)
         module.forward = installed.forward  # type: ignore[method-assign]
         module._values_grad = installed  # type: ignore[assignment]

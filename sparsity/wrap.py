@@ -42,7 +42,7 @@ def build_optimizer(model: nn.Module, mask: Mask, config: SparseConfig) -> torch
         p.requires_grad_(bool(mask[n].any()))
     hyper = dict(lr=config.lr, betas=config.betas, eps=config.eps, weight_decay=config.weight_decay)
     if config.storage == "compact":
-        return CompactAdamW(model.named_parameters(), mask=mask, fused=config.fused, **hyper)
+        return CompactAdamW(model.named_parameters(), mask=mask, fused=config.fused is not False, **hyper)
     return MaskedAdamW(model.named_parameters(), mask=mask, **hyper)
 
 
@@ -175,5 +175,7 @@ def sparsify(
     seconds = time.perf_counter() - start
     optimizer = build_optimizer(model, mask, config)
     if config.values_grad:
-        values_grad.install(model, optimizer)  # type: ignore[arg-type]
+        values_grad.install(model, optimizer, "sampled")  # type: ignore[arg-type]
+    elif config.values_grad is None and config.storage == "compact" and config.reselect_every is None:
+        values_grad.install(model, optimizer, "auto")  # type: ignore[arg-type]
     return SparseModel(model, config, mask, optimizer, inputs.reference, inputs, seconds, requires_grad)

@@ -13,7 +13,7 @@ from benchmarks import optimizer_step
 from sparsity.sweep import busy_warning
 
 DENSITIES = ("1%", "5%", "20%", "100%")
-OPTIMIZERS = ("CompactAdamW (fused)", "CompactAdamW", "MaskedAdamW", "AdamW (fused=True)", "AdamW (foreach=True)",
+OPTIMIZERS = ("CompactAdamW (default: fused)", "CompactAdamW (fused=False)", "MaskedAdamW", "AdamW (fused=True)", "AdamW (foreach=True)",
               "AdamW (foreach=False)")
 # The fast MLP is 320-640-640-320-320 with bias-free Linear layers.
 FAST_PARAMETERS = 320 * 640 + 640 * 640 + 640 * 320 + 320 * 320  # = 921,600
@@ -68,10 +68,11 @@ def test_optimizer_step_benchmark_fast_mode(
     assert adamw > 0
     assert state_bytes("100%", "MaskedAdamW") == adamw
     assert state_bytes("100%", "AdamW (foreach=False)") == adamw
-    assert state_bytes("5%", "CompactAdamW (fused)") == state_bytes("5%", "CompactAdamW")
+    fused, reference = OPTIMIZERS[:2]
+    assert state_bytes("5%", fused) == state_bytes("5%", reference)
     # The compact form: 12 bytes per selected entry (two float32 moments, one int32 index).
-    assert state_bytes("5%", "CompactAdamW") <= 0.08 * adamw
-    assert state_bytes("1%", "CompactAdamW") < state_bytes("5%", "CompactAdamW") < state_bytes("20%", "CompactAdamW")
+    assert state_bytes("5%", reference) <= 0.08 * adamw
+    assert state_bytes("1%", reference) < state_bytes("5%", reference) < state_bytes("20%", reference)
     assert f"- torch {torch.__version__}; device: " in written
     assert "; 1 torch CPU threads of " in written  # the benchmark's --threads, not the caller's
     assert "load average at the start" in written and "- command: `LAB_FAST=1 " in written
@@ -81,6 +82,33 @@ def test_a_busy_machine_is_named_before_timing_and_a_quiet_one_is_not(monkeypatc
     monkeypatch.setattr(os, "getloadavg", lambda: (2.0, 9.0, 9.0))
     assert busy_warning(2) is None  # the 1-minute average, up to the thread count, is quiet enough
     assert busy_warning(1) is not None and "load average is 2.0, above this benchmark's 1 thread(s)" in busy_warning(1)
+
+
+def test_values_grad_crossover_fast_mode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from benchmarks import values_grad_crossover as crossover
+
+    monkeypatch.setenv("LAB_FAST", "1")
+    out = tmp_path / "crossover.md"
+    assert crossover.main(["--threads", "1", "--reps", "1", "--out", str(out)]) == 0
+    written, rows = out.read_text(), json.loads(out.with_suffix(".json").read_text())
+    shapes = {(4 * d, d) for d in crossover.FAST_WIDTHS} | {(d, 4 * d) for d in crossover.FAST_WIDTHS}
+    cases = {(r["n_out"], r["n_in"], r["tokens"], r["density"]) for r in rows}
+    assert cases == {(o, i, t, d) for o, i in shapes for t in crossover.FAST_TOKENS for d in crossover.DENSITIES}
+    assert all(r["sampled_ms"] > 0 and r["dense_ms"] > 0 and r["ratio"] == pytest.approx(
+        r["sampled_ms"] / r["dense_ms"], rel=1e-3) for r in rows)
+    crossing = [line for line in written.splitlines() if line.startswith("- ") and " tokens: " in line]
+    assert len(crossing) == len(shapes) * len(crossover.FAST_TOKENS)  # one crossover per layer and token count
+    assert "GPU: not run" in written
+
+
+def test_crossover_is_the_largest_density_where_sampled_wins() -> None:
+    from benchmarks.values_grad_crossover import Case, crossovers
+
+    cases = [Case(8, 2, 64, 0.01, 1.0, 2.0), Case(8, 2, 64, 0.1, 1.5, 2.0), Case(8, 2, 64, 0.4, 3.0, 2.0),
+             Case(8, 2, 32, 0.01, 3.0, 2.0)]
+    assert crossovers(cases) == {(8, 2, 64): 0.1, (8, 2, 32): None}
 
 
 def test_optimizer_step_benchmark_refuses_bad_counts(capsys: pytest.CaptureFixture[str]) -> None:

@@ -117,3 +117,31 @@ def test_the_fast_path_on_cuda_follows_the_reference() -> None:
         return model
 
     assert _max_abs_diff(run(True), run(False)) <= 2 * _torch_fused_rounding(50) + 1e-6
+
+
+def test_the_default_step_is_the_fast_path(monkeypatch) -> None:
+    from sparsity.kernels import sparse_cpu
+
+    calls = []
+
+    class Kernel:  # records the one-pass kernel's calls
+        def sparse_adamw_(self, p, *args):
+            calls.append(p.shape)
+
+    monkeypatch.setattr(sparse_cpu, "load", lambda: Kernel())
+    model = mlp(sizes=SIZES)
+    opt = CompactAdamW(model.named_parameters(), _mask(), **HP)
+    train_step(model, opt, 0, SIZES)
+    assert opt.fused and model.fc1.weight.shape in calls
+    calls.clear()
+    reference = CompactAdamW(model.named_parameters(), _mask(), fused=False, **HP)
+    train_step(model, reference, 1, SIZES)
+    assert not calls  # fused=False: the bit-exact reference step, no kernel
+
+
+def test_sparsify_takes_the_fast_step_unless_told_otherwise() -> None:
+    from sparsity import SparseConfig, sparsify
+
+    assert sparsify(mlp(sizes=SIZES), SparseConfig("random")).optimizer.fused
+    assert sparsify(mlp(sizes=SIZES), SparseConfig("random", fused=True)).optimizer.fused
+    assert not sparsify(mlp(sizes=SIZES), SparseConfig("random", fused=False)).optimizer.fused

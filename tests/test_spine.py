@@ -118,7 +118,10 @@ def test_sparsify_selects_freezes_and_trains_only_the_mask(capsys):
     run = sparsify(model, SparseConfig("snip", density=0.2, include=("weight",)), loss_fn=_loss, batches=[(x, y)])
     assert isinstance(run.optimizer, CompactAdamW)
     assert set(run.mask) == {n for n, _ in model.named_parameters()}  # the coverage rule: every parameter named
-    assert not model[0].bias.requires_grad and model[0].weight.requires_grad
+    assert not model[0].bias.requires_grad
+    # the default trains a selected Linear weight through its values-only gradient (sparsity.values_grad):
+    # the weight itself keeps no dense gradient, its [k] anchor gets the selected entries'
+    assert not model[0].weight.requires_grad and set(run.optimizer.values_grads) == {"0.weight", "2.weight"}
     fit(model, run.optimizer, _loss, 15, batches=lambda t: (x, y))
     for n, p in model.named_parameters():
         moved = p.detach() != before[n]
@@ -255,5 +258,5 @@ def test_fused_takes_compactadamws_fast_path_and_needs_compact_storage():
     assert run.optimizer.fused is True
     with pytest.raises(ValueError, match="fused=True is CompactAdamW's fast path: it needs storage='compact'"):
         SparseConfig("magnitude", storage="dense", fused=True)
-    with pytest.raises(TypeError, match="fused must be True or False"):
+    with pytest.raises(TypeError, match="fused must be None, True or False"):
         SparseConfig("magnitude", fused=1)

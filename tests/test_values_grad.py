@@ -68,5 +68,79 @@ def test_bad_uses_are_refused() -> None:
         opt.reselect(masks.random(model, 0.2, seed=1))
     with pytest.raises(ValueError, match="values_grad=True needs storage='compact'"):
         SparseConfig("random", storage="dense", values_grad=True)
-    with pytest.raises(RuntimeError, match="without autocast"), torch.autocast("cpu", dtype=torch.bfloat16):
-        model(torch.randn(2, 24))
+    with pytest.raises(ValueError, match="mode must be one of"):
+        values_grad.install(_model(), CompactAdamW(_model().named_parameters(), {}), "fast")
+    with pytest.raises(TypeError, match="values_grad must be None, True or False"):
+        SparseConfig("random", values_grad="yes")
+
+
+@pytest.mark.parametrize("tokens", [150, 40])  # a short last block of 64 tokens; fewer tokens than one block
+def test_every_product_is_the_dense_gradient_at_the_selected_entries(sparse_cpu_route, tokens) -> None:
+    gen = torch.Generator().manual_seed(0)
+    g, x = torch.randn(tokens, 33, generator=gen), torch.randn(tokens, 70, generator=gen)
+    flat = torch.randperm(33 * 70, generator=gen)[:200].sort().values
+    want = (g.double().t() @ x.double()).view(-1)[flat]
+    for how in values_grad.MODES:
+        got = values_grad.selected_weight_grad(g, x, flat, how)
+        assert got.dtype == torch.float32 and got.shape == (200,)
+        torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5, msg=how)
+    with pytest.raises(ValueError, match="how must be one of"):
+        values_grad.selected_weight_grad(g, x, flat, "fast")
+
+
+def test_auto_takes_the_sampled_product_only_where_it_was_measured_to_pay(monkeypatch) -> None:
+    from sparsity.kernels import sparse_cpu
+
+    calls = []
+
+    class Kernel:  # records the sampled product's calls; the dense route never comes here
+        def selected_weight_grad(self, g, x, flat):
+            calls.append(flat.numel())
+            return (g.t() @ x).view(-1)[flat]
+
+    monkeypatch.setattr(sparse_cpu, "load", lambda: Kernel())
+    g, x = torch.randn(64, 40), torch.randn(64, 50)
+    sparse = torch.arange(0, 2000, 25)  # 4% of the entries
+    dense = torch.arange(0, 2000, 2)  # 50%
+    for flat in (sparse, dense):
+        torch.testing.assert_close(values_grad.selected_weight_grad(g, x, flat, "auto"), (g.t() @ x).view(-1)[flat])
+    assert calls == [sparse.numel()]
+    assert not values_grad.sampled_pays(1, 40, 50, kernel=False)  # no kernel: the gather fallback never pays
+
+
+def test_sparsify_installs_auto_by_default_and_a_flag_forces_either_way() -> None:
+    def layers(**kw) -> dict[str, str]:
+        model = _model()
+        run = sparsify(model, SparseConfig("random", density=0.2, **kw))
+        return {n: m._values_grad.how for n, m in model.named_modules() if "_values_grad" in m.__dict__} \
+            if getattr(run.optimizer, "values_grads", None) else {}
+
+    assert layers() == {"0": "auto", "2": "auto"}
+    assert layers(values_grad=True) == {"0": "sampled", "2": "sampled"}
+    assert layers(values_grad=False) == {}
+    assert layers(reselect_every=5) == {}  # a changing selection keeps autograd's dense gradient
+    assert layers(storage="dense") == {}
+
+
+def test_merge_makes_the_layers_plain_again() -> None:
+    model = _model()
+    run = sparsify(model, SparseConfig("random", density=0.2))
+    run.merge()
+    model(torch.randn(2, 24)).sum().backward()
+    assert model[0].weight.grad is not None and model[0].weight.grad.shape == (40, 24)
+
+
+def test_under_autocast_the_gradient_is_autocasts_at_the_selected_entries() -> None:
+    x = torch.randn(5, 24)
+    model = _model()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(x).float().pow(2).sum().backward()
+    dense = model[2].weight.grad.clone()
+    model.zero_grad()
+    opt = CompactAdamW(model.named_parameters(), masks.random(model, 0.2, seed=0))
+    values_grad.install(model, opt)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(x).float().pow(2).sum().backward()
+    got = opt.values_grads["2.weight"].grad
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, dense.view(-1)[opt.flat_positions("2.weight")], rtol=2e-2, atol=2e-2)

@@ -2,8 +2,9 @@
 
 * ``sparse_adamw_``: AdamW on the selected entries of a tensor, gather + update + scatter in one pass.
 * ``selected_weight_grad``: a linear layer's weight gradient at the selected entries only
-  (a sampled dense-dense matmul, SDDMM), without the dense ``[out, in]`` gradient; see
-  ``sparsity.values_grad``.
+  (a sampled dense-dense matmul, SDDMM), without the dense ``[out, in]`` gradient and without
+  transposed copies of the layer's input and output gradient (tokens go through in blocks of
+  64, transposed in each thread's cache); see ``sparsity.values_grad``.
 
 **sparse_adamw_.**
 ``CompactAdamW``'s step gathers the selected values and gradients (``index_select``),
@@ -27,6 +28,7 @@ matches that form to rounding, not bit for bit (tested against it).
 from __future__ import annotations
 
 import functools
+import hashlib
 import warnings
 from typing import Any
 
@@ -35,7 +37,9 @@ import torch
 _SOURCE = r"""
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
+#include <algorithm>
 #include <cmath>
+#include <vector>
 
 constexpr int64_t kAhead = 32;
 
@@ -79,32 +83,59 @@ void sparse_adamw_(torch::Tensor p, torch::Tensor g, torch::Tensor idx, torch::T
   });
 }
 
-// grad_values[j] = dot(gT[rows[j]], xT[cols[j]]): the weight gradient (grad_out^T @ x) of a linear layer at
-// the selected entries, from the transposed output gradient gT [out, B] and input xT [in, B].
-torch::Tensor selected_weight_grad(torch::Tensor gT, torch::Tensor xT, torch::Tensor rows, torch::Tensor cols) {
-  TORCH_CHECK(gT.scalar_type() == at::kFloat && xT.scalar_type() == at::kFloat, "float32 inputs");
-  TORCH_CHECK(gT.is_contiguous() && xT.is_contiguous() && gT.size(1) == xT.size(1), "contiguous [*, B] inputs");
-  TORCH_CHECK(rows.scalar_type() == at::kLong && cols.scalar_type() == at::kLong, "int64 rows and cols");
-  const int64_t k = rows.numel(), b = gT.size(1);
-  auto out = torch::empty({k}, gT.options());
-  const float* Gt = gT.data_ptr<float>();
-  const float* Xt = xT.data_ptr<float>();
-  const int64_t* R = rows.data_ptr<int64_t>();
-  const int64_t* C = cols.data_ptr<int64_t>();
+// The weight gradient (g^T @ x) of a linear layer at the sorted flat positions `flat` of its [out, in] weight, from
+// the output gradient g [B, out] and the input x [B, in] (row-major, as autograd has them): a sampled dense-dense
+// matmul. Tokens go in blocks of kBlock; each block's rows of g and x that a thread needs are transposed into
+// that thread's buffers (in cache), then every selected entry adds one contiguous dot product of kBlock terms.
+// The sum over blocks runs in block order for every entry, whatever the thread count: deterministic.
+constexpr int64_t kBlock = 64;
+
+torch::Tensor selected_weight_grad(torch::Tensor g, torch::Tensor x, torch::Tensor flat) {
+  TORCH_CHECK(g.scalar_type() == at::kFloat && x.scalar_type() == at::kFloat, "float32 inputs");
+  TORCH_CHECK(g.dim() == 2 && x.dim() == 2 && g.size(0) == x.size(0), "g [B, out] and x [B, in]");
+  TORCH_CHECK(g.is_contiguous() && x.is_contiguous() && flat.is_contiguous(), "contiguous inputs");
+  TORCH_CHECK(flat.scalar_type() == at::kLong, "int64 positions");
+  const int64_t b = g.size(0), n_out = g.size(1), n_in = x.size(1), k = flat.numel();
+  auto out = torch::zeros({k}, g.options());
+  if (k == 0 || b == 0) return out;
+  const float* G = g.data_ptr<float>();
+  const float* X = x.data_ptr<float>();
+  const int64_t* F = flat.data_ptr<int64_t>();
   float* O = out.data_ptr<float>();
-  at::parallel_for(0, k, 256, [&](int64_t begin, int64_t end) {
-    for (int64_t j = begin; j < end; ++j) {
-      const float* gr = Gt + R[j] * b;
-      const float* xc = Xt + C[j] * b;
-      float acc = 0.0f;
-      #pragma omp simd reduction(+:acc)
-      for (int64_t t = 0; t < b; ++t) acc += gr[t] * xc[t];
-      O[j] = acc;
+  at::parallel_for(0, k, 1024, [&](int64_t begin, int64_t end) {
+    const int64_t r0 = F[begin] / n_in, n_rows = F[end - 1] / n_in + 1 - r0;
+    std::vector<float> gt(n_rows * kBlock, 0.0f), xt(n_in * kBlock, 0.0f);
+    for (int64_t t0 = 0; t0 < b; t0 += kBlock) {
+      const int64_t tn = std::min(kBlock, b - t0);
+      if (tn < kBlock) {  // the last, short block: the unused tail of every row must add zero
+        std::fill(gt.begin(), gt.end(), 0.0f);
+        std::fill(xt.begin(), xt.end(), 0.0f);
+      }
+      for (int64_t t = 0; t < tn; ++t) {
+        const float* gr = G + (t0 + t) * n_out + r0;
+        for (int64_t r = 0; r < n_rows; ++r) gt[r * kBlock + t] = gr[r];
+        const float* xr = X + (t0 + t) * n_in;
+        for (int64_t c = 0; c < n_in; ++c) xt[c * kBlock + t] = xr[c];
+      }
+      for (int64_t j = begin; j < end; ++j) {
+        const float* gr = gt.data() + (F[j] / n_in - r0) * kBlock;
+        const float* xc = xt.data() + (F[j] % n_in) * kBlock;
+        float acc = 0.0f;
+        #pragma omp simd reduction(+:acc)
+        for (int64_t t = 0; t < kBlock; ++t) acc += gr[t] * xc[t];
+        O[j] += acc;
+      }
     }
   });
   return out;
 }
 """
+
+
+def extension_name() -> str:
+    """The build's name, from a hash of its source: torch keeps one build folder per name in a cache
+    that every checkout on the machine shares, so two checkouts with different kernels must not share one."""
+    return "subnet_lab_sparse_cpu_" + hashlib.sha256(_SOURCE.encode()).hexdigest()[:12]
 
 
 @functools.cache
@@ -114,9 +145,9 @@ def load() -> Any | None:
     try:
         from torch.utils.cpp_extension import load_inline
 
-        return load_inline("subnet_lab_sparse_cpu", cpp_sources=_SOURCE,
+        return load_inline(extension_name(), cpp_sources=_SOURCE,
                            functions=["sparse_adamw_", "selected_weight_grad"],
-                           extra_cflags=["-O3", "-fopenmp-simd"], verbose=False)
+                           extra_cflags=["-O3", "-march=native", "-fopenmp-simd"], verbose=False)
     except Exception as e:  # no compiler, no headers, no ninja: the torch-ops path still works
         warnings.warn(f"the CPU sparse AdamW kernel could not be built ({type(e).__name__}: {e}); "
                       "CompactAdamW(fused=True) and values-only gradients fall back to torch operations", stacklevel=2)
