@@ -36,7 +36,7 @@ def test_the_demo_runs_on_the_thread_count_sparsity_threads_chooses(tmp_path: Pa
 
     seen = []
 
-    def section(out: Path) -> tuple[str, str]:
+    def section(out: Path, fast: bool) -> tuple[str, str]:
         """A section that records the thread count it runs on."""
         seen.append(torch.get_num_threads())
         return "", ""

@@ -6,7 +6,9 @@ wrapper against it with torch.equal (same machine, same thread count: no toleran
 
 import copy
 import math
+from dataclasses import replace
 
+import pytest
 import torch
 from torch import nn
 
@@ -51,7 +53,11 @@ def test_principal_finetune_through_sparsify_is_the_old_masked_adamw_loop() -> N
     cfg = pw.default_transfer_config(steps=15)
     task = pw.make_transfer_task(cfg, 1)
     config = pw.selector_config("lift", 2, 0.05, "per_tensor", 1, cfg.lr)
-    mask, (target, drift, update) = pw.finetune(task, config)
+    fast_mask, fast = pw.finetune(task, config)  # the fast paths (one-pass step, values-only gradient): to rounding
+    # the bit-exact reference paths of sparsify: the old loop to the last bit
+    mask, (target, drift, update) = pw.finetune(task, replace(config, fused=False, values_grad=False))
+    assert all(torch.equal(fast_mask[n], mask[n]) for n in mask)
+    assert fast == pytest.approx((target, drift, update), rel=1e-4, abs=1e-6)
 
     student = copy.deepcopy(task.student)
     opt = MaskedAdamW(student.named_parameters(), mask=mask, lr=cfg.lr, weight_decay=0.0)
