@@ -121,11 +121,13 @@ def probe():
         except OSError:
             return False
     writable = sorted(top for top, _, _ in os.walk("/") if not top.startswith(("/proc", "/sys")) and can_create(top))
+    outside = [w for w in writable if w != "/tmp" and not w.startswith("/tmp/")]
     return "; ".join([attempt("load from /tmp", load), attempt("memfd", lambda: os.memfd_create("code")),
-                      "writable: " + " ".join(writable)])
+                      "writable outside /tmp: " + " ".join(outside), "/tmp writable: " + str("/tmp" in writable)])
 '''
-    got = probe(sandbox, source)
-    assert got == "load from /tmp: ImportError ; memfd: PermissionError 1; writable: /tmp /tmp/mine", got
+    got = probe(sandbox, source)  # (the folders leading to a Python environment under /tmp lie in the scratch too)
+    assert got == ("load from /tmp: ImportError ; memfd: PermissionError 1; writable outside /tmp: ; "
+                   "/tmp writable: True"), got
 
 
 def test_proc_shows_no_host_path_of_the_grader(sandbox, tmp_path):
