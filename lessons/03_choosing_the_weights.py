@@ -28,7 +28,7 @@
 #
 # **Time**: reading and exercises about 50 min (an estimate). Running, measured on the lab's
 # 2-core machine shared with other jobs (`benchmarks/results/lesson_times.md`): about 2 min in
-# fast mode (`LAB_FAST=1`), full mode not measured yet.
+# fast mode (`LAB_FAST=1`), about 8 min in full mode.
 #
 # We use lesson 1's teacher-student toy because it **knows the answer**: the student
 # copies W1 and W3 from the teacher and has W2 re-drawn, so only W2 needs to change. A
@@ -292,7 +292,7 @@ run = sparsify(student, SparseConfig(criterion="fisher", density=0.05, scope="gl
                loss_fn=ts.mse_loss, batches=setup.batches)
 run.print_trainable_parameters()
 fit(student, run.optimizer, lambda model, _: torch.nn.functional.mse_loss(model(x), y), cfg.steps,
-    schedule=cosine(cfg.learning_rate, cfg.steps))
+    schedule=cosine(cfg.learning_rate, cfg.steps), progress=True)
 with torch.no_grad():
     test_mse = torch.nn.functional.mse_loss(student(x_test), y_test).item()
 fisher_row = comparison.get("fisher", 0.05)

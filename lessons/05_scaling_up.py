@@ -40,7 +40,8 @@
 #
 # **Time**: reading and exercises about 50 min (an estimate). Running, measured on the lab's
 # 2-core machine shared with other jobs (`benchmarks/results/lesson_times.md`): about 1 min in
-# fast mode (`LAB_FAST=1`), full mode not measured yet.
+# fast mode (`LAB_FAST=1`), about 9 min in full mode the first time (it pretrains the tiny GPT once,
+# about 5 min of that; the cached model is reused after).
 #
 # Everything runs the lab's code: `scaleup.pretrain` (cached checkpoints), `scaleup.compare`
 # (the controlled benchmark: one function fine-tunes with any method; `scaleup.report` draws

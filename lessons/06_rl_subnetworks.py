@@ -31,7 +31,8 @@
 #
 # **Time**: reading and exercises about 50 min (an estimate). Running, measured on the lab's
 # 2-core machine shared with other jobs (`benchmarks/results/lesson_times.md`): about 4 min in
-# fast mode (`LAB_FAST=1`), full mode not measured yet.
+# fast mode (`LAB_FAST=1`), about 10 min in full mode the first time (it pretrains the tiny GPT once,
+# about 5 min of that; the cached model is reused after).
 #
 # Lessons 1-5 *chose* a subnetwork and trained it. Here nothing is chosen: we train
 # everything and **look at what moved**. On the lab's small GPT and its synthetic tasks we
