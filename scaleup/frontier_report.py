@@ -53,8 +53,9 @@ def separated(a: Spread, b: Spread) -> bool:
     return bool(a["n"] >= 2 and b["n"] >= 2 and a["min"] > b["max"])
 
 
-def _compare(a: Spread, b: Spread) -> str:
-    """"0.61 vs 0.42 (+0.19, separated: the seed intervals do not overlap)" or "... within the seed spread"."""
+def compare_spreads(a: Spread, b: Spread) -> str:
+    """Two spreads over seeds in words: "0.61 vs 0.42 (+0.19, separated: the seed intervals do not overlap)",
+    "... within the seed spread", "... one seed: no spread measured", or which of the two never reaches it."""
     if not a["n"] and not b["n"]:
         return "neither reaches it"
     if not a["n"] or not b["n"]:
@@ -101,16 +102,17 @@ def frontier_verdict(rows: Mapping[str, Mapping[str, Any]], x: str = fr.X, y: st
                                                        + ", ".join(e["method"] for e in beat) if beat else
                                                        "no sparse criterion keeps more than LoRA beyond the seed "
                                                        "spread") + f"; the best, {best['method']}: "
-                         f"{_compare(best[key], lora[key])}.")
+                         f"{compare_spreads(best[key], lora[key])}.")
     if len(entries) >= 2:
         ranked = sorted(entries, key=lambda e: e["area"]["mean"], reverse=True)
         top, second, last = ranked[0], ranked[1], ranked[-1]
         dominated = [e for e in ranked[1:] if separated(top["area"], e["area"])]
         lines.append(f"- **Whose frontier dominates** (area under it): {top['method']} @ {top['budget']}; against "
-                     f"the runner-up {second['method']} @ {second['budget']}: {_compare(top['area'], second['area'])}; "
+                     f"the runner-up {second['method']} @ {second['budget']}: "
+                     f"{compare_spreads(top['area'], second['area'])}; "
                      f"it is separated from {len(dominated)} of the other {len(ranked) - 1}.")
         lines.append(f"- **Measured separation** between the best and the worst frontier ({last['method']} @ "
-                     f"{last['budget']}): {_compare(top['area'], last['area'])}.")
+                     f"{last['budget']}): {compare_spreads(top['area'], last['area'])}.")
     others = [(get_method(o["method"]).label, o) for o in references[:1] + ([lora] if lora else [])]
     for method in known_methods():
         claim = get_method(method).retention_claim
@@ -118,7 +120,7 @@ def frontier_verdict(rows: Mapping[str, Mapping[str, Any]], x: str = fr.X, y: st
             if m != method or not claim or not others:
                 continue
             lines.append(f"- **{method} @ {budget} retention** at {share:.0%} of full FT's best target against "
-                         + "; ".join(f"{name}: {_compare(e[key], o[key])}, {_relative(e[key], o[key])}"
+                         + "; ".join(f"{name}: {compare_spreads(e[key], o[key])}, {_relative(e[key], o[key])}"
                                      for name, o in others)
                          + f" ({claim}).")
     return "\n".join(lines) if lines else "- Too few traced methods for a verdict."

@@ -1,0 +1,213 @@
+"""The scale verdict: the lab's conclusions checked at every scale, in sentences worded from the numbers.
+
+Four questions (issue 29), each answered in one sentence per run of :func:`scale_verdict`:
+
+1. Does LIFT's frontier dominance on the near target ``add2`` survive from the smallest model to the
+   largest (its area rank, and its area against full fine-tuning and against the best other method)?
+2. Does LoRA still never reach 90% of full fine-tuning's best target on the far target ``facts_b``?
+3. Do RoSA (Nikdan et al. 2024) and SpIEL (Ansell et al. 2024) rank the same at each scale?
+4. Which sparse methods reach full fine-tuning's best target (99% of it) at each scale?
+
+The yardstick is the frontier report's (``scaleup.frontier_report``): a gap is *separated* only when the
+seed intervals [min, max] do not overlap, and one seed has no spread to judge by. A scale whose folder is
+unfinished says how many of its planned seeds it holds, so an answer from part of a grid reads as such.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from scaleup import frontier as fr
+from scaleup.frontier_report import compare_spreads, separated
+from scaleup.methods import get_method
+from scaleup.scales import Scale, by_target, methods_of
+
+AT_TARGET, AT_FULL = fr.MATCHED[0], fr.MATCHED[-1]
+"""Matched targets: the share of full FT's best target LoRA is asked to reach (question 2), and the share
+that counts as reaching full fine-tuning (question 4)."""
+NOT_TRAINING_A_MASK = ("full", "adapter")
+"""Method families that are not sparse fine-tuning (``Method.family``): question 4 leaves them out."""
+
+
+def _name(method: str) -> str:
+    return get_method(method).label
+
+
+def _ranked(scale: Scale) -> list[str]:
+    """The scale's methods by area under their frontier, largest first."""
+    return sorted(scale.entries, key=lambda m: scale.entries[m]["area"]["mean"], reverse=True)
+
+
+def _note(scale: Scale, methods: Sequence[str] | None = None) -> str:
+    """" (2 of 3 seeds with the whole lr grid)" where one of ``methods`` has fewer finished seeds than planned, else "".
+    Without ``methods``, the whole scale, and the methods its command names that have no run yet."""
+    named = [*scale.entries, *scale.partial] if methods is None else list(methods)
+    low = min((scale.seeds_of(m) for m in named), default=0)
+    parts = [f"{low} of {scale.seeds} seeds with the whole lr grid"] if low < scale.seeds or any(scale.partial.get(m)
+                                                                                    for m in named) else []
+    if methods is None and scale.pending:
+        parts.append(f"not run yet: {', '.join(_name(m) for m in scale.pending)}")
+    return f" ({'; '.join(parts)})" if parts else ""
+
+
+def _caveat(unfinished: Sequence[Scale]) -> str:
+    """A clause naming the scales answered from unfinished grids, or ""."""
+    return f" (from unfinished grids at {', '.join(s.label for s in unfinished)})" if unfinished else ""
+
+
+def _standing(scale: Scale, method: str) -> tuple[str, str]:
+    """Where ``method``'s area stands at a scale: a category ("dominates", "first", "behind", "beaten",
+    "alone") and its words."""
+    area = scale.entries[method]["area"]
+    ranked = _ranked(scale)
+    others = [m for m in ranked if m != method]
+    if not others:
+        return "alone", "the only method with a finished seed"
+    above = [m for m in others if separated(scale.entries[m]["area"], area)]
+    if above:
+        return "beaten", f"below {_name(above[0])} beyond the seed spread"
+    nearest = scale.entries[others[0]]["area"]
+    why = "within the seed spread" if min(area["n"], nearest["n"]) >= 2 else "one seed: no spread measured"
+    if ranked[0] != method:
+        return "behind", f"behind {_name(others[0])} ({why})"
+    apart = [m for m in others if separated(area, scale.entries[m]["area"])]
+    if others[0] in apart:
+        return "dominates", (f"first, separated from the runner-up and from {len(apart)} of the other "
+                             f"{len(others)}")
+    return "first", f"first, not separated from the runner-up ({why})"
+
+
+def _trend_line(columns: Sequence[Scale]) -> list[Scale]:
+    """The columns of the model family measured at the most sizes (ties: the one holding the largest model):
+    a trend is read along one family, the others (an architecture at one size) stand beside it."""
+    kinds = {s.kind: [c for c in columns if c.kind == s.kind] for s in columns}
+    return max(kinds.values(), key=lambda line: (len({c.parameters for c in line}), line[-1].parameters or 0))
+
+
+def dominance_verdict(scales: list[Scale], method: str = "lift", target: str = "add2") -> str:
+    """Question 1: does ``method``'s frontier dominance on ``target`` survive from the smallest model to the
+    largest? Each scale: its area rank, its standing, and its area against full FT and the best other."""
+    name = _name(method)
+    head = f"**Does {name}'s frontier dominance on `{target}` survive as the model grows?**"
+    columns = [s for s in by_target(scales).get(target, []) if method in s.entries]
+    if not columns:
+        return f"- {head} Not measured: no `{target}` folder holds a finished {name} seed."
+    clauses, standings = [], []
+    for s in columns:
+        ranked = _ranked(s)
+        category, words = _standing(s, method)
+        standings.append((category, words))
+        area = s.entries[method]["area"]
+        clause = f"{s.model}{_note(s)}: rank {ranked.index(method) + 1} of {len(ranked)}, {words}"
+        reference = next((m for m in ranked if get_method(m).reference and m != method), None)
+        if reference:
+            clause += f"; against {_name(reference)}: {compare_spreads(area, s.entries[reference]['area'])}"
+        best = next((m for m in ranked if m not in (method, reference)), None)
+        if best:
+            clause += f"; against the best other, {_name(best)}: {compare_spreads(area, s.entries[best]['area'])}"
+        clauses.append(clause)
+    line = _trend_line(columns)
+    (first, first_words), (last, last_words) = (standings[columns.index(line[0])], standings[columns.index(line[-1])])
+    small, large = line[0].model, line[-1].model
+    standings = [standings[columns.index(s)] for s in line]
+    if len(line) == 1:
+        answer = f"one size per model family only ({', '.join(s.model for s in columns)}): no trend to judge"
+    elif all(c == "dominates" for c, _ in standings):
+        answer = f"yes, first and separated from the runner-up at every scale from {small} to {large}"
+    elif first != "dominates":
+        answer = f"there is no dominance to carry: at the smallest scale, {small}, {name} is {first_words}"
+    elif last == "beaten":
+        answer = f"no: at {large} {name} is {last_words}"
+    elif last == "dominates":
+        answer = f"at the ends yes ({small} and {large}), not at every scale between them"
+    else:
+        answer = f"not settled: at {large} {name} is {last_words}"
+    return f"- {head} {answer}{_caveat([s for s in columns if _note(s)])}: " + "; ".join(clauses) + "."
+
+
+def lora_reach_verdict(scales: list[Scale], target: str = "facts_b", share: float = AT_TARGET) -> str:
+    """Question 2: does the adapter baseline (LoRA: ``Method.family`` "adapter") never reach ``share`` of
+    full FT's best target on ``target``, at any scale?"""
+    key = f"retention_at_{share:g}"
+    head = f"**Does LoRA still never reach {share:.0%} of full FT's best target on `{target}`?**"
+    clauses, reached, judged, unfinished = [], [], [], []
+    for s in by_target(scales).get(target, []):
+        lora = next((m for m in s.entries if get_method(m).family == "adapter"), None)
+        if lora is None:
+            continue
+        if not s.has_reference:
+            clauses.append(f"{s.model}: no finished full FT seed to match against")
+            continue
+        judged.append(s)
+        spread, seeds = s.entries[lora][key], s.seeds_of(lora)
+        note = _note(s, [lora, *[m for m in s.entries if get_method(m).reference]])
+        unfinished += [s] if note else []
+        if spread["n"]:
+            reached.append(s.model)
+            clauses.append(f"{s.model}{note}: reaches it on {spread['n']} of {seeds} seeds, keeping "
+                           f"{spread['mean']:.3f} [{spread['min']:.3f}, {spread['max']:.3f}] of the source there")
+        else:
+            clauses.append(f"{s.model}{note}: never (0 of {seeds} seed{'s' * (seeds != 1)})")
+    if not judged:
+        return f"- {head} Not measured: no `{target}` folder holds finished LoRA and full FT seeds."
+    answer = (f"no, it reaches it at {', '.join(reached)}" if reached else
+              f"yes, at every scale measured ({', '.join(s.model for s in judged)})")
+    return f"- {head} {answer}{_caveat(unfinished)}: " + "; ".join(clauses) + "."
+
+
+def order_verdict(scales: list[Scale], first: str = "rosa", second: str = "spiel") -> str:
+    """Question 3: do two methods keep the same order of frontier area at every scale (every target)?"""
+    a, b = _name(first), _name(second)
+    head = f"**Do {a} and {b} rank the same at each scale?**"
+    columns = [s for s in scales if first in s.entries and second in s.entries]
+    if not columns:
+        return f"- {head} Not measured: no folder holds finished seeds of both."
+    clauses, above, apart = [], [], 0
+    for s in columns:
+        ranked = _ranked(s)
+        top, low = (first, second) if ranked.index(first) < ranked.index(second) else (second, first)
+        above.append(top)
+        apart += separated(s.entries[top]["area"], s.entries[low]["area"])
+        clauses.append(f"{s.label}{_note(s, [first, second])}: {a} rank {ranked.index(first) + 1}, {b} rank "
+                       f"{ranked.index(second) + 1} of {len(ranked)}; {_name(top)} above: "
+                       f"{compare_spreads(s.entries[top]['area'], s.entries[low]['area'])}")
+    if len(columns) == 1:
+        answer = f"one scale only ({columns[0].label}): no trend to judge"
+    elif len(set(above)) == 1:
+        answer = (f"yes, {_name(above[0])} above {b if above[0] == first else a} at every scale where both ran, "
+                  f"beyond the seed spread at {apart} of {len(columns)}")
+    else:
+        answer = (f"no, the order changes: {a} above at {above.count(first)}, {b} at {above.count(second)} of "
+                  f"{len(columns)} scales, beyond the seed spread at {apart}")
+    unfinished = [s for s in columns if _note(s, [first, second])]
+    return f"- {head} {answer}{_caveat(unfinished)}: " + "; ".join(clauses) + "."
+
+
+def reach_full_verdict(scales: list[Scale], share: float = AT_FULL) -> str:
+    """Question 4: which sparse methods (every family but full and adapter) reach ``share`` of full FT's best
+    target on every finished seed, at each scale; and which do so at every scale they ran at (two or more)."""
+    key = f"retention_at_{share:g}"
+    head = f"**Which sparse methods reach full FT's best target ({share:.0%} of it) at each scale?**"
+    judged = [s for s in scales if s.has_reference]
+    if not judged:
+        return f"- {head} Not measured: no folder holds a finished full FT seed."
+    clauses, reached_at = [], {}
+    for s in judged:
+        sparse = [m for m in _ranked(s) if get_method(m).family not in NOT_TRAINING_A_MASK]
+        every = [m for m in sparse if s.entries[m][key]["n"] == s.seeds_of(m)]
+        some = [f"{_name(m)} ({s.entries[m][key]['n']} of {s.seeds_of(m)} seeds)" for m in sparse
+                if 0 < s.entries[m][key]["n"] < s.seeds_of(m)]
+        for m in sparse:
+            reached_at.setdefault(m, []).append(m in every)
+        clauses.append(f"{s.label}{_note(s)}: " + (", ".join(_name(m) for m in every) or "none")
+                       + (f"; on some seeds: {', '.join(some)}" if some else ""))
+    always = [_name(m) for m in methods_of(judged) if len(reached_at.get(m, [])) > 1 and all(reached_at[m])]
+    answer = (f"on every seed at every scale it ran at (two or more): {', '.join(always)}" if always else
+              "no sparse method does so on every seed at every scale it ran at (two or more)")
+    return f"- {head} {answer}{_caveat([s for s in judged if _note(s)])}: " + "; ".join(clauses) + "."
+
+
+def scale_verdict(scales: list[Scale]) -> str:
+    """The four answers, one markdown bullet each."""
+    return "\n".join((dominance_verdict(scales), lora_reach_verdict(scales), order_verdict(scales),
+                      reach_full_verdict(scales)))
