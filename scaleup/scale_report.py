@@ -59,7 +59,8 @@ def area_cell(scale: Scale, method: str) -> str:
 
 
 def retention_cell(scale: Scale, method: str, share: float = AT_TARGET) -> str:
-    """Retention at ``share`` of full FT's best target: mean [min, max] over the seeds that reach it, and how many do."""
+    """Retention at ``share`` of full FT's best target: mean [min, max] over the seeds that reach it, and how
+    many do."""
     if method not in scale.entries:
         return area_cell(scale, method)
     if not scale.has_reference:

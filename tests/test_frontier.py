@@ -114,8 +114,8 @@ def test_a_reference_that_never_reaches_the_matched_target_is_named_as_such() ->
 
 
 def test_one_seed_is_never_called_separated() -> None:
-    from scaleup.frontier_report import _compare, separated
+    from scaleup.frontier_report import compare_spreads, separated
 
     one, other = _spread(0.8, 0.8, n=1), _spread(0.5, 0.5, n=1)
     assert not separated(one, other)
-    assert _compare(one, other) == "0.800 vs 0.500 (+0.300, one seed: no spread measured)"
+    assert compare_spreads(one, other) == "0.800 vs 0.500 (+0.300, one seed: no spread measured)"

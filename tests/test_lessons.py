@@ -128,6 +128,8 @@ methods_box.value = ("full", "lora")
 frontier_button.click()
 assert last_frontier["scale"].startswith("tiny GPT, add2") and set(last_frontier["methods"]) == {"full", "lora"}
 assert budget_menu.value == "lora_equal" and len(last_frontier["figure"].axes[0].lines) == 2  # one frontier per method
+assert {s.folder.name for s in across} >= {"frontier_tiny_add2", "frontier_tiny_facts_b"}  # the cross-scale cell
+assert "LIFT's frontier dominance on `add2`" in across_verdict and "Not measured" not in across_verdict.split("\\n")[0]
 """,
     "06_rl_subnetworks.py": """
 algorithm_menu.value = "sft"
