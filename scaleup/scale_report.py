@@ -52,9 +52,12 @@ def _spread(spread: Mapping[str, float]) -> str:
 
 
 def area_cell(scale: Scale, method: str) -> str:
-    """Area under ``method``'s frontier at a scale: mean [min, max] (n seeds); "not run" or "no finished seed"."""
+    """Area under ``method``'s frontier at a scale: mean [min, max] (n seeds); else "no finished seed", "not run
+    yet" (named by the folder's command) or "not run"."""
     if method not in scale.entries:
-        return f"no finished seed ({_seeds(scale, method)})" if method in scale.partial else "not run"
+        if method in scale.partial:
+            return f"no finished seed ({_seeds(scale, method)})"
+        return "not run yet" if method in scale.pending else "not run"
     return f"{_spread(scale.entries[method]['area'])} ({_seeds(scale, method)})"
 
 
@@ -98,7 +101,9 @@ def folder_line(scale: Scale, out: Path | None) -> str:
     state = ("complete" if scale.complete else "unfinished" if scale.runs < scale.planned_runs else
              f"every planned run stored, but {low} of {scale.seeds} seeds with the whole lr grid")
     pending = f"; named by its command, not run yet: {', '.join(scale.pending)}" if scale.pending else ""
-    return (f"- `{scale.folder.name}`: {scale.label}, {model_size(scale.parameters)} parameters; {scale.runs} of "
+    size = "size not known yet (no full FT run)" if scale.parameters is None else \
+        f"{model_size(scale.parameters)} parameters"
+    return (f"- `{scale.folder.name}`: {scale.label}, {size}; {scale.runs} of "
             f"{scale.planned_runs} planned runs stored ({state}){pending}{link}")
 
 

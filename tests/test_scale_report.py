@@ -87,7 +87,7 @@ def test_an_unfinished_folder_reports_its_n_and_never_averages_a_seed_with_part_
     assert scale.entries["lift"]["area"] == dict(mean=0.9, min=0.9, max=0.9, n=1)  # seed 0 alone
     assert scale_report.area_cell(scale, "lift") == "0.900 [0.900, 0.900] (n=1 of 3, 1 with part of the lr grid)"
     assert scale_report.area_cell(scale, "magnitude") == "0.710 [0.700, 0.720] (n=3)"
-    assert scale_report.area_cell(scale, "spiel") == "not run"
+    assert scale_report.area_cell(scale, "spiel") == "not run yet" and scale_report.area_cell(scale, "rosa") == "not run"
     text = dominance_verdict([scale])
     assert "GPT small (1 of 3 seeds with the whole lr grid; not run yet: SpIEL): rank 1 of 4" in text
     assert "one seed: no spread measured" in text and "(from unfinished grids at GPT small, add2)" in text
@@ -119,7 +119,9 @@ def test_rosa_and_spiel_order_and_which_sparse_methods_reach_full_ft(tmp_path: P
 
 def test_the_command_line_writes_the_same_report_and_figure_twice_and_names_a_bad_folder(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    folders = [str(_folder(tmp_path, "tiny", "add2", BASE)), str(_folder(tmp_path, "small", "facts_b", BASE))]
+    started = _folder(tmp_path, "small", "add2", {}, command="python -m scaleup.compare --methods full,lift")
+    folders = [str(_folder(tmp_path, "tiny", "add2", BASE)), str(_folder(tmp_path, "small", "facts_b", BASE)),
+               str(started)]  # a benchmark that has stored no run yet
     out = tmp_path / "scale_verdict.md"
     assert scale_report.main(["--out", str(out), *folders]) == 0
     first = out.read_text(), (tmp_path / "scale_verdict.png").read_bytes()
@@ -127,7 +129,8 @@ def test_the_command_line_writes_the_same_report_and_figure_twice_and_names_a_ba
     assert (out.read_text(), (tmp_path / "scale_verdict.png").read_bytes()) == first
     text = first[0]
     assert "### `add2`: Area under the learning-forgetting frontier" in text and "| method | GPT tiny (1000) |" in text
-    assert "| LIFT | 0.910 [0.900, 0.920] (n=3) |" in text
+    assert "| LIFT | 0.910 [0.900, 0.920] (n=3) | not run yet |" in text
+    assert "GPT small, add2, size not known yet (no full FT run); 0 of 6 planned runs stored (unfinished)" in text
     assert "| LoRA | never (reached on 0 of 3 seeds) |" in text
     assert "![area against model size](scale_verdict.png)" in text and "## Verdict" in text
     capsys.readouterr()
