@@ -39,12 +39,12 @@ def _ranked(scale: Scale) -> list[str]:
 
 
 def _note(scale: Scale, methods: Sequence[str] | None = None) -> str:
-    """" (2 of 3 seeds with the whole lr grid)" where one of ``methods`` has fewer finished seeds than planned, else "".
-    Without ``methods``, the whole scale, and the methods its command names that have no run yet."""
+    """" (2 of 3 seeds with the whole lr grid)" where one of ``methods`` has fewer such seeds than planned,
+    else "". Without ``methods``: every method of the scale, and those its command names with no run yet."""
     named = [*scale.entries, *scale.partial] if methods is None else list(methods)
-    low = min((scale.seeds_of(m) for m in named), default=0)
-    parts = [f"{low} of {scale.seeds} seeds with the whole lr grid"] if low < scale.seeds or any(scale.partial.get(m)
-                                                                                    for m in named) else []
+    parts = []
+    if not all(scale.finished(m) for m in named):
+        parts.append(f"{min(scale.seeds_of(m) for m in named)} of {scale.seeds} seeds with the whole lr grid")
     if methods is None and scale.pending:
         parts.append(f"not run yet: {', '.join(_name(m) for m in scale.pending)}")
     return f" ({'; '.join(parts)})" if parts else ""
