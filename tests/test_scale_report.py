@@ -21,11 +21,13 @@ SIZES = {"tiny": 1_000, "small": 10_000}
 """Full FT's trainable count written into a fabricated folder: the model size the report reads."""
 
 
-def _folder(root: Path, preset: str, target: str, points: dict[str, tuple[float, float]], *, seeds: int = 3,
+def _folder(root: Path, preset: str, target: str, points: dict[str, tuple[float, float | tuple[float, ...]]], *,
+            seeds: int = 3,
             lrs: tuple[float, ...] = (1e-2,), skip: tuple[tuple[str, float, int], ...] = (),
             command: str | None = None) -> Path:
-    """A results folder of ``points[method] = (x, y)`` on every seed and sparse/LoRA learning rate (full FT at
-    one rate), the runs in ``skip`` (method, lr, seed) left out, as a benchmark still running would leave them."""
+    """A results folder of ``points[method] = (x, y)`` on every seed (y: one per seed where a tuple) and
+    sparse/LoRA learning rate (full FT at one rate), the runs in ``skip`` (method, lr, seed) left out, as a
+    benchmark still running would leave them."""
     folder = root / f"{preset}_{target}"
     cfg = BenchConfig(preset=preset, target=target, seeds=seeds, densities=(), sweep_all_seeds=True, eval_every=50,
                       lrs_full=(1e-3,), lrs_sparse=lrs, lrs_lora=lrs)
@@ -35,9 +37,10 @@ def _folder(root: Path, preset: str, target: str, points: dict[str, tuple[float,
             for seed in range(seeds):
                 if (method, lr, seed) in skip:
                     continue
-                point = dict(retention_token=x + 0.01 * seed, target_test_token=y)
+                at = y[seed] if isinstance(y, tuple) else y
+                point = dict(retention_token=x + 0.01 * seed, target_test_token=at)
                 results.append(dict(method=method, budget="all" if method == "full" else "lora_equal", lr=lr,
-                                    seed=seed, target_test=y, trainable=SIZES[preset] if method == "full" else 100,
+                                    seed=seed, target_test=at, trainable=SIZES[preset] if method == "full" else 100,
                                     trace=[point]))
     if command is not None:
         (folder / "command.txt").write_text(command)
@@ -62,6 +65,9 @@ def test_lift_first_at_every_size_survives_and_a_larger_model_that_beats_it_flip
     assert "** no: at GPT small LIFT is below magnitude beyond the seed spread" in flipped
     assert "GPT small: rank 2 of 4" in flipped
     assert "one size per model family only" in dominance_verdict([tiny])
+    behind = load_scale(_folder(tmp_path / "c", "tiny", "add2", {**BASE, "magnitude": (0.905, 1.0)}))
+    assert "** there is no dominance to carry: at the smallest scale, GPT tiny, LIFT is behind magnitude (within " \
+           "the seed spread)" in dominance_verdict([behind, held])
 
 
 def test_lora_reaching_90_percent_of_full_ft_flips_the_answer(tmp_path: Path) -> None:
@@ -111,10 +117,10 @@ def test_rosa_and_spiel_order_and_which_sparse_methods_reach_full_ft(tmp_path: P
     assert "** no, the order changes: RoSA above at 1, SpIEL at 1 of 2 scales" in flipped
     assert "GPT small, facts_b: RoSA rank 4, SpIEL rank 2 of 6; SpIEL above: 0.810 vs 0.610" in flipped
 
-    short = load_scale(_folder(tmp_path / "c", "small", "add2", {**same, "magnitude": (0.7, 0.95)}))
+    short = load_scale(_folder(tmp_path / "c", "small", "add2", {**same, "magnitude": (0.7, (0.95, 1.0, 0.9))}))
     reach = reach_full_verdict([tiny, short])  # every family but full FT and the adapter: RoSA's sparse part counts
     assert "GPT tiny, add2: LIFT, magnitude, RoSA, SpIEL;" in reach
-    assert reach.endswith("GPT small, add2: LIFT, RoSA, SpIEL.")
+    assert reach.endswith("GPT small, add2: LIFT, RoSA, SpIEL; on some seeds: magnitude (1 of 3 seeds).")
     assert "at every scale it ran at (two or more): LIFT, RoSA, SpIEL:" in reach
 
 
