@@ -369,31 +369,17 @@ if traced:
 # 20% more" of the source, as its abstract claims?
 #
 # ## Across scale: does the answer hold as the model grows?
-#
-# The seeds' claims are about models thousands of times larger than ours, so the honest bridge
-# is a trend: put every committed folder side by side, from the toy MLPs through the tiny GPT
-# to the small one, and ask the same questions at each size (`scaleup.scale_report`, the code
-# behind `benchmarks/results/scale_verdict.md`). A folder still being filled is read as it
-# stands: each cell says how many of its planned seeds it holds.
-#
-# **Predict first**: look back at the tiny GPT's frontiers above. Will the method whose frontier
-# lies highest on `add2` stay on top in the small GPT? Will LoRA reach 90% of full fine-tuning's
-# best on the new facts (`facts_b`) more easily with more parameters, or less?
+# The same questions asked of every committed folder, toy MLPs to the small GPT (`scaleup.scale_report`,
+# behind `benchmarks/results/scale_verdict.md`); each cell says how many planned seeds it holds.
+# **Predict first**: will the frontier highest on `add2` at the tiny size stay on top in the small
+# GPT? Will LoRA reach 90% of full FT's best on `facts_b` more easily there, or less?
 
 # %%
-from scaleup import scale_report, scale_verdict, scales
-
-RESULTS = ROOT / "benchmarks" / "results"
-SCALE_FOLDERS = ("frontier_tiny_add2", "frontier_small_add2", "frontier_tiny_facts_b", "frontier_small_facts_b",
-                 "hf_gpt2_tiny", "toy_modular", "toy_teacher_student")
-missing = [name for name in SCALE_FOLDERS if not (RESULTS / name / "config.json").exists()]
-if missing:
-    print(f"skipped, no committed folder yet: {', '.join(missing)}")
-across = [scales.load_scale(RESULTS / name) for name in SCALE_FOLDERS if name not in missing]
+from scaleup import scale_report, scale_verdict
+across, missing = scale_report.committed_scales(ROOT / "benchmarks" / "results")
 across_verdict = scale_verdict.scale_verdict(across)
-if across:
-    display(Markdown(scale_report.scale_tables([s for s in across if s.target in ("add2", "facts_b")])))
-display(Markdown(across_verdict))
+display(Markdown(scale_report.scale_tables([s for s in across if s.target in ("add2", "facts_b")])))
+display(Markdown(f"Skipped, not committed yet: {', '.join(missing) or 'none'}.\n\n{across_verdict}"))
 
 # %% [markdown]
 # ## Which blocks needed updating? Lesson 1's probe on the transformer

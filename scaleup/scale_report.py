@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +26,19 @@ from scaleup.scales import Scale, by_target, load_scale, methods_of
 from sparsity.cli_args import output_file
 from sparsity.sweep import command_line, emit, markdown_table
 
+COMMITTED = ("toy_teacher_student", "toy_modular", "frontier_tiny_add2", "hf_gpt2_tiny", "frontier_tiny_facts_b",
+             "frontier_small_add2", "frontier_small_facts_b")
+"""The lab's frontier folders under ``benchmarks/results``: what README's rebuild command and lesson 5 read."""
 MARKERS = "osD^v<>ph"
 """One marker per model family in the figure (the lab's GPT, hf-gpt2, each toy world), in order of appearance."""
+
+
+def committed_scales(results: str | Path, names: Sequence[str] = COMMITTED) -> tuple[list[Scale], list[str]]:
+    """The scales of the folders ``names`` under ``results`` that hold a benchmark, and the names that do not
+    (a benchmark not committed yet, which lesson 5 skips and names)."""
+    folders = [Path(results) / name for name in names]
+    present = [f for f in folders if (f / "config.json").is_file()]
+    return [load_scale(f) for f in present], [f.name for f in folders if f not in present]
 
 
 def model_size(parameters: int | None) -> str:

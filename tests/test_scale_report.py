@@ -147,3 +147,10 @@ def test_the_command_line_writes_the_same_report_and_figure_twice_and_names_a_ba
     with pytest.raises(SystemExit):
         scale_report.main([folders[0], folders[0]])
     assert "given twice" in capsys.readouterr().err
+
+
+def test_committed_scales_skips_and_names_a_folder_not_committed_yet(tmp_path: Path) -> None:
+    _folder(tmp_path, "tiny", "add2", BASE)
+    (tmp_path / "empty").mkdir()
+    found, missing = scale_report.committed_scales(tmp_path, ("tiny_add2", "small_add2", "empty"))
+    assert [s.label for s in found] == ["GPT tiny, add2"] and missing == ["small_add2", "empty"]
