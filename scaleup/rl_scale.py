@@ -46,6 +46,8 @@ cut short by time still has the widest span)."""
 WEIGHTS = ("float32", "bfloat16")
 KEY = ("preset", "weights", "lr", "seed")
 COLOURS = {"micro": "tab:green", "tiny": "tab:blue", "small": "tab:red", "mid": "tab:purple"}
+COMMITTED = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "rl_scale.json"
+"""The committed study's numbers (lesson 6 reads them)."""
 X_LABEL = "learning rate / median half bf16 ulp of |theta_0| (block weight matrices)"
 
 
@@ -238,23 +240,27 @@ def markdown(summary: dict[str, Any], cfg: ScaleConfig, command: str) -> str:
              f"GRPO on `{s.task}`, {s.steps} steps of {s.prompts} prompts x {s.group} answers, AdamW, seed {cfg.seed}, "
              f"GRPO loss `{s.grpo.loss}`, kl {s.kl:g}; theta_0 = the pretrained GPT ({s.pretrain.steps} steps) after "
              f"at most {s.warmup_steps} SFT warm-up steps (until validation exact match {s.warmup_target}). "
-             f"Learning rates asked for: {', '.join(f'{lr:g}' for lr in cfg.lrs)}; sizes: {', '.join(cfg.presets)}. "
-             f"Update sparsity: the share of entries with |theta_1 - theta_0| <= 1e-5 compared in bf16. x of the "
-             f"figure (`rl_scale.png`): {X_LABEL}.", ""]
+             "One process on one torch thread, the runs one after another; every finished run is in the store "
+             "folder beside this report (a rerun resumes). Update sparsity: the share of entries with "
+             f"|theta_1 - theta_0| <= 1e-5 compared in bf16. x of the figure (`.png` beside this report): {X_LABEL}.",
+             ""]
     for preset, entry in summary["sizes"].items():
         walls = [r["wall_s"] for r in entry["runs"]]
+        lrs = ", ".join(f"{lr:g}" for lr in sorted({r["lr"] for r in entry["runs"]}))
         lines += [f"## {preset} ({entry['parameters']:,} parameters)", "",
+                  f"Learning rates run: {lrs}. "
                   f"theta_0: {entry['warmup_steps_taken']} warm-up steps, target {entry['start_target']:.3f} "
                   f"(made in {entry['start_wall_s']:.0f} s); median half ulp {entry['median_half_ulp']:.2e}; "
                   f"{len(entry['runs'])} runs finished, {sum(walls):.0f} s in all ({min(walls):.0f}-{max(walls):.0f} s "
                   f"each, load average {min(r['load_average'] for r in entry['runs']):.1f}-"
                   f"{max(r['load_average'] for r in entry['runs']):.1f}).", ""]
         rows = [[f"{r['lr']:g}", f"{r['lr'] / entry['median_half_ulp']:.3g}", r["weights"],
-                 f"{entry['start_target']:.3f} -> {r['target']:.3f}", f"{r['update_sparsity']:.1%}",
+                 f"{entry['start_target']:.3f} -> {r['target']:.3f}",
+                 "{:.2f} -> {:.2f}".format(*r["reward_first_last"]), f"{r['update_sparsity']:.1%}",
                  *(f"{r[k]:.1%}" if k in r and r["weights"] == "bfloat16" else "" for k in
                    ("half_ulp_predictor_total", "half_ulp_predictor_per_step")),
                  f"{r['wall_s']:.0f}"] for r in entry["runs"]]
-        lines += [markdown_table(["lr", "lr / half ulp", "weights", "target", "unchanged", "predicted (total)",
+        lines += [markdown_table(["lr", "lr / half ulp", "weights", "target", "reward (step 1 -> last)", "unchanged", "predicted (total)",
                                   "predicted (per step)", "wall s"], rows), ""]
         lines += [f"Verdicts at {preset} (main lr {entry['main_lr']:g}):" if entry["verdicts"] else
                   f"Verdicts at {preset}: none yet (no learning rate finished in both storages).", ""]
@@ -301,8 +307,11 @@ def main(argv: list[str] | None = None) -> int:
                       study=replace(cfg.study, grpo=grpo.from_arguments(args), kl=args.kl))
     except (ValueError, TypeError) as e:
         p.error(str(e))
-    cells = (SweepStore(args.out, KEY, cfg.store_config()).load() if args.report_only
-             else run_scale(cfg, args.out, args.cache_dir, progress=not args.no_progress))
+    try:  # a folder holding another configuration's runs is refused before any work
+        store = SweepStore(args.out, KEY, cfg.store_config())
+    except (ValueError, NotADirectoryError) as e:
+        p.error(str(e))
+    cells = store.load() if args.report_only else run_scale(cfg, args.out, args.cache_dir, not args.no_progress)
     if not cells:
         p.error(f"{args.out} holds no finished run to report")
     summary = write_report(cells, cfg, args.out, command_line("scaleup.rl_scale", sys.argv[1:] if argv is None else argv, fast))

@@ -1,6 +1,6 @@
 """The update-sparsity study of RL fine-tuning (Mukherjee et al. 2025) on the lab's GPT: the numbers lesson 6 reads.
 
-The paper's claims, made measurable (``python -m scaleup.rl --json`` prints all of them):
+The paper's claims, made measurable (``python -m scaleup.rl_study --json`` prints all of them):
 
 1. RL updates a small share of the weights: update sparsity, the share of entries with
    ``abs(theta_1 - theta_0) <= 1e-5`` compared in bf16, overall and per layer type.
