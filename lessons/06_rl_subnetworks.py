@@ -46,7 +46,6 @@
 # target, until it is partly competent (the paper's "SFT, then RL" setting).
 
 # %%
-import copy
 import json
 
 import ipywidgets as widgets

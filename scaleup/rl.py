@@ -340,6 +340,13 @@ def run_once(cfg: RLConfig, preset: str, warm: WarmUp, *, fast: bool = False, ca
 
 
 
+def print_json(data: dict[str, Any]) -> int:
+    """Print a command line's numbers as JSON (non-finite values as null); its exit status, 0."""
+    json.dump(json_ready(data), sys.stdout, indent=1, allow_nan=False)
+    print()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     fast = fast_mode()
     run = RLConfig(**FAST_RUN) if fast else RLConfig()
@@ -382,9 +389,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{p.prog}: error: {e}", file=sys.stderr)
         return 1
     if args.json:
-        json.dump(json_ready(out), sys.stdout, indent=1, allow_nan=False)
-        print()
-        return 0
+        return print_json(out)
     print(f"theta_0: {args.preset} GPT ({out['config']['pretrain_steps']} pretraining steps) after "
           f"{out['warmup_steps_taken']} SFT warm-up steps: {cfg.task} exact match {out['start_target']:.3f} (test)")
     print(f"{cfg.algorithm}, {cfg.weights} weights, lr {cfg.lr:g}, {cfg.steps} steps of {cfg.prompts} prompts")

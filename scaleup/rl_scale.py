@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -171,7 +172,7 @@ def summarise(cells: dict[str, dict[str, Any]], study_lr: float = rl_study.Study
             study = _size_study({k: r for k, r in runs.items() if k[1] in paired}, main_lr, info["start_target"])
             entry.update(main_lr=main_lr, verdicts=rl_study.verdicts(study))
         sizes[preset] = entry
-    return dict(sizes=sizes, trend=trend_verdicts(sizes))
+    return dict(sizes=sizes, trend=trend_verdicts(sizes) + alignment_verdicts(sizes))
 
 
 TREND_POINTS = 0.02
@@ -195,7 +196,7 @@ def trend_verdicts(sizes: dict[str, dict[str, Any]]) -> list[str]:
         values = [v for _, v in points]
         steps = [b - a for a, b in zip(values, values[1:])]
         if abs(values[-1] - values[0]) < TREND_POINTS and all(abs(s) < TREND_POINTS for s in steps):
-            word = "flat (within 2 points)"
+            word = "stays flat (within 2 points)"
         elif all(s >= 0 for s in steps) and values[-1] - values[0] >= TREND_POINTS:
             word = "rises with size"
         elif all(s <= 0 for s in steps) and values[0] - values[-1] >= TREND_POINTS:
@@ -209,6 +210,36 @@ def trend_verdicts(sizes: dict[str, dict[str, Any]]) -> list[str]:
                  + ", ".join(f"{p} {v:.2e}" for p, v in scale)
                  + ("; it shrinks as the model grows, so the same learning rate is a larger step in ulps."
                     if all(b[1] < a[1] for a, b in zip(scale, scale[1:])) else "; not shrinking with size."))
+    return lines
+
+
+def _curve(entry: dict[str, Any], weights: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One size's runs in ``weights``, by learning rate: lr, lr / median half-ulp, unchanged share."""
+    rows = sorted((r for r in entry["runs"] if r["weights"] == weights), key=lambda r: r["lr"])
+    lr = np.array([r["lr"] for r in rows])
+    return lr, lr / entry["median_half_ulp"], np.array([r["update_sparsity"] for r in rows])
+
+
+def alignment_verdicts(sizes: dict[str, dict[str, Any]]) -> list[str]:
+    """Does lr / half-ulp line the sizes up (is the step in ulps what sets the sparsity)? Per storage and
+    pair of neighbouring sizes: the mean gap of their unchanged shares at equal learning rate, against the
+    mean gap at equal lr / half-ulp (the smaller size's curve interpolated in log x, where both have runs)."""
+    lines = []
+    names = list(sizes)
+    for weights in WEIGHTS:
+        for a, b in zip(names, names[1:]):
+            lr_a, x_a, y_a = _curve(sizes[a], weights)
+            lr_b, x_b, y_b = _curve(sizes[b], weights)
+            same_lr = [(ya, y_b[lr_b == lr][0]) for lr, ya in zip(lr_a, y_a) if lr in lr_b]
+            inside = (x_b >= x_a.min()) & (x_b <= x_a.max()) if len(x_a) > 1 else np.zeros(len(x_b), bool)
+            if not same_lr or not inside.any():
+                continue
+            raw = float(np.mean([abs(u - v) for u, v in same_lr]))
+            aligned = float(np.mean(np.abs(y_b[inside] - np.interp(np.log(x_b[inside]), np.log(x_a), y_a))))
+            word = "held" if aligned < raw - 0.01 else "did not hold" if aligned > raw + 0.01 else \
+                "no difference (within 1 point)"
+            lines.append(f"lr / half-ulp lines {a} and {b} up in {weights}: {word} (mean gap {aligned * 100:.1f} "
+                         f"points at equal lr / half-ulp, {raw * 100:.1f} at equal lr).")
     return lines
 
 
@@ -260,8 +291,9 @@ def markdown(summary: dict[str, Any], cfg: ScaleConfig, command: str) -> str:
                  *(f"{r[k]:.1%}" if k in r and r["weights"] == "bfloat16" else "" for k in
                    ("half_ulp_predictor_total", "half_ulp_predictor_per_step")),
                  f"{r['wall_s']:.0f}"] for r in entry["runs"]]
-        lines += [markdown_table(["lr", "lr / half ulp", "weights", "target", "reward (step 1 -> last)", "unchanged", "predicted (total)",
-                                  "predicted (per step)", "wall s"], rows), ""]
+        header = ["lr", "lr / half ulp", "weights", "target", "reward (step 1 -> last)", "unchanged",
+                  "predicted (total)", "predicted (per step)", "wall s"]
+        lines += [markdown_table(header, rows), ""]
         lines += [f"Verdicts at {preset} (main lr {entry['main_lr']:g}):" if entry["verdicts"] else
                   f"Verdicts at {preset}: none yet (no learning rate finished in both storages).", ""]
         lines += [f"- {v}" for v in entry["verdicts"]] + [""]
@@ -287,15 +319,17 @@ def main(argv: list[str] | None = None) -> int:
     fast = fast_mode()
     cfg = default_config(fast=fast)
     p = argparse.ArgumentParser(prog="python -m scaleup.rl_scale",
-                                description="GRPO's update sparsity (float32 and bf16 storage, a learning-rate sweep, "
-                                            "the half-ulp predictors) at several GPT sizes, resumable; writes OUT.json, "
-                                            "OUT.md and OUT.png beside the run store OUT/.")
+                                description="GRPO's update sparsity (float32 and bf16 storage, a learning-rate "
+                                            "sweep, the half-ulp predictors) at several GPT sizes, resumable; writes "
+                                            "OUT.json, OUT.md and OUT.png beside the run store OUT/.")
     p.add_argument("--out", type=output_folder, default=Path("benchmarks/results/rl_scale"),
                    help="the run store (a folder); the report goes beside it (default %(default)s)")
     p.add_argument("--presets", type=lambda t: tuple(t.split(",")), default=cfg.presets,
-                   help=f"comma-separated GPT sizes, smallest first (default {','.join(cfg.presets)}; micro with LAB_FAST=1)")
+                   help=f"comma-separated GPT sizes, smallest first (default {','.join(cfg.presets)}; "
+                        "micro with LAB_FAST=1)")
     p.add_argument("--lrs", type=finite_list, default=cfg.lrs,
-                   help=f"comma-separated learning rates, in running order (default {','.join(f'{v:g}' for v in cfg.lrs)})")
+                   help="comma-separated learning rates, in running order (default "
+                        f"{','.join(f'{v:g}' for v in cfg.lrs)})")
     p.add_argument("--seed", type=random_seed, default=cfg.seed, help="the runs' seed (default %(default)s)")
     p.add_argument("--report-only", action="store_true", help="rebuild the report from the store, run nothing")
     rl.add_model_arguments(p, preset=None)
@@ -314,7 +348,8 @@ def main(argv: list[str] | None = None) -> int:
     cells = store.load() if args.report_only else run_scale(cfg, args.out, args.cache_dir, not args.no_progress)
     if not cells:
         p.error(f"{args.out} holds no finished run to report")
-    summary = write_report(cells, cfg, args.out, command_line("scaleup.rl_scale", sys.argv[1:] if argv is None else argv, fast))
+    command = command_line("scaleup.rl_scale", sys.argv[1:] if argv is None else argv, fast)
+    summary = write_report(cells, cfg, args.out, command)
     for preset, entry in summary["sizes"].items():
         print(f"{preset}: " + "; ".join(f"{r['weights']} lr {r['lr']:g} {r['update_sparsity']:.1%}"
                                         for r in entry["runs"]))

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import sys
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -38,7 +37,7 @@ from scaleup import tasks as tk
 from scaleup.grpo import GRPOSettings
 from scaleup.rl_measure import TOL, measure, snapshot
 from sparsity import metrics
-from sparsity.cli_args import json_ready, positive_int, random_seed
+from sparsity.cli_args import positive_int, random_seed
 from sparsity.fastmode import fast_mode
 from sparsity.optim import MaskedAdamW
 from sparsity.threads import use_threads
@@ -327,9 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{p.prog}: error: {e}", file=sys.stderr)
         return 1
     if args.json:
-        json.dump(json_ready(study), sys.stdout, indent=1, allow_nan=False)
-        print()
-        return 0
+        return rl.print_json(study)
     print(f"theta_0 ({cfg.preset}, {study['warmup_steps_taken']} SFT warm-up steps): target {cfg.task} "
           f"{study['start_target']:.3f}")
     print(f"{'run':<20}{'target':>8}{'sparsity':>10}{'norm.weight':>13}{'rank':>7}{'pred. total':>13}{'per step':>10}")

@@ -1,4 +1,4 @@
-"""The RL command lines (``python -m scaleup.rl``, ``scaleup.rl_study --preset``) and the scale study (scaleup.rl_scale)."""
+"""The RL command lines (``python -m scaleup.rl``, ``rl_study --preset``) and the scale study (``scaleup.rl_scale``)."""
 
 import json
 from dataclasses import replace
@@ -78,7 +78,7 @@ def test_the_scale_study_writes_its_report_and_resumes_without_rerunning(tmp_pat
         return real(*args, **kwargs)
 
     monkeypatch.setattr(rl_study, "run_one", counted)
-    cfg = _tiny_scale()
+    cfg = _tiny_scale(lrs=(1e-2,))
     monkeypatch.setattr(rl_scale, "default_config", lambda fast=False: cfg)
     out = tmp_path / "rl_scale"
     argv = ["--out", str(out), "--cache-dir", str(cache), "--no-progress"]
@@ -86,21 +86,22 @@ def test_the_scale_study_writes_its_report_and_resumes_without_rerunning(tmp_pat
     assert sorted(calls) == sorted((w, lr) for lr in cfg.lrs for w in rl_scale.WEIGHTS)
     summary = json.loads(out.with_suffix(".json").read_text())
     runs = summary["sizes"]["micro"]["runs"]
-    assert len(runs) == 4 and all(r["wall_s"] > 0 and 0 <= r["update_sparsity"] <= 1 for r in runs)
+    assert len(runs) == 2 and all(r["wall_s"] > 0 and 0 <= r["update_sparsity"] <= 1 for r in runs)
     bf16 = [r for r in runs if r["weights"] == "bfloat16"]
     assert all("half_ulp_predictor_total" in r and "half_ulp_predictor_per_step" in r for r in bf16)
     assert summary["sizes"]["micro"]["verdicts"] and "## micro" in out.with_suffix(".md").read_text()
     assert out.with_suffix(".png").read_bytes().startswith(b"\x89PNG")
 
     assert rl_scale.main(argv) == 0  # resumed: nothing left to run
+    assert len(calls) == 2
+    assert rl_scale.main([*argv, "--lrs", "1e-2,1e-3"]) == 0  # one more learning rate: only its two runs
+    assert calls[2:] == [("float32", 1e-3), ("bfloat16", 1e-3)]
+    assert len(json.loads(out.with_suffix(".json").read_text())["sizes"]["micro"]["runs"]) == 4
+    assert rl_scale.main([*argv, "--report-only", "--lrs", "3e-3"]) == 0  # rebuilds from the store, runs nothing
     assert len(calls) == 4
-    assert rl_scale.main([*argv, "--lrs", "1e-4,1e-2,1e-3"]) == 0  # one more learning rate: only its two runs
-    assert calls[4:] == [("float32", 1e-3), ("bfloat16", 1e-3)]
-    assert rl_scale.main([*argv, "--report-only"]) == 0  # rebuilds from the store, runs nothing
-    assert len(calls) == 6
     with pytest.raises(SystemExit):  # runs of another configuration are not mixed into the store
         rl_scale.main([*argv, "--kl", "0.5"])
-    assert len(calls) == 6
+    assert len(calls) == 4
 
 
 def _cell(preset: str, weights: str, lr: float, unchanged: float, gain: float) -> dict:
@@ -138,12 +139,18 @@ def test_the_verdicts_are_worded_from_the_numbers(tmp_path) -> None:
     assert sparse["trend"][0] == "At lr 0.0001 in bf16 the unchanged share rises with size: micro 90%, tiny 95%."
     assert dense["trend"][0] == "At lr 0.0001 in bf16 the unchanged share falls with size: micro 40%, tiny 30%."
     flat = rl_scale.summarise(_store({"micro": (0.9, 0.5), "tiny": (0.91, 0.5)}, gain=0.5))
-    assert flat["trend"][1].startswith("At lr 0.001 in bf16 the unchanged share flat")
-    assert "shrinks as the model grows" in sparse["trend"][-1]
-    rl_scale.write_report(_store({"micro": (0.4, 0.5), "tiny": (0.3, 0.2)}, gain=0.5), _tiny_scale(), tmp_path / "r", "cmd")
+    assert flat["trend"][1].startswith("At lr 0.001 in bf16 the unchanged share stays flat")
+    assert any("shrinks as the model grows" in v for v in sparse["trend"])
+    dense_cells = _store({"micro": (0.4, 0.5), "tiny": (0.3, 0.2)}, gain=0.5)
+    rl_scale.write_report(dense_cells, _tiny_scale(), tmp_path / "r", "cmd")
     report = (tmp_path / "r.md").read_text()
     assert "## tiny (460,000 parameters)" in report and dense["trend"][0] in report
     assert "| 0.0001 | 2 | bfloat16 | 0.300 -> 0.800 | 0.30 -> 0.80 | 30.0% | 70.0% | 80.0% | 2 |" in report
+    collapsed = rl_scale.summarise(_store({"micro": (0.9, 0.5), "tiny": (0.78, 0.1)}, gain=0.5))  # tiny's x is 2 x micro's
+    assert "lr / half-ulp lines micro and tiny up in bfloat16: held (mean gap 0.0 points at equal lr / half-ulp, " \
+           "26.0 at equal lr)." in collapsed["trend"]
+    assert any(v.startswith("lr / half-ulp lines micro and tiny up in bfloat16: did not hold") for v in sparse["trend"])
+    assert any(v.startswith("lr / half-ulp lines micro and tiny up in float32: no difference") for v in sparse["trend"])
     untested = rl_scale.summarise(_store({"micro": (0.9, 0.5)}, gain=0.0))
     assert untested["trend"] == ["Across sizes: untested, only micro finished."]
     assert any("Sparse while learning: untested" in v for v in untested["sizes"]["micro"]["verdicts"])
