@@ -23,6 +23,10 @@ lab's one training loop (``sparsity.train.fit``) and any optimizer:
 ``weights="bfloat16"`` stores the weights in bf16 after every step (:class:`StoreAs`), as
 the paper's models are stored: an update smaller than half a unit in the last place of a
 weight then rounds away, which is part of the paper's proposed mechanism.
+
+``python -m scaleup.rl`` runs one fine-tune from the command line, from ``theta_0``: the cached pretrained
+GPT after the SFT warm-up (:class:`WarmUp`, the one the RL study uses), and prints its reward trace and
+update sparsity (``scaleup.rl_measure``).
 """
 
 from __future__ import annotations
@@ -290,6 +294,14 @@ class WarmUp:
     lr: float = 3e-4
     target: float = 0.3
     chunk: int = 5
+
+    def __post_init__(self) -> None:
+        check_nonnegative_int(self.steps, "WarmUp.steps")
+        check_positive_int(self.chunk, "WarmUp.chunk")
+        if check_finite_nonnegative(self.lr, "WarmUp.lr") == 0:
+            raise ValueError("WarmUp.lr must be > 0")
+        if not 0 <= check_finite_nonnegative(self.target, "WarmUp.target") <= 1:
+            raise ValueError(f"WarmUp.target must be an exact-match score in [0, 1], got {self.target!r}")
 
 
 def warm_up(model: nn.Module, world: tk.World, task: str, warm: WarmUp, *, prompts: int, seed: int) -> int:

@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from scaleup import grpo, rl, rl_study
 from scaleup import tasks as tk
+from scaleup.rl_measure import snapshot
 from sparsity import metrics
 from sparsity.cli_args import finite_list, json_ready, output_folder, random_seed
 from sparsity.fastmode import fast_mode
@@ -113,7 +114,7 @@ class Runner:
             began = time.perf_counter()
             model, warmup = rl_study.start_model(self.study_config(preset, seed), self.world, self.cache_dir,
                                                  self.progress)
-            theta0 = rl_study.snapshot(model)
+            theta0 = snapshot(model)
             info = dict(start_target=tk.accuracy(model, self.world, self.cfg.study.task, "test"),
                         warmup_steps_taken=warmup, parameters=sum(t.numel() for t in theta0.values()),
                         median_half_ulp=median_half_ulp(theta0), start_wall_s=time.perf_counter() - began)
@@ -126,7 +127,7 @@ class Runner:
         began = time.perf_counter()
         model, row = rl_study.run_one(cfg, start, self.world, "grpo", cell["weights"], lr=cell["lr"])
         if cell["weights"] == "float32":  # this run predicts its bf16 twin's sparsity
-            row.update(rl_study.half_ulp_predictors(rl_study.snapshot(start), model, cfg.steps))
+            row.update(rl_study.half_ulp_predictors(snapshot(start), model, cfg.steps))
         return dict(cell, **info, **row, wall_s=time.perf_counter() - began, load_average=os.getloadavg()[0])
 
 
@@ -281,7 +282,8 @@ def markdown(summary: dict[str, Any], cfg: ScaleConfig, command: str) -> str:
         lines += [f"## {preset} ({entry['parameters']:,} parameters)", "",
                   f"Learning rates run: {lrs}. "
                   f"theta_0: {entry['warmup_steps_taken']} warm-up steps, target {entry['start_target']:.3f} "
-                  f"(made in {entry['start_wall_s']:.0f} s); median half ulp {entry['median_half_ulp']:.2e}; "
+                  f"(made in {entry['start_wall_s']:.0f} s, pretraining included where the cache did not hold it yet); "
+                  f"median half ulp {entry['median_half_ulp']:.2e}; "
                   f"{len(entry['runs'])} runs finished, {sum(walls):.0f} s in all ({min(walls):.0f}-{max(walls):.0f} s "
                   f"each, load average {min(r['load_average'] for r in entry['runs']):.1f}-"
                   f"{max(r['load_average'] for r in entry['runs']):.1f}).", ""]

@@ -45,10 +45,17 @@ def test_one_run_prints_its_reward_trace_and_update_sparsity(cache, monkeypatch,
     assert out["warmup_steps_taken"] <= 5
 
 
-def test_a_bad_grpo_mix_is_refused_before_any_work(capsys) -> None:
+def test_a_bad_grpo_mix_or_warm_up_is_refused_before_any_work(capsys) -> None:
     with pytest.raises(SystemExit) as done:
         rl.main(["--iterations", "2"])  # the lab's summed loss has no ratio: on-policy only
     assert done.value.code == 2 and "needs a clipped loss" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as done:
+        rl.main(["--lr", "0"])
+    assert done.value.code == 2 and "lr" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="WarmUp.target"):
+        rl.WarmUp(target=1.5)
+    with pytest.raises(ValueError, match="WarmUp.chunk"):
+        rl.WarmUp(chunk=0)
 
 
 def test_the_study_takes_its_preset_from_the_command_line(monkeypatch, capsys) -> None:
