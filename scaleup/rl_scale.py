@@ -239,8 +239,8 @@ def alignment_verdicts(sizes: dict[str, dict[str, Any]]) -> list[str]:
             aligned = float(np.mean(np.abs(y_b[inside] - np.interp(np.log(x_b[inside]), np.log(x_a), y_a))))
             word = "held" if aligned < raw - 0.01 else "did not hold" if aligned > raw + 0.01 else \
                 "no difference (within 1 point)"
-            lines.append(f"lr / half-ulp lines {a} and {b} up in {weights}: {word} (mean gap {aligned * 100:.1f} "
-                         f"points at equal lr / half-ulp, {raw * 100:.1f} at equal lr).")
+            lines.append(f"lr / half-ulp lines {a} and {b} up in {weights}: {word}; mean gap {aligned * 100:.1f} "
+                         f"points at equal lr / half-ulp, {raw * 100:.1f} at equal lr.")
     return lines
 
 
@@ -284,7 +284,7 @@ def markdown(summary: dict[str, Any], cfg: ScaleConfig, command: str) -> str:
                   f"theta_0: {entry['warmup_steps_taken']} warm-up steps, target {entry['start_target']:.3f} "
                   f"(made in {entry['start_wall_s']:.0f} s, pretraining included where the cache did not hold it yet); "
                   f"median half ulp {entry['median_half_ulp']:.2e}; "
-                  f"{len(entry['runs'])} runs finished, {sum(walls):.0f} s in all ({min(walls):.0f}-{max(walls):.0f} s "
+                  f"runs finished: {len(entry['runs'])}, {sum(walls):.0f} s in all ({min(walls):.0f}-{max(walls):.0f} s "
                   f"each, load average {min(r['load_average'] for r in entry['runs']):.1f}-"
                   f"{max(r['load_average'] for r in entry['runs']):.1f}).", ""]
         rows = [[f"{r['lr']:g}", f"{r['lr'] / entry['median_half_ulp']:.3g}", r["weights"],
@@ -343,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
                       study=replace(cfg.study, grpo=grpo.from_arguments(args), kl=args.kl))
     except (ValueError, TypeError) as e:
         p.error(str(e))
+    if args.report_only and not (args.out / "results.jsonl").is_file():
+        p.error(f"{args.out} holds no finished run to report")
     try:  # a folder holding another configuration's runs is refused before any work
         store = SweepStore(args.out, KEY, cfg.store_config())
     except (ValueError, NotADirectoryError) as e:
