@@ -38,7 +38,7 @@ from scaleup.rl_measure import snapshot
 from sparsity import metrics
 from sparsity.cli_args import finite_list, json_ready, output_folder, random_seed
 from sparsity.fastmode import fast_mode
-from sparsity.sweep import SweepStore, command_line, machine_lines, markdown_table
+from sparsity.sweep import SweepStore, cell_key, command_line, machine_lines, markdown_table
 from sparsity.threads import use_threads
 
 PRESETS = ("micro", "tiny", "small")
@@ -276,6 +276,9 @@ def markdown(summary: dict[str, Any], cfg: ScaleConfig, command: str) -> str:
              "folder beside this report (a rerun resumes). Update sparsity: the share of entries with "
              f"|theta_1 - theta_0| <= 1e-5 compared in bf16. x of the figure (`.png` beside this report): {X_LABEL}.",
              ""]
+    if summary["pending"]:
+        lines += ["Asked for by the command above and not run yet (a rerun resumes them): " + ", ".join(
+            f"{c['preset']} {c['weights']} lr {c['lr']:g}" for c in summary["pending"]) + ".", ""]
     for preset, entry in summary["sizes"].items():
         walls = [r["wall_s"] for r in entry["runs"]]
         lrs = ", ".join(f"{lr:g}" for lr in sorted({r["lr"] for r in entry["runs"]}))
@@ -284,7 +287,8 @@ def markdown(summary: dict[str, Any], cfg: ScaleConfig, command: str) -> str:
                   f"theta_0: {entry['warmup_steps_taken']} warm-up steps, target {entry['start_target']:.3f} "
                   f"(made in {entry['start_wall_s']:.0f} s, pretraining included where the cache did not hold it yet); "
                   f"median half ulp {entry['median_half_ulp']:.2e}; "
-                  f"runs finished: {len(entry['runs'])}, {sum(walls):.0f} s in all ({min(walls):.0f}-{max(walls):.0f} s "
+                  f"runs finished: {len(entry['runs'])}, {sum(walls):.0f} s in all "
+                  f"({min(walls):.0f}-{max(walls):.0f} s "
                   f"each, load average {min(r['load_average'] for r in entry['runs']):.1f}-"
                   f"{max(r['load_average'] for r in entry['runs']):.1f}).", ""]
         rows = [[f"{r['lr']:g}", f"{r['lr'] / entry['median_half_ulp']:.3g}", r["weights"],
@@ -308,7 +312,9 @@ def write_report(cells: dict[str, dict[str, Any]], cfg: ScaleConfig, out: str | 
     import matplotlib.pyplot as plt
 
     out = Path(out)
-    summary = dict(config=asdict(cfg), **summarise(cells, cfg.study.lr))
+    stored = {cell_key(c, KEY) for c in cells.values()}
+    pending = [c for c in cfg.cells() if cell_key(c, KEY) not in stored]
+    summary = dict(config=asdict(cfg), pending=pending, **summarise(cells, cfg.study.lr))
     out.with_suffix(".json").write_text(json.dumps(json_ready(summary), indent=1, allow_nan=False) + "\n")
     out.with_suffix(".md").write_text(markdown(summary, cfg, command))
     fig = plot_trend(summary)

@@ -106,6 +106,8 @@ def test_the_scale_study_writes_its_report_and_resumes_without_rerunning(tmp_pat
     assert len(json.loads(out.with_suffix(".json").read_text())["sizes"]["micro"]["runs"]) == 4
     assert rl_scale.main([*argv, "--report-only", "--lrs", "3e-3"]) == 0  # rebuilds from the store, runs nothing
     assert len(calls) == 4
+    assert "not run yet (a rerun resumes them): micro float32 lr 0.003, micro bfloat16 lr 0.003." in \
+        out.with_suffix(".md").read_text()
     with pytest.raises(SystemExit):  # nothing to report from a folder without runs, and no folder made
         rl_scale.main(["--out", str(tmp_path / "empty"), "--report-only"])
     assert not (tmp_path / "empty").exists()
@@ -156,7 +158,8 @@ def test_the_verdicts_are_worded_from_the_numbers(tmp_path) -> None:
     report = (tmp_path / "r.md").read_text()
     assert "## tiny (460,000 parameters)" in report and dense["trend"][0] in report
     assert "| 0.0001 | 2 | bfloat16 | 0.300 -> 0.800 | 0.30 -> 0.80 | 30.0% | 70.0% | 80.0% | 2 |" in report
-    collapsed = rl_scale.summarise(_store({"micro": (0.9, 0.5), "tiny": (0.78, 0.1)}, gain=0.5))  # tiny's x is 2 x micro's
+    # tiny's x is twice micro's: its share at lr 1e-4 lies on micro's curve (log-x interpolated)
+    collapsed = rl_scale.summarise(_store({"micro": (0.9, 0.5), "tiny": (0.78, 0.1)}, gain=0.5))
     assert "lr / half-ulp lines micro and tiny up in bfloat16: held; mean gap 0.0 points at equal lr / half-ulp, " \
            "26.0 at equal lr." in collapsed["trend"]
     assert any(v.startswith("lr / half-ulp lines micro and tiny up in bfloat16: did not hold") for v in sparse["trend"])
