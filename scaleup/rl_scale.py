@@ -260,7 +260,7 @@ def plot_trend(summary: dict[str, Any], ax: Any = None) -> Any:
                         label=f"{preset} ({entry['parameters'] / 1e6:.2f}M), {weights}")
     ax.set(xscale="log", xlabel=X_LABEL, ylabel="share of entries unchanged (|delta| <= 1e-5 in bf16)",
            ylim=(-0.02, 1.02), title="GRPO update sparsity across GPT sizes")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, handlelength=3.5)  # long enough to show float32 dashed
     ax.figure.tight_layout()
     return ax.figure
 
