@@ -46,7 +46,7 @@
 # target, until it is partly competent (the paper's "SFT, then RL" setting).
 
 # %%
-import copy
+import json
 
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
@@ -57,7 +57,7 @@ from IPython.display import Markdown, display
 from lessons.exercises import lesson06 as ex
 from lessons.exercises import reveal, yours_or_library
 from lessons.exercises.lesson06 import check_group_advantages, check_half_ulp
-from scaleup import rl, rl_study
+from scaleup import rl, rl_scale, rl_study
 from scaleup import tasks as tk
 from sparsity.fastmode import fast_mode
 from sparsity.threads import use_threads
@@ -330,6 +330,25 @@ display(widgets.VBox([algorithm_menu, dtype_buttons, lr_slider, steps_slider, ru
 
 # %%
 display(Markdown("\n".join(f"- {line}" for line in study["verdicts"])))
+
+# %% [markdown]
+# ## Across sizes: does the update sparsity move as the GPT grows?
+# The paper's models are thousands of times larger than ours, so the honest bridge is a trend.
+# `python -m scaleup.rl_scale` runs GRPO in float32 and bf16 over a learning-rate sweep at the micro,
+# tiny and small GPTs (its committed report: `benchmarks/results/rl_scale.md`). The x axis divides the
+# learning rate by the median half bf16 ulp of |theta_0|: the step measured in the units rounding cares about.
+
+# %%
+if rl_scale.COMMITTED.exists():
+    scale = json.loads(rl_scale.COMMITTED.read_text())
+    rl_scale.plot_trend(scale)
+    plt.show()
+    for size, entry in scale["sizes"].items():
+        print(f"{size} GPT ({entry['parameters']:,} parameters), {len(entry['runs'])} runs:")
+        print("\n".join(f"  - {line}" for line in entry["verdicts"]))
+    print("Across sizes:\n" + "\n".join(f"  - {line}" for line in scale["trend"]))
+else:
+    print(f"{rl_scale.COMMITTED} is absent: `python -m scaleup.rl_scale` makes it; the trend is skipped here.")
 
 # %% [markdown]
 # ## Summary: what this run found

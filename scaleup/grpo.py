@@ -27,7 +27,7 @@ the ratio and its clipping act. The advantage is ``(r - mean) / (std + std_eps)`
 with Bessel's correction as TRL's ``nanstd``; TRL adds ``std_eps = 1e-4``.
 
 ``loss="sum"`` is the lab's first convention (``scaleup.rl.grpo_loss``), kept as the default so the
-committed RL study (``python -m scaleup.rl``) reproduces: ``-mean_i(A_i * sum_t log p_it)`` (summed token
+committed RL study (``python -m scaleup.rl_study``) reproduces: ``-mean_i(A_i * sum_t log p_it)`` (summed token
 log-probs, no length normalisation, no ratio: on-policy only, ``iterations=1``) plus ``kl`` times the
 *mean* k3 over tokens, with ``std_eps = 1e-6``. Its policy gradient is ``L`` times TRL's per-token
 one for answers of ``L`` tokens (every answer of the lab's tasks has the same length, so "grpo",

@@ -23,21 +23,33 @@ lab's one training loop (``sparsity.train.fit``) and any optimizer:
 ``weights="bfloat16"`` stores the weights in bf16 after every step (:class:`StoreAs`), as
 the paper's models are stored: an update smaller than half a unit in the last place of a
 weight then rounds away, which is part of the paper's proposed mechanism.
+
+``python -m scaleup.rl`` runs one fine-tune from the command line, from ``theta_0``: the cached pretrained
+GPT after the SFT warm-up (:class:`WarmUp`, the one the RL study uses), and prints its reward trace and
+update sparsity (``scaleup.rl_measure``).
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
+import json
+import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from scaleup import grpo, sampling
+from scaleup import gpt, grpo, pretrain, sampling
 from scaleup import tasks as tk
+from scaleup.rl_measure import measure, snapshot
+from sparsity.cli_args import finite_nonnegative, json_ready, nonnegative_int, output_folder, positive_int, random_seed
+from sparsity.fastmode import fast_mode
+from sparsity.threads import use_threads
 from sparsity.train import FitState, Schedule, constant, fit
 from sparsity.validate import check_finite_nonnegative, check_nonnegative_int, check_positive_int
 
@@ -46,6 +58,10 @@ ALGORITHMIC_TASKS = ("copy", "reverse", "increment", "add2", "sort")
 SFT_DATA = ("truth", "own", *ALGORITHMIC_TASKS)
 REWARDS = ("exact", "token")
 WEIGHT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+FAST_RUN = dict(steps=12, prompts=8, group=4)
+"""A run's size in the lab's fast mode (``LAB_FAST=1``): 12 steps of 8 prompts x 4 samples."""
+FAST_WARMUP_STEPS = 60
+"""The SFT warm-up's longest length in fast mode."""
 
 
 def rewards(answers: torch.Tensor, truth: torch.Tensor, kind: str = "exact") -> torch.Tensor:
@@ -265,3 +281,140 @@ def finetune(model: nn.Module, cfg: RLConfig, world: tk.World, optimizer: torch.
     return fit(model, optimizer, loss_of(cfg), cfg.steps, batches=batch_maker(cfg, world, model, reference, device),
                schedule=schedule or constant(cfg.lr), hooks=(*store, *hooks), progress=progress,
                desc=f"{cfg.algorithm} {cfg.task} ({cfg.weights})")
+
+
+@dataclass(frozen=True)
+class WarmUp:
+    """The SFT warm-up that makes ``theta_0`` for RL: the pretrained GPT scores 0 on the target, every
+    reward would be 0 and GRPO would learn nothing, so SFT on the ground truth runs first (the paper's
+    "SFT, then RL" setting) in chunks of ``chunk`` steps until the validation exact match reaches
+    ``target`` (partial competence) or ``steps`` have run."""
+
+    steps: int = 300
+    lr: float = 3e-4
+    target: float = 0.3
+    chunk: int = 5
+
+    def __post_init__(self) -> None:
+        check_nonnegative_int(self.steps, "WarmUp.steps")
+        check_positive_int(self.chunk, "WarmUp.chunk")
+        if check_finite_nonnegative(self.lr, "WarmUp.lr") == 0:
+            raise ValueError("WarmUp.lr must be > 0")
+        if not 0 <= check_finite_nonnegative(self.target, "WarmUp.target") <= 1:
+            raise ValueError(f"WarmUp.target must be an exact-match score in [0, 1], got {self.target!r}")
+
+
+def warm_up(model: nn.Module, world: tk.World, task: str, warm: WarmUp, *, prompts: int, seed: int) -> int:
+    """Run :class:`WarmUp`'s SFT on ``model`` in place (float32 weights); return the steps it took."""
+    done = 0
+    while done < warm.steps and tk.accuracy(model, world, task, "val") < warm.target:
+        chunk = min(warm.chunk, warm.steps - done)
+        sft = RLConfig(algorithm="sft", task=task, steps=chunk, prompts=prompts, lr=warm.lr, seed=seed + 1_000 + done)
+        finetune(model.train(), sft, world)
+        done += chunk
+    return done
+
+
+def warm_start(pretrained: pretrain.PretrainConfig, world: tk.World, task: str, warm: WarmUp, *, prompts: int,
+               seed: int, cache_dir: str | Path | None = None, progress: bool = False) -> tuple[nn.Module, int]:
+    """``theta_0`` and the warm-up steps it took: the cached pretrained model (trained once if absent)
+    after :func:`warm_up`, in eval mode."""
+    model = pretrain.pretrained(pretrained, cache_dir=cache_dir, progress=progress)
+    done = warm_up(model, world, task, warm, prompts=prompts, seed=seed)
+    return model.eval(), done
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, preset: str | None = "tiny") -> None:
+    """The options the RL command lines share: the model size (``--preset``, default ``preset``; None: no
+    such flag), the pretrained-model cache, the progress bars."""
+    if preset is not None:
+        parser.add_argument("--preset", choices=tuple(gpt.PRESETS), default=preset,
+                            help="the GPT's size (default %(default)s)")
+    parser.add_argument("--cache-dir", type=output_folder, default=None,
+                        help="the pretrained-model cache (default: $SUBNET_LAB_CACHE, else .cache/subnet-lab/)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+
+
+def run_once(cfg: RLConfig, preset: str, warm: WarmUp, *, fast: bool = False, cache_dir: str | Path | None = None,
+             progress: bool = False) -> dict[str, Any]:
+    """One fine-tune of ``theta_0`` (the pretrained ``preset`` GPT after ``warm``), measured as plain data:
+    theta_0's score, the per-step history (reward for GRPO, loss), the target and the update sparsity."""
+    pretrained = pretrain.default_config(preset, fast=fast)
+    world = tk.World(pretrained.world)
+    start, took = warm_start(pretrained, world, cfg.task, warm, prompts=cfg.prompts, seed=cfg.seed,
+                             cache_dir=cache_dir, progress=progress)
+    theta0 = snapshot(start)
+    model = copy.deepcopy(start).train()
+    history = finetune(model, cfg, world, progress=progress)
+    return dict(config=dict(preset=preset, pretrain_steps=pretrained.steps, **asdict(cfg)), warmup_steps_taken=took,
+                start_target=tk.accuracy(start, world, cfg.task, "test"), history=history,
+                **measure(model.eval(), theta0, world, cfg.task))
+
+
+
+def print_json(data: dict[str, Any]) -> int:
+    """Print a command line's numbers as JSON (non-finite values as null); its exit status, 0."""
+    json.dump(json_ready(data), sys.stdout, indent=1, allow_nan=False)
+    print()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    fast = fast_mode()
+    run = RLConfig(**FAST_RUN) if fast else RLConfig()
+    p = argparse.ArgumentParser(prog="python -m scaleup.rl",
+                                description="One fine-tuning run of the lab's GPT (GRPO, SFT or DPO) from theta_0, the "
+                                            "cached pretrained model after the RL study's SFT warm-up: its reward "
+                                            "trace, target score and update sparsity (Mukherjee et al. 2025).")
+    p.add_argument("--algorithm", choices=ALGORITHMS, default=run.algorithm,
+                   help="grpo (RL), sft on the ground truth, dpo (offline pairs) or dpo_online (default %(default)s)")
+    p.add_argument("--task", choices=tuple(tk.TARGET_TASKS), default=run.task,
+                   help="the target task (default %(default)s)")
+    p.add_argument("--weights", choices=tuple(WEIGHT_DTYPES), default=run.weights,
+                   help="weight storage: bfloat16 rounds the weights after every step (default %(default)s)")
+    p.add_argument("--lr", type=finite_nonnegative, default=run.lr, help="AdamW's learning rate (default %(default)g)")
+    p.add_argument("--steps", type=positive_int, default=run.steps,
+                   help="optimizer steps (default %(default)s; 12 with LAB_FAST=1)")
+    p.add_argument("--prompts", type=positive_int, default=run.prompts,
+                   help="prompts per step (default %(default)s; 8 with LAB_FAST=1)")
+    p.add_argument("--group", type=positive_int, default=run.group,
+                   help="sampled answers per prompt, GRPO and dpo_online (default %(default)s; 4 with LAB_FAST=1)")
+    p.add_argument("--seed", type=random_seed, default=run.seed, help="the run's seed (default %(default)s)")
+    p.add_argument("--warmup-steps", type=nonnegative_int, default=FAST_WARMUP_STEPS if fast else WarmUp.steps,
+                   help=f"the SFT warm-up's most steps; it stops at validation exact match {WarmUp.target} "
+                        "(default %(default)s; 60 with LAB_FAST=1)")
+    p.add_argument("--json", action="store_true", help="print every number as JSON")
+    add_model_arguments(p)
+    grpo.add_arguments(p)
+    args = p.parse_args(argv)
+    use_threads()
+    try:
+        cfg = RLConfig(algorithm=args.algorithm, task=args.task, steps=args.steps, prompts=args.prompts,
+                       group=args.group, lr=args.lr, weights=args.weights, seed=args.seed, kl=args.kl,
+                       grpo=grpo.from_arguments(args))
+    except (ValueError, TypeError) as e:
+        p.error(str(e))
+    try:
+        out = run_once(cfg, args.preset, WarmUp(steps=args.warmup_steps), fast=fast, cache_dir=args.cache_dir,
+                       progress=not args.no_progress)
+    except FloatingPointError as e:
+        print(f"{p.prog}: error: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        return print_json(out)
+    print(f"theta_0: {args.preset} GPT ({out['config']['pretrain_steps']} pretraining steps) after "
+          f"{out['warmup_steps_taken']} SFT warm-up steps: {cfg.task} exact match {out['start_target']:.3f} (test)")
+    print(f"{cfg.algorithm}, {cfg.weights} weights, lr {cfg.lr:g}, {cfg.steps} steps of {cfg.prompts} prompts")
+    trace = out["history"].get("reward", out["history"]["loss"])
+    every = max(1, len(trace) // 20)
+    print(f"{'mean reward' if 'reward' in out['history'] else 'loss'} every {every} step(s): "
+          + " ".join(f"{v:.3f}" for v in trace[::every]))
+    print(f"target {out['start_target']:.3f} -> {out['target']:.3f}; unchanged entries (|delta| <= 1e-5): "
+          f"{out['update_sparsity']:.1%} compared in bf16, {out['update_sparsity_fp32_compare']:.1%} in float32")
+    print("unchanged per layer type: " + ", ".join(f"{t} {v:.1%}" for t, v in out["per_layer_type"].items()))
+    print(f"mean relative rank of the block matrices' updates: {out['relative_rank']:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

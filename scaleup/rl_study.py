@@ -1,6 +1,6 @@
 """The update-sparsity study of RL fine-tuning (Mukherjee et al. 2025) on the lab's GPT: the numbers lesson 6 reads.
 
-The paper's claims, made measurable (``python -m scaleup.rl --json`` prints all of them):
+The paper's claims, made measurable (``python -m scaleup.rl_study --json`` prints all of them):
 
 1. RL updates a small share of the weights: update sparsity, the share of entries with
    ``abs(theta_1 - theta_0) <= 1e-5`` compared in bf16, overall and per layer type.
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import sys
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -36,23 +35,13 @@ from torch import nn
 from scaleup import grpo, pretrain, rl
 from scaleup import tasks as tk
 from scaleup.grpo import GRPOSettings
-from scaleup.layers import layer_type
+from scaleup.rl_measure import TOL, measure, snapshot
 from sparsity import metrics
-from sparsity.cli_args import json_ready, output_folder, positive_int, random_seed
+from sparsity.cli_args import positive_int, random_seed
 from sparsity.fastmode import fast_mode
 from sparsity.optim import MaskedAdamW
 from sparsity.threads import use_threads
 from sparsity.validate import Mask, TensorDict
-
-TOL = 1e-5
-"""The paper's tolerance: entries within 1e-5 (compared in bf16) did not change."""
-
-
-def rl_layer_type(name: str) -> str:
-    """``scaleup.layers.layer_type`` with LayerNorm gains and biases apart (the paper reports them apart)."""
-    kind = layer_type(name)
-    return f"norm.{name.rsplit('.', 1)[1]}" if kind == "norm" else kind
-
 
 @dataclass(frozen=True)
 class StudyConfig:
@@ -60,9 +49,9 @@ class StudyConfig:
 
     preset: str = "tiny"
     task: str = "add2"
-    warmup_steps: int = 300
-    warmup_lr: float = 3e-4
-    warmup_target: float = 0.3
+    warmup_steps: int = rl.WarmUp.steps
+    warmup_lr: float = rl.WarmUp.lr
+    warmup_target: float = rl.WarmUp.target
     steps: int = 100
     prompts: int = 16
     group: int = 8
@@ -90,56 +79,18 @@ class StudyConfig:
 def default_config(*, fast: bool = False, **overrides: Any) -> StudyConfig:
     """The study's defaults; ``fast`` (the lab's fast mode, passed down by an entry point): a 300-step
     pretrained model, 60 warm-up steps and 12-step runs of 8 prompts x 4 samples."""
-    small = dict(warmup_steps=60, steps=12, prompts=8, group=4, pretrain=pretrain.default_config(fast=True)) \
+    small = dict(warmup_steps=rl.FAST_WARMUP_STEPS, **rl.FAST_RUN, pretrain=pretrain.default_config(fast=True)) \
         if fast else {}
     return StudyConfig(**{**small, **overrides})
 
 
-def snapshot(model: nn.Module) -> TensorDict:
-    return {n: p.detach().clone() for n, p in model.named_parameters()}
-
-
-WARMUP_CHUNK = 5
-"""Warm-up steps between two checks of the target's validation score."""
-
-
 def start_model(cfg: StudyConfig, world: tk.World, cache_dir: str | Path | None = None,
                 progress: bool = False) -> tuple[nn.Module, int]:
-    """``theta_0`` and the warm-up steps it took: the pretrained GPT after SFT on the target (float32),
-    in chunks of ``WARMUP_CHUNK`` steps until its validation exact match reaches ``warmup_target``
-    (partial competence, so that RL gets rewards) or ``warmup_steps`` have run."""
-    model = pretrain.pretrained(replace(cfg.pretrain, preset=cfg.preset), cache_dir=cache_dir, progress=progress)
-    done = 0
-    while done < cfg.warmup_steps and tk.accuracy(model, world, cfg.task, "val") < cfg.warmup_target:
-        chunk = min(WARMUP_CHUNK, cfg.warmup_steps - done)
-        warm = cfg.run_config("sft", "float32", steps=chunk, lr=cfg.warmup_lr, seed=cfg.seed + 1_000 + done)
-        rl.finetune(model.train(), warm, world)
-        done += chunk
-    return model.eval(), done
-
-
-def measure(model: nn.Module, theta0: TensorDict, world: tk.World, task: str) -> dict[str, Any]:
-    """Target score, update sparsity (overall, per layer type) and update rank of one run."""
-    changed = metrics.changed_entries(model, theta0, TOL, torch.bfloat16)
-    per_type: dict[str, list[int]] = {}
-    for name, moved in changed.items():
-        counts = per_type.setdefault(rl_layer_type(name), [0, 0])
-        counts[0] += int((~moved).sum())
-        counts[1] += moved.numel()
-    params = dict(model.named_parameters())
-    ranks = [metrics.update_rank(params[n].detach() - theta0[n]) / min(theta0[n].shape)
-             for n in theta0 if n.startswith("blocks.") and theta0[n].ndim == 2]
-    total = sum(c[1] for c in per_type.values())
-    in_fp32 = metrics.update_sparsity(model, theta0, TOL).overall  # the same tolerance, compared in float32
-    return dict(
-        update_sparsity_fp32_compare=in_fp32,
-        target=tk.accuracy(model, world, task, "test"),
-        target_val=tk.accuracy(model, world, task, "val"),
-        update_sparsity=sum(c[0] for c in per_type.values()) / total,
-        per_layer_type={t: u / n for t, (u, n) in sorted(per_type.items())},
-        relative_rank=sum(ranks) / len(ranks),
-        changed_by_decile=metrics.changed_by_magnitude_decile(theta0, changed),
-    )
+    """``theta_0`` and the warm-up steps it took: the pretrained GPT at ``cfg.preset`` after the SFT
+    warm-up on the target (``scaleup.rl.warm_start``: partial competence, so that RL gets rewards)."""
+    warm = rl.WarmUp(steps=cfg.warmup_steps, lr=cfg.warmup_lr, target=cfg.warmup_target)
+    return rl.warm_start(replace(cfg.pretrain, preset=cfg.preset), world, cfg.task, warm, prompts=cfg.prompts,
+                         seed=cfg.seed, cache_dir=cache_dir, progress=progress)
 
 
 def half_ulp_predictors(theta0: TensorDict, fp32_run: nn.Module, steps: int) -> dict[str, float]:
@@ -358,14 +309,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=positive_int, default=None,
                    help="fine-tuning steps per run (default: StudyConfig.steps, 100; 12 with LAB_FAST=1)")
     p.add_argument("--seed", type=random_seed, default=None, help="the runs' seed (default: StudyConfig.seed, 0)")
-    p.add_argument("--cache-dir", type=output_folder, default=None,
-                   help="the pretrained-model cache (default: $SUBNET_LAB_CACHE, else .cache/subnet-lab/)")
     p.add_argument("--json", action="store_true", help="print every number as JSON")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    rl.add_model_arguments(p, StudyConfig.preset)
     grpo.add_arguments(p)
     args = p.parse_args(argv)
     use_threads()
     overrides = {k: v for k, v in {"steps": args.steps, "seed": args.seed}.items() if v is not None}
+    overrides["preset"] = args.preset
     try:
         cfg = default_config(fast=fast_mode(), **overrides, grpo=grpo.from_arguments(args), kl=args.kl)
     except (ValueError, TypeError) as e:
@@ -376,9 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{p.prog}: error: {e}", file=sys.stderr)
         return 1
     if args.json:
-        json.dump(json_ready(study), sys.stdout, indent=1, allow_nan=False)
-        print()
-        return 0
+        return rl.print_json(study)
     print(f"theta_0 ({cfg.preset}, {study['warmup_steps_taken']} SFT warm-up steps): target {cfg.task} "
           f"{study['start_target']:.3f}")
     print(f"{'run':<20}{'target':>8}{'sparsity':>10}{'norm.weight':>13}{'rank':>7}{'pred. total':>13}{'per step':>10}")
