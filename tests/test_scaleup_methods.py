@@ -18,6 +18,9 @@ from sparsity.compact import CompactAdamW
 from sparsity.train import Every
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+BENCHMARK_FOLDERS = sorted(p.parent for p in RESULTS.glob("*/report.md"))
+"""The controlled benchmark's committed folders (config, results, report.md); other stores, such as the RL
+scale study's, keep their report beside the folder."""
 
 
 class BitFit(Method):
@@ -97,7 +100,7 @@ def test_a_stored_budget_key_is_looked_up_among_the_configs_budgets():
         cfg.budget_of("d0.2")  # a density the config does not list is not parsed into one
 
 
-@pytest.mark.parametrize("folder", sorted(p.parent.name for p in RESULTS.glob("*/config.json")))
+@pytest.mark.parametrize("folder", [p.name for p in BENCHMARK_FOLDERS])
 def test_committed_results_load_and_rebuild_their_committed_report(folder):
     """Every committed benchmark folder loads through the registry and its report.md rebuilds byte for byte."""
     out = RESULTS / folder
@@ -136,5 +139,6 @@ def test_the_methods_settings_keep_their_config_json_keys():
     assert (data["lift_rank"], data["rigl_every"], data["l1_lam"]) == (2, 7, 1e-4)
     assert bc.BenchConfig.from_json(data) == cfg
     assert "lift_eps" not in replace(cfg, lift=LiftSettings()).to_json()
-    for folder in sorted(p.parent for p in RESULTS.glob("*/config.json")):
+    assert len(BENCHMARK_FOLDERS) >= 7
+    for folder in BENCHMARK_FOLDERS:
         store(folder, load_config(folder))  # the store's guard accepts it: a rerun would resume the folder
