@@ -207,7 +207,21 @@ def reach_full_verdict(scales: list[Scale], share: float = AT_FULL) -> str:
     return f"- {head} {answer}{_caveat([s for s in judged if _note(s)])}: " + "; ".join(clauses) + "."
 
 
+def grid_verdict(scales: list[Scale]) -> str:
+    """Whether the learning-rate grids held each method's best rate inside them: a rank read from a grid
+    whose chosen rate sits at its edge may move when the grid is widened, so the answers above carry that."""
+    head = "**Were the learning-rate grids wide enough?**"
+    edged = [s for s in scales if s.lr_edge]
+    if not edged:
+        return f"- {head} yes: every method's chosen rate lies inside its grid at every scale."
+    clauses = [f"{s.label}: " + ", ".join(f"{_name(m)} ({edge})" for m, edge in s.lr_edge.items()) for s in edged]
+    return (f"- {head} no, at {len(edged)} of {len(scales)} folders the chosen rate is the grid's largest or "
+            "smallest, so a wider grid may move the ranks there (top: the target may still rise at a larger rate; "
+            "bottom: the smallest rate already reaches the best target, so the frontier's low-forgetting end may "
+            "lie below the grid): " + "; ".join(clauses) + ".")
+
+
 def scale_verdict(scales: list[Scale]) -> str:
-    """The four answers, one markdown bullet each."""
+    """The five answers, one markdown bullet each."""
     return "\n".join((dominance_verdict(scales), lora_reach_verdict(scales), order_verdict(scales),
-                      reach_full_verdict(scales)))
+                      reach_full_verdict(scales), grid_verdict(scales)))

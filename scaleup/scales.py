@@ -18,7 +18,7 @@ import math
 import shlex
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from scaleup.bench_config import BenchConfig
 from scaleup.grid import total_runs
 from scaleup.method_base import LORA_EQUAL
 from scaleup.methods import get_method, known_methods
-from scaleup.results import load_config, load_results
+from scaleup.results import best_lr, load_config, load_results
 from sparsity.sweep import CONFIG
 
 
@@ -42,7 +42,9 @@ class Scale:
     at its compared budget (:func:`compared_budget`) over the seeds with the whole learning-rate grid;
     ``partial``: per method, the seeds with part of the grid stored; ``pending``: methods the folder's
     command names (``--methods``) with no run stored; ``runs`` / ``planned_runs``: stored and planned
-    runs at the compared budgets.
+    runs at the compared budgets; ``lr_edge``: per method with its grid stored, ``"top"`` or ``"bottom"``
+    where the learning rate the benchmark chooses (``results.best_lr``) is the grid's largest or smallest
+    (the method's best may lie outside the grid, so its rank may move with a wider one).
     """
 
     folder: Path
@@ -56,6 +58,7 @@ class Scale:
     pending: tuple[str, ...]
     runs: int
     planned_runs: int
+    lr_edge: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -132,9 +135,11 @@ def load_scale(folder: str | Path) -> Scale:
     pending = tuple(m for m in named_methods(folder) if m not in stored)
     parameters = next((r["trainable"] for r in rows.values() if get_method(r["method"]).reference and "trainable" in r),
                       None)
+    chosen = {m: best_lr(cfg, rows, m, compared_budget(cfg, m)) for m in entries}
+    lr_edge = {m: edge for m, lr in chosen.items() if lr is not None and (edge := cfg.lr_edge(m, lr))}
     return Scale(folder=folder, model=cfg.model_name, kind=cfg.model if cfg.world_kind == "gpt" else cfg.world_kind,
                  target=cfg.target, parameters=parameters, seeds=cfg.seeds, entries=entries, partial=dict(partial),
-                 pending=pending, runs=len(rows),
+                 pending=pending, runs=len(rows), lr_edge=lr_edge,
                  planned_runs=total_runs(cfg, [(m, compared_budget(cfg, m)) for m in (*stored, *pending)]))
 
 

@@ -14,7 +14,8 @@ import pytest
 from scaleup import scale_report
 from scaleup.bench_config import BenchConfig
 from scaleup.results import store
-from scaleup.scale_verdict import dominance_verdict, lora_reach_verdict, order_verdict, reach_full_verdict
+from scaleup.scale_verdict import (dominance_verdict, grid_verdict, lora_reach_verdict, order_verdict,
+                                   reach_full_verdict)
 from scaleup.scales import load_scale
 
 SIZES = {"tiny": 1_000, "small": 10_000}
@@ -40,8 +41,8 @@ def _folder(root: Path, preset: str, target: str, points: dict[str, tuple[float,
                 at = y[seed] if isinstance(y, tuple) else y
                 point = dict(retention_token=x + 0.01 * seed, target_test_token=at)
                 results.append(dict(method=method, budget="all" if method == "full" else "lora_equal", lr=lr,
-                                    seed=seed, target_test=at, trainable=SIZES[preset] if method == "full" else 100,
-                                    trace=[point]))
+                                    seed=seed, target_test=at, target_val=at,
+                                    trainable=SIZES[preset] if method == "full" else 100, trace=[point]))
     if command is not None:
         (folder / "command.txt").write_text(command)
     return folder
@@ -154,3 +155,14 @@ def test_committed_scales_skips_and_names_a_folder_not_committed_yet(tmp_path: P
     (tmp_path / "empty").mkdir()
     found, missing = scale_report.committed_scales(tmp_path, ("tiny_add2", "small_add2", "empty"))
     assert [s.label for s in found] == ["GPT tiny, add2"] and missing == ["small_add2", "empty"]
+
+
+def test_a_chosen_rate_at_the_edge_of_its_grid_is_named_and_an_inside_one_is_not(tmp_path: Path) -> None:
+    inside = load_scale(_folder(tmp_path, "tiny", "add2", BASE))  # one sparse rate: no edge to sit on
+    edged = load_scale(_folder(tmp_path / "a", "small", "add2", BASE, lrs=(1e-2, 3e-2)))
+    assert inside.lr_edge == {} and edged.lr_edge == {"lora": "bottom", "magnitude": "bottom", "lift": "bottom"}
+    assert grid_verdict([inside]).endswith("yes: every method's chosen rate lies inside its grid at every scale.")
+    assert "** no, at 1 of 2 folders the chosen rate is the grid's largest or smallest, so a wider grid may move " \
+           "the ranks there (top: " in grid_verdict([inside, edged])
+    assert grid_verdict([inside, edged]).endswith(
+        ": GPT small, add2: LoRA (bottom), magnitude (bottom), LIFT (bottom).")
