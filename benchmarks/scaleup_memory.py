@@ -46,6 +46,9 @@ and a few steps (seconds). Run from the repository root::
 
     PYTHONPATH=. python -m benchmarks.scaleup_memory [--preset P] [--device cpu|cuda] [--threads T] [--out PATH]
 
+``--memory-only`` measures the bytes alone (two steps per method, no timing, no resident set): bytes
+do not depend on the load, so this is the run to make on a machine too busy to time anything.
+
 ``--out PATH`` writes the markdown report and, beside it, ``PATH`` with ``.json``: one object per
 method and batch size with ``method``, ``peak_bytes``, ``params``, ``grads``, ``optimizer_state``,
 ``activations``, ``step_ms``, the setting (``setting`` "B x T", ``batch``, ``tokens``,
@@ -103,11 +106,12 @@ class Row:
     batch: int
     tokens: int
     trainable: int
-    step_ms: float
-    time_ratio: float
-    tokens_per_s: float
+    step_ms: float | None
+    time_ratio: float | None
+    tokens_per_s: float | None
     memory: StepMemory
-    rss_peak_mb: float
+    rss_peak_mb: float | None
+    """The timed columns are None in a ``--memory-only`` run."""
 
 
 def matched_rank(model: nn.Module, density: float = DENSITY) -> int:
@@ -201,23 +205,27 @@ def random_batch(vocab_size: int, batch_size: int, tokens: int, device: str) -> 
 
 
 def measure(preset: str, device: str, batch_size: int, tokens: int, steps: int, warmup: int,
-            methods: tuple[str, ...]) -> tuple[list[Row], dict[str, object]]:
-    """Each of ``methods``' rows at one batch size, and the facts of the set-up (parameters, rank, tokens)."""
+            methods: tuple[str, ...], timed: bool = True) -> tuple[list[Row], dict[str, object]]:
+    """Each of ``methods``' rows at one batch size, and the facts of the set-up (parameters, rank, tokens);
+    ``timed=False``: bytes only (the step time and resident-set columns None)."""
     world = tk.World()
     base = gpt.build(preset, world.vocab_size, tokens, seed=0, device=device)
     batch = random_batch(world.vocab_size, batch_size, tokens, device)
     rank = matched_rank(base)
     setups = {m: prepare(m, base, rank) for m in methods}
     steppers = {m: TrainingStep(model, opt, batch, device) for m, (model, opt, _) in setups.items()}
-    print(f"{preset}: timing {len(methods)} methods, {steps} steps each ...", file=sys.stderr, flush=True)
-    medians = time_interleaved(steppers, steps, warmup)  # type: ignore[arg-type]
+    medians: dict[str, float | None] = dict.fromkeys(methods)
+    if timed:
+        print(f"{preset}: timing {len(methods)} methods, {steps} steps each ...", file=sys.stderr, flush=True)
+        medians.update(time_interleaved(steppers, steps, warmup))  # type: ignore[arg-type]
     trainable = {m: count for m, (_, _, count) in setups.items()}
     del steppers, setups
     memory = {m: memory_of(m, base, rank, batch, device) for m in methods}
-    rss = {m: rss_peak_mb(m, base, rank, batch, device) for m in methods}
-    n_tokens = batch.idx.numel()
-    rows = [Row(m, batch_size, tokens, trainable[m], medians[m], medians[m] / medians[FULL],
-                n_tokens / (medians[m] / 1e3), memory[m], rss[m]) for m in methods]
+    rss = {m: rss_peak_mb(m, base, rank, batch, device) if timed else None for m in methods}
+    n_tokens, full_ms = batch.idx.numel(), medians[FULL]
+    rows = [Row(m, batch_size, tokens, trainable[m], ms, None if ms is None else ms / full_ms,  # type: ignore[operator]
+                None if ms is None else n_tokens / (ms / 1e3), memory[m], rss[m])
+            for m, ms in medians.items()]
     facts = {"preset": preset, "n_params": base.n_params(), "rank": rank,
              "n_weights": sum(p.numel() for n, p in base.named_parameters() if n in eligible(base, "weight"))}
     return rows, facts
@@ -239,10 +247,12 @@ def targets(rows: list[Row]) -> dict[str, bool]:
     by = {r.method: r for r in rows}
     full = by[FULL].memory.peak_bytes
     checks = {}
-    if SPARSE in by:
-        checks[SPARSE_TIME_TARGET] = by[SPARSE].step_ms <= by[FULL].step_ms
+    timed = by[FULL].step_ms is not None
+    if SPARSE in by and timed:
+        checks[SPARSE_TIME_TARGET] = by[SPARSE].step_ms <= by[FULL].step_ms  # type: ignore[operator]
     if SPARSE_VALUES in by:
-        checks[TIME_TARGET] = by[SPARSE_VALUES].step_ms <= 0.80 * by[FULL].step_ms
+        if timed:
+            checks[TIME_TARGET] = by[SPARSE_VALUES].step_ms <= 0.80 * by[FULL].step_ms  # type: ignore[operator]
         checks[VALUES_TARGET] = by[SPARSE_VALUES].memory.peak_bytes <= 0.6 * full
         checks[BELOW_FULL_TARGET] = max(by[LORA].memory.peak_bytes, by[SPARSE_VALUES].memory.peak_bytes) < full
     else:
@@ -268,14 +278,16 @@ def reading(rows: list[Row]) -> str:
         f"dense weight gradient of every block matrix ({sparse.memory.grads / MB:.1f} MB) but [k]-sized state "
         f"(peak {peak(sparse)} full's)"
         + (f"; `sparse 5% values-grad` keeps only the selected entries' gradient "
-           f"({values.memory.grads / MB:.2f} MB; peak {peak(values)} full's) at {values.time_ratio:.2f}x full's "
-           f"step time (plain sparse 5%: {sparse.time_ratio:.2f}x)" if values else "")
+           f"({values.memory.grads / MB:.2f} MB; peak {peak(values)} full's)" if values else "")
+        + (f" at {values.time_ratio:.2f}x full's step time (plain sparse 5%: {sparse.time_ratio:.2f}x)"
+           if values and values.time_ratio is not None else "")
         + f"; LoRA keeps no base-weight gradient ({lora_row.memory.grads / MB:.2f} MB of adapter gradients; "
         f"peak {peak(lora_row)} full's) but saves more activations ({lora_row.memory.activations / MB:.1f} MB "
-        f"against {full.memory.activations / MB:.1f}) for its extra matmuls. `sparse 5%` and `sparse LoRA-equal` "
-        f"run the same code on nearly the same count ({sparse.trainable:,} vs {by[SPARSE_LORA].trainable:,}): "
-        f"their time ratios, {sparse.time_ratio:.2f} and {by[SPARSE_LORA].time_ratio:.2f}, show this run's timing "
-        "noise. The resident-set column counts what the C allocator keeps after a free, so it does not rank methods."
+        f"against {full.memory.activations / MB:.1f}) for its extra matmuls."
+        + (f" `sparse 5%` and `sparse LoRA-equal` run the same code on nearly the same count ({sparse.trainable:,} vs "
+           f"{by[SPARSE_LORA].trainable:,}): their time ratios, {sparse.time_ratio:.2f} and "
+           f"{by[SPARSE_LORA].time_ratio:.2f}, show this run's timing noise. The resident-set column counts what the "
+           "C allocator keeps after a free, so it does not rank methods." if sparse.time_ratio is not None else "")
     )
 
 
@@ -300,11 +312,16 @@ def activations_reading(settings: list[list[Row]]) -> str:
                      f"{(fc.grads + fc.optimizer_state) / MB:.1f} MB of gradients and state, values-grad "
                      f"{(vc.grads + vc.optimizer_state) / MB:.1f} MB; values-grad + checkpointing peaks at "
                      f"{vc.peak_bytes / fc.peak_bytes:.2f}x full + checkpointing "
-                     f"({vc.peak_bytes / full.peak_bytes:.2f}x plain full) and steps in "
-                     f"{by[VALUES_CKPT].step_ms / by[FULL_CKPT].step_ms:.2f}x its time")
+                     f"({vc.peak_bytes / full.peak_bytes:.2f}x plain full)")
+            if by[FULL_CKPT].step_ms is not None:
+                text += f" and steps in {by[VALUES_CKPT].step_ms / by[FULL_CKPT].step_ms:.2f}x its time"
         parts.append(text + ".")
-    return ("**What reaches 0.6x, and why.** " + " ".join(parts)
-            + " Checkpointing costs one more forward of the blocks in backward (the `time vs full` column).")
+    return "**What reaches 0.6x, and why.** " + " ".join(parts)
+
+
+def _cell(value: float | None, spec: str) -> str:
+    """A timed number formatted, or a dash where the run measured bytes only."""
+    return "-" if value is None else format(value, spec)
 
 
 def format_table(rows: list[Row], rank: int) -> str:
@@ -315,15 +332,19 @@ def format_table(rows: list[Row], rank: int) -> str:
          "optimizer state MB", "activations MB", "peak MB", "peak vs full", "peak vs full, same checkpointing",
          "RSS peak MB (3 steps)"],
         [[r.method + (f" (r={rank})" if r.method.removesuffix(CKPT) in (LORA, SPARSE_LORA) else ""),
-          f"{r.trainable:,}", f"{r.step_ms:.1f}", f"{r.time_ratio:.2f}", f"{r.tokens_per_s:,.0f}",
+          f"{r.trainable:,}", _cell(r.step_ms, ".1f"), _cell(r.time_ratio, ".2f"), _cell(r.tokens_per_s, ",.0f"),
           f"{r.memory.params / MB:.2f}", f"{r.memory.grads / MB:.2f}", f"{r.memory.optimizer_state / MB:.2f}",
           f"{r.memory.activations / MB:.2f}", f"{r.memory.peak_bytes / MB:.2f}", f"{r.memory.peak_bytes / full_peak:.2f}",
-          f"{r.memory.peak_bytes / same_policy_full(rows, r.method).memory.peak_bytes:.2f}", f"{r.rss_peak_mb:.1f}"]
+          f"{r.memory.peak_bytes / same_policy_full(rows, r.method).memory.peak_bytes:.2f}", _cell(r.rss_peak_mb, ".1f")]
          for r in rows])
 
 
-def format_report(settings: list[list[Row]], facts: dict[str, object], device: str, steps: int, command: str,
+def format_report(settings: list[list[Row]], facts: dict[str, object], device: str, steps: int | None, command: str,
                   loads: tuple[str, str]) -> str:
+    """The markdown report; ``steps`` None: a ``--memory-only`` run (bytes only, no step times)."""
+    timing = (f"median of {steps} training steps (forward, backward, step) per method, interleaved rounds of "
+              f"{STEPS_PER_ROUND} within each batch size" if steps is not None else
+              "not measured (`--memory-only`: bytes by category only, which do not depend on the load)")
     peak_kind = "torch.cuda.max_memory_allocated" if device.startswith("cuda") else \
         "the largest total of live tensor storages (sparsity.memory.LiveTensors)"
     lines = [
@@ -335,8 +356,7 @@ def format_report(settings: list[list[Row]], facts: dict[str, object], device: s
          "shared the CPU when it exceeds the thread count; bytes do not)"),
         f"- model: {facts['n_params']:,} parameters, {facts['n_weights']:,} in block matrices; random tokens, "
         + ("bf16 autocast" if device.startswith("cuda") else "float32"),
-        (f"- timing: median of {steps} training steps (forward, backward, step) per method, interleaved rounds of "
-         f"{STEPS_PER_ROUND} within each batch size; memory: the second training step of a fresh set-up, in live "
+        (f"- timing: {timing}; memory: the second training step of a fresh set-up, in live "
          f"tensor bytes by category (`sparsity.memory.step_memory`), peak = {peak_kind}; `+ checkpointing`: "
          "activation checkpointing per block (`GPT.gradient_checkpointing_enable`); RSS: the process's resident-set "
          f"peak over the first {PEAK_STEPS} steps, above model + data"),
@@ -350,15 +370,21 @@ def format_report(settings: list[list[Row]], facts: dict[str, object], device: s
                     for name, ok in targets(rows).items()]]
         if i == 0:
             lines += ["", reading(rows)]
-    lines += ["", activations_reading(settings), ""]
+    lines += ["", activations_reading(settings)
+              + (" Checkpointing costs one more forward of the blocks in backward (the `time vs full` column)."
+                 if steps is not None else ""), ""]
     return "\n".join(lines)
 
 
 def json_rows(settings: list[list[Row]], facts: dict[str, object], device: str, threads: int,
               loads: tuple[str, str]) -> list[dict[str, object]]:
     """One object per method and batch size: the byte categories, the step time, the setting and the run's facts."""
-    return [{"method": r.method, **asdict(r.memory), "step_ms": round(r.step_ms, 3),
-             "time_vs_full": round(r.time_ratio, 4), "trainable": r.trainable, "rss_peak_mb": round(r.rss_peak_mb, 2),
+    def rounded(value: float | None, digits: int) -> float | None:
+        return None if value is None else round(value, digits)
+
+    return [{"method": r.method, **asdict(r.memory), "step_ms": rounded(r.step_ms, 3),
+             "time_vs_full": rounded(r.time_ratio, 4), "trainable": r.trainable,
+             "rss_peak_mb": rounded(r.rss_peak_mb, 2),
              "setting": setting(rows), "batch": r.batch, "tokens": r.batch * r.tokens,
              "checkpointing": r.method.endswith(CKPT), "preset": facts["preset"], "device": device,
              "threads": threads, "load_1min_start": loads[0], "load_1min_end": loads[1]}
@@ -380,6 +406,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--tokens", type=positive_int, default=None, help="tokens per sequence (default 64; 16 in fast mode)")
     p.add_argument("--steps", type=positive_int, default=None, help="timed steps per method (default 30; 6 in fast mode)")
     p.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads (default %(default)s)")
+    p.add_argument("--memory-only", action="store_true",
+                   help="bytes by category only, no step times or resident set (bytes do not depend on the load)")
     p.add_argument("--out", type=output_file, default=None, help="also write the report as markdown to this path")
     args = p.parse_args(argv)
     if args.device == "cuda" and not cuda:
@@ -406,11 +434,11 @@ def main(argv: list[str] | None = None) -> int:
         settings, facts = [], {}
         for batch, methods in ((args.batch, METHODS), (args.small_batch, SMALL_BATCH_METHODS)):
             rows, facts = measure(args.preset, args.device, batch, args.tokens, args.steps,
-                                  2 if args.fast else 3, methods_for(args.device, methods))
+                                  2 if args.fast else 3, methods_for(args.device, methods), not args.memory_only)
             settings.append(rows)
         loads = (load_start, load_average())
         command = command_line("benchmarks.scaleup_memory", argv, args.fast)
-        report = format_report(settings, facts, args.device, args.steps, command, loads)
+        report = format_report(settings, facts, args.device, None if args.memory_only else args.steps, command, loads)
     finally:
         torch.set_num_threads(previous)  # tests call main in-process
     print(f"measured in {time.perf_counter() - start:.0f} s", file=sys.stderr)

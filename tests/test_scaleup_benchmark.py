@@ -121,3 +121,18 @@ def test_benchmark_cuda_path_fast_mode(tmp_path: Path, monkeypatch: pytest.Monke
     rows = _tables(written)[0]
     assert set(rows) == set(bench.methods_for("cuda"))
     assert all(float(cells[6]) > 0 for cells in rows.values())  # the allocator's peak above model + data
+
+
+def test_memory_only_reports_bytes_and_no_step_times(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LAB_FAST", "1")
+    out = tmp_path / "bytes.md"
+    assert bench.main(["--threads", "1", "--memory-only", "--out", str(out)]) == 0
+    written = out.read_text()
+    assert "not measured (`--memory-only`" in written
+    targets = [line for line in written.splitlines() if line.startswith("- target ")]
+    assert targets and not any("step time" in line for line in targets)
+    rows = json.loads(out.with_suffix(".json").read_text())
+    assert len(rows) == len(bench.METHODS) + len(bench.SMALL_BATCH_METHODS)
+    for r in rows:
+        assert r["step_ms"] is None and r["time_vs_full"] is None and r["rss_peak_mb"] is None, r["method"]
+        assert r["peak_bytes"] >= r["params"] + r["grads"] + r["optimizer_state"] > 0, r["method"]
