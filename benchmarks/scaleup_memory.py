@@ -16,7 +16,16 @@ for these ways of fine-tuning it, side by side in one run:
 - ``LoRA r=R``: ``scaleup.lora`` adapters on every block matrix, ``AdamW(fused=True)``
   on the adapters; ``R`` is the rank whose trainable count is closest to 5%;
 - ``sparse LoRA-equal``: random entries at that rank's LoRA-equal budget
-  (``SparseConfig(lora_rank=R)``), so exactly LoRA's count, with ``CompactAdamW(fused=True)``.
+  (``SparseConfig(lora_rank=R)``), so exactly LoRA's count, with ``CompactAdamW(fused=True)``;
+- ``full``, ``sparse 5% values-grad`` and ``LoRA`` ``+ checkpointing``: the same with activation
+  checkpointing (Chen et al. 2016; ``GPT.gradient_checkpointing_enable``): each block keeps only its
+  input for backward and recomputes the rest there. At 32 x 64 tokens the saved activations are most
+  of every method's peak, so a method's savings on gradients and optimizer state show against full
+  fine-tuning only at the same activation policy: ``values-grad + checkpointing`` against ``full +
+  checkpointing`` is the fair ratio there.
+
+The same methods but the plain sparse ones run again at a smaller batch (``--small-batch``, 8
+sequences by default), where the weight side (parameters, gradients, optimizer state) dominates.
 
 For each it reports the median step time (interleaved rounds, ``optimizer_step.time_interleaved``),
 tokens per second, and the memory of one training step by category, in live tensor bytes
@@ -28,17 +37,22 @@ steps (``scaleup.memory.PeakMemory``) stays as an extra column: it counts what t
 keeps after a free, so it cannot rank methods. Every sparse row but ``values-grad`` keeps
 autograd's dense weight gradient (``values_grad=False``), to show what the values-only gradient
 saves. The batch is random tokens (cost does not depend on them), ``--batch`` x ``--tokens``. The
-weights are a freshly initialised model. Targets, checked at the end: values-grad step <= 0.80x
-full, values-grad peak <= 0.6x full, LoRA's and values-grad's peaks below full's.
+weights are a freshly initialised model. Targets, checked per batch size: values-grad step <= 0.80x
+full, values-grad peak <= 0.6x full (and with checkpointing against full with checkpointing),
+LoRA's and values-grad's peaks below full's.
 
 Presets: ``small`` on the CPU, ``mid`` on CUDA (bf16 autocast); ``LAB_FAST=1``: ``micro``
 and a few steps (seconds). Run from the repository root::
 
     PYTHONPATH=. python -m benchmarks.scaleup_memory [--preset P] [--device cpu|cuda] [--threads T] [--out PATH]
 
+``--memory-only`` measures the bytes alone (two steps per method, no timing, no resident set): bytes
+do not depend on the load, so this is the run to make on a machine too busy to time anything.
+
 ``--out PATH`` writes the markdown report and, beside it, ``PATH`` with ``.json``: one object per
-method with ``method``, ``peak_bytes``, ``params``, ``grads``, ``optimizer_state``, ``activations``,
-``step_ms`` and the run's facts (preset, device, tokens, threads, load).
+method and batch size with ``method``, ``peak_bytes``, ``params``, ``grads``, ``optimizer_state``,
+``activations``, ``step_ms``, the setting (``setting`` "B x T", ``batch``, ``tokens``,
+``checkpointing``) and the run's facts (preset, device, threads, load).
 """
 
 from __future__ import annotations
@@ -69,13 +83,18 @@ from sparsity.train import fit
 DENSITY = 0.05
 FULL, SPARSE, LORA, SPARSE_LORA = "full", "sparse 5%", "LoRA", "sparse LoRA-equal"
 SPARSE_1, SPARSE_20, SPARSE_VALUES = "sparse 1%", "sparse 20%", "sparse 5% values-grad"
-METHODS = (FULL, SPARSE_1, SPARSE, SPARSE_20, SPARSE_VALUES, LORA, SPARSE_LORA)
+CKPT = " + checkpointing"
+FULL_CKPT, VALUES_CKPT, LORA_CKPT = FULL + CKPT, SPARSE_VALUES + CKPT, LORA + CKPT
+METHODS = (FULL, SPARSE_1, SPARSE, SPARSE_20, SPARSE_VALUES, LORA, SPARSE_LORA, FULL_CKPT, VALUES_CKPT, LORA_CKPT)
+SMALL_BATCH_METHODS = (FULL, SPARSE_VALUES, LORA, FULL_CKPT, VALUES_CKPT, LORA_CKPT)
+"""The methods measured again at ``--small-batch``: the plain sparse rows add nothing there."""
 DENSITIES = {SPARSE_1: 0.01, SPARSE: DENSITY, SPARSE_20: 0.20, SPARSE_VALUES: DENSITY}
 LR = 1e-3
 PEAK_STEPS = 3
 """Training steps inside the resident-set window (the first allocates the optimizer state)."""
 TIME_TARGET = "sparse 5% values-grad step time <= 0.80x full"
 VALUES_TARGET = "sparse 5% values-grad peak <= 0.6x full"
+VALUES_CKPT_TARGET = "sparse 5% values-grad + checkpointing peak <= 0.6x full + checkpointing"
 BELOW_FULL_TARGET = "LoRA's and sparse 5% values-grad's peaks below full's"
 SPARSE_TIME_TARGET = "sparse 5% step time <= 1.0x full"
 MB = 2**20
@@ -84,12 +103,15 @@ MB = 2**20
 @dataclass(frozen=True)
 class Row:
     method: str
+    batch: int
+    tokens: int
     trainable: int
-    step_ms: float
-    time_ratio: float
-    tokens_per_s: float
+    step_ms: float | None
+    time_ratio: float | None
+    tokens_per_s: float | None
     memory: StepMemory
-    rss_peak_mb: float
+    rss_peak_mb: float | None
+    """The timed columns are None in a ``--memory-only`` run."""
 
 
 def matched_rank(model: nn.Module, density: float = DENSITY) -> int:
@@ -102,6 +124,15 @@ def matched_rank(model: nn.Module, density: float = DENSITY) -> int:
 
 def prepare(method: str, base: gpt.GPT, rank: int) -> tuple[nn.Module, torch.optim.Optimizer, int]:
     """A copy of ``base`` set up for one method: (model, optimizer, trainable count)."""
+    plain = method.removesuffix(CKPT)
+    model, opt, trainable = _prepare_plain(plain, base, rank)
+    if plain != method:
+        model.gradient_checkpointing_enable()
+    return model, opt, trainable
+
+
+def _prepare_plain(method: str, base: gpt.GPT, rank: int) -> tuple[gpt.GPT, torch.optim.Optimizer, int]:
+    """:func:`prepare` for a method without checkpointing."""
     model = copy.deepcopy(base).train()
     if method == FULL:
         return model, torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.0, fused=True), model.n_params()
@@ -159,10 +190,11 @@ def rss_peak_mb(method: str, base: gpt.GPT, rank: int, batch: tk.Batch, device: 
     return peak.mb
 
 
-def methods_for(device: str) -> tuple[str, ...]:
-    """The methods measured on ``device``: values-only gradients are float32 CPU layers, so not under CUDA's
-    bf16 autocast (``values_grad=True`` would compute them with the gather fallback)."""
-    return tuple(m for m in METHODS if not (m == SPARSE_VALUES and device.startswith("cuda")))
+def methods_for(device: str, methods: tuple[str, ...] = METHODS) -> tuple[str, ...]:
+    """The ``methods`` measured on ``device``: values-only gradients are float32 CPU layers, so not under
+    CUDA's bf16 autocast (``values_grad=True`` would compute them with the gather fallback)."""
+    cuda = device.startswith("cuda")
+    return tuple(m for m in methods if not (cuda and m.removesuffix(CKPT) == SPARSE_VALUES))
 
 
 def random_batch(vocab_size: int, batch_size: int, tokens: int, device: str) -> tk.Batch:
@@ -172,41 +204,61 @@ def random_batch(vocab_size: int, batch_size: int, tokens: int, device: str) -> 
     return tk.Batch(idx[:, :-1].contiguous(), idx[:, 1:].contiguous()).to(device)
 
 
-def measure(preset: str, device: str, batch_size: int, tokens: int, steps: int,
-            warmup: int) -> tuple[list[Row], dict[str, object]]:
-    """Every method's row, and the facts of the set-up (parameters, rank, tokens per step)."""
-    methods = methods_for(device)
+def measure(preset: str, device: str, batch_size: int, tokens: int, steps: int, warmup: int,
+            methods: tuple[str, ...], timed: bool = True) -> tuple[list[Row], dict[str, object]]:
+    """Each of ``methods``' rows at one batch size, and the facts of the set-up (parameters, rank, tokens);
+    ``timed=False``: bytes only (the step time and resident-set columns None)."""
     world = tk.World()
     base = gpt.build(preset, world.vocab_size, tokens, seed=0, device=device)
     batch = random_batch(world.vocab_size, batch_size, tokens, device)
     rank = matched_rank(base)
     setups = {m: prepare(m, base, rank) for m in methods}
     steppers = {m: TrainingStep(model, opt, batch, device) for m, (model, opt, _) in setups.items()}
-    print(f"{preset}: timing {len(methods)} methods, {steps} steps each ...", file=sys.stderr, flush=True)
-    medians = time_interleaved(steppers, steps, warmup)  # type: ignore[arg-type]
+    medians: dict[str, float | None] = dict.fromkeys(methods)
+    if timed:
+        print(f"{preset}: timing {len(methods)} methods, {steps} steps each ...", file=sys.stderr, flush=True)
+        medians.update(time_interleaved(steppers, steps, warmup))  # type: ignore[arg-type]
     trainable = {m: count for m, (_, _, count) in setups.items()}
     del steppers, setups
     memory = {m: memory_of(m, base, rank, batch, device) for m in methods}
-    rss = {m: rss_peak_mb(m, base, rank, batch, device) for m in methods}
-    n_tokens = batch.idx.numel()
-    rows = [Row(m, trainable[m], medians[m], medians[m] / medians[FULL], n_tokens / (medians[m] / 1e3), memory[m],
-                rss[m]) for m in methods]
-    facts = {"preset": preset, "n_params": base.n_params(), "rank": rank, "batch": batch_size, "tokens": n_tokens,
+    rss = {m: rss_peak_mb(m, base, rank, batch, device) if timed else None for m in methods}
+    n_tokens, full_ms = batch.idx.numel(), medians[FULL]
+    rows = [Row(m, batch_size, tokens, trainable[m], ms, None if ms is None else ms / full_ms,  # type: ignore[operator]
+                None if ms is None else n_tokens / (ms / 1e3), memory[m], rss[m])
+            for m, ms in medians.items()]
+    facts = {"preset": preset, "n_params": base.n_params(), "rank": rank,
              "n_weights": sum(p.numel() for n, p in base.named_parameters() if n in eligible(base, "weight"))}
     return rows, facts
 
 
+def same_policy_full(rows: list[Row], method: str) -> Row:
+    """The ``full`` row at ``method``'s activation policy (checkpointing or not): the fair baseline of its peak."""
+    by = {r.method: r for r in rows}
+    return by[FULL_CKPT] if method.endswith(CKPT) and FULL_CKPT in by else by[FULL]
+
+
+def setting(rows: list[Row]) -> str:
+    """The batch size of these rows as "B x T" (sequences x tokens)."""
+    return f"{rows[0].batch} x {rows[0].tokens}"
+
+
 def targets(rows: list[Row]) -> dict[str, bool]:
-    """The targets, checked on this run's numbers (the values-grad ones only where that row was measured)."""
+    """The targets, checked on this batch size's numbers (each only where its rows were measured)."""
     by = {r.method: r for r in rows}
     full = by[FULL].memory.peak_bytes
-    checks = {SPARSE_TIME_TARGET: by[SPARSE].step_ms <= by[FULL].step_ms}
+    checks = {}
+    timed = by[FULL].step_ms is not None
+    if SPARSE in by and timed:
+        checks[SPARSE_TIME_TARGET] = by[SPARSE].step_ms <= by[FULL].step_ms  # type: ignore[operator]
     if SPARSE_VALUES in by:
-        checks[TIME_TARGET] = by[SPARSE_VALUES].step_ms <= 0.80 * by[FULL].step_ms
+        if timed:
+            checks[TIME_TARGET] = by[SPARSE_VALUES].step_ms <= 0.80 * by[FULL].step_ms  # type: ignore[operator]
         checks[VALUES_TARGET] = by[SPARSE_VALUES].memory.peak_bytes <= 0.6 * full
         checks[BELOW_FULL_TARGET] = max(by[LORA].memory.peak_bytes, by[SPARSE_VALUES].memory.peak_bytes) < full
     else:
         checks[BELOW_FULL_TARGET] = by[LORA].memory.peak_bytes < full
+    if VALUES_CKPT in by and FULL_CKPT in by:
+        checks[VALUES_CKPT_TARGET] = by[VALUES_CKPT].memory.peak_bytes <= 0.6 * by[FULL_CKPT].memory.peak_bytes
     return checks
 
 
@@ -226,66 +278,117 @@ def reading(rows: list[Row]) -> str:
         f"dense weight gradient of every block matrix ({sparse.memory.grads / MB:.1f} MB) but [k]-sized state "
         f"(peak {peak(sparse)} full's)"
         + (f"; `sparse 5% values-grad` keeps only the selected entries' gradient "
-           f"({values.memory.grads / MB:.2f} MB; peak {peak(values)} full's) at {values.time_ratio:.2f}x full's "
-           f"step time (plain sparse 5%: {sparse.time_ratio:.2f}x)" if values else "")
+           f"({values.memory.grads / MB:.2f} MB; peak {peak(values)} full's)" if values else "")
+        + (f" at {values.time_ratio:.2f}x full's step time (plain sparse 5%: {sparse.time_ratio:.2f}x)"
+           if values and values.time_ratio is not None else "")
         + f"; LoRA keeps no base-weight gradient ({lora_row.memory.grads / MB:.2f} MB of adapter gradients; "
         f"peak {peak(lora_row)} full's) but saves more activations ({lora_row.memory.activations / MB:.1f} MB "
-        f"against {full.memory.activations / MB:.1f}) for its extra matmuls. `sparse 5%` and `sparse LoRA-equal` "
-        f"run the same code on nearly the same count ({sparse.trainable:,} vs {by[SPARSE_LORA].trainable:,}): "
-        f"their time ratios, {sparse.time_ratio:.2f} and {by[SPARSE_LORA].time_ratio:.2f}, show this run's timing "
-        "noise. The resident-set column counts what the C allocator keeps after a free, so it does not rank methods."
+        f"against {full.memory.activations / MB:.1f}) for its extra matmuls."
+        + (f" `sparse 5%` and `sparse LoRA-equal` run the same code on nearly the same count ({sparse.trainable:,} vs "
+           f"{by[SPARSE_LORA].trainable:,}): their time ratios, {sparse.time_ratio:.2f} and "
+           f"{by[SPARSE_LORA].time_ratio:.2f}, show this run's timing noise. The resident-set column counts what the "
+           "C allocator keeps after a free, so it does not rank methods." if sparse.time_ratio is not None else "")
     )
 
 
-def format_report(rows: list[Row], facts: dict[str, object], device: str, steps: int, command: str,
-                  loads: tuple[str, str]) -> str:
-    by = {r.method: r for r in rows}
-    full_peak = by[FULL].memory.peak_bytes
-    table = markdown_table(
+def activations_reading(settings: list[list[Row]]) -> str:
+    """Which setting brings values-grad's peak to 0.6x full's and why, in bytes by category, from this run."""
+    parts = []
+    for rows in settings:
+        by = {r.method: r for r in rows}
+        if SPARSE_VALUES not in by:
+            continue
+        full, values = by[FULL].memory, by[SPARSE_VALUES].memory
+        floor = values.params + values.activations
+        text = (f"At {setting(rows)} tokens the saved activations are {full.activations / MB:.1f} MB of full's "
+                f"{full.peak_bytes / MB:.1f} MB peak ({full.activations / full.peak_bytes:.0%}); values-grad saves "
+                f"nearly the same ({values.activations / MB:.1f} MB), so its peak cannot go below parameters + "
+                f"activations, {floor / MB:.1f} MB = {floor / full.peak_bytes:.2f}x full's, however little gradient "
+                f"and state it keeps: it is {values.peak_bytes / full.peak_bytes:.2f}x")
+        if VALUES_CKPT in by and FULL_CKPT in by:
+            fc, vc = by[FULL_CKPT].memory, by[VALUES_CKPT].memory
+            text += (f". With checkpointing both keep {fc.activations / MB:.1f} / {vc.activations / MB:.1f} MB of "
+                     f"activations (the blocks' inputs, the head's and the loss's) and the weight side decides: full keeps "
+                     f"{(fc.grads + fc.optimizer_state) / MB:.1f} MB of gradients and state, values-grad "
+                     f"{(vc.grads + vc.optimizer_state) / MB:.1f} MB; values-grad + checkpointing peaks at "
+                     f"{vc.peak_bytes / fc.peak_bytes:.2f}x full + checkpointing "
+                     f"({vc.peak_bytes / full.peak_bytes:.2f}x plain full)")
+            if by[FULL_CKPT].step_ms is not None:
+                text += f" and steps in {by[VALUES_CKPT].step_ms / by[FULL_CKPT].step_ms:.2f}x its time"
+        parts.append(text + ".")
+    return "**What reaches 0.6x, and why.** " + " ".join(parts)
+
+
+def _cell(value: float | None, spec: str) -> str:
+    """A timed number formatted, or a dash where the run measured bytes only."""
+    return "-" if value is None else format(value, spec)
+
+
+def format_table(rows: list[Row], rank: int) -> str:
+    """One batch size's table: step time, bytes by category, peak against full and full at the same policy."""
+    full_peak = {r.method: r.memory.peak_bytes for r in rows}[FULL]
+    return markdown_table(
         ["method", "trainable", "step ms (median)", "time vs full", "tokens/s", "params MB", "grads MB",
-         "optimizer state MB", "activations MB", "peak MB", "peak vs full", "RSS peak MB (3 steps)"],
-        [[f"{r.method}" + (f" (r={facts['rank']})" if r.method in (LORA, SPARSE_LORA) else ""), f"{r.trainable:,}",
-          f"{r.step_ms:.1f}", f"{r.time_ratio:.2f}", f"{r.tokens_per_s:,.0f}", f"{r.memory.params / MB:.2f}",
-          f"{r.memory.grads / MB:.2f}", f"{r.memory.optimizer_state / MB:.2f}", f"{r.memory.activations / MB:.2f}",
-          f"{r.memory.peak_bytes / MB:.2f}", f"{r.memory.peak_bytes / full_peak:.2f}", f"{r.rss_peak_mb:.1f}"]
+         "optimizer state MB", "activations MB", "peak MB", "peak vs full", "peak vs full, same checkpointing",
+         "RSS peak MB (3 steps)"],
+        [[r.method + (f" (r={rank})" if r.method.removesuffix(CKPT) in (LORA, SPARSE_LORA) else ""),
+          f"{r.trainable:,}", _cell(r.step_ms, ".1f"), _cell(r.time_ratio, ".2f"), _cell(r.tokens_per_s, ",.0f"),
+          f"{r.memory.params / MB:.2f}", f"{r.memory.grads / MB:.2f}", f"{r.memory.optimizer_state / MB:.2f}",
+          f"{r.memory.activations / MB:.2f}", f"{r.memory.peak_bytes / MB:.2f}", f"{r.memory.peak_bytes / full_peak:.2f}",
+          f"{r.memory.peak_bytes / same_policy_full(rows, r.method).memory.peak_bytes:.2f}", _cell(r.rss_peak_mb, ".1f")]
          for r in rows])
-    checks = targets(rows)
+
+
+def format_report(settings: list[list[Row]], facts: dict[str, object], device: str, steps: int | None, command: str,
+                  loads: tuple[str, str]) -> str:
+    """The markdown report; ``steps`` None: a ``--memory-only`` run (bytes only, no step times)."""
+    timing = (f"median of {steps} training steps (forward, backward, step) per method, interleaved rounds of "
+              f"{STEPS_PER_ROUND} within each batch size" if steps is not None else
+              "not measured (`--memory-only`: bytes by category only, which do not depend on the load)")
     peak_kind = "torch.cuda.max_memory_allocated" if device.startswith("cuda") else \
         "the largest total of live tensor storages (sparsity.memory.LiveTensors)"
     lines = [
-        f"# Fine-tuning cost on GPT `{facts['preset']}` ({device}): full vs compact sparse vs LoRA",
+        f"# Fine-tuning cost on GPT `{facts['preset']}` ({device}): full vs compact sparse vs LoRA, "
+        "with and without activation checkpointing",
         "",
         *machine_lines(command),
-        (f"- 1-minute load average at start / end: {loads[0]} / {loads[1]} (above the thread count: other jobs "
-         "shared the CPU)"),
-        f"- model: {facts['n_params']:,} parameters, {facts['n_weights']:,} in block matrices; batch "
-        f"{facts['batch']} x {facts['tokens'] // facts['batch']} random tokens"  # type: ignore[operator]
-        + (", bf16 autocast" if device.startswith("cuda") else ", float32"),
-        (f"- timing: median of {steps} training steps (forward, backward, step) per method, interleaved rounds of "
-         f"{STEPS_PER_ROUND}; memory: the second training step of a fresh set-up, in live tensor bytes by category "
-         f"(`sparsity.memory.step_memory`), peak = {peak_kind}; RSS: the process's resident-set peak over the first "
-         f"{PEAK_STEPS} steps, above model + data"),
+        (f"- 1-minute load average at start / end: {loads[0]} / {loads[1]} (step times depend on it: other jobs "
+         "shared the CPU when it exceeds the thread count; bytes do not)"),
+        f"- model: {facts['n_params']:,} parameters, {facts['n_weights']:,} in block matrices; random tokens, "
+        + ("bf16 autocast" if device.startswith("cuda") else "float32"),
+        (f"- timing: {timing}; memory: the second training step of a fresh set-up, in live "
+         f"tensor bytes by category (`sparsity.memory.step_memory`), peak = {peak_kind}; `+ checkpointing`: "
+         "activation checkpointing per block (`GPT.gradient_checkpointing_enable`); RSS: the process's resident-set "
+         f"peak over the first {PEAK_STEPS} steps, above model + data"),
         *([] if device.startswith("cuda") else
           ["- GPU rows: not run (no GPU in this session); `--device cuda` measures the `mid` preset under bf16 "
            "autocast with `torch.cuda.max_memory_allocated`"]),
-        "",
-        table,
-        "",
-        *[f"- target {name}: {'met' if ok else 'NOT met'}" for name, ok in checks.items()],
-        "",
-        reading(rows),
-        "",
     ]
+    for i, rows in enumerate(settings):
+        lines += ["", f"## Batch {setting(rows)} tokens", "", format_table(rows, facts["rank"]), "",  # type: ignore[arg-type]
+                  *[f"- target {name} (batch {setting(rows)}): {'met' if ok else 'NOT met'}"
+                    for name, ok in targets(rows).items()]]
+        if i == 0:
+            lines += ["", reading(rows)]
+    lines += ["", activations_reading(settings)
+              + (" Checkpointing costs one more forward of the blocks in backward (the `time vs full` column)."
+                 if steps is not None else ""), ""]
     return "\n".join(lines)
 
 
-def json_rows(rows: list[Row], facts: dict[str, object], device: str, threads: int,
+def json_rows(settings: list[list[Row]], facts: dict[str, object], device: str, threads: int,
               loads: tuple[str, str]) -> list[dict[str, object]]:
-    """One object per method: the byte categories, the step time and the run's facts."""
-    return [{"method": r.method, **asdict(r.memory), "step_ms": round(r.step_ms, 3),
-             "time_vs_full": round(r.time_ratio, 4), "trainable": r.trainable, "rss_peak_mb": round(r.rss_peak_mb, 2),
-             "preset": facts["preset"], "device": device, "batch": facts["batch"], "tokens": facts["tokens"],
-             "threads": threads, "load_1min_start": loads[0], "load_1min_end": loads[1]} for r in rows]
+    """One object per method and batch size: the byte categories, the step time, the setting and the run's facts."""
+    def rounded(value: float | None, digits: int) -> float | None:
+        return None if value is None else round(value, digits)
+
+    return [{"method": r.method, **asdict(r.memory), "step_ms": rounded(r.step_ms, 3),
+             "time_vs_full": rounded(r.time_ratio, 4), "trainable": r.trainable,
+             "rss_peak_mb": rounded(r.rss_peak_mb, 2),
+             "setting": setting(rows), "batch": r.batch, "tokens": r.batch * r.tokens,
+             "checkpointing": r.method.endswith(CKPT), "preset": facts["preset"], "device": device,
+             "threads": threads, "load_1min_start": loads[0], "load_1min_end": loads[1]}
+            for rows in settings for r in rows]
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -297,9 +400,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--preset", default=None, choices=tuple(gpt.PRESETS),
                    help="default: micro with LAB_FAST=1, else small on the CPU and mid on CUDA")
     p.add_argument("--batch", type=positive_int, default=None, help="sequences per step (default 32 CPU, 64 CUDA)")
+    p.add_argument("--small-batch", type=positive_int, default=None,
+                   help="a second, smaller batch where the weight side dominates (default 8 CPU, 16 CUDA; fewer "
+                        "sequences than --batch)")
     p.add_argument("--tokens", type=positive_int, default=None, help="tokens per sequence (default 64; 16 in fast mode)")
     p.add_argument("--steps", type=positive_int, default=None, help="timed steps per method (default 30; 6 in fast mode)")
     p.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads (default %(default)s)")
+    p.add_argument("--memory-only", action="store_true",
+                   help="bytes by category only, no step times or resident set (bytes do not depend on the load)")
     p.add_argument("--out", type=output_file, default=None, help="also write the report as markdown to this path")
     args = p.parse_args(argv)
     if args.device == "cuda" and not cuda:
@@ -307,6 +415,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     fast = args.fast = fast_mode()  # the entry point reads LAB_FAST once and passes it down
     args.preset = args.preset or ("micro" if fast else "mid" if args.device == "cuda" else "small")
     args.batch = args.batch or (64 if args.device == "cuda" else 32)
+    args.small_batch = args.small_batch or (16 if args.device == "cuda" else 8)
+    if args.small_batch >= args.batch:
+        p.error(f"--small-batch ({args.small_batch}) must be below --batch ({args.batch})")
     args.steps = args.steps or (6 if fast else 30)
     args.tokens = args.tokens or (16 if fast else 64)
     return args
@@ -320,19 +431,21 @@ def main(argv: list[str] | None = None) -> int:
     load_start = load_average()
     start = time.perf_counter()
     try:
-        rows, facts = measure(args.preset, args.device, args.batch, args.tokens, args.steps,
-                              warmup=2 if args.fast else 3)
+        settings, facts = [], {}
+        for batch, methods in ((args.batch, METHODS), (args.small_batch, SMALL_BATCH_METHODS)):
+            rows, facts = measure(args.preset, args.device, batch, args.tokens, args.steps,
+                                  2 if args.fast else 3, methods_for(args.device, methods), not args.memory_only)
+            settings.append(rows)
         loads = (load_start, load_average())
         command = command_line("benchmarks.scaleup_memory", argv, args.fast)
-        report = format_report(rows, facts, args.device, args.steps, command,
-                               loads)
+        report = format_report(settings, facts, args.device, None if args.memory_only else args.steps, command, loads)
     finally:
         torch.set_num_threads(previous)  # tests call main in-process
     print(f"measured in {time.perf_counter() - start:.0f} s", file=sys.stderr)
     emit(report, args.out)
     if args.out is not None:
         args.out.with_suffix(".json").write_text(
-            json.dumps(json_rows(rows, facts, args.device, args.threads, loads), indent=1) + "\n")
+            json.dumps(json_rows(settings, facts, args.device, args.threads, loads), indent=1) + "\n")
     return 0
 
 

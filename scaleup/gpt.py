@@ -17,6 +17,12 @@ plain weight a mask, a criterion or a LoRA adapter can address by name::
 LayerNorms as "norm" and the block matrices as "weight": ``include="weight"`` budgets
 exactly the transformer's matrices.
 
+Activation checkpointing (Chen et al. 2016, "Training Deep Nets with Sublinear Memory Cost"):
+``model.gradient_checkpointing_enable()``, Hugging Face's name for it, keeps only each block's
+input from the forward and recomputes the block's inside during backward
+(``torch.utils.checkpoint``, non-reentrant), trading one more forward of the blocks for the
+activations they would save; loss and gradients are unchanged. Off by default.
+
 Presets (``PRESETS``): ``micro`` for tests (seconds), ``tiny`` (~0.4M parameters, CPU
 benchmark), ``small`` (~4.8M, CPU single runs), ``mid`` (~200M, GPU). On CUDA, train
 inside :func:`autocast` (bf16) with float32 master weights.
@@ -31,6 +37,7 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from sparsity.validate import check_positive_int
 
@@ -143,6 +150,8 @@ class GPT(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.n_embd)
+        self.gradient_checkpointing = False
+        """Whether training forwards recompute each block in backward (:meth:`gradient_checkpointing_enable`)."""
         self.apply(self._init_weights)
         # GPT-2's scaled init: residual projections shrink with depth so the residual stream stays O(1).
         for name, p in self.named_parameters():
@@ -168,9 +177,21 @@ class GPT(nn.Module):
             raise ValueError(f"sequence length {start + t} exceeds block_size {self.config.block_size}")
         pos = torch.arange(start, start + t, device=idx.device)
         x = self.drop(self.tok_emb(idx) + self.pos_emb(pos))
+        recompute = self.gradient_checkpointing and cache is None and torch.is_grad_enabled()
         for i, block in enumerate(self.blocks):
-            x = block(x, None if cache is None else cache[i])
+            if recompute:  # the RNG state is kept, so a recomputed dropout drops the same entries
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x, None if cache is None else cache[i])
         return F.linear(self.ln_f(x), self.tok_emb.weight)  # tied head
+
+    def gradient_checkpointing_enable(self) -> None:
+        """Keep only each block's input for backward and recompute the block there (see the module docstring)."""
+        self.gradient_checkpointing = True
+
+    def gradient_checkpointing_disable(self) -> None:
+        """Save every block's activations for backward again (the default)."""
+        self.gradient_checkpointing = False
 
     def n_params(self) -> int:
         """Number of parameters (the tied head counted once)."""

@@ -18,7 +18,11 @@ method that keeps no weight gradient from one that does. This module counts tens
     parameter nor a gradient (moments, step counters, a compact optimizer's indices and
     their int64 copies, anchors), walked through its attributes after the step;
   - ``activations``: what autograd saves for backward during the forward
-    (``torch.autograd.graph.saved_tensors_hooks``), parameters excluded;
+    (``torch.autograd.graph.saved_tensors_hooks``), parameters excluded. Under activation
+    checkpointing (``torch.utils.checkpoint``, non-reentrant) the checkpointed region packs its
+    saved tensors with hooks of its own, so this counts what is kept from forward to backward:
+    each region's inputs (saved by the checkpoint), not the region's inside, which backward
+    recomputes one region at a time; those recomputed tensors are transient and count in the peak;
   - ``peak_bytes``: the largest live total during the step, the tensors that existed before
     it included (parameters, gradients, state, the batch).
 

@@ -26,6 +26,15 @@ How the ``[k]`` gradient is computed (:func:`selected_weight_grad`):
 ``SparseConfig(values_grad=None)`` (the default) installs ``"auto"`` on float32 CPU layers;
 ``True`` forces ``"sampled"`` on every layer, ``False`` leaves autograd's dense gradient.
 Either way the result equals the dense gradient at the selected entries to rounding.
+
+The optimizer's step consumes the anchors' gradients (a post-step hook sets them to None), as if
+it called its own ``zero_grad`` afterwards: loops that clear gradients through the model
+(``model.zero_grad()``, as ``transformers.Trainer`` does) never reach the anchors, which are no
+parameters of the model, and their gradient would otherwise pile up across steps (a run resumed
+from a checkpoint, its anchors starting empty, then drifted from the uninterrupted one).
+Gradient accumulation over several backward passes before one step is unchanged. What reads
+``model.parameters()``' gradients (``clip_grad_norm_``, Trainer's ``max_grad_norm``) does not see
+the anchors' ``[k]`` gradients: they are neither clipped nor counted in the norm.
 Under autocast the layer computes in the autocast dtype, as ``F.linear`` would. The
 selection is fixed while installed (``CompactAdamW.reselect`` refuses).
 """
@@ -156,7 +165,15 @@ def install(model: nn.Module, optimizer: CompactAdamW, mode: str = "sampled") ->
         module._values_grad = installed  # type: ignore[assignment]
         optimizer.values_grads[name] = anchor
         done.append(name)
+    if done and "_values_grad_consumed" not in optimizer.__dict__:
+        optimizer._values_grad_consumed = optimizer.register_step_post_hook(_consume)  # type: ignore[attr-defined]
     return done
+
+
+def _consume(optimizer: CompactAdamW, args: Any, kwargs: Any) -> None:
+    """After a step, drop the anchors' gradients the step has read (see the module docstring)."""
+    for anchor in optimizer.values_grads.values():
+        anchor.grad = None
 
 
 def remove(model: nn.Module, optimizer: CompactAdamW) -> None:
@@ -167,3 +184,6 @@ def remove(model: nn.Module, optimizer: CompactAdamW) -> None:
             del module.forward
             module.weight.requires_grad_(True)
     optimizer.values_grads.clear()
+    hook = optimizer.__dict__.pop("_values_grad_consumed", None)
+    if hook is not None:
+        hook.remove()

@@ -71,3 +71,34 @@ def test_a_bad_loss_is_named() -> None:
     model = nn.Linear(2, 2)
     with pytest.raises(TypeError, match="loss_of must be a callable"):
         step_memory(model, torch.optim.SGD(model.parameters(), lr=0.1), 3.0)  # type: ignore[arg-type]
+
+
+def test_checkpointed_blocks_count_only_their_inputs_as_saved_by_hand() -> None:
+    """torch.utils.checkpoint packs what its region saves with hooks of its own, so the tracker sees only
+    what is kept from forward to backward (each block's input); the recomputation in backward is transient:
+    it counts in the peak (the tracker's operator mode sees backward's operators), not as saved activations."""
+    from torch.utils.checkpoint import checkpoint
+
+    torch.manual_seed(0)
+    blocks = nn.Sequential(*[nn.Sequential(nn.Linear(8, 32, bias=False), nn.Tanh(), nn.Linear(32, 8, bias=False))
+                             for _ in range(2)])
+    x, y = torch.randn(64, 8), torch.randn(64, 8)
+    opt = torch.optim.SGD(blocks.parameters(), lr=0.1)
+
+    def loss_of(recompute: bool):
+        def loss() -> torch.Tensor:
+            h = x
+            for block in blocks:
+                h = checkpoint(block, h, use_reentrant=False) if recompute else block(h)
+            return nn.functional.mse_loss(h, y)
+        return loss
+
+    plain = step_memory(blocks, opt, loss_of(False), [x, y])
+    ckpt = step_memory(blocks, opt, loss_of(True), [x, y])
+    narrow, wide = 64 * 8 * F32, 64 * 32 * F32
+    # plain: x, tanh's output (= the second linear's input) per block, each block's output, the target
+    assert plain.activations == narrow + 2 * wide + 2 * narrow + narrow
+    # checkpointed: each block's input (x, then the first block's output), mse's input and the target
+    assert ckpt.activations == narrow + narrow + narrow + narrow
+    assert ckpt.params == plain.params and ckpt.grads == plain.grads
+    assert ckpt.peak_bytes < plain.peak_bytes

@@ -13,15 +13,17 @@ from scaleup import gpt
 from scaleup import tasks as tk
 
 
-def _rows(markdown: str) -> dict[str, list[str]]:
-    """Method (without the rank suffix) -> the other cells of its table row."""
-    rows = {}
+def _tables(markdown: str) -> list[dict[str, list[str]]]:
+    """Per batch size (in the report's order): method (without the rank suffix) -> the other cells of its row."""
+    tables: list[dict[str, list[str]]] = []
     for line in markdown.splitlines():
+        if line.startswith("## Batch "):
+            tables.append({})
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         name = cells[0].split(" (r=")[0]
         if line.startswith("|") and name in bench.METHODS:
-            rows[name] = cells[1:]
-    return rows
+            tables[-1][name] = cells[1:]
+    return tables
 
 
 def _int(cell: str) -> int:
@@ -46,8 +48,9 @@ def test_benchmark_fast_mode_table(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert written.strip() in capsys.readouterr().out
     assert "GPT `micro` (cpu)" in written and "LAB_FAST=1" in written
 
-    rows = _rows(written)
+    rows, small_rows = _tables(written)
     assert set(rows) == set(bench.methods_for("cpu")) == set(bench.METHODS)
+    assert set(small_rows) == set(bench.SMALL_BATCH_METHODS)
     world = tk.World()
     model = gpt.build("micro", world.vocab_size, 16)  # fast mode: sequences of 16 random tokens
     weights = sum(p.numel() for n, p in model.named_parameters() if n.startswith("blocks.") and p.ndim == 2)
@@ -60,11 +63,15 @@ def test_benchmark_fast_mode_table(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         assert step_ms > 0 and ratio > 0 and tokens_s > 0 and float(cells[7]) > 0  # saved activations
     assert float(rows[bench.FULL][2]) == 1.0
 
-    data = {r["method"]: r for r in json.loads(out.with_suffix(".json").read_text())}
-    assert set(data) == set(bench.METHODS)
+    everything = json.loads(out.with_suffix(".json").read_text())
+    data = {r["method"]: r for r in everything if r["batch"] == 32}
+    small = {r["method"]: r for r in everything if r["batch"] == 8}
+    assert set(data) == set(bench.METHODS) and set(small) == set(bench.SMALL_BATCH_METHODS)
+    assert len(everything) == len(data) + len(small)
+    assert {r["setting"] for r in data.values()} == {"32 x 16"} and {r["setting"] for r in small.values()} == {"8 x 16"}
     n, tensors, matrices = model.n_params(), len(list(model.parameters())), 4 * model.config.n_layer
     for m, r in data.items():  # float32 weights (and LoRA's adapters), by category
-        assert r["params"] == 4 * (n + (trainable[m] if m == bench.LORA else 0)), m
+        assert r["params"] == 4 * (n + (trainable[m] if m.startswith(bench.LORA) else 0)), m
         assert r["peak_bytes"] >= r["params"] + r["grads"] + r["optimizer_state"], m  # all live at the step's end
     full, sparse, values, lora_row = (data[m] for m in (bench.FULL, bench.SPARSE, bench.SPARSE_VALUES, bench.LORA))
     assert full["grads"] == 4 * n  # a float32 gradient per parameter
@@ -81,7 +88,26 @@ def test_benchmark_fast_mode_table(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert lora_row["peak_bytes"] < full["peak_bytes"] and values["peak_bytes"] < sparse["peak_bytes"]
     assert trainable[bench.SPARSE_VALUES] == trainable[bench.SPARSE]
     assert trainable[bench.SPARSE_1] < trainable[bench.SPARSE] < trainable[bench.SPARSE_20]
-    assert sum(line.startswith("- target ") for line in written.splitlines()) == 4
+    # checkpointing changes the saved activations only: fewer of them and a lower peak, at both batch sizes
+    for by in (data, small):
+        for method in (bench.FULL, bench.SPARSE_VALUES, bench.LORA):
+            plain, ckpt = by[method], by[method + bench.CKPT]
+            assert not plain["checkpointing"] and ckpt["checkpointing"]
+            for key in ("params", "grads", "optimizer_state", "trainable"):
+                assert ckpt[key] == plain[key], (method, key)
+            assert ckpt["activations"] < plain["activations"] / 2 and ckpt["peak_bytes"] < plain["peak_bytes"], method
+    # the smaller batch saves fewer activations and keeps the same weight side
+    for method in bench.SMALL_BATCH_METHODS:
+        assert small[method]["activations"] < data[method]["activations"], method
+        assert small[method]["optimizer_state"] == data[method]["optimizer_state"], method
+    assert sum(line.startswith("- target ") for line in written.splitlines()) == 5 + 4
+    assert "**What reaches 0.6x, and why.**" in written and "(batch 8 x 16)" in written
+
+
+def test_the_small_batch_must_be_below_the_batch(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--batch", "8", "--small-batch", "8"])
+    assert "--small-batch (8) must be below --batch (8)" in capsys.readouterr().err
 
 
 @pytest.mark.gpu
@@ -92,6 +118,21 @@ def test_benchmark_cuda_path_fast_mode(tmp_path: Path, monkeypatch: pytest.Monke
     assert bench.main(["--device", "cuda", "--preset", "tiny", "--out", str(out)]) == 0
     written = out.read_text()
     assert "GPT `tiny` (cuda)" in written and "torch.cuda.max_memory_allocated" in written
-    rows = _rows(written)
+    rows = _tables(written)[0]
     assert set(rows) == set(bench.methods_for("cuda"))
     assert all(float(cells[6]) > 0 for cells in rows.values())  # the allocator's peak above model + data
+
+
+def test_memory_only_reports_bytes_and_no_step_times(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LAB_FAST", "1")
+    out = tmp_path / "bytes.md"
+    assert bench.main(["--threads", "1", "--memory-only", "--out", str(out)]) == 0
+    written = out.read_text()
+    assert "not measured (`--memory-only`" in written
+    targets = [line for line in written.splitlines() if line.startswith("- target ")]
+    assert targets and not any("step time" in line for line in targets)
+    rows = json.loads(out.with_suffix(".json").read_text())
+    assert len(rows) == len(bench.METHODS) + len(bench.SMALL_BATCH_METHODS)
+    for r in rows:
+        assert r["step_ms"] is None and r["time_vs_full"] is None and r["rss_peak_mb"] is None, r["method"]
+        assert r["peak_bytes"] >= r["params"] + r["grads"] + r["optimizer_state"] > 0, r["method"]

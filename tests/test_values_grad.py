@@ -144,3 +144,24 @@ def test_under_autocast_the_gradient_is_autocasts_at_the_selected_entries() -> N
     got = opt.values_grads["2.weight"].grad
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, dense.view(-1)[opt.flat_positions("2.weight")], rtol=2e-2, atol=2e-2)
+
+
+def test_a_loop_that_clears_gradients_through_the_model_trains_the_same(sparse_cpu_route) -> None:
+    """transformers.Trainer clears gradients with ``model.zero_grad()``, which never reaches the optimizer's
+    ``[k]`` anchors: the step must consume their gradient, or it piles up across steps (and a run resumed
+    from a checkpoint, whose anchors start empty, drifts from the uninterrupted one)."""
+    data = [(torch.randn(16, 24), torch.randn(16, 8)) for _ in range(4)]
+
+    def train(clear_through_model: bool) -> nn.Module:
+        model = _model()
+        run = sparsify(model, SparseConfig("random", density=0.2, include="weight", lr=1e-2, values_grad=True))
+        for x, y in data:
+            nn.functional.mse_loss(model(x), y).backward()
+            run.optimizer.step()
+            (model if clear_through_model else run.optimizer).zero_grad()
+        assert all(anchor.grad is None for anchor in run.optimizer.values_grads.values())
+        return model
+
+    reference, through_model = train(False), train(True)
+    for (name, p), q in zip(reference.named_parameters(), through_model.parameters()):
+        assert torch.equal(q, p), f"{name}: the anchors' gradients piled up across steps"
