@@ -36,6 +36,27 @@ def sparse_cpu_route(request, monkeypatch):
 
 
 @pytest.fixture(scope="session")
+def assignments(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The instructor's build of every assignment (``lessons.assignments.build``: student notebooks, their
+    ``solutions/`` and the cases), made once for the whole run and shared by the grading tests. Under
+    pytest-xdist the first worker to ask builds it in the run's common temporary folder while the others
+    wait on a file lock, then read it. Treat it as read-only: copy a notebook before changing it."""
+    from filelock import FileLock  # torch's own dependency
+
+    from lessons.assignments.build import build
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # every worker's basetemp sits in the run's one folder
+    out, done = root / "assignments", root / "assignments.built"
+    with FileLock(str(root / "assignments.lock")):
+        if not done.exists():
+            build(out)
+            done.touch()
+    return out
+
+
+@pytest.fixture(scope="session")
 def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One pretrained-model cache for the whole run (one per xdist worker): a model that one module's
     tests pretrained is loaded, not pretrained again, by the next module that asks for the same config."""
