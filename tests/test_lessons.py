@@ -182,16 +182,10 @@ def _widget_errors(client: NotebookClient) -> list[str]:
             for o in w.outputs if o.get("output_type") == "error"]
 
 
-CELL_TIMEOUT_S = 600
-"""Per cell. A fast-mode cell takes seconds of CPU, but on a 2-core machine shared with other jobs (load 10
-seen) one took over 180 s of wall time: a shorter limit retried whole lessons that were only slow."""
-
-
 def _execute(source: Path) -> nbformat.NotebookNode:
     nb = jupytext.read(source)
     nb.cells.append(nbformat.v4.new_code_cell(WIDGET_CHECKS[source.name]))
-    client = NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name="python3",
-                            resources={"metadata": {"path": str(ROOT)}})
+    client = NotebookClient(nb, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}})
     try:
         client.execute()
     finally:
