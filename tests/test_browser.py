@@ -54,14 +54,19 @@ pytestmark = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
                                 reason="needs the system Chromium and its driver (apt-get install chromium chromium-driver)")
 
 # JavaScript run in the page (window.jupyterapp: the server runs with expose_app_in_browser).
+# Polled every second while a lesson runs: with arguments[1] false only the text and error outputs come
+# back (what the waits check), not the figures and widget states, which are fetched once at the end.
 NOTEBOOK_STATE = """
 const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;
 if (!w || !w.context || w.context.path !== arguments[0] || !w.sessionContext.session
     || !w.sessionContext.session.kernel) return null;
+const full = arguments[1];
 const cells = [];
 for (const cell of w.content.model.cells) {
+  const outputs = cell.type === 'code' ? cell.outputs.toJSON() : [];
   cells.push({type: cell.type, count: cell.type === 'code' ? cell.executionCount : null,
-              outputs: cell.type === 'code' ? cell.outputs.toJSON() : [], tags: cell.getMetadata('tags') || []});
+              outputs: full ? outputs : outputs.filter(o => o.output_type === 'stream' || o.output_type === 'error'),
+              tags: cell.getMetadata('tags') || []});
 }
 return JSON.stringify({status: w.sessionContext.session.kernel.status, dirty: w.context.model.dirty,
                        pending: [...w.node.querySelectorAll('.jp-InputPrompt')].filter(p => p.textContent.includes('*')).length,
@@ -163,8 +168,9 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         driver.quit()
 
 
-def _state(driver: Any, name: str) -> dict[str, Any] | None:
-    raw = driver.execute_script(NOTEBOOK_STATE, name)
+def _state(driver: Any, name: str, *, full: bool = False) -> dict[str, Any] | None:
+    """The open notebook's kernel status and cells; its outputs: only text and errors unless ``full``."""
+    raw = driver.execute_script(NOTEBOOK_STATE, name, full)
     return json.loads(raw) if raw else None
 
 
@@ -250,8 +256,9 @@ def test_lesson_in_a_real_browser(source: Path, server: tuple[str, str, Path], b
                 c["count"] is not None for c in s["cells"] if c["type"] == "code")
             return s if done else None
 
-        state = _wait(f"{name} to run all cells", finished, LESSON_TIMEOUT_S, poll=1.0)
+        _wait(f"{name} to run all cells", finished, LESSON_TIMEOUT_S, poll=1.0)
         time.sleep(1.0)  # widget views render after the kernel went idle
+        state = _state(browser, name, full=True)
         text = _page_text(browser)
         assert not [b for b in BROKEN if b in text], f"{name}: the page shows {[b for b in BROKEN if b in text]}"
         shown = browser.execute_script("return [...document.querySelectorAll('.jp-OutputArea-output')]"

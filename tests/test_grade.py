@@ -17,18 +17,10 @@ from pathlib import Path
 import pytest
 
 from lessons import grade as grade_cli
-from lessons.assignments.build import build
 from lessons.grade import IsolationUnavailable, Limits, Report, Sandbox, grade_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
 LIMITS = Limits(question_s=8.0, cell_s=8.0, startup_s=30.0)
-
-
-@pytest.fixture(scope="module")
-def notebooks(tmp_path_factory):
-    out = tmp_path_factory.mktemp("assignments")
-    build(out)
-    return out
 
 
 def _isolated() -> bool:
@@ -52,9 +44,9 @@ def grade(path, sandbox, limits=LIMITS):
     return grade_notebook(path, limits=limits, sandbox=sandbox)
 
 
-def submission(notebooks, tmp_path, name, answers=None, extra_cells=(), filename=None):
+def submission(assignments, tmp_path, name, answers=None, extra_cells=(), filename=None):
     """The reference notebook of ``name`` with some answer cells replaced and extra code cells appended."""
-    nb = json.loads((notebooks / "solutions" / f"{name}.ipynb").read_text())
+    nb = json.loads((assignments / "solutions" / f"{name}.ipynb").read_text())
     for function, source in (answers or {}).items():
         cells = [c for c in nb["cells"] if c["cell_type"] == "code" and f"def {function}(" in "".join(c["source"])]
         assert len(cells) == 1, function
@@ -93,8 +85,8 @@ def _real_notes(report):
 
 
 @pytest.mark.parametrize("name", ASSIGNMENT_NAMES)
-def test_reference_solution_scores_full_marks(notebooks, sandbox, name):
-    report = grade(notebooks / "solutions" / f"{name}.ipynb", sandbox)
+def test_reference_solution_scores_full_marks(assignments, sandbox, name):
+    report = grade(assignments / "solutions" / f"{name}.ipynb", sandbox)
     assert report.assignment == name
     assert report.points > 0 and report.earned == report.points, failed(report)
     assert all(c.message == "" for q in report.questions for c in q.checks)
@@ -103,8 +95,8 @@ def test_reference_solution_scores_full_marks(notebooks, sandbox, name):
 
 
 @pytest.mark.parametrize("name", ASSIGNMENT_NAMES)
-def test_student_stub_scores_zero_without_crashing(notebooks, sandbox, name):
-    report = grade(notebooks / f"{name}.ipynb", sandbox)
+def test_student_stub_scores_zero_without_crashing(assignments, sandbox, name):
+    report = grade(assignments / f"{name}.ipynb", sandbox)
     assert report.assignment == name and report.earned == 0 and report.points > 0
     for q in report.questions:
         assert all("NotImplementedError" in c.message for c in q.checks), q
@@ -168,8 +160,8 @@ PLANTED = {"off_by_one": {"a1.magnitude_mask": 8 - 4, "a1.random_mask": 3 - 1},
            "rank": {"a4.low_rank_approximation": 0, "a4.principal_mask": 0, "a4.mask_overlap": 3}}
 
 
-def test_planted_off_by_one_density_loses_the_budget_cases_and_says_round(notebooks, sandbox, tmp_path):
-    report = grade(submission(notebooks, tmp_path, "a1_masks", {"top_k_mask": OFF_BY_ONE}), sandbox)
+def test_planted_off_by_one_density_loses_the_budget_cases_and_says_round(assignments, sandbox, tmp_path):
+    report = grade(submission(assignments, tmp_path, "a1_masks", {"top_k_mask": OFF_BY_ONE}), sandbox)
     assert points(report) == PLANTED["off_by_one"], failed(report)
     lost = failed(report)["a1.magnitude_mask"]
     assert "visible/the budget is round(0.45 * 77) = 35, not int(34.65) = 34: use round()" in lost
@@ -177,28 +169,28 @@ def test_planted_off_by_one_density_loses_the_budget_cases_and_says_round(notebo
         report, "a1.magnitude_mask")
 
 
-def test_planted_weight_decay_on_frozen_entries_loses_the_frozen_cases(notebooks, sandbox, tmp_path):
-    report = grade(submission(notebooks, tmp_path, "a2_masked_adamw", {"masked_adamw_step": DECAY_EVERYTHING}), sandbox)
+def test_planted_weight_decay_on_frozen_entries_loses_the_frozen_cases(assignments, sandbox, tmp_path):
+    report = grade(submission(assignments, tmp_path, "a2_masked_adamw", {"masked_adamw_step": DECAY_EVERYTHING}), sandbox)
     assert points(report) == PLANTED["decay"], failed(report)
     assert "weight decay must not touch frozen entries" in " ".join(failed(report)["a2.masked_adamw_step"])
 
 
-def test_planted_l1_against_the_wrong_reference_loses_exactly_the_l1_question(notebooks, sandbox, tmp_path):
-    report = grade(submission(notebooks, tmp_path, "a3_updates", {"l1_to_init": L1_WRONG_REFERENCE}), sandbox)
+def test_planted_l1_against_the_wrong_reference_loses_exactly_the_l1_question(assignments, sandbox, tmp_path):
+    report = grade(submission(assignments, tmp_path, "a3_updates", {"l1_to_init": L1_WRONG_REFERENCE}), sandbox)
     assert points(report) == {"a3.l1_to_init": 0, "a3.update_shares": 3, "a3.update_sparsity": 3, "a3.which_layer": 3}
     assert "['value']: expected" in messages(report, "a3.l1_to_init")
 
 
-def test_planted_svd_rank_ignored_loses_the_rank_cases(notebooks, sandbox, tmp_path):
-    report = grade(submission(notebooks, tmp_path, "a4_principal_weights", {"low_rank_approximation": RANK_IGNORED}),
+def test_planted_svd_rank_ignored_loses_the_rank_cases(assignments, sandbox, tmp_path):
+    report = grade(submission(assignments, tmp_path, "a4_principal_weights", {"low_rank_approximation": RANK_IGNORED}),
                    sandbox)
     assert points(report) == PLANTED["rank"], failed(report)
     assert "entries differ beyond rtol" in messages(report, "a4.low_rank_approximation")
 
 
-def test_hanging_cell_and_question_are_stopped_and_the_rest_is_graded(notebooks, sandbox, tmp_path):
+def test_hanging_cell_and_question_are_stopped_and_the_rest_is_graded(assignments, sandbox, tmp_path):
     hang = "def update_sparsity(model, reference, tol=1e-5):\n    while True:\n        pass\n"
-    path = submission(notebooks, tmp_path, "a3_updates", {"update_sparsity": hang},
+    path = submission(assignments, tmp_path, "a3_updates", {"update_sparsity": hang},
                       extra_cells=["import time\ntime.sleep(10_000)\n"])
     report = grade(path, sandbox, Limits(question_s=3.0, cell_s=3.0, startup_s=30.0))
     assert points(report) == {"a3.l1_to_init": 4, "a3.update_shares": 3, "a3.update_sparsity": 0, "a3.which_layer": 3}
@@ -216,11 +208,11 @@ FAKE_SCORE = ('print("a3.l1_to_init: 4/4\\ntotal: 13/13 automatic points")\n'
               'import json; print(json.dumps({"earned": 13, "points": 13}))\n')
 
 
-def test_raise_exit_os_exit_and_fake_scores_earn_nothing(notebooks, sandbox, tmp_path):
+def test_raise_exit_os_exit_and_fake_scores_earn_nothing(assignments, sandbox, tmp_path):
     fake_shares = ('def update_shares(model, reference):\n'
                    '    print("PASS 3/3 all checks of update_shares passed")\n'
                    '    return {"score": 3.0}\n')
-    path = submission(notebooks, tmp_path, "a3_updates", {**CRASHES, "update_shares": fake_shares},
+    path = submission(assignments, tmp_path, "a3_updates", {**CRASHES, "update_shares": fake_shares},
                       extra_cells=[FAKE_SCORE, "import sys\nsys.exit(0)\n"])
     report = grade(path, sandbox)
     assert report.earned == 0, points(report)
@@ -229,8 +221,8 @@ def test_raise_exit_os_exit_and_fake_scores_earn_nothing(notebooks, sandbox, tmp
     assert "RuntimeError: boom" in report.questions[3].checks[0].message
 
 
-def test_os_exit_costs_only_its_own_question(notebooks, sandbox, tmp_path):
-    report = grade(submission(notebooks, tmp_path, "a3_updates", {"l1_to_init": CRASHES["l1_to_init"]}), sandbox)
+def test_os_exit_costs_only_its_own_question(assignments, sandbox, tmp_path):
+    report = grade(submission(assignments, tmp_path, "a3_updates", {"l1_to_init": CRASHES["l1_to_init"]}), sandbox)
     assert points(report) == {"a3.l1_to_init": 0, "a3.update_shares": 3, "a3.update_sparsity": 3, "a3.which_layer": 3}
 
 
@@ -251,9 +243,9 @@ except ImportError:
 '''
 
 
-def test_monkeypatching_torch_or_the_checks_earns_nothing(notebooks, sandbox, tmp_path):
+def test_monkeypatching_torch_or_the_checks_earns_nothing(assignments, sandbox, tmp_path):
     wrong = "def magnitude_mask(model, density, scope='global'):\n    return {}\n"
-    path = submission(notebooks, tmp_path, "a1_masks", {"magnitude_mask": wrong, "random_mask": wrong.replace(
+    path = submission(assignments, tmp_path, "a1_masks", {"magnitude_mask": wrong, "random_mask": wrong.replace(
         "magnitude_mask(model, density, scope='global')", "random_mask(model, density, seed=0, scope='global')")},
         extra_cells=[PATCH_TORCH_AND_CHECKS])
     report = grade(path, sandbox)
@@ -261,15 +253,15 @@ def test_monkeypatching_torch_or_the_checks_earns_nothing(notebooks, sandbox, tm
     assert report.earned == 0, points(report)
 
 
-def test_patching_the_checks_in_the_sandbox_does_not_change_the_grading(notebooks, sandbox, tmp_path):
+def test_patching_the_checks_in_the_sandbox_does_not_change_the_grading(assignments, sandbox, tmp_path):
     patch = PATCH_TORCH_AND_CHECKS.replace("torch.save = lambda obj, f, *a, **k: None\n", "")
     wrong = "def mask_overlap(a, b):\n    return 0.5\n"
-    path = submission(notebooks, tmp_path, "a4_principal_weights", {"mask_overlap": wrong}, extra_cells=[patch])
+    path = submission(assignments, tmp_path, "a4_principal_weights", {"mask_overlap": wrong}, extra_cells=[patch])
     report = grade(path, sandbox)
     assert points(report) == {"a4.low_rank_approximation": 4, "a4.principal_mask": 4, "a4.mask_overlap": 0}
 
 
-def test_importing_the_lab_scores_zero_with_a_message(notebooks, sandbox, tmp_path):
+def test_importing_the_lab_scores_zero_with_a_message(assignments, sandbox, tmp_path):
     import_solution = ("def low_rank_approximation(weight, rank):\n"
                        "    from sparsity.criteria import low_rank_approximation as lab\n"
                        "    return lab(weight, rank)\n")
@@ -280,7 +272,7 @@ def test_importing_the_lab_scores_zero_with_a_message(notebooks, sandbox, tmp_pa
                 "        both = sum(int((a[n] & b[n]).sum()) for n in a)\n"
                 "        either = sum(int((a[n] | b[n]).sum()) for n in a)\n"
                 "        return both / either if either else 0.0\n")
-    path = submission(notebooks, tmp_path, "a4_principal_weights",
+    path = submission(assignments, tmp_path, "a4_principal_weights",
                       {"low_rank_approximation": import_solution, "mask_overlap": fallback})
     report = grade(path, sandbox)
     # principal_mask calls the student's low_rank_approximation, which raised
@@ -290,11 +282,11 @@ def test_importing_the_lab_scores_zero_with_a_message(notebooks, sandbox, tmp_pa
     assert "import lessons.assignments.a4_principal_weights" in overlap.note
 
 
-def test_command_line_grades_a_folder_to_a_gradebook(notebooks, tmp_path):
+def test_command_line_grades_a_folder_to_a_gradebook(assignments, tmp_path):
     folder = tmp_path / "submissions"
     folder.mkdir()
-    (folder / "a1_masks_alice.ipynb").write_text((notebooks / "solutions" / "a1_masks.ipynb").read_text())
-    (folder / "a1_masks_bob.ipynb").write_text((notebooks / "a1_masks.ipynb").read_text())
+    (folder / "a1_masks_alice.ipynb").write_text((assignments / "solutions" / "a1_masks.ipynb").read_text())
+    (folder / "a1_masks_bob.ipynb").write_text((assignments / "a1_masks.ipynb").read_text())
     (folder / "a1_masks_carol.ipynb").write_text("not a notebook")
     roster = tmp_path / "roster.csv"
     roster.write_text("student,name\nalice,Alice A.\nbob,Bob B.\ncarol,Carol C.\ndave,Dave D.\n")
@@ -316,9 +308,9 @@ def test_command_line_grades_a_folder_to_a_gradebook(notebooks, tmp_path):
     assert rows[4][-1] == "no submission"
 
 
-def test_json_is_a_list_for_one_file_too(notebooks, tmp_path, monkeypatch, capsys):
+def test_json_is_a_list_for_one_file_too(assignments, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(grade_cli, "grade_notebook", lambda path, **kw: Report(str(path), "a1_masks", 1, 11))
-    assert grade_cli.main([str(notebooks / "a1_masks.ipynb"), "--json", "--trusted"]) == 0
+    assert grade_cli.main([str(assignments / "a1_masks.ipynb"), "--json", "--trusted"]) == 0
     assert [r["earned"] for r in json.loads(capsys.readouterr().out)] == [1]
 
 
@@ -337,11 +329,11 @@ def _hand_scored(csv_path, scores):
         writer.writerows(rows)
 
 
-def test_regrading_one_question_keeps_the_hand_scores_and_the_other_points(notebooks, tmp_path, monkeypatch):
+def test_regrading_one_question_keeps_the_hand_scores_and_the_other_points(assignments, tmp_path, monkeypatch):
     folder = tmp_path / "submissions"
     folder.mkdir()
     for name in ("alice", "bob"):
-        shutil.copy(notebooks / "a1_masks.ipynb", folder / f"a1_masks_{name}.ipynb")
+        shutil.copy(assignments / "a1_masks.ipynb", folder / f"a1_masks_{name}.ipynb")
     csv_path = tmp_path / "grades.csv"
     earned = {"a1.magnitude_mask": 5, "a1.random_mask": 2}
 
@@ -362,10 +354,10 @@ def test_regrading_one_question_keeps_the_hand_scores_and_the_other_points(noteb
     assert [r[2:8] for r in rows[1:]] == [["12.5", "14", "8", "2", "2.5", "alice"], ["13", "14", "8", "2", "3", "bob"]]
 
 
-def test_a_gradebook_with_text_in_a_score_cell_is_refused_before_grading(notebooks, tmp_path, monkeypatch, capsys):
+def test_a_gradebook_with_text_in_a_score_cell_is_refused_before_grading(assignments, tmp_path, monkeypatch, capsys):
     folder = tmp_path / "submissions"
     folder.mkdir()
-    shutil.copy(notebooks / "a1_masks.ipynb", folder / "a1_masks_alice.ipynb")
+    shutil.copy(assignments / "a1_masks.ipynb", folder / "a1_masks_alice.ipynb")
     csv_path = tmp_path / "grades.csv"
     monkeypatch.setattr(grade_cli, "grade_notebook", lambda path, **kw: Report(str(path), "a1_masks", 0, 11))
     assert grade_cli.main([str(folder), "--csv", str(csv_path), "--trusted"]) == 0
@@ -377,10 +369,10 @@ def test_a_gradebook_with_text_in_a_score_cell_is_refused_before_grading(noteboo
     assert "good" in csv_path.read_text()  # the gradebook is untouched
 
 
-def test_gradescope_results_json(notebooks, sandbox, tmp_path):
+def test_gradescope_results_json(assignments, sandbox, tmp_path):
     from lessons.grading.gradebook import gradescope
 
-    report = grade(notebooks / "solutions" / "a1_masks.ipynb", sandbox)
+    report = grade(assignments / "solutions" / "a1_masks.ipynb", sandbox)
     results = gradescope(report)
     assert results["score"] == 11 and sum(t["max_score"] for t in results["tests"]) == 11
     assert {t["visibility"] for t in results["tests"]} == {"visible", "after_published"}
@@ -402,22 +394,22 @@ def test_make_gradescope_builds_the_autograder_bundle(tmp_path):
     assert "lessons.grading.gradescope_bundle $(ASSIGNMENT)" in (ROOT / "Makefile").read_text()
 
 
-def test_without_bubblewrap_the_grader_refuses_unless_trusted(notebooks, tmp_path):
+def test_without_bubblewrap_the_grader_refuses_unless_trusted(assignments, tmp_path):
     empty = tmp_path / "no-tools"
     empty.mkdir()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PATH": str(empty)}
-    done = subprocess.run([sys.executable, "-m", "lessons.grade", str(notebooks / "a1_masks.ipynb")], cwd=ROOT, env=env,
+    done = subprocess.run([sys.executable, "-m", "lessons.grade", str(assignments / "a1_masks.ipynb")], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "apt-get install bubblewrap" in done.stderr and "--trusted" in done.stderr
     assert done.stdout == ""
 
 
 def test_a_submission_that_breaks_the_grader_costs_its_own_row_and_rows_are_written_as_graded(
-        notebooks, tmp_path, monkeypatch):
+        assignments, tmp_path, monkeypatch):
     folder = tmp_path / "submissions"
     folder.mkdir()
     for name in ("alice", "bob", "carol", "dave"):
-        shutil.copy(notebooks / "a1_masks.ipynb", folder / f"{name}.ipynb")
+        shutil.copy(assignments / "a1_masks.ipynb", folder / f"{name}.ipynb")
     csv_path = tmp_path / "grades.csv"
     csv_path.write_text("submission,assignment,total,max,a1.scope,student,notes\n")  # a gradebook from before
     partial = tmp_path / "grades.csv.partial"

@@ -15,19 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from lessons.assignments.build import build
 from lessons.grade import Limits, Sandbox, format_report, grade_notebook, main
 from lessons.grading.gradebook import Column, Gradebook, StudentIds
 from lessons.grading.wire import WireError, decode, printable
 
 LIMITS = Limits(question_s=20.0, cell_s=20.0, startup_s=60.0)
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    out = tmp_path_factory.mktemp("built")
-    build(out)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -52,11 +44,11 @@ def _grade_folder(folder: Path, csv_path: Path, timeout: float = 300) -> dict:
     return result
 
 
-def test_a_link_to_the_solution_and_a_fifo_are_reported_not_graded_or_waited_on(built, tmp_path):
+def test_a_link_to_the_solution_and_a_fifo_are_reported_not_graded_or_waited_on(assignments, tmp_path):
     folder = tmp_path / "class"
     folder.mkdir()
-    shutil.copy(built / "a1_masks.ipynb", folder / "alice.ipynb")  # an honest stub: 0 points
-    (folder / "bob.ipynb").symlink_to(built / "solutions" / "a1_masks.ipynb")
+    shutil.copy(assignments / "a1_masks.ipynb", folder / "alice.ipynb")  # an honest stub: 0 points
+    (folder / "bob.ipynb").symlink_to(assignments / "solutions" / "a1_masks.ipynb")
     os.mkfifo(folder / "mallory.ipynb")
     try:
         result = _grade_folder(folder, tmp_path / "grades.csv")
@@ -85,8 +77,8 @@ def _gradebook_csv(report) -> str:
     return stream.getvalue()
 
 
-def test_terminal_escapes_from_a_submission_reach_no_report(built, tmp_path, trusted):
-    nb = json.loads((built / "solutions" / "a1_masks.ipynb").read_text())
+def test_terminal_escapes_from_a_submission_reach_no_report(assignments, tmp_path, trusted):
+    nb = json.loads((assignments / "solutions" / "a1_masks.ipynb").read_text())
     for source in (f"def magnitude_mask(model, density, scope='global'):\n    raise RuntimeError({ESCAPES!r} * 3)\n",
                    f"raise ValueError({ESCAPES!r})"):
         nb["cells"].append({"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None,
@@ -113,9 +105,9 @@ def test_a_tensor_shape_that_overflows_is_a_wire_error():
         decode({"__tensor__": ["float32", [0, 2**31 - 1, 2**31 - 1, 2**31 - 1], ""]})
 
 
-def test_a_file_name_and_metadata_that_name_different_assignments_are_refused(built, tmp_path, trusted):
+def test_a_file_name_and_metadata_that_name_different_assignments_are_refused(assignments, tmp_path, trusted):
     path = tmp_path / "a4_principal_weights_alice.ipynb"
-    shutil.copy(built / "solutions" / "a1_masks.ipynb", path)  # a1's solution, handed in as a4
+    shutil.copy(assignments / "solutions" / "a1_masks.ipynb", path)  # a1's solution, handed in as a4
     report = grade_notebook(path, limits=LIMITS, sandbox=trusted)
     assert report.earned == 0 and report.questions == []
     assert "the file name names a4_principal_weights but the notebook's metadata names a1_masks" in report.notes[0]

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import pytest
 
-from lessons.assignments.build import build
 from lessons.grade import IsolationUnavailable, Limits, Sandbox, format_report, grade_notebook, main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,10 +73,8 @@ def udp_helper():
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory, udp_helper):
+def folder(tmp_path_factory, udp_helper, assignments):
     """Every attack as a notebook (the reference with one answer replaced), and three honest ones."""
-    built = tmp_path_factory.mktemp("built")
-    build(built)
     out = tmp_path_factory.mktemp("submissions")
     marker = f"subnet-orphan-{os.getpid()}-{time.time_ns()}"
     for path in sorted(ATTACKS.glob("c*.py")):
@@ -85,14 +82,14 @@ def folder(tmp_path_factory, udp_helper):
         meta = dict(re.findall(r"^# (\w+): (\S+)$", text, flags=re.MULTILINE))
         source = (text.replace("{REPO}", str(ROOT)).replace("{PORT}", str(udp_helper[0]))
                   .replace("{MARKER}", marker))
-        nb = json.loads((built / "solutions" / f"{meta['assignment']}.ipynb").read_text())
+        nb = json.loads((assignments / "solutions" / f"{meta['assignment']}.ipynb").read_text())
         cells = [c for c in nb["cells"] if c["cell_type"] == "code" and f"def {meta['replaces']}(" in "".join(c["source"])]
         assert len(cells) == 1, path
         cells[0]["source"] = source
         (out / f"{path.stem}.ipynb").write_text(json.dumps(nb))
-    shutil.copy(built / "solutions" / "a1_masks.ipynb", out / "honest_a1.ipynb")
-    shutil.copy(built / "solutions" / "a4_principal_weights.ipynb", out / "honest_a4.ipynb")
-    shutil.copy(built / "a3_updates.ipynb", out / "honest_stub_a3.ipynb")
+    shutil.copy(assignments / "solutions" / "a1_masks.ipynb", out / "honest_a1.ipynb")
+    shutil.copy(assignments / "solutions" / "a4_principal_weights.ipynb", out / "honest_a4.ipynb")
+    shutil.copy(assignments / "a3_updates.ipynb", out / "honest_stub_a3.ipynb")
     return out, marker
 
 

@@ -74,7 +74,8 @@ def test_modular_world_runs_every_method(tmp_path, cache, gpt_row_keys):
     assert middle["update_sparsity"]["trunk.fc1"] == 1.0 and middle["update_sparsity"]["trunk.fc2"] < 1.0
 
 
-def test_modular_pretraining_is_cached(cache):
+def test_modular_pretraining_is_cached(tmp_path):
+    cache = tmp_path  # a private cache: this test damages a cached file, which the run's shared cache must not see
     cfg = toy_config("modular", SMALL_MODULAR, pretrain_steps=400)
     world = bw.make_world(cfg, "cpu")
     first = world.pretrained(cache, progress=False)
