@@ -145,3 +145,24 @@ def test_sparsify_takes_the_fast_step_unless_told_otherwise() -> None:
     assert sparsify(mlp(sizes=SIZES), SparseConfig("random")).optimizer.fused
     assert sparsify(mlp(sizes=SIZES), SparseConfig("random", fused=True)).optimizer.fused
     assert not sparsify(mlp(sizes=SIZES), SparseConfig("random", fused=False)).optimizer.fused
+
+
+def test_a_build_lock_left_by_a_killed_build_is_cleared_and_a_fresh_or_finished_one_is_kept(tmp_path):
+    """torch's build lock names no process: an old one beside no library would make every load wait forever."""
+    import os
+    import time
+
+    from sparsity.kernels.sparse_cpu import STALE_LOCK_S, clear_stale_lock
+
+    lock = tmp_path / "lock"
+    assert not clear_stale_lock(tmp_path)  # no lock at all
+    lock.touch()
+    assert not clear_stale_lock(tmp_path) and lock.exists()  # a build running now
+    old = time.time() - STALE_LOCK_S - 60
+    os.utime(lock, (old, old))
+    (tmp_path / "kernel.so").touch()
+    assert not clear_stale_lock(tmp_path) and lock.exists()  # built: the lock is not ours to judge
+    (tmp_path / "kernel.so").unlink()
+    with pytest.warns(UserWarning, match="a build lock .* s old with no built library"):
+        assert clear_stale_lock(tmp_path)
+    assert not lock.exists()

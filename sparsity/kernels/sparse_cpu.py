@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import time
 import warnings
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -138,13 +140,46 @@ def extension_name() -> str:
     return "subnet_lab_sparse_cpu_" + hashlib.sha256(_SOURCE.encode()).hexdigest()[:12]
 
 
+STALE_LOCK_S = 900.0
+"""A build lock older than this, beside no built library, was left by a build that was killed."""
+
+
+def build_directory() -> Path:
+    """Where torch builds and caches the kernels: ``$TORCH_EXTENSIONS_DIR``, else torch's default root plus
+    its ``py<version>_cpu`` folder, then the extension's name."""
+    from torch.utils.cpp_extension import _get_build_directory
+
+    return Path(_get_build_directory(extension_name(), verbose=False))
+
+
+def clear_stale_lock(folder: Path, max_age_s: float = STALE_LOCK_S) -> bool:
+    """Remove ``folder/lock`` when it is older than ``max_age_s`` and no ``.so`` was built beside it.
+
+    torch's build lock (``FileBaton``) holds no process id: a build killed mid-way (Ctrl-C, a timeout, an
+    out-of-memory kill) leaves the file behind, and every later ``load_inline`` of that name then waits
+    forever without a word. A build takes seconds to minutes, so a lock far older than that is an orphan.
+    Returns whether a lock was removed (with a warning naming it)."""
+    lock = folder / "lock"
+    try:
+        age = time.time() - lock.stat().st_mtime
+    except FileNotFoundError:
+        return False
+    if age < max_age_s or any(folder.glob("*.so")):
+        return False
+    lock.unlink(missing_ok=True)
+    warnings.warn(f"removed {lock}: a build lock {age:.0f} s old with no built library, left by a killed build",
+                  stacklevel=2)
+    return True
+
+
 @functools.cache
 def load() -> Any | None:
     """The compiled kernels (``.sparse_adamw_``, ``.selected_weight_grad``), or None with a warning
-    where they cannot be built."""
+    where they cannot be built. A lock left by a killed build is cleared first (:func:`clear_stale_lock`)."""
     try:
         from torch.utils.cpp_extension import load_inline
 
+        clear_stale_lock(build_directory())
         return load_inline(extension_name(), cpp_sources=_SOURCE,
                            functions=["sparse_adamw_", "selected_weight_grad"],
                            extra_cflags=["-O3", "-march=native", "-fopenmp-simd"], verbose=False)
