@@ -62,12 +62,15 @@ def test_a_bad_config_names_the_file(tmp_path: Path, text: str, match: str) -> N
 
 @pytest.mark.parametrize("path", COMMITTED, ids=lambda p: p.parent.name)
 def test_every_committed_store_loads_every_row(path: Path) -> None:
+    """Each store under its own key: the benchmark's cells, or the RL scale study's (preset, weights, lr, seed)."""
+    from scaleup import rl_scale
     from scaleup.results import KEY_FIELDS
 
+    key = rl_scale.KEY if path.parent.name == "rl_scale" else KEY_FIELDS
     lines = path.read_text().splitlines()
-    rows = SweepStore(path.parent, KEY_FIELDS).load()
+    rows = SweepStore(path.parent, key).load()
     assert len(rows) == len(lines) > 0
-    assert isinstance(SweepStore(path.parent, KEY_FIELDS).config(), dict)
+    assert isinstance(SweepStore(path.parent, key).config(), dict)
 
 
 def test_the_committed_stores_are_all_checked() -> None:
