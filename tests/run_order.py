@@ -5,7 +5,8 @@ the collected list in order and an idle worker takes over the not-yet-started ta
 The run then ends when its last long test ends, so a long test that starts late sets the wall time
 (Graham 1969: longest processing time first). The modules below are the longest of the suite,
 longest first, by ``pytest --durations=0`` of the whole suite (CPU and wall time alike: lesson
-notebooks executed in a kernel and in a browser, process pools and Ray, the demo, the sandboxed
+notebooks run in a browser (or, without one, in a kernel: tests/lesson_checks.py), process pools
+and Ray, the demo, the sandboxed
 grader); every other module keeps its place after them.
 """
 
@@ -16,8 +17,8 @@ from pathlib import Path
 from typing import Protocol
 
 LONGEST_MODULES = (
-    "test_lessons.py",
     "test_browser.py",
+    "test_lessons.py",
     "test_executor.py",
     "test_demo.py",
     "test_grade_isolation.py",

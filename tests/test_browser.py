@@ -8,7 +8,9 @@ and asserts: no error output, no "Error displaying widget" / "model not found" /
 repr, every widget view rendered as a control, the notebook not marked unsaved on open, the
 figures drawn, the lesson's main button changing its output panel (disabled while its job
 runs), and, saved and reopened, no stale widget view (a note where the controls were).
-Each lesson's first exercise is then solved as a student would: its check cell showed the
+Before that, the lesson's widget-driving cell (tests/lesson_checks.py) is appended and run, and the
+executed cells get the checks tests/test_lessons.py applies where no browser runs (so each lesson
+executes once per test run). Each lesson's first exercise is then solved as a student would: its check cell showed the
 "not implemented yet" failure after Run All (a cell tagged ``raises-exception``, so Run All
 went on past it); the solution the lesson folds away is put into the stub cell (as a paste
 would), the stub and the check cell are run, and the pass line appears; a wrong answer then
@@ -24,7 +26,6 @@ import json
 import os
 import re
 import secrets
-import shutil
 import socket
 import subprocess
 import sys
@@ -36,11 +37,10 @@ from typing import Any
 
 import pytest
 
+from lesson_checks import CHROMEDRIVER, CHROMIUM, WIDGET_CHECKS, check_executed
 from lessons import lab
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
 LESSON_TIMEOUT_S = 300.0
 CLICK_TIMEOUT_S = 120.0
 BROKEN = ("Jupyter news", "Error displaying widget", "model not found", "Traceback (most recent call last)", "Loading widget...")
@@ -72,6 +72,12 @@ return JSON.stringify({status: w.sessionContext.session.kernel.status, dirty: w.
                        pending: [...w.node.querySelectorAll('.jp-InputPrompt')].filter(p => p.textContent.includes('*')).length,
                        cells});
 """
+APPEND_CELL = """
+const w = window.jupyterapp.shell.currentWidget;
+w.content.model.sharedModel.insertCell(w.content.model.cells.length, {cell_type: 'code', source: arguments[0]});
+return w.content.model.cells.length - 1;
+"""
+"""Append a code cell holding ``arguments[0]`` to the open notebook; return its index."""
 RUN_CELL = """
 const w = window.jupyterapp.shell.currentWidget;
 w.content.activeCellIndex = arguments[0];
@@ -193,12 +199,12 @@ def _first_exercise(source: Path) -> tuple[str, str]:
     return name, solution
 
 
-def _run_cell(driver: Any, name: str, index: int, text: str | None) -> dict[str, Any]:
+def _run_cell(driver: Any, name: str, index: int, text: str | None, timeout: float = 60.0) -> dict[str, Any]:
     """Run one cell (after putting ``text`` into it) and return the notebook's state once the kernel is idle."""
     before = _state(driver, name)["cells"][index]["count"]
     driver.execute_script(RUN_CELL, index, text)
     return _wait(f"{name}: cell {index} to run", lambda: (s := _state(driver, name)) and s["status"] == "idle"
-                 and not s["pending"] and s["cells"][index]["count"] not in (None, before) and s, 60, poll=0.2)
+                 and not s["pending"] and s["cells"][index]["count"] not in (None, before) and s, timeout, poll=0.2)
 
 
 def _solve_first_exercise(driver: Any, name: str, source: Path, state: dict[str, Any]) -> None:
@@ -257,8 +263,14 @@ def test_lesson_in_a_real_browser(source: Path, server: tuple[str, str, Path], b
             return s if done else None
 
         _wait(f"{name} to run all cells", finished, LESSON_TIMEOUT_S, poll=1.0)
+        # The widgets driven from the kernel as a student would set them (tests/lesson_checks.py), then the
+        # checks every executed lesson gets, on what the front end holds.
+        _run_cell(browser, name, browser.execute_script(APPEND_CELL, WIDGET_CHECKS[source.name]), None, LESSON_TIMEOUT_S)
         time.sleep(1.0)  # widget views render after the kernel went idle
         state = _state(browser, name, full=True)
+        check_executed(name, state["cells"])
+        raised = [p for p in browser.execute_script(OUTPUT_PANELS) if "Traceback (most recent call last)" in p]
+        assert not raised, f"{name}: a widget callback raised (shown in its output panel, hidden or not): {raised[:1]}"
         text = _page_text(browser)
         assert not [b for b in BROKEN if b in text], f"{name}: the page shows {[b for b in BROKEN if b in text]}"
         shown = browser.execute_script("return [...document.querySelectorAll('.jp-OutputArea-output')]"
