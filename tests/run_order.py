@@ -6,8 +6,7 @@ The run then ends when its last long test ends, so a long test that starts late 
 (Graham 1969: longest processing time first). The modules below are the longest of the suite,
 longest first, by ``pytest --durations=0`` of the whole suite (CPU and wall time alike: lesson
 notebooks run in a browser (or, without one, in a kernel: tests/lesson_checks.py), process pools
-and Ray, the demo, the sandboxed
-grader); every other module keeps its place after them.
+and Ray, the demo, the sandboxed grader); every other module keeps its place after them.
 """
 
 from __future__ import annotations
