@@ -1,0 +1,34 @@
+"""benchmarks/suite_times.py: each test's CPU seconds, its own and its waited-for children's."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks import suite_times
+
+
+def test_the_report_counts_a_childs_cpu_in_the_test_that_waited_for_it(tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "test_two.py").write_text(
+        "import subprocess, sys\n"
+        "def test_busy_child():\n"
+        "    subprocess.run([sys.executable, '-c', 'x = 0\\nfor i in range(3_000_000): x += i'], check=True)\n"
+        "def test_idle():\n"
+        "    pass\n")
+    out = tmp_path / "times.md"
+    suite_times.main(["--out", str(out), "--", "-q", "-p", "no:cacheprovider", str(tmp_path / "test_two.py")])
+    rows = {r["test"].split("::")[-1]: r for r in json.loads(out.with_suffix(".json").read_text())}
+    assert set(rows) == {"test_busy_child", "test_idle"}
+    assert rows["test_busy_child"]["cpu_s"] > 0.05 > rows["test_idle"]["cpu_s"]
+    report = out.read_text()
+    assert report.strip() in capsys.readouterr().out
+    assert "- 2 tests; CPU" in report and "(exit code 0)" in report
+    assert report.index("test_busy_child") < report.index("test_idle")  # slowest first
+
+
+def test_the_table_gives_each_module_its_share() -> None:
+    rows = [{"test": "tests/a.py::x", "cpu_s": 3.0, "wall_s": 4.0}, {"test": "tests/b.py::y", "cpu_s": 1.0, "wall_s": 1.0}]
+    text = suite_times.table(rows, 10.0, (0.5, 1.5))
+    assert "| tests/a.py | 3.0 | 75% |" in text and "| tests/b.py | 1.0 | 25% |" in text
+    assert "CPU 4 s" in text and "wall 10 s" in text and "load average 0.5 at the start, 1.5 at the end" in text
