@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from filelock import FileLock
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
@@ -285,16 +286,38 @@ def pretrained(
         raise TypeError(f"cfg must be a PretrainConfig, got {type(cfg).__name__}")
     world = tk.World(cfg.world)
     final = checkpoint_path(cfg, cache_dir)
+    if (model := _cached(cfg, world, final, device)) is not None:
+        return model
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(training_lock(final)):  # one trainer per checkpoint; the others wait, then load its result
+        if (model := _cached(cfg, world, final, device)) is not None:
+            return model
+        model = build(cfg, world, device)
+        # One CPU thread: a CPU matmul's rounding depends on the thread count, and the cached
+        # checkpoint must not depend on which notebook or command (on how many cores) made it.
+        with one_thread() if torch.device(device).type == "cpu" else nullcontext():
+            return _train(cfg, world, model, final, progress, stop_after, device)
+
+
+def training_lock(final: Path) -> str:
+    """The lock file a process holds while it trains the checkpoint ``final``.
+
+    Two notebooks, a test run's workers or a benchmark and a lesson may ask for the same
+    uncached model at once: without the lock both would train it (twice the work) and write
+    the same partial checkpoint in turns. The lock is the operating system's (``flock``), so
+    a killed trainer releases it; the next one resumes from the partial checkpoint."""
+    return str(final) + ".lock"
+
+
+def _cached(cfg: PretrainConfig, world: tk.World, final: Path, device: str | torch.device) -> nn.Module | None:
+    """The finished model of ``cfg`` from the cache (eval mode), or None where it is not there (or was broken)."""
+    if not final.exists():
+        return None
     if hf_model.is_hf(cfg.model):
-        if (loaded := _load_folder_or_discard(final, cfg, device)) is not None:
-            return loaded.eval()
+        loaded = _load_folder_or_discard(final, cfg, device)
+        return None if loaded is None else loaded.eval()
     model = build(cfg, world, device)
-    if not hf_model.is_hf(cfg.model) and _load_or_discard(final, model, cfg) is not None:
-        return model.eval()
-    # One CPU thread: a CPU matmul's rounding depends on the thread count, and the cached
-    # checkpoint must not depend on which notebook or command (on how many cores) made it.
-    with one_thread() if torch.device(device).type == "cpu" else nullcontext():
-        return _train(cfg, world, model, final, progress, stop_after, device)
+    return model.eval() if _load_or_discard(final, model, cfg) is not None else None
 
 
 def _train(cfg: PretrainConfig, world: tk.World, model: nn.Module, final: Path, progress: bool,

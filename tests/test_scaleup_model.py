@@ -1,5 +1,8 @@
 """The small GPT, the synthetic tasks and cached, resumable pretraining (scaleup.gpt, .tasks, .pretrain)."""
 
+import time
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 import torch
 from safetensors import safe_open
@@ -213,6 +216,23 @@ def test_a_checkpoint_does_not_depend_on_the_callers_thread_count(tmp_path):
         assert torch.get_num_threads() == before  # pretraining gives the caller's thread count back
     for (n, p), q in zip(models[0].named_parameters(), models[1].parameters()):
         assert torch.equal(p, q), n
+
+
+def test_two_callers_of_an_uncached_model_train_it_once(tmp_path, monkeypatch):
+    """A lesson and a test worker asking at once: one trains, the other waits on the lock and loads its result."""
+    cfg, calls, train = _cfg(), [], pt._train
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        time.sleep(0.5)  # the other caller arrives while this one trains
+        return train(*args, **kwargs)
+
+    monkeypatch.setattr(pt, "_train", counted)
+    with ThreadPoolExecutor(2) as pool:
+        first, second = pool.map(lambda _: pt.pretrained(cfg, cache_dir=tmp_path, progress=False), range(2))
+    assert len(calls) == 1
+    assert all(torch.equal(p, q) for p, q in zip(first.parameters(), second.parameters()))
+    assert pt.checkpoint_path(cfg, tmp_path).exists()
 
 
 def test_the_cache_is_used_and_keyed_by_the_config(tmp_path, monkeypatch):
