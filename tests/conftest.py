@@ -13,7 +13,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from sparsity.threads import use_threads  # noqa: E402
-from run_order import longest_first  # noqa: E402
+from run_order import spread  # noqa: E402
 
 matplotlib.use("Agg")
 use_threads()  # the lab's choice (sparsity.threads): one thread unless LAB_THREADS says otherwise
@@ -24,8 +24,9 @@ if not torch.cuda.is_available():
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Start the longest tests first (tests/run_order.py), so none of them starts at the end of the run."""
-    items[:] = longest_first(items)
+    """Start the longest tests first, on every xdist worker (tests/run_order.py), so none of them starts at
+    the end of the run or queues behind the others on one worker."""
+    items[:] = spread(items, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
 
 
 @pytest.fixture(params=["kernel", "torch"])

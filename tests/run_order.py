@@ -1,12 +1,15 @@
-"""The order the suite starts its tests in: the longest modules first.
+"""The order the suite starts its tests in: the longest modules first, spread over the workers.
 
-`make test` runs the suite on pytest-xdist's ``worksteal`` schedule: each worker takes a share of
-the collected list in order and an idle worker takes over the not-yet-started tail of a busy one.
-The run then ends when its last long test ends, so a long test that starts late sets the wall time
-(Graham 1969: longest processing time first). The modules below are the longest of the suite,
-longest first, by ``pytest --durations=0`` of the whole suite (CPU and wall time alike: lesson
-notebooks run in a browser (or, without one, in a kernel: tests/lesson_checks.py), process pools
-and Ray, the demo, the sandboxed grader); every other module keeps its place after them.
+`make test` runs the suite on pytest-xdist's ``worksteal`` schedule: the collected list is cut into
+one contiguous share per worker (the first ``len // workers`` items to the first, and so on), and a
+worker that runs dry takes over the not-yet-started last half of the busiest one's queue. The run
+ends when its last long test ends, so long tests must start early and on every worker at once
+(Graham 1969: longest processing time first). Sorting the long tests to the front of the list would
+hand them all to the first worker's share; instead :func:`spread` deals them round-robin over the
+shares, each at the front of its share, and fills every share to its length with the other tests in
+their collected order. The long modules below are the longest of the suite, longest first, by
+``python -m benchmarks.suite_times`` (CPU seconds per test: lesson notebooks run in a browser, or
+without one in a kernel (tests/lesson_checks.py), process pools and Ray, the demo, the sandboxed grader).
 """
 
 from __future__ import annotations
@@ -18,14 +21,15 @@ from typing import Protocol
 LONGEST_MODULES = (
     "test_browser.py",
     "test_lessons.py",
-    "test_executor.py",
     "test_demo.py",
-    "test_grade_isolation.py",
-    "test_grade.py",
-    "test_optim_state.py",
+    "test_executor.py",
+    "test_scaleup_benchmark.py",
+    "test_teacher_student.py",
     "test_benchmarks.py",
     "test_modular.py",
-    "test_teacher_student.py",
+    "test_grade.py",
+    "test_optim_state.py",
+    "test_grade_isolation.py",
 )
 
 
@@ -33,8 +37,26 @@ class _Item(Protocol):
     path: Path
 
 
-def longest_first(items: Sequence[_Item]) -> list[_Item]:
-    """``items`` with those of :data:`LONGEST_MODULES` moved to the front in that module order; within a
-    module, and among the other modules, the collected order is kept (module-scoped fixtures stay shared)."""
+def spread(items: Sequence[_Item], workers: int = 1) -> list[_Item]:
+    """``items`` reordered for ``workers`` contiguous shares (see the module docstring): the tests of
+    :data:`LONGEST_MODULES`, in that module order, dealt round-robin to the shares and put first in
+    each; the rest, in their collected order, fill the shares to the lengths xdist gives them. With
+    one worker, the long modules first. A module's tests stay contiguous within a share (its module-scoped fixtures are
+    set up once per worker)."""
+    if workers < 1:
+        raise ValueError(f"workers must be a positive int, got {workers}")
     rank = {name: i for i, name in enumerate(LONGEST_MODULES)}
-    return sorted(items, key=lambda item: rank.get(item.path.name, len(rank)))  # sorted() is stable
+    long = sorted((item for item in items if item.path.name in rank), key=lambda item: rank[item.path.name])
+    rest = [item for item in items if item.path.name not in rank]
+    shares: list[list[_Item]] = [[] for _ in range(workers)]
+    for i, item in enumerate(long):
+        shares[i % workers].append(item)
+    left = len(items)
+    for k, share in enumerate(shares):  # xdist gives the k-th worker len(pending) // (workers - k) items
+        size = left // (workers - k)
+        take = max(0, size - len(share))
+        share.extend(rest[:take])
+        del rest[:take]
+        left -= len(share)
+    shares[-1].extend(rest)
+    return [item for share in shares for item in share]

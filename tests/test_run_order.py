@@ -1,9 +1,12 @@
-"""The suite's start order (tests/run_order.py): the longest modules first, everything else in place."""
+"""The suite's start order (tests/run_order.py): the longest modules first, dealt over the xdist workers' shares."""
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from run_order import LONGEST_MODULES, longest_first
+import pytest
+
+from run_order import LONGEST_MODULES, spread
 
 HERE = Path(__file__).resolve().parent
 
@@ -14,11 +17,26 @@ class FakeItem:
     name: str
 
 
-def test_the_longest_modules_start_first_in_their_order_and_the_rest_keep_theirs() -> None:
-    items = [FakeItem(HERE / "test_a.py", "a1"), FakeItem(HERE / LONGEST_MODULES[1], "slow2"),
-             FakeItem(HERE / "test_b.py", "b1"), FakeItem(HERE / LONGEST_MODULES[0], "slow1-x"),
-             FakeItem(HERE / "test_a.py", "a2"), FakeItem(HERE / LONGEST_MODULES[0], "slow1-y")]
-    assert [i.name for i in longest_first(items)] == ["slow1-x", "slow1-y", "slow2", "a1", "b1", "a2"]
+def _items() -> list[FakeItem]:
+    return [FakeItem(HERE / "test_a.py", "a1"), FakeItem(HERE / LONGEST_MODULES[1], "slow2"),
+            FakeItem(HERE / "test_b.py", "b1"), FakeItem(HERE / LONGEST_MODULES[0], "slow1-x"),
+            FakeItem(HERE / "test_a.py", "a2"), FakeItem(HERE / LONGEST_MODULES[0], "slow1-y"),
+            FakeItem(HERE / "test_b.py", "b2"), FakeItem(HERE / "test_c.py", "c1"), FakeItem(HERE / "test_c.py", "c2")]
+
+
+def test_one_worker_gets_the_longest_modules_first_in_their_order_and_the_rest_in_theirs() -> None:
+    assert [i.name for i in spread(_items())] == ["slow1-x", "slow1-y", "slow2", "a1", "b1", "a2", "b2", "c1", "c2"]
+
+
+def test_two_workers_each_start_their_share_with_long_tests() -> None:
+    """xdist's worksteal gives the first worker the first 9 // 2 = 4 items, the second the other 5."""
+    order = [i.name for i in spread(_items(), 2)]
+    assert order[:4] == ["slow1-x", "slow2", "a1", "b1"]
+    assert order[4:] == ["slow1-y", "a2", "b2", "c1", "c2"]
+    assert [i.name for i in spread(_items(), 3)] == ["slow1-x", "a1", "b1", "slow1-y", "a2", "b2", "slow2", "c1", "c2"]
+    assert sorted(order) == sorted(i.name for i in _items())
+    with pytest.raises(ValueError, match="workers must be a positive int, got 0"):
+        spread(_items(), 0)
 
 
 def test_every_module_named_as_long_exists() -> None:
@@ -27,8 +45,12 @@ def test_every_module_named_as_long_exists() -> None:
     assert len(set(LONGEST_MODULES)) == len(LONGEST_MODULES)
 
 
-def test_this_run_collected_the_long_modules_first(request) -> None:
+def test_this_run_starts_every_workers_share_with_a_long_test(request) -> None:
     """The hook in tests/conftest.py applies the order to the session's own collection."""
     names = [item.path.name for item in request.session.items]
-    long_positions = [i for i, n in enumerate(names) if n in LONGEST_MODULES]
-    assert long_positions == list(range(len(long_positions)))
+    workers, left = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")), len(names)
+    start = 0
+    for k in range(workers):
+        assert names[start] in LONGEST_MODULES or not any(n in LONGEST_MODULES for n in names), (k, names[start])
+        size = left // (workers - k)
+        start, left = start + size, left - size
