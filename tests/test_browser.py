@@ -228,6 +228,13 @@ def _solve_first_exercise(driver: Any, name: str, source: Path, state: dict[str,
         f"{name}: a wrong answer's check showed {shown(failed)!r}")
 
 
+def _rendered(driver: Any, name: str) -> None:
+    """Wait until no widget view is still loading: views made by the last cell or click (a progress bar in
+    an output panel) render a moment after the kernel goes idle, longer on a loaded machine."""
+    time.sleep(1.0)
+    _wait(f"{name}: every widget view to render", lambda: "Loading widget..." not in _page_text(driver), 60)
+
+
 def _page_text(driver: Any) -> str:
     """The page's text without the exercises' check cells, whose AssertionError (with its traceback) is their job."""
     text, checks = driver.execute_script(PAGE_TEXT)
@@ -266,7 +273,7 @@ def test_lesson_in_a_real_browser(source: Path, server: tuple[str, str, Path], b
         # The widgets driven from the kernel as a student would set them (tests/lesson_checks.py), then the
         # checks every executed lesson gets, on what the front end holds.
         _run_cell(browser, name, browser.execute_script(APPEND_CELL, WIDGET_CHECKS[source.name]), None, LESSON_TIMEOUT_S)
-        time.sleep(1.0)  # widget views render after the kernel went idle
+        _rendered(browser, name)  # widget views render after the kernel went idle
         state = _state(browser, name, full=True)
         check_executed(name, state["cells"])
         raised = [p for p in browser.execute_script(OUTPUT_PANELS) if "Traceback (most recent call last)" in p]
@@ -294,6 +301,7 @@ def test_lesson_in_a_real_browser(source: Path, server: tuple[str, str, Path], b
               lambda: not button.is_enabled(), 30, poll=0.05)
         _wait(f"{name}: '{button.text}' to finish", lambda: button.is_enabled() and (s := _state(browser, name))
               and s["status"] == "idle", CLICK_TIMEOUT_S)
+        _rendered(browser, name)
         after = browser.execute_script(OUTPUT_PANELS)
         assert after != before, f"{name}: pressing the main button changed no output panel"
         text = _page_text(browser)
