@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import multiprocessing
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -158,7 +159,14 @@ class _Ray:
         self.started = not ray.is_initialized()
         if self.started:
             local = {"num_cpus": workers * threads, "include_dashboard": False} if address is None else {}
-            ray.init(address=address, **local)
+            try:
+                ray.init(address=address, **local)
+            except Exception as e:  # Ray gives its raylet a fixed 30 s to register, too short on a loaded machine
+                if "timed out during startup" not in str(e):
+                    raise
+                warnings.warn(f"Ray did not start ({e}); trying once more", stacklevel=2)
+                ray.shutdown()
+                ray.init(address=address, **local)
         actor = ray.remote(num_cpus=threads)(_Held)
         self.idle = deque(actor.remote(worker, threads) for _ in range(workers))
         self.busy: dict[Any, Any] = {}

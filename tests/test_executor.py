@@ -113,3 +113,30 @@ def test_a_toy_world_scales_out_too(tmp_path, cache):
         cp.run(modular, tmp_path / "serial", ["full"], cache_dir=cache, progress=False)
     assert cp.run(modular, tmp_path / "pool", ["full"], cache_dir=cache, progress=False, workers=2) == 2
     assert _measured(tmp_path / "pool") == _measured(tmp_path / "serial")
+
+
+def test_ray_gets_a_second_start_when_its_raylet_missed_rays_30_s_on_a_busy_machine(monkeypatch):
+    """Ray waits a fixed 30 s for its raylet to register; a loaded machine can miss it once."""
+    from sparsity import executor
+
+    calls = []
+
+    class FakeRay:
+        def is_initialized(self):
+            return False
+
+        def init(self, **kwargs):
+            calls.append("init")
+            if len(calls) == 1:
+                raise Exception("The current node timed out during startup. This could happen because ...")
+
+        def shutdown(self):
+            calls.append("shutdown")
+
+        def remote(self, **kwargs):
+            return lambda cls: type("Actor", (), {"remote": staticmethod(lambda *a: object())})
+
+    monkeypatch.setattr(executor, "_ray", FakeRay)
+    with pytest.warns(UserWarning, match="Ray did not start .*timed out during startup.*; trying once more"):
+        pool = executor._Ray(Worker(_no_state, (), _fail_on_three), 2, 1, None)
+    assert calls == ["init", "shutdown", "init"] and len(pool.idle) == 2
