@@ -257,6 +257,8 @@ class Setup:
     """What the benchmark calls: batches, loss, evaluation, layer types, blocks (``scaleup.bench_world``)."""
     cache: dict[tuple[str, int], tuple[Any, float]] = field(default_factory=dict)
     """(method, seed) -> (the criterion's scores or Selection, the seconds scoring took)."""
+    fingerprint: str = ""
+    """``scaleup.pretrain.fingerprint`` of the pretrained model: every row records it."""
 
     @property
     def n_weights(self) -> int:
@@ -274,4 +276,4 @@ def prepare(cfg: BenchConfig, *, cache_dir: str | Path | None = None, device: st
     val, test, source = bench.evaluate(model)
     before = {"target_val": val.exact, "target_test": test.exact,
               "retention": sum(s.exact for s in source.values()) / len(source)}
-    return Setup(cfg, bench.data, model, snapshot(model), device, before, bench)
+    return Setup(cfg, bench.data, model, snapshot(model), device, before, bench, fingerprint=pt.fingerprint(model))

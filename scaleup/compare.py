@@ -55,7 +55,7 @@ from scaleup.bench_config import BenchConfig, default_config, prepare
 from scaleup.method_dynamic import LiftSettings, RigLSettings
 from scaleup.methods import METHODS, check_methods, known_methods
 from scaleup.report import print_report, write_summary
-from scaleup.results import store
+from scaleup.results import check_one_checkpoint, store
 from sparsity.cli_args import finite_list, finite_nonnegative, nonnegative_int, output_file, output_folder, positive_int
 from sparsity.executor import EXECUTORS, Executor, Worker, check_executor
 from sparsity.fastmode import fast_mode
@@ -83,6 +83,7 @@ def run(cfg: BenchConfig, out: str | Path, methods: Sequence[str] = METHODS, *, 
     out = Path(out)
     results = store(out, cfg)
     setup = prepare(cfg, cache_dir=cache_dir, device=device, progress=progress)  # pretrains (once) before any worker
+    check_one_checkpoint(results.load(), setup.fingerprint, out)
     (out / "before.json").write_text(json.dumps(setup.before))
     pairs = [(m, b) for m in methods for b in cfg.budgets(m)]
     worker = Worker(grid.worker_setup, (cfg, cache_dir, device), partial(grid.run_row, progress=progress and workers == 1))

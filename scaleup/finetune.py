@@ -216,12 +216,13 @@ def run_cell(setup: Setup, method: str, budget: str, lr: float, seed: int, progr
     rank per layer type; trainable count, optimizer-state bytes, wall times, peak memory
     (None where it cannot be measured).
 
+    ``pretrained`` names the pretrained model it fine-tuned (``scaleup.pretrain.fingerprint``).
     ``diverged`` flags a run that failed to train: a non-finite loss or weight (the row then
     holds only the cell, the flag and ``diverged_reason``, so the sweep records it and goes on,
     and a rerun does not retry it forever), or a training loss that ended above where it
     started (the row keeps its measurements). ``scaleup.results`` never chooses a diverged rate.
     """
-    cell: dict[str, Any] = dict(method=method, budget=budget, lr=lr, seed=seed)
+    cell: dict[str, Any] = dict(method=method, budget=budget, lr=lr, seed=seed, pretrained=setup.fingerprint)
     try:
         model, costs = finetune(setup, method, budget, lr, seed, progress)
     except FloatingPointError as e:

@@ -240,6 +240,18 @@ def _load_or_discard(path: Path, model: nn.Module, cfg: PretrainConfig, opt: tor
         return None
 
 
+def fingerprint(model: nn.Module) -> str:
+    """A short hash of ``model``'s weights (names, shapes, dtypes and bytes): which pretrained model a result
+    came from. The cache key names a config, not the weights: the same config pretrained on a CPU with
+    another instruction set rounds differently, and 2,000 steps later the weights, and every fine-tune
+    from them, differ (seen between the lab's machines). Results stores record this per row."""
+    digest = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        digest.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        digest.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def checkpoint_path(cfg: PretrainConfig, cache_dir: str | Path | None = None) -> Path:
     """Where the finished checkpoint of ``cfg`` lives: a file for the lab's GPT, a ``save_pretrained``
     folder for a Hugging Face model."""

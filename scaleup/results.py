@@ -11,6 +11,7 @@ reported) and the summary table, mean and spread over seeds (:func:`summarize`).
 from __future__ import annotations
 
 import statistics
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,35 @@ def load_results(out: str | Path) -> dict[str, dict[str, Any]]:
 def load_config(out: str | Path) -> BenchConfig:
     """The config of the benchmark in folder ``out``."""
     return BenchConfig.from_json(store(out).config())
+
+
+NOT_RECORDED = "not recorded"
+"""The fingerprint of rows written before results recorded their pretrained model."""
+
+
+def checkpoints(rows: Mapping[str, Mapping[str, Any]]) -> dict[str, list[str]]:
+    """Pretrained-model fingerprint (``scaleup.pretrain.fingerprint``, :data:`NOT_RECORDED` for older rows)
+    -> the methods with rows fine-tuned from it, in first-seen order."""
+    found: dict[str, list[str]] = {}
+    for row in rows.values():
+        methods = found.setdefault(row.get("pretrained") or NOT_RECORDED, [])
+        if row["method"] not in methods:
+            methods.append(row["method"])
+    return found
+
+
+def check_one_checkpoint(rows: Mapping[str, Mapping[str, Any]], fingerprint: str, folder: str | Path) -> None:
+    """Refuse to add rows fine-tuned from pretrained model ``fingerprint`` to a store whose rows came from
+    another one (their numbers would not be comparable); warn where older rows recorded none."""
+    found = checkpoints(rows)
+    other = sorted(set(found) - {fingerprint, NOT_RECORDED})
+    if other:
+        raise ValueError(f"{folder} holds rows fine-tuned from another pretrained model (fingerprint "
+                         f"{', '.join(other)}; this run's is {fingerprint}): results from two pretrained models "
+                         "are not comparable. Use a new --out folder, or the cache that made those rows")
+    if NOT_RECORDED in found:
+        warnings.warn(f"{folder}: rows of {', '.join(found[NOT_RECORDED])} record no pretrained model (written "
+                      f"before rows did); they may come from another one than this run's {fingerprint}", stacklevel=2)
 
 
 def best_lr(cfg: BenchConfig, rows: dict[str, dict[str, Any]], method: str, budget: str) -> float | None:
