@@ -114,8 +114,11 @@ def folder_line(scale: Scale, out: Path | None) -> str:
     pending = f"; named by its command, not run yet: {', '.join(scale.pending)}" if scale.pending else ""
     size = "size not known yet (no full FT run)" if scale.parameters is None else \
         f"{model_size(scale.parameters)} parameters"
+    mixed = ("; **rows from several pretrained models**, compare methods only within one: "
+             + "; ".join(f"{fp}: {', '.join(methods)}" for fp, methods in scale.checkpoints.items())
+             if len(scale.checkpoints) > 1 else "")
     return (f"- `{scale.folder.name}`: {scale.label}, {size}; {scale.runs} of "
-            f"{scale.planned_runs} planned runs stored ({state}){pending}{link}")
+            f"{scale.planned_runs} planned runs stored ({state}){pending}{mixed}{link}")
 
 
 def plot_scales(scales: list[Scale]) -> Any:

@@ -27,7 +27,7 @@ from scaleup.bench_config import BenchConfig
 from scaleup.grid import total_runs
 from scaleup.method_base import LORA_EQUAL
 from scaleup.methods import get_method, known_methods
-from scaleup.results import best_lr, load_config, load_results
+from scaleup.results import best_lr, checkpoints, load_config, load_results
 from sparsity.sweep import CONFIG
 
 
@@ -59,6 +59,8 @@ class Scale:
     runs: int
     planned_runs: int
     lr_edge: Mapping[str, str] = field(default_factory=dict)
+    checkpoints: Mapping[str, list[str]] = field(default_factory=dict)
+    """Pretrained-model fingerprint -> methods with rows from it (``scaleup.results.checkpoints``)."""
 
     @property
     def label(self) -> str:
@@ -139,7 +141,7 @@ def load_scale(folder: str | Path) -> Scale:
     lr_edge = {m: edge for m, lr in chosen.items() if lr is not None and (edge := cfg.lr_edge(m, lr))}
     return Scale(folder=folder, model=cfg.model_name, kind=cfg.model if cfg.world_kind == "gpt" else cfg.world_kind,
                  target=cfg.target, parameters=parameters, seeds=cfg.seeds, entries=entries, partial=dict(partial),
-                 pending=pending, runs=len(rows), lr_edge=lr_edge,
+                 pending=pending, runs=len(rows), lr_edge=lr_edge, checkpoints=checkpoints(rows),
                  planned_runs=total_runs(cfg, [(m, compared_budget(cfg, m)) for m in (*stored, *pending)]))
 
 
