@@ -100,7 +100,11 @@ def named_methods(folder: Path) -> list[str]:
     path = folder / "command.txt"
     if not path.exists():
         return []
-    words = shlex.split(path.read_text())
+    text = path.read_text()
+    try:
+        words = shlex.split(text)
+    except ValueError:  # prose beside the command (an apostrophe): the words as written
+        words = text.split()
     value = next((w.split("=", 1)[1] for w in words if w.startswith("--methods=")), None)
     if value is None and "--methods" in words[:-1]:
         value = words[words.index("--methods") + 1]

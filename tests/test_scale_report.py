@@ -166,3 +166,11 @@ def test_a_chosen_rate_at_the_edge_of_its_grid_is_named_and_an_inside_one_is_not
            "the ranks there (top: " in grid_verdict([inside, edged])
     assert grid_verdict([inside, edged]).endswith(
         ": GPT small, add2: LoRA (bottom), magnitude (bottom), LIFT (bottom).")
+
+
+def test_a_command_file_with_prose_beside_the_command_still_names_its_methods(tmp_path: Path) -> None:
+    from scaleup.scales import named_methods
+
+    (tmp_path / "command.txt").write_text("python -m scaleup.compare --methods full,rosa --out x (the folder's "
+                                          "first 63 runs; an unmatched quote)\n")
+    assert named_methods(tmp_path) == ["full", "rosa"]
