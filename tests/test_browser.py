@@ -270,7 +270,27 @@ def test_lesson_in_a_real_browser(source: Path, server: tuple[str, str, Path], b
             return s if done else None
 
         _wait(f"{name} to run all cells", finished, LESSON_TIMEOUT_S, poll=1.0)
-        # The widgets driven from the kernel as a student would set them (tests/lesson_checks.py), then the
+        _rendered(browser, name)
+        # The lesson's main button first, on the controls as Run All left them (the widget-driving cell below
+        # presses it too, and pressed again with the same settings it would redraw the same panel).
+        button = browser.find_elements(By.CSS_SELECTOR, ".jupyter-widgets button.mod-primary")[-1]
+        before = browser.execute_script(OUTPUT_PANELS)
+        browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", button)
+        button.click()
+        _wait(f"{name}: '{button.text}' to be disabled while its job runs",
+              lambda: not button.is_enabled(), 30, poll=0.05)
+        _wait(f"{name}: '{button.text}' to finish", lambda: button.is_enabled() and (s := _state(browser, name))
+              and s["status"] == "idle", CLICK_TIMEOUT_S)
+        _rendered(browser, name)
+        after = browser.execute_script(OUTPUT_PANELS)
+        assert after != before, f"{name}: pressing the main button changed no output panel"
+        text = _page_text(browser)
+        assert not [b for b in BROKEN if b in text], f"{name}: after the click the page shows {[b for b in BROKEN if b in text]}"
+
+        browser.save_screenshot(str(tmp_path / f"{source.stem}.png"))  # the main control and what it drew
+        print(f"screenshot: {tmp_path / f'{source.stem}.png'}")
+
+        # Then the widgets driven from the kernel as a student would set them (tests/lesson_checks.py), and the
         # checks every executed lesson gets, on what the front end holds.
         _run_cell(browser, name, browser.execute_script(APPEND_CELL, WIDGET_CHECKS[source.name]), None, LESSON_TIMEOUT_S)
         _rendered(browser, name)  # widget views render after the kernel went idle
@@ -292,23 +312,6 @@ def test_lesson_in_a_real_browser(source: Path, server: tuple[str, str, Path], b
         assert images >= 3 and len(drawn) >= images, f"{name}: {images} figures saved, {len(drawn)} drawn"
 
         _solve_first_exercise(browser, name, source, state)
-
-        button = browser.find_elements(By.CSS_SELECTOR, ".jupyter-widgets button.mod-primary")[-1]
-        before = browser.execute_script(OUTPUT_PANELS)
-        browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", button)
-        button.click()
-        _wait(f"{name}: '{button.text}' to be disabled while its job runs",
-              lambda: not button.is_enabled(), 30, poll=0.05)
-        _wait(f"{name}: '{button.text}' to finish", lambda: button.is_enabled() and (s := _state(browser, name))
-              and s["status"] == "idle", CLICK_TIMEOUT_S)
-        _rendered(browser, name)
-        after = browser.execute_script(OUTPUT_PANELS)
-        assert after != before, f"{name}: pressing the main button changed no output panel"
-        text = _page_text(browser)
-        assert not [b for b in BROKEN if b in text], f"{name}: after the click the page shows {[b for b in BROKEN if b in text]}"
-
-        browser.save_screenshot(str(tmp_path / f"{source.stem}.png"))  # the main control and what it drew
-        print(f"screenshot: {tmp_path / f'{source.stem}.png'}")
 
         # Saved and reopened, as a student comes back to a lesson: no stale widget views.
         browser.execute_script("window.jupyterapp.commands.execute('docmanager:save')")
