@@ -18,6 +18,8 @@ $(STAMP): pyproject.toml
 	# torch first, pinned, from TORCH_INDEX when given; then the lab and its extras.
 	$(PY) -m pip install -q torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	# Our C++ CPU kernels, compiled once here (about 40 s on 2 cores), not by the first test or lesson that needs them.
+	$(PY) -m sparsity.kernels
 	touch $(STAMP)
 
 # The quick report (README.md gives its measured time); `make demo FULL=1` runs every experiment at full size.

@@ -38,7 +38,9 @@ def time_lesson(number: str, widget_checks: bool = False,
         raise ValueError(f"lesson {number!r}: no {folder}/{number}_*.py")
     notebook = jupytext.read(sources[0])
     if widget_checks:
-        checks = runpy.run_path(str(ROOT / "tests" / "test_lessons.py"))["WIDGET_CHECKS"]
+        checks = runpy.run_path(str(ROOT / "tests" / "lesson_checks.py"))["WIDGET_CHECKS"]
+        if sources[0].name not in checks:
+            raise ValueError(f"lesson {number!r}: tests/lesson_checks.py has no widget-driving cell for {sources[0].name}")
         notebook.cells.append(nbformat.v4.new_code_cell(checks[sources[0].name]))
     cells: list[tuple[float, int, str]] = []
 

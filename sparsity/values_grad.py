@@ -17,7 +17,8 @@ gathering ``p.grad``. The layer's forward, its input gradient and its bias are u
 How the ``[k]`` gradient is computed (:func:`selected_weight_grad`):
 
 * ``"sampled"``: the SDDMM; on the CPU our kernel (``sparsity.kernels.sparse_cpu``: tokens in
-  blocks, transposed in cache, one dot product per selected entry), elsewhere a chunked gather;
+  blocks, copied once into a layout where a block of one column is contiguous, then one dot product
+  per selected entry and block), elsewhere a chunked gather;
 * ``"dense"``: the dense product, then a gather: a transient ``[out, in]`` buffer for one
   layer at a time, freed at once (still no dense gradient kept across layers);
 * ``"auto"``: per layer and call, the sampled product where :func:`sampled_pays` says it is

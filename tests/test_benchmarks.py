@@ -152,3 +152,5 @@ def test_lesson_times_runs_a_lesson_and_skips_only_the_check_cells_errors(tmp_pa
         lesson_times.time_lesson("98", folder=tmp_path)
     with pytest.raises(ValueError, match="lesson '97'"):
         lesson_times.time_lesson("97", folder=tmp_path)
+    with pytest.raises(ValueError, match="no widget-driving cell for 99_tiny.py"):  # the checks load from tests/
+        lesson_times.time_lesson("99", widget_checks=True, folder=tmp_path)

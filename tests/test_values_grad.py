@@ -74,7 +74,7 @@ def test_bad_uses_are_refused() -> None:
         SparseConfig("random", values_grad="yes")
 
 
-@pytest.mark.parametrize("tokens", [150, 40])  # a short last block of 64 tokens; fewer tokens than one block
+@pytest.mark.parametrize("tokens", [150, 40, 1100])  # a short last block of 64; under one block; chunks of 512 and a short one
 def test_every_product_is_the_dense_gradient_at_the_selected_entries(sparse_cpu_route, tokens) -> None:
     gen = torch.Generator().manual_seed(0)
     g, x = torch.randn(tokens, 33, generator=gen), torch.randn(tokens, 70, generator=gen)
@@ -86,6 +86,28 @@ def test_every_product_is_the_dense_gradient_at_the_selected_entries(sparse_cpu_
         torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5, msg=how)
     with pytest.raises(ValueError, match="how must be one of"):
         values_grad.selected_weight_grad(g, x, flat, "fast")
+
+
+def test_the_kernels_sum_does_not_depend_on_the_thread_count() -> None:
+    """Every entry sums its blocks in block order, however the entries and the copies are split over threads."""
+    from sparsity.kernels import sparse_cpu
+
+    kernel = sparse_cpu.load()
+    if kernel is None:
+        pytest.skip("the CPU kernels could not be built here (no C++ compiler or ninja?)")
+    gen = torch.Generator().manual_seed(1)
+    g, x = torch.randn(700, 96, generator=gen), torch.randn(700, 80, generator=gen)
+    flat = torch.randperm(96 * 80, generator=gen)[:3000].sort().values  # several of the kernel's 1024-entry grains
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            results.append(kernel.selected_weight_grad(g, x, flat))
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(results[0], r) for r in results[1:])
+    torch.testing.assert_close(results[0].double(), (g.double().t() @ x.double()).view(-1)[flat], rtol=1e-5, atol=1e-4)
 
 
 def test_auto_takes_the_sampled_product_only_where_it_was_measured_to_pay(monkeypatch) -> None:

@@ -1,4 +1,5 @@
-"""GPU kernels of our own, written in Triton. Import them lazily: the core must import without triton."""
+"""Kernels of our own: CPU ones in C++ (`sparse_cpu`, built by `python -m sparsity.kernels`) and GPU ones in
+Triton. Import the Triton ones lazily: the core must import without triton."""
 
 import os
 

@@ -1,10 +1,12 @@
-"""Two CPU kernels of our own for training a sparse subnetwork, compiled on first use.
+"""Two CPU kernels of our own for training a sparse subnetwork, compiled on first use
+(``make``'s set-up builds them ahead: ``python -m sparsity.kernels``).
 
 * ``sparse_adamw_``: AdamW on the selected entries of a tensor, gather + update + scatter in one pass.
 * ``selected_weight_grad``: a linear layer's weight gradient at the selected entries only
-  (a sampled dense-dense matmul, SDDMM), without the dense ``[out, in]`` gradient and without
-  transposed copies of the layer's input and output gradient (tokens go through in blocks of
-  64, transposed in each thread's cache); see ``sparsity.values_grad``.
+  (a sampled dense-dense matmul, SDDMM), without the dense ``[out, in]`` gradient: tokens go
+  through in chunks of 512, each copied once into token-block-major buffers (64 tokens of a
+  column contiguous), then one contiguous dot product per selected entry and block; see
+  ``sparsity.values_grad``.
 
 **sparse_adamw_.**
 ``CompactAdamW``'s step gathers the selected values and gradients (``index_select``),
@@ -87,10 +89,37 @@ void sparse_adamw_(torch::Tensor p, torch::Tensor g, torch::Tensor idx, torch::T
 
 // The weight gradient (g^T @ x) of a linear layer at the sorted flat positions `flat` of its [out, in] weight, from
 // the output gradient g [B, out] and the input x [B, in] (row-major, as autograd has them): a sampled dense-dense
-// matmul. Tokens go in blocks of kBlock; each block's rows of g and x that a thread needs are transposed into
-// that thread's buffers (in cache), then every selected entry adds one contiguous dot product of kBlock terms.
-// The sum over blocks runs in block order for every entry, whatever the thread count: deterministic.
+// matmul. Tokens go in chunks of kChunk blocks of kBlock; per chunk, two phases, both split over threads:
+// 1. the chunk's rows of g and x are copied into token-block-major buffers, gb [blocks, out, kBlock] and
+//    xb [blocks, in, kBlock] (a kBlock-token slice of one column is contiguous), in cache-sized tiles; each thread
+//    copies its own blocks, so no copy is repeated per thread (an earlier version transposed every block's whole x
+//    in every thread: that copy, not the dot products, took most of the time);
+// 2. every selected entry (r, c) adds, block after block, the contiguous dot product gb[b, r, :] . xb[b, c, :].
+// The buffers hold one chunk (kChunk * kBlock tokens), not the whole batch: a bounded transient on top of backward's
+// peak. The sum over blocks runs in block order for every entry, whatever the thread count: deterministic.
 constexpr int64_t kBlock = 64;
+constexpr int64_t kTile = 16;
+constexpr int64_t kChunk = 8;
+
+// dst[b][col][t] = src[b * kBlock + t][col] for the blocks [b0, b1) of src [n_rows, n_cols]; the tail block's
+// missing tokens are zero.
+static void to_block_major(const float* src, int64_t n_rows, int64_t n_cols, float* dst, int64_t b0, int64_t b1) {
+  for (int64_t b = b0; b < b1; ++b) {
+    float* out = dst + b * n_cols * kBlock;
+    const int64_t t_end = std::min(kBlock, n_rows - b * kBlock);
+    if (t_end < kBlock) std::fill(out, out + n_cols * kBlock, 0.0f);
+    for (int64_t c0 = 0; c0 < n_cols; c0 += kTile) {
+      const int64_t c1 = std::min(c0 + kTile, n_cols);
+      for (int64_t t0 = 0; t0 < t_end; t0 += kTile) {
+        const int64_t t1 = std::min(t0 + kTile, t_end);
+        for (int64_t t = t0; t < t1; ++t) {
+          const float* row = src + (b * kBlock + t) * n_cols;
+          for (int64_t c = c0; c < c1; ++c) out[c * kBlock + t] = row[c];
+        }
+      }
+    }
+  }
+}
 
 torch::Tensor selected_weight_grad(torch::Tensor g, torch::Tensor x, torch::Tensor flat) {
   TORCH_CHECK(g.scalar_type() == at::kFloat && x.scalar_type() == at::kFloat, "float32 inputs");
@@ -100,44 +129,60 @@ torch::Tensor selected_weight_grad(torch::Tensor g, torch::Tensor x, torch::Tens
   const int64_t b = g.size(0), n_out = g.size(1), n_in = x.size(1), k = flat.numel();
   auto out = torch::zeros({k}, g.options());
   if (k == 0 || b == 0) return out;
-  const float* G = g.data_ptr<float>();
-  const float* X = x.data_ptr<float>();
+  const int64_t n_blocks = (b + kBlock - 1) / kBlock, chunk = std::min(kChunk, n_blocks);
+  auto gb = torch::empty({chunk, n_out, kBlock}, g.options());
+  auto xb = torch::empty({chunk, n_in, kBlock}, x.options());
   const int64_t* F = flat.data_ptr<int64_t>();
   float* O = out.data_ptr<float>();
-  at::parallel_for(0, k, 1024, [&](int64_t begin, int64_t end) {
-    const int64_t r0 = F[begin] / n_in, n_rows = F[end - 1] / n_in + 1 - r0;
-    std::vector<float> gt(n_rows * kBlock, 0.0f), xt(n_in * kBlock, 0.0f);
-    for (int64_t t0 = 0; t0 < b; t0 += kBlock) {
-      const int64_t tn = std::min(kBlock, b - t0);
-      if (tn < kBlock) {  // the last, short block: the unused tail of every row must add zero
-        std::fill(gt.begin(), gt.end(), 0.0f);
-        std::fill(xt.begin(), xt.end(), 0.0f);
-      }
-      for (int64_t t = 0; t < tn; ++t) {
-        const float* gr = G + (t0 + t) * n_out + r0;
-        for (int64_t r = 0; r < n_rows; ++r) gt[r * kBlock + t] = gr[r];
-        const float* xr = X + (t0 + t) * n_in;
-        for (int64_t c = 0; c < n_in; ++c) xt[c * kBlock + t] = xr[c];
-      }
-      for (int64_t j = begin; j < end; ++j) {
-        const float* gr = gt.data() + (F[j] / n_in - r0) * kBlock;
-        const float* xc = xt.data() + (F[j] % n_in) * kBlock;
-        float acc = 0.0f;
-        #pragma omp simd reduction(+:acc)
-        for (int64_t t = 0; t < kBlock; ++t) acc += gr[t] * xc[t];
-        O[j] += acc;
-      }
+  std::vector<int64_t> row_at(k), col_at(k);  // each entry's offsets in a block, divided out once, not per block
+  at::parallel_for(0, k, 1 << 14, [&](int64_t begin, int64_t end) {
+    for (int64_t j = begin; j < end; ++j) {
+      row_at[j] = (F[j] / n_in) * kBlock;
+      col_at[j] = (F[j] % n_in) * kBlock;
     }
   });
+  for (int64_t c0 = 0; c0 < n_blocks; c0 += chunk) {
+    const int64_t c1 = std::min(c0 + chunk, n_blocks), t0 = c0 * kBlock, tn = std::min(b, c1 * kBlock) - t0;
+    const float* G = g.data_ptr<float>() + t0 * n_out;
+    const float* X = x.data_ptr<float>() + t0 * n_in;
+    float* GB = gb.data_ptr<float>();
+    float* XB = xb.data_ptr<float>();
+    at::parallel_for(0, c1 - c0, 1, [&](int64_t b0, int64_t b1) {
+      to_block_major(G, tn, n_out, GB, b0, b1);
+      to_block_major(X, tn, n_in, XB, b0, b1);
+    });
+    at::parallel_for(0, k, 1024, [&](int64_t begin, int64_t end) {
+      for (int64_t blk = 0; blk < c1 - c0; ++blk) {
+        const float* gblk = GB + blk * n_out * kBlock;
+        const float* xblk = XB + blk * n_in * kBlock;
+        for (int64_t j = begin; j < end; ++j) {
+          const float* gr = gblk + row_at[j];
+          const float* xc = xblk + col_at[j];
+          float acc = 0.0f;
+          #pragma omp simd reduction(+:acc)
+          for (int64_t t = 0; t < kBlock; ++t) acc += gr[t] * xc[t];
+          O[j] += acc;
+        }
+      }
+    });
+  }
   return out;
 }
 """
 
 
+CFLAGS = ("-O3", "-march=native", "-fopenmp-simd")
+
+
 def extension_name() -> str:
-    """The build's name, from a hash of its source: torch keeps one build folder per name in a cache
-    that every checkout on the machine shares, so two checkouts with different kernels must not share one."""
-    return "subnet_lab_sparse_cpu_" + hashlib.sha256(_SOURCE.encode()).hexdigest()[:12]
+    """The build's name, from a hash of its source, flags and torch's header folders: torch keeps one build
+    folder per name in a cache that every checkout on the machine shares. Two checkouts with different kernels
+    must not share one, nor two environments (their compile commands name different header folders, so ninja
+    would rebuild the kernel each time the other one loads it: minutes each)."""
+    from torch.utils.cpp_extension import include_paths
+
+    key = "\n".join((_SOURCE, *CFLAGS, *include_paths()))
+    return "subnet_lab_sparse_cpu_" + hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
 STALE_LOCK_S = 900.0
@@ -182,7 +227,7 @@ def load() -> Any | None:
         clear_stale_lock(build_directory())
         return load_inline(extension_name(), cpp_sources=_SOURCE,
                            functions=["sparse_adamw_", "selected_weight_grad"],
-                           extra_cflags=["-O3", "-march=native", "-fopenmp-simd"], verbose=False)
+                           extra_cflags=list(CFLAGS), verbose=False)
     except Exception as e:  # no compiler, no headers, no ninja: the torch-ops path still works
         warnings.warn(f"the CPU sparse AdamW kernel could not be built ({type(e).__name__}: {e}); "
                       "CompactAdamW(fused=True) and values-only gradients fall back to torch operations", stacklevel=2)
@@ -192,3 +237,4 @@ def load() -> Any | None:
 def usable(p: torch.Tensor) -> bool:
     """Whether the kernel handles this parameter: a contiguous float32 CPU tensor."""
     return p.device.type == "cpu" and p.dtype == torch.float32 and p.is_contiguous()
+
