@@ -372,12 +372,14 @@ if traced:
 # The same questions asked of every committed folder, toy MLPs to the small GPT (`scaleup.scale_report`,
 # behind `benchmarks/results/scale_verdict.md`); each cell says how many planned seeds it holds.
 # **Predict first**: will the frontier highest on `add2` at the tiny size stay on top in the small
-# GPT? Will LoRA reach 90% of full FT's best on `facts_b` more easily there, or less?
+# GPT? Will LoRA reach 90% of full FT's best on `facts_b` more easily there, or less? And would a second
+# pretraining of the same tiny GPT (the last answer: its weights differ only by the CPU's rounding) agree?
 
 # %%
 from scaleup import scale_report, scale_verdict
 across, missing = scale_report.committed_scales(ROOT / "benchmarks" / "results")
-across_verdict = scale_verdict.scale_verdict(across)
+replicates, _ = scale_report.committed_scales(ROOT / "benchmarks" / "results", scale_report.COMMITTED_REPLICATES)
+across_verdict = scale_verdict.scale_verdict(across, replicates)
 display(Markdown(scale_report.scale_tables([s for s in across if s.target in ("add2", "facts_b")])))
 display(Markdown(f"Skipped, not committed yet: {', '.join(missing) or 'none'}.\n\n{across_verdict}"))
 

@@ -29,6 +29,8 @@ from sparsity.sweep import command_line, emit, markdown_table
 COMMITTED = ("toy_teacher_student", "toy_modular", "frontier_tiny_add2", "hf_gpt2_tiny", "frontier_tiny_facts_b",
              "frontier_small_add2", "frontier_small_facts_b")
 """The lab's frontier folders under ``benchmarks/results``: what README's rebuild command and lesson 5 read."""
+COMMITTED_REPLICATES = ("frontier_tiny_add2_earlier_pretraining", "frontier_tiny_facts_b_earlier_pretraining")
+"""Folders repeating a committed scale from another pretraining run of the same model (``--replicates``)."""
 MARKERS = "osD^v<>ph"
 """One marker per model family in the figure (the lab's GPT, hf-gpt2, each toy world), in order of appearance."""
 
@@ -167,8 +169,10 @@ def plot_scales(scales: list[Scale]) -> Any:
     return fig
 
 
-def report_markdown(scales: list[Scale], command: str, out: Path | None = None, figure: Path | None = None) -> str:
-    """The whole report: folders, verdict, tables per target, figure link."""
+def report_markdown(scales: list[Scale], command: str, out: Path | None = None, figure: Path | None = None,
+                    replicates: Sequence[Scale] = ()) -> str:
+    """The whole report: folders (and replicates), verdict, tables per target, figure link. The replicates feed
+    the verdict's fifth answer only: the tables and the figure show one folder per scale."""
     image = (f"\n![area against model size]({os.path.relpath(figure, out.parent if out else Path.cwd())})\n"
              if figure else "")
     return "\n".join([
@@ -180,7 +184,9 @@ def report_markdown(scales: list[Scale], command: str, out: Path | None = None, 
         "Methods are compared at the LoRA-equal budget (full FT: every entry; 2:4: its pattern); two gaps are "
         "*separated* only when the seed intervals do not overlap.", "",
         "## Folders", "", *[folder_line(s, out) for s in scales], "",
-        "## Verdict", "", scale_verdict(scales), "",
+        *(["Replicates (another pretraining run of a scale above; read by the verdict's last answer only):", "",
+            *[folder_line(r, out) for r in replicates], ""] if replicates else []),
+        "## Verdict", "", scale_verdict(scales, replicates), "",
         "## Tables", "", scale_tables(scales), image])
 
 
@@ -199,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
                                             "from benchmark results folders.")
     p.add_argument("folders", nargs="+", type=_benchmark_folder,
                    help="benchmark results folders (config.json + results.jsonl), in any order: columns go by size")
+    p.add_argument("--replicates", nargs="+", type=_benchmark_folder, default=[], metavar="FOLDER",
+                   help="folders repeating one of FOLDERS (same model and target) from another pretraining run: "
+                        "compared with it in the verdict, not drawn as columns (default: none)")
     p.add_argument("--out", type=output_file, default=None,
                    help="write the markdown report here (default: none, print it only)")
     p.add_argument("--figure", type=output_file, default=None,
@@ -209,16 +218,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    repeated = sorted({str(f) for f in args.folders if args.folders.count(f) > 1})
+    given = [*args.folders, *args.replicates]
+    repeated = sorted({str(f) for f in given if given.count(f) > 1})
     if repeated:
         parser.error(f"argument folders: given twice: {', '.join(repeated)}")
     try:
         scales = [load_scale(folder) for folder in args.folders]
+        replicates = [load_scale(folder) for folder in args.replicates]
+        scale_verdict(scales, replicates)  # a replicate of no scale given is an error before anything is written
     except (OSError, ValueError) as e:
-        parser.error(f"argument folders: {e}")
+        parser.error(f"argument {'--replicates' if 'replicate' in str(e) else 'folders'}: {e}")
     figure = args.figure or (args.out.with_suffix(".png") if args.out else None)
     command = command_line("scaleup.scale_report", sys.argv[1:] if argv is None else argv)
-    emit(report_markdown(scales, command, args.out, figure), args.out)
+    emit(report_markdown(scales, command, args.out, figure, replicates), args.out)
     if figure is not None:
         import matplotlib.pyplot as plt
 

@@ -1,12 +1,16 @@
 """The scale verdict: the lab's conclusions checked at every scale, in sentences worded from the numbers.
 
-Four questions (issue 29), each answered in one sentence per run of :func:`scale_verdict`:
+Four questions (issue 29), each answered in one sentence per run of :func:`scale_verdict`, and a fifth
+on the yardstick itself:
 
 1. Does LIFT's frontier dominance on the near target ``add2`` survive from the smallest model to the
    largest (its area rank, and its area against full fine-tuning and against the best other method)?
 2. Does LoRA still never reach 90% of full fine-tuning's best target on the far target ``facts_b``?
 3. Do RoSA (Nikdan et al. 2024) and SpIEL (Ansell et al. 2024) rank the same at each scale?
 4. Which sparse methods reach full fine-tuning's best target (99% of it) at each scale?
+5. Does the answer survive another pretraining run of the same model (:func:`replicate_verdict`)? The
+   fine-tuning seeds measure one spread; a second pretraining of the same config, its weights different (on
+   another CPU the same code rounds differently), measures another, which a single checkpoint cannot show.
 
 The yardstick is the frontier report's (``scaleup.frontier_report``): a gap is *separated* only when the
 seed intervals [min, max] do not overlap, and one seed has no spread to judge by. A scale whose folder is
@@ -221,7 +225,75 @@ def grid_verdict(scales: list[Scale]) -> str:
             "lie below the grid): " + "; ".join(clauses) + ".")
 
 
-def scale_verdict(scales: list[Scale]) -> str:
-    """The five answers, one markdown bullet each."""
-    return "\n".join((dominance_verdict(scales), lora_reach_verdict(scales), order_verdict(scales),
-                      reach_full_verdict(scales), grid_verdict(scales)))
+def _checkpoint(scale: Scale) -> str:
+    """The pretrained model a folder's rows came from, in words ("30d043dc2b22d96f", "not recorded", or several)."""
+    return " + ".join(scale.checkpoints) or "none stored"
+
+
+def rank_correlation(a: Sequence[float], b: Sequence[float]) -> float:
+    """Spearman's rank correlation of two equally long sequences (ties share their mean rank)."""
+    def ranks(values: Sequence[float]) -> list[float]:
+        order = sorted(range(len(values)), key=lambda i: values[i])
+        out = [0.0] * len(values)
+        i = 0
+        while i < len(order):
+            j = i
+            while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+                j += 1
+            for k in range(i, j + 1):
+                out[order[k]] = (i + j) / 2
+            i = j + 1
+        return out
+
+    if len(a) != len(b) or len(a) < 2:
+        raise ValueError(f"rank_correlation needs two sequences of one length >= 2, got {len(a)} and {len(b)}")
+    ra, rb = ranks(a), ranks(b)
+    ma, mb = sum(ra) / len(ra), sum(rb) / len(rb)
+    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb))
+    norm = (sum((x - ma) ** 2 for x in ra) * sum((y - mb) ** 2 for y in rb)) ** 0.5
+    return cov / norm if norm else float("nan")
+
+
+def replicate_verdict(scales: list[Scale], replicates: list[Scale]) -> str:
+    """Question 5: each replicate (the same model and target, fine-tuned from another pretraining run) against
+    the scale it repeats: the first method of each, how many shared methods' areas moved beyond the seed
+    spread, the rank correlation of their areas, and LIFT's rank in each."""
+    head = "**Does the answer survive another pretraining run of the same model?**"
+    pairs = []
+    for r in replicates:
+        match = [s for s in scales if (s.model, s.target) == (r.model, r.target)]
+        if not match:
+            raise ValueError(f"replicate {r.folder}: no folder of {r.label} to compare it with")
+        pairs.append((match[0], r))
+    if not pairs:
+        return f"- {head} Not measured: no folder repeats a scale from another pretraining run."
+    clauses, same_first = [], 0
+    for s, r in pairs:
+        shared = [m for m in _ranked(s) if m in r.entries]
+        first_s, first_r = _ranked(s)[0], _ranked(r)[0]
+        same_first += first_s == first_r
+        moved = [m for m in shared if separated(s.entries[m]["area"], r.entries[m]["area"])
+                 or separated(r.entries[m]["area"], s.entries[m]["area"])]
+        rho = rank_correlation([s.entries[m]["area"]["mean"] for m in shared],
+                               [r.entries[m]["area"]["mean"] for m in shared]) if len(shared) >= 2 else float("nan")
+        lift = (f"; {_name('lift')} rank {_ranked(s).index('lift') + 1} against {_ranked(r).index('lift') + 1}, "
+                f"area {compare_spreads(s.entries['lift']['area'], r.entries['lift']['area'])}"
+                if "lift" in s.entries and "lift" in r.entries else "")
+        clauses.append(f"{s.label} (`{s.folder.name}`, pretrained model {_checkpoint(s)}, against "
+                       f"`{r.folder.name}`, {_checkpoint(r)}): first {_name(first_s)} "
+                       f"({s.entries[first_s]['area']['mean']:.3f}) against {_name(first_r)} "
+                       f"({r.entries[first_r]['area']['mean']:.3f}); {len(moved)} of {len(shared)} shared methods' "
+                       f"areas moved beyond the seed spread; rank correlation of the areas {rho:.2f}{lift}")
+    answer = ("yes for the first method: the same at every pair" if same_first == len(pairs) else
+              f"no: the first method changes at {len(pairs) - same_first} of {len(pairs)} pairs, so an answer "
+              "from one checkpoint carries the pretraining run's spread as well as the seeds'")
+    return f"- {head} {answer}: " + "; ".join(clauses) + "."
+
+
+def scale_verdict(scales: list[Scale], replicates: Sequence[Scale] = ()) -> str:
+    """The answers, one markdown bullet each; the fifth only with ``replicates``."""
+    answers = [dominance_verdict(scales), lora_reach_verdict(scales), order_verdict(scales),
+               reach_full_verdict(scales), grid_verdict(scales)]
+    if replicates:
+        answers.append(replicate_verdict(scales, list(replicates)))
+    return "\n".join(answers)

@@ -167,7 +167,7 @@ def test_new_runs_take_the_papers_settings_and_committed_folders_keep_theirs() -
     assert not any(k in lab.to_json() for k in ("rigl_end", "rigl_update_on_swap", "rigl_rounding"))
     assert BenchConfig.from_json(lab.to_json()) == lab
     assert BenchConfig.from_json(json.loads(json.dumps(data))).rigl.options() == RIGL_PAPER
-    committed = RESULTS / "frontier_tiny_add2" / "config.json"
+    committed = RESULTS / "frontier_small_facts_b" / "config.json"
     if committed.exists():  # a folder written before the options holds the lab's first RigL, and still resumes
         saved = json.loads(committed.read_text())
         cfg = BenchConfig.from_json(saved)

@@ -15,7 +15,7 @@ from scaleup import scale_report
 from scaleup.bench_config import BenchConfig
 from scaleup.results import store
 from scaleup.scale_verdict import (dominance_verdict, grid_verdict, lora_reach_verdict, order_verdict,
-                                   reach_full_verdict)
+                                   rank_correlation, reach_full_verdict, replicate_verdict, scale_verdict)
 from scaleup.scales import load_scale
 
 SIZES = {"tiny": 1_000, "small": 10_000}
@@ -148,6 +148,41 @@ def test_the_command_line_writes_the_same_report_and_figure_twice_and_names_a_ba
     with pytest.raises(SystemExit):
         scale_report.main([folders[0], folders[0]])
     assert "given twice" in capsys.readouterr().err
+
+
+def test_a_replicate_from_another_pretraining_run_is_compared_with_the_scale_it_repeats(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tiny = load_scale(_folder(tmp_path, "tiny", "add2", BASE))  # LIFT first: 0.91, magnitude 0.71, full 0.51, LoRA 0.31
+    same = load_scale(_folder(tmp_path / "a", "tiny", "add2", {**BASE, "lora": (0.35, 0.5)}))
+    flipped = load_scale(_folder(tmp_path / "b", "tiny", "add2", {**BASE, "full": (0.95, 1.0), "lift": (0.4, 1.0)}))
+
+    kept = replicate_verdict([tiny], [same])
+    assert "** yes for the first method: the same at every pair:" in kept
+    assert "first LIFT (0.910) against LIFT (0.910); 1 of 4 shared methods' areas moved beyond the seed spread; " \
+           "rank correlation of the areas 1.00; LIFT rank 1 against 1" in kept
+    moved = replicate_verdict([tiny], [flipped])
+    assert "** no: the first method changes at 1 of 1 pairs" in moved
+    assert "first LIFT (0.910) against full FT (0.960); 2 of 4 shared methods' areas moved" in moved
+    assert "LIFT rank 1 against 3, area 0.910 vs 0.410 (+0.500, separated" in moved
+    assert "pretrained model not recorded" in moved  # the fabricated rows record no fingerprint
+    assert replicate_verdict([tiny], []).endswith("Not measured: no folder repeats a scale from another pretraining run.")
+    assert "another pretraining run" not in scale_verdict([tiny]) and "another pretraining run" in scale_verdict([tiny], [same])
+    with pytest.raises(ValueError, match="no folder of GPT small, add2 to compare it with"):
+        replicate_verdict([tiny], [load_scale(_folder(tmp_path / "c", "small", "add2", BASE))])
+    assert rank_correlation([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert rank_correlation([1, 2, 2, 4], [1, 3, 3, 4]) == pytest.approx(1.0)  # ties share their mean rank
+    with pytest.raises(ValueError, match="rank_correlation needs"):
+        rank_correlation([1.0], [1.0])
+
+    out = tmp_path / "scale_verdict.md"
+    assert scale_report.main(["--out", str(out), str(tiny.folder), "--replicates", str(flipped.folder)]) == 0
+    text = out.read_text()
+    assert "Replicates (another pretraining run" in text and "another pretraining run of the same model?** no" in text
+    assert text.count("| method | GPT tiny (1000) |") == 2  # the replicate is no column
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        scale_report.main([str(tiny.folder), "--replicates", str(tmp_path / "c" / "small_add2")])
+    assert "argument --replicates:" in capsys.readouterr().err
 
 
 def test_committed_scales_skips_and_names_a_folder_not_committed_yet(tmp_path: Path) -> None:

@@ -4,7 +4,7 @@
 * ``sparse_adamw_``: AdamW on the selected entries of a tensor, gather + update + scatter in one pass.
 * ``selected_weight_grad``: a linear layer's weight gradient at the selected entries only
   (a sampled dense-dense matmul, SDDMM), without the dense ``[out, in]`` gradient: tokens go
-  through in chunks of 512, each copied once into token-block-major buffers (64 tokens of a
+  through in chunks of 256, each copied once into token-block-major buffers (64 tokens of a
   column contiguous), then one contiguous dot product per selected entry and block; see
   ``sparsity.values_grad``.
 
@@ -99,7 +99,7 @@ void sparse_adamw_(torch::Tensor p, torch::Tensor g, torch::Tensor idx, torch::T
 // peak. The sum over blocks runs in block order for every entry, whatever the thread count: deterministic.
 constexpr int64_t kBlock = 64;
 constexpr int64_t kTile = 16;
-constexpr int64_t kChunk = 8;
+constexpr int64_t kChunk = 4;
 
 // dst[b][col][t] = src[b * kBlock + t][col] for the blocks [b0, b1) of src [n_rows, n_cols]; the tail block's
 // missing tokens are zero.
