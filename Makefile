@@ -26,9 +26,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) demo.py --out out $(if $(FULL),--full)
 
-# Every test, on every core: pytest-xdist workers, each test on one torch thread (tests/conftest.py).
+# Every test: pytest-xdist workers, each test on one torch thread (tests/conftest.py). TEST_WORKERS workers
+# (default: one per core); make test TEST_WORKERS=3 on 2 cores overlaps the browser's and sandbox's waits with work.
+TEST_WORKERS ?= auto
 test: $(STAMP)
-	$(PY) -m pytest -q -n auto --dist worksteal
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 # Each lesson's notebook is built ONCE into lab/ (git-ignored) and never overwritten: your edits stay.
 # To start a lesson afresh, delete its notebook in lab/ and run `make notebooks` (or `make lab`) again.
