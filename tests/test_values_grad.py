@@ -74,7 +74,7 @@ def test_bad_uses_are_refused() -> None:
         SparseConfig("random", values_grad="yes")
 
 
-@pytest.mark.parametrize("tokens", [150, 40, 600])  # a short last block of 64; under one block; chunks of 256 and a short one
+@pytest.mark.parametrize("tokens", [150, 40, 600])  # under one block of 256 tokens; two blocks and a short one
 def test_every_product_is_the_dense_gradient_at_the_selected_entries(sparse_cpu_route, tokens) -> None:
     gen = torch.Generator().manual_seed(0)
     g, x = torch.randn(tokens, 33, generator=gen), torch.randn(tokens, 70, generator=gen)

@@ -4,9 +4,8 @@
 * ``sparse_adamw_``: AdamW on the selected entries of a tensor, gather + update + scatter in one pass.
 * ``selected_weight_grad``: a linear layer's weight gradient at the selected entries only
   (a sampled dense-dense matmul, SDDMM), without the dense ``[out, in]`` gradient: tokens go
-  through in chunks of 256, each copied once into token-block-major buffers (64 tokens of a
-  column contiguous), then one contiguous dot product per selected entry and block; see
-  ``sparsity.values_grad``.
+  through in blocks of 256, each block copied once so that a column's tokens are contiguous,
+  then one vectorised dot product per selected entry and block; see ``sparsity.values_grad``.
 
 **sparse_adamw_.**
 ``CompactAdamW``'s step gathers the selected values and gradients (``index_select``),
@@ -89,36 +88,48 @@ void sparse_adamw_(torch::Tensor p, torch::Tensor g, torch::Tensor idx, torch::T
 
 // The weight gradient (g^T @ x) of a linear layer at the sorted flat positions `flat` of its [out, in] weight, from
 // the output gradient g [B, out] and the input x [B, in] (row-major, as autograd has them): a sampled dense-dense
-// matmul. Tokens go in chunks of kChunk blocks of kBlock; per chunk, two phases, both split over threads:
-// 1. the chunk's rows of g and x are copied into token-block-major buffers, gb [blocks, out, kBlock] and
-//    xb [blocks, in, kBlock] (a kBlock-token slice of one column is contiguous), in cache-sized tiles; each thread
-//    copies its own blocks, so no copy is repeated per thread (an earlier version transposed every block's whole x
-//    in every thread: that copy, not the dot products, took most of the time);
-// 2. every selected entry (r, c) adds, block after block, the contiguous dot product gb[b, r, :] . xb[b, c, :].
-// The buffers hold one chunk (kChunk * kBlock tokens), not the whole batch: a bounded transient on top of backward's
-// peak. The sum over blocks runs in block order for every entry, whatever the thread count: deterministic.
-constexpr int64_t kBlock = 64;
+// matmul. Tokens go in blocks of kBlock; per block, two phases, each split over threads:
+// 1. the block's rows of g and x are copied, column by column, into gb [out, kBlock] and xb [in, kBlock] (the block's
+//    tokens of one column contiguous), in cache-sized tiles, each column by one thread;
+// 2. every selected entry (r, c) adds the dot product gb[r, :] . xb[c, :], kept in kLanes independent partial sums
+//    (vector registers: no wait on one chain of additions), summed in a fixed order at the end. The entries go in
+//    tiles of kCols columns, so the xb rows they read stay in cache (in flat order, a wide layer's entries would
+//    read every column of xb from memory again for each row of the weight).
+// An earlier version transposed each 64-token block's whole x in every thread and summed each entry in one chain of
+// 64: the copies and the chain, not the multiply-adds, took most of its time. The buffers hold one block, a bounded
+// transient on top of backward's peak. Every entry sums its blocks in block order, whatever the thread count:
+// deterministic.
+constexpr int64_t kBlock = 256;
 constexpr int64_t kTile = 16;
-constexpr int64_t kChunk = 4;
+constexpr int64_t kLanes = 32;
+constexpr int64_t kCols = 128;
 
-// dst[b][col][t] = src[b * kBlock + t][col] for the blocks [b0, b1) of src [n_rows, n_cols]; the tail block's
-// missing tokens are zero.
-static void to_block_major(const float* src, int64_t n_rows, int64_t n_cols, float* dst, int64_t b0, int64_t b1) {
-  for (int64_t b = b0; b < b1; ++b) {
-    float* out = dst + b * n_cols * kBlock;
-    const int64_t t_end = std::min(kBlock, n_rows - b * kBlock);
-    if (t_end < kBlock) std::fill(out, out + n_cols * kBlock, 0.0f);
-    for (int64_t c0 = 0; c0 < n_cols; c0 += kTile) {
-      const int64_t c1 = std::min(c0 + kTile, n_cols);
-      for (int64_t t0 = 0; t0 < t_end; t0 += kTile) {
-        const int64_t t1 = std::min(t0 + kTile, t_end);
-        for (int64_t t = t0; t < t1; ++t) {
-          const float* row = src + (b * kBlock + t) * n_cols;
-          for (int64_t c = c0; c < c1; ++c) out[c * kBlock + t] = row[c];
-        }
+// dst[col][t] = src[t][col] for the columns [c0, c1) of the rows [0, n_rows) of src [*, n_cols]; t from n_rows to
+// kBlock is zero (the last, short block).
+static void columns_to_rows(const float* src, int64_t n_rows, int64_t n_cols, float* dst, int64_t c0, int64_t c1) {
+  for (int64_t a = c0; a < c1; a += kTile) {
+    const int64_t a1 = std::min(a + kTile, c1);
+    for (int64_t t0 = 0; t0 < n_rows; t0 += kTile) {
+      const int64_t t1 = std::min(t0 + kTile, n_rows);
+      for (int64_t t = t0; t < t1; ++t) {
+        const float* row = src + t * n_cols;
+        for (int64_t c = a; c < a1; ++c) dst[c * kBlock + t] = row[c];
       }
     }
+    if (n_rows < kBlock)
+      for (int64_t c = a; c < a1; ++c) std::fill(dst + c * kBlock + n_rows, dst + (c + 1) * kBlock, 0.0f);
   }
+}
+
+static inline float block_dot(const float* a, const float* b) {
+  float acc[kLanes] = {0.0f};
+  for (int64_t t = 0; t < kBlock; t += kLanes) {
+    #pragma omp simd
+    for (int64_t l = 0; l < kLanes; ++l) acc[l] += a[t + l] * b[t + l];
+  }
+  float sum = 0.0f;
+  for (int64_t l = 0; l < kLanes; ++l) sum += acc[l];
+  return sum;
 }
 
 torch::Tensor selected_weight_grad(torch::Tensor g, torch::Tensor x, torch::Tensor flat) {
@@ -129,43 +140,38 @@ torch::Tensor selected_weight_grad(torch::Tensor g, torch::Tensor x, torch::Tens
   const int64_t b = g.size(0), n_out = g.size(1), n_in = x.size(1), k = flat.numel();
   auto out = torch::zeros({k}, g.options());
   if (k == 0 || b == 0) return out;
-  const int64_t n_blocks = (b + kBlock - 1) / kBlock, chunk = std::min(kChunk, n_blocks);
-  auto gb = torch::empty({chunk, n_out, kBlock}, g.options());
-  auto xb = torch::empty({chunk, n_in, kBlock}, x.options());
+  auto gb = torch::empty({n_out, kBlock}, g.options());
+  auto xb = torch::empty({n_in, kBlock}, x.options());
+  float* GB = gb.data_ptr<float>();
+  float* XB = xb.data_ptr<float>();
   const int64_t* F = flat.data_ptr<int64_t>();
   float* O = out.data_ptr<float>();
-  std::vector<int64_t> row_at(k), col_at(k);  // each entry's offsets in a block, divided out once, not per block
-  at::parallel_for(0, k, 1 << 14, [&](int64_t begin, int64_t end) {
-    for (int64_t j = begin; j < end; ++j) {
-      row_at[j] = (F[j] / n_in) * kBlock;
-      col_at[j] = (F[j] % n_in) * kBlock;
-    }
-  });
-  for (int64_t c0 = 0; c0 < n_blocks; c0 += chunk) {
-    const int64_t c1 = std::min(c0 + chunk, n_blocks), t0 = c0 * kBlock, tn = std::min(b, c1 * kBlock) - t0;
+  // The entries in column tiles of kCols (stable: row order within a tile), with their offsets in the buffers
+  // divided out once, not per block. A tile's kCols columns of xb (128 KB) stay in cache while its entries run.
+  const int64_t n_tiles = (n_in + kCols - 1) / kCols;
+  std::vector<int64_t> start(n_tiles + 1, 0), order(k), ord_row(k), ord_col(k);
+  for (int64_t j = 0; j < k; ++j) ++start[(F[j] % n_in) / kCols + 1];
+  for (int64_t t = 0; t < n_tiles; ++t) start[t + 1] += start[t];
+  for (int64_t j = 0; j < k; ++j) {
+    const int64_t i = start[(F[j] % n_in) / kCols]++;
+    order[i] = j;
+    ord_row[i] = (F[j] / n_in) * kBlock;
+    ord_col[i] = (F[j] % n_in) * kBlock;
+  }
+  std::vector<float> acc(k, 0.0f);
+  for (int64_t t0 = 0; t0 < b; t0 += kBlock) {
+    const int64_t tn = std::min(kBlock, b - t0);
     const float* G = g.data_ptr<float>() + t0 * n_out;
     const float* X = x.data_ptr<float>() + t0 * n_in;
-    float* GB = gb.data_ptr<float>();
-    float* XB = xb.data_ptr<float>();
-    at::parallel_for(0, c1 - c0, 1, [&](int64_t b0, int64_t b1) {
-      to_block_major(G, tn, n_out, GB, b0, b1);
-      to_block_major(X, tn, n_in, XB, b0, b1);
+    at::parallel_for(0, n_out + n_in, kTile, [&](int64_t c0, int64_t c1) {  // g's columns, then x's
+      if (c0 < n_out) columns_to_rows(G, tn, n_out, GB, c0, std::min(c1, n_out));
+      if (c1 > n_out) columns_to_rows(X, tn, n_in, XB, std::max(c0, n_out) - n_out, c1 - n_out);
     });
     at::parallel_for(0, k, 1024, [&](int64_t begin, int64_t end) {
-      for (int64_t blk = 0; blk < c1 - c0; ++blk) {
-        const float* gblk = GB + blk * n_out * kBlock;
-        const float* xblk = XB + blk * n_in * kBlock;
-        for (int64_t j = begin; j < end; ++j) {
-          const float* gr = gblk + row_at[j];
-          const float* xc = xblk + col_at[j];
-          float acc = 0.0f;
-          #pragma omp simd reduction(+:acc)
-          for (int64_t t = 0; t < kBlock; ++t) acc += gr[t] * xc[t];
-          O[j] += acc;
-        }
-      }
+      for (int64_t i = begin; i < end; ++i) acc[i] += block_dot(GB + ord_row[i], XB + ord_col[i]);
     });
   }
+  for (int64_t i = 0; i < k; ++i) O[order[i]] = acc[i];
   return out;
 }
 """
