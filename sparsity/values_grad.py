@@ -56,18 +56,22 @@ MODES = ("sampled", "dense", "auto")
 CHUNK_ENTRIES = 1 << 22
 """Largest temporary (tokens x selected entries) of the fallback SDDMM, in elements."""
 
-SAMPLED_MAX_DENSITY = 0.10
-"""``"auto"`` takes the sampled product on the CPU kernel up to this share of a layer's entries.
-Measured (``benchmarks/results/values_grad_crossover.md``, 2 threads): both products scale with the
-tokens, so the crossover is a density; it lay at 10-40% for layers up to 1024 x 256 and at 5-10% for
-2048 x 512 and 512 x 2048 at 2,048 tokens, and the sampled product won at every density measured
-with 64 tokens."""
+SAMPLED_MAX_DENSITY = 0.05
+"""``"auto"`` takes the sampled product on the CPU kernel up to this share of a layer's entries ..."""
+SAMPLED_MIN_TOKENS = 256
+"""... and from this many tokens (rows of ``x``) on, one block of the kernel. Measured
+(``benchmarks/results/values_grad_crossover.md``, 2 threads, layers 512 x 128 to 2048 x 512): at 512 and 2,048
+tokens the sampled product was faster up to 5% (10% was slower everywhere); at 64 tokens it was slower from 2%
+on, its fixed costs (sorting the entries, copying whole columns) larger than the small dense product. The
+ratios near 5% moved between runs on the lab's shared machine (0.6x to 1.0x of dense), so the rule is the
+boundary every run agreed on, not a tuned optimum."""
 
 
-def sampled_pays(k: int, n_out: int, n_in: int, kernel: bool) -> bool:
-    """Whether the sampled product of ``k`` of ``n_out x n_in`` entries is the faster one: only on our
-    CPU kernel (the gather fallback never is), at a density up to :data:`SAMPLED_MAX_DENSITY`."""
-    return kernel and k <= SAMPLED_MAX_DENSITY * n_out * n_in
+def sampled_pays(k: int, n_out: int, n_in: int, tokens: int, kernel: bool) -> bool:
+    """Whether the sampled product of ``k`` of ``n_out x n_in`` entries over ``tokens`` rows is the faster one: only
+    on our CPU kernel (the gather fallback never is), at a density up to :data:`SAMPLED_MAX_DENSITY` and from
+    :data:`SAMPLED_MIN_TOKENS` tokens on."""
+    return kernel and tokens >= SAMPLED_MIN_TOKENS and k <= SAMPLED_MAX_DENSITY * n_out * n_in
 
 
 def selected_weight_grad(grad_out: torch.Tensor, x: torch.Tensor, flat: torch.Tensor, how: str = "sampled") -> torch.Tensor:
@@ -78,7 +82,8 @@ def selected_weight_grad(grad_out: torch.Tensor, x: torch.Tensor, flat: torch.Te
     n_in = x.shape[1]
     kernel = sparse_cpu.load() if sparse_cpu.usable(grad_out) and sparse_cpu.usable(x) else None
     if how == "auto":
-        how = "sampled" if sampled_pays(flat.numel(), grad_out.shape[1], n_in, kernel is not None) else "dense"
+        how = "sampled" if sampled_pays(flat.numel(), grad_out.shape[1], n_in, x.shape[0], kernel is not None) \
+            else "dense"
     if how == "dense":
         return (grad_out.t() @ x).view(-1).index_select(0, flat)
     if kernel is not None:

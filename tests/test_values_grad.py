@@ -121,13 +121,16 @@ def test_auto_takes_the_sampled_product_only_where_it_was_measured_to_pay(monkey
             return (g.t() @ x).view(-1)[flat]
 
     monkeypatch.setattr(sparse_cpu, "load", lambda: Kernel())
-    g, x = torch.randn(64, 40), torch.randn(64, 50)
+    g, x = torch.randn(300, 40), torch.randn(300, 50)
     sparse = torch.arange(0, 2000, 25)  # 4% of the entries
     dense = torch.arange(0, 2000, 2)  # 50%
     for flat in (sparse, dense):
         torch.testing.assert_close(values_grad.selected_weight_grad(g, x, flat, "auto"), (g.t() @ x).view(-1)[flat])
     assert calls == [sparse.numel()]
-    assert not values_grad.sampled_pays(1, 40, 50, kernel=False)  # no kernel: the gather fallback never pays
+    few = values_grad.selected_weight_grad(g[:64], x[:64], sparse, "auto")  # 64 tokens: the dense product
+    torch.testing.assert_close(few, (g[:64].t() @ x[:64]).view(-1)[sparse])
+    assert calls == [sparse.numel()]
+    assert not values_grad.sampled_pays(1, 40, 50, 1000, kernel=False)  # no kernel: the gather fallback never pays
 
 
 def test_sparsify_installs_auto_by_default_and_a_flag_forces_either_way() -> None:

@@ -104,8 +104,8 @@ constexpr int64_t kTile = 16;
 constexpr int64_t kLanes = 32;
 constexpr int64_t kCols = 128;
 
-// dst[col][t] = src[t][col] for the columns [c0, c1) of the rows [0, n_rows) of src [*, n_cols]; t from n_rows to
-// kBlock is zero (the last, short block).
+// dst[col][t] = src[t][col] for the columns [c0, c1) of the rows [0, n_rows) of src [*, n_cols]; t from n_rows up to
+// the next multiple of kLanes is zero (the last, short block: its dot products stop there).
 static void columns_to_rows(const float* src, int64_t n_rows, int64_t n_cols, float* dst, int64_t c0, int64_t c1) {
   for (int64_t a = c0; a < c1; a += kTile) {
     const int64_t a1 = std::min(a + kTile, c1);
@@ -116,14 +116,16 @@ static void columns_to_rows(const float* src, int64_t n_rows, int64_t n_cols, fl
         for (int64_t c = a; c < a1; ++c) dst[c * kBlock + t] = row[c];
       }
     }
-    if (n_rows < kBlock)
-      for (int64_t c = a; c < a1; ++c) std::fill(dst + c * kBlock + n_rows, dst + (c + 1) * kBlock, 0.0f);
+    const int64_t padded = (n_rows + kLanes - 1) / kLanes * kLanes;
+    if (n_rows < padded)
+      for (int64_t c = a; c < a1; ++c) std::fill(dst + c * kBlock + n_rows, dst + c * kBlock + padded, 0.0f);
   }
 }
 
-static inline float block_dot(const float* a, const float* b) {
+// a[0:n] . b[0:n] for n a multiple of kLanes (at most kBlock), in kLanes partial sums added in a fixed order.
+static inline float block_dot(const float* a, const float* b, int64_t n) {
   float acc[kLanes] = {0.0f};
-  for (int64_t t = 0; t < kBlock; t += kLanes) {
+  for (int64_t t = 0; t < n; t += kLanes) {
     #pragma omp simd
     for (int64_t l = 0; l < kLanes; ++l) acc[l] += a[t + l] * b[t + l];
   }
@@ -160,7 +162,7 @@ torch::Tensor selected_weight_grad(torch::Tensor g, torch::Tensor x, torch::Tens
   }
   std::vector<float> acc(k, 0.0f);
   for (int64_t t0 = 0; t0 < b; t0 += kBlock) {
-    const int64_t tn = std::min(kBlock, b - t0);
+    const int64_t tn = std::min(kBlock, b - t0), padded = (tn + kLanes - 1) / kLanes * kLanes;
     const float* G = g.data_ptr<float>() + t0 * n_out;
     const float* X = x.data_ptr<float>() + t0 * n_in;
     at::parallel_for(0, n_out + n_in, kTile, [&](int64_t c0, int64_t c1) {  // g's columns, then x's
@@ -168,7 +170,7 @@ torch::Tensor selected_weight_grad(torch::Tensor g, torch::Tensor x, torch::Tens
       if (c1 > n_out) columns_to_rows(X, tn, n_in, XB, std::max(c0, n_out) - n_out, c1 - n_out);
     });
     at::parallel_for(0, k, 1024, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) acc[i] += block_dot(GB + ord_row[i], XB + ord_col[i]);
+      for (int64_t i = begin; i < end; ++i) acc[i] += block_dot(GB + ord_row[i], XB + ord_col[i], padded);
     });
   }
   for (int64_t i = 0; i < k; ++i) O[order[i]] = acc[i];
