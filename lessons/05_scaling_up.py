@@ -369,17 +369,15 @@ if traced:
 # 20% more" of the source, as its abstract claims?
 #
 # ## Across scale: does the answer hold as the model grows?
-# The same questions asked of every committed folder, toy MLPs to the small GPT (`scaleup.scale_report`,
-# behind `benchmarks/results/scale_verdict.md`); each cell says how many planned seeds it holds.
-# **Predict first**: will the frontier highest on `add2` at the tiny size stay on top in the small
-# GPT? Will LoRA reach 90% of full FT's best on `facts_b` more easily there, or less? And would a second
-# pretraining of the same tiny GPT (the last answer: its weights differ only by the CPU's rounding) agree?
+# The same questions asked of every committed folder, toy MLPs to the small GPT (`scaleup.scale_report`, behind
+# `benchmarks/results/scale_verdict.md`); each cell says its seeds. **Predict first**: will the frontier highest on
+# `add2` at tiny stay on top at small? LoRA on `facts_b`: easier there? A second pretraining of one model: agree?
 
 # %%
 from scaleup import scale_report, scale_verdict
-across, missing = scale_report.committed_scales(ROOT / "benchmarks" / "results")
-replicates, _ = scale_report.committed_scales(ROOT / "benchmarks" / "results", scale_report.COMMITTED_REPLICATES)
-across_verdict = scale_verdict.scale_verdict(across, replicates)
+(across, missing), (replicas, _) = (scale_report.committed_scales(ROOT / "benchmarks" / "results", names) for names
+                                    in (scale_report.COMMITTED, scale_report.COMMITTED_REPLICATES))
+across_verdict = scale_verdict.scale_verdict(across, replicas)
 display(Markdown(scale_report.scale_tables([s for s in across if s.target in ("add2", "facts_b")])))
 display(Markdown(f"Skipped, not committed yet: {', '.join(missing) or 'none'}.\n\n{across_verdict}"))
 

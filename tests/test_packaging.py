@@ -92,8 +92,10 @@ def test_torch_comes_from_the_index_the_makefile_is_told() -> None:
 
 
 def test_make_test_runs_on_every_core_with_xdist_declared() -> None:
-    test_recipe = re.search(r"^test: .*\n\t(.+)$", (ROOT / "Makefile").read_text(), re.MULTILINE)
-    assert test_recipe and "-m pytest" in test_recipe.group(1) and "-n auto" in test_recipe.group(1)
+    makefile = (ROOT / "Makefile").read_text()
+    test_recipe = re.search(r"^test: .*\n\t(.+)$", makefile, re.MULTILINE)
+    assert test_recipe and "-m pytest" in test_recipe.group(1) and "-n $(TEST_WORKERS)" in test_recipe.group(1)
+    assert re.search(r"^TEST_WORKERS \?= auto$", makefile, re.MULTILINE)  # one worker per core unless told
     dev = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["dev"]
     assert any(req.startswith("pytest-xdist") for req in dev)
 

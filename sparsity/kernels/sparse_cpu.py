@@ -96,29 +96,30 @@ void sparse_adamw_(torch::Tensor p, torch::Tensor g, torch::Tensor idx, torch::T
 //    tiles of kCols columns, so the xb rows they read stay in cache (in flat order, a wide layer's entries would
 //    read every column of xb from memory again for each row of the weight).
 // An earlier version transposed each 64-token block's whole x in every thread and summed each entry in one chain of
-// 64: the copies and the chain, not the multiply-adds, took most of its time. The buffers hold one block, a bounded
-// transient on top of backward's peak. Every entry sums its blocks in block order, whatever the thread count:
+// 64: the copies and the chain, not the multiply-adds, took most of its time. The buffers hold one block, a transient
+// on top of backward's peak at most half the layer's dense weight gradient. Every entry sums its blocks in block order, whatever the thread count:
 // deterministic.
 constexpr int64_t kBlock = 256;
 constexpr int64_t kTile = 16;
 constexpr int64_t kLanes = 32;
 constexpr int64_t kCols = 128;
 
-// dst[col][t] = src[t][col] for the columns [c0, c1) of the rows [0, n_rows) of src [*, n_cols]; t from n_rows up to
+// dst[col * stride + t] = src[t][col] for the columns [c0, c1) of the rows [0, n_rows) of src [*, n_cols]; t from n_rows up to
 // the next multiple of kLanes is zero (the last, short block: its dot products stop there).
-static void columns_to_rows(const float* src, int64_t n_rows, int64_t n_cols, float* dst, int64_t c0, int64_t c1) {
+static void columns_to_rows(const float* src, int64_t n_rows, int64_t n_cols, float* dst, int64_t stride, int64_t c0,
+                            int64_t c1) {
   for (int64_t a = c0; a < c1; a += kTile) {
     const int64_t a1 = std::min(a + kTile, c1);
     for (int64_t t0 = 0; t0 < n_rows; t0 += kTile) {
       const int64_t t1 = std::min(t0 + kTile, n_rows);
       for (int64_t t = t0; t < t1; ++t) {
         const float* row = src + t * n_cols;
-        for (int64_t c = a; c < a1; ++c) dst[c * kBlock + t] = row[c];
+        for (int64_t c = a; c < a1; ++c) dst[c * stride + t] = row[c];
       }
     }
     const int64_t padded = (n_rows + kLanes - 1) / kLanes * kLanes;
     if (n_rows < padded)
-      for (int64_t c = a; c < a1; ++c) std::fill(dst + c * kBlock + n_rows, dst + c * kBlock + padded, 0.0f);
+      for (int64_t c = a; c < a1; ++c) std::fill(dst + c * stride + n_rows, dst + c * stride + padded, 0.0f);
   }
 }
 
@@ -140,10 +141,31 @@ torch::Tensor selected_weight_grad(torch::Tensor g, torch::Tensor x, torch::Tens
   TORCH_CHECK(g.is_contiguous() && x.is_contiguous() && flat.is_contiguous(), "contiguous inputs");
   TORCH_CHECK(flat.scalar_type() == at::kLong, "int64 positions");
   const int64_t b = g.size(0), n_out = g.size(1), n_in = x.size(1), k = flat.numel();
+  TORCH_CHECK(std::max(n_out, n_in) * kBlock < (int64_t{1} << 31) && k < (int64_t{1} << 31), "offsets past int32: a layer wider than 2^23 or over 2^31 selected entries");
   auto out = torch::zeros({k}, g.options());
   if (k == 0 || b == 0) return out;
-  auto gb = torch::empty({n_out, kBlock}, g.options());
-  auto xb = torch::empty({n_in, kBlock}, x.options());
+  if (n_out * n_in < 2 * kLanes * (n_out + n_in)) {  // a layer so narrow that even kLanes-token buffers would outgrow
+    at::parallel_for(0, k, 1024, [&](int64_t begin, int64_t end) {  // half its gradient: read g and x in place
+      const float* G = g.data_ptr<float>();
+      const float* X = x.data_ptr<float>();
+      const int64_t* F = flat.data_ptr<int64_t>();
+      float* O = out.data_ptr<float>();
+      for (int64_t j = begin; j < end; ++j) {
+        const int64_t r = F[j] / n_in, c = F[j] % n_in;
+        float acc = 0.0f;
+        for (int64_t t = 0; t < b; ++t) acc += G[t * n_out + r] * X[t * n_in + c];
+        O[j] = acc;
+      }
+    });
+    return out;
+  }
+  // A block's tokens: kBlock, fewer where the batch has fewer (rounded up to kLanes), and fewer where the two buffers
+  // would outgrow half the layer's weight (a narrow layer with many tokens): the transient stays below half the dense
+  // gradient autograd would have made for this layer at the same moment.
+  const int64_t fits = std::max(kLanes, (n_out * n_in / (2 * (n_out + n_in))) / kLanes * kLanes);
+  const int64_t stride = std::min({kBlock, (b + kLanes - 1) / kLanes * kLanes, fits});
+  auto gb = torch::empty({n_out, stride}, g.options());
+  auto xb = torch::empty({n_in, stride}, x.options());
   float* GB = gb.data_ptr<float>();
   float* XB = xb.data_ptr<float>();
   const int64_t* F = flat.data_ptr<int64_t>();
@@ -151,23 +173,24 @@ torch::Tensor selected_weight_grad(torch::Tensor g, torch::Tensor x, torch::Tens
   // The entries in column tiles of kCols (stable: row order within a tile), with their offsets in the buffers
   // divided out once, not per block. A tile's kCols columns of xb (128 KB) stay in cache while its entries run.
   const int64_t n_tiles = (n_in + kCols - 1) / kCols;
-  std::vector<int64_t> start(n_tiles + 1, 0), order(k), ord_row(k), ord_col(k);
+  std::vector<int64_t> start(n_tiles + 1, 0);
+  std::vector<int32_t> order(k), ord_row(k), ord_col(k);  // int32: a weight of 2^31 entries is beyond this kernel
   for (int64_t j = 0; j < k; ++j) ++start[(F[j] % n_in) / kCols + 1];
   for (int64_t t = 0; t < n_tiles; ++t) start[t + 1] += start[t];
   for (int64_t j = 0; j < k; ++j) {
     const int64_t i = start[(F[j] % n_in) / kCols]++;
     order[i] = j;
-    ord_row[i] = (F[j] / n_in) * kBlock;
-    ord_col[i] = (F[j] % n_in) * kBlock;
+    ord_row[i] = static_cast<int32_t>((F[j] / n_in) * stride);
+    ord_col[i] = static_cast<int32_t>((F[j] % n_in) * stride);
   }
   std::vector<float> acc(k, 0.0f);
-  for (int64_t t0 = 0; t0 < b; t0 += kBlock) {
-    const int64_t tn = std::min(kBlock, b - t0), padded = (tn + kLanes - 1) / kLanes * kLanes;
+  for (int64_t t0 = 0; t0 < b; t0 += stride) {
+    const int64_t tn = std::min(stride, b - t0), padded = (tn + kLanes - 1) / kLanes * kLanes;
     const float* G = g.data_ptr<float>() + t0 * n_out;
     const float* X = x.data_ptr<float>() + t0 * n_in;
     at::parallel_for(0, n_out + n_in, kTile, [&](int64_t c0, int64_t c1) {  // g's columns, then x's
-      if (c0 < n_out) columns_to_rows(G, tn, n_out, GB, c0, std::min(c1, n_out));
-      if (c1 > n_out) columns_to_rows(X, tn, n_in, XB, std::max(c0, n_out) - n_out, c1 - n_out);
+      if (c0 < n_out) columns_to_rows(G, tn, n_out, GB, stride, c0, std::min(c1, n_out));
+      if (c1 > n_out) columns_to_rows(X, tn, n_in, XB, stride, std::max(c0, n_out) - n_out, c1 - n_out);
     });
     at::parallel_for(0, k, 1024, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) acc[i] += block_dot(GB + ord_row[i], XB + ord_col[i], padded);
