@@ -88,7 +88,7 @@ def test_every_product_is_the_dense_gradient_at_the_selected_entries(sparse_cpu_
         values_grad.selected_weight_grad(g, x, flat, "fast")
 
 
-@pytest.mark.parametrize("shape", [(96, 80), (300, 200)])  # read in place (a narrow layer); through the block buffers
+@pytest.mark.parametrize("shape", [(40, 50), (300, 200)])  # read in place (a narrow layer); through the block buffers
 def test_the_kernels_sum_does_not_depend_on_the_thread_count(shape) -> None:
     """Every entry sums its blocks in block order, however the entries and the copies are split over threads."""
     from sparsity.kernels import sparse_cpu
@@ -99,7 +99,7 @@ def test_the_kernels_sum_does_not_depend_on_the_thread_count(shape) -> None:
     gen = torch.Generator().manual_seed(1)
     (n_out, n_in), tokens = shape, 700  # two blocks of 256 tokens and a short one on the buffered path
     g, x = torch.randn(tokens, n_out, generator=gen), torch.randn(tokens, n_in, generator=gen)
-    flat = torch.randperm(n_out * n_in, generator=gen)[:3000].sort().values  # several of the kernel's 1024-entry grains
+    flat = torch.randperm(n_out * n_in, generator=gen)[:3000].sort().values  # over the kernel's 1024-entry grain
     threads = torch.get_num_threads()
     try:
         results = []

@@ -96,9 +96,9 @@ void sparse_adamw_(torch::Tensor p, torch::Tensor g, torch::Tensor idx, torch::T
 //    tiles of kCols columns, so the xb rows they read stay in cache (in flat order, a wide layer's entries would
 //    read every column of xb from memory again for each row of the weight).
 // An earlier version transposed each 64-token block's whole x in every thread and summed each entry in one chain of
-// 64: the copies and the chain, not the multiply-adds, took most of its time. The buffers hold one block, a transient
-// on top of backward's peak at most half the layer's dense weight gradient. Every entry sums its blocks in block order, whatever the thread count:
-// deterministic.
+// 64: the copies and the chain, not the multiply-adds, took most of its time. The buffers hold one block: a transient
+// on top of backward's peak of (out + in) x kBlock floats at most (the memory benchmark counts it). Every entry sums
+// its blocks in block order, whatever the thread count: deterministic.
 constexpr int64_t kBlock = 256;
 constexpr int64_t kTile = 16;
 constexpr int64_t kLanes = 32;
@@ -144,8 +144,8 @@ torch::Tensor selected_weight_grad(torch::Tensor g, torch::Tensor x, torch::Tens
   TORCH_CHECK(std::max(n_out, n_in) * kBlock < (int64_t{1} << 31) && k < (int64_t{1} << 31), "offsets past int32: a layer wider than 2^23 or over 2^31 selected entries");
   auto out = torch::zeros({k}, g.options());
   if (k == 0 || b == 0) return out;
-  if (n_out * n_in < 2 * kLanes * (n_out + n_in)) {  // a layer so narrow that even kLanes-token buffers would outgrow
-    at::parallel_for(0, k, 1024, [&](int64_t begin, int64_t end) {  // half its gradient: read g and x in place
+  if (n_out * n_in < kLanes * (n_out + n_in)) {  // a layer so narrow that even kLanes-token buffers would outgrow
+    at::parallel_for(0, k, 1024, [&](int64_t begin, int64_t end) {  // its gradient: read g and x in place
       const float* G = g.data_ptr<float>();
       const float* X = x.data_ptr<float>();
       const int64_t* F = flat.data_ptr<int64_t>();
@@ -159,11 +159,10 @@ torch::Tensor selected_weight_grad(torch::Tensor g, torch::Tensor x, torch::Tens
     });
     return out;
   }
-  // A block's tokens: kBlock, fewer where the batch has fewer (rounded up to kLanes), and fewer where the two buffers
-  // would outgrow half the layer's weight (a narrow layer with many tokens): the transient stays below half the dense
-  // gradient autograd would have made for this layer at the same moment.
-  const int64_t fits = std::max(kLanes, (n_out * n_in / (2 * (n_out + n_in))) / kLanes * kLanes);
-  const int64_t stride = std::min({kBlock, (b + kLanes - 1) / kLanes * kLanes, fits});
+  // A block's tokens: kBlock, fewer where the batch has fewer (rounded up to kLanes). The two buffers, (out + in) x
+  // stride floats, are a transient of backward; smaller blocks would bound it tighter but slowed the small GPT's
+  // step from 0.91x to 1.12x of full fine-tuning's (benchmarks/scaleup_memory.py).
+  const int64_t stride = std::min(kBlock, (b + kLanes - 1) / kLanes * kLanes);
   auto gb = torch::empty({n_out, stride}, g.options());
   auto xb = torch::empty({n_in, stride}, x.options());
   float* GB = gb.data_ptr<float>();
