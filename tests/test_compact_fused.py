@@ -166,3 +166,16 @@ def test_a_build_lock_left_by_a_killed_build_is_cleared_and_a_fresh_or_finished_
     with pytest.warns(UserWarning, match="a build lock .* s old with no built library"):
         assert clear_stale_lock(tmp_path)
     assert not lock.exists()
+
+
+def test_the_build_command_says_where_the_kernels_are_and_exits_0_without_a_compiler(monkeypatch, capsys):
+    """`python -m sparsity.kernels` (make's set-up step) must not fail an install on a machine without a compiler."""
+    from sparsity.kernels import __main__ as build
+    from sparsity.kernels import sparse_cpu
+
+    monkeypatch.setattr(sparse_cpu, "load", lambda: object())
+    assert build.main() == 0 and "the CPU kernels are ready in" in capsys.readouterr().out
+    monkeypatch.setattr(sparse_cpu, "load", lambda: None)
+    assert build.main() == 0 and "could not be built" in capsys.readouterr().out
+    assert sparse_cpu.extension_name().startswith("subnet_lab_sparse_cpu_")
+    assert str(sparse_cpu.build_directory()).endswith(sparse_cpu.extension_name())
