@@ -40,7 +40,8 @@ def time_lesson(number: str, widget_checks: bool = False,
     if widget_checks:
         checks = runpy.run_path(str(ROOT / "tests" / "lesson_checks.py"))["WIDGET_CHECKS"]
         if sources[0].name not in checks:
-            raise ValueError(f"lesson {number!r}: tests/lesson_checks.py has no widget-driving cell for {sources[0].name}")
+            raise ValueError(f"lesson {number!r}: tests/lesson_checks.py has no widget-driving cell for "
+                             f"{sources[0].name}")
         notebook.cells.append(nbformat.v4.new_code_cell(checks[sources[0].name]))
     cells: list[tuple[float, int, str]] = []
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from scaleup.methods import get_method, method_color
-from scaleup.scale_verdict import AT_TARGET, scale_verdict
+from scaleup.scale_verdict import AT_TARGET, replicate_pairs, scale_verdict
 from scaleup.scales import Scale, by_target, load_scale, methods_of
 from sparsity.cli_args import output_file
 from sparsity.sweep import command_line, emit, markdown_table
@@ -224,10 +224,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"argument folders: given twice: {', '.join(repeated)}")
     try:
         scales = [load_scale(folder) for folder in args.folders]
-        replicates = [load_scale(folder) for folder in args.replicates]
-        scale_verdict(scales, replicates)  # a replicate of no scale given is an error before anything is written
     except (OSError, ValueError) as e:
-        parser.error(f"argument {'--replicates' if 'replicate' in str(e) else 'folders'}: {e}")
+        parser.error(f"argument folders: {e}")
+    try:
+        replicates = [load_scale(folder) for folder in args.replicates]
+        replicate_pairs(scales, replicates)  # a replicate of no scale given is an error before anything is written
+    except (OSError, ValueError) as e:
+        parser.error(f"argument --replicates: {e}")
     figure = args.figure or (args.out.with_suffix(".png") if args.out else None)
     command = command_line("scaleup.scale_report", sys.argv[1:] if argv is None else argv)
     emit(report_markdown(scales, command, args.out, figure, replicates), args.out)

@@ -254,29 +254,37 @@ def rank_correlation(a: Sequence[float], b: Sequence[float]) -> float:
     return cov / norm if norm else float("nan")
 
 
+def replicate_pairs(scales: Sequence[Scale], replicates: Sequence[Scale]) -> list[tuple[Scale, Scale]]:
+    """(the scale, its replicate) for each replicate: the scale of the same model and target. A replicate of no
+    given scale is an error naming it."""
+    pairs = []
+    for r in replicates:
+        match = next((s for s in scales if (s.model, s.target) == (r.model, r.target)), None)
+        if match is None:
+            raise ValueError(f"replicate {r.folder}: no folder of {r.label} to compare it with")
+        pairs.append((match, r))
+    return pairs
+
+
 def replicate_verdict(scales: list[Scale], replicates: list[Scale]) -> str:
     """Question 5: each replicate (the same model and target, fine-tuned from another pretraining run) against
     the scale it repeats: the first method of each, how many shared methods' areas moved beyond the seed
     spread, the rank correlation of their areas, and LIFT's rank in each."""
     head = "**Does the answer survive another pretraining run of the same model?**"
-    pairs = []
-    for r in replicates:
-        match = [s for s in scales if (s.model, s.target) == (r.model, r.target)]
-        if not match:
-            raise ValueError(f"replicate {r.folder}: no folder of {r.label} to compare it with")
-        pairs.append((match[0], r))
+    pairs = replicate_pairs(scales, replicates)
     if not pairs:
         return f"- {head} Not measured: no folder repeats a scale from another pretraining run."
     clauses, same_first = [], 0
     for s, r in pairs:
-        shared = [m for m in _ranked(s) if m in r.entries]
-        first_s, first_r = _ranked(s)[0], _ranked(r)[0]
+        ranked_s, ranked_r = _ranked(s), _ranked(r)
+        shared = [m for m in ranked_s if m in r.entries]
+        first_s, first_r = ranked_s[0], ranked_r[0]
         same_first += first_s == first_r
         moved = [m for m in shared if separated(s.entries[m]["area"], r.entries[m]["area"])
                  or separated(r.entries[m]["area"], s.entries[m]["area"])]
         rho = rank_correlation([s.entries[m]["area"]["mean"] for m in shared],
                                [r.entries[m]["area"]["mean"] for m in shared]) if len(shared) >= 2 else float("nan")
-        lift = (f"; {_name('lift')} rank {_ranked(s).index('lift') + 1} against {_ranked(r).index('lift') + 1}, "
+        lift = (f"; {_name('lift')} rank {ranked_s.index('lift') + 1} against {ranked_r.index('lift') + 1}, "
                 f"area {compare_spreads(s.entries['lift']['area'], r.entries['lift']['area'])}"
                 if "lift" in s.entries and "lift" in r.entries else "")
         clauses.append(f"{s.label} (`{s.folder.name}`, pretrained model {_checkpoint(s)}, against "

@@ -57,14 +57,15 @@ CHUNK_ENTRIES = 1 << 22
 """Largest temporary (tokens x selected entries) of the fallback SDDMM, in elements."""
 
 SAMPLED_MAX_DENSITY = 0.05
-"""``"auto"`` takes the sampled product on the CPU kernel up to this share of a layer's entries ..."""
+"""``"auto"`` takes the sampled product on the CPU kernel up to this share of a layer's entries (and from
+:data:`SAMPLED_MIN_TOKENS` tokens on). Measured (``benchmarks/results/values_grad_crossover.md``, 2 threads,
+layers 512 x 128 to 2048 x 512): at 512 and 2,048 tokens the sampled product was faster up to 5% for the layers
+256 wide and more, up to 1-2% for the 128-wide ones at 2,048 tokens, and slower at 10% everywhere. Near 5% the
+ratio moved between runs on the lab's shared machine (0.6x to 1.0x of dense): a boundary, not a tuned optimum."""
 SAMPLED_MIN_TOKENS = 256
-"""... and from this many tokens (rows of ``x``) on, one block of the kernel. Measured
-(``benchmarks/results/values_grad_crossover.md``, 2 threads, layers 512 x 128 to 2048 x 512): at 512 and 2,048
-tokens the sampled product was faster up to 5% (10% was slower everywhere); at 64 tokens it was slower from 2%
-on, its fixed costs (sorting the entries, copying whole columns) larger than the small dense product. The
-ratios near 5% moved between runs on the lab's shared machine (0.6x to 1.0x of dense), so the rule is the
-boundary every run agreed on, not a tuned optimum."""
+"""``"auto"`` takes the sampled product from this many tokens (rows of ``x``) on, one block of the kernel: at 64
+tokens it was slower than the dense product from 2% density on (the same table), its fixed costs (ordering the
+entries, copying whole columns) larger than a small dense product."""
 
 
 def sampled_pays(k: int, n_out: int, n_in: int, tokens: int, kernel: bool) -> bool:
@@ -74,7 +75,8 @@ def sampled_pays(k: int, n_out: int, n_in: int, tokens: int, kernel: bool) -> bo
     return kernel and tokens >= SAMPLED_MIN_TOKENS and k <= SAMPLED_MAX_DENSITY * n_out * n_in
 
 
-def selected_weight_grad(grad_out: torch.Tensor, x: torch.Tensor, flat: torch.Tensor, how: str = "sampled") -> torch.Tensor:
+def selected_weight_grad(grad_out: torch.Tensor, x: torch.Tensor, flat: torch.Tensor,
+                         how: str = "sampled") -> torch.Tensor:
     """``(grad_out^T @ x).view(-1)[flat]`` for ``grad_out [B, out]``, ``x [B, in]`` and sorted int64 flat
     positions ``flat``, computed ``how`` (one of :data:`MODES`)."""
     if how not in MODES:

@@ -165,8 +165,10 @@ def test_a_replicate_from_another_pretraining_run_is_compared_with_the_scale_it_
     assert "first LIFT (0.910) against full FT (0.960); 2 of 4 shared methods' areas moved" in moved
     assert "LIFT rank 1 against 3, area 0.910 vs 0.410 (+0.500, separated" in moved
     assert "pretrained model not recorded" in moved  # the fabricated rows record no fingerprint
-    assert replicate_verdict([tiny], []).endswith("Not measured: no folder repeats a scale from another pretraining run.")
-    assert "another pretraining run" not in scale_verdict([tiny]) and "another pretraining run" in scale_verdict([tiny], [same])
+    assert replicate_verdict([tiny], []).endswith(
+        "Not measured: no folder repeats a scale from another pretraining run.")
+    assert "another pretraining run" not in scale_verdict([tiny])
+    assert "another pretraining run" in scale_verdict([tiny], [same])
     with pytest.raises(ValueError, match="no folder of GPT small, add2 to compare it with"):
         replicate_verdict([tiny], [load_scale(_folder(tmp_path / "c", "small", "add2", BASE))])
     assert rank_correlation([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)

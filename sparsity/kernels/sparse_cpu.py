@@ -104,8 +104,8 @@ constexpr int64_t kTile = 16;
 constexpr int64_t kLanes = 32;
 constexpr int64_t kCols = 128;
 
-// dst[col * stride + t] = src[t][col] for the columns [c0, c1) of the rows [0, n_rows) of src [*, n_cols]; t from n_rows up to
-// the next multiple of kLanes is zero (the last, short block: its dot products stop there).
+// dst[col * stride + t] = src[t][col] for the columns [c0, c1) of the rows [0, n_rows) of src [*, n_cols]; t from
+// n_rows up to the next multiple of kLanes is zero (the last, short block: its dot products stop there).
 static void columns_to_rows(const float* src, int64_t n_rows, int64_t n_cols, float* dst, int64_t stride, int64_t c0,
                             int64_t c1) {
   for (int64_t a = c0; a < c1; a += kTile) {
@@ -141,11 +141,13 @@ torch::Tensor selected_weight_grad(torch::Tensor g, torch::Tensor x, torch::Tens
   TORCH_CHECK(g.is_contiguous() && x.is_contiguous() && flat.is_contiguous(), "contiguous inputs");
   TORCH_CHECK(flat.scalar_type() == at::kLong, "int64 positions");
   const int64_t b = g.size(0), n_out = g.size(1), n_in = x.size(1), k = flat.numel();
-  TORCH_CHECK(std::max(n_out, n_in) * kBlock < (int64_t{1} << 31) && k < (int64_t{1} << 31), "offsets past int32: a layer wider than 2^23 or over 2^31 selected entries");
+  TORCH_CHECK(std::max(n_out, n_in) * kBlock < (int64_t{1} << 31) && k < (int64_t{1} << 31),
+              "offsets past int32: a layer wider than 2^23 or over 2^31 selected entries");
   auto out = torch::zeros({k}, g.options());
   if (k == 0 || b == 0) return out;
-  if (n_out * n_in < kLanes * (n_out + n_in)) {  // a layer so narrow that even kLanes-token buffers would outgrow
-    at::parallel_for(0, k, 1024, [&](int64_t begin, int64_t end) {  // its gradient: read g and x in place
+  // A layer so narrow that even kLanes-token buffers would outgrow its gradient: g and x are read in place.
+  if (n_out * n_in < kLanes * (n_out + n_in)) {
+    at::parallel_for(0, k, 1024, [&](int64_t begin, int64_t end) {
       const float* G = g.data_ptr<float>();
       const float* X = x.data_ptr<float>();
       const int64_t* F = flat.data_ptr<int64_t>();
