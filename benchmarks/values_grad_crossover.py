@@ -7,8 +7,8 @@ a BLAS matmul at a much higher rate per multiply-add) and a gather. Which is fas
 the density, the layer's width and the tokens per batch; this script times both on random
 inputs, interleaved (sampled, dense, sampled, ...) with medians, and prints the ratio
 ``sampled / dense`` per case and the crossover: the largest measured density where the sampled
-product is still faster. ``values_grad.SAMPLED_MAX_DENSITY`` and ``SAMPLED_MIN_TOKENS``, the rule
-``SparseConfig(values_grad=None)`` follows, comes from this table.
+product is still faster. ``values_grad.SAMPLED_MAX_DENSITY``, the rule ``SparseConfig(values_grad=None)``
+follows, comes from this table.
 
 Layers are ``(4 d, d)`` and ``(d, 4 d)`` (a transformer's MLP matrices) at widths ``d``; the
 ``small`` GPT preset has ``d = 256``. ``LAB_FAST=1``: two small cases, a few repetitions. Run::

@@ -17,7 +17,7 @@ gathering ``p.grad``. The layer's forward, its input gradient and its bias are u
 How the ``[k]`` gradient is computed (:func:`selected_weight_grad`):
 
 * ``"sampled"``: the SDDMM; on the CPU our kernel (``sparsity.kernels.sparse_cpu``: tokens in
-  blocks, copied once into a layout where a block of one column is contiguous, then one dot product
+  blocks, transposed once so that a block of one column is contiguous, then vectorised multiply-adds
   per selected entry and block), elsewhere a chunked gather;
 * ``"dense"``: the dense product, then a gather: a transient ``[out, in]`` buffer for one
   layer at a time, freed at once (still no dense gradient kept across layers);
@@ -56,23 +56,20 @@ MODES = ("sampled", "dense", "auto")
 CHUNK_ENTRIES = 1 << 22
 """Largest temporary (tokens x selected entries) of the fallback SDDMM, in elements."""
 
-SAMPLED_MAX_DENSITY = 0.05
-"""``"auto"`` takes the sampled product on the CPU kernel up to this share of a layer's entries (and from
-:data:`SAMPLED_MIN_TOKENS` tokens on). Measured (``benchmarks/results/values_grad_crossover.md``, 2 threads,
-layers 512 x 128 to 2048 x 512): at 512 and 2,048 tokens the sampled product was faster up to 5% for the layers
-256 wide and more, up to 1-2% for the 128-wide ones at 2,048 tokens, and slower at 10% everywhere. Near 5% the
-ratio moved between runs on the lab's shared machine (0.6x to 1.0x of dense): a boundary, not a tuned optimum."""
-SAMPLED_MIN_TOKENS = 256
-"""``"auto"`` takes the sampled product from this many tokens (rows of ``x``) on, one block of the kernel: at 64
-tokens it was slower than the dense product from 2% density on (the same table), its fixed costs (ordering the
-entries, copying whole columns) larger than a small dense product."""
+SAMPLED_MAX_DENSITY = ((64, 0.05), (512, 0.10), (2048, 0.20))
+"""``"auto"`` takes the sampled product on the CPU kernel from ``tokens`` tokens (rows of ``x``) on, up to
+``density`` of a layer's entries, for each ``(tokens, density)`` here; below 64 tokens, never. Measured
+(``benchmarks/results/values_grad_crossover.md``, 2 threads, layers 512 x 128 to 2048 x 512, every shape): the
+sampled product was faster at 5% from 64 tokens on (0.56x to 0.76x of dense), at 10% from 512 tokens on (0.42x
+to 0.60x; at 64 tokens 0.87x to 1.42x), at 20% at 2,048 tokens (0.77x to 0.78x; at 512 tokens 0.94x to 1.01x:
+no gain), and at 40% nowhere. A boundary, not a tuned optimum: near it the ratio moves between runs."""
 
 
 def sampled_pays(k: int, n_out: int, n_in: int, tokens: int, kernel: bool) -> bool:
     """Whether the sampled product of ``k`` of ``n_out x n_in`` entries over ``tokens`` rows is the faster one: only
-    on our CPU kernel (the gather fallback never is), at a density up to :data:`SAMPLED_MAX_DENSITY` and from
-    :data:`SAMPLED_MIN_TOKENS` tokens on."""
-    return kernel and tokens >= SAMPLED_MIN_TOKENS and k <= SAMPLED_MAX_DENSITY * n_out * n_in
+    on our CPU kernel (the gather fallback never is), where :data:`SAMPLED_MAX_DENSITY` measured it faster."""
+    density = k / (n_out * n_in)
+    return kernel and any(tokens >= at_least and density <= most for at_least, most in SAMPLED_MAX_DENSITY)
 
 
 def selected_weight_grad(grad_out: torch.Tensor, x: torch.Tensor, flat: torch.Tensor,

@@ -129,10 +129,14 @@ def test_auto_takes_the_sampled_product_only_where_it_was_measured_to_pay(monkey
     for flat in (sparse, dense):
         torch.testing.assert_close(values_grad.selected_weight_grad(g, x, flat, "auto"), (g.t() @ x).view(-1)[flat])
     assert calls == [sparse.numel()]
-    few = values_grad.selected_weight_grad(g[:64], x[:64], sparse, "auto")  # 64 tokens: the dense product
-    torch.testing.assert_close(few, (g[:64].t() @ x[:64]).view(-1)[sparse])
+    few = values_grad.selected_weight_grad(g[:32], x[:32], sparse, "auto")  # 32 tokens: the dense product
+    torch.testing.assert_close(few, (g[:32].t() @ x[:32]).view(-1)[sparse])
     assert calls == [sparse.numel()]
     assert not values_grad.sampled_pays(1, 40, 50, 1000, kernel=False)  # no kernel: the gather fallback never pays
+    # The measured boundaries: 5% from 64 tokens, 10% from 512, 20% from 2,048, never beyond.
+    pays = [values_grad.sampled_pays(k, 100, 100, tokens, kernel=True)
+            for tokens, k in ((64, 500), (64, 501), (511, 1000), (512, 1000), (512, 1001), (2048, 2000), (4096, 2001))]
+    assert pays == [True, False, False, True, False, True, False]
 
 
 def test_sparsify_installs_auto_by_default_and_a_flag_forces_either_way() -> None:

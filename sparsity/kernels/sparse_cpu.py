@@ -4,8 +4,13 @@
 * ``sparse_adamw_``: AdamW on the selected entries of a tensor, gather + update + scatter in one pass.
 * ``selected_weight_grad``: a linear layer's weight gradient at the selected entries only
   (a sampled dense-dense matmul, SDDMM), without the dense ``[out, in]`` gradient: tokens go
-  through in blocks of 256, each block copied once so that a column's tokens are contiguous,
-  then one vectorised dot product per selected entry and block; see ``sparsity.values_grad``.
+  through in blocks of 256, each block transposed once so that a column's tokens are contiguous,
+  then vectorised multiply-adds per selected entry and block; see ``sparsity.values_grad``.
+
+Both split their work over torch's CPU threads with ``at::parallel_for``, which needs the
+compiler's OpenMP (``-fopenmp``, linked to the ``libgomp`` that torch has already loaded):
+without it, ATen's OpenMP ``parallel_for`` compiles to a plain serial loop, as it silently
+did in the lab's first versions of both kernels.
 
 **sparse_adamw_.**
 ``CompactAdamW``'s step gathers the selected values and gradients (``index_select``),
@@ -42,6 +47,7 @@ _SOURCE = r"""
 #include <ATen/Parallel.h>
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 constexpr int64_t kAhead = 32;
@@ -89,50 +95,57 @@ void sparse_adamw_(torch::Tensor p, torch::Tensor g, torch::Tensor idx, torch::T
 // The weight gradient (g^T @ x) of a linear layer at the sorted flat positions `flat` of its [out, in] weight, from
 // the output gradient g [B, out] and the input x [B, in] (row-major, as autograd has them): a sampled dense-dense
 // matmul. Tokens go in blocks of kBlock; per block, two phases, each split over threads:
-// 1. the block's rows of g and x are copied, column by column, into gb [out, kBlock] and xb [in, kBlock] (the block's
-//    tokens of one column contiguous), in cache-sized tiles, each column by one thread;
-// 2. every selected entry (r, c) adds the dot product gb[r, :] . xb[c, :], kept in kLanes independent partial sums
-//    (vector registers: no wait on one chain of additions), summed in a fixed order at the end. The entries go in
-//    tiles of kCols columns, so the xb rows they read stay in cache (in flat order, a wide layer's entries would
-//    read every column of xb from memory again for each row of the weight).
-// An earlier version transposed each 64-token block's whole x in every thread and summed each entry in one chain of
-// 64: the copies and the chain, not the multiply-adds, took most of its time. The buffers hold one block: a transient
-// on top of backward's peak of (out + in) x kBlock floats at most (the memory benchmark counts it). Every entry sums
-// its blocks in block order, whatever the thread count: deterministic.
+// 1. the block's rows of g and x are transposed into gb [out, kBlock] and xb [in, kBlock] (the block's tokens of one
+//    column contiguous), 8 x 8 floats at a time in vector registers, each column by one thread;
+// 2. every selected entry (r, c) adds gb[r, :] * xb[c, :] into its own 8 partial sums (`lanes`, one vector register
+//    per entry, kept across blocks), two vector accumulators per entry while a block runs. The entries go in tiles of
+//    kCols columns, so the xb rows they read stay in cache (in flat order, a wide layer's entries would read every
+//    column of xb from memory again for each row of the weight).
+// The 8 lanes of an entry are summed once, at the end, in a fixed order. Two earlier versions summed each entry's
+// block to one float at every block (a chain of dependent additions longer than the block's multiply-adds) and
+// transposed with one scalar load and store per float: both phases now cost about half (benchmarks/results/
+// values_grad_crossover.md). Every entry sums its tokens in the same order whatever the thread count: deterministic.
+// Transient memory on top of backward's: the two block buffers, (out + in) x kBlock floats, and 8 floats per entry.
 constexpr int64_t kBlock = 256;
-constexpr int64_t kTile = 16;
-constexpr int64_t kLanes = 32;
+constexpr int64_t kStep = 16;  // tokens per inner iteration: two 8-float vectors
 constexpr int64_t kCols = 128;
 
-// dst[col * stride + t] = src[t][col] for the columns [c0, c1) of the rows [0, n_rows) of src [*, n_cols]; t from
-// n_rows up to the next multiple of kLanes is zero (the last, short block: its dot products stop there).
-static void columns_to_rows(const float* src, int64_t n_rows, int64_t n_cols, float* dst, int64_t stride, int64_t c0,
-                            int64_t c1) {
-  for (int64_t a = c0; a < c1; a += kTile) {
-    const int64_t a1 = std::min(a + kTile, c1);
-    for (int64_t t0 = 0; t0 < n_rows; t0 += kTile) {
-      const int64_t t1 = std::min(t0 + kTile, n_rows);
-      for (int64_t t = t0; t < t1; ++t) {
-        const float* row = src + t * n_cols;
-        for (int64_t c = a; c < a1; ++c) dst[c * stride + t] = row[c];
-      }
+typedef float v8 __attribute__((vector_size(32)));  // 8 floats: one AVX register, two SSE/NEON ones
+static inline v8 load8(const float* p) { v8 v; std::memcpy(&v, p, sizeof v); return v; }
+static inline void store8(float* p, v8 v) { std::memcpy(p, &v, sizeof v); }
+
+// dst[c * ld_dst + t] = src[t * ld_src + c] for an 8 x 8 tile: three rounds of shuffles (pairs of floats, of pairs,
+// of halves), the standard in-register transpose.
+static inline void transpose8x8(const float* src, int64_t ld_src, float* dst, int64_t ld_dst) {
+  v8 r[8], t[8], u[8];
+  for (int i = 0; i < 8; ++i) r[i] = load8(src + i * ld_src);
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = __builtin_shufflevector(r[i], r[i + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+    t[i + 1] = __builtin_shufflevector(r[i], r[i + 1], 2, 10, 3, 11, 6, 14, 7, 15);
+  }
+  for (int i = 0; i < 8; i += 4)
+    for (int j = 0; j < 2; ++j) {
+      u[i + 2 * j] = __builtin_shufflevector(t[i + j], t[i + j + 2], 0, 1, 8, 9, 4, 5, 12, 13);
+      u[i + 2 * j + 1] = __builtin_shufflevector(t[i + j], t[i + j + 2], 2, 3, 10, 11, 6, 7, 14, 15);
     }
-    const int64_t padded = (n_rows + kLanes - 1) / kLanes * kLanes;
-    if (n_rows < padded)
-      for (int64_t c = a; c < a1; ++c) std::fill(dst + c * stride + n_rows, dst + c * stride + padded, 0.0f);
+  for (int i = 0; i < 4; ++i) {
+    store8(dst + i * ld_dst, __builtin_shufflevector(u[i], u[i + 4], 0, 1, 2, 3, 8, 9, 10, 11));
+    store8(dst + (i + 4) * ld_dst, __builtin_shufflevector(u[i], u[i + 4], 4, 5, 6, 7, 12, 13, 14, 15));
   }
 }
 
-// a[0:n] . b[0:n] for n a multiple of kLanes (at most kBlock), in kLanes partial sums added in a fixed order.
-static inline float block_dot(const float* a, const float* b, int64_t n) {
-  float acc[kLanes] = {0.0f};
-  for (int64_t t = 0; t < n; t += kLanes) {
-    #pragma omp simd
-    for (int64_t l = 0; l < kLanes; ++l) acc[l] += a[t + l] * b[t + l];
+// dst[c * stride + t] = src[t * n_cols + c] for the columns [c0, c1) and the rows [0, n_rows) of src; t from n_rows
+// up to `padded` is zero (the last, short block: its dot products stop there).
+static void columns_to_rows(const float* src, int64_t n_rows, int64_t n_cols, float* dst, int64_t stride, int64_t c0,
+                            int64_t c1, int64_t padded) {
+  const int64_t rows8 = n_rows / 8 * 8;
+  int64_t c = c0;
+  for (; c + 8 <= c1; c += 8)
+    for (int64_t t = 0; t < rows8; t += 8) transpose8x8(src + t * n_cols + c, n_cols, dst + c * stride + t, stride);
+  for (int64_t a = c0; a < c1; ++a) {
+    for (int64_t t = a < c ? rows8 : 0; t < n_rows; ++t) dst[a * stride + t] = src[t * n_cols + a];
+    std::fill(dst + a * stride + n_rows, dst + a * stride + padded, 0.0f);
   }
-  float sum = 0.0f;
-  for (int64_t l = 0; l < kLanes; ++l) sum += acc[l];
-  return sum;
 }
 
 torch::Tensor selected_weight_grad(torch::Tensor g, torch::Tensor x, torch::Tensor flat) {
@@ -145,8 +158,8 @@ torch::Tensor selected_weight_grad(torch::Tensor g, torch::Tensor x, torch::Tens
               "offsets past int32: a layer wider than 2^23 or over 2^31 selected entries");
   auto out = torch::zeros({k}, g.options());
   if (k == 0 || b == 0) return out;
-  // A layer so narrow that even kLanes-token buffers would outgrow its gradient: g and x are read in place.
-  if (n_out * n_in < kLanes * (n_out + n_in)) {
+  // A layer so narrow that even 32-token buffers would outgrow its gradient: g and x are read in place.
+  if (n_out * n_in < 32 * (n_out + n_in)) {
     at::parallel_for(0, k, 1024, [&](int64_t begin, int64_t end) {
       const float* G = g.data_ptr<float>();
       const float* X = x.data_ptr<float>();
@@ -161,14 +174,16 @@ torch::Tensor selected_weight_grad(torch::Tensor g, torch::Tensor x, torch::Tens
     });
     return out;
   }
-  // A block's tokens: kBlock, fewer where the batch has fewer (rounded up to kLanes). The two buffers, (out + in) x
-  // stride floats, are a transient of backward; smaller blocks would bound it tighter but slowed the small GPT's
-  // step from 0.91x to 1.12x of full fine-tuning's (benchmarks/scaleup_memory.py).
-  const int64_t stride = std::min(kBlock, (b + kLanes - 1) / kLanes * kLanes);
+  // A block's tokens: kBlock, fewer where the batch has fewer (rounded up to kStep). The buffers are torch tensors,
+  // so the lab's memory tracker counts them; smaller blocks would bound them tighter but slowed the small GPT's step
+  // (benchmarks/scaleup_memory.py).
+  const int64_t stride = std::min(kBlock, (b + kStep - 1) / kStep * kStep);
   auto gb = torch::empty({n_out, stride}, g.options());
   auto xb = torch::empty({n_in, stride}, x.options());
+  auto lanes = torch::zeros({k, 8}, g.options());
   float* GB = gb.data_ptr<float>();
   float* XB = xb.data_ptr<float>();
+  float* L = lanes.data_ptr<float>();
   const int64_t* F = flat.data_ptr<int64_t>();
   float* O = out.data_ptr<float>();
   // The entries in column tiles of kCols (stable: row order within a tile), with their offsets in the buffers
@@ -184,26 +199,39 @@ torch::Tensor selected_weight_grad(torch::Tensor g, torch::Tensor x, torch::Tens
     ord_row[i] = static_cast<int32_t>((F[j] / n_in) * stride);
     ord_col[i] = static_cast<int32_t>((F[j] % n_in) * stride);
   }
-  std::vector<float> acc(k, 0.0f);
   for (int64_t t0 = 0; t0 < b; t0 += stride) {
-    const int64_t tn = std::min(stride, b - t0), padded = (tn + kLanes - 1) / kLanes * kLanes;
+    const int64_t tn = std::min(stride, b - t0), padded = (tn + kStep - 1) / kStep * kStep;
     const float* G = g.data_ptr<float>() + t0 * n_out;
     const float* X = x.data_ptr<float>() + t0 * n_in;
-    at::parallel_for(0, n_out + n_in, kTile, [&](int64_t c0, int64_t c1) {  // g's columns, then x's
-      if (c0 < n_out) columns_to_rows(G, tn, n_out, GB, stride, c0, std::min(c1, n_out));
-      if (c1 > n_out) columns_to_rows(X, tn, n_in, XB, stride, std::max(c0, n_out) - n_out, c1 - n_out);
+    at::parallel_for(0, (n_out + n_in + 7) / 8, 1, [&](int64_t c0, int64_t c1) {  // g's columns, then x's, by 8
+      c0 *= 8;
+      c1 = std::min(c1 * 8, n_out + n_in);
+      if (c0 < n_out) columns_to_rows(G, tn, n_out, GB, stride, c0, std::min(c1, n_out), padded);
+      if (c1 > n_out) columns_to_rows(X, tn, n_in, XB, stride, std::max(c0, n_out) - n_out, c1 - n_out, padded);
     });
     at::parallel_for(0, k, 1024, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) acc[i] += block_dot(GB + ord_row[i], XB + ord_col[i], padded);
+      for (int64_t i = begin; i < end; ++i) {
+        const float* gr = GB + ord_row[i];
+        const float* xc = XB + ord_col[i];
+        v8 a0 = {}, a1 = {};
+        for (int64_t t = 0; t < padded; t += kStep) {
+          a0 += load8(gr + t) * load8(xc + t);
+          a1 += load8(gr + t + 8) * load8(xc + t + 8);
+        }
+        store8(L + i * 8, load8(L + i * 8) + (a0 + a1));
+      }
     });
   }
-  for (int64_t i = 0; i < k; ++i) O[order[i]] = acc[i];
+  for (int64_t i = 0; i < k; ++i) {
+    const float* l = L + i * 8;
+    O[order[i]] = ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]));
+  }
   return out;
 }
 """
 
 
-CFLAGS = ("-O3", "-march=native", "-fopenmp-simd")
+CFLAGS = ("-O3", "-march=native", "-fopenmp")
 
 
 def extension_name() -> str:
