@@ -33,6 +33,12 @@ LONGEST_MODULES = (
 )
 
 
+WHOLE_MODULES = ("test_teacher_student.py", "test_modular.py", "test_grade_isolation.py")
+"""Long modules whose tests share an expensive module-scoped fixture (trained networks, a graded folder of
+submissions): dealt whole to one share, so the fixture is built once, not once per worker that runs one of
+their tests (dealt test by test, each of these was built on both workers: 9, 11 and 30 s of duplicated work)."""
+
+
 class _Item(Protocol):
     path: Path
 
@@ -40,17 +46,23 @@ class _Item(Protocol):
 def spread(items: Sequence[_Item], workers: int = 1) -> list[_Item]:
     """``items`` reordered for ``workers`` contiguous shares (see the module docstring): the tests of
     :data:`LONGEST_MODULES`, in that module order, dealt round-robin to the shares and put first in
-    each; the rest, in their collected order, fill the shares to the lengths xdist gives them. With
-    one worker, the long modules first. A module's tests stay contiguous within a share (its module-scoped fixtures are
-    set up once per worker)."""
+    each (a module of :data:`WHOLE_MODULES` as one unit, all its tests in one share); the rest, in their collected
+    order, fill the shares to the lengths xdist gives them. With one worker, the long modules first. A module's
+    tests stay contiguous within a share (its module-scoped fixtures are set up once per worker)."""
     if workers < 1:
         raise ValueError(f"workers must be a positive int, got {workers}")
     rank = {name: i for i, name in enumerate(LONGEST_MODULES)}
     long = sorted((item for item in items if item.path.name in rank), key=lambda item: rank[item.path.name])
     rest = [item for item in items if item.path.name not in rank]
+    units: list[list[_Item]] = []  # what is dealt: one test, or a whole module of WHOLE_MODULES
+    for item in long:
+        if item.path.name in WHOLE_MODULES and units and units[-1][0].path.name == item.path.name:
+            units[-1].append(item)
+        else:
+            units.append([item])
     shares: list[list[_Item]] = [[] for _ in range(workers)]
-    for i, item in enumerate(long):
-        shares[i % workers].append(item)
+    for i, unit in enumerate(units):
+        shares[i % workers].extend(unit)
     left = len(items)
     for k, share in enumerate(shares):  # xdist gives the k-th worker len(pending) // (workers - k) items
         size = left // (workers - k)

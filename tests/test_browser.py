@@ -7,7 +7,9 @@ Chromium, driven by Selenium through the system chromedriver, opens each one, ru
 and asserts: no error output, no "Error displaying widget" / "model not found" / raw widget
 repr, every widget view rendered as a control, the notebook not marked unsaved on open, the
 figures drawn, the lesson's main button changing its output panel (disabled while its job
-runs), and, saved and reopened, no stale widget view (a note where the controls were).
+runs), and, saved, closed and reopened, no stale widget view (a note where the controls were). The page
+loads JupyterLab once per worker; later lessons and the reopening go through JupyterLab's own
+``docmanager:open``, as a student opens a file (each load of the app cost Chromium several CPU seconds).
 Before that, the lesson's widget-driving cell (tests/lesson_checks.py) is appended and run, and the
 executed cells get the checks tests/test_lessons.py applies where no browser runs (so each lesson
 executes once per test run). Each lesson's first exercise is then solved as a student would: its check cell showed the
@@ -63,9 +65,12 @@ if (!w || !w.context || w.context.path !== arguments[0] || !w.sessionContext.ses
 const full = arguments[1];
 const cells = [];
 for (const cell of w.content.model.cells) {
-  const outputs = cell.type === 'code' ? cell.outputs.toJSON() : [];
-  cells.push({type: cell.type, count: cell.type === 'code' ? cell.executionCount : null,
-              outputs: full ? outputs : outputs.filter(o => o.output_type === 'stream' || o.output_type === 'error'),
+  const outputs = [];
+  for (let i = 0; cell.type === 'code' && i < cell.outputs.length; i++) {
+    const o = cell.outputs.get(i);  // only the outputs asked for are serialised (figures are large)
+    if (full || o.type === 'stream' || o.type === 'error') outputs.push(o.toJSON());
+  }
+  cells.push({type: cell.type, count: cell.type === 'code' ? cell.executionCount : null, outputs,
               tags: cell.getMetadata('tags') || []});
 }
 return JSON.stringify({status: w.sessionContext.session.kernel.status, dirty: w.context.model.dirty,
@@ -92,6 +97,16 @@ const cells = w && w.content && w.content.widgets ? [...w.content.widgets] : [];
 return [document.body.innerText,
         cells.filter(c => (c.model.getMetadata('tags') || []).includes('raises-exception')).map(c => c.node.innerText)];
 """
+OPEN_IN_APP = """
+const app = window.jupyterapp;
+if (!app || !app.shell) return false;
+for (const w of [...app.shell.widgets('main')]) w.dispose();
+app.commands.execute('docmanager:open', {path: arguments[0]});
+return true;
+"""
+"""Close every open document (saved, or left by a finished lesson) and open ``arguments[0]`` in the JupyterLab
+already loaded in the page, as a student does from the file browser; false where no JupyterLab is loaded yet
+(the page must be fetched)."""
 OUTPUT_PANELS = """
 return [...window.jupyterapp.shell.currentWidget.node.querySelectorAll('.widget-output')]
   .map(e => e.innerHTML);
@@ -199,6 +214,13 @@ def _first_exercise(source: Path) -> tuple[str, str]:
     return name, solution
 
 
+def _open(driver: Any, base: str, token: str, name: str) -> None:
+    """Open notebook ``name``: in the JupyterLab the page already runs (its other documents closed), else by
+    fetching the page. Loading JupyterLab costs Chromium several CPU seconds; one load per worker is enough."""
+    if not driver.execute_script(OPEN_IN_APP, name):
+        driver.get(f"{base}/lab/tree/{name}?reset&token={token}")
+
+
 def _run_cell(driver: Any, name: str, index: int, text: str | None, timeout: float = 60.0) -> dict[str, Any]:
     """Run one cell (after putting ``text`` into it) and return the notebook's state once the kernel is idle."""
     before = _state(driver, name)["cells"][index]["count"]
@@ -250,7 +272,7 @@ def test_lesson_in_a_real_browser(source: Path, server: tuple[str, str, Path], b
 
     base, token, folder = server
     name = f"{source.stem}.ipynb"
-    browser.get(f"{base}/lab/tree/{name}?reset&token={token}")
+    _open(browser, base, token, name)
     try:
         opened = _wait(f"{name} to open with an idle kernel", lambda: (s := _state(browser, name))
                        and s["status"] == "idle" and s, 120)
@@ -318,7 +340,7 @@ def test_lesson_in_a_real_browser(source: Path, server: tuple[str, str, Path], b
         _wait(f"{name} to be saved", lambda: (s := _state(browser, name)) and not s["dirty"], 30)
         saved = (folder / name).read_text()
         assert lab.WIDGET_VIEW not in saved and lab.CONTROLS_NOTE in saved, f"{name}: widget views saved"
-        browser.get(f"{base}/lab/tree/{name}?reset&token={token}")
+        _open(browser, base, token, name)
         _wait(f"{name} to reopen", lambda: _state(browser, name), 120)
         time.sleep(1.0)
         text = _page_text(browser)

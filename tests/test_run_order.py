@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from run_order import LONGEST_MODULES, spread
+from run_order import LONGEST_MODULES, WHOLE_MODULES, spread
 
 HERE = Path(__file__).resolve().parent
 
@@ -39,10 +39,23 @@ def test_two_workers_each_start_their_share_with_long_tests() -> None:
         spread(_items(), 0)
 
 
+def test_a_module_sharing_a_fixture_goes_whole_to_one_share() -> None:
+    """Its tests are not dealt one by one: each worker that ran one would build the module's fixture again."""
+    whole = HERE / WHOLE_MODULES[0]
+    items = [FakeItem(HERE / "test_a.py", "a1"), FakeItem(whole, "w1"), FakeItem(whole, "w2"), FakeItem(whole, "w3"),
+             FakeItem(HERE / "test_a.py", "a2"), FakeItem(HERE / "test_b.py", "b1")]
+    order = [i.name for i in spread(items, 2)]
+    assert order[:3] == ["w1", "w2", "w3"] and sorted(order[3:]) == ["a1", "a2", "b1"]
+    dealt = [i.name for i in spread(items + [FakeItem(HERE / LONGEST_MODULES[0], "slow1-x"),
+                                             FakeItem(HERE / LONGEST_MODULES[0], "slow1-y")], 2)]
+    assert dealt == ["slow1-x", "w1", "w2", "w3", "slow1-y", "a1", "a2", "b1"]  # units: slow1-x | slow1-y | w1-w3
+
+
 def test_every_module_named_as_long_exists() -> None:
     """A renamed or deleted module would silently fall back to its collected place."""
     assert [name for name in LONGEST_MODULES if not (HERE / name).is_file()] == []
     assert len(set(LONGEST_MODULES)) == len(LONGEST_MODULES)
+    assert set(WHOLE_MODULES) <= set(LONGEST_MODULES)
 
 
 def test_this_run_starts_every_workers_share_with_a_long_test(request) -> None:
