@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(previous)  # tests call main in-process
     emit(report, args.out)
     if args.out is not None:
-        rows = [{**asdict(c), "ratio": round(c.ratio, 4), "threads": args.threads, "load_1min_start": loads[0],
+        rows = [{**asdict(c), "ratio": round(c.ratio, 6), "threads": args.threads, "load_1min_start": loads[0],
                  "load_1min_end": loads[1]} for c in cases]
         args.out.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
     return 0
