@@ -27,7 +27,8 @@ demo: $(STAMP)
 	$(PY) demo.py --out out $(if $(FULL),--full)
 
 # Every test: pytest-xdist workers, each test on one torch thread (tests/conftest.py). TEST_WORKERS workers
-# (default: one per core); make test TEST_WORKERS=3 on 2 cores overlaps the browser's and sandbox's waits with work.
+# (default: one per core). Three on 2 cores was slower (7 min 34 s against 6 min 12 s, one machine, 2026-12-07):
+# the sandboxed grader's attacks and the lessons then compete for the cores longer than the waits they fill.
 TEST_WORKERS ?= auto
 test: $(STAMP)
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal

@@ -71,7 +71,7 @@ from torch import nn
 from benchmarks.optimizer_step import STEPS_PER_ROUND, time_interleaved
 from scaleup import gpt, lora
 from scaleup import tasks as tk
-from scaleup.memory import PeakMemory
+from scaleup.memory import PeakMemory, frozen_heap
 from sparsity import SparseConfig, sparsify
 from sparsity.cli_args import output_file, positive_int
 from sparsity.eligibility import eligible
@@ -432,10 +432,11 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     try:
         settings, facts = [], {}
-        for batch, methods in ((args.batch, METHODS), (args.small_batch, SMALL_BATCH_METHODS)):
-            rows, facts = measure(args.preset, args.device, batch, args.tokens, args.steps,
-                                  2 if args.fast else 3, methods_for(args.device, methods), not args.memory_only)
-            settings.append(rows)
+        with frozen_heap():  # the per-measurement gc.collect() then walks the benchmark's objects only
+            for batch, methods in ((args.batch, METHODS), (args.small_batch, SMALL_BATCH_METHODS)):
+                rows, facts = measure(args.preset, args.device, batch, args.tokens, args.steps,
+                                      2 if args.fast else 3, methods_for(args.device, methods), not args.memory_only)
+                settings.append(rows)
         loads = (load_start, load_average())
         command = command_line("benchmarks.scaleup_memory", argv, args.fast)
         report = format_report(settings, facts, args.device, None if args.memory_only else args.steps, command, loads)
