@@ -97,15 +97,16 @@ void sparse_adamw_(torch::Tensor p, torch::Tensor g, torch::Tensor idx, torch::T
 // matmul. Tokens go in blocks of kBlock; per block, two phases, each split over threads:
 // 1. the block's rows of g and x are transposed into gb [out, kBlock] and xb [in, kBlock] (the block's tokens of one
 //    column contiguous), 8 x 8 floats at a time in vector registers, each column by one thread;
-// 2. every selected entry (r, c) adds gb[r, :] * xb[c, :] into its own 8 partial sums (`lanes`, one vector register
-//    per entry, kept across blocks), two vector accumulators per entry while a block runs. The entries go in tiles of
-//    kCols columns, so the xb rows they read stay in cache (in flat order, a wide layer's entries would read every
-//    column of xb from memory again for each row of the weight).
-// The 8 lanes of an entry are summed once, at the end, in a fixed order. Two earlier versions summed each entry's
-// block to one float at every block (a chain of dependent additions longer than the block's multiply-adds) and
-// transposed with one scalar load and store per float: both phases now cost about half (benchmarks/results/
-// values_grad_crossover.md). Every entry sums its tokens in the same order whatever the thread count: deterministic.
-// Transient memory on top of backward's: the two block buffers, (out + in) x kBlock floats, and 8 floats per entry.
+// 2. every selected entry (r, c) multiplies and adds gb[r, :] * xb[c, :] in two vector accumulators, sums their 16
+//    lanes in a fixed tree and adds that to its float in `sums`. The entries go in tiles of kCols columns, so the xb
+//    rows they read stay in cache (in flat order, a wide layer's entries would read every column of xb from memory
+//    again for each row of the weight).
+// An earlier version summed each block's 32 lanes in one chain of dependent scalar additions (longer than the block's
+// multiply-adds: a tree's additions overlap with the next entry's work) and transposed with one scalar load and store
+// per float: both phases now cost about half (benchmarks/results/values_grad_crossover.md). Keeping 8 partial sums
+// per entry across blocks instead of the tree was as fast and took 8 floats per entry. Every entry sums its tokens in
+// the same order whatever the thread count: deterministic. Transient memory on top of backward's: the two block
+// buffers, (out + in) x kBlock floats, and one float per entry.
 constexpr int64_t kBlock = 256;
 constexpr int64_t kStep = 16;  // tokens per inner iteration: two 8-float vectors
 constexpr int64_t kCols = 128;
@@ -180,10 +181,10 @@ torch::Tensor selected_weight_grad(torch::Tensor g, torch::Tensor x, torch::Tens
   const int64_t stride = std::min(kBlock, (b + kStep - 1) / kStep * kStep);
   auto gb = torch::empty({n_out, stride}, g.options());
   auto xb = torch::empty({n_in, stride}, x.options());
-  auto lanes = torch::zeros({k, 8}, g.options());
+  auto sums = torch::zeros({k}, g.options());
   float* GB = gb.data_ptr<float>();
   float* XB = xb.data_ptr<float>();
-  float* L = lanes.data_ptr<float>();
+  float* A = sums.data_ptr<float>();
   const int64_t* F = flat.data_ptr<int64_t>();
   float* O = out.data_ptr<float>();
   // The entries in column tiles of kCols (stable: row order within a tile), with their offsets in the buffers
@@ -218,14 +219,12 @@ torch::Tensor selected_weight_grad(torch::Tensor g, torch::Tensor x, torch::Tens
           a0 += load8(gr + t) * load8(xc + t);
           a1 += load8(gr + t + 8) * load8(xc + t + 8);
         }
-        store8(L + i * 8, load8(L + i * 8) + (a0 + a1));
+        const v8 s = a0 + a1;  // summed in a fixed tree: no dependence on the next entry, which runs meanwhile
+        A[i] += ((s[0] + s[4]) + (s[2] + s[6])) + ((s[1] + s[5]) + (s[3] + s[7]));
       }
     });
   }
-  for (int64_t i = 0; i < k; ++i) {
-    const float* l = L + i * 8;
-    O[order[i]] = ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]));
-  }
+  for (int64_t i = 0; i < k; ++i) O[order[i]] = A[i];
   return out;
 }
 """
