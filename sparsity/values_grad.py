@@ -62,7 +62,8 @@ SAMPLED_MAX_DENSITY = ((64, 0.05), (512, 0.10), (2048, 0.20))
 (``benchmarks/results/values_grad_crossover.md``, 2 threads, layers 512 x 128 to 2048 x 512, every shape): the
 sampled product was faster at 5% from 64 tokens on (0.46x to 0.62x of dense), at 10% from 512 tokens on (0.38x
 to 0.57x; at 64 tokens 0.70x to 1.11x), at 20% at 2,048 tokens (0.66x to 0.76x; at 512 tokens 0.81x to 0.90x in
-that run and 0.94x to 1.01x in the one before it: no dependable gain), and at 40% nowhere. A boundary, not a tuned optimum: near it the ratio moves between runs."""
+that run and 0.94x to 1.01x in the one before it: no dependable gain), and at 40% nowhere. A boundary, not a
+tuned optimum: near it the ratio moves between runs."""
 
 
 def sampled_pays(k: int, n_out: int, n_in: int, tokens: int, kernel: bool) -> bool:
