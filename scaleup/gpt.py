@@ -115,11 +115,12 @@ class MLP(nn.Module):
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
         self.fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=False)
+        self.act = nn.GELU()  # a module, so a forward hook can see it (sparsity.rebuilt_inputs)
         self.proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=False)
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.proj(F.gelu(self.fc(x))))
+        return self.drop(self.proj(self.act(self.fc(x))))
 
 
 class Block(nn.Module):

@@ -25,7 +25,8 @@ from scaleup.bench_world import describe
 from scaleup.frontier_report import frontier_table, frontier_verdict, plot_frontiers
 from scaleup.method_base import ALL
 from scaleup.methods import get_method, known_methods, method_color
-from scaleup.results import cell_key, checkpoints, diverged_runs, load_config, load_results, measured, summarize
+from scaleup.results import (cell_key, checkpoint_lines, checkpoints, diverged_runs, load_config, load_results, measured,
+                             summarize)
 from sparsity.sweep import markdown_table
 
 NOTES = "## Notes"
@@ -174,7 +175,7 @@ def report_markdown(out: str | Path, command: str | None = None) -> str:
     if len(found) > 1:
         parts += ["", f"**Rows from {len(found)} pretrained models** (`scaleup.pretrain.fingerprint`; the same config "
                   "pretrained on another machine differs): compare methods only within one:", "",
-                  *[f"- {fp}: {', '.join(methods)}" for fp, methods in found.items()]]
+                  *[f"- {line}" for line in checkpoint_lines(found)]]
     diverged = diverged_runs(out)
     if diverged:
         parts += ["", f"Diverged runs ({len(diverged)}; never chosen as a method's learning rate):", "",

@@ -64,6 +64,12 @@ def checkpoints(rows: Mapping[str, Mapping[str, Any]]) -> dict[str, list[str]]:
     return found
 
 
+def checkpoint_lines(found: Mapping[str, list[str]]) -> list[str]:
+    """``"fingerprint: method, method"`` per pretrained model of :func:`checkpoints`: what a report lists
+    where a folder's rows come from several (their numbers compare only within one)."""
+    return [f"{fp}: {', '.join(methods)}" for fp, methods in found.items()]
+
+
 def check_one_checkpoint(rows: Mapping[str, Mapping[str, Any]], fingerprint: str, folder: str | Path) -> None:
     """Refuse to add rows fine-tuned from pretrained model ``fingerprint`` to a store whose rows came from
     another one (their numbers would not be comparable); warn where older rows recorded none."""

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from scaleup.methods import get_method, method_color
+from scaleup.results import checkpoint_lines
 from scaleup.scale_verdict import AT_TARGET, replicate_pairs, scale_verdict
 from scaleup.scales import Scale, by_target, load_scale, methods_of
 from sparsity.cli_args import output_file
@@ -117,7 +118,7 @@ def folder_line(scale: Scale, out: Path | None) -> str:
     size = "size not known yet (no full FT run)" if scale.parameters is None else \
         f"{model_size(scale.parameters)} parameters"
     mixed = ("; **rows from several pretrained models**, compare methods only within one: "
-             + "; ".join(f"{fp}: {', '.join(methods)}" for fp, methods in scale.checkpoints.items())
+             + "; ".join(checkpoint_lines(scale.checkpoints))
              if len(scale.checkpoints) > 1 else "")
     return (f"- `{scale.folder.name}`: {scale.label}, {size}; {scale.runs} of "
             f"{scale.planned_runs} planned runs stored ({state}){pending}{mixed}{link}")

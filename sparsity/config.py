@@ -51,6 +51,11 @@ class SparseConfig:
         sampled product where it was measured faster and the dense one then gathered elsewhere, when
         the selection is fixed (no ``reselect_every``); True: the sampled product on every partly
         trained float32 ``nn.Linear`` (not with ``reselect_every``); False: autograd's dense gradient.
+    rebuild_inputs: a values-only gradient layer whose input is a GELU's or a LayerNorm's output keeps
+        no copy of it: backward rebuilds it from the tensors that step keeps anyway
+        (``sparsity.rebuilt_inputs``), for one GELU or LayerNorm per layer in backward; the gradients
+        are bit for bit the same. None (default): wherever values-only gradients are installed; True:
+        the same, refused where there can be none (``values_grad=False``); False: layers keep their inputs.
     options: criterion settings, e.g. ``{"rank": 8}`` for LIFT, ``{"layers": ["blocks.2"]}``.
     reselect_every: re-score and re-select every K steps during training (LIFT, Liu et al. 2025,
         re-selects its principal weights periodically); None selects once. Needs compact storage.
@@ -68,6 +73,7 @@ class SparseConfig:
     storage: str = "compact"
     fused: bool | None = None
     values_grad: bool | None = None
+    rebuild_inputs: bool | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
     reselect_every: int | None = None
     lr: float = 1e-3
@@ -118,6 +124,12 @@ class SparseConfig:
             raise TypeError(f"values_grad must be None, True or False, got {self.values_grad!r}")
         if self.values_grad and (self.storage != "compact" or self.reselect_every is not None):
             raise ValueError("values_grad=True needs storage='compact' and a fixed selection (no reselect_every)")
+        if self.rebuild_inputs is not None and not isinstance(self.rebuild_inputs, bool):
+            raise TypeError(f"rebuild_inputs must be None, True or False, got {self.rebuild_inputs!r}")
+        if self.rebuild_inputs and (self.values_grad is False or self.storage != "compact"
+                                    or self.reselect_every is not None):
+            raise ValueError("rebuild_inputs=True rebuilds the inputs of values-only gradient layers: it needs "
+                             "values_grad None or True, storage='compact' and a fixed selection (no reselect_every)")
         for name in ("lr", "eps", "weight_decay"):
             check_finite_nonnegative(getattr(self, name), name)
 

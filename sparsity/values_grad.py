@@ -27,6 +27,10 @@ How the ``[k]`` gradient is computed (:func:`selected_weight_grad`):
 ``SparseConfig(values_grad=None)`` (the default) installs ``"auto"`` on float32 CPU layers;
 ``True`` forces ``"sampled"`` on every layer, ``False`` leaves autograd's dense gradient.
 Either way the result equals the dense gradient at the selected entries to rounding.
+``install(..., rebuild_inputs=True)`` (what ``sparsify`` does unless ``SparseConfig(rebuild_inputs=False)``)
+also drops the layer's copy of an input that is a GELU's or a LayerNorm's output: backward rebuilds it bit
+for bit from what those keep anyway (``sparsity.rebuilt_inputs``), before the input gradient is allocated,
+so the two are never live at once.
 
 The optimizer's step consumes the anchors' gradients (a post-step hook sets them to None), as if
 it called its own ``zero_grad`` afterwards: loops that clear gradients through the model
@@ -48,6 +52,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from sparsity import rebuilt_inputs
 from sparsity.compact import CompactAdamW
 from sparsity.kernels import sparse_cpu
 
@@ -101,28 +106,38 @@ class _SelectedGradLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, anchor: torch.Tensor,
-                flat: torch.Tensor, how: str) -> torch.Tensor:
-        ctx.save_for_backward(x, weight)
+                flat: torch.Tensor, how: str, recipe: rebuilt_inputs.Recipe | None) -> torch.Tensor:
+        # With a recipe, x is not kept: backward rebuilds it from tensors its step keeps anyway.
+        ctx.rebuild = None if recipe is None else recipe[0]
+        ctx.save_for_backward(weight, *((x,) if recipe is None else recipe[1]))
         ctx.flat, ctx.how, ctx.has_bias = flat, how, bias is not None  # flat is the optimizer's, not an activation
         return F.linear(x, weight, bias)
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, weight = ctx.saved_tensors
-        grad_x = grad_out @ weight if ctx.needs_input_grad[0] else None
-        g2, x2 = grad_out.reshape(-1, grad_out.shape[-1]), x.reshape(-1, x.shape[-1])
+        weight, *kept = ctx.saved_tensors
+        g2 = grad_out.reshape(-1, grad_out.shape[-1])
         grad_bias = g2.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
         grad_values = None
         if ctx.needs_input_grad[3]:
-            grad_values = selected_weight_grad(g2.contiguous(), x2.contiguous(), ctx.flat, ctx.how).float()
-        return grad_x, None, grad_bias, grad_values, None, None
+            if ctx.rebuild is None:
+                (x,) = kept
+            else:
+                with torch.no_grad():
+                    x = ctx.rebuild(*kept)
+            x2 = x.reshape(-1, x.shape[-1]).contiguous()
+            del x  # a rebuilt input is freed before the input gradient is allocated: never both at once
+            grad_values = selected_weight_grad(g2.contiguous(), x2, ctx.flat, ctx.how).float()
+            del x2
+        grad_x = grad_out @ weight if ctx.needs_input_grad[0] else None
+        return grad_x, None, grad_bias, grad_values, None, None, None
 
 
 class _Installed:
     """What :func:`install` changed on one layer, to undo it."""
 
-    def __init__(self, module: nn.Linear, anchor: torch.Tensor, flat: torch.Tensor, how: str) -> None:
-        self.module, self.anchor, self.flat, self.how = module, anchor, flat, how
+    def __init__(self, module: nn.Linear, anchor: torch.Tensor, flat: torch.Tensor, how: str, rebuild: bool) -> None:
+        self.module, self.anchor, self.flat, self.how, self.rebuild = module, anchor, flat, how, rebuild
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         m = self.module
@@ -135,17 +150,20 @@ class _Installed:
             x, weight = x.to(dtype), weight.to(dtype)
             bias = None if bias is None else bias.to(dtype)
             with torch.autocast(device, enabled=False):
-                return _SelectedGradLinear.apply(x, weight, bias, self.anchor, self.flat, self.how)
-        return _SelectedGradLinear.apply(x, weight, bias, self.anchor, self.flat, self.how)
+                return _SelectedGradLinear.apply(x, weight, bias, self.anchor, self.flat, self.how, None)
+        recipe = rebuilt_inputs.recipe(x) if self.rebuild else None
+        return _SelectedGradLinear.apply(x, weight, bias, self.anchor, self.flat, self.how, recipe)
 
 
-def install(model: nn.Module, optimizer: CompactAdamW, mode: str = "sampled") -> list[str]:
+def install(model: nn.Module, optimizer: CompactAdamW, mode: str = "sampled", rebuild_inputs: bool = False) -> list[str]:
     """Give every partly selected ``nn.Linear`` weight of ``optimizer`` a values-only gradient; return their names.
 
     ``mode`` picks the product (see the module docstring). ``"sampled"`` and ``"dense"`` take every
     such layer and refuse a weight that is not float32; ``"auto"`` takes the float32 CPU layers and
     leaves the others to autograd. Each taken weight stops requiring a gradient (so backward keeps
-    no dense one) and gets a ``[k]`` anchor in ``optimizer.values_grads``. Undo with :func:`remove`.
+    no dense one) and gets a ``[k]`` anchor in ``optimizer.values_grads``. ``rebuild_inputs``: the model's
+    ``nn.GELU`` and ``nn.LayerNorm`` modules tag their outputs (``sparsity.rebuilt_inputs.tag_steps``) and the
+    layers keep no copy of a tagged input. Undo with :func:`remove`.
     """
     if not isinstance(optimizer, CompactAdamW):
         raise TypeError(f"values-only gradients need a CompactAdamW, got {type(optimizer).__name__}")
@@ -165,12 +183,14 @@ def install(model: nn.Module, optimizer: CompactAdamW, mode: str = "sampled") ->
         if module.weight.dtype != torch.float32:
             raise TypeError(f"values-only gradients need float32 weights; '{name}' is {module.weight.dtype}")
         anchor = torch.zeros(idx.numel(), device=idx.device, requires_grad=True)
-        installed = _Installed(module, anchor, optimizer.flat_positions(name), mode)
+        installed = _Installed(module, anchor, optimizer.flat_positions(name), mode, rebuild_inputs)
         module.weight.requires_grad_(False)
         module.forward = installed.forward  # type: ignore[method-assign]
         module._values_grad = installed  # type: ignore[assignment]
         optimizer.values_grads[name] = anchor
         done.append(name)
+    if done and rebuild_inputs and "_values_grad_tags" not in model.__dict__:
+        model._values_grad_tags = rebuilt_inputs.tag_steps(model)  # type: ignore[assignment]
     if done and "_values_grad_consumed" not in optimizer.__dict__:
         optimizer._values_grad_consumed = optimizer.register_step_post_hook(_consume)  # type: ignore[attr-defined]
     return done
@@ -190,6 +210,8 @@ def remove(model: nn.Module, optimizer: CompactAdamW) -> None:
             del module.forward
             module.weight.requires_grad_(True)
     optimizer.values_grads.clear()
+    for handle in model.__dict__.pop("_values_grad_tags", ()):
+        handle.remove()
     hook = optimizer.__dict__.pop("_values_grad_consumed", None)
     if hook is not None:
         hook.remove()

@@ -174,8 +174,9 @@ def sparsify(
     mask = select_mask(model, out, config)
     seconds = time.perf_counter() - start
     optimizer = build_optimizer(model, mask, config)
+    rebuild = config.rebuild_inputs is not False
     if config.values_grad:
-        values_grad.install(model, optimizer, "sampled")  # type: ignore[arg-type]
+        values_grad.install(model, optimizer, "sampled", rebuild)  # type: ignore[arg-type]
     elif config.values_grad is None and config.storage == "compact" and config.reselect_every is None:
-        values_grad.install(model, optimizer, "auto")  # type: ignore[arg-type]
+        values_grad.install(model, optimizer, "auto", rebuild)  # type: ignore[arg-type]
     return SparseModel(model, config, mask, optimizer, inputs.reference, inputs, seconds, requires_grad)

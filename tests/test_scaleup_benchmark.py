@@ -87,6 +87,12 @@ def test_benchmark_fast_mode_table(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert lora_row["optimizer_state"] == 8 * trainable[bench.LORA] + 4 * 2 * matrices
     assert lora_row["peak_bytes"] < full["peak_bytes"] and values["peak_bytes"] < sparse["peak_bytes"]
     assert trainable[bench.SPARSE_VALUES] == trainable[bench.SPARSE]
+    # rebuilt inputs (the default) change the saved activations only: fewer of them, a lower peak
+    for by in (data, small):
+        rebuilt, kept = by[bench.SPARSE_VALUES], by[bench.SPARSE_KEPT]
+        for key in ("params", "grads", "optimizer_state", "trainable"):
+            assert rebuilt[key] == kept[key], key
+        assert rebuilt["activations"] < kept["activations"] and rebuilt["peak_bytes"] < kept["peak_bytes"]
     assert trainable[bench.SPARSE_1] < trainable[bench.SPARSE] < trainable[bench.SPARSE_20]
     # checkpointing changes the saved activations only: fewer of them and a lower peak, at both batch sizes
     for by in (data, small):
@@ -100,7 +106,7 @@ def test_benchmark_fast_mode_table(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     for method in bench.SMALL_BATCH_METHODS:
         assert small[method]["activations"] < data[method]["activations"], method
         assert small[method]["optimizer_state"] == data[method]["optimizer_state"], method
-    assert sum(line.startswith("- target ") for line in written.splitlines()) == 5 + 4
+    assert sum(line.startswith("- target ") for line in written.splitlines()) == 7 + 6
     assert "**What reaches 0.6x, and why.**" in written and "(batch 8 x 16)" in written
 
 

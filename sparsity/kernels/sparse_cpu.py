@@ -110,6 +110,7 @@ void sparse_adamw_(torch::Tensor p, torch::Tensor g, torch::Tensor idx, torch::T
 constexpr int64_t kBlock = 256;
 constexpr int64_t kStep = 16;  // tokens per inner iteration: two 8-float vectors
 constexpr int64_t kCols = 128;
+constexpr int64_t kNarrow = 32;  // tokens: a weight smaller than its two block buffers at this many is read in place
 
 typedef float v8 __attribute__((vector_size(32)));  // 8 floats: one AVX register, two SSE/NEON ones
 static inline v8 load8(const float* p) { v8 v; std::memcpy(&v, p, sizeof v); return v; }
@@ -159,8 +160,8 @@ torch::Tensor selected_weight_grad(torch::Tensor g, torch::Tensor x, torch::Tens
               "offsets past int32: a layer wider than 2^23 or over 2^31 selected entries");
   auto out = torch::zeros({k}, g.options());
   if (k == 0 || b == 0) return out;
-  // A layer so narrow that even 32-token buffers would outgrow its gradient: g and x are read in place.
-  if (n_out * n_in < 32 * (n_out + n_in)) {
+  // A layer so narrow that even kNarrow-token buffers would outgrow its gradient: g and x are read in place.
+  if (n_out * n_in < kNarrow * (n_out + n_in)) {
     at::parallel_for(0, k, 1024, [&](int64_t begin, int64_t end) {
       const float* G = g.data_ptr<float>();
       const float* X = x.data_ptr<float>();

@@ -1,0 +1,119 @@
+"""Rebuilt inputs (sparsity.rebuilt_inputs): a values-only gradient layer keeps no copy of a GELU's or a
+LayerNorm's output; backward rebuilds it bit for bit, and the saved activations shrink by exactly those copies."""
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from scaleup import gpt
+from sparsity import SparseConfig, rebuilt_inputs, sparsify
+from sparsity.memory import step_memory
+
+
+def _rebuilt(x: torch.Tensor) -> torch.Tensor:
+    rebuild, sources = rebuilt_inputs.recipe(x)
+    return rebuild(*sources)
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_a_gelus_output_is_rebuilt_bit_for_bit_from_the_input_gelu_keeps(approximate: str) -> None:
+    gelu = nn.GELU(approximate)
+    handles = rebuilt_inputs.tag_steps(gelu)
+    u = torch.randn(5, 7, 33, requires_grad=True) * 3
+    x = gelu(u)
+    assert rebuilt_inputs.recipe(x)[1][0].data_ptr() == u.data_ptr()  # the tensor GELU keeps, not a copy
+    assert torch.equal(_rebuilt(x), x)
+    for handle in handles:
+        handle.remove()
+    assert rebuilt_inputs.recipe(gelu(u)) is None
+
+
+def test_a_layer_norms_output_is_rebuilt_bit_for_bit_with_the_modules_eps() -> None:
+    norm = nn.LayerNorm(33, eps=1e-3)
+    with torch.no_grad():
+        norm.weight.normal_()
+        norm.bias.normal_()
+    rebuilt_inputs.tag_steps(nn.Sequential(norm))
+    h = torch.randn(5, 7, 33, requires_grad=True) * 4 + 1
+    x = norm(h)
+    assert torch.equal(_rebuilt(x), x)
+    plain = nn.LayerNorm(33, elementwise_affine=False)
+    rebuilt_inputs.tag_steps(plain)
+    assert torch.equal(_rebuilt(plain(h)), plain(h))
+
+
+def test_anything_else_is_kept_as_it_is() -> None:
+    gelu = nn.GELU()
+    rebuilt_inputs.tag_steps(gelu)
+    u = torch.randn(4, 9, requires_grad=True)
+    assert rebuilt_inputs.recipe(gelu(torch.randn(4, 9))) is None  # no gradient: no backward to keep it for
+    assert rebuilt_inputs.recipe(F.gelu(u)) is None  # functional: no module, no hook
+    assert rebuilt_inputs.recipe(gelu(u).view(9, 4)) is None  # a view: another tensor, untagged
+    changed = gelu(u)
+    changed.mul_(2)  # changed in place after the step: no longer the step's output
+    assert rebuilt_inputs.recipe(changed) is None
+
+
+def _micro() -> gpt.GPT:
+    return gpt.build("micro", vocab_size=11, block_size=16, seed=0)
+
+
+def _sparse(rebuild: bool, checkpointing: bool = False) -> tuple[gpt.GPT, object]:
+    model = _micro()
+    if checkpointing:
+        model.gradient_checkpointing_enable()
+    run = sparsify(model, SparseConfig("random", density=0.1, lr=1e-2, values_grad=True,
+                                       rebuild_inputs=None if rebuild else False))  # None: the default, on
+    return model, run
+
+
+def _loss(model: nn.Module, idx: torch.Tensor) -> torch.Tensor:
+    logits = model(idx[:, :-1])
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), idx[:, 1:].reshape(-1))
+
+
+@pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "checkpointing"])
+def test_training_is_bit_for_bit_the_same_and_keeps_fewer_activations(sparse_cpu_route, checkpointing: bool) -> None:
+    idx = torch.randint(11, (6, 17), generator=torch.Generator().manual_seed(0))
+    runs = {rebuild: _sparse(rebuild, checkpointing) for rebuild in (False, True)}
+    for _ in range(3):
+        for model, run in runs.values():
+            run.optimizer.zero_grad()
+            _loss(model, idx).backward()
+            run.optimizer.step()
+    (kept, _), (rebuilt, _) = runs[False], runs[True]
+    for (name, p), q in zip(kept.named_parameters(), rebuilt.parameters()):
+        assert torch.equal(p, q), name
+    if checkpointing:
+        return
+    memory = {rebuild: step_memory(model, run.optimizer, lambda m=model: _loss(m, idx), [idx])
+              for rebuild, (model, run) in runs.items()}
+    # what is not kept: per block the normalised input of fc (ln2's output) and the GELU's output, and ln1's output
+    # in every block but the first (whose input, the frozen embeddings, has no autograd node to rebuild from)
+    cfg, tokens = kept.config, idx[:, :-1].numel()
+    copies = (cfg.n_layer * (1 + 4) * cfg.n_embd + (cfg.n_layer - 1) * cfg.n_embd) * tokens * 4
+    assert memory[False].activations - memory[True].activations == copies
+    assert memory[True].peak_bytes < memory[False].peak_bytes
+    for key in ("params", "grads", "optimizer_state"):
+        assert getattr(memory[True], key) == getattr(memory[False], key), key
+
+
+def test_a_source_changed_in_place_after_the_forward_is_refused_as_autograd_refuses_it(sparse_cpu_route) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 4))
+    sparsify(model, SparseConfig("random", density=0.3, values_grad=True, rebuild_inputs=True))
+    u = model[0](torch.randn(5, 8))
+    out = model[2](model[1](u))
+    with torch.no_grad():
+        u.add_(1.0)  # the GELU's input, which both the GELU and the rebuilt layer read in backward
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.sum().backward()
+
+
+def test_the_flag_is_checked() -> None:
+    with pytest.raises(TypeError, match="rebuild_inputs must be None, True or False"):
+        SparseConfig(rebuild_inputs=1)
+    for bad in (dict(values_grad=False), dict(storage="dense"), dict(reselect_every=5)):
+        with pytest.raises(ValueError, match="rebuild_inputs=True rebuilds the inputs of values-only gradient layers"):
+            SparseConfig(rebuild_inputs=True, **bad)
