@@ -18,7 +18,9 @@ since (:func:`recipe`), keeps those inputs instead: the same tensors the step's 
 keeps, so no bytes are added, and autograd's version counters refuse any of them changed in
 place before backward. Under activation checkpointing they are recomputed with the block like
 every other saved tensor. Anything else (an untagged input, one changed in place, a functional
-``F.gelu``) is kept as before. ``sparsity.values_grad`` uses this for its layers unless
+``F.gelu``) is kept as before. A tagged output holds its step's inputs while it lives: where the
+output outlives them (a model that returns it, e.g. Hugging Face's ``output_hidden_states``),
+those stay too. ``sparsity.values_grad`` uses this for its layers unless
 ``SparseConfig(rebuild_inputs=False)``.
 """
 
