@@ -313,10 +313,11 @@ def activations_reading(settings: list[list[Row]]) -> str:
         if SPARSE_KEPT in by:
             kept = by[SPARSE_KEPT]
             floor = kept.memory.params + kept.memory.activations
-            text += (f"; values-grad with its layers' inputs kept saves nearly as many ({kept.memory.activations / MB:.1f}"
-                     f" MB), so its peak cannot go below parameters + activations, {floor / MB:.1f} MB = "
-                     f"{floor / full.peak_bytes:.2f}x full's, however little gradient and state it keeps: it is "
-                     f"{kept.memory.peak_bytes / full.peak_bytes:.2f}x. Rebuilding the GELU outputs and the normalised "
+            text += (f"; values-grad with its layers' inputs kept saves nearly as many "
+                     f"({kept.memory.activations / MB:.1f} MB), so its peak cannot go below parameters + activations, "
+                     f"{floor / MB:.1f} MB = {floor / full.peak_bytes:.2f}x full's, however little gradient and "
+                     f"state it keeps: it is {kept.memory.peak_bytes / full.peak_bytes:.2f}x. Rebuilding the GELU "
+                     f"outputs and the normalised "
                      f"inputs in backward instead (the default) keeps {values.activations / MB:.1f} MB "
                      f"({(kept.memory.activations - values.activations) / MB:.1f} MB fewer) and peaks at "
                      f"{values.peak_bytes / full.peak_bytes:.2f}x full's")

@@ -72,7 +72,8 @@ def table(rows: list[dict[str, Any]], wall_s: float, load: tuple[float, float], 
 
 
 KINDS = (("chromium", "Chromium"), ("ipykernel", "lesson kernels"), ("jupyterlab", "JupyterLab"),
-         ("sandbox.py", "grader sandboxes"), ("raylet", "Ray"), ("gcs_server", "Ray"), ("ray::", "Ray"), ("/ray/", "Ray"),
+         ("sandbox.py", "grader sandboxes"),
+         ("raylet", "Ray"), ("gcs_server", "Ray"), ("ray::", "Ray"), ("/ray/", "Ray"),
          ("multiprocessing", "process pools"), ("pytest", "pytest workers"),
          ("exec(eval(sys.stdin", "pytest workers"), ("python", "other Python processes"))
 """A process's kind: the first of these whose text is in its command line (else "other")."""

@@ -155,7 +155,8 @@ class _Installed:
         return _SelectedGradLinear.apply(x, weight, bias, self.anchor, self.flat, self.how, recipe)
 
 
-def install(model: nn.Module, optimizer: CompactAdamW, mode: str = "sampled", rebuild_inputs: bool = False) -> list[str]:
+def install(model: nn.Module, optimizer: CompactAdamW, mode: str = "sampled",
+            rebuild_inputs: bool = False) -> list[str]:
     """Give every partly selected ``nn.Linear`` weight of ``optimizer`` a values-only gradient; return their names.
 
     ``mode`` picks the product (see the module docstring). ``"sampled"`` and ``"dense"`` take every

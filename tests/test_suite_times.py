@@ -39,8 +39,9 @@ def test_a_machine_sampler_counts_a_process_it_did_not_start_by_kind() -> None:
         pytest.skip("needs Linux's /proc")
     sampler = suite_times.MachineSampler(period_s=0.2)
     sampler.start()
-    subprocess.run([sys.executable, "-c", "import time\nt = time.process_time()\nwhile time.process_time() - t < 1.0: pass"
-                    "\ntime.sleep(0.5)"], check=True)
+    busy_then_asleep = ("import time\nt = time.process_time()\nwhile time.process_time() - t < 1.0: pass\n"
+                        "time.sleep(0.5)")
+    subprocess.run([sys.executable, "-c", busy_then_asleep], check=True)
     sampler.stop()
     assert sampler.cpu["other Python processes"] > 0.7, sampler.cpu  # its last 0.5 s are asleep: one second seen
     assert sampler.idle_s >= 0
