@@ -194,28 +194,6 @@ report.plot_costs(rows)
 plt.show()
 
 # %% [markdown]
-# Bytes, not counts: `sparsity.memory.step_memory` runs one training step and counts its live
-# tensors by category (each storage once). On the CPU a sparse layer computes only its selected
-# entries' gradient (`sparsity.values_grad`), so it keeps no dense weight gradient, and the saved
-# activations are most of the step. Where such a layer's input is a GELU's or a LayerNorm's output,
-# it keeps no copy of it either: backward rebuilds the input from what the GELU or the LayerNorm
-# keeps anyway (`sparsity.rebuilt_inputs`, on by default). One step of the model above, on the CPU,
-# with that rebuild off and on:
-
-# %%
-from sparsity.memory import step_memory
-
-cpu_batch = batch_at(0).to("cpu")
-for label, rebuild in (("inputs kept", False), ("inputs rebuilt (the default)", None)):
-    step_model = copy.deepcopy(setup.pretrained).cpu().train()
-    step_run = sparsify(step_model, SparseConfig("random", density=0.05, lr=LR_SPARSE, values_grad=True,
-                                                 rebuild_inputs=rebuild))
-    mem = step_memory(step_model, step_run.optimizer, lambda: tk.loss(step_model, cpu_batch),
-                      [cpu_batch.idx, cpu_batch.targets])
-    print(f"{label:>28}: saved activations {mem.activations / 2**20:5.2f} MB, peak {mem.peak_bytes / 2**20:5.2f} MB "
-          f"(parameters {mem.params / 2**20:.2f} MB, gradients of the selected entries {mem.grads / 2**10:.1f} KB)")
-
-# %% [markdown]
 # ### Exercise 5.1: the LoRA-equal budget (difficulty 1/3, importance 3/3)
 # A rank-r LoRA adapter on a matrix of shape (m, n) trains `B` (m x r) and `A` (r x n) (Hu et
 # al. 2021). A sparse method compared "at a matched budget" trains the same number of entries
@@ -512,10 +490,9 @@ for lam, student in study.runs.items():
 #    several blocks can produce the same function?
 # 4. The benchmark picks the learning rate on the validation split. What goes wrong if you
 #    pick it on the test split and report the test split?
-# 5. `benchmarks/scaleup_memory.py` measures the cost side: compact sparse vs LoRA memory
-#    and step time. With values-only gradients and rebuilt inputs (the step above), what does a
-#    block still keep per token for backward, and why can no choice of trained weights drop it
-#    without recomputing a matmul or the attention?
+# 5. `benchmarks/scaleup_memory.py` measures the cost side. With values-only gradients and rebuilt
+#    inputs (`sparsity.rebuilt_inputs`), what does a block still keep per token for backward, and
+#    why can no choice of trained weights drop it without recomputing a matmul or the attention?
 #
 # ## What next
 # - Lesson 6 measures which weights an RL run actually moves, and retrains only those.
