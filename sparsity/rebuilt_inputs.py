@@ -11,9 +11,9 @@ the same reasoning). It costs one GELU or LayerNorm per layer in backward. (The 
 output, its heads side by side, needs nothing: on the CPU the fused attention lays its output out
 so that this is a view of what its backward keeps, not a copy.)
 
-How: forward hooks on the model's ``nn.GELU`` and ``nn.LayerNorm`` modules (:func:`tag_steps`)
-put on each output the function and the inputs that give it back, bit for bit (the same kernel on
-the same inputs), and the output's version. A layer whose input carries such a tag, unchanged
+How: forward hooks on the model's GELU modules (:data:`GELUS`) and ``nn.LayerNorm`` modules
+(:func:`tag_steps`) put on each output the function and the inputs that give it back, bit for bit
+(the same operations on the same inputs), and the output's version. A layer whose input carries such a tag, unchanged
 since (:func:`recipe`), keeps those inputs instead: the same tensors the step's own backward
 keeps, so no bytes are added, and autograd's version counters refuse any of them changed in
 place before backward. Under activation checkpointing they are recomputed with the block like
@@ -35,6 +35,12 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.hooks import RemovableHandle
 
+GELUS = ("GELU", "GELUActivation", "NewGELUActivation")
+"""Activation modules rebuilt by running their ``forward`` again on their input: ``torch.nn.GELU`` and Hugging
+Face's GELUs (``transformers.activations``, matched by class and module name, nothing imported; Pythia's and
+Phi's MLPs use them). Each is a function of its one input, and its backward keeps that input, so keeping the
+input instead of the output adds nothing."""
+
 TAG = "_rebuild_from"
 """The attribute :func:`tag_steps` sets on a step's output: ``(rebuild, sources, version)``."""
 
@@ -42,17 +48,24 @@ Recipe = tuple[Callable[..., torch.Tensor], tuple[torch.Tensor | None, ...]]
 """``(rebuild, sources)``: ``rebuild(*sources)`` equals the tagged output bit for bit."""
 
 
+def _is_gelu(module: nn.Module) -> bool:
+    """Whether ``module`` is one of :data:`GELUS` (torch's or Hugging Face's class, not a look-alike of another)."""
+    kind = type(module)
+    return kind.__name__ in GELUS and kind.__module__.split(".")[0] in ("torch", "transformers")
+
+
 def tag_steps(model: nn.Module) -> list[RemovableHandle]:
-    """Forward hooks on every ``nn.GELU`` and ``nn.LayerNorm`` of ``model`` that tag their outputs (remove to undo)."""
-    return [m.register_forward_hook(_tag) for m in model.modules() if isinstance(m, (nn.GELU, nn.LayerNorm))]
+    """Forward hooks on every GELU (:data:`GELUS`) and ``nn.LayerNorm`` of ``model`` that tag their outputs
+    (remove them to undo)."""
+    return [m.register_forward_hook(_tag) for m in model.modules() if _is_gelu(m) or isinstance(m, nn.LayerNorm)]
 
 
 def _tag(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
     if not isinstance(output, torch.Tensor) or not output.requires_grad or len(inputs) != 1:
         return  # no backward will need it, or called another way (by keyword): not tagged, kept as before
     (x,) = inputs
-    if isinstance(module, nn.GELU):
-        made: Recipe = (functools.partial(F.gelu, approximate=module.approximate), (x.detach(),))
+    if _is_gelu(module):
+        made: Recipe = (module.forward, (x.detach(),))  # forward itself: no hook runs again
     else:
         made = (functools.partial(_layer_norm, shape=tuple(module.normalized_shape), eps=module.eps),
                 (x.detach(), *(None if p is None else p.detach() for p in (module.weight, module.bias))))

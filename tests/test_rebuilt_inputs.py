@@ -99,6 +99,32 @@ def test_training_is_bit_for_bit_the_same_and_keeps_fewer_activations(sparse_cpu
         assert getattr(memory[True], key) == getattr(memory[False], key), key
 
 
+@pytest.mark.parametrize("act", ["gelu", "gelu_new"])
+def test_a_hugging_face_models_gelus_and_layer_norms_are_rebuilt_too(sparse_cpu_route, act: str) -> None:
+    transformers = pytest.importorskip("transformers")
+    config = transformers.GPTNeoXConfig(vocab_size=32, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                        intermediate_size=64, max_position_embeddings=16, hidden_act=act)
+    idx = torch.randint(32, (3, 9), generator=torch.Generator().manual_seed(0))
+    runs = {}
+    for rebuild in (False, None):
+        torch.manual_seed(0)
+        model = transformers.GPTNeoXForCausalLM(config).train()
+        run = sparsify(model, SparseConfig("random", density=0.1, lr=1e-2, values_grad=True, rebuild_inputs=rebuild))
+        assert run.optimizer.values_grads, "no values-only gradient was installed: nothing would be rebuilt"
+        loss_of = (lambda m=model: m(idx, labels=idx).loss)
+        memory = step_memory(model, run.optimizer, loss_of, [idx])
+        runs[rebuild] = (model, memory)
+    (kept, kept_memory), (rebuilt, rebuilt_memory) = runs[False], runs[None]
+    for (name, p), q in zip(kept.named_parameters(), rebuilt.parameters()):
+        assert torch.equal(p, q), name
+    # per layer the MLP's activation output and the attention's and the MLP's normalised inputs, but in the first layer
+    # no normalised input: with GPT-NeoX's parallel residual both its LayerNorms read the frozen embeddings, so their
+    # outputs carry no gradient (and no tag)
+    tokens, width, layers = idx.numel(), config.hidden_size, config.num_hidden_layers
+    copies = layers * config.intermediate_size + (layers - 1) * 2 * width
+    assert kept_memory.activations - rebuilt_memory.activations == copies * tokens * 4
+
+
 def test_a_source_changed_in_place_after_the_forward_is_refused_as_autograd_refuses_it(sparse_cpu_route) -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 4))
