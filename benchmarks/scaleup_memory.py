@@ -317,8 +317,8 @@ def activations_reading(settings: list[list[Row]]) -> str:
                      f"({kept.memory.activations / MB:.1f} MB), so its peak cannot go below parameters + activations, "
                      f"{floor / MB:.1f} MB = {floor / full.peak_bytes:.2f}x full's, however little gradient and "
                      f"state it keeps: it is {kept.memory.peak_bytes / full.peak_bytes:.2f}x. Rebuilding the GELU "
-                     f"outputs and the normalised "
-                     f"inputs in backward instead (the default) keeps {values.activations / MB:.1f} MB "
+                     f"outputs and the normalised inputs in backward instead (the default) keeps "
+                     f"{values.activations / MB:.1f} MB "
                      f"({(kept.memory.activations - values.activations) / MB:.1f} MB fewer) and peaks at "
                      f"{values.peak_bytes / full.peak_bytes:.2f}x full's")
             if kept.step_ms is not None:
