@@ -69,7 +69,7 @@ def measure_case(n_out: int, n_in: int, tokens: int, density: float, reps: int) 
     gen = torch.Generator().manual_seed(0)
     g, x = torch.randn(tokens, n_out, generator=gen), torch.randn(tokens, n_in, generator=gen)
     k = max(1, round(density * n_out * n_in))
-    flat = torch.randperm(n_out * n_in, generator=gen)[:k].sort().values
+    flat = torch.randperm(n_out * n_in, generator=gen)[:k].sort().values.int()
     products = {how: (lambda how=how: values_grad.selected_weight_grad(g, x, flat, how)) for how in ("sampled", "dense")}
     times: dict[str, list[float]] = {how: [] for how in products}
     for fn in products.values():

@@ -84,7 +84,6 @@ class CompactAdamW(NamedOptimizer):
         if not isinstance(fused, bool):
             raise TypeError(f"fused must be True or False, got {fused!r}")
         self.fused = fused
-        self._int64_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.values_grads: dict[str, torch.Tensor] = {}
         """Name -> the ``[k]`` leaf whose ``.grad`` backward fills directly (``sparsity.values_grad``)."""
         self.indices = self._indices_of(check_mask(self._named(), {} if mask is None else mask))
@@ -168,7 +167,6 @@ class CompactAdamW(NamedOptimizer):
             if idx is None:
                 value, grad = p, p.grad.contiguous()
             else:
-                idx = self.flat_positions(name)
                 grad = compact if compact is not None else p.grad
                 kernel = sparse_cpu.load() if sparse_cpu.usable(p) else None
                 if kernel is not None and sparse_cpu.usable(grad):
@@ -203,15 +201,6 @@ class CompactAdamW(NamedOptimizer):
         elif state["step"].device != p.device:  # a state saved by the reference path keeps step on the CPU
             state["step"] = state["step"].to(p.device)
         return state
-
-    def flat_positions(self, name: str) -> torch.Tensor:
-        """``indices[name]`` as int64, cached until the selection changes: torch's gathers and scatters
-        and our kernels take int64 positions natively (int32 ones are converted on every call)."""
-        idx = self.indices[name]
-        hit = self._int64_cache.get(name)
-        if hit is None or hit[0] is not idx:
-            hit = self._int64_cache[name] = (idx, idx.long())
-        return hit[1]
 
     def state_bytes(self) -> int:
         """Bytes of optimizer state: every tensor in ``state`` (moments, step counters) plus the indices."""

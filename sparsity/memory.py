@@ -15,8 +15,8 @@ method that keeps no weight gradient from one that does. This module counts tens
   - ``grads``: the ``.grad`` of every parameter after backward, and the ``[k]`` gradients
     of values-only anchors (``sparsity.values_grad``; an optimizer's ``values_grads``);
   - ``optimizer_state``: every tensor the optimizer object holds that is neither a
-    parameter nor a gradient (moments, step counters, a compact optimizer's indices and
-    their int64 copies, anchors), walked through its attributes after the step;
+    parameter nor a gradient (moments, step counters, a compact optimizer's indices,
+    anchors), walked through its attributes after the step;
   - ``activations``: what autograd saves for backward during the forward
     (``torch.autograd.graph.saved_tensors_hooks``), parameters excluded. Under activation
     checkpointing (``torch.utils.checkpoint``, non-reentrant) the checkpointed region packs its

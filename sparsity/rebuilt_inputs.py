@@ -22,13 +22,23 @@ every other saved tensor. Anything else (an untagged input, one changed in place
 output outlives them (a model that returns it, e.g. Hugging Face's ``output_hidden_states``),
 those stay too. ``sparsity.values_grad`` uses this for its layers unless
 ``SparseConfig(rebuild_inputs=False)``.
+
+The GELU's backward, too, moves into the layer that reads its output. Left to autograd, the GELU's
+node gets the layer's input gradient (four times the width per token) and allocates its own
+gradient of the same size while that one and ``u`` are live: at the end of a small GPT's last
+block, the step's highest point. Where the output comes straight from ``aten.gelu``, the layer
+differentiates ``u`` itself and runs the very kernel that node would run (``aten.gelu_backward``,
+so the same bits) into its input gradient in place (:func:`gelu_backward_`). The GELU's node is
+then off the loss's path and gets no gradient: where the output's own gradient is asked for when
+the layer runs (``retain_grad``, a tensor hook, a module's full backward hook) the GELU keeps its
+backward; a hook put on the output after the forward would not be called.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -42,10 +52,21 @@ Phi's MLPs use them). Each is a function of its one input, and its backward keep
 input instead of the output adds nothing."""
 
 TAG = "_rebuild_from"
-"""The attribute :func:`tag_steps` sets on a step's output: ``(rebuild, sources, version)``."""
+"""The attribute :func:`tag_steps` sets on a step's output: ``(recipe, version)``."""
 
-Recipe = tuple[Callable[..., torch.Tensor], tuple[torch.Tensor | None, ...]]
-"""``(rebuild, sources)``: ``rebuild(*sources)`` equals the tagged output bit for bit."""
+
+
+class Recipe(NamedTuple):
+    """How a tagged output is had again, and, for a GELU, how its backward is done in the next layer's."""
+
+    rebuild: Callable[..., torch.Tensor]
+    """``rebuild(*sources)`` equals the tagged output bit for bit."""
+    sources: tuple[torch.Tensor | None, ...]
+    """Detached: the step's input first (then a LayerNorm's weight and bias)."""
+    step_input: torch.Tensor | None = None
+    """A GELU computed by ``aten.gelu`` (its output's node is ``GeluBackward0``): its input as autograd has it."""
+    step_backward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    """``step_backward(grad, step_input)``: that GELU's backward, into ``grad`` itself (see :func:`gelu_backward_`)."""
 
 
 def _is_gelu(module: nn.Module) -> bool:
@@ -64,21 +85,37 @@ def _tag(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
     if not isinstance(output, torch.Tensor) or not output.requires_grad or len(inputs) != 1:
         return  # no backward will need it, or called another way (by keyword): not tagged, kept as before
     (x,) = inputs
-    if _is_gelu(module):
-        made: Recipe = (module.forward, (x.detach(),))  # forward itself: no hook runs again
-    else:
-        made = (functools.partial(_layer_norm, shape=tuple(module.normalized_shape), eps=module.eps),
-                (x.detach(), *(None if p is None else p.detach() for p in (module.weight, module.bias))))
-    setattr(output, TAG, (*made, output._version))
+    if not _is_gelu(module):
+        made = Recipe(functools.partial(_layer_norm, shape=tuple(module.normalized_shape), eps=module.eps),
+                      (x.detach(), *(None if p is None else p.detach() for p in (module.weight, module.bias))))
+    elif output.grad_fn is not None and output.grad_fn.name() == "GeluBackward0":  # aten.gelu's own output
+        made = Recipe(module.forward, (x.detach(),), x,  # forward itself: no hook runs again
+                      functools.partial(gelu_backward_, approximate=output.grad_fn._saved_approximate))
+    else:  # a GELU of several operations (NewGELUActivation) or a hooked one: rebuilt, its backward left to autograd
+        made = Recipe(module.forward, (x.detach(),))
+    setattr(output, TAG, (made, output._version))
 
 
 def recipe(x: torch.Tensor) -> Recipe | None:
     """How to rebuild ``x`` from the tensors its step keeps anyway, or None (keep ``x`` itself): only for a
-    tagged output (:func:`tag_steps`) not changed in place since."""
+    tagged output (:func:`tag_steps`) not changed in place since. Its GELU's backward may be done by the next layer
+    (``step_input``) unless ``x``'s own gradient is asked for when the layer runs (``retain_grad``, a tensor hook)."""
     tag = getattr(x, TAG, None)
-    if tag is None or tag[2] != x._version:
+    if tag is None or tag[1] != x._version:
         return None
-    return tag[0], tag[1]
+    made: Recipe = tag[0]
+    if made.step_input is not None and (x.retains_grad or x._backward_hooks):  # x's own gradient is asked for
+        return made._replace(step_input=None, step_backward=None)
+    return made
+
+
+def gelu_backward_(grad: torch.Tensor, x: torch.Tensor, *, approximate: str) -> torch.Tensor:
+    """GELU's backward at input ``x``: the kernel autograd's ``GeluBackward0`` runs (``aten.gelu_backward``), so the
+    same bits, but written into ``grad`` (an elementwise kernel may overwrite its own input) instead of a new tensor
+    of the same size. Out of place where ``grad`` is itself differentiated (``create_graph=True``)."""
+    if grad.requires_grad:
+        return torch.ops.aten.gelu_backward(grad, x, approximate=approximate)
+    return torch.ops.aten.gelu_backward.grad_input(grad, x, approximate=approximate, grad_input=grad)
 
 
 def _layer_norm(h: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, *,

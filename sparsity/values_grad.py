@@ -80,10 +80,12 @@ def sampled_pays(k: int, n_out: int, n_in: int, tokens: int, kernel: bool) -> bo
 
 def selected_weight_grad(grad_out: torch.Tensor, x: torch.Tensor, flat: torch.Tensor,
                          how: str = "sampled") -> torch.Tensor:
-    """``(grad_out^T @ x).view(-1)[flat]`` for ``grad_out [B, out]``, ``x [B, in]`` and sorted int64 flat
+    """``(grad_out^T @ x).view(-1)[flat]`` for ``grad_out [B, out]``, ``x [B, in]`` and sorted int32 flat
     positions ``flat``, computed ``how`` (one of :data:`MODES`)."""
     if how not in MODES:
         raise ValueError(f"how must be one of {MODES}, got {how!r}")
+    if flat.dtype != torch.int32:
+        raise TypeError(f"flat must hold int32 positions, as CompactAdamW.indices does, got {flat.dtype}")
     n_in = x.shape[1]
     kernel = sparse_cpu.load() if sparse_cpu.usable(grad_out) and sparse_cpu.usable(x) else None
     if how == "auto":
@@ -102,14 +104,21 @@ def selected_weight_grad(grad_out: torch.Tensor, x: torch.Tensor, flat: torch.Te
 
 
 class _SelectedGradLinear(torch.autograd.Function):
-    """``F.linear(x, weight, bias)`` whose backward gives the anchor the weight's gradient at ``flat``."""
+    """``F.linear(x, weight, bias)`` whose backward gives the anchor the weight's gradient at ``flat``.
+
+    With a recipe, ``x`` is not kept: backward rebuilds it from tensors its step keeps anyway. With a ``step_input``
+    too (``x`` came from ``aten.gelu``), ``x`` comes in detached and backward differentiates the GELU's input
+    directly: the GELU's backward runs here, in place on the input gradient (``rebuilt_inputs.gelu_backward_``),
+    and the GELU's own node, no longer on the loss's path, gets nothing: never two ``x``-sized gradients at once.
+    """
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, anchor: torch.Tensor,
-                flat: torch.Tensor, how: str, recipe: rebuilt_inputs.Recipe | None) -> torch.Tensor:
-        # With a recipe, x is not kept: backward rebuilds it from tensors its step keeps anyway.
-        ctx.rebuild = None if recipe is None else recipe[0]
-        ctx.save_for_backward(weight, *((x,) if recipe is None else recipe[1]))
+                flat: torch.Tensor, how: str, recipe: rebuilt_inputs.Recipe | None,
+                step_input: torch.Tensor | None) -> torch.Tensor:
+        ctx.rebuild = None if recipe is None else recipe.rebuild
+        ctx.step_backward = None if step_input is None else recipe.step_backward
+        ctx.save_for_backward(weight, *((x,) if recipe is None else recipe.sources))
         ctx.flat, ctx.how, ctx.has_bias = flat, how, bias is not None  # flat is the optimizer's, not an activation
         return F.linear(x, weight, bias)
 
@@ -129,8 +138,11 @@ class _SelectedGradLinear(torch.autograd.Function):
             del x  # a rebuilt input is freed before the input gradient is allocated: never both at once
             grad_values = selected_weight_grad(g2.contiguous(), x2, ctx.flat, ctx.how).float()
             del x2
-        grad_x = grad_out @ weight if ctx.needs_input_grad[0] else None
-        return grad_x, None, grad_bias, grad_values, None, None, None
+        grad_x = grad_out @ weight if ctx.needs_input_grad[0] or ctx.needs_input_grad[7] else None
+        grad_step = None
+        if ctx.step_backward is not None and grad_x is not None:
+            grad_step, grad_x = ctx.step_backward(grad_x, kept[0]), None
+        return grad_x, None, grad_bias, grad_values, None, None, None, grad_step
 
 
 class _Installed:
@@ -150,9 +162,12 @@ class _Installed:
             x, weight = x.to(dtype), weight.to(dtype)
             bias = None if bias is None else bias.to(dtype)
             with torch.autocast(device, enabled=False):
-                return _SelectedGradLinear.apply(x, weight, bias, self.anchor, self.flat, self.how, None)
+                return _SelectedGradLinear.apply(x, weight, bias, self.anchor, self.flat, self.how, None, None)
         recipe = rebuilt_inputs.recipe(x) if self.rebuild else None
-        return _SelectedGradLinear.apply(x, weight, bias, self.anchor, self.flat, self.how, recipe)
+        if recipe is not None and recipe.step_input is not None:  # the GELU's backward is done in this layer's
+            return _SelectedGradLinear.apply(x.detach(), weight, bias, self.anchor, self.flat, self.how, recipe,
+                                             recipe.step_input)
+        return _SelectedGradLinear.apply(x, weight, bias, self.anchor, self.flat, self.how, recipe, None)
 
 
 def install(model: nn.Module, optimizer: CompactAdamW, mode: str = "sampled",
@@ -184,7 +199,7 @@ def install(model: nn.Module, optimizer: CompactAdamW, mode: str = "sampled",
         if module.weight.dtype != torch.float32:
             raise TypeError(f"values-only gradients need float32 weights; '{name}' is {module.weight.dtype}")
         anchor = torch.zeros(idx.numel(), device=idx.device, requires_grad=True)
-        installed = _Installed(module, anchor, optimizer.flat_positions(name), mode, rebuild_inputs)
+        installed = _Installed(module, anchor, idx, mode, rebuild_inputs)
         module.weight.requires_grad_(False)
         module.forward = installed.forward  # type: ignore[method-assign]
         module._values_grad = installed  # type: ignore[assignment]

@@ -1,10 +1,13 @@
 """Rebuilt inputs (sparsity.rebuilt_inputs): a values-only gradient layer keeps no copy of a GELU's or a
 LayerNorm's output; backward rebuilds it bit for bit, and the saved activations shrink by exactly those copies."""
 
+import copy
+
 import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from scaleup import gpt
 from sparsity import SparseConfig, rebuilt_inputs, sparsify
@@ -12,7 +15,7 @@ from sparsity.memory import step_memory
 
 
 def _rebuilt(x: torch.Tensor) -> torch.Tensor:
-    rebuild, sources = rebuilt_inputs.recipe(x)
+    rebuild, sources, *_ = rebuilt_inputs.recipe(x)
     return rebuild(*sources)
 
 
@@ -22,7 +25,7 @@ def test_a_gelus_output_is_rebuilt_bit_for_bit_from_the_input_gelu_keeps(approxi
     handles = rebuilt_inputs.tag_steps(gelu)
     u = torch.randn(5, 7, 33, requires_grad=True) * 3
     x = gelu(u)
-    assert rebuilt_inputs.recipe(x)[1][0].data_ptr() == u.data_ptr()  # the tensor GELU keeps, not a copy
+    assert rebuilt_inputs.recipe(x).sources[0].data_ptr() == u.data_ptr()  # the tensor GELU keeps, not a copy
     assert torch.equal(_rebuilt(x), x)
     for handle in handles:
         handle.remove()
@@ -135,6 +138,82 @@ def test_a_source_changed_in_place_after_the_forward_is_refused_as_autograd_refu
         u.add_(1.0)  # the GELU's input, which both the GELU and the rebuilt layer read in backward
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         out.sum().backward()
+
+
+class _MLP(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc, self.act, self.proj = nn.Linear(16, 64), nn.GELU(), nn.Linear(64, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.act(self.fc(x)))
+
+
+class _Backwards(TorchDispatchMode):
+    """Records every GELU backward: its overload and whether it wrote into its gradient argument."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, bool]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        out = func(*args, **(kwargs or {}))
+        if func.overloadpacket is torch.ops.aten.gelu_backward:
+            in_place = out.untyped_storage().data_ptr() == args[0].untyped_storage().data_ptr()
+            self.calls.append((func._overloadname, in_place))
+        return out
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_the_gelus_backward_runs_in_place_inside_the_next_layers_bit_for_bit(sparse_cpu_route, approximate) -> None:
+    x = torch.randn(40, 16, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    grads, calls = {}, {}
+    for rebuild in (False, None):
+        torch.manual_seed(0)
+        model = _MLP()
+        model.act.approximate = approximate
+        run = sparsify(model, SparseConfig("random", density=0.3, values_grad=True, rebuild_inputs=rebuild))
+        x.grad = None
+        with _Backwards() as seen:
+            model(x).square().sum().backward()
+        calls[rebuild] = seen.calls
+        grads[rebuild] = [x.grad, *(a.grad for a in run.optimizer.values_grads.values())]
+    assert calls[False] == [("default", False)]  # autograd's GELU node: a new gradient beside the one it got
+    assert calls[None] == [("grad_input", True)]  # the same kernel, written into the gradient it got
+    for kept, rebuilt in zip(grads[False], grads[None]):
+        assert torch.equal(kept, rebuilt)
+
+
+@pytest.mark.parametrize("ask", ["retain_grad", "tensor hook", "module hook"])
+def test_a_gelu_output_whose_own_gradient_is_asked_for_keeps_its_backward(ask: str) -> None:
+    torch.manual_seed(0)
+    model = _MLP()
+    sparsify(model, SparseConfig("random", density=0.3, values_grad=True))
+    seen: list[torch.Tensor] = []
+    if ask == "module hook":
+        model.act.register_full_backward_hook(lambda module, grad_in, grad_out: seen.append(grad_out[0]))
+    a = model.act(model.fc(torch.randn(5, 16)))
+    if ask == "retain_grad":
+        a.retain_grad()
+    elif ask == "tensor hook":
+        a.register_hook(seen.append)
+    model.proj(a).sum().backward()
+    got = a.grad if ask == "retain_grad" else seen[0]
+    torch.testing.assert_close(got, torch.ones(5, 16) @ model.proj.weight)
+
+
+def test_a_gelu_output_read_twice_gets_the_gradient_of_both_reads() -> None:
+    torch.manual_seed(0)
+    model = _MLP()
+    reference = copy.deepcopy(model)
+    sparsify(model, SparseConfig("random", density=0.3, values_grad=True))
+    grads = []
+    for m in (model, reference):
+        x = torch.randn(5, 16, generator=torch.Generator().manual_seed(2), requires_grad=True)
+        a = m.act(m.fc(x))
+        (m.proj(a).sum() + a.square().sum()).backward()  # the layer fuses the GELU's backward; the square does not
+        grads.append(x.grad)
+    torch.testing.assert_close(grads[0], grads[1])
 
 
 def test_the_flag_is_checked() -> None:

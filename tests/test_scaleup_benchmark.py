@@ -80,10 +80,10 @@ def test_benchmark_fast_mode_table(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert lora_row["grads"] == 4 * trainable[bench.LORA]
     # AdamW: two float32 moments per parameter and a float32 step counter per tensor.
     assert full["optimizer_state"] == 8 * n + 4 * tensors
-    # Compact, per selected entry: two moments, an int32 index and its int64 copy; a step counter per matrix;
+    # Compact, per selected entry: two moments and an int32 index; a step counter per matrix;
     # values-grad adds the [k] anchor. LoRA: two moments per adapter entry, a counter per adapter tensor.
-    assert sparse["optimizer_state"] == 20 * trainable[bench.SPARSE] + 4 * matrices
-    assert values["optimizer_state"] == 24 * trainable[bench.SPARSE_VALUES] + 4 * matrices
+    assert sparse["optimizer_state"] == 12 * trainable[bench.SPARSE] + 4 * matrices
+    assert values["optimizer_state"] == 16 * trainable[bench.SPARSE_VALUES] + 4 * matrices
     assert lora_row["optimizer_state"] == 8 * trainable[bench.LORA] + 4 * 2 * matrices
     assert lora_row["peak_bytes"] < full["peak_bytes"] and values["peak_bytes"] < sparse["peak_bytes"]
     assert trainable[bench.SPARSE_VALUES] == trainable[bench.SPARSE]

@@ -78,7 +78,7 @@ def test_bad_uses_are_refused() -> None:
 def test_every_product_is_the_dense_gradient_at_the_selected_entries(sparse_cpu_route, tokens) -> None:
     gen = torch.Generator().manual_seed(0)
     g, x = torch.randn(tokens, 33, generator=gen), torch.randn(tokens, 70, generator=gen)
-    flat = torch.randperm(33 * 70, generator=gen)[:200].sort().values
+    flat = torch.randperm(33 * 70, generator=gen)[:200].sort().values.int()
     want = (g.double().t() @ x.double()).view(-1)[flat]
     for how in values_grad.MODES:
         got = values_grad.selected_weight_grad(g, x, flat, how)
@@ -86,6 +86,8 @@ def test_every_product_is_the_dense_gradient_at_the_selected_entries(sparse_cpu_
         torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5, msg=how)
     with pytest.raises(ValueError, match="how must be one of"):
         values_grad.selected_weight_grad(g, x, flat, "fast")
+    with pytest.raises(TypeError, match="flat must hold int32 positions"):
+        values_grad.selected_weight_grad(g, x, flat.long(), "sampled")
 
 
 @pytest.mark.parametrize("shape", [(40, 50), (300, 200)])  # read in place (a narrow layer); through the block buffers
@@ -99,7 +101,7 @@ def test_the_kernels_sum_does_not_depend_on_the_thread_count(shape) -> None:
     gen = torch.Generator().manual_seed(1)
     (n_out, n_in), tokens = shape, 700  # two blocks of 256 tokens and a short one on the buffered path
     g, x = torch.randn(tokens, n_out, generator=gen), torch.randn(tokens, n_in, generator=gen)
-    flat = torch.randperm(n_out * n_in, generator=gen)[:3000].sort().values  # over the kernel's 1024-entry grain
+    flat = torch.randperm(n_out * n_in, generator=gen)[:3000].sort().values.int()  # over the kernel's 1024-entry grain
     threads = torch.get_num_threads()
     try:
         results = []
@@ -124,8 +126,8 @@ def test_auto_takes_the_sampled_product_only_where_it_was_measured_to_pay(monkey
 
     monkeypatch.setattr(sparse_cpu, "load", lambda: Kernel())
     g, x = torch.randn(300, 40), torch.randn(300, 50)
-    sparse = torch.arange(0, 2000, 25)  # 4% of the entries
-    dense = torch.arange(0, 2000, 2)  # 50%
+    sparse = torch.arange(0, 2000, 25, dtype=torch.int32)  # 4% of the entries
+    dense = torch.arange(0, 2000, 2, dtype=torch.int32)  # 50%
     for flat in (sparse, dense):
         torch.testing.assert_close(values_grad.selected_weight_grad(g, x, flat, "auto"), (g.t() @ x).view(-1)[flat])
     assert calls == [sparse.numel()]
@@ -174,7 +176,7 @@ def test_under_autocast_the_gradient_is_autocasts_at_the_selected_entries() -> N
         model(x).float().pow(2).sum().backward()
     got = opt.values_grads["2.weight"].grad
     assert got.dtype == torch.float32
-    torch.testing.assert_close(got, dense.view(-1)[opt.flat_positions("2.weight")], rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(got, dense.view(-1)[opt.indices["2.weight"]], rtol=2e-2, atol=2e-2)
 
 
 def test_a_loop_that_clears_gradients_through_the_model_trains_the_same(sparse_cpu_route) -> None:

@@ -59,14 +59,14 @@ void sparse_adamw_(torch::Tensor p, torch::Tensor g, torch::Tensor idx, torch::T
                    bool compact_grad) {
   TORCH_CHECK(p.scalar_type() == at::kFloat && g.scalar_type() == at::kFloat, "float32 weight and gradient");
   TORCH_CHECK(m.scalar_type() == at::kFloat && v.scalar_type() == at::kFloat, "float32 moments");
-  TORCH_CHECK(idx.scalar_type() == at::kLong, "int64 positions");
+  TORCH_CHECK(idx.scalar_type() == at::kInt, "int32 positions");
   TORCH_CHECK(p.is_contiguous() && g.is_contiguous() && idx.is_contiguous() && m.is_contiguous() && v.is_contiguous(),
               "contiguous tensors");
   TORCH_CHECK(m.numel() == idx.numel() && v.numel() == idx.numel(), "one moment per position");
   TORCH_CHECK(!compact_grad || g.numel() == idx.numel(), "a compact gradient has one entry per position");
   float* P = p.data_ptr<float>();
   const float* G = g.data_ptr<float>();
-  const int64_t* I = idx.data_ptr<int64_t>();
+  const int32_t* I = idx.data_ptr<int32_t>();
   float* M = m.data_ptr<float>();
   float* V = v.data_ptr<float>();
   const float decay = static_cast<float>(1.0 - lr * weight_decay);
@@ -154,7 +154,7 @@ torch::Tensor selected_weight_grad(torch::Tensor g, torch::Tensor x, torch::Tens
   TORCH_CHECK(g.scalar_type() == at::kFloat && x.scalar_type() == at::kFloat, "float32 inputs");
   TORCH_CHECK(g.dim() == 2 && x.dim() == 2 && g.size(0) == x.size(0), "g [B, out] and x [B, in]");
   TORCH_CHECK(g.is_contiguous() && x.is_contiguous() && flat.is_contiguous(), "contiguous inputs");
-  TORCH_CHECK(flat.scalar_type() == at::kLong, "int64 positions");
+  TORCH_CHECK(flat.scalar_type() == at::kInt, "int32 positions");
   const int64_t b = g.size(0), n_out = g.size(1), n_in = x.size(1), k = flat.numel();
   TORCH_CHECK(std::max(n_out, n_in) * kBlock < (int64_t{1} << 31) && k < (int64_t{1} << 31),
               "offsets past int32: a layer wider than 2^23 or over 2^31 selected entries");
@@ -165,7 +165,7 @@ torch::Tensor selected_weight_grad(torch::Tensor g, torch::Tensor x, torch::Tens
     at::parallel_for(0, k, 1024, [&](int64_t begin, int64_t end) {
       const float* G = g.data_ptr<float>();
       const float* X = x.data_ptr<float>();
-      const int64_t* F = flat.data_ptr<int64_t>();
+      const int32_t* F = flat.data_ptr<int32_t>();
       float* O = out.data_ptr<float>();
       for (int64_t j = begin; j < end; ++j) {
         const int64_t r = F[j] / n_in, c = F[j] % n_in;
@@ -186,7 +186,7 @@ torch::Tensor selected_weight_grad(torch::Tensor g, torch::Tensor x, torch::Tens
   float* GB = gb.data_ptr<float>();
   float* XB = xb.data_ptr<float>();
   float* A = sums.data_ptr<float>();
-  const int64_t* F = flat.data_ptr<int64_t>();
+  const int32_t* F = flat.data_ptr<int32_t>();
   float* O = out.data_ptr<float>();
   // The entries in column tiles of kCols (stable: row order within a tile), with their offsets in the buffers
   // divided out once, not per block. A tile's kCols columns of xb (128 KB) stay in cache while its entries run.
