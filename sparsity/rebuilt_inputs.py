@@ -55,7 +55,6 @@ TAG = "_rebuild_from"
 """The attribute :func:`tag_steps` sets on a step's output: ``(recipe, version)``."""
 
 
-
 class Recipe(NamedTuple):
     """How a tagged output is had again, and, for a GELU, how its backward is done in the next layer's."""
 

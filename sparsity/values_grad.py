@@ -30,7 +30,8 @@ Either way the result equals the dense gradient at the selected entries to round
 ``install(..., rebuild_inputs=True)`` (what ``sparsify`` does unless ``SparseConfig(rebuild_inputs=False)``)
 also drops the layer's copy of an input that is a GELU's or a LayerNorm's output: backward rebuilds it bit
 for bit from what those keep anyway (``sparsity.rebuilt_inputs``), before the input gradient is allocated,
-so the two are never live at once.
+so the two are never live at once; after a GELU the layer also runs the GELU's backward, in place on its input
+gradient, so the GELU's output and input gradients are never live at once either.
 
 The optimizer's step consumes the anchors' gradients (a post-step hook sets them to None), as if
 it called its own ``zero_grad`` afterwards: loops that clear gradients through the model
