@@ -53,8 +53,9 @@ class SparseConfig:
         trained float32 ``nn.Linear`` (not with ``reselect_every``); False: autograd's dense gradient.
     rebuild_inputs: a values-only gradient layer whose input is a GELU's or a LayerNorm's output keeps
         no copy of it: backward rebuilds it from the tensors that step keeps anyway
-        (``sparsity.rebuilt_inputs``), for one GELU or LayerNorm per layer in backward; the gradients
-        are bit for bit the same. None (default): wherever values-only gradients are installed; True:
+        (``sparsity.rebuilt_inputs``), for one GELU or LayerNorm per layer in backward, and after a GELU
+        it runs the GELU's backward in place on its own input gradient; the gradients are bit for bit
+        the same. None (default): wherever values-only gradients are installed; True:
         the same, refused where there can be none (``values_grad=False``); False: layers keep their inputs.
     options: criterion settings, e.g. ``{"rank": 8}`` for LIFT, ``{"layers": ["blocks.2"]}``.
     reselect_every: re-score and re-select every K steps during training (LIFT, Liu et al. 2025,
