@@ -9,6 +9,7 @@ These tests need bubblewrap (``apt-get install bubblewrap``) and skip without it
 """
 
 import contextlib
+import errno
 import io
 import json
 import os
@@ -16,6 +17,9 @@ import re
 import resource
 import shutil
 import socket
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from dataclasses import asdict
@@ -211,8 +215,6 @@ def _rebuild(raw):
 
 def test_folders_to_hide_under_a_bound_folder_are_covered(tmp_path, monkeypatch):
     """E.g. a copy of the lab installed into site-packages, or a repository inside the Python prefix."""
-    import subprocess
-
     from lessons.grading import bubblewrap
 
     env = tmp_path / "env"
@@ -231,3 +233,63 @@ def test_folders_to_hide_under_a_bound_folder_are_covered(tmp_path, monkeypatch)
     # the folder is there, empty; no repository file (its folder may exist as the parent of a bound .venv)
     assert done.stdout.startswith("['lab', 'visible.txt'] [] False ")
     assert "home" not in done.stdout and "etc" not in done.stdout
+
+
+def test_a_view_is_read_only_on_the_host_too(tmp_path):
+    """Not only inside the sandbox: a view left by a killed grader must not be a way to delete what it shows."""
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "kept.txt").write_text("kept\n")
+    with Sandbox() as box:
+        view = Path(box._view(str(source)))
+        assert (view / "kept.txt").read_text() == "kept\n"
+        for change in (lambda: (view / "new.txt").write_text("x"), lambda: (view / "kept.txt").unlink()):
+            with pytest.raises(OSError) as refused:
+                change()
+            assert refused.value.errno == errno.EROFS
+    assert (source / "kept.txt").read_text() == "kept\n"
+    (source / "new.txt").write_text("the folder itself stays writable\n")
+
+
+def test_a_killed_graders_mounts_are_cleared_by_the_next_grader(tmp_path, monkeypatch):
+    from lessons.grading import bubblewrap
+
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "kept.txt").write_text("kept\n")
+    # A temporary directory of this test's own (0711: bubblewrap, as nobody, reaches the views below it), so that
+    # graders on other xdist workers, which clear the stale folders of theirs, never race this test for its own.
+    private = tempfile.mkdtemp(prefix="stale-graders-")
+    os.chmod(private, 0o711)
+    monkeypatch.setattr(tempfile, "tempdir", private)
+    child = ("import os, time\n"
+             "from lessons.grading import bubblewrap\n"
+             "box = bubblewrap.Sandbox()\n"
+             f"box._view({str(source)!r})\n"
+             "scratch = os.path.join(box.root, 'scratch-0')\n"
+             "os.mkdir(scratch)\n"
+             "bubblewrap.mount_scratch(scratch, 1)\n"
+             "print(box.root, flush=True)\n"
+             "time.sleep(600)\n")
+    proc = subprocess.Popen([sys.executable, "-c", child], cwd=ROOT, stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": private})
+    try:
+        root = proc.stdout.readline().strip()
+    finally:
+        proc.kill()  # SIGKILL: no close(), no cleanup of any kind
+        proc.wait()
+    try:
+        assert root.startswith(private + "/")
+        left = bubblewrap._mounts_under(root)  # the scratch and the views (the probe's and ours) outlived their grader
+        assert f"{root}/scratch-0" in left and any(m.startswith(f"{root}/view-") for m in left), left
+        without_owner = tempfile.mkdtemp(prefix=bubblewrap.ROOT_PREFIX)  # a grader still making its folder
+        with Sandbox() as live:  # the next grader clears the dead one's folder on its way in, and only that
+            live._view(str(source))
+            assert not Path(root).exists() and bubblewrap._mounts_under(root) == []
+            assert Path(live.root).exists() and bubblewrap.clear_stale_roots() == []
+            assert Path(without_owner).exists()
+    finally:
+        for mount_point in bubblewrap._mounts_under(private):  # whatever a failed assertion left behind
+            bubblewrap.unmount(mount_point)
+        shutil.rmtree(private)
+    assert (source / "kept.txt").read_text() == "kept\n"

@@ -57,7 +57,12 @@ NEEDS_ROOT = ("grading untrusted code needs root: the grader mounts each job's s
 ENV = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "TMPDIR": "/tmp", "MPLCONFIGDIR": "/tmp", "MPLBACKEND": "Agg",
        "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", "PYTHONDONTWRITEBYTECODE": "1"}
 """The child's whole environment (nothing of the grader's)."""
-_MS_NOSUID, _MS_NODEV, _MS_NOEXEC, _MS_BIND, _MS_REC, _MNT_DETACH = 2, 4, 8, 4096, 16384, 2
+_MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_NOEXEC, _MS_REMOUNT = 1, 2, 4, 8, 32
+_MS_BIND, _MS_REC, _MNT_DETACH = 4096, 16384, 2
+ROOT_PREFIX = "subnet-grade-"
+"""The grader's folders in the temporary directory: ``<tmp>/subnet-grade-XXXX``, with its scratch mounts and views."""
+OWNER = "owner"
+"""The file in such a folder naming the grader that made it: ``<pid> <start time in clock ticks>``."""
 
 
 class IsolationUnavailable(RuntimeError):
@@ -145,8 +150,62 @@ def mount_scratch(path: str, size_mb: int) -> None:
 
 
 def bind_view(path: str, view: str) -> None:
-    """Bind the folder ``path`` (with what is mounted below it) at ``view`` too (root only)."""
+    """Bind the folder ``path`` (with what is mounted below it) at ``view`` too, read-only (root only).
+
+    Read-only on the host as well as inside the sandbox: a view outlives a grader that is killed
+    (SIGKILL, a CI timeout) until :func:`clear_stale_roots` runs, and a writable one would let
+    ``rm -rf /tmp/...`` or a temporary-file cleaner walk into ``/usr/lib`` or the Python environment
+    and delete them (a bind mount is the same file system, so ``--one-file-system`` does not stop it)."""
     _libc_call("mount", path.encode(), view.encode(), None, _MS_BIND | _MS_REC, None)
+    try:  # with MS_BIND, a remount changes this mount's flags only, not the folder's own mount
+        _libc_call("mount", None, view.encode(), None, _MS_BIND | _MS_REMOUNT | _MS_RDONLY, None)
+    except BaseException:
+        _libc_call("umount2", view.encode(), _MNT_DETACH)
+        raise
+
+
+def _start_ticks(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks since boot, ``/proc/PID/stat``), or None where there is none."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _mounts_under(folder: str) -> list[str]:
+    """Mount points at or below ``folder`` (from ``/proc/self/mountinfo``), deepest first."""
+    found = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
+    return sorted((m for m in found if m == folder or m.startswith(folder + "/")), key=len, reverse=True)
+
+
+def clear_stale_roots(folder: str | None = None) -> list[str]:
+    """Unmount and remove the folders of graders that died without closing their sandbox; return them (root only).
+
+    A folder is stale when its :data:`OWNER` process no longer runs (or another process has its PID
+    now) and something is still mounted below it here. One without an owner file is left alone: it
+    is being made, or an older grader made it and nothing says whether that one still runs; so is one
+    with nothing mounted (it may be a live grader's in another mount namespace that shares this
+    ``/tmp``, and without mounts it is only empty folders). Nothing is deleted while a mount remains."""
+    cleared = []
+    for root in sorted(Path(folder or tempfile.gettempdir()).glob(ROOT_PREFIX + "*")):
+        try:
+            pid, ticks = (root / OWNER).read_text().split()
+        except (OSError, ValueError):
+            continue
+        mounts = _mounts_under(str(root))
+        if not mounts or _start_ticks(int(pid)) == ticks:
+            continue
+        for mount_point in mounts:
+            try:
+                _libc_call("umount2", mount_point.encode(), _MNT_DETACH)
+            except OSError as err:  # another grader cleared it meanwhile
+                if err.errno not in (errno.EINVAL, errno.ENOENT):
+                    raise
+        if not _mounts_under(str(root)):
+            shutil.rmtree(root, ignore_errors=True)
+            cleared.append(str(root))
+    return cleared
 
 
 def unmount(path: str) -> None:
@@ -166,12 +225,14 @@ class Sandbox:
         self.trusted = trusted
         self.bwrap = None if trusted else shutil.which("bwrap")
         self.hide = (str(REPO), tempfile.gettempdir(), *_installed_lab(), *hide)
-        self.root = tempfile.mkdtemp(prefix="subnet-grade-")  # the children's working folder (trusted: their home)
+        self.root = tempfile.mkdtemp(prefix=ROOT_PREFIX)  # the children's working folder (trusted: their home)
         os.chmod(self.root, 0o711)  # bubblewrap, as nobody, reaches the scratch and the views below it
+        Path(self.root, OWNER).write_text(f"{os.getpid()} {_start_ticks(os.getpid())}")
         self._jobs, self._views = 0, {}
         if not trusted:
             try:
                 self._probe()
+                clear_stale_roots(os.path.dirname(self.root))
             except BaseException:
                 self.close()
                 raise
