@@ -51,9 +51,9 @@ class SparseConfig:
         sampled product where it was measured faster and the dense one then gathered elsewhere, when
         the selection is fixed (no ``reselect_every``); True: the sampled product on every partly
         trained float32 ``nn.Linear`` (not with ``reselect_every``); False: autograd's dense gradient.
-    rebuild_inputs: a values-only gradient layer whose input is a GELU's or a LayerNorm's output keeps
-        no copy of it: backward rebuilds it from the tensors that step keeps anyway
-        (``sparsity.rebuilt_inputs``), for one GELU or LayerNorm per layer in backward, and after a GELU
+    rebuild_inputs: a values-only gradient layer whose input is a GELU's, a LayerNorm's or an RMSNorm's
+        output keeps no copy of it: backward rebuilds it from the tensors that step keeps anyway
+        (``sparsity.rebuilt_inputs``), for one GELU or norm per layer in backward, and after a GELU
         it runs the GELU's backward in place on its own input gradient; the gradients are bit for bit
         the same. None (default): wherever values-only gradients are installed; True:
         the same, refused where there can be none (``values_grad=False``); False: layers keep their inputs.

@@ -11,9 +11,10 @@ the same reasoning). It costs one GELU or LayerNorm per layer in backward. (The 
 output, its heads side by side, needs nothing: on the CPU the fused attention lays its output out
 so that this is a view of what its backward keeps, not a copy.)
 
-How: forward hooks on the model's GELU modules (:data:`GELUS`) and ``nn.LayerNorm`` modules
-(:func:`tag_steps`) put on each output the function and the inputs that give it back, bit for bit
-(the same operations on the same inputs), and the output's version. A layer whose input carries such a tag, unchanged
+How: forward hooks on the model's GELU modules (:data:`GELUS`), ``nn.LayerNorm`` modules and RMSNorms
+(``torch.nn.RMSNorm`` and LLaMA-style models' own; :func:`tag_steps`) put on each output the function
+and the inputs that give it back, bit for bit (the same operations on the same inputs), and the
+output's version. A layer whose input carries such a tag, unchanged
 since (:func:`recipe`), keeps those inputs instead: the same tensors the step's own backward
 keeps, so no bytes are added, and autograd's version counters refuse any of them changed in
 place before backward. Under activation checkpointing they are recomputed with the block like
@@ -68,6 +69,13 @@ class Recipe(NamedTuple):
     """``step_backward(grad, step_input)``: that GELU's backward, into ``grad`` itself (see :func:`gelu_backward_`)."""
 
 
+def _is_rms_norm(module: nn.Module) -> bool:
+    """Whether ``module`` is an RMSNorm (Zhang & Sennrich 2019): ``torch.nn.RMSNorm`` or a Hugging Face model's own
+    (``LlamaRMSNorm``, ``Qwen2RMSNorm``, ...: every LLaMA-style model defines one, matched by the class name's end)."""
+    kind = type(module)
+    return kind.__name__.endswith("RMSNorm") and kind.__module__.split(".")[0] in ("torch", "transformers")
+
+
 def _is_gelu(module: nn.Module) -> bool:
     """Whether ``module`` is one of :data:`GELUS` (torch's or Hugging Face's class, not a look-alike of another)."""
     kind = type(module)
@@ -77,14 +85,18 @@ def _is_gelu(module: nn.Module) -> bool:
 def tag_steps(model: nn.Module) -> list[RemovableHandle]:
     """Forward hooks on every GELU (:data:`GELUS`) and ``nn.LayerNorm`` of ``model`` that tag their outputs
     (remove them to undo)."""
-    return [m.register_forward_hook(_tag) for m in model.modules() if _is_gelu(m) or isinstance(m, nn.LayerNorm)]
+    return [m.register_forward_hook(_tag) for m in model.modules()
+            if _is_gelu(m) or isinstance(m, nn.LayerNorm) or _is_rms_norm(m)]
 
 
 def _tag(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
     if not isinstance(output, torch.Tensor) or not output.requires_grad or len(inputs) != 1:
         return  # no backward will need it, or called another way (by keyword): not tagged, kept as before
     (x,) = inputs
-    if not _is_gelu(module):
+    if _is_rms_norm(module):  # its weight goes along as a source only so that autograd checks it is unchanged
+        weight = getattr(module, "weight", None)
+        made = Recipe(functools.partial(_forward_of, module), (x.detach(), None if weight is None else weight.detach()))
+    elif not _is_gelu(module):
         made = Recipe(functools.partial(_layer_norm, shape=tuple(module.normalized_shape), eps=module.eps),
                       (x.detach(), *(None if p is None else p.detach() for p in (module.weight, module.bias))))
     elif output.grad_fn is not None and output.grad_fn.name() == "GeluBackward0":  # aten.gelu's own output
@@ -115,6 +127,11 @@ def gelu_backward_(grad: torch.Tensor, x: torch.Tensor, *, approximate: str) -> 
     if grad.requires_grad:
         return torch.ops.aten.gelu_backward(grad, x, approximate=approximate)
     return torch.ops.aten.gelu_backward.grad_input(grad, x, approximate=approximate, grad_input=grad)
+
+
+def _forward_of(module: nn.Module, x: torch.Tensor, *checked: torch.Tensor | None) -> torch.Tensor:
+    """``module.forward(x)`` (no hooks); ``checked`` are the parameters it reads, kept so autograd checks them."""
+    return module.forward(x)
 
 
 def _layer_norm(h: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, *,

@@ -28,7 +28,7 @@ How the ``[k]`` gradient is computed (:func:`selected_weight_grad`):
 ``True`` forces ``"sampled"`` on every layer, ``False`` leaves autograd's dense gradient.
 Either way the result equals the dense gradient at the selected entries to rounding.
 ``install(..., rebuild_inputs=True)`` (what ``sparsify`` does unless ``SparseConfig(rebuild_inputs=False)``)
-also drops the layer's copy of an input that is a GELU's or a LayerNorm's output: backward rebuilds it bit
+also drops the layer's copy of an input that is a GELU's, a LayerNorm's or an RMSNorm's output: backward rebuilds it bit
 for bit from what those keep anyway (``sparsity.rebuilt_inputs``), before the input gradient is allocated,
 so the two are never live at once; after a GELU the layer also runs the GELU's backward, in place on its input
 gradient, so the GELU's output and input gradients are never live at once either.
@@ -179,7 +179,7 @@ def install(model: nn.Module, optimizer: CompactAdamW, mode: str = "sampled",
     such layer and refuse a weight that is not float32; ``"auto"`` takes the float32 CPU layers and
     leaves the others to autograd. Each taken weight stops requiring a gradient (so backward keeps
     no dense one) and gets a ``[k]`` anchor in ``optimizer.values_grads``. ``rebuild_inputs``: the model's
-    ``nn.GELU`` and ``nn.LayerNorm`` modules tag their outputs (``sparsity.rebuilt_inputs.tag_steps``) and the
+    GELU, ``nn.LayerNorm`` and RMSNorm modules tag their outputs (``sparsity.rebuilt_inputs.tag_steps``) and the
     layers keep no copy of a tagged input. Undo with :func:`remove`.
     """
     if not isinstance(optimizer, CompactAdamW):

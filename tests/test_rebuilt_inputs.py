@@ -128,6 +128,49 @@ def test_a_hugging_face_models_gelus_and_layer_norms_are_rebuilt_too(sparse_cpu_
     assert kept_memory.activations - rebuilt_memory.activations == copies * tokens * 4
 
 
+def test_an_rms_norms_output_is_rebuilt_bit_for_bit_and_a_weight_changed_since_is_refused(sparse_cpu_route) -> None:
+    norm = nn.RMSNorm(33, eps=1e-3)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+    handles = rebuilt_inputs.tag_steps(norm)
+    h = torch.randn(5, 7, 33, requires_grad=True)
+    y = norm(h)
+    assert rebuilt_inputs.recipe(y).sources[0].data_ptr() == h.data_ptr()  # the input RMSNorm's backward keeps
+    assert torch.equal(_rebuilt(y), y)
+    for handle in handles:
+        handle.remove()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.RMSNorm(16), nn.Linear(16, 4))
+    sparsify(model, SparseConfig("random", density=0.3, values_grad=True))
+    out = model(torch.randn(5, 8))
+    with torch.no_grad():
+        model[1].weight.mul_(2.0)  # the norm's weight, which the rebuild would read (the norm's own backward too)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.sum().backward()
+
+
+def test_a_llama_models_rms_norms_are_rebuilt_too(sparse_cpu_route) -> None:
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LlamaConfig(vocab_size=32, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                      num_key_value_heads=2, intermediate_size=64, max_position_embeddings=16)
+    idx = torch.randint(32, (3, 9), generator=torch.Generator().manual_seed(0))
+    runs = {}
+    for rebuild in (False, None):
+        torch.manual_seed(0)
+        model = transformers.LlamaForCausalLM(config).train()
+        run = sparsify(model, SparseConfig("random", density=0.1, lr=1e-2, values_grad=True, rebuild_inputs=rebuild))
+        assert run.optimizer.values_grads, "no values-only gradient was installed: nothing would be rebuilt"
+        runs[rebuild] = (model, step_memory(model, run.optimizer, lambda m=model: m(idx, labels=idx).loss, [idx]))
+    (kept, kept_memory), (rebuilt, rebuilt_memory) = runs[False], runs[None]
+    for (name, p), q in zip(kept.named_parameters(), rebuilt.parameters()):
+        assert torch.equal(p, q), name
+    # per layer the attention's and the MLP's normalised inputs (q, k and v share one), but not the first layer's
+    # attention input: it normalises the frozen embeddings, so its output carries no gradient (and no tag). The MLP's
+    # act(gate) * up is no module's output: down_proj keeps it as before.
+    copies = 2 * config.num_hidden_layers - 1
+    assert kept_memory.activations - rebuilt_memory.activations == copies * config.hidden_size * idx.numel() * 4
+
+
 def test_a_source_changed_in_place_after_the_forward_is_refused_as_autograd_refuses_it(sparse_cpu_route) -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 4))
