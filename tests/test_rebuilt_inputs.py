@@ -102,30 +102,49 @@ def test_training_is_bit_for_bit_the_same_and_keeps_fewer_activations(sparse_cpu
         assert getattr(memory[True], key) == getattr(memory[False], key), key
 
 
+HF_BATCH = (3, 9)
+"""Sequences x tokens of the tiny Hugging Face models' batch."""
+
+
+def _hf_activations_saved(model_class: type, config: object) -> int:
+    """Train a tiny Hugging Face model (built from ``config``) one step with values-only gradients, inputs kept
+    and rebuilt: the same weights bit for bit; returns how many bytes of saved activations the rebuild saved."""
+    idx = torch.randint(config.vocab_size, HF_BATCH, generator=torch.Generator().manual_seed(0))
+    runs = {}
+    for rebuild in (False, None):
+        torch.manual_seed(0)
+        model = model_class(config).train()
+        run = sparsify(model, SparseConfig("random", density=0.1, lr=1e-2, values_grad=True, rebuild_inputs=rebuild))
+        assert run.optimizer.values_grads, "no values-only gradient was installed: nothing would be rebuilt"
+        runs[rebuild] = (model, step_memory(model, run.optimizer, lambda m=model: m(idx, labels=idx).loss, [idx]))
+    (kept, kept_memory), (rebuilt, rebuilt_memory) = runs[False], runs[None]
+    for (name, p), q in zip(kept.named_parameters(), rebuilt.parameters()):
+        assert torch.equal(p, q), name
+    return kept_memory.activations - rebuilt_memory.activations
+
+
 @pytest.mark.parametrize("act", ["gelu", "gelu_new"])
 def test_a_hugging_face_models_gelus_and_layer_norms_are_rebuilt_too(sparse_cpu_route, act: str) -> None:
     transformers = pytest.importorskip("transformers")
     config = transformers.GPTNeoXConfig(vocab_size=32, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                                         intermediate_size=64, max_position_embeddings=16, hidden_act=act)
-    idx = torch.randint(32, (3, 9), generator=torch.Generator().manual_seed(0))
-    runs = {}
-    for rebuild in (False, None):
-        torch.manual_seed(0)
-        model = transformers.GPTNeoXForCausalLM(config).train()
-        run = sparsify(model, SparseConfig("random", density=0.1, lr=1e-2, values_grad=True, rebuild_inputs=rebuild))
-        assert run.optimizer.values_grads, "no values-only gradient was installed: nothing would be rebuilt"
-        loss_of = (lambda m=model: m(idx, labels=idx).loss)
-        memory = step_memory(model, run.optimizer, loss_of, [idx])
-        runs[rebuild] = (model, memory)
-    (kept, kept_memory), (rebuilt, rebuilt_memory) = runs[False], runs[None]
-    for (name, p), q in zip(kept.named_parameters(), rebuilt.parameters()):
-        assert torch.equal(p, q), name
     # per layer the MLP's activation output and the attention's and the MLP's normalised inputs, but in the first layer
     # no normalised input: with GPT-NeoX's parallel residual both its LayerNorms read the frozen embeddings, so their
     # outputs carry no gradient (and no tag)
-    tokens, width, layers = idx.numel(), config.hidden_size, config.num_hidden_layers
+    layers, width = config.num_hidden_layers, config.hidden_size
     copies = layers * config.intermediate_size + (layers - 1) * 2 * width
-    assert kept_memory.activations - rebuilt_memory.activations == copies * tokens * 4
+    assert _hf_activations_saved(transformers.GPTNeoXForCausalLM, config) == copies * HF_BATCH[0] * HF_BATCH[1] * 4
+
+
+def test_a_llama_models_rms_norms_are_rebuilt_too(sparse_cpu_route) -> None:
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LlamaConfig(vocab_size=32, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                      num_key_value_heads=2, intermediate_size=64, max_position_embeddings=16)
+    # per layer the attention's and the MLP's normalised inputs (q, k and v share one), but not the first layer's
+    # attention input: it normalises the frozen embeddings, so its output carries no gradient (and no tag). The MLP's
+    # act(gate) * up is no module's output: down_proj keeps it as before.
+    copies = 2 * config.num_hidden_layers - 1
+    assert _hf_activations_saved(transformers.LlamaForCausalLM, config) == copies * config.hidden_size * HF_BATCH[0] * HF_BATCH[1] * 4
 
 
 def test_an_rms_norms_output_is_rebuilt_bit_for_bit_and_a_weight_changed_since_is_refused(sparse_cpu_route) -> None:
@@ -147,28 +166,6 @@ def test_an_rms_norms_output_is_rebuilt_bit_for_bit_and_a_weight_changed_since_i
         model[1].weight.mul_(2.0)  # the norm's weight, which the rebuild would read (the norm's own backward too)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         out.sum().backward()
-
-
-def test_a_llama_models_rms_norms_are_rebuilt_too(sparse_cpu_route) -> None:
-    transformers = pytest.importorskip("transformers")
-    config = transformers.LlamaConfig(vocab_size=32, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                      num_key_value_heads=2, intermediate_size=64, max_position_embeddings=16)
-    idx = torch.randint(32, (3, 9), generator=torch.Generator().manual_seed(0))
-    runs = {}
-    for rebuild in (False, None):
-        torch.manual_seed(0)
-        model = transformers.LlamaForCausalLM(config).train()
-        run = sparsify(model, SparseConfig("random", density=0.1, lr=1e-2, values_grad=True, rebuild_inputs=rebuild))
-        assert run.optimizer.values_grads, "no values-only gradient was installed: nothing would be rebuilt"
-        runs[rebuild] = (model, step_memory(model, run.optimizer, lambda m=model: m(idx, labels=idx).loss, [idx]))
-    (kept, kept_memory), (rebuilt, rebuilt_memory) = runs[False], runs[None]
-    for (name, p), q in zip(kept.named_parameters(), rebuilt.parameters()):
-        assert torch.equal(p, q), name
-    # per layer the attention's and the MLP's normalised inputs (q, k and v share one), but not the first layer's
-    # attention input: it normalises the frozen embeddings, so its output carries no gradient (and no tag). The MLP's
-    # act(gate) * up is no module's output: down_proj keeps it as before.
-    copies = 2 * config.num_hidden_layers - 1
-    assert kept_memory.activations - rebuilt_memory.activations == copies * config.hidden_size * idx.numel() * 4
 
 
 def test_a_source_changed_in_place_after_the_forward_is_refused_as_autograd_refuses_it(sparse_cpu_route) -> None:
