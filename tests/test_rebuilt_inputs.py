@@ -144,7 +144,8 @@ def test_a_llama_models_rms_norms_are_rebuilt_too(sparse_cpu_route) -> None:
     # attention input: it normalises the frozen embeddings, so its output carries no gradient (and no tag). The MLP's
     # act(gate) * up is no module's output: down_proj keeps it as before.
     copies = 2 * config.num_hidden_layers - 1
-    assert _hf_activations_saved(transformers.LlamaForCausalLM, config) == copies * config.hidden_size * HF_BATCH[0] * HF_BATCH[1] * 4
+    tokens = HF_BATCH[0] * HF_BATCH[1]
+    assert _hf_activations_saved(transformers.LlamaForCausalLM, config) == copies * config.hidden_size * tokens * 4
 
 
 def test_an_rms_norms_output_is_rebuilt_bit_for_bit_and_a_weight_changed_since_is_refused(sparse_cpu_route) -> None:
