@@ -191,10 +191,11 @@ def clear_stale_roots(folder: str | None = None) -> list[str]:
     for root in sorted(Path(folder or tempfile.gettempdir()).glob(ROOT_PREFIX + "*")):
         try:
             pid, ticks = (root / OWNER).read_text().split()
+            alive = _start_ticks(int(pid)) == ticks
         except (OSError, ValueError):
             continue
         mounts = _mounts_under(str(root))
-        if not mounts or _start_ticks(int(pid)) == ticks:
+        if not mounts or alive:
             continue
         for mount_point in mounts:
             try:
