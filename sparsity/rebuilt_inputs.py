@@ -7,7 +7,7 @@ backward keeps *its* input: ``proj(gelu(u))`` keeps both ``u`` (for GELU's backw
 keeps both ``h`` and the normalised ``h``. Recomputing the cheap step in backward instead of
 keeping its output is the trade of activation recomputation (Chen et al. 2016), made selective:
 only elementwise steps, never a matmul (Korthikanti et al. 2022 recompute the attention core by
-the same reasoning). It costs one GELU or LayerNorm per layer in backward. (The attention's
+the same reasoning). It costs one GELU or norm per layer in backward. (The attention's
 output, its heads side by side, needs nothing: on the CPU the fused attention lays its output out
 so that this is a view of what its backward keeps, not a copy.)
 
@@ -62,29 +62,33 @@ class Recipe(NamedTuple):
     rebuild: Callable[..., torch.Tensor]
     """``rebuild(*sources)`` equals the tagged output bit for bit."""
     sources: tuple[torch.Tensor | None, ...]
-    """Detached: the step's input first (then a LayerNorm's weight and bias)."""
+    """Detached: the step's input first (then a norm's weight, and a LayerNorm's bias)."""
     step_input: torch.Tensor | None = None
     """A GELU computed by ``aten.gelu`` (its output's node is ``GeluBackward0``): its input as autograd has it."""
     step_backward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
     """``step_backward(grad, step_input)``: that GELU's backward, into ``grad`` itself (see :func:`gelu_backward_`)."""
 
 
+def _class_from_torch_or_transformers(module: nn.Module) -> str | None:
+    """``module``'s class name where torch or Hugging Face defines the class, else None (a look-alike of another)."""
+    kind = type(module)
+    return kind.__name__ if kind.__module__.split(".")[0] in ("torch", "transformers") else None
+
+
 def _is_rms_norm(module: nn.Module) -> bool:
     """Whether ``module`` is an RMSNorm (Zhang & Sennrich 2019): ``torch.nn.RMSNorm`` or a Hugging Face model's own
     (``LlamaRMSNorm``, ``Qwen2RMSNorm``, ...: every LLaMA-style model defines one, matched by the class name's end)."""
-    kind = type(module)
-    return kind.__name__.endswith("RMSNorm") and kind.__module__.split(".")[0] in ("torch", "transformers")
+    return (_class_from_torch_or_transformers(module) or "").endswith("RMSNorm")
 
 
 def _is_gelu(module: nn.Module) -> bool:
-    """Whether ``module`` is one of :data:`GELUS` (torch's or Hugging Face's class, not a look-alike of another)."""
-    kind = type(module)
-    return kind.__name__ in GELUS and kind.__module__.split(".")[0] in ("torch", "transformers")
+    """Whether ``module`` is one of :data:`GELUS` (torch's or Hugging Face's class)."""
+    return _class_from_torch_or_transformers(module) in GELUS
 
 
 def tag_steps(model: nn.Module) -> list[RemovableHandle]:
-    """Forward hooks on every GELU (:data:`GELUS`) and ``nn.LayerNorm`` of ``model`` that tag their outputs
-    (remove them to undo)."""
+    """Forward hooks on every GELU (:data:`GELUS`), ``nn.LayerNorm`` and RMSNorm of ``model`` that tag their
+    outputs (remove them to undo)."""
     return [m.register_forward_hook(_tag) for m in model.modules()
             if _is_gelu(m) or isinstance(m, nn.LayerNorm) or _is_rms_norm(m)]
 
