@@ -237,28 +237,46 @@ def time_steps(step: Callable[[], object], n: int) -> list[float]:
     return times
 
 
-def time_interleaved(optimizers: dict[str, torch.optim.Optimizer], steps: int, warmup: int) -> dict[str, float]:
-    """Median step time (ms) of each optimizer, timed in interleaved rounds.
+def time_rounds(optimizers: dict[str, torch.optim.Optimizer], steps: int, warmup: int) -> dict[str, list[list[float]]]:
+    """Each optimizer's step times (ms), round by round: ``steps`` in interleaved rounds.
 
     Each round gives every optimizer STEPS_PER_ROUND timed steps in turn; the order is
-    rotated from round to round so no optimizer is always the one that runs first.
+    rotated from round to round so no optimizer is always the one that runs first. The
+    rounds are kept apart so that a ratio can be read within each one (:func:`round_ratios`):
+    both sides of it ran within seconds of each other, under the same load.
     """
     for opt in optimizers.values():
         time_steps(opt.step, warmup)
     names = list(optimizers)
-    times: dict[str, list[float]] = {name: [] for name in names}
+    rounds: dict[str, list[list[float]]] = {name: [] for name in names}
     gc.disable()  # as timeit does: no garbage collection pause inside a timed step
     try:
-        round_index = 0
-        while len(times[names[0]]) < steps:
-            n = min(STEPS_PER_ROUND, steps - len(times[names[0]]))
-            shift = round_index % len(names)
+        done = 0
+        while done < steps:
+            n = min(STEPS_PER_ROUND, steps - done)
+            shift = len(rounds[names[0]]) % len(names)
             for name in names[shift:] + names[:shift]:
-                times[name] += time_steps(optimizers[name].step, n)
-            round_index += 1
+                rounds[name].append(time_steps(optimizers[name].step, n))
+            done += n
     finally:
         gc.enable()
-    return {name: statistics.median(t) for name, t in times.items()}
+    return rounds
+
+
+def medians(rounds: dict[str, list[list[float]]]) -> dict[str, float]:
+    """Each name's median step time over all its rounds of :func:`time_rounds`."""
+    return {name: statistics.median(t for r in rs for t in r) for name, rs in rounds.items()}
+
+
+def time_interleaved(optimizers: dict[str, torch.optim.Optimizer], steps: int, warmup: int) -> dict[str, float]:
+    """Median step time (ms) of each optimizer, timed in interleaved rounds (:func:`time_rounds`)."""
+    return medians(time_rounds(optimizers, steps, warmup))
+
+
+def round_ratios(rounds: dict[str, list[list[float]]], name: str, reference: str) -> list[float]:
+    """``name``'s median step time over ``reference``'s, in each round of :func:`time_rounds`: their spread shows how
+    far the machine moved the ratio of the whole run's medians."""
+    return [statistics.median(a) / statistics.median(b) for a, b in zip(rounds[name], rounds[reference])]
 
 
 def measure_density(settings: Settings, density: float) -> list[Row]:

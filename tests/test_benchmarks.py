@@ -154,3 +154,25 @@ def test_lesson_times_runs_a_lesson_and_skips_only_the_check_cells_errors(tmp_pa
         lesson_times.time_lesson("97", folder=tmp_path)
     with pytest.raises(ValueError, match="no widget-driving cell for 99_tiny.py"):  # the checks load from tests/
         lesson_times.time_lesson("99", widget_checks=True, folder=tmp_path)
+
+
+def test_rounds_rotate_their_order_and_ratios_are_read_within_each_round() -> None:
+    order: list[str] = []
+
+    class Step:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def step(self) -> None:
+            order.append(self.name)
+
+    steppers = {name: Step(name) for name in ("a", "b", "c")}
+    rounds = optimizer_step.time_rounds(steppers, 12, warmup=1)  # type: ignore[arg-type]
+    per_round = optimizer_step.STEPS_PER_ROUND
+    assert order[:3] == ["a", "b", "c"]  # the warm-up
+    firsts = order[3::per_round][:3]
+    assert firsts == ["a", "b", "c"] and order[3 + 3 * per_round] == "b"  # round two starts one further on
+    assert [len(r) for r in rounds["a"]] == [per_round, per_round, 12 - 2 * per_round]
+    timed = {"x": [[2.0, 4.0, 3.0], [10.0]], "full": [[1.0, 1.0, 5.0], [4.0]]}
+    assert optimizer_step.round_ratios(timed, "x", "full") == [3.0, 2.5]  # medians 3 / 1, then 10 / 4
+    assert optimizer_step.medians(timed) == {"x": 3.5, "full": 2.5}  # over all steps: (3 + 4) / 2, (1 + 4) / 2

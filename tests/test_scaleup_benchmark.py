@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -94,6 +95,16 @@ def test_benchmark_fast_mode_table(tmp_path: Path, monkeypatch: pytest.MonkeyPat
             assert rebuilt[key] == kept[key], key
         assert rebuilt["activations"] < kept["activations"] and rebuilt["peak_bytes"] < kept["peak_bytes"]
     assert trainable[bench.SPARSE_1] < trainable[bench.SPARSE] < trainable[bench.SPARSE_20]
+    # each step-time ratio comes with its lowest and highest within one interleaved round; full's is 1 in every round
+    assert data[bench.FULL]["time_vs_full_rounds"] == [1.0, 1.0]
+    for m, r in data.items():
+        low, high = r["time_vs_full_rounds"]
+        assert 0 < low <= high, m
+    spread = re.search(r"values-grad step time <= 0.80x full \(batch 32 x 16\): (?:met|NOT met) \(([\d.]+)x; "
+                       r"([\d.]+)x to ([\d.]+)x within single rounds\)", written)
+    assert spread, "the values-grad step target names its per-round spread"
+    assert [float(v) for v in spread.groups()[1:]] == pytest.approx(data[bench.SPARSE_VALUES]["time_vs_full_rounds"],
+                                                                   abs=6e-4)
     # checkpointing changes the saved activations only: fewer of them and a lower peak, at both batch sizes
     for by in (data, small):
         for method in (bench.FULL, bench.SPARSE_VALUES, bench.LORA):
