@@ -33,6 +33,10 @@ def time_lesson(number: str, widget_checks: bool = False,
     import nbformat
     from nbclient import NotebookClient
 
+    from lessons.notebook_run import patch_message_polling
+
+    patch_message_polling()  # jupyter/nbclient#312: no cell waiting forever on a missed message
+
     sources = sorted(folder.glob(f"{number}_*.py"))
     if not sources:
         raise ValueError(f"lesson {number!r}: no {folder}/{number}_*.py")

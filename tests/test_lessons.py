@@ -8,40 +8,20 @@ one execution per lesson per test run, not two.
 """
 
 import copy
-import time
 import warnings
 from pathlib import Path
-from queue import Empty
 
 import jupytext
 import nbformat
 import pytest
-from jupyter_client.channels import AsyncZMQSocketChannel
 from nbclient import NotebookClient
 from nbclient.exceptions import CellTimeoutError
 from nbclient.output_widget import OutputWidget
 
 from lesson_checks import WIDGET_CHECKS, browser_runs_the_lessons, check_executed
+from lessons.notebook_run import patch_message_polling
 
-
-async def _sliced_get_msg(self: AsyncZMQSocketChannel, timeout: float | None = None) -> dict:
-    """Wait for a message in 0.2 s polls instead of one long poll.
-
-    On a loaded 2-core machine one long zmq.asyncio poll sometimes misses its wake-up
-    and the client then idles for the whole cell timeout while the kernel idles too
-    (jupyter/nbclient#312): reproduced 4 times in 44 runs of a trivial widget notebook,
-    0 in 48 with this patch.
-    """
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while True:
-        left = 0.2 if deadline is None else min(0.2, max(0.0, deadline - time.monotonic()))
-        if await self.socket.poll(int(left * 1000)):
-            return await self._recv()
-        if deadline is not None and time.monotonic() >= deadline:
-            raise Empty
-
-
-AsyncZMQSocketChannel.get_msg = _sliced_get_msg
+patch_message_polling()  # jupyter/nbclient#312: see lessons/notebook_run.py
 
 ROOT = Path(__file__).resolve().parents[1]
 LESSONS = sorted((ROOT / "lessons").glob("[0-9][0-9]_*.py"))
