@@ -33,7 +33,8 @@ sequences by default), where the weight side (parameters, gradients, optimizer s
 
 For each it reports the median step time (interleaved rounds, ``optimizer_step.time_rounds``), with
 the step-time ratio's lowest and highest within a single round (the step-time targets and the JSON's
-``time_vs_full_rounds``: on a shared machine the ratio moves from run to run, and this shows by how much), tokens per second, and the memory of one training step by category, in live tensor bytes
+``time_vs_full_rounds``: on a shared machine the ratio moves from run to run, and this shows by how
+much), tokens per second, and the memory of one training step by category, in live tensor bytes
 (``sparsity.memory.step_memory``, measured on the second step of a fresh set-up so the
 optimizer state exists): parameters, gradients kept for the step, optimizer state, saved
 activations and the step's peak (the largest total of live tensors; on CUDA
