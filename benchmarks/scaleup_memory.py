@@ -122,8 +122,8 @@ class Row:
     memory: StepMemory
     rss_peak_mb: float | None
     ratio_spread: tuple[float, float] | None = None
-    """The timed columns are None in a ``--memory-only`` run. ``ratio_spread``: the lowest and highest step-time ratio to
-    full's within one interleaved round (``optimizer_step.round_ratios``)."""
+    """The timed columns are None in a ``--memory-only`` run. ``ratio_spread``: the lowest and highest
+    step-time ratio to full's within one interleaved round (``optimizer_step.round_ratios``)."""
 
 
 def matched_rank(model: nn.Module, density: float = DENSITY) -> int:
