@@ -61,6 +61,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from benchmarks import steadiness
 from scaleup.memory import PeakMemory, frozen_heap
 from sparsity import masks, values_grad
 from sparsity.cli_args import output_file, positive_int
@@ -419,10 +420,13 @@ def main(argv: list[str] | None = None) -> int:
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(settings.threads)
     load_at_start = load_average()
+    tries = 3 if fast else 30
+    before = steadiness.probe(tries)
     try:
         with frozen_heap():  # the per-measurement gc.collect() then walks the benchmark's objects only
             rows = run_benchmark(settings)
-        machine = machine_lines(command_line("benchmarks.optimizer_step", argv, fast))
+        machine = [*machine_lines(command_line("benchmarks.optimizer_step", argv, fast)),
+                   steadiness.line(before, steadiness.probe(tries))]
     finally:
         torch.set_num_threads(previous_threads)  # leave the process as we found it (tests call main)
     n_params = count_parameters(build_mlp(settings.widths))

@@ -34,7 +34,8 @@ sequences by default), where the weight side (parameters, gradients, optimizer s
 For each it reports the median step time (interleaved rounds, ``optimizer_step.time_rounds``), with
 the step-time ratio's lowest and highest within a single round (the step-time targets and the JSON's
 ``time_vs_full_rounds``: on a shared machine the ratio moves from run to run, and this shows by how
-much), tokens per second, and the memory of one training step by category, in live tensor bytes
+much; the header adds ``benchmarks.steadiness``' spread of a fixed piece of work before and after the
+timing), tokens per second, and the memory of one training step by category, in live tensor bytes
 (``sparsity.memory.step_memory``, measured on the second step of a fresh set-up so the
 optimizer state exists): parameters, gradients kept for the step, optimizer state, saved
 activations and the step's peak (the largest total of live tensors; on CUDA
@@ -74,6 +75,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from benchmarks import steadiness
 from benchmarks.optimizer_step import STEPS_PER_ROUND, medians, round_ratios, time_rounds
 from scaleup import gpt, lora
 from scaleup import tasks as tk
@@ -373,8 +375,9 @@ def format_table(rows: list[Row], rank: int) -> str:
 
 
 def format_report(settings: list[list[Row]], facts: dict[str, object], device: str, steps: int | None, command: str,
-                  loads: tuple[str, str]) -> str:
-    """The markdown report; ``steps`` None: a ``--memory-only`` run (bytes only, no step times)."""
+                  loads: tuple[str, str], steady: str | None = None) -> str:
+    """The markdown report; ``steps`` None: a ``--memory-only`` run (bytes only, no step times); ``steady``: the
+    machine-steadiness line (``benchmarks.steadiness.line``) of a timed run."""
     timing = (f"median of {steps} training steps (forward, backward, step) per method, interleaved rounds of "
               f"{STEPS_PER_ROUND} within each batch size" if steps is not None else
               "not measured (`--memory-only`: bytes by category only, which do not depend on the load)")
@@ -387,6 +390,7 @@ def format_report(settings: list[list[Row]], facts: dict[str, object], device: s
         *machine_lines(command),
         (f"- 1-minute load average at start / end: {loads[0]} / {loads[1]} (step times depend on it: other jobs "
          "shared the CPU when it exceeds the thread count; bytes do not)"),
+        *([] if steady is None else [steady]),
         f"- model: {facts['n_params']:,} parameters, {facts['n_weights']:,} in block matrices; random tokens, "
         + ("bf16 autocast" if device.startswith("cuda") else "float32"),
         (f"- timing: {timing}; memory: the second training step of a fresh set-up, in live "
@@ -466,6 +470,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     load_start = load_average()
     start = time.perf_counter()
+    tries = 3 if args.fast else 30
+    before = None if args.memory_only else steadiness.probe(tries)
     try:
         settings, facts = [], {}
         with frozen_heap():  # the per-measurement gc.collect() then walks the benchmark's objects only
@@ -474,8 +480,10 @@ def main(argv: list[str] | None = None) -> int:
                                       2 if args.fast else 3, methods_for(args.device, methods), not args.memory_only)
                 settings.append(rows)
         loads = (load_start, load_average())
+        steady = None if before is None else steadiness.line(before, steadiness.probe(tries))
         command = command_line("benchmarks.scaleup_memory", argv, args.fast)
-        report = format_report(settings, facts, args.device, None if args.memory_only else args.steps, command, loads)
+        report = format_report(settings, facts, args.device, None if args.memory_only else args.steps, command, loads,
+                               steady)
     finally:
         torch.set_num_threads(previous)  # tests call main in-process
     print(f"measured in {time.perf_counter() - start:.0f} s", file=sys.stderr)

@@ -47,6 +47,7 @@ def test_optimizer_step_benchmark_fast_mode(
     printed = captured.out
     assert "warning: the 1-minute load average is 7.5, above this benchmark's 1 thread(s)" in captured.err
     written = out.read_text()
+    assert "- machine steadiness (`benchmarks.steadiness`" in written and "in 3 tries, after it" in written
 
     counts = re.findall(r"([\d,]+) parameters", printed)
     assert counts, "the benchmark must print the parameter count"
@@ -176,3 +177,21 @@ def test_rounds_rotate_their_order_and_ratios_are_read_within_each_round() -> No
     timed = {"x": [[2.0, 4.0, 3.0], [10.0]], "full": [[1.0, 1.0, 5.0], [4.0]]}
     assert optimizer_step.round_ratios(timed, "x", "full") == [3.0, 2.5]  # medians 3 / 1, then 10 / 4
     assert optimizer_step.medians(timed) == {"x": 3.5, "full": 2.5}  # over all steps: (3 + 4) / 2, (1 + 4) / 2
+
+
+def test_steadiness_times_the_same_work_and_reports_its_spread(capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import steadiness
+
+    before = torch.get_num_threads()
+    probe = steadiness.probe(4)
+    assert torch.get_num_threads() == before  # one thread only while it times
+    assert len(probe.times_ms) == 4 and all(t > 0 for t in probe.times_ms)
+    assert probe.spread == max(probe.times_ms) / min(probe.times_ms) >= 1.0
+    fixed = steadiness.Steadiness((10.0, 12.0, 15.0))
+    assert fixed.describe() == "10.0 to 15.0 ms (median 12.0; max/min 1.50) in 3 tries"
+    assert "before the timing 10.0 to 15.0 ms" in steadiness.line(fixed, probe)
+    with pytest.raises(ValueError, match="tries must be at least 2"):
+        steadiness.probe(1)
+    with pytest.raises(SystemExit):
+        steadiness.main(["--tries", "1"])
+    assert "--tries: tries must be at least 2" in capsys.readouterr().err

@@ -1,0 +1,86 @@
+"""How steady is this machine right now? The same fixed piece of work, timed again and again.
+
+A timing benchmark compares methods by ratios of medians taken in interleaved rounds, so a
+machine that slows down for everyone alike cancels out. One whose speed swings from one
+second to the next does not: the lab's 2-core virtual machine ran the same one-thread matmul
+loop up to 1.6x slower from one try to the next at a load average of 0.2 (and a pure-Python
+loop 1.8x), while reporting no steal time, so neither the load average nor ``vmstat`` shows
+it. The step-time benchmarks therefore time this probe before and after their own timing
+and print its spread beside their ratios: max/min near 1.0 is a steady machine, and a ratio
+between two methods cannot be trusted to finer than what the probe swings by.
+
+    python -m benchmarks.steadiness          # 30 tries, one line
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+SIZE = 256
+REPEATS = 20
+"""One try: ``REPEATS`` float32 matmuls of ``SIZE x SIZE`` on one torch thread (about 10 ms)."""
+
+
+@dataclass(frozen=True)
+class Steadiness:
+    """The milliseconds of each try of the same work."""
+
+    times_ms: tuple[float, ...]
+
+    @property
+    def spread(self) -> float:
+        """Slowest try over fastest: 1.0 on a perfectly steady machine."""
+        return max(self.times_ms) / min(self.times_ms)
+
+    def describe(self) -> str:
+        t = self.times_ms
+        return (f"{min(t):.1f} to {max(t):.1f} ms (median {statistics.median(t):.1f}; max/min {self.spread:.2f}) "
+                f"in {len(t)} tries")
+
+
+def probe(tries: int = 30) -> Steadiness:
+    """Time ``tries`` tries of the fixed work (:data:`SIZE`, :data:`REPEATS`) on one torch thread."""
+    if tries < 2:
+        raise ValueError(f"tries must be at least 2 (a spread needs two times), got {tries}")
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(SIZE, SIZE, generator=gen), torch.randn(SIZE, SIZE, generator=gen)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        a @ b  # warm-up: the first call pays for allocation
+        times = []
+        for _ in range(tries):
+            start = time.perf_counter()
+            for _ in range(REPEATS):
+                a @ b
+            times.append((time.perf_counter() - start) * 1e3)
+    finally:
+        torch.set_num_threads(previous)
+    return Steadiness(tuple(times))
+
+
+def line(before: Steadiness, after: Steadiness) -> str:
+    """The report line: the probe's spread before and after a benchmark's timing."""
+    return (f"- machine steadiness (`benchmarks.steadiness`: {REPEATS} one-thread {SIZE} x {SIZE} matmuls per try, "
+            f"the same work each time): before the timing {before.describe()}, after it {after.describe()}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--tries", type=int, default=30, help="how many times to time the same work (default: 30)")
+    args = p.parse_args(argv)
+    try:
+        print(probe(args.tries).describe())
+    except ValueError as e:
+        p.error(f"--tries: {e}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
