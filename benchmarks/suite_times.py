@@ -9,7 +9,8 @@ as `make test` runs it (pytest-xdist, ``-n auto --dist worksteal``) with this mo
 The whole machine is sampled too (Linux, from ``/proc``, once a second: :class:`MachineSampler`):
 the CPU of every process by kind (Chromium, lesson kernels, the sandboxed grader, ...), whoever
 started it, and the cores' idle time, the time the suite could still use. A process that ends
-between two samples loses its last second.
+between two samples loses its last second. Before and after the suite, ``benchmarks.steadiness``
+times the same fixed work 30 times: how far the machine's own speed swung around the run.
 
     PYTHONPATH=. python -m benchmarks.suite_times --out benchmarks/results/suite_times.md
 """
@@ -151,8 +152,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("pytest_args", nargs="*", default=["-q", "-n", "auto", "--dist", "worksteal"],
                         help="arguments for pytest (after --); by default those `make test` passes")
     args = parser.parse_args(argv)
+    from benchmarks import steadiness  # here, not at the top: this module is also the workers' pytest plugin
+
     with tempfile.TemporaryDirectory() as folder:
         record = Path(folder) / "times.jsonl"
+        before = steadiness.probe()
         start_load, start = os.getloadavg()[0], time.monotonic()
         sampler = MachineSampler()
         sampler.start()
@@ -160,9 +164,10 @@ def main(argv: list[str] | None = None) -> None:
                                env=dict(os.environ, **{RECORD: str(record)}))
         sampler.stop()
         wall = time.monotonic() - start
+        steady = steadiness.line(before, steadiness.probe())
         rows = [json.loads(line) for line in record.read_text().splitlines()] if record.exists() else []
     report = (f"# `make test`: CPU seconds per test\n\n- command: `python -m pytest {' '.join(args.pytest_args)}` "
-              f"(exit code {code}), {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n"
+              f"(exit code {code}), {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n{steady}\n"
               + table(rows, wall, (start_load, os.getloadavg()[0])) + machine_table(sampler, wall))
     print(report)
     if args.out:

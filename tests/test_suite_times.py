@@ -27,6 +27,7 @@ def test_the_report_counts_a_childs_cpu_in_the_test_that_waited_for_it(tmp_path:
     report = out.read_text()
     assert report.strip() in capsys.readouterr().out
     assert "- 2 tests; CPU" in report and "(exit code 0)" in report
+    assert "- machine steadiness (`benchmarks.steadiness`" in report and "in 30 tries, after it" in report
     assert report.index("test_busy_child") < report.index("test_idle")  # slowest first
     if Path("/proc/stat").exists():  # the whole machine: the busy child is a Python process the run waited for
         assert "## The whole machine" in report and "core-seconds idle" in report
