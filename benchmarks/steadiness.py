@@ -2,12 +2,12 @@
 
 A timing benchmark compares methods by ratios of medians taken in interleaved rounds, so a
 machine that slows down for everyone alike cancels out. One whose speed swings from one
-second to the next does not: the lab's 2-core virtual machine ran the same one-thread matmul
-loop up to 1.6x slower from one try to the next at a load average of 0.2 (and a pure-Python
-loop 1.8x), while reporting no steal time, so neither the load average nor ``vmstat`` shows
-it. The step-time benchmarks therefore time this probe before and after their own timing
-and print its spread beside their ratios: max/min near 1.0 is a steady machine, and a ratio
-between two methods cannot be trusted to finer than what the probe swings by.
+second to the next does not, and on a shared virtual machine the host's other tenants take
+cycles the guest does not see: with no other job running and no steal time reported, neither
+the load average nor ``vmstat`` shows it (the lab's own machine: ``benchmarks/results``, the
+steadiness lines). The step-time benchmarks therefore time this probe before and after their
+own timing and print its spread beside their ratios: max/min near 1.0 is a steady machine,
+and a ratio between two methods cannot be trusted to finer than what the probe swings by.
 
     python -m benchmarks.steadiness          # 30 tries, one line
 """
