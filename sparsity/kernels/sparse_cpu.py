@@ -102,7 +102,7 @@ void sparse_adamw_(torch::Tensor p, torch::Tensor g, torch::Tensor idx, torch::T
 //    rows they read stay in cache (in flat order, a wide layer's entries would read every column of xb from memory
 //    again for each row of the weight). While one entry runs, the next entry's two rows are prefetched, a cache line
 //    per 16 tokens: its rows start at unrelated addresses, which the hardware's stream prefetchers only learn after a
-//    few misses (a row of kBlock tokens is 16 lines); this took about a tenth off the kernel's time.
+//    few misses (a row of kBlock tokens is 16 lines).
 // An earlier version summed each block's 32 lanes in one chain of dependent scalar additions (longer than the block's
 // multiply-adds: a tree's additions overlap with the next entry's work) and transposed with one scalar load and store
 // per float: both phases now cost about half (benchmarks/results/values_grad_crossover.md). Keeping 8 partial sums
