@@ -238,7 +238,8 @@ def time_steps(step: Callable[[], object], n: int) -> list[float]:
     return times
 
 
-def time_rounds(optimizers: dict[str, torch.optim.Optimizer], steps: int, warmup: int) -> dict[str, list[list[float]]]:
+def time_rounds(optimizers: dict[str, torch.optim.Optimizer], steps: int,
+                warmup: int) -> dict[str, list[list[float]]]:
     """Each optimizer's step times (ms), round by round: ``steps`` in interleaved rounds.
 
     Each round gives every optimizer STEPS_PER_ROUND timed steps in turn; the order is
@@ -289,7 +290,7 @@ def measure_density(settings: Settings, density: float) -> list[Row]:
         optimizers[name] = make_optimizer(name, model, density)
         if name == COMPACT_VALUES:
             values_only_gradients(model, optimizers[name])  # type: ignore[arg-type]
-    medians = time_interleaved(optimizers, settings.steps, settings.warmup)
+    step_ms = time_interleaved(optimizers, settings.steps, settings.warmup)
     nbytes = {name: state_bytes(opt) for name, opt in optimizers.items()}
     del optimizers
     peaks = {name: peak_training_step_mb(settings.widths, name, density) for name in OPTIMIZERS}
@@ -297,8 +298,8 @@ def measure_density(settings: Settings, density: float) -> list[Row]:
         Row(
             density=density,
             optimizer=name,
-            step_ms=medians[name],
-            time_ratio=medians[name] / medians[BASELINE],
+            step_ms=step_ms[name],
+            time_ratio=step_ms[name] / step_ms[BASELINE],
             state_bytes=nbytes[name],
             state_ratio=nbytes[name] / nbytes[BASELINE],
             peak_mb=peaks[name],

@@ -167,7 +167,7 @@ def _prepare_plain(method: str, base: gpt.GPT, rank: int) -> tuple[gpt.GPT, torc
 
 
 class TrainingStep:
-    """One method's training step as a ``step()`` callable, the interface ``time_interleaved`` times:
+    """One method's training step as a ``step()`` callable, the interface ``time_rounds`` times:
     ``steps`` steps of the lab's one training loop (``sparsity.train.fit``) on the same batch."""
 
     def __init__(self, model: nn.Module, opt: torch.optim.Optimizer, batch: tk.Batch, device: str) -> None:
