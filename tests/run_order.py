@@ -23,6 +23,7 @@ LONGEST_MODULES = (
     "test_lessons.py",
     "test_demo.py",
     "test_executor.py",
+    "test_invariant.py",
     "test_scaleup_benchmark.py",
     "test_teacher_student.py",
     "test_benchmarks.py",

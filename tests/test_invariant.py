@@ -1,76 +1,49 @@
 """The science does not move: the refactor onto the spine (issue 12) keeps every number bit for bit.
 
-The fixtures in tests/data/invariant/ were recorded on main before the refactor, on one CPU
-thread (machine.json says how). A CPU matmul's rounding depends on the instruction set and
-the torch build, so on another kind of CPU these checks cannot hold bit for bit and skip,
-saying why; on the machine kind the lab is developed and tested on they must hold exactly.
+The fixtures are the pre-refactor tree's outputs for a few fixed commands on one CPU thread
+(tests/invariant_fixtures.py: which commands, and how a set is recorded). Rounding depends on the
+torch build, the instruction set and the CPU model, so each set holds on the machine kind that
+recorded it (its machine.json); where no set was recorded for this kind, these checks skip, naming it.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / "tests" / "data" / "invariant"
-MACHINE = json.loads((DATA / "machine.json").read_text())
+from invariant_fixtures import (CELLS, CELLS_FILE, COMMANDS, DATA, ROOT, VOLATILE, cell_rows, kind_folder,
+                                machine_kind, run)
 
+KIND = machine_kind()
+FIXTURES = kind_folder(KIND)
+RECORDED = sorted(p.name for p in DATA.iterdir() if p.is_dir())
 
-def _same_machine_kind() -> str | None:
-    here = {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
-    there = {k: MACHINE[k] for k in here}
-    return None if here == there else f"fixtures were recorded with {there}; this machine has {here}"
-
-
-pytestmark = pytest.mark.skipif(_same_machine_kind() is not None, reason=str(_same_machine_kind()))
+pytestmark = pytest.mark.skipif(
+    not FIXTURES.is_dir(),
+    reason=f"no invariant fixtures for this machine kind ({FIXTURES.name}); recorded for: {', '.join(RECORDED)} "
+           "(tests/invariant_fixtures.py records a set)")
 
 
-def _cli(module: str, *args: str, fast: bool) -> str:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", "PYTHONPATH": str(ROOT),
-           "LAB_FAST": "1" if fast else "0"}
-    done = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=900, stdin=subprocess.DEVNULL)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return done.stdout
+def test_the_fixtures_name_the_machine_kind_they_hold_on() -> None:
+    recorded = json.loads((FIXTURES / "machine.json").read_text())
+    assert {k: recorded[k] for k in KIND} == KIND
+    assert sorted(p.name for p in FIXTURES.glob("*.json")) == sorted([*COMMANDS, CELLS_FILE, "machine.json"])
 
 
-@pytest.mark.parametrize("lam", ["0.001", "0"])
-def test_teacher_student_json_is_unchanged(lam: str) -> None:
-    got = _cli("toys.teacher_student", "--lam", lam, "--json", fast=False)
-    assert got == (DATA / f"teacher_student_lam{lam}.json").read_text()
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_toy_cli_output_is_unchanged(name: str) -> None:
+    args, fast = COMMANDS[name]
+    assert run(ROOT, args, fast) == (FIXTURES / name).read_text()
 
 
-def test_modular_fast_json_is_unchanged() -> None:
-    assert _cli("toys.modular", "--json", fast=True) == (DATA / "modular_fast.json").read_text()
-
-
-VOLATILE = ("select_s", "train_s", "peak_mb")
-
-
-def test_tiny_benchmark_cells_are_unchanged(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Full, LoRA, L1-discovered 5% and 2:4 fine-tuning of the tiny GPT at seed 0, every metric, at the
-    committed benchmark's settings (full mode: the 2,000-step pretrained checkpoint, cached after the first run)."""
-    from scaleup import bench_config as bc
-    from scaleup import finetune as ft
-
-    monkeypatch.setenv("LAB_FAST", "0")
-    want = {(r["method"], r["budget"]): r for r in json.loads((DATA / "scaleup_tiny_cells.json").read_text())}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        cfg = bc.default_config("tiny", densities=(0.01, 0.05), seeds=3, steps=300, warmup=30)
-        setup = bc.prepare(cfg, progress=False)
-        for method, budget in [("full", "all"), ("lora", "lora_equal"), ("l1_discovered", "d0.05"), ("2:4", "2:4")]:
-            old = want[(method, budget)]
-            new = ft.run_cell(setup, method, budget, old["lr"], 0)
-            for key, value in old.items():
-                if key not in VOLATILE:
-                    assert new[key] == value, f"{method} {budget}: {key} changed from {value} to {new[key]}"
-    finally:
-        torch.set_num_threads(threads)
+def test_tiny_gpt_cells_are_unchanged() -> None:
+    """Full, LoRA, LIFT, magnitude, L1-discovered and 2:4 fine-tuning of the tiny GPT at seed 0, every metric
+    the pre-refactor rows had (rows have gained keys since)."""
+    want = json.loads((FIXTURES / CELLS_FILE).read_text())
+    got = cell_rows(ROOT)
+    assert [(r["method"], r["budget"], r["lr"]) for r in want] == [tuple(c) for c in CELLS]
+    for old, new in zip(want, got, strict=True):
+        for key, value in old.items():
+            if key not in VOLATILE:
+                assert new[key] == value, f"{old['method']} {old['budget']}: {key} changed from {value} to {new[key]}"
