@@ -152,7 +152,8 @@ def sweep_table(cfg: BenchConfig, rows: dict[str, dict[str, Any]]) -> str:
 def machine_sentence(machine: Mapping[str, Any]) -> str:
     """One line naming where the runs were measured (``sparsity.sweep.machine``'s fields)."""
     m = machine
-    return (f"Machine: {m['cpus']} CPUs, {m['torch_threads']} torch thread(s), torch {m['torch']}, "
+    return (f"Machine: {m['cpus']} CPUs{' (' + m['cpu'] + ')' if 'cpu' in m else ''}, {m['torch_threads']} torch "
+            f"thread(s), torch {m['torch']}, "
             f"{m['device']}{' (' + m['gpu'] + ')' if 'gpu' in m else ''}; {m['platform']}.")
 
 

@@ -224,12 +224,28 @@ def busy_warning(threads: int) -> str | None:
             f"jobs compete for the CPU, so the timings will be slower and noisier than on a quiet machine")
 
 
+def cpu_name() -> str:
+    """The CPU as far as it decides speed and rounding: its model name, vendor, family and model numbers
+    (``/proc/cpuinfo``; a virtual machine's model name is often just the brand), and the instruction set
+    torch's kernels dispatch to, e.g. ``AMD EPYC; AuthenticAMD family 25 model 17; AVX512``."""
+    parts = [platform.processor() or platform.machine()]
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        first = cpuinfo.read_text().split("\n\n", 1)[0]
+        info = dict(line.split(":", 1) for line in first.splitlines() if ":" in line)
+        info = {k.strip(): v.strip() for k, v in info.items()}
+        if "vendor_id" in info:
+            parts = [info.get("model name", "?"),
+                     f"{info['vendor_id']} family {info.get('cpu family', '?')} model {info.get('model', '?')}"]
+    return "; ".join([*parts, torch.backends.cpu.get_cpu_capability()])
+
+
 def machine_lines(command: str) -> list[str]:
     """Markdown bullet lines that start every report: torch version, device, threads, load, date, command.
 
-    A number means little without the command, the torch version, the thread count and how busy
+    A number means little without the command, the torch version, the CPU, the thread count and how busy
     the machine was."""
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({cpu_name()})"
     return [
         f"- torch {torch.__version__}; device: {device}; {torch.get_num_threads()} torch CPU threads "
         f"of {os.cpu_count()} logical CPUs; 1-minute load average {load_average()}",
@@ -247,8 +263,8 @@ def emit(report: str, out: Path | None) -> None:
 
 
 def machine(device: str = "cpu") -> dict[str, Any]:
-    """Where numbers were measured: CPU count, torch threads, torch version, platform, device (and GPU)."""
-    info = dict(cpus=os.cpu_count(), torch_threads=torch.get_num_threads(), torch=torch.__version__,
+    """Where numbers were measured: CPU count and model, torch threads, torch version, platform, device (and GPU)."""
+    info = dict(cpus=os.cpu_count(), cpu=cpu_name(), torch_threads=torch.get_num_threads(), torch=torch.__version__,
                 platform=platform.platform(), device=device)
     if torch.device(device).type == "cuda":
         info["gpu"] = torch.cuda.get_device_name()

@@ -11,20 +11,21 @@ kinds it has, where none matches.
 To record a set for the machine you are on, from the pre-refactor tree::
 
     git worktree add /tmp/pre-refactor af9f1ac
-    python tests/invariant_fixtures.py /tmp/pre-refactor
+    PYTHONPATH=. python tests/invariant_fixtures.py /tmp/pre-refactor
 """
 
 from __future__ import annotations
 
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 import torch
+
+from sparsity.sweep import cpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data" / "invariant"
@@ -66,20 +67,13 @@ VOLATILE = ("select_s", "train_s", "peak_mb")
 
 
 def machine_kind() -> dict[str, str]:
-    """What decides a CPU computation's rounding here: torch's build, its CPU capability, the CPU model."""
-    cpu = platform.processor() or platform.machine()
-    if Path("/proc/cpuinfo").exists():
-        info = dict(re.findall(r"^(vendor_id|cpu family|model)\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(),
-                               re.MULTILINE))
-        if info:
-            cpu = f"{info.get('vendor_id', '?')} family {info.get('cpu family', '?')} model {info.get('model', '?')}"
-    return {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu": cpu}
+    """What decides a CPU computation's rounding here: torch's build and the CPU (model, instruction set)."""
+    return {"torch": torch.__version__, "cpu": cpu_name()}
 
 
 def kind_folder(kind: dict[str, str]) -> Path:
-    """``tests/data/invariant/<torch>_<capability>_<cpu>``, the CPU's words joined by dashes."""
-    cpu = re.sub(r"[^A-Za-z0-9.+]+", "-", kind["cpu"]).strip("-")
-    return DATA / f"{kind['torch']}_{kind['cpu_capability']}_{cpu}"
+    """``tests/data/invariant/<torch>_<cpu>``, the CPU's words joined by dashes."""
+    return DATA / f"{kind['torch']}_{re.sub(r'[^A-Za-z0-9.+]+', '-', kind['cpu']).strip('-')}"
 
 
 def run(tree: Path, args: list[str], fast: bool) -> str:
@@ -118,5 +112,6 @@ def record(tree: Path) -> Path:
 
 if __name__ == "__main__":
     if len(sys.argv) != 2 or not Path(sys.argv[1], "toys").is_dir():
-        sys.exit(f"usage: python tests/invariant_fixtures.py PRE_REFACTOR_CHECKOUT (a worktree of {PRE_REFACTOR})")
+        sys.exit("usage: PYTHONPATH=. python tests/invariant_fixtures.py PRE_REFACTOR_CHECKOUT "
+                 f"(a worktree of {PRE_REFACTOR})")
     print(f"recorded {record(Path(sys.argv[1]).resolve())}")

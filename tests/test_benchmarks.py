@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from benchmarks import optimizer_step
-from sparsity.sweep import busy_warning
+from sparsity.sweep import busy_warning, cpu_name
 
 DENSITIES = ("1%", "5%", "20%", "100%")
 OPTIMIZERS = ("CompactAdamW (default: fused)", "CompactAdamW (fused=False)", "CompactAdamW (fused), values-only gradient",
@@ -74,9 +74,18 @@ def test_optimizer_step_benchmark_fast_mode(
     # The compact form: 12 bytes per selected entry (two float32 moments, one int32 index).
     assert state_bytes("5%", reference) <= 0.08 * adamw
     assert state_bytes("1%", reference) < state_bytes("5%", reference) < state_bytes("20%", reference)
-    assert f"- torch {torch.__version__}; device: " in written
+    assert f"- torch {torch.__version__}; device: CPU ({cpu_name()}); " in written
     assert "; 1 torch CPU threads of " in written  # the benchmark's --threads, not the caller's
     assert "load average at the start" in written and "- command: `LAB_FAST=1 " in written
+
+
+def test_reports_name_the_cpu_by_model_vendor_and_instruction_set() -> None:
+    name = cpu_name()
+    assert name.endswith(f"; {torch.backends.cpu.get_cpu_capability()}")
+    cpuinfo = Path("/proc/cpuinfo")
+    vendor = re.search(r"^vendor_id\s*:\s*(\S+)", cpuinfo.read_text(), re.MULTILINE) if cpuinfo.exists() else None
+    if vendor:  # Linux on x86: the vendor, family and model numbers too
+        assert f"{vendor.group(1)} family " in name and " model " in name
 
 
 def test_a_busy_machine_is_named_before_timing_and_a_quiet_one_is_not(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -179,3 +179,13 @@ def test_the_build_command_says_where_the_kernels_are_and_exits_0_without_a_comp
     assert build.main() == 0 and "could not be built" in capsys.readouterr().out
     assert sparse_cpu.extension_name().startswith("subnet_lab_sparse_cpu_")
     assert str(sparse_cpu.build_directory()).endswith(sparse_cpu.extension_name())
+
+
+def test_kernels_built_on_one_kind_of_cpu_are_not_loaded_on_another(monkeypatch):
+    """The build is ``-march=native``: a home folder shared by two kinds of CPU must hold one build per kind."""
+    from sparsity import sweep
+    from sparsity.kernels import sparse_cpu
+
+    here = sparse_cpu.extension_name()
+    monkeypatch.setattr(sweep, "cpu_name", lambda: "Intel Xeon; GenuineIntel family 6 model 85; AVX2")
+    assert sparse_cpu.extension_name() != here

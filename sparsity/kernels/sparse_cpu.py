@@ -242,13 +242,17 @@ CFLAGS = ("-O3", "-march=native", "-fopenmp")
 
 
 def extension_name() -> str:
-    """The build's name, from a hash of its source, flags and torch's header folders: torch keeps one build
-    folder per name in a cache that every checkout on the machine shares. Two checkouts with different kernels
-    must not share one, nor two environments (their compile commands name different header folders, so ninja
-    would rebuild the kernel each time the other one loads it: minutes each)."""
+    """The build's name, from a hash of its source, flags, torch's header folders and the CPU: torch keeps one
+    build folder per name in a cache that every checkout on the machine shares. Two checkouts with different
+    kernels must not share one, nor two environments (their compile commands name different header folders, so
+    ninja would rebuild the kernel each time the other one loads it: minutes each), nor two kinds of CPU under
+    one home folder (``-march=native`` builds for the CPU it compiles on: another one may lack its instructions
+    and stop the process with an illegal instruction)."""
     from torch.utils.cpp_extension import include_paths
 
-    key = "\n".join((_SOURCE, *CFLAGS, *include_paths()))
+    from sparsity.sweep import cpu_name
+
+    key = "\n".join((_SOURCE, *CFLAGS, *include_paths(), cpu_name()))
     return "subnet_lab_sparse_cpu_" + hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
