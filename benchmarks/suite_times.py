@@ -33,6 +33,8 @@ from typing import Any
 
 import pytest
 
+from sparsity.sweep import cpu_name
+
 RECORD = "LAB_TEST_TIMES_FILE"
 """The environment variable naming the JSON-lines file every pytest process appends its rows to."""
 
@@ -63,7 +65,7 @@ def table(rows: list[dict[str, Any]], wall_s: float, load: tuple[float, float], 
     lines = [f"- {len(rows)} tests; CPU {total:.0f} s in the tests (the pytest processes and the children they "
              f"waited for); wall {wall_s:.0f} s for the whole run",
              f"- 1-minute load average {load[0]:.1f} at the start, {load[1]:.1f} at the end "
-             f"({os.cpu_count()} logical CPUs)", "",
+             f"({os.cpu_count()} logical CPUs: {cpu_name()})", "",
              "| module | CPU s | share |", "| --- | ---: | ---: |"]
     lines += [f"| {m} | {s:.1f} | {s / total:.0%} |" for m, s in sorted(modules.items(), key=lambda kv: -kv[1])]
     lines += ["", f"Slowest {top} tests by CPU:", "", "| test | CPU s | wall s |", "| --- | ---: | ---: |"]

@@ -95,7 +95,15 @@ def crossovers(cases: list[Case]) -> dict[tuple[int, int, int], float | None]:
     return out
 
 
-def format_report(cases: list[Case], command: str, loads: tuple[str, str], reps: int) -> str:
+def load_note(loads: tuple[str, str], threads: int) -> str:
+    """The start and end load averages, and what a load above the thread count means for the numbers."""
+    busy = any(float(load) > threads for load in loads if load.replace(".", "", 1).isdigit())
+    return (f"- 1-minute load average at start / end: {loads[0]} / {loads[1]}"
+            + (f" (above the {threads} thread(s): other jobs shared the CPU; the ratios are interleaved medians, the "
+               "absolute times are not a quiet machine's)" if busy else ""))
+
+
+def format_report(cases: list[Case], command: str, loads: tuple[str, str], reps: int, threads: int) -> str:
     table = markdown_table(
         ["layer (out x in)", "tokens", "density", "sampled ms", "dense ms", "sampled / dense"],
         [[f"{c.n_out} x {c.n_in}", f"{c.tokens:,}", f"{c.density:.0%}", f"{c.sampled_ms:.3f}", f"{c.dense_ms:.3f}",
@@ -105,8 +113,7 @@ def format_report(cases: list[Case], command: str, loads: tuple[str, str], reps:
         "# Values-only gradient: the sampled product (SDDMM kernel) vs the dense one, by density, width and tokens",
         "",
         *machine_lines(command),
-        f"- 1-minute load average at start / end: {loads[0]} / {loads[1]} (above the thread count: other jobs shared "
-        "the CPU; the ratios are interleaved medians, the absolute times are not a quiet machine's)",
+        load_note(loads, threads),
         f"- each case: `values_grad.selected_weight_grad(g, x, flat, how)` for how = sampled and dense, "
         f"interleaved, median of {reps}; random inputs and selection (seed 0)",
         "- GPU: not run (no GPU in this session; the sampled product is a CPU kernel)",
@@ -146,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
                  for d in (FAST_WIDTHS if fast else WIDTHS) for n_out, n_in in ((4 * d, d), (d, 4 * d))
                  for tokens in (FAST_TOKENS if fast else TOKENS) for density in DENSITIES]
         loads = (load_start, load_average())
-        report = format_report(cases, command_line("benchmarks.values_grad_crossover", argv), loads, args.reps)
+        report = format_report(cases, command_line("benchmarks.values_grad_crossover", argv), loads, args.reps, args.threads)
     finally:
         torch.set_num_threads(previous)  # tests call main in-process
     emit(report, args.out)

@@ -121,6 +121,14 @@ def test_crossover_is_the_largest_density_where_sampled_wins() -> None:
     assert crossovers(cases) == {(8, 2, 64): 0.1, (8, 2, 32): None}
 
 
+def test_the_crossover_report_says_other_jobs_shared_the_cpu_only_when_they_did() -> None:
+    from benchmarks.values_grad_crossover import load_note
+
+    assert "above" not in load_note(("1.4", "1.9"), 2) and "1.4 / 1.9" in load_note(("1.4", "1.9"), 2)
+    assert "above the 2 thread(s): other jobs shared the CPU" in load_note(("1.4", "3.5"), 2)
+    assert "above" not in load_note(("n/a", "n/a"), 2)
+
+
 def test_optimizer_step_benchmark_refuses_bad_counts(capsys: pytest.CaptureFixture[str]) -> None:
     for argv in (["--steps", "0"], ["--threads", "-1"]):
         with pytest.raises(SystemExit):

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import suite_times
+from sparsity.sweep import cpu_name
 
 
 def test_the_report_counts_a_childs_cpu_in_the_test_that_waited_for_it(tmp_path: Path,
@@ -53,6 +54,7 @@ def test_the_table_gives_each_module_its_share() -> None:
     text = suite_times.table(rows, 10.0, (0.5, 1.5))
     assert "| tests/a.py | 3.0 | 75% |" in text and "| tests/b.py | 1.0 | 25% |" in text
     assert "CPU 4 s" in text and "wall 10 s" in text and "load average 0.5 at the start, 1.5 at the end" in text
+    assert f"logical CPUs: {cpu_name()})" in text  # the CPU the seconds were spent on
 
 
 @pytest.mark.parametrize("command, kind", [
