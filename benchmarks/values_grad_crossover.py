@@ -153,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
                  for d in (FAST_WIDTHS if fast else WIDTHS) for n_out, n_in in ((4 * d, d), (d, 4 * d))
                  for tokens in (FAST_TOKENS if fast else TOKENS) for density in DENSITIES]
         loads = (load_start, load_average())
-        report = format_report(cases, command_line("benchmarks.values_grad_crossover", argv), loads, args.reps, args.threads)
+        command = command_line("benchmarks.values_grad_crossover", argv)
+        report = format_report(cases, command, loads, args.reps, args.threads)
     finally:
         torch.set_num_threads(previous)  # tests call main in-process
     emit(report, args.out)
