@@ -114,6 +114,27 @@ def test_the_kernels_sum_does_not_depend_on_the_thread_count(shape) -> None:
     torch.testing.assert_close(results[0].double(), (g.double().t() @ x.double()).view(-1)[flat], rtol=1e-5, atol=1e-4)
 
 
+def test_an_entrys_sum_does_not_depend_on_its_row_neighbours_or_the_positions_order() -> None:
+    """The kernel takes up to four entries of one weight row together (one load of the gradient's row for all): an
+    entry's bits must be those it gets alone. And the positions' rows are found without a division per entry,
+    relying on sorted order only for speed: a shuffled selection gives the same values, shuffled."""
+    from sparsity.kernels import sparse_cpu
+
+    kernel = sparse_cpu.load()
+    if kernel is None:
+        pytest.skip("the CPU kernels could not be built here (no C++ compiler or ninja?)")
+    gen = torch.Generator().manual_seed(2)
+    n_out, n_in, tokens = 64, 300, 520
+    g, x = torch.randn(tokens, n_out, generator=gen), torch.randn(tokens, n_in, generator=gen)
+    dense = torch.arange(n_out * n_in, dtype=torch.int32)  # every row full: groups of four
+    lone = torch.arange(0, n_out * n_in, n_in + 7, dtype=torch.int32)  # about one entry per row: groups of one
+    assert torch.equal(kernel.selected_weight_grad(g, x, dense)[lone.long()], kernel.selected_weight_grad(g, x, lone))
+    flat = torch.randperm(n_out * n_in, generator=gen)[:900].int()
+    in_order = flat.sort()
+    assert torch.equal(kernel.selected_weight_grad(g, x, flat)[in_order.indices],
+                       kernel.selected_weight_grad(g, x, in_order.values))
+
+
 def test_auto_takes_the_sampled_product_only_where_it_was_measured_to_pay(monkeypatch) -> None:
     from sparsity.kernels import sparse_cpu
 

@@ -100,9 +100,12 @@ void sparse_adamw_(torch::Tensor p, torch::Tensor g, torch::Tensor idx, torch::T
 // 2. every selected entry (r, c) multiplies and adds gb[r, :] * xb[c, :] in two vector accumulators, sums their 16
 //    lanes in a fixed tree and adds that to its float in `sums`. The entries go in tiles of kCols columns, so the xb
 //    rows they read stay in cache (in flat order, a wide layer's entries would read every column of xb from memory
-//    again for each row of the weight). While one entry runs, the next entry's two rows are prefetched, a cache line
-//    per 16 tokens: its rows start at unrelated addresses, which the hardware's stream prefetchers only learn after a
-//    few misses (a row of kBlock tokens is 16 lines).
+//    again for each row of the weight). Within a tile, consecutive entries of one weight row (a few at a few percent
+//    density) go together, up to kGroup, so gb's row is loaded once for all of them (entry_group). While one group
+//    runs, the next group's first two rows are prefetched, a cache line per 16 tokens: they start at unrelated
+//    addresses, which the hardware's stream prefetchers only learn after a few misses (a row of kBlock tokens is 16
+//    lines). Each entry's row and column come from its flat position once per call, with a division only where the
+//    positions enter a new row.
 // An earlier version summed each block's 32 lanes in one chain of dependent scalar additions (longer than the block's
 // multiply-adds: a tree's additions overlap with the next entry's work) and transposed with one scalar load and store
 // per float: both phases now cost about half (benchmarks/results/values_grad_crossover.md). Keeping 8 partial sums
@@ -112,6 +115,7 @@ void sparse_adamw_(torch::Tensor p, torch::Tensor g, torch::Tensor idx, torch::T
 constexpr int64_t kBlock = 256;
 constexpr int64_t kStep = 16;  // tokens per inner iteration: two 8-float vectors
 constexpr int64_t kCols = 128;
+constexpr int64_t kGroup = 4;  // entries of one weight row that share gb's row in registers
 constexpr int64_t kNarrow = 32;  // tokens: a weight smaller than its two block buffers at this many is read in place
 
 typedef float v8 __attribute__((vector_size(32)));  // 8 floats: one AVX register, two SSE/NEON ones
@@ -149,6 +153,44 @@ static void columns_to_rows(const float* src, int64_t n_rows, int64_t n_cols, fl
   for (int64_t a = c0; a < c1; ++a) {
     for (int64_t t = a < c ? rows8 : 0; t < n_rows; ++t) dst[a * stride + t] = src[t * n_cols + a];
     std::fill(dst + a * stride + n_rows, dst + a * stride + padded, 0.0f);
+  }
+}
+
+// What entry_group reads: the group's row of gb, xb and the group's column offsets, the next group's first two rows
+// (prefetched), and how many tokens the block has (padded to kStep).
+struct Rows {
+  const float* gr;
+  const float* XB;
+  const int32_t* cols;
+  const float* g_next;
+  const float* x_next;
+  int64_t padded;
+};
+
+// N entries of one weight row: gb's row is loaded once per kStep tokens for all N (a lone entry loads two vectors
+// per multiply-add, a group of 4 one and a quarter). Each entry's arithmetic is a lone entry's: the same two
+// accumulators over the same tokens, the same tree, so the sums are the same bits whatever the grouping.
+template <int N>
+static inline void entry_group(const Rows& r, float* A) {
+  v8 a0[N], a1[N];
+  const float* xc[N];
+  for (int e = 0; e < N; ++e) {
+    a0[e] = v8{};
+    a1[e] = v8{};
+    xc[e] = r.XB + r.cols[e];
+  }
+  for (int64_t t = 0; t < r.padded; t += kStep) {
+    __builtin_prefetch(r.g_next + t, 0, 3);
+    __builtin_prefetch(r.x_next + t, 0, 3);
+    const v8 g0 = load8(r.gr + t), g1 = load8(r.gr + t + 8);
+    for (int e = 0; e < N; ++e) {
+      a0[e] += g0 * load8(xc[e] + t);
+      a1[e] += g1 * load8(xc[e] + t + 8);
+    }
+  }
+  for (int e = 0; e < N; ++e) {  // summed in a fixed tree: no dependence on the next group, which runs meanwhile
+    const v8 s = a0[e] + a1[e];
+    A[e] += ((s[0] + s[4]) + (s[2] + s[6])) + ((s[1] + s[5]) + (s[3] + s[7]));
   }
 }
 
@@ -195,13 +237,25 @@ torch::Tensor selected_weight_grad(torch::Tensor g, torch::Tensor x, torch::Tens
   const int64_t n_tiles = (n_in + kCols - 1) / kCols;
   std::vector<int64_t> start(n_tiles + 1, 0);
   std::vector<int32_t> order(k), ord_row(k), ord_col(k);  // int32: a weight of 2^31 entries is beyond this kernel
-  for (int64_t j = 0; j < k; ++j) ++start[(F[j] % n_in) / kCols + 1];
+  // Each position's row and column, without a division per entry: sorted positions stay in one row for many
+  // entries, so the row is found again only when a position leaves it (any order stays correct).
+  std::vector<int32_t> row(k), col(k);
+  int64_t row_start = -n_in, current = -1;
+  for (int64_t j = 0; j < k; ++j) {
+    if (F[j] < row_start || F[j] >= row_start + n_in) {
+      current = F[j] / n_in;
+      row_start = current * n_in;
+    }
+    row[j] = static_cast<int32_t>(current);
+    col[j] = static_cast<int32_t>(F[j] - row_start);
+    ++start[col[j] / kCols + 1];
+  }
   for (int64_t t = 0; t < n_tiles; ++t) start[t + 1] += start[t];
   for (int64_t j = 0; j < k; ++j) {
-    const int64_t i = start[(F[j] % n_in) / kCols]++;
+    const int64_t i = start[col[j] / kCols]++;
     order[i] = j;
-    ord_row[i] = static_cast<int32_t>((F[j] / n_in) * stride);
-    ord_col[i] = static_cast<int32_t>((F[j] % n_in) * stride);
+    ord_row[i] = static_cast<int32_t>(row[j] * stride);
+    ord_col[i] = static_cast<int32_t>(col[j] * stride);
   }
   for (int64_t t0 = 0; t0 < b; t0 += stride) {
     const int64_t tn = std::min(stride, b - t0), padded = (tn + kStep - 1) / kStep * kStep;
@@ -214,21 +268,18 @@ torch::Tensor selected_weight_grad(torch::Tensor g, torch::Tensor x, torch::Tens
       if (c1 > n_out) columns_to_rows(X, tn, n_in, XB, stride, std::max(c0, n_out) - n_out, c1 - n_out, padded);
     });
     at::parallel_for(0, k, 1024, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        const float* gr = GB + ord_row[i];
-        const float* xc = XB + ord_col[i];
-        const int64_t next = i + 1 < end ? i + 1 : i;  // its rows are asked for one cache line per line read here
-        const float* g_next = GB + ord_row[next];
-        const float* x_next = XB + ord_col[next];
-        v8 a0 = {}, a1 = {};
-        for (int64_t t = 0; t < padded; t += kStep) {
-          __builtin_prefetch(g_next + t, 0, 3);
-          __builtin_prefetch(x_next + t, 0, 3);
-          a0 += load8(gr + t) * load8(xc + t);
-          a1 += load8(gr + t + 8) * load8(xc + t + 8);
+      for (int64_t i = begin; i < end;) {
+        int64_t n = 1;  // the entries after i in the same weight row, up to kGroup: they share gb's row
+        while (n < kGroup && i + n < end && ord_row[i + n] == ord_row[i]) ++n;
+        const int64_t next = i + n < end ? i + n : i;  // its rows are asked for one cache line per line read here
+        const Rows rows{GB + ord_row[i], XB, ord_col.data() + i, GB + ord_row[next], XB + ord_col[next], padded};
+        switch (n) {
+          case 4: entry_group<4>(rows, A + i); break;
+          case 3: entry_group<3>(rows, A + i); break;
+          case 2: entry_group<2>(rows, A + i); break;
+          default: entry_group<1>(rows, A + i);
         }
-        const v8 s = a0 + a1;  // summed in a fixed tree: no dependence on the next entry, which runs meanwhile
-        A[i] += ((s[0] + s[4]) + (s[2] + s[6])) + ((s[1] + s[5]) + (s[3] + s[7]));
+        i += n;
       }
     });
   }
