@@ -116,6 +116,7 @@ constexpr int64_t kBlock = 256;
 constexpr int64_t kStep = 16;  // tokens per inner iteration: two 8-float vectors
 constexpr int64_t kCols = 128;
 constexpr int64_t kGroup = 4;  // entries of one weight row that share gb's row in registers
+static_assert(kGroup == 4, "selected_weight_grad's switch takes groups of 1 to 4 entries");
 constexpr int64_t kNarrow = 32;  // tokens: a weight smaller than its two block buffers at this many is read in place
 
 typedef float v8 __attribute__((vector_size(32)));  // 8 floats: one AVX register, two SSE/NEON ones
@@ -239,23 +240,25 @@ torch::Tensor selected_weight_grad(torch::Tensor g, torch::Tensor x, torch::Tens
   std::vector<int32_t> order(k), ord_row(k), ord_col(k);  // int32: a weight of 2^31 entries is beyond this kernel
   // Each position's row and column, without a division per entry: sorted positions stay in one row for many
   // entries, so the row is found again only when a position leaves it (any order stays correct).
-  std::vector<int32_t> row(k), col(k);
-  int64_t row_start = -n_in, current = -1;
-  for (int64_t j = 0; j < k; ++j) {
-    if (F[j] < row_start || F[j] >= row_start + n_in) {
-      current = F[j] / n_in;
-      row_start = current * n_in;
+  int64_t row_start = -n_in, row = -1, col = 0;
+  auto split = [&](int64_t f) {
+    if (f < row_start || f >= row_start + n_in) {
+      row = f / n_in;
+      row_start = row * n_in;
     }
-    row[j] = static_cast<int32_t>(current);
-    col[j] = static_cast<int32_t>(F[j] - row_start);
-    ++start[col[j] / kCols + 1];
+    col = f - row_start;
+  };
+  for (int64_t j = 0; j < k; ++j) {
+    split(F[j]);
+    ++start[col / kCols + 1];
   }
   for (int64_t t = 0; t < n_tiles; ++t) start[t + 1] += start[t];
   for (int64_t j = 0; j < k; ++j) {
-    const int64_t i = start[col[j] / kCols]++;
+    split(F[j]);
+    const int64_t i = start[col / kCols]++;
     order[i] = j;
-    ord_row[i] = static_cast<int32_t>(row[j] * stride);
-    ord_col[i] = static_cast<int32_t>(col[j] * stride);
+    ord_row[i] = static_cast<int32_t>(row * stride);
+    ord_col[i] = static_cast<int32_t>(col * stride);
   }
   for (int64_t t0 = 0; t0 < b; t0 += stride) {
     const int64_t tn = std::min(stride, b - t0), padded = (tn + kStep - 1) / kStep * kStep;
