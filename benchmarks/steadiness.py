@@ -8,6 +8,10 @@ the load average nor ``vmstat`` shows it (the lab's own machine: ``benchmarks/re
 steadiness lines). The step-time benchmarks therefore time this probe before and after their
 own timing and print its spread beside their ratios: max/min near 1.0 is a steady machine,
 and a ratio between two methods cannot be trusted to finer than what the probe swings by.
+Each try times two kinds of work, because a host can take one without the other: small matmuls
+that live in the cache (the cores' speed) and a copy far larger than the cache (the memory's
+bandwidth, which other tenants share; the lab's training steps are partly bound by it). On the
+lab's machine the matmuls stayed within a few percent while the copy slowed by a third.
 
     python -m benchmarks.steadiness          # 30 tries, one line
 """
@@ -25,50 +29,68 @@ import torch
 SIZE = 256
 REPEATS = 20
 """One try: ``REPEATS`` float32 matmuls of ``SIZE x SIZE`` on one torch thread (about 10 ms)."""
+COPY_MIB = 32
+"""And one copy of ``COPY_MIB`` MiB of float32 into another such tensor: together twice a big L3 cache."""
 
 
 @dataclass(frozen=True)
 class Steadiness:
-    """The milliseconds of each try of the same work."""
+    """The milliseconds of each try of the same work: the matmuls' and (where timed) the copy's."""
 
     times_ms: tuple[float, ...]
+    copy_ms: tuple[float, ...] = ()
 
     @property
     def spread(self) -> float:
-        """Slowest try over fastest: 1.0 on a perfectly steady machine."""
+        """Slowest try of the matmuls over fastest: 1.0 on a perfectly steady machine."""
         return max(self.times_ms) / min(self.times_ms)
 
+    @property
+    def copy_spread(self) -> float | None:
+        """Slowest copy over fastest, or None where no copy was timed."""
+        return max(self.copy_ms) / min(self.copy_ms) if self.copy_ms else None
+
     def describe(self) -> str:
-        t = self.times_ms
-        return (f"{min(t):.1f} to {max(t):.1f} ms (median {statistics.median(t):.1f}; max/min {self.spread:.2f}) "
-                f"in {len(t)} tries")
+        def one(t: tuple[float, ...]) -> str:
+            return f"{min(t):.1f} to {max(t):.1f} ms (median {statistics.median(t):.1f}; max/min {max(t) / min(t):.2f})"
+
+        if not self.copy_ms:
+            return f"{one(self.times_ms)} in {len(self.times_ms)} tries"
+        return f"{one(self.times_ms)}, copying {COPY_MIB} MiB {one(self.copy_ms)}, in {len(self.times_ms)} tries"
 
 
 def probe(tries: int = 30) -> Steadiness:
-    """Time ``tries`` tries of the fixed work (:data:`SIZE`, :data:`REPEATS`) on one torch thread."""
+    """Time ``tries`` tries of the fixed work (:data:`SIZE`, :data:`REPEATS`, :data:`COPY_MIB`) on one torch thread."""
     if tries < 2:
         raise ValueError(f"tries must be at least 2 (a spread needs two times), got {tries}")
     gen = torch.Generator().manual_seed(0)
     a, b = torch.randn(SIZE, SIZE, generator=gen), torch.randn(SIZE, SIZE, generator=gen)
+    source = torch.ones(COPY_MIB * 2**20 // 4)
+    target = torch.empty_like(source)
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        a @ b  # warm-up: the first call pays for allocation
-        times = []
+        a @ b  # warm-up: the first call pays for allocation, the first copy for the target's pages
+        target.copy_(source)
+        times, copies = [], []
         for _ in range(tries):
             start = time.perf_counter()
             for _ in range(REPEATS):
                 a @ b
             times.append((time.perf_counter() - start) * 1e3)
+            start = time.perf_counter()
+            target.copy_(source)
+            copies.append((time.perf_counter() - start) * 1e3)
     finally:
         torch.set_num_threads(previous)
-    return Steadiness(tuple(times))
+    return Steadiness(tuple(times), tuple(copies))
 
 
 def line(before: Steadiness, after: Steadiness) -> str:
     """The report line: the probe's spread before and after a benchmark's timing."""
-    return (f"- machine steadiness (`benchmarks.steadiness`: {REPEATS} one-thread {SIZE} x {SIZE} matmuls per try, "
-            f"the same work each time): before the timing {before.describe()}, after it {after.describe()}")
+    return (f"- machine steadiness (`benchmarks.steadiness`: {REPEATS} one-thread {SIZE} x {SIZE} matmuls and a copy "
+            f"of {COPY_MIB} MiB per try, the same work each time): before the timing {before.describe()}, after it "
+            f"{after.describe()}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -204,8 +204,13 @@ def test_steadiness_times_the_same_work_and_reports_its_spread(capsys: pytest.Ca
     assert torch.get_num_threads() == before  # one thread only while it times
     assert len(probe.times_ms) == 4 and all(t > 0 for t in probe.times_ms)
     assert probe.spread == max(probe.times_ms) / min(probe.times_ms) >= 1.0
+    assert len(probe.copy_ms) == 4 and all(t > 0 for t in probe.copy_ms)  # the memory's part of each try
     fixed = steadiness.Steadiness((10.0, 12.0, 15.0))
-    assert fixed.describe() == "10.0 to 15.0 ms (median 12.0; max/min 1.50) in 3 tries"
+    assert fixed.describe() == "10.0 to 15.0 ms (median 12.0; max/min 1.50) in 3 tries" and fixed.copy_spread is None
+    both = steadiness.Steadiness((10.0, 12.0, 15.0), (2.0, 3.0, 4.0))
+    assert both.copy_spread == 2.0
+    assert both.describe() == ("10.0 to 15.0 ms (median 12.0; max/min 1.50), copying 32 MiB 2.0 to 4.0 ms "
+                               "(median 3.0; max/min 2.00), in 3 tries")
     assert "before the timing 10.0 to 15.0 ms" in steadiness.line(fixed, probe)
     with pytest.raises(ValueError, match="tries must be at least 2"):
         steadiness.probe(1)

@@ -103,8 +103,9 @@ def test_benchmark_fast_mode_table(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     spread = re.search(r"values-grad step time <= 0.80x full \(batch 32 x 16\): (?:met|NOT met) \(([\d.]+)x; "
                        r"([\d.]+)x to ([\d.]+)x within single rounds\)", written)
     assert spread, "the values-grad step target names its per-round spread"
-    assert re.search(r"- machine steadiness .*: before the timing [\d.]+ to [\d.]+ ms \(median [\d.]+; max/min [\d.]+\) "
-                     r"in 3 tries, after it [\d.]+ to [\d.]+ ms", written)
+    assert re.search(r"- machine steadiness .*: before the timing [\d.]+ to [\d.]+ ms "
+                     r"\(median [\d.]+; max/min [\d.]+\), copying 32 MiB [\d.]+ to [\d.]+ ms "
+                     r"\(median [\d.]+; max/min [\d.]+\), in 3 tries, after it [\d.]+ to [\d.]+ ms", written)
     assert [float(v) for v in spread.groups()[1:]] == pytest.approx(data[bench.SPARSE_VALUES]["time_vs_full_rounds"],
                                                                    abs=6e-4)
     # checkpointing changes the saved activations only: fewer of them and a lower peak, at both batch sizes
