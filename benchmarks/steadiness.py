@@ -10,8 +10,8 @@ own timing and print its spread beside their ratios: max/min near 1.0 is a stead
 and a ratio between two methods cannot be trusted to finer than what the probe swings by.
 Each try times two kinds of work, because a host can take one without the other: small matmuls
 that live in the cache (the cores' speed) and a copy far larger than the cache (the memory's
-bandwidth, which other tenants share; the lab's training steps are partly bound by it). On the
-lab's machine the matmuls stayed within a few percent while the copy slowed by a third.
+bandwidth, which other tenants share; the lab's training steps are partly bound by it). The two
+can part ways: ``benchmarks/results`` and the README show an evening where only the copy slowed.
 
     python -m benchmarks.steadiness          # 30 tries, one line
 """
