@@ -250,11 +250,18 @@ class CompactAdamW(NamedOptimizer):
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore moments and selection, matched by parameter name; a bad state dict raises and changes nothing."""
+        """Restore moments and selection, matched by parameter name; a bad state dict raises and changes nothing.
+        With values-only gradients installed, the selection of their weights must stay the same (backward computes
+        the gradient at the installed positions; other positions would silently get other entries' gradients)."""
         state_dict = dict(state_dict)
         if "indices" not in state_dict:
             raise ValueError("state_dict has no 'indices': it was not saved by CompactAdamW")
         indices = self._check_indices(state_dict.pop("indices"))
+        for name in self.values_grads:
+            if name not in indices or not torch.equal(indices[name], self.indices[name]):
+                raise ValueError(f"state_dict['indices']['{name}'] selects other entries than the ones whose values-only "
+                                 "gradient backward computes (sparsity.values_grad): remove them (values_grad.remove), "
+                                 "load, then install them again")
         named = self._named()
 
         def shapes(name: str) -> dict[str, tuple[int, ...]]:

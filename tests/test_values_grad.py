@@ -66,6 +66,12 @@ def test_bad_uses_are_refused() -> None:
     values_grad.install(model, opt)
     with pytest.raises(ValueError, match="reselect: values-only gradients"):
         opt.reselect(masks.random(model, 0.2, seed=1))
+    other = CompactAdamW(_model().named_parameters(), masks.random(model, 0.2, seed=1), lr=1e-2)
+    with pytest.raises(ValueError, match=r"state_dict\['indices'\]\['0.weight'\] selects other entries"):
+        opt.load_state_dict(other.state_dict())  # same counts, other positions: once a silent wrong gradient
+    before = {n: idx.clone() for n, idx in opt.indices.items()}
+    opt.load_state_dict(opt.state_dict())  # the same selection (a resumed run) loads
+    assert all(torch.equal(opt.indices[n], before[n]) for n in before)
     with pytest.raises(ValueError, match="values_grad=True needs storage='compact'"):
         SparseConfig("random", storage="dense", values_grad=True)
     with pytest.raises(ValueError, match="mode must be one of"):
