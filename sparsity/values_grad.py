@@ -176,9 +176,10 @@ def install(model: nn.Module, optimizer: CompactAdamW, mode: str = "sampled",
     """Give every partly selected ``nn.Linear`` weight of ``optimizer`` a values-only gradient; return their names.
 
     ``mode`` picks the product (see the module docstring). ``"sampled"`` and ``"dense"`` take every
-    such layer and refuse a weight that is not float32; ``"auto"`` takes the float32 CPU layers and
-    leaves the others to autograd. Each taken weight stops requiring a gradient (so backward keeps
-    no dense one) and gets a ``[k]`` anchor in ``optimizer.values_grads``. ``rebuild_inputs``: the model's
+    such layer and refuse a weight that is not float32 or that another module holds too (a tied weight: its
+    gradient sums over every use, and only this layer's would reach the anchor); ``"auto"`` takes the float32 CPU
+    layers that hold their weight alone and leaves the others to autograd. Each taken weight stops requiring a
+    gradient (so backward keeps no dense one) and gets a ``[k]`` anchor in ``optimizer.values_grads``. ``rebuild_inputs``: the model's
     GELU, ``nn.LayerNorm`` and RMSNorm modules tag their outputs (``sparsity.rebuilt_inputs.tag_steps``) and the
     layers keep no copy of a tagged input. Undo with :func:`remove`.
     """
@@ -187,6 +188,7 @@ def install(model: nn.Module, optimizer: CompactAdamW, mode: str = "sampled",
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     params = dict(model.named_parameters())
+    holders = _holders(model)
     done = []
     for mod_name, module in model.named_modules():
         if type(module) is not nn.Linear:
@@ -195,8 +197,12 @@ def install(model: nn.Module, optimizer: CompactAdamW, mode: str = "sampled",
         idx = optimizer.indices.get(name)
         if idx is None or idx.numel() == 0 or params.get(name) is not module.weight:
             continue
-        if mode == "auto" and not sparse_cpu.usable(module.weight):
+        if mode == "auto" and (not sparse_cpu.usable(module.weight) or len(holders[id(module.weight)]) > 1):
             continue
+        if len(holders[id(module.weight)]) > 1:
+            raise ValueError(f"'{name}' is tied to {', '.join(h for h in holders[id(module.weight)] if h != name)}: "
+                             "a values-only gradient would carry this layer's share of its gradient only; leave it to "
+                             "autograd (mode='auto' does) or untie it")
         if module.weight.dtype != torch.float32:
             raise TypeError(f"values-only gradients need float32 weights; '{name}' is {module.weight.dtype}")
         anchor = torch.zeros(idx.numel(), device=idx.device, requires_grad=True)
@@ -211,6 +217,17 @@ def install(model: nn.Module, optimizer: CompactAdamW, mode: str = "sampled",
     if done and "_values_grad_consumed" not in optimizer.__dict__:
         optimizer._values_grad_consumed = optimizer.register_step_post_hook(_consume)  # type: ignore[attr-defined]
     return done
+
+
+def _holders(model: nn.Module) -> dict[int, list[str]]:
+    """Parameter id -> its names in the modules that hold it directly: two modules holding one tensor is a tied
+    weight (a head sharing its embedding's matrix, Press & Wolf 2017), whose gradient sums over both modules' uses.
+    One module reused in two places is listed once: every use runs its installed forward, so its anchor sums them."""
+    holders: dict[int, list[str]] = {}
+    for mod_name, module in model.named_modules():
+        for name, p in module.named_parameters(prefix=mod_name, recurse=False):
+            holders.setdefault(id(p), []).append(name)
+    return holders
 
 
 def _consume(optimizer: CompactAdamW, args: Any, kwargs: Any) -> None:

@@ -225,3 +225,45 @@ def test_a_loop_that_clears_gradients_through_the_model_trains_the_same(sparse_c
     reference, through_model = train(False), train(True)
     for (name, p), q in zip(reference.named_parameters(), through_model.parameters()):
         assert torch.equal(q, p), f"{name}: the anchors' gradients piled up across steps"
+
+
+class _TiedHead(nn.Module):
+    """A head registered before the embedding that shares its matrix: the head's name is the parameter's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(16, 50, bias=False)
+        self.emb = nn.Embedding(50, 16)
+        self.emb.weight = self.head.weight
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.head(self.emb(tokens))
+
+
+def test_a_tied_weight_keeps_autograds_gradient_summed_over_both_uses() -> None:
+    torch.manual_seed(0)
+    model, tokens = _TiedHead(), torch.randint(0, 50, (64,))
+    model(tokens).square().mean().backward()
+    dense = model.head.weight.grad.clone()
+    model.zero_grad()
+    opt = CompactAdamW(model.named_parameters(), masks.random(model, 0.3, seed=0))
+    with pytest.raises(ValueError, match="'head.weight' is tied to emb.weight"):
+        values_grad.install(model, opt, "sampled")  # once: the embedding's share of the gradient silently dropped
+    assert values_grad.install(model, opt, "auto") == [] and model.head.weight.requires_grad
+    model(tokens).square().mean().backward()
+    torch.testing.assert_close(model.head.weight.grad, dense)
+
+
+def test_a_layer_reused_in_two_places_sums_both_uses_in_its_anchor(sparse_cpu_route) -> None:
+    torch.manual_seed(0)
+    layer = nn.Linear(24, 24)
+    model = nn.Sequential(layer, nn.Tanh(), layer)  # one module, two places: not a tie
+    x = torch.randn(40, 24)
+    model(x).square().sum().backward()
+    dense = layer.weight.grad.clone()
+    model.zero_grad()
+    opt = CompactAdamW(model.named_parameters(), masks.random(model, 0.2, seed=0))
+    assert values_grad.install(model, opt, "sampled") == ["0.weight"]
+    model(x).square().sum().backward()
+    want = dense.reshape(-1)[opt.indices["0.weight"].long()]
+    torch.testing.assert_close(opt.values_grads["0.weight"].grad, want, rtol=1e-5, atol=1e-6)
