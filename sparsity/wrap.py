@@ -102,9 +102,15 @@ class SparseModel:
         decays the optimizer's own learning rate, ``SparseConfig.lr``). A value that differs is a warning
         naming both, so a learning rate set in ``args`` is not silently ignored. The scheduler slot is None
         (Trainer builds its own from ``args``).
+
+        Trainer clips ``model.parameters()``' gradients to ``args.max_grad_norm`` (1.0 by default): a layer
+        with a values-only gradient (``sparsity.values_grad``) has none there, so its gradient would be left out
+        of the norm and of the clip, a silently different run. Where ``args`` clip, the default
+        (``SparseConfig(values_grad=None)``) gives those layers back their dense gradients, with a warning
+        (``max_grad_norm=0`` keeps the values-only ones); ``values_grad=True`` is an error.
         """
         settings = {"learning_rate": "lr", "weight_decay": "weight_decay", "adam_epsilon": "eps"}
-        missing = [a for a in (*settings, "adam_beta1", "adam_beta2") if not hasattr(args, a)]
+        missing = [a for a in (*settings, "adam_beta1", "adam_beta2", "max_grad_norm") if not hasattr(args, a)]
         if missing:
             raise TypeError(f"args must be the transformers.TrainingArguments given to Trainer; "
                             f"{type(args).__name__} has no {missing[0]}")
@@ -117,7 +123,24 @@ class SparseModel:
             warnings.warn(f"TrainingArguments {', '.join(differ)}: Trainer trains with the optimizer sparsify built "
                           "and ignores these arguments; set them equal, or set SparseConfig(lr=..., weight_decay=..., "
                           "betas=..., eps=...) to the values you want", UserWarning, stacklevel=2)
+        self._clip_with_dense_gradients(args.max_grad_norm)
         return self.optimizer, None
+
+    def _clip_with_dense_gradients(self, max_grad_norm: float | None) -> None:
+        """Take the values-only gradients off where Trainer clips (see :meth:`trainer_optimizers`)."""
+        installed = sorted(getattr(self.optimizer, "values_grads", {}))
+        if not installed or not max_grad_norm or max_grad_norm <= 0:
+            return
+        if self.config.values_grad:
+            raise ValueError(f"TrainingArguments max_grad_norm={max_grad_norm!r} with SparseConfig(values_grad=True): "
+                             f"Trainer clips model.parameters()' gradients, and {installed[0]} (one of {len(installed)} "
+                             "weights with a values-only gradient) has none there; set max_grad_norm=0 or "
+                             "values_grad=None")
+        values_grad.remove(self.model, self.optimizer)
+        warnings.warn(f"TrainingArguments max_grad_norm={max_grad_norm!r}: Trainer clips model.parameters()' gradients, "
+                      f"so {len(installed)} weights ({installed[0]}, ...) get their dense gradients back instead of "
+                      "values-only ones, so the clip covers them (more memory and time); max_grad_norm=0 keeps the "
+                      "values-only gradients", UserWarning, stacklevel=3)
 
     def delta(self) -> delta_lib.SparseDelta:
         """The exact change of the selected entries since sparsify (``theta - theta_0``, float64)."""
