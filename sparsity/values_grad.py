@@ -39,8 +39,11 @@ it called its own ``zero_grad`` afterwards: loops that clear gradients through t
 parameters of the model, and their gradient would otherwise pile up across steps (a run resumed
 from a checkpoint, its anchors starting empty, then drifted from the uninterrupted one).
 Gradient accumulation over several backward passes before one step is unchanged. What reads
-``model.parameters()``' gradients (``clip_grad_norm_``, Trainer's ``max_grad_norm``) does not see
-the anchors' ``[k]`` gradients: they are neither clipped nor counted in the norm.
+``model.parameters()``' gradients does not see the anchors' ``[k]`` gradients: clip
+``[*model.parameters(), *optimizer.values_grads.values()]`` with ``torch.nn.utils.clip_grad_norm_`` to count
+them, and the norm is that of the trained entries' gradient (a dense gradient's norm also counts the untrained
+entries of a partly trained weight; tested). ``SparseModel.trainer_optimizers`` gives dense gradients back
+where Trainer's ``max_grad_norm`` clips, since Trainer clips ``model.parameters()`` alone.
 Under autocast the layer computes in the autocast dtype, as ``F.linear`` would. The
 selection is fixed while installed (``CompactAdamW.reselect`` refuses).
 """

@@ -267,3 +267,24 @@ def test_a_layer_reused_in_two_places_sums_both_uses_in_its_anchor(sparse_cpu_ro
     model(x).square().sum().backward()
     want = dense.reshape(-1)[opt.indices["0.weight"].long()]
     torch.testing.assert_close(opt.values_grads["0.weight"].grad, want, rtol=1e-5, atol=1e-6)
+
+
+def test_clipping_the_anchors_with_the_parameters_clips_the_trained_entries_gradient(sparse_cpu_route) -> None:
+    x, y = torch.randn(32, 24), torch.randn(32, 8)
+
+    def clipped(values: bool) -> dict[str, torch.Tensor]:
+        model = _model()
+        run = sparsify(model, SparseConfig("random", density=0.2, include="weight", lr=1e-2, values_grad=values))
+        nn.functional.mse_loss(model(x), y).backward()
+        if not values:  # the reference: the dense gradient at the trained entries only
+            for name, p in model.named_parameters():
+                if p.grad is not None:
+                    p.grad[~run.mask[name]] = 0.0
+        norm = torch.nn.utils.clip_grad_norm_([*model.parameters(), *run.optimizer.values_grads.values()], 0.01)
+        assert norm > 0.01  # the clip bites
+        run.optimizer.step()
+        return {n: p.detach().clone() for n, p in model.named_parameters()} | {"norm": norm}
+
+    dense, values = clipped(False), clipped(True)
+    for name, want in dense.items():
+        torch.testing.assert_close(values[name], want, rtol=1e-5, atol=1e-6)
