@@ -241,14 +241,23 @@ def _consume(optimizer: CompactAdamW, args: Any, kwargs: Any) -> None:
 
 def remove(model: nn.Module, optimizer: CompactAdamW) -> None:
     """Undo :func:`install`: plain forwards, weights requiring gradients again, no anchors."""
-    for module in model.modules():
+    remove_from_model(model)
+    optimizer.values_grads.clear()
+    hook = optimizer.__dict__.pop("_values_grad_consumed", None)
+    if hook is not None:
+        hook.remove()
+
+
+def remove_from_model(model: nn.Module) -> list[str]:
+    """The model's half of :func:`remove`, for a model whose optimizer is gone: plain forwards, weights requiring
+    gradients again, no output tags. Returns the names of the layers it restored."""
+    restored = []
+    for name, module in model.named_modules():
         installed = module.__dict__.pop("_values_grad", None)
         if installed is not None:
             del module.forward
             module.weight.requires_grad_(True)
-    optimizer.values_grads.clear()
+            restored.append(name)
     for handle in model.__dict__.pop("_values_grad_tags", ()):
         handle.remove()
-    hook = optimizer.__dict__.pop("_values_grad_consumed", None)
-    if hook is not None:
-        hook.remove()
+    return restored

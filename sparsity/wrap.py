@@ -161,10 +161,34 @@ class SparseModel:
             values_grad.remove(self.model, self.optimizer)
         for n, p in self.model.named_parameters():
             p.requires_grad_(self._requires_grad.get(n, True))
+        self.model.__dict__.pop(BEFORE_SPARSIFY, None)
         return self.model
 
     merge = merge_and_unload
     """An alias of :meth:`merge_and_unload`."""
+
+
+BEFORE_SPARSIFY = "_requires_grad_before_sparsify"
+"""The model attribute where the first :func:`sparsify` keeps each parameter's ``requires_grad`` from before it,
+until ``merge_and_unload``."""
+
+
+def _requires_grad_before_sparsify(model: nn.Module) -> dict[str, bool]:
+    """Each parameter's ``requires_grad`` from before sparsify touched ``model``. On a model an earlier sparsify
+    left unmerged (a notebook cell run again), its installs are taken off first, with a warning: it froze the
+    unselected tensors and turned off the weight gradients of values-only layers, so reading ``requires_grad``
+    now would score and later restore the earlier run's state, not the user's."""
+    before = model.__dict__.get(BEFORE_SPARSIFY)
+    if before is None:
+        return {n: p.requires_grad for n, p in model.named_parameters()}
+    layers = values_grad.remove_from_model(model)
+    for n, p in model.named_parameters():
+        p.requires_grad_(before.get(n, True))
+    warnings.warn("this model was made sparse-trainable by an earlier sparsify and not merged: its frozen tensors"
+                  + (f" and the values-only gradients of {len(layers)} layers" if layers else "")
+                  + " are taken off first; step the new run's optimizer only (run.merge_and_unload() before "
+                  "sparsifying again avoids this warning)", UserWarning, stacklevel=3)
+    return before
 
 
 def sparsify(
@@ -191,11 +215,12 @@ def sparsify(
                              options=config.options, train=train, reference=snapshot(model))
     if entry.needs_data and scores is None and (loss_fn is None or batches is None) and train is None:
         raise ValueError(f"criterion {entry.name!r} needs data: pass loss_fn and batches (or train)")
-    requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
+    requires_grad = _requires_grad_before_sparsify(model)
     start = time.perf_counter()
     out = score(config.criterion, model, inputs) if scores is None else scores
     mask = select_mask(model, out, config)
     seconds = time.perf_counter() - start
+    model.__dict__[BEFORE_SPARSIFY] = requires_grad  # before anything below freezes a tensor
     optimizer = build_optimizer(model, mask, config)
     rebuild = config.rebuild_inputs is not False
     if config.values_grad:

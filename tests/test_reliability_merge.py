@@ -3,6 +3,8 @@ full fine-tuning then moves every weight (values-only gradient forwards included
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -48,3 +50,24 @@ def test_merge_is_an_alias_and_keeps_a_freeze_the_user_made() -> None:
     run.merge()
     assert not model[2].bias.requires_grad
     assert all(p.requires_grad for n, p in model.named_parameters() if n != "2.bias")
+
+
+def test_sparsify_again_without_merging_starts_from_the_users_model_not_the_earlier_runs() -> None:
+    """A notebook cell run twice: the second sparsify once read the first one's frozen tensors as the user's
+    (a gradient criterion then refused, and merge_and_unload handed back a frozen model)."""
+    model, batch = _model(), _batch()
+    model[0].bias.requires_grad_(False)  # the user's own choice, which merge must give back
+    first = sparsify(model, SparseConfig("random", density=0.2, include="weight"))
+    assert sorted(first.optimizer.values_grads) == ["0.weight", "2.weight"]
+    with pytest.warns(UserWarning, match="earlier sparsify and not merged: .* values-only gradients of 2 layers"):
+        second = sparsify(model, SparseConfig("gradient", density=0.2, include="weight"), loss_fn=_loss,
+                          batches=[batch])
+    _loss(model, batch).backward()
+    assert all(a.grad is None for a in first.optimizer.values_grads.values())  # only the new run is fed
+    assert all(a.grad is not None for a in second.optimizer.values_grads.values())
+    merged = second.merge_and_unload()
+    assert {n: p.requires_grad for n, p in merged.named_parameters()} == {
+        "0.weight": True, "0.bias": False, "2.weight": True, "2.bias": True}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # merged: a new sparsify is a first one again
+        sparsify(model, SparseConfig("random", density=0.2))
