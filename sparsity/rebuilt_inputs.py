@@ -19,7 +19,7 @@ since (:func:`recipe`), keeps those inputs instead: the same tensors the step's 
 keeps, so no bytes are added, and autograd's version counters refuse any of them changed in
 place before backward. Under activation checkpointing they are recomputed with the block like
 every other saved tensor. Anything else (an untagged input, one changed in place, a functional
-``F.gelu``) is kept as before. A tagged output holds its step's inputs while it lives: where the
+``F.gelu``, what a forward hook returned instead of the step's output) is kept as before. A tagged output holds its step's inputs while it lives: where the
 output outlives them (a model that returns it, e.g. Hugging Face's ``output_hidden_states``),
 those stay too. ``sparsity.values_grad`` uses this for its layers unless
 ``SparseConfig(rebuild_inputs=False)``.
@@ -44,6 +44,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.nn.modules.module import _global_forward_hooks
 from torch.utils.hooks import RemovableHandle
 
 GELUS = ("GELU", "GELUActivation", "NewGELUActivation")
@@ -88,14 +89,18 @@ def _is_gelu(module: nn.Module) -> bool:
 
 def tag_steps(model: nn.Module) -> list[RemovableHandle]:
     """Forward hooks on every GELU (:data:`GELUS`), ``nn.LayerNorm`` and RMSNorm of ``model`` that tag their
-    outputs (remove them to undo)."""
-    return [m.register_forward_hook(_tag) for m in model.modules()
+    outputs (remove them to undo). Each runs before the module's other forward hooks (``prepend``), so it tags
+    what ``forward`` returned: a hook that returns another tensor (activation steering, say) hands the next layer
+    an untagged one, which it keeps, and one that changes the output in place changes its version."""
+    return [m.register_forward_hook(_tag, prepend=True) for m in model.modules()
             if _is_gelu(m) or isinstance(m, nn.LayerNorm) or _is_rms_norm(m)]
 
 
 def _tag(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
     if not isinstance(output, torch.Tensor) or not output.requires_grad or len(inputs) != 1:
         return  # no backward will need it, or called another way (by keyword): not tagged, kept as before
+    if _global_forward_hooks:  # they run before every module's own hooks: the output may not be forward's
+        return
     (x,) = inputs
     if _is_rms_norm(module):  # its weight goes along as a source only so that autograd checks it is unchanged
         weight = getattr(module, "weight", None)

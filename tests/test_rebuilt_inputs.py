@@ -58,6 +58,40 @@ def test_anything_else_is_kept_as_it_is() -> None:
     assert rebuilt_inputs.recipe(changed) is None
 
 
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_a_forward_hook_that_changes_the_output_leaves_it_kept_and_the_gradient_right(sparse_cpu_route, when) -> None:
+    """Activation steering: a hook on the GELU returns another tensor. Tagged after it (the tag on the hook's
+    output), backward once rebuilt the GELU's own output instead: a silently wrong weight gradient."""
+    x, y = torch.randn(300, 32), torch.randn(300, 8)
+
+    def gradient(values: bool) -> torch.Tensor:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(32, 128), nn.GELU(), nn.Linear(128, 8))
+        steer = lambda module, inputs, out: out * 2.0 + 0.5  # noqa: E731
+        if when == "before":
+            model[1].register_forward_hook(steer)
+        run = sparsify(model, SparseConfig("random", density=0.1, include="weight", values_grad=values))
+        if when == "after":
+            model[1].register_forward_hook(steer)
+        F.mse_loss(model(x), y).backward()
+        idx = run.optimizer.indices["2.weight"]
+        return run.optimizer.values_grads["2.weight"].grad if values else model[2].weight.grad.view(-1)[idx.long()]
+
+    torch.testing.assert_close(gradient(True), gradient(False), rtol=1e-5, atol=1e-6)
+
+
+def test_a_global_forward_hook_leaves_outputs_untagged() -> None:
+    gelu = nn.GELU()
+    rebuilt_inputs.tag_steps(gelu)
+    u = torch.randn(4, 9, requires_grad=True)
+    assert rebuilt_inputs.recipe(gelu(u)) is not None
+    handle = nn.modules.module.register_module_forward_hook(lambda module, inputs, out: out + 1.0)
+    try:
+        assert rebuilt_inputs.recipe(gelu(u)) is None  # it ran before the module's hooks: not forward's output
+    finally:
+        handle.remove()
+
+
 def _micro() -> gpt.GPT:
     return gpt.build("micro", vocab_size=11, block_size=16, seed=0)
 
