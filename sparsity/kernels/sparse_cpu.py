@@ -111,7 +111,7 @@ void sparse_adamw_(torch::Tensor p, torch::Tensor g, torch::Tensor idx, torch::T
 // per float: both phases now cost about half (benchmarks/results/values_grad_crossover.md). Keeping 8 partial sums
 // per entry across blocks instead of the tree was as fast and took 8 floats per entry. Every entry sums its tokens in
 // the same order whatever the thread count: deterministic. Transient memory on top of backward's: the two block
-// buffers, (out + in) x kBlock floats, and one float per entry.
+// buffers, (out + in) x kBlock floats, one float and three int32 per entry (its sum, its place in the tiles).
 constexpr int64_t kBlock = 256;
 constexpr int64_t kStep = 16;  // tokens per inner iteration: two 8-float vectors
 constexpr int64_t kCols = 128;
@@ -237,7 +237,12 @@ torch::Tensor selected_weight_grad(torch::Tensor g, torch::Tensor x, torch::Tens
   // divided out once, not per block. A tile's kCols columns of xb (128 KB) stay in cache while its entries run.
   const int64_t n_tiles = (n_in + kCols - 1) / kCols;
   std::vector<int64_t> start(n_tiles + 1, 0);
-  std::vector<int32_t> order(k), ord_row(k), ord_col(k);  // int32: a weight of 2^31 entries is beyond this kernel
+  // int32: a weight of 2^31 entries is beyond this kernel. A torch tensor, as the block buffers, so that the lab's
+  // memory tracker counts it.
+  auto placed = torch::empty({3, k}, flat.options());
+  int32_t* order = placed.data_ptr<int32_t>();
+  int32_t* ord_row = order + k;
+  int32_t* ord_col = ord_row + k;
   // Each position's row and column, without a division per entry: sorted positions stay in one row for many
   // entries, so the row is found again only when a position leaves it (any order stays correct).
   int64_t row_start = -n_in, row = -1, col = 0;
@@ -275,7 +280,7 @@ torch::Tensor selected_weight_grad(torch::Tensor g, torch::Tensor x, torch::Tens
         int64_t n = 1;  // the entries after i in the same weight row, up to kGroup: they share gb's row
         while (n < kGroup && i + n < end && ord_row[i + n] == ord_row[i]) ++n;
         const int64_t next = i + n < end ? i + n : i;  // its rows are asked for one cache line per line read here
-        const Rows rows{GB + ord_row[i], XB, ord_col.data() + i, GB + ord_row[next], XB + ord_col[next], padded};
+        const Rows rows{GB + ord_row[i], XB, ord_col + i, GB + ord_row[next], XB + ord_col[next], padded};
         switch (n) {
           case 4: entry_group<4>(rows, A + i); break;
           case 3: entry_group<3>(rows, A + i); break;
