@@ -156,7 +156,14 @@ class SparseModel:
         are removed and every parameter gets back the ``requires_grad`` it had before ``sparsify``
         (all of them, for a model the user had not frozen), so ordinary autograd trains it whole.
         Nothing is folded in: the sparse update already is in the weights, unlike LoRA's adapters.
-        ``run.optimizer`` belongs to the sparse run; build a new optimizer for further training."""
+        ``run.optimizer`` belongs to the sparse run; build a new optimizer for further training. Merging again
+        changes nothing; merging a run whose model a later ``sparsify`` took over is an error."""
+        current = self.model.__dict__.get(BEFORE_SPARSIFY)
+        if current is None:  # merged already (this run or the one that replaced it): nothing is installed
+            return self.model
+        if current is not self._requires_grad:
+            raise ValueError("merge_and_unload: this run's model was sparsified again since (the later sparsify took "
+                             "this run's installs off): merge the later run instead")
         if isinstance(self.optimizer, CompactAdamW):
             values_grad.remove(self.model, self.optimizer)
         for n, p in self.model.named_parameters():
@@ -215,7 +222,7 @@ def sparsify(
                              options=config.options, train=train, reference=snapshot(model))
     if entry.needs_data and scores is None and (loss_fn is None or batches is None) and train is None:
         raise ValueError(f"criterion {entry.name!r} needs data: pass loss_fn and batches (or train)")
-    requires_grad = _requires_grad_before_sparsify(model)
+    requires_grad = dict(_requires_grad_before_sparsify(model))  # this run's own: merge_and_unload knows it by it
     start = time.perf_counter()
     out = score(config.criterion, model, inputs) if scores is None else scores
     mask = select_mask(model, out, config)

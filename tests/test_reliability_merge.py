@@ -65,7 +65,10 @@ def test_sparsify_again_without_merging_starts_from_the_users_model_not_the_earl
     _loss(model, batch).backward()
     assert all(a.grad is None for a in first.optimizer.values_grads.values())  # only the new run is fed
     assert all(a.grad is not None for a in second.optimizer.values_grads.values())
+    with pytest.raises(ValueError, match="sparsified again since"):
+        first.merge_and_unload()  # it would take the second run's installs off
     merged = second.merge_and_unload()
+    assert second.merge_and_unload() is merged and first.merge_and_unload() is merged  # merged: nothing to undo
     assert {n: p.requires_grad for n, p in merged.named_parameters()} == {
         "0.weight": True, "0.bias": False, "2.weight": True, "2.bias": True}
     with warnings.catch_warnings():
