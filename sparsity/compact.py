@@ -259,9 +259,9 @@ class CompactAdamW(NamedOptimizer):
         indices = self._check_indices(state_dict.pop("indices"))
         for name in self.values_grads:
             if name not in indices or not torch.equal(indices[name], self.indices[name]):
-                raise ValueError(f"state_dict['indices']['{name}'] selects other entries than the ones whose values-only "
-                                 "gradient backward computes (sparsity.values_grad): remove them (values_grad.remove), "
-                                 "load, then install them again")
+                raise ValueError(f"state_dict['indices']['{name}'] selects other entries than the ones whose "
+                                 "values-only gradient backward computes (sparsity.values_grad): remove them "
+                                 "(values_grad.remove), load, then install them again")
         named = self._named()
 
         def shapes(name: str) -> dict[str, tuple[int, ...]]:

@@ -19,10 +19,10 @@ since (:func:`recipe`), keeps those inputs instead: the same tensors the step's 
 keeps, so no bytes are added, and autograd's version counters refuse any of them changed in
 place before backward. Under activation checkpointing they are recomputed with the block like
 every other saved tensor. Anything else (an untagged input, one changed in place, a functional
-``F.gelu``, what a forward hook returned instead of the step's output) is kept as before. A tagged output holds its step's inputs while it lives: where the
-output outlives them (a model that returns it, e.g. Hugging Face's ``output_hidden_states``),
-those stay too. ``sparsity.values_grad`` uses this for its layers unless
-``SparseConfig(rebuild_inputs=False)``.
+``F.gelu``, what a forward hook returned instead of the step's output) is kept as before. A tagged
+output holds its step's inputs while it lives: where the output outlives them (a model that
+returns it, e.g. Hugging Face's ``output_hidden_states``), those stay too. ``sparsity.values_grad``
+uses this for its layers unless ``SparseConfig(rebuild_inputs=False)``.
 
 The GELU's backward, too, moves into the layer that reads its output. Left to autograd, the GELU's
 node gets the layer's input gradient (four times the width per token) and allocates its own

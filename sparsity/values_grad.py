@@ -182,9 +182,9 @@ def install(model: nn.Module, optimizer: CompactAdamW, mode: str = "sampled",
     such layer and refuse a weight that is not float32 or that another module holds too (a tied weight: its
     gradient sums over every use, and only this layer's would reach the anchor); ``"auto"`` takes the float32 CPU
     layers that hold their weight alone and leaves the others to autograd. Each taken weight stops requiring a
-    gradient (so backward keeps no dense one) and gets a ``[k]`` anchor in ``optimizer.values_grads``. ``rebuild_inputs``: the model's
-    GELU, ``nn.LayerNorm`` and RMSNorm modules tag their outputs (``sparsity.rebuilt_inputs.tag_steps``) and the
-    layers keep no copy of a tagged input. Undo with :func:`remove`.
+    gradient (so backward keeps no dense one) and gets a ``[k]`` anchor in ``optimizer.values_grads``.
+    ``rebuild_inputs``: the model's GELU, ``nn.LayerNorm`` and RMSNorm modules tag their outputs
+    (``sparsity.rebuilt_inputs.tag_steps``) and the layers keep no copy of a tagged input. Undo with :func:`remove`.
     """
     if not isinstance(optimizer, CompactAdamW):
         raise TypeError(f"values-only gradients need a CompactAdamW, got {type(optimizer).__name__}")

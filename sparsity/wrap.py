@@ -132,15 +132,15 @@ class SparseModel:
         if not installed or not max_grad_norm or max_grad_norm <= 0:
             return
         if self.config.values_grad:
-            raise ValueError(f"TrainingArguments max_grad_norm={max_grad_norm!r} with SparseConfig(values_grad=True): "
-                             f"Trainer clips model.parameters()' gradients, and {installed[0]} (one of {len(installed)} "
-                             "weights with a values-only gradient) has none there; set max_grad_norm=0 or "
-                             "values_grad=None")
+            raise ValueError(f"TrainingArguments max_grad_norm={max_grad_norm!r} with SparseConfig(values_grad=True)"
+                             f": Trainer clips model.parameters()' gradients, and {installed[0]} (one of "
+                             f"{len(installed)} weights with a values-only gradient) has none there; set "
+                             "max_grad_norm=0 or values_grad=None")
         values_grad.remove(self.model, self.optimizer)
-        warnings.warn(f"TrainingArguments max_grad_norm={max_grad_norm!r}: Trainer clips model.parameters()' gradients, "
-                      f"so {len(installed)} weights ({installed[0]}, ...) get their dense gradients back instead of "
-                      "values-only ones, so the clip covers them (more memory and time); max_grad_norm=0 keeps the "
-                      "values-only gradients", UserWarning, stacklevel=3)
+        warnings.warn(f"TrainingArguments max_grad_norm={max_grad_norm!r}: Trainer clips model.parameters()' "
+                      f"gradients, so {len(installed)} weights ({installed[0]}, ...) get their dense gradients back, "
+                      "which the clip covers, instead of values-only ones, which it would miss (more memory and time); "
+                      "max_grad_norm=0 keeps the values-only gradients", UserWarning, stacklevel=3)
 
     def delta(self) -> delta_lib.SparseDelta:
         """The exact change of the selected entries since sparsify (``theta - theta_0``, float64)."""
