@@ -200,10 +200,11 @@ def install(model: nn.Module, optimizer: CompactAdamW, mode: str = "sampled",
         idx = optimizer.indices.get(name)
         if idx is None or idx.numel() == 0 or params.get(name) is not module.weight:
             continue
-        if mode == "auto" and (not sparse_cpu.usable(module.weight) or len(holders[id(module.weight)]) > 1):
+        others = [h for h in holders[id(module.weight)] if h != name]  # a tied weight's other holders
+        if mode == "auto" and (not sparse_cpu.usable(module.weight) or others):
             continue
-        if len(holders[id(module.weight)]) > 1:
-            raise ValueError(f"'{name}' is tied to {', '.join(h for h in holders[id(module.weight)] if h != name)}: "
+        if others:
+            raise ValueError(f"'{name}' is tied to {', '.join(others)}: "
                              "a values-only gradient would carry this layer's share of its gradient only; leave it to "
                              "autograd (mode='auto' does) or untie it")
         if module.weight.dtype != torch.float32:

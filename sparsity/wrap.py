@@ -51,11 +51,13 @@ class SparseModel:
     mask, optimizer and the snapshot it started from."""
 
     def __init__(self, model: nn.Module, config: SparseConfig, mask: Mask, optimizer: torch.optim.Optimizer,
-                 reference: TensorDict, inputs: CriterionInputs, select_seconds: float = 0.0,
-                 requires_grad: dict[str, bool] | None = None) -> None:
+                 reference: TensorDict, inputs: CriterionInputs, select_seconds: float,
+                 requires_grad: dict[str, bool]) -> None:
         self.model, self.config, self.optimizer, self.reference = model, config, optimizer, reference
         self._mask, self._inputs, self.select_seconds = mask, inputs, select_seconds
-        self._requires_grad = requires_grad if requires_grad is not None else {n: True for n in mask}
+        self._requires_grad = requires_grad
+        """Each parameter's ``requires_grad`` before sparsify; the very dict sparsify left on the model
+        (:data:`BEFORE_SPARSIFY`), by which ``merge_and_unload`` knows the model is still this run's."""
 
     @property
     def mask(self) -> Mask:
@@ -166,8 +168,7 @@ class SparseModel:
                              "this run's installs off): merge the later run instead")
         if isinstance(self.optimizer, CompactAdamW):
             values_grad.remove(self.model, self.optimizer)
-        for n, p in self.model.named_parameters():
-            p.requires_grad_(self._requires_grad.get(n, True))
+        _restore_requires_grad(self.model, self._requires_grad)
         self.model.__dict__.pop(BEFORE_SPARSIFY, None)
         return self.model
 
@@ -189,13 +190,18 @@ def _requires_grad_before_sparsify(model: nn.Module) -> dict[str, bool]:
     if before is None:
         return {n: p.requires_grad for n, p in model.named_parameters()}
     layers = values_grad.remove_from_model(model)
-    for n, p in model.named_parameters():
-        p.requires_grad_(before.get(n, True))
+    _restore_requires_grad(model, before)
     warnings.warn("this model was made sparse-trainable by an earlier sparsify and not merged: its frozen tensors"
                   + (f" and the values-only gradients of {len(layers)} layers" if layers else "")
                   + " are taken off first; step the new run's optimizer only (run.merge_and_unload() before "
                   "sparsifying again avoids this warning)", UserWarning, stacklevel=3)
     return before
+
+
+def _restore_requires_grad(model: nn.Module, before: dict[str, bool]) -> None:
+    """Give every parameter the ``requires_grad`` it had before sparsify (True for one added since)."""
+    for n, p in model.named_parameters():
+        p.requires_grad_(before.get(n, True))
 
 
 def sparsify(
