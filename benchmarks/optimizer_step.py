@@ -68,7 +68,8 @@ from sparsity.cli_args import output_file, positive_int
 from sparsity.compact import CompactAdamW
 from sparsity.fastmode import fast_mode
 from sparsity.optim import MaskedAdamW
-from sparsity.sweep import busy_warning, command_line, emit, load_average, machine_lines, markdown_table
+from sparsity.sweep import (busy_warning, command_line, emit, load_average, load_line, machine_lines,
+                            markdown_table)
 from sparsity.train import fit
 
 FULL_WIDTHS = (1024, 2048, 2048, 1024, 1024)
@@ -364,17 +365,17 @@ def format_note(rows: list[Row]) -> str:
     )
 
 
-def format_report(settings: Settings, n_params: int, rows: list[Row], machine: list[str], load_at_start: str) -> str:
+def format_report(settings: Settings, n_params: int, rows: list[Row], machine: list[str],
+                  loads: tuple[str, str]) -> str:
     """The markdown report: ``machine`` (``sparsity.sweep.machine_lines``, taken at the end of the
-    run with the benchmark's thread count), the load at the start, the settings, table and note."""
+    run with the benchmark's thread count), the load at the start and end, the settings, table and note."""
     widths = "-".join(str(w) for w in settings.widths)
     return "\n".join(
         [
             "# Optimizer step: CompactAdamW and MaskedAdamW vs torch.optim.AdamW(fused=True)",
             "",
             *machine,
-            f"- 1-minute load average at the start: {load_at_start} (the line above: at the end; well above the "
-            "thread count means other jobs shared the CPU)",
+            load_line(loads, settings.threads),
             f"- model: MLP {widths}, Linear layers without bias, {n_params:,} parameters",
             f"- timing: median of {settings.steps} timed `opt.step()` calls per optimizer and density, "
             f"after {settings.warmup} warm-up steps, in interleaved rounds of {STEPS_PER_ROUND} steps; "
@@ -426,12 +427,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with frozen_heap():  # the per-measurement gc.collect() then walks the benchmark's objects only
             rows = run_benchmark(settings)
+        loads = (load_at_start, load_average())
         machine = [*machine_lines(command_line("benchmarks.optimizer_step", argv, fast)),
                    steadiness.line(before, steadiness.probe(tries))]
     finally:
         torch.set_num_threads(previous_threads)  # leave the process as we found it (tests call main)
     n_params = count_parameters(build_mlp(settings.widths))
-    emit(format_report(settings, n_params, rows, machine, load_at_start), args.out)
+    emit(format_report(settings, n_params, rows, machine, loads), args.out)
     return 0
 
 

@@ -85,7 +85,7 @@ from sparsity.cli_args import output_file, positive_int
 from sparsity.eligibility import eligible
 from sparsity.fastmode import fast_mode
 from sparsity.memory import StepMemory, step_memory
-from sparsity.sweep import command_line, emit, load_average, machine_lines, markdown_table
+from sparsity.sweep import command_line, emit, load_average, load_line, machine_lines, markdown_table
 from sparsity.train import fit
 
 DENSITY = 0.05
@@ -375,9 +375,10 @@ def format_table(rows: list[Row], rank: int) -> str:
 
 
 def format_report(settings: list[list[Row]], facts: dict[str, object], device: str, steps: int | None, command: str,
-                  loads: tuple[str, str], steady: str | None = None) -> str:
-    """The markdown report; ``steps`` None: a ``--memory-only`` run (bytes only, no step times); ``steady``: the
-    machine-steadiness line (``benchmarks.steadiness.line``) of a timed run."""
+                  loads: tuple[str, str], threads: int, steady: str | None = None) -> str:
+    """The markdown report; ``steps`` None: a ``--memory-only`` run (bytes only, no step times); ``threads``: the
+    torch threads it timed on; ``steady``: the machine-steadiness line (``benchmarks.steadiness.line``) of a timed
+    run."""
     timing = (f"median of {steps} training steps (forward, backward, step) per method, interleaved rounds of "
               f"{STEPS_PER_ROUND} within each batch size" if steps is not None else
               "not measured (`--memory-only`: bytes by category only, which do not depend on the load)")
@@ -388,8 +389,7 @@ def format_report(settings: list[list[Row]], facts: dict[str, object], device: s
         "with and without activation checkpointing",
         "",
         *machine_lines(command),
-        (f"- 1-minute load average at start / end: {loads[0]} / {loads[1]} (step times depend on it: other jobs "
-         "shared the CPU when it exceeds the thread count; bytes do not)"),
+        load_line(loads, threads),
         *([] if steady is None else [steady]),
         f"- model: {facts['n_params']:,} parameters, {facts['n_weights']:,} in block matrices; random tokens, "
         + ("bf16 autocast" if device.startswith("cuda") else "float32"),
@@ -483,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
         steady = None if before is None else steadiness.line(before, steadiness.probe(tries))
         command = command_line("benchmarks.scaleup_memory", argv, args.fast)
         report = format_report(settings, facts, args.device, None if args.memory_only else args.steps, command, loads,
-                               steady)
+                               args.threads, steady)
     finally:
         torch.set_num_threads(previous)  # tests call main in-process
     print(f"measured in {time.perf_counter() - start:.0f} s", file=sys.stderr)

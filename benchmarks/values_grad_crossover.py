@@ -35,7 +35,7 @@ from sparsity import values_grad
 from sparsity.cli_args import output_file, positive_int
 from sparsity.fastmode import fast_mode
 from sparsity.kernels import sparse_cpu
-from sparsity.sweep import command_line, emit, load_average, machine_lines, markdown_table
+from sparsity.sweep import command_line, emit, load_average, load_line, machine_lines, markdown_table
 
 DENSITIES = (0.01, 0.02, 0.05, 0.10, 0.20, 0.40)
 WIDTHS, FAST_WIDTHS = (128, 256, 512), (64,)
@@ -95,14 +95,6 @@ def crossovers(cases: list[Case]) -> dict[tuple[int, int, int], float | None]:
     return out
 
 
-def load_note(loads: tuple[str, str], threads: int) -> str:
-    """The start and end load averages, and what a load above the thread count means for the numbers."""
-    busy = any(float(load) > threads for load in loads if load.replace(".", "", 1).isdigit())
-    return (f"- 1-minute load average at start / end: {loads[0]} / {loads[1]}"
-            + (f" (above the {threads} thread(s): other jobs shared the CPU; the ratios are interleaved medians, the "
-               "absolute times are not a quiet machine's)" if busy else ""))
-
-
 def format_report(cases: list[Case], command: str, loads: tuple[str, str], reps: int, threads: int) -> str:
     table = markdown_table(
         ["layer (out x in)", "tokens", "density", "sampled ms", "dense ms", "sampled / dense"],
@@ -113,7 +105,7 @@ def format_report(cases: list[Case], command: str, loads: tuple[str, str], reps:
         "# Values-only gradient: the sampled product (SDDMM kernel) vs the dense one, by density, width and tokens",
         "",
         *machine_lines(command),
-        load_note(loads, threads),
+        load_line(loads, threads),
         f"- each case: `values_grad.selected_weight_grad(g, x, flat, how)` for how = sampled and dense, "
         f"interleaved, median of {reps}; random inputs and selection (seed 0)",
         "- GPU: not run (no GPU in this session; the sampled product is a CPU kernel)",

@@ -211,6 +211,16 @@ def load_average() -> str:
     return f"{os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else "n/a"
 
 
+def load_line(loads: tuple[str, str], threads: int) -> str:
+    """The report line of a timed run's 1-minute load averages at its start and end (:func:`load_average`), with
+    what a load above the ``threads`` the run timed on means: other jobs shared the CPU, so the absolute times are
+    not a quiet machine's (ratios of interleaved measurements suffer less). One wording for every benchmark."""
+    busy = any(float(load) > threads for load in loads if load.replace(".", "", 1).isdigit())
+    return (f"- 1-minute load average at start / end: {loads[0]} / {loads[1]}"
+            + (f" (above the {threads} thread(s): other jobs shared the CPU; the ratios are interleaved medians, the "
+               "absolute times are not a quiet machine's)" if busy else ""))
+
+
 def busy_warning(threads: int) -> str | None:
     """A warning to print before timing on ``threads`` threads when the 1-minute load average exceeds
     that count (other jobs then compete for the cores, and timings come out slower and noisier); None

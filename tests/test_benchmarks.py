@@ -76,7 +76,7 @@ def test_optimizer_step_benchmark_fast_mode(
     assert state_bytes("1%", reference) < state_bytes("5%", reference) < state_bytes("20%", reference)
     assert f"- torch {torch.__version__}; device: CPU ({cpu_name()}); " in written
     assert "; 1 torch CPU threads of " in written  # the benchmark's --threads, not the caller's
-    assert "load average at the start" in written and "- command: `LAB_FAST=1 " in written
+    assert "- 1-minute load average at start / end: " in written and "- command: `LAB_FAST=1 " in written
 
 
 def test_reports_name_the_cpu_by_model_vendor_and_instruction_set() -> None:
@@ -121,12 +121,12 @@ def test_crossover_is_the_largest_density_where_sampled_wins() -> None:
     assert crossovers(cases) == {(8, 2, 64): 0.1, (8, 2, 32): None}
 
 
-def test_the_crossover_report_says_other_jobs_shared_the_cpu_only_when_they_did() -> None:
-    from benchmarks.values_grad_crossover import load_note
+def test_timing_reports_say_other_jobs_shared_the_cpu_only_when_they_did() -> None:
+    from sparsity.sweep import load_line
 
-    assert "above" not in load_note(("1.4", "1.9"), 2) and "1.4 / 1.9" in load_note(("1.4", "1.9"), 2)
-    assert "above the 2 thread(s): other jobs shared the CPU" in load_note(("1.4", "3.5"), 2)
-    assert "above" not in load_note(("n/a", "n/a"), 2)
+    assert "above" not in load_line(("1.4", "1.9"), 2) and "1.4 / 1.9" in load_line(("1.4", "1.9"), 2)
+    assert "above the 2 thread(s): other jobs shared the CPU" in load_line(("1.4", "3.5"), 2)
+    assert "above" not in load_line(("n/a", "n/a"), 2)
 
 
 def test_optimizer_step_benchmark_refuses_bad_counts(capsys: pytest.CaptureFixture[str]) -> None:
