@@ -85,7 +85,8 @@ from sparsity.cli_args import output_file, positive_int
 from sparsity.eligibility import eligible
 from sparsity.fastmode import fast_mode
 from sparsity.memory import StepMemory, step_memory
-from sparsity.sweep import command_line, emit, load_average, load_line, machine_lines, markdown_table
+from sparsity.sweep import (busy_warning, command_line, emit, load_average, load_line, machine_lines,
+                            markdown_table)
 from sparsity.train import fit
 
 DENSITY = 0.05
@@ -466,6 +467,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
+    if not args.memory_only and (warning := busy_warning(args.threads)) is not None:
+        print(warning, file=sys.stderr, flush=True)
     previous = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     load_start = load_average()

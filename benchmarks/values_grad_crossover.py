@@ -35,7 +35,8 @@ from sparsity import values_grad
 from sparsity.cli_args import output_file, positive_int
 from sparsity.fastmode import fast_mode
 from sparsity.kernels import sparse_cpu
-from sparsity.sweep import command_line, emit, load_average, load_line, machine_lines, markdown_table
+from sparsity.sweep import (busy_warning, command_line, emit, load_average, load_line, machine_lines,
+                            markdown_table)
 
 DENSITIES = (0.01, 0.02, 0.05, 0.10, 0.20, 0.40)
 WIDTHS, FAST_WIDTHS = (128, 256, 512), (64,)
@@ -136,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if sparse_cpu.load() is None:
         print("the CPU kernel could not be built: the sampled product here is the gather fallback", file=sys.stderr)
+    if (warning := busy_warning(args.threads)) is not None:
+        print(warning, file=sys.stderr, flush=True)
     fast = fast_mode()
     previous = torch.get_num_threads()
     torch.set_num_threads(args.threads)

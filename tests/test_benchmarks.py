@@ -94,15 +94,19 @@ def test_a_busy_machine_is_named_before_timing_and_a_quiet_one_is_not(monkeypatc
     assert busy_warning(1) is not None and "load average is 2.0, above this benchmark's 1 thread(s)" in busy_warning(1)
 
 
-def test_values_grad_crossover_fast_mode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_values_grad_crossover_fast_mode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
     import json
 
     from benchmarks import values_grad_crossover as crossover
 
     monkeypatch.setenv("LAB_FAST", "1")
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.0, 1.0, 1.0))  # quiet for one thread: no warning, no remark
     out = tmp_path / "crossover.md"
     assert crossover.main(["--threads", "1", "--reps", "1", "--out", str(out)]) == 0
+    assert "warning" not in capsys.readouterr().err
     written, rows = out.read_text(), json.loads(out.with_suffix(".json").read_text())
+    assert "- 1-minute load average at start / end: 1.0 / 1.0\n" in written
     shapes = {(4 * d, d) for d in crossover.FAST_WIDTHS} | {(d, 4 * d) for d in crossover.FAST_WIDTHS}
     cases = {(r["n_out"], r["n_in"], r["tokens"], r["density"]) for r in rows}
     assert cases == {(o, i, t, d) for o, i in shapes for t in crossover.FAST_TOKENS for d in crossover.DENSITIES}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -43,10 +44,14 @@ def test_matched_rank_is_the_closest_lora_count_to_5_percent() -> None:
 def test_benchmark_fast_mode_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                    capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("LAB_FAST", "1")
+    monkeypatch.setattr(os, "getloadavg", lambda: (3.5, 3.0, 3.0))  # a busy machine: said before timing and after
     out = tmp_path / "scaleup_memory.md"
     assert bench.main(["--threads", "1", "--out", str(out)]) == 0
     written = out.read_text()
-    assert written.strip() in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "warning: the 1-minute load average is 3.5, above this benchmark's 1 thread(s)" in captured.err
+    assert "- 1-minute load average at start / end: 3.5 / 3.5 (above the 1 thread(s)" in written
+    assert written.strip() in captured.out
     assert "GPT `micro` (cpu)" in written and "LAB_FAST=1" in written
 
     rows, small_rows = _tables(written)
@@ -143,10 +148,13 @@ def test_benchmark_cuda_path_fast_mode(tmp_path: Path, monkeypatch: pytest.Monke
     assert all(float(cells[6]) > 0 for cells in rows.values())  # the allocator's peak above model + data
 
 
-def test_memory_only_reports_bytes_and_no_step_times(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_memory_only_reports_bytes_and_no_step_times(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("LAB_FAST", "1")
+    monkeypatch.setattr(os, "getloadavg", lambda: (3.5, 3.0, 3.0))  # busy, but bytes do not depend on the load
     out = tmp_path / "bytes.md"
     assert bench.main(["--threads", "1", "--memory-only", "--out", str(out)]) == 0
+    assert "warning: the 1-minute load average" not in capsys.readouterr().err
     written = out.read_text()
     assert "not measured (`--memory-only`" in written
     targets = [line for line in written.splitlines() if line.startswith("- target ")]
