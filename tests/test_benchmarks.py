@@ -221,3 +221,51 @@ def test_steadiness_times_the_same_work_and_reports_its_spread(capsys: pytest.Ca
     with pytest.raises(SystemExit):
         steadiness.main(["--tries", "1"])
     assert "--tries: tries must be at least 2" in capsys.readouterr().err
+
+
+def test_values_grad_breakdown_fast_mode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from benchmarks import values_grad_breakdown as breakdown
+    from sparsity import values_grad
+
+    real = values_grad.selected_weight_grad
+    monkeypatch.setenv("LAB_FAST", "1")
+    out = tmp_path / "breakdown.md"
+    assert breakdown.main(["--threads", "1", "--out", str(out)]) == 0
+    assert values_grad.selected_weight_grad is real  # the timing wrapper is gone after the run
+    written = out.read_text()
+    rows = {cells[0]: cells[1:] for line in written.splitlines() if line.startswith("| ") and "---" not in line
+            for cells in [[c.strip() for c in line.strip("|").split("|")]] if cells[0] in breakdown.VARIANTS}
+    assert set(rows) == set(breakdown.VARIANTS)
+    assert float(rows[breakdown.FULL][1]) == 1.0
+    assert float(rows[breakdown.SPARSE_VALUES][6]) > 0  # the sampled product's calls were timed
+    assert rows[breakdown.FLOOR][6] == "-" and rows[breakdown.FULL][6] == "-"
+    assert "Without the selected entries' gradient the step takes" in written and "GPT `micro`" in written
+
+
+def test_the_floor_computes_no_weight_gradient_and_the_real_step_does() -> None:
+    from benchmarks import scaleup_memory as sm
+    from benchmarks.values_grad_breakdown import PhasedStep, sampled_product
+    from scaleup import gpt
+    from scaleup import tasks as tk
+    from sparsity import values_grad
+
+    world = tk.World()
+    base = gpt.build("micro", world.vocab_size, 16, seed=0)
+    batch = sm.random_batch(world.vocab_size, 2, 16, "cpu")
+    rank = sm.matched_rank(base)
+    for skip in (True, False):
+        model, opt, _ = sm.prepare(sm.SPARSE_VALUES, base, rank)
+        before = [p.detach().clone() for p in model.parameters()]
+        stepper = PhasedStep(model, opt, batch, skip_sampled=skip)
+        stepper.step(1)
+        changed = any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
+        assert changed is not skip  # zero gradients move no AdamW weight (no decay here); real ones do
+        assert all(len(t) == 1 for t in stepper.phases.values())
+        assert (stepper.phases["sampled product"][0] > 0) is not skip
+    g, x = torch.randn(8, 6), torch.randn(8, 5)
+    flat = torch.tensor([0, 7, 29], dtype=torch.int32)
+    with sampled_product(skip=True):
+        assert torch.equal(values_grad.selected_weight_grad(g, x, flat), torch.zeros(3))
+    with sampled_product(skip=False) as spent:
+        got = values_grad.selected_weight_grad(g, x, flat)
+    assert len(spent) == 1 and torch.allclose(got, (g.t() @ x).view(-1)[flat.long()], atol=1e-5)
