@@ -68,8 +68,7 @@ from sparsity.cli_args import output_file, positive_int
 from sparsity.compact import CompactAdamW
 from sparsity.fastmode import fast_mode
 from sparsity.optim import MaskedAdamW
-from sparsity.sweep import (busy_warning, command_line, emit, load_average, load_line, machine_lines,
-                            markdown_table)
+from sparsity.sweep import busy_warning, command_line, emit, load_average, load_line, machine_lines, markdown_table
 from sparsity.train import fit
 
 FULL_WIDTHS = (1024, 2048, 2048, 1024, 1024)

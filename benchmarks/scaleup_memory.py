@@ -85,8 +85,7 @@ from sparsity.cli_args import output_file, positive_int
 from sparsity.eligibility import eligible
 from sparsity.fastmode import fast_mode
 from sparsity.memory import StepMemory, step_memory
-from sparsity.sweep import (busy_warning, command_line, emit, load_average, load_line, machine_lines,
-                            markdown_table)
+from sparsity.sweep import busy_warning, command_line, emit, load_average, load_line, machine_lines, markdown_table
 from sparsity.train import fit
 
 DENSITY = 0.05

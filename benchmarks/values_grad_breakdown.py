@@ -14,10 +14,11 @@ step phase by phase for three variants of the same model and batch, in interleav
   that any values-only gradient could reach at best on this model, whatever its kernel. The sampled product's
   share of the step is the difference.
 
-Per variant: the median step time, and the medians of its forward (``zero_grad`` and loss), backward and optimizer
-step; for ``values-grad`` also the time spent inside the sampled product's calls (``values_grad.selected_weight_grad``,
-timed in place while this script runs). The phases are timed with the loop written out (the lab's ``fit`` does the
-same four calls). ``LAB_FAST=1``: the ``micro`` preset, a small batch, a few steps. Run from the repository root::
+Per variant: the median step time, and the medians of its forward (the loss), backward (with ``zero_grad``) and
+optimizer step; for ``values-grad`` also the time spent inside the sampled product's calls
+(``values_grad.selected_weight_grad``, timed in place while this script runs). The steps run in the lab's one loop
+(``sparsity.train.fit``), whose hooks mark where backward and the optimizer step end. ``LAB_FAST=1``: the ``micro``
+preset, a small batch, a few steps. Run from the repository root::
 
     PYTHONPATH=. python -m benchmarks.values_grad_breakdown [--preset P] [--batch B] [--tokens T] [--steps N]
         [--threads T] [--out PATH]
@@ -45,8 +46,8 @@ from scaleup.memory import frozen_heap
 from sparsity import values_grad
 from sparsity.cli_args import output_file, positive_int
 from sparsity.fastmode import fast_mode
-from sparsity.sweep import (busy_warning, command_line, emit, load_average, load_line, machine_lines,
-                            markdown_table)
+from sparsity.sweep import busy_warning, command_line, emit, load_average, load_line, machine_lines, markdown_table
+from sparsity.train import fit
 
 FLOOR = "values-grad, no weight gradient (floor)"
 VARIANTS = (FULL, SPARSE_VALUES, FLOOR)
@@ -55,7 +56,8 @@ PHASES = ("forward", "backward", "optimizer", "sampled product")
 
 @dataclass
 class PhasedStep:
-    """One variant's training step as the ``step(n)`` callable ``time_rounds`` times, recording each phase (ms).
+    """One variant's training step as the ``step(n)`` callable ``time_rounds`` times: the lab's one loop
+    (``sparsity.train.fit``), itself the hook that marks where each phase ends, recording each phase (ms).
 
     ``skip_sampled``: the floor variant; the sampled product is then replaced by zeros while this step runs."""
 
@@ -64,18 +66,25 @@ class PhasedStep:
     batch: tk.Batch
     skip_sampled: bool = False
     phases: dict[str, list[float]] = field(default_factory=lambda: {p: [] for p in PHASES})
+    _marks: list[float] = field(default_factory=list)
+
+    def loss(self, model: nn.Module, batch: tk.Batch) -> torch.Tensor:
+        self._marks[:] = [time.perf_counter()]
+        loss = tk.loss(model, batch)
+        self._marks.append(time.perf_counter())  # forward done; fit then clears the gradients and runs backward
+        return loss
+
+    def before_step(self, state: object) -> None:
+        self._marks.append(time.perf_counter())
+
+    def after_step(self, state: object) -> None:
+        self._marks.append(time.perf_counter())
 
     def step(self, steps: int = 1) -> None:
         for _ in range(steps):
             with sampled_product(self.skip_sampled) as spent:
-                a = time.perf_counter()
-                self.opt.zero_grad(set_to_none=True)
-                loss = tk.loss(self.model, self.batch)
-                b = time.perf_counter()
-                loss.backward()
-                c = time.perf_counter()
-                self.opt.step()
-                d = time.perf_counter()
+                fit(self.model, self.opt, self.loss, 1, batches=lambda _: self.batch, hooks=[self])
+            a, b, c, d = self._marks
             for name, seconds in zip(PHASES, (b - a, c - b, d - c, sum(spent))):
                 self.phases[name].append(seconds * 1e3)
 

@@ -35,8 +35,7 @@ from sparsity import values_grad
 from sparsity.cli_args import output_file, positive_int
 from sparsity.fastmode import fast_mode
 from sparsity.kernels import sparse_cpu
-from sparsity.sweep import (busy_warning, command_line, emit, load_average, load_line, machine_lines,
-                            markdown_table)
+from sparsity.sweep import busy_warning, command_line, emit, load_average, load_line, machine_lines, markdown_table
 
 DENSITIES = (0.01, 0.02, 0.05, 0.10, 0.20, 0.40)
 WIDTHS, FAST_WIDTHS = (128, 256, 512), (64,)
