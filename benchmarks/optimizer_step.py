@@ -68,7 +68,7 @@ from sparsity.cli_args import output_file, positive_int
 from sparsity.compact import CompactAdamW
 from sparsity.fastmode import fast_mode
 from sparsity.optim import MaskedAdamW
-from sparsity.sweep import busy_warning, command_line, emit, load_average, load_line, machine_lines, markdown_table
+from sparsity.sweep import command_line, emit, load_line, machine_lines, markdown_table
 from sparsity.train import fit
 
 FULL_WIDTHS = (1024, 2048, 2048, 1024, 1024)
@@ -416,23 +416,13 @@ def main(argv: list[str] | None = None) -> int:
         warmup=FAST_WARMUP if fast else FULL_WARMUP,
         threads=args.threads,
     )
-    if (warning := busy_warning(settings.threads)) is not None:
-        print(warning, file=sys.stderr, flush=True)
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(settings.threads)
-    load_at_start = load_average()
-    tries = 3 if fast else 30
-    before = steadiness.probe(tries)
-    try:
+    with steadiness.TimingSession(settings.threads, 3 if fast else 30) as session:
         with frozen_heap():  # the per-measurement gc.collect() then walks the benchmark's objects only
             rows = run_benchmark(settings)
-        loads = (load_at_start, load_average())
-        machine = [*machine_lines(command_line("benchmarks.optimizer_step", argv, fast)),
-                   steadiness.line(before, steadiness.probe(tries))]
-    finally:
-        torch.set_num_threads(previous_threads)  # leave the process as we found it (tests call main)
+        session.finish()
+        machine = [*machine_lines(command_line("benchmarks.optimizer_step", argv, fast)), str(session.line)]
     n_params = count_parameters(build_mlp(settings.widths))
-    emit(format_report(settings, n_params, rows, machine, loads), args.out)
+    emit(format_report(settings, n_params, rows, machine, session.loads), args.out)
     return 0
 
 

@@ -85,7 +85,7 @@ from sparsity.cli_args import output_file, positive_int
 from sparsity.eligibility import eligible
 from sparsity.fastmode import fast_mode
 from sparsity.memory import StepMemory, step_memory
-from sparsity.sweep import busy_warning, command_line, emit, load_average, load_line, machine_lines, markdown_table
+from sparsity.sweep import command_line, emit, load_line, machine_lines, markdown_table
 from sparsity.train import fit
 
 DENSITY = 0.05
@@ -466,28 +466,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
-    if not args.memory_only and (warning := busy_warning(args.threads)) is not None:
-        print(warning, file=sys.stderr, flush=True)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
-    load_start = load_average()
-    start = time.perf_counter()
-    tries = 3 if args.fast else 30
-    before = None if args.memory_only else steadiness.probe(tries)
-    try:
+    with steadiness.TimingSession(args.threads, 3 if args.fast else 30, timed=not args.memory_only) as session:
+        start = time.perf_counter()
         settings, facts = [], {}
         with frozen_heap():  # the per-measurement gc.collect() then walks the benchmark's objects only
             for batch, methods in ((args.batch, METHODS), (args.small_batch, SMALL_BATCH_METHODS)):
                 rows, facts = measure(args.preset, args.device, batch, args.tokens, args.steps,
                                       2 if args.fast else 3, methods_for(args.device, methods), not args.memory_only)
                 settings.append(rows)
-        loads = (load_start, load_average())
-        steady = None if before is None else steadiness.line(before, steadiness.probe(tries))
+        session.finish()
+        loads = session.loads
         command = command_line("benchmarks.scaleup_memory", argv, args.fast)
         report = format_report(settings, facts, args.device, None if args.memory_only else args.steps, command, loads,
-                               args.threads, steady)
-    finally:
-        torch.set_num_threads(previous)  # tests call main in-process
+                               args.threads, session.line)
     print(f"measured in {time.perf_counter() - start:.0f} s", file=sys.stderr)
     emit(report, args.out)
     if args.out is not None:

@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+
+from sparsity.sweep import busy_warning, load_average
 
 SIZE = 256
 REPEATS = 20
@@ -91,6 +94,41 @@ def line(before: Steadiness, after: Steadiness) -> str:
     return (f"- machine steadiness (`benchmarks.steadiness`: {REPEATS} one-thread {SIZE} x {SIZE} matmuls and a copy "
             f"of {COPY_MIB} MiB per try, the same work each time): before the timing {before.describe()}, after it "
             f"{after.describe()}")
+
+
+class TimingSession:
+    """What every step-time benchmark does around its timing, as a ``with`` block.
+
+    On entry: a warning on stderr when the 1-minute load average exceeds ``threads``
+    (``sparsity.sweep.busy_warning``), torch set to ``threads`` CPU threads, the load average
+    noted and, with ``tries``, the steadiness probed. :meth:`finish`, called when the timing
+    is done (the report is written after it, still on ``threads``): the load average noted again
+    (:attr:`loads`) and the probe's report line (:attr:`line`, None without ``tries``). On exit,
+    even after an error: the caller's thread count back (tests call the benchmarks in-process).
+    ``timed=False`` (a bytes-only run): no warning and no probe.
+    """
+
+    def __init__(self, threads: int, tries: int = 0, timed: bool = True) -> None:
+        self.threads, self.tries, self.timed = threads, tries if timed else 0, timed
+        self.loads: tuple[str, str] = ("n/a", "n/a")
+        self.line: str | None = None
+
+    def __enter__(self) -> TimingSession:
+        if self.timed and (warning := busy_warning(self.threads)) is not None:
+            print(warning, file=sys.stderr, flush=True)
+        self._previous = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        self._load_start = load_average()
+        self._before = probe(self.tries) if self.tries else None
+        return self
+
+    def finish(self) -> None:
+        self.loads = (self._load_start, load_average())
+        if self._before is not None:
+            self.line = line(self._before, probe(self.tries))
+
+    def __exit__(self, *exc: object) -> None:
+        torch.set_num_threads(self._previous)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

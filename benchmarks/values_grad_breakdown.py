@@ -46,7 +46,7 @@ from scaleup.memory import frozen_heap
 from sparsity import values_grad
 from sparsity.cli_args import output_file, positive_int
 from sparsity.fastmode import fast_mode
-from sparsity.sweep import busy_warning, command_line, emit, load_average, load_line, machine_lines, markdown_table
+from sparsity.sweep import command_line, emit, load_line, machine_lines, markdown_table
 from sparsity.train import fit
 
 FLOOR = "values-grad, no weight gradient (floor)"
@@ -188,7 +188,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                                             "the step without any weight gradient (its floor).")
     p.add_argument("--preset", default="micro" if fast else "small", choices=tuple(gpt.PRESETS),
                    help="scaleup.gpt preset (default %(default)s)")
-    p.add_argument("--batch", type=positive_int, default=4 if fast else 32, help="sequences per batch (default %(default)s)")
+    p.add_argument("--batch", type=positive_int, default=4 if fast else 32,
+                   help="sequences per batch (default %(default)s)")
     p.add_argument("--tokens", type=positive_int, default=16 if fast else 64,
                    help="tokens per sequence (default %(default)s)")
     p.add_argument("--steps", type=positive_int, default=3 if fast else 40,
@@ -202,24 +203,15 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     fast = fast_mode()
-    if (warning := busy_warning(args.threads)) is not None:
-        print(warning, file=sys.stderr, flush=True)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
-    load_start = load_average()
-    tries = 3 if fast else 30
-    before = steadiness.probe(tries)
-    try:
-        with frozen_heap():
-            rows = measure(args.preset, args.batch, args.tokens, args.steps, 1 if fast else 3)
-        loads = (load_start, load_average())
-        steady = steadiness.line(before, steadiness.probe(tries))
-    finally:
-        torch.set_num_threads(previous)  # tests call main in-process
     facts = (f"model: GPT `{args.preset}`, float32, CPU; batch {args.batch} x {args.tokens} random tokens; "
              "5% random entries of every block matrix")
-    emit(format_report(rows, facts, command_line("benchmarks.values_grad_breakdown", argv, fast), loads, args.threads,
-                       steady), args.out)
+    with steadiness.TimingSession(args.threads, 3 if fast else 30) as session:
+        with frozen_heap():
+            rows = measure(args.preset, args.batch, args.tokens, args.steps, 1 if fast else 3)
+        session.finish()
+        report = format_report(rows, facts, command_line("benchmarks.values_grad_breakdown", argv, fast),
+                               session.loads, args.threads, str(session.line))
+    emit(report, args.out)
     return 0
 
 

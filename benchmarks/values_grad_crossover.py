@@ -31,11 +31,12 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from benchmarks.steadiness import TimingSession
 from sparsity import values_grad
 from sparsity.cli_args import output_file, positive_int
 from sparsity.fastmode import fast_mode
 from sparsity.kernels import sparse_cpu
-from sparsity.sweep import busy_warning, command_line, emit, load_average, load_line, machine_lines, markdown_table
+from sparsity.sweep import command_line, emit, load_line, machine_lines, markdown_table
 
 DENSITIES = (0.01, 0.02, 0.05, 0.10, 0.20, 0.40)
 WIDTHS, FAST_WIDTHS = (128, 256, 512), (64,)
@@ -136,21 +137,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if sparse_cpu.load() is None:
         print("the CPU kernel could not be built: the sampled product here is the gather fallback", file=sys.stderr)
-    if (warning := busy_warning(args.threads)) is not None:
-        print(warning, file=sys.stderr, flush=True)
     fast = fast_mode()
-    previous = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
-    load_start = load_average()
-    try:
+    with TimingSession(args.threads) as session:
         cases = [measure_case(n_out, n_in, tokens, density, args.reps)
                  for d in (FAST_WIDTHS if fast else WIDTHS) for n_out, n_in in ((4 * d, d), (d, 4 * d))
                  for tokens in (FAST_TOKENS if fast else TOKENS) for density in DENSITIES]
-        loads = (load_start, load_average())
-        command = command_line("benchmarks.values_grad_crossover", argv)
-        report = format_report(cases, command, loads, args.reps, args.threads)
-    finally:
-        torch.set_num_threads(previous)  # tests call main in-process
+        session.finish()
+        loads = session.loads
+        report = format_report(cases, command_line("benchmarks.values_grad_crossover", argv), loads, args.reps,
+                               args.threads)
     emit(report, args.out)
     if args.out is not None:
         rows = [{**asdict(c), "ratio": round(c.ratio, 6), "threads": args.threads, "load_1min_start": loads[0],

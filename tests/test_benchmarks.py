@@ -223,6 +223,33 @@ def test_steadiness_times_the_same_work_and_reports_its_spread(capsys: pytest.Ca
     assert "--tries: tries must be at least 2" in capsys.readouterr().err
 
 
+def test_a_timing_session_warns_sets_threads_notes_loads_and_gives_them_back(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks.steadiness import TimingSession
+
+    original = torch.get_num_threads()
+    torch.set_num_threads(2)  # the caller's count, which the session must replace and give back
+    caller = 2
+    try:
+        loads = iter([(3.0, 0, 0), (3.0, 0, 0), (4.0, 0, 0)])  # the warning's, the start's, the end's
+        monkeypatch.setattr(os, "getloadavg", lambda: next(loads))
+        with TimingSession(1, tries=2) as session:
+            assert torch.get_num_threads() == 1
+            session.finish()
+            assert session.loads == ("3.0", "4.0")
+            assert session.line is not None and "in 2 tries, after it" in session.line
+        assert torch.get_num_threads() == caller
+        warned = capsys.readouterr().err
+        assert "warning: the 1-minute load average is 3.0, above this benchmark's 1 thread(s)" in warned
+        monkeypatch.setattr(os, "getloadavg", lambda: (5.0, 0, 0))
+        with pytest.raises(RuntimeError, match="interrupted"), TimingSession(1, tries=2, timed=False) as session:
+            raise RuntimeError("interrupted")
+        assert torch.get_num_threads() == caller  # given back after an error too
+        assert session.line is None and capsys.readouterr().err == ""  # bytes only: no probe, no warning
+    finally:
+        torch.set_num_threads(original)
+
+
 def test_values_grad_breakdown_fast_mode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from benchmarks import values_grad_breakdown as breakdown
     from sparsity import values_grad
