@@ -113,6 +113,8 @@ def sampled_product(skip: bool) -> Iterator[list[float]]:
 
 @dataclass(frozen=True)
 class Row:
+    """One variant: median step (ms), phase medians (ms), step over full's, and that ratio's range within rounds."""
+
     variant: str
     step_ms: float
     phases_ms: dict[str, float]
@@ -143,6 +145,7 @@ def measure(preset: str, batch_size: int, tokens: int, steps: int, warmup: int) 
 
 def format_report(rows: list[Row], facts: str, command: str, loads: tuple[str, str], threads: int,
                   steady: str) -> str:
+    """The markdown report: machine, load and steadiness lines, the table, and a reading of the floor."""
     by = {r.variant: r for r in rows}
     full, values, floor = by[FULL], by[SPARSE_VALUES], by[FLOOR]
     table = markdown_table(
