@@ -84,6 +84,8 @@ def test_merge_lora_gives_back_the_requires_grad_the_user_set() -> None:
         ("benchmarks.criteria_cost", ["--rank", "-1"], "argument --rank: must be a positive int, got -1"),
         ("benchmarks.semistructured", ["--reps", "0"], "argument --reps: must be a positive int, got 0"),
         ("benchmarks.scaleup_memory", ["--batch", "1.5"], "argument --batch: must be a positive int, got '1.5'"),
+        ("benchmarks.values_grad_breakdown", ["--steps", "0"], "argument --steps: must be a positive int, got 0"),
+        ("benchmarks.values_grad_breakdown", ["--preset", "huge"], "argument --preset: invalid choice: 'huge'"),
         ("scaleup.teacher_student", ["--lam", "inf"], "argument --lam: must be a finite number >= 0, got 'inf'"),
         ("scaleup.teacher_student", ["--plot", "/no/such/dir/p.png"], "argument --plot: the folder /no/such/dir"),
     ],
