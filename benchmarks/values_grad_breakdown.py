@@ -10,9 +10,10 @@ step phase by phase for three variants of the same model and batch, in interleav
 - ``full``: every parameter trains, ``torch.optim.AdamW(fused=True)`` (``scaleup_memory``'s baseline);
 - ``sparse 5% values-grad``: ``scaleup_memory``'s row of that name (``sparsify`` with the values-only gradient);
 - ``values-grad, no weight gradient (floor)``: the same step with the selected entries' gradient not computed
-  (the anchors receive zeros; a timing what-if, not training; the layer inputs are still rebuilt): the step time
-  that any values-only gradient could reach at best on this model, whatever its kernel. The sampled product's
-  share of the step is the difference.
+  (the anchors receive zeros; a timing what-if, not training): the step time that any values-only gradient could
+  reach at best on this model, whatever its kernel. The layer inputs that the kernel rebuilds block by block inside
+  the product (after a GELU or a LayerNorm, ``sparsity.rebuilt_inputs.RowStep``) are then not rebuilt either. The
+  sampled product's share of the step is the difference.
 
 Per variant: the median step time, and the medians of its forward (the loss), backward (with ``zero_grad``) and
 optimizer step; for ``values-grad`` also the time spent inside the sampled product's calls
@@ -43,7 +44,7 @@ from benchmarks.scaleup_memory import FULL, SPARSE_VALUES, matched_rank, prepare
 from scaleup import gpt
 from scaleup import tasks as tk
 from scaleup.memory import frozen_heap
-from sparsity import values_grad
+from sparsity import rebuilt_inputs, values_grad
 from sparsity.cli_args import output_file, positive_int
 from sparsity.fastmode import fast_mode
 from sparsity.sweep import command_line, emit, load_line, machine_lines, markdown_table
@@ -96,11 +97,12 @@ def sampled_product(skip: bool) -> Iterator[list[float]]:
     real = values_grad.selected_weight_grad
     spent: list[float] = []
 
-    def timed(grad_out: torch.Tensor, x: torch.Tensor, flat: torch.Tensor, how: str = "sampled") -> torch.Tensor:
+    def timed(grad_out: torch.Tensor, x: torch.Tensor, flat: torch.Tensor, how: str = "sampled",
+              step: rebuilt_inputs.RowStep | None = None) -> torch.Tensor:
         if skip:
             return torch.zeros(flat.numel(), dtype=grad_out.dtype, device=grad_out.device)
         start = time.perf_counter()
-        out = real(grad_out, x, flat, how)
+        out = real(grad_out, x, flat, how, step)
         spent.append(time.perf_counter() - start)
         return out
 
@@ -160,7 +162,8 @@ def format_report(rows: list[Row], facts: str, command: str, loads: tuple[str, s
         f"**Reading.** Without the selected entries' gradient the step takes {floor.vs_full:.3f}x full's: the forward "
         f"({floor.phases_ms['forward']:.1f} ms against full's {full.phases_ms['forward']:.1f}), and a backward "
         f"({floor.phases_ms['backward']:.1f} ms against full's {full.phases_ms['backward']:.1f}) of the input "
-        "gradients, the attention's, norms' and GELUs' own backward and the rebuilt layer inputs. That is the lowest a "
+        "gradients and the attention's, norms' and GELUs' own backward (the layer inputs that the product rebuilds "
+        "block by block are not rebuilt there). That is the lowest a "
         "values-only gradient can reach on this model and batch, whatever its kernel. The values-only gradient steps "
         f"in {values.vs_full:.3f}x full's, {above:.1f} ms above the floor ({above / full.step_ms:.3f} of full's step); "
         f"its calls of the sampled product took {values.phases_ms['sampled product']:.1f} ms per step. Full's dense "

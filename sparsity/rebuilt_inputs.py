@@ -7,7 +7,10 @@ backward keeps *its* input: ``proj(gelu(u))`` keeps both ``u`` (for GELU's backw
 keeps both ``h`` and the normalised ``h``. Recomputing the cheap step in backward instead of
 keeping its output is the trade of activation recomputation (Chen et al. 2016), made selective:
 only elementwise steps, never a matmul (Korthikanti et al. 2022 recompute the attention core by
-the same reasoning). It costs one GELU or norm per layer in backward. (The attention's
+the same reasoning). It costs one GELU or norm per layer in backward. Where the step computes each token's row
+alone (a GELU with erf, a LayerNorm over the last dimension: :class:`RowStep`), the CPU kernel of the sampled
+product rebuilds it one block of tokens at a time, just before it reads the block: the whole output is then never
+written out and read back (``sparsity.kernels.sparse_cpu``). (The attention's
 output, its heads side by side, needs nothing: on the CPU the fused attention lays its output out
 so that this is a view of what its backward keeps, not a copy.)
 
@@ -57,6 +60,24 @@ TAG = "_rebuild_from"
 """The attribute :func:`tag_steps` sets on a step's output: ``(recipe, version)``."""
 
 
+class RowStep(NamedTuple):
+    """A step whose output the CPU kernel of ``sparsity.values_grad`` rebuilds one block of token rows at a time: a GELU
+    with erf (``aten.gelu``) or a LayerNorm over the last dimension. Each computes a row the same way whatever the other
+    rows (tested bit for bit), so the layer's whole input is never rebuilt at once, only a block of it, read while in
+    cache. Called, it gives the whole output (for the products that need it whole)."""
+
+    kind: str
+    """``"gelu"`` or ``"layer_norm"``."""
+    weight: torch.Tensor | None = None
+    bias: torch.Tensor | None = None
+    eps: float = 0.0
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "gelu":
+            return F.gelu(x)
+        return F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
+
+
 class Recipe(NamedTuple):
     """How a tagged output is had again, and, for a GELU, how its backward is done in the next layer's."""
 
@@ -68,6 +89,8 @@ class Recipe(NamedTuple):
     """A GELU computed by ``aten.gelu`` (its output's node is ``GeluBackward0``): its input as autograd has it."""
     step_backward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
     """``step_backward(grad, step_input)``: that GELU's backward, into ``grad`` itself (see :func:`gelu_backward_`)."""
+    row_step: RowStep | None = None
+    """Where the step is a :class:`RowStep` of ``sources[0]``: the same step, for the kernel to apply block by block."""
 
 
 def _class_from_torch_or_transformers(module: nn.Module) -> str | None:
@@ -106,11 +129,15 @@ def _tag(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
         weight = getattr(module, "weight", None)
         made = Recipe(functools.partial(_forward_of, module), (x.detach(), None if weight is None else weight.detach()))
     elif not _is_gelu(module):
-        made = Recipe(functools.partial(_layer_norm, shape=tuple(module.normalized_shape), eps=module.eps),
-                      (x.detach(), *(None if p is None else p.detach() for p in (module.weight, module.bias))))
+        sources = (x.detach(), *(None if p is None else p.detach() for p in (module.weight, module.bias)))
+        rows = RowStep("layer_norm", *sources[1:], module.eps) if len(module.normalized_shape) == 1 else None
+        made = Recipe(functools.partial(_layer_norm, shape=tuple(module.normalized_shape), eps=module.eps), sources,
+                      row_step=rows)
     elif output.grad_fn is not None and output.grad_fn.name() == "GeluBackward0":  # aten.gelu's own output
+        approximate = output.grad_fn._saved_approximate
         made = Recipe(module.forward, (x.detach(),), x,  # forward itself: no hook runs again
-                      functools.partial(gelu_backward_, approximate=output.grad_fn._saved_approximate))
+                      functools.partial(gelu_backward_, approximate=approximate),
+                      RowStep("gelu") if approximate == "none" else None)
     else:  # a GELU of several operations (NewGELUActivation) or a hooked one: rebuilt, its backward left to autograd
         made = Recipe(module.forward, (x.detach(),))
     setattr(output, TAG, (made, output._version))

@@ -30,8 +30,10 @@ Either way the result equals the dense gradient at the selected entries to round
 ``install(..., rebuild_inputs=True)`` (what ``sparsify`` does unless ``SparseConfig(rebuild_inputs=False)``)
 also drops the layer's copy of an input that is a GELU's, a LayerNorm's or an RMSNorm's output: backward rebuilds it bit
 for bit from what those keep anyway (``sparsity.rebuilt_inputs``), before the input gradient is allocated,
-so the two are never live at once; after a GELU the layer also runs the GELU's backward, in place on its input
-gradient, so the GELU's output and input gradients are never live at once either.
+so the two are never live at once; on the CPU kernel, after a GELU with erf or a LayerNorm over the last dimension,
+it is rebuilt one block of tokens at a time inside the product (``rebuilt_inputs.RowStep``), never whole. After a
+GELU the layer also runs the GELU's backward, in place on its input gradient, so the GELU's output and input gradients
+are never live at once either.
 
 The optimizer's step consumes the anchors' gradients (a post-step hook sets them to None), as if
 it called its own ``zero_grad`` afterwards: loops that clear gradients through the model
@@ -82,10 +84,15 @@ def sampled_pays(k: int, n_out: int, n_in: int, tokens: int, kernel: bool) -> bo
     return kernel and any(tokens >= at_least and density <= most for at_least, most in SAMPLED_MAX_DENSITY)
 
 
+STEP_CODES = {"gelu": 1, "layer_norm": 2}
+"""The kernel's codes for the :class:`rebuilt_inputs.RowStep` kinds."""
+
+
 def selected_weight_grad(grad_out: torch.Tensor, x: torch.Tensor, flat: torch.Tensor,
-                         how: str = "sampled") -> torch.Tensor:
+                         how: str = "sampled", step: rebuilt_inputs.RowStep | None = None) -> torch.Tensor:
     """``(grad_out^T @ x).view(-1)[flat]`` for ``grad_out [B, out]``, ``x [B, in]`` and sorted int32 flat
-    positions ``flat``, computed ``how`` (one of :data:`MODES`)."""
+    positions ``flat``, computed ``how`` (one of :data:`MODES`). With a ``step``, ``x`` is the step's input and the
+    layer's input is ``step(x)``: the CPU kernel rebuilds it one block of tokens at a time, the other products whole."""
     if how not in MODES:
         raise ValueError(f"how must be one of {MODES}, got {how!r}")
     if flat.dtype != torch.int32:
@@ -95,15 +102,19 @@ def selected_weight_grad(grad_out: torch.Tensor, x: torch.Tensor, flat: torch.Te
     if how == "auto":
         how = "sampled" if sampled_pays(flat.numel(), grad_out.shape[1], n_in, x.shape[0], kernel is not None) \
             else "dense"
+    if step is not None and (how == "dense" or kernel is None):
+        x = step(x)
     if how == "dense":
         return (grad_out.t() @ x).view(-1).index_select(0, flat)
     if kernel is not None:
-        return kernel.selected_weight_grad(grad_out, x, flat)
+        if step is None:
+            return kernel.selected_weight_grad(grad_out, x, flat)
+        return kernel.weight_grad_of_step(grad_out, x, flat, STEP_CODES[step.kind], step.weight, step.bias, step.eps)
     out = torch.empty(flat.numel(), dtype=grad_out.dtype, device=grad_out.device)
-    step = max(1, CHUNK_ENTRIES // max(1, x.shape[0]))
-    for start in range(0, flat.numel(), step):
-        part = flat[start:start + step]
-        out[start:start + step] = (grad_out[:, part // n_in] * x[:, part % n_in]).sum(0)
+    chunk = max(1, CHUNK_ENTRIES // max(1, x.shape[0]))
+    for start in range(0, flat.numel(), chunk):
+        part = flat[start:start + chunk]
+        out[start:start + chunk] = (grad_out[:, part // n_in] * x[:, part % n_in]).sum(0)
     return out
 
 
@@ -121,6 +132,7 @@ class _SelectedGradLinear(torch.autograd.Function):
                 flat: torch.Tensor, how: str, recipe: rebuilt_inputs.Recipe | None,
                 step_input: torch.Tensor | None) -> torch.Tensor:
         ctx.rebuild = None if recipe is None else recipe.rebuild
+        ctx.row_step = None if recipe is None else recipe.row_step
         ctx.step_backward = None if step_input is None else recipe.step_backward
         ctx.save_for_backward(weight, *((x,) if recipe is None else recipe.sources))
         ctx.flat, ctx.how, ctx.has_bias = flat, how, bias is not None  # flat is the optimizer's, not an activation
@@ -133,14 +145,17 @@ class _SelectedGradLinear(torch.autograd.Function):
         grad_bias = g2.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
         grad_values = None
         if ctx.needs_input_grad[3]:
+            step = None
             if ctx.rebuild is None:
-                (x,) = kept
+                x = kept[0]
+            elif ctx.row_step is not None and kept[0].is_contiguous():  # (as in the forward: the same bits)
+                x, step = kept[0], ctx.row_step  # the step's input: the product rebuilds the layer's
             else:
                 with torch.no_grad():
                     x = ctx.rebuild(*kept)
             x2 = x.reshape(-1, x.shape[-1]).contiguous()
             del x  # a rebuilt input is freed before the input gradient is allocated: never both at once
-            grad_values = selected_weight_grad(g2.contiguous(), x2, ctx.flat, ctx.how).float()
+            grad_values = selected_weight_grad(g2.contiguous(), x2, ctx.flat, ctx.how, step).float()
             del x2
         grad_x = grad_out @ weight if ctx.needs_input_grad[0] or ctx.needs_input_grad[7] else None
         grad_step = None

@@ -46,6 +46,24 @@ def test_a_layer_norms_output_is_rebuilt_bit_for_bit_with_the_modules_eps() -> N
     assert torch.equal(_rebuilt(plain(h)), plain(h))
 
 
+def test_the_kernel_rebuilds_block_by_block_only_steps_that_compute_each_row_alone() -> None:
+    """A GELU with erf and a LayerNorm over the last dimension go to the kernel as row-wise steps (rebuilt a block of
+    tokens at a time); a tanh GELU, whose vector and scalar code round differently (so a block's edges would not
+    give the whole's bits), and a LayerNorm over two dimensions are rebuilt whole."""
+    u = torch.randn(4, 6, 8, requires_grad=True)
+    steps = {"erf": nn.GELU(), "tanh": nn.GELU("tanh"), "last": nn.LayerNorm(8, eps=1e-3), "two": nn.LayerNorm((6, 8))}
+    for step in steps.values():
+        rebuilt_inputs.tag_steps(step)
+    rows = {name: rebuilt_inputs.recipe(step(u)).row_step for name, step in steps.items()}
+    assert rows["erf"] == rebuilt_inputs.RowStep("gelu")
+    assert rows["last"].kind == "layer_norm" and rows["last"].eps == 1e-3
+    assert rows["last"].weight.data_ptr() == steps["last"].weight.data_ptr()
+    assert rows["tanh"] is None and rows["two"] is None
+    for name in ("erf", "last"):
+        x = steps[name](u)
+        assert torch.equal(rows[name](u.detach()), x), name
+
+
 def test_anything_else_is_kept_as_it_is() -> None:
     gelu = nn.GELU()
     rebuilt_inputs.tag_steps(gelu)

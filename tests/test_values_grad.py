@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from torch.nn import functional as F
 from torch import nn
 
 from sparsity import SparseConfig, masks, sparsify, values_grad
@@ -118,6 +119,35 @@ def test_the_kernels_sum_does_not_depend_on_the_thread_count(shape) -> None:
         torch.set_num_threads(threads)
     assert all(torch.equal(results[0], r) for r in results[1:])
     torch.testing.assert_close(results[0].double(), (g.double().t() @ x.double()).view(-1)[flat], rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["gelu", "layer_norm", "layer_norm without affine"])
+@pytest.mark.parametrize("shape", [(96, 200), (5, 7)], ids=["buffered", "narrow"])
+def test_a_steps_output_rebuilt_block_by_block_gives_the_same_bits_as_rebuilt_whole(sparse_cpu_route, kind, shape):
+    """With a row-wise step (``rebuilt_inputs.RowStep``) the product rebuilds the layer's input from the step's input
+    one block of tokens at a time: the same bits as the whole input rebuilt first, whatever the thread count, on the
+    kernel's blocks (two of 256 tokens and a short one) and on its narrow path, and through the torch fallback."""
+    from sparsity.rebuilt_inputs import RowStep
+
+    gen = torch.Generator().manual_seed(3)
+    (n_out, n_in), tokens = shape, 601
+    g, u = torch.randn(tokens, n_out, generator=gen), torch.randn(tokens, n_in, generator=gen) * 2
+    step = {"gelu": RowStep("gelu"),
+            "layer_norm": RowStep("layer_norm", *torch.randn(2, n_in, generator=gen), 1e-3),
+            "layer_norm without affine": RowStep("layer_norm", eps=1e-6)}[kind]
+    flat = torch.randperm(n_out * n_in, generator=gen)[: n_out * n_in // 10].sort().values.int()
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 3):
+            torch.set_num_threads(n)
+            whole = F.gelu(u) if kind == "gelu" else F.layer_norm(u, (n_in,), step.weight, step.bias, step.eps)
+            assert torch.equal(step(u), whole)
+            assert torch.equal(values_grad.selected_weight_grad(g, u, flat, "sampled", step),
+                               values_grad.selected_weight_grad(g, whole, flat, "sampled"))
+            assert torch.equal(values_grad.selected_weight_grad(g, u, flat, "dense", step),
+                               values_grad.selected_weight_grad(g, whole, flat, "dense"))
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_an_entrys_sum_does_not_depend_on_its_row_neighbours_or_the_positions_order() -> None:

@@ -6,6 +6,9 @@
   (a sampled dense-dense matmul, SDDMM), without the dense ``[out, in]`` gradient: tokens go
   through in blocks of 256, each block transposed once so that a column's tokens are contiguous,
   then vectorised multiply-adds per selected entry and block; see ``sparsity.values_grad``.
+  ``weight_grad_of_step`` is the same product for a layer whose input is a GELU's or a LayerNorm's output, given
+  the step's input instead: each block's rows of the layer's input are rebuilt just before they are transposed
+  (``sparsity.rebuilt_inputs.RowStep``), so the whole input is never written out and read back.
 
 Both split their work over torch's CPU threads with ``at::parallel_for``, which needs the
 compiler's OpenMP (``-fopenmp``, linked to the ``libgomp`` that torch has already loaded):
@@ -195,7 +198,20 @@ static inline void entry_group(const Rows& r, float* A) {
   }
 }
 
-torch::Tensor selected_weight_grad(torch::Tensor g, torch::Tensor x, torch::Tensor flat) {
+// The row-wise steps whose output the kernel can rebuild one block of tokens at a time (sparsity.rebuilt_inputs):
+// the layer's input is then never whole, only a block of rows of it, from the rows of the step's input, each computed
+// by the same ATen call as the forward's step on all rows (a GELU with erf and a LayerNorm compute every row the same
+// way whatever the other rows: tested bit for bit).
+constexpr int64_t kNoStep = 0, kGelu = 1, kLayerNorm = 2;
+
+static at::Tensor step_rows(const at::Tensor& rows, int64_t step, const c10::optional<at::Tensor>& weight,
+                            const c10::optional<at::Tensor>& bias, double eps) {
+  return step == kGelu ? at::gelu(rows) : at::layer_norm(rows, {rows.size(1)}, weight, bias, eps);
+}
+
+torch::Tensor weight_grad_of_step(torch::Tensor g, torch::Tensor x, torch::Tensor flat, int64_t step,
+                                  c10::optional<torch::Tensor> weight, c10::optional<torch::Tensor> bias, double eps) {
+  TORCH_CHECK(step == kNoStep || step == kGelu || step == kLayerNorm, "step: 0 (none), 1 (GELU) or 2 (LayerNorm)");
   TORCH_CHECK(g.scalar_type() == at::kFloat && x.scalar_type() == at::kFloat, "float32 inputs");
   TORCH_CHECK(g.dim() == 2 && x.dim() == 2 && g.size(0) == x.size(0), "g [B, out] and x [B, in]");
   TORCH_CHECK(g.is_contiguous() && x.is_contiguous() && flat.is_contiguous(), "contiguous inputs");
@@ -207,6 +223,7 @@ torch::Tensor selected_weight_grad(torch::Tensor g, torch::Tensor x, torch::Tens
   if (k == 0 || b == 0) return out;
   // A layer so narrow that even kNarrow-token buffers would outgrow its gradient: g and x are read in place.
   if (n_out * n_in < kNarrow * (n_out + n_in)) {
+    if (step != kNoStep) x = step_rows(x, step, weight, bias, eps).contiguous();
     at::parallel_for(0, k, 1024, [&](int64_t begin, int64_t end) {
       const float* G = g.data_ptr<float>();
       const float* X = x.data_ptr<float>();
@@ -269,6 +286,11 @@ torch::Tensor selected_weight_grad(torch::Tensor g, torch::Tensor x, torch::Tens
     const int64_t tn = std::min(stride, b - t0), padded = (tn + kStep - 1) / kStep * kStep;
     const float* G = g.data_ptr<float>() + t0 * n_out;
     const float* X = x.data_ptr<float>() + t0 * n_in;
+    at::Tensor rows;  // with a step: the block's rows of the layer's input, rebuilt from the step's input
+    if (step != kNoStep) {
+      rows = step_rows(x.narrow(0, t0, tn), step, weight, bias, eps).contiguous();
+      X = rows.data_ptr<float>();
+    }
     at::parallel_for(0, (n_out + n_in + 7) / 8, 1, [&](int64_t c0, int64_t c1) {  // g's columns, then x's, by 8
       c0 *= 8;
       c1 = std::min(c1 * 8, n_out + n_in);
@@ -293,6 +315,10 @@ torch::Tensor selected_weight_grad(torch::Tensor g, torch::Tensor x, torch::Tens
   }
   for (int64_t i = 0; i < k; ++i) O[order[i]] = A[i];
   return out;
+}
+
+torch::Tensor selected_weight_grad(torch::Tensor g, torch::Tensor x, torch::Tensor flat) {
+  return weight_grad_of_step(g, x, flat, kNoStep, c10::nullopt, c10::nullopt, 0.0);
 }
 """
 
@@ -349,14 +375,14 @@ def clear_stale_lock(folder: Path, max_age_s: float = STALE_LOCK_S) -> bool:
 
 @functools.cache
 def load() -> Any | None:
-    """The compiled kernels (``.sparse_adamw_``, ``.selected_weight_grad``), or None with a warning
-    where they cannot be built. A lock left by a killed build is cleared first (:func:`clear_stale_lock`)."""
+    """The compiled kernels (``.sparse_adamw_``, ``.selected_weight_grad``, ``.weight_grad_of_step``), or None with
+    a warning where they cannot be built. A lock left by a killed build is cleared first (:func:`clear_stale_lock`)."""
     try:
         from torch.utils.cpp_extension import load_inline
 
         clear_stale_lock(build_directory())
         return load_inline(extension_name(), cpp_sources=_SOURCE,
-                           functions=["sparse_adamw_", "selected_weight_grad"],
+                           functions=["sparse_adamw_", "selected_weight_grad", "weight_grad_of_step"],
                            extra_cflags=list(CFLAGS), verbose=False)
     except Exception as e:  # no compiler, no headers, no ninja: the torch-ops path still works
         warnings.warn(f"the CPU sparse AdamW kernel could not be built ({type(e).__name__}: {e}); "
