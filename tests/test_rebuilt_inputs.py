@@ -154,6 +154,25 @@ def test_training_is_bit_for_bit_the_same_and_keeps_fewer_activations(sparse_cpu
         assert getattr(memory[True], key) == getattr(memory[False], key), key
 
 
+def test_inputs_rebuilt_block_by_block_in_the_kernel_train_bit_for_bit_as_inputs_kept(sparse_cpu_route) -> None:
+    """A model wide enough for the kernel's buffered path (``micro`` is not: its layers are read in place) and a batch
+    of over 256 tokens: every GELU and LayerNorm output is rebuilt a block of tokens at a time inside the product
+    (``rebuilt_inputs.RowStep``), the last block short; three steps train the same weights as keeping the inputs."""
+    idx = torch.randint(11, (20, 17), generator=torch.Generator().manual_seed(0))  # 320 tokens: blocks of 256 and 64
+    models = {}
+    for rebuild in (False, None):
+        torch.manual_seed(0)
+        model = gpt.GPT(gpt.config("micro", n_embd=64, vocab_size=11, block_size=16))
+        run = sparsify(model, SparseConfig("random", density=0.1, lr=1e-2, values_grad=True, rebuild_inputs=rebuild))
+        for _ in range(3):
+            run.optimizer.zero_grad()
+            _loss(model, idx).backward()
+            run.optimizer.step()
+        models[rebuild] = model
+    for (name, p), q in zip(models[False].named_parameters(), models[None].parameters()):
+        assert torch.equal(p, q), name
+
+
 HF_BATCH = (3, 9)
 """Sequences x tokens of the tiny Hugging Face models' batch."""
 
