@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-from torch.nn import functional as F
 from torch import nn
+from torch.nn import functional as F
 
 from sparsity import SparseConfig, masks, sparsify, values_grad
 from sparsity.compact import CompactAdamW
@@ -123,7 +123,8 @@ def test_the_kernels_sum_does_not_depend_on_the_thread_count(shape) -> None:
 
 @pytest.mark.parametrize("kind", ["gelu", "layer_norm", "layer_norm without affine"])
 @pytest.mark.parametrize("shape", [(96, 200), (5, 7)], ids=["buffered", "narrow"])
-def test_a_steps_output_rebuilt_block_by_block_gives_the_same_bits_as_rebuilt_whole(sparse_cpu_route, kind, shape):
+def test_a_steps_output_rebuilt_block_by_block_gives_the_same_bits_as_rebuilt_whole(sparse_cpu_route, kind: str,
+                                                                                  shape: tuple[int, int]) -> None:
     """With a row-wise step (``rebuilt_inputs.RowStep``) the product rebuilds the layer's input from the step's input
     one block of tokens at a time: the same bits as the whole input rebuilt first, whatever the thread count, on the
     kernel's blocks (two of 256 tokens and a short one) and on its narrow path, and through the torch fallback."""
