@@ -420,8 +420,7 @@ def main(argv: list[str] | None = None) -> int:
         with frozen_heap():  # the per-measurement gc.collect() then walks the benchmark's objects only
             rows = run_benchmark(settings)
         session.finish()
-        machine = [*machine_lines(command_line("benchmarks.optimizer_step", argv, fast)),
-                   *([] if session.line is None else [session.line])]
+        machine = [*machine_lines(command_line("benchmarks.optimizer_step", argv, fast)), *session.lines]
     n_params = count_parameters(build_mlp(settings.widths))
     emit(format_report(settings, n_params, rows, machine, session.loads), args.out)
     return 0

@@ -70,6 +70,7 @@ import gc
 import json
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -375,10 +376,10 @@ def format_table(rows: list[Row], rank: int) -> str:
 
 
 def format_report(settings: list[list[Row]], facts: dict[str, object], device: str, steps: int | None, command: str,
-                  loads: tuple[str, str], threads: int, steady: str | None = None) -> str:
+                  loads: tuple[str, str], threads: int, steady: Sequence[str] = ()) -> str:
     """The markdown report; ``steps`` None: a ``--memory-only`` run (bytes only, no step times); ``threads``: the
     torch threads it timed on; ``steady``: the machine-steadiness line (``benchmarks.steadiness.line``) of a timed
-    run."""
+    run, none for a bytes-only one (``TimingSession.lines``)."""
     timing = (f"median of {steps} training steps (forward, backward, step) per method, interleaved rounds of "
               f"{STEPS_PER_ROUND} within each batch size" if steps is not None else
               "not measured (`--memory-only`: bytes by category only, which do not depend on the load)")
@@ -390,7 +391,7 @@ def format_report(settings: list[list[Row]], facts: dict[str, object], device: s
         "",
         *machine_lines(command),
         load_line(loads, threads),
-        *([] if steady is None else [steady]),
+        *steady,
         f"- model: {facts['n_params']:,} parameters, {facts['n_weights']:,} in block matrices; random tokens, "
         + ("bf16 autocast" if device.startswith("cuda") else "float32"),
         (f"- timing: {timing}; memory: the second training step of a fresh set-up, in live "
@@ -478,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
         loads = session.loads
         command = command_line("benchmarks.scaleup_memory", argv, args.fast)
         report = format_report(settings, facts, args.device, None if args.memory_only else args.steps, command, loads,
-                               args.threads, session.line)
+                               args.threads, session.lines)
     print(f"measured in {time.perf_counter() - start:.0f} s", file=sys.stderr)
     emit(report, args.out)
     if args.out is not None:

@@ -122,6 +122,12 @@ class TimingSession:
         self._before = probe(self.tries) if self.tries else None
         return self
 
+    @property
+    def lines(self) -> list[str]:
+        """The probe's report line as the lines a report splices in: none without ``tries`` or before
+        :meth:`finish`."""
+        return [] if self.line is None else [self.line]
+
     def finish(self) -> None:
         self.loads = (self._load_start, load_average())
         if self._before is not None:

@@ -32,7 +32,7 @@ import contextlib
 import statistics
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -146,7 +146,7 @@ def measure(preset: str, batch_size: int, tokens: int, steps: int, warmup: int) 
 
 
 def format_report(rows: list[Row], facts: str, command: str, loads: tuple[str, str], threads: int,
-                  steady: str | None) -> str:
+                  steady: Sequence[str]) -> str:
     """The markdown report: machine, load and steadiness lines, the table, and a reading of the floor."""
     by = {r.variant: r for r in rows}
     full, values, floor = by[FULL], by[SPARSE_VALUES], by[FLOOR]
@@ -174,7 +174,7 @@ def format_report(rows: list[Row], facts: str, command: str, loads: tuple[str, s
         "",
         *machine_lines(command),
         load_line(loads, threads),
-        *([] if steady is None else [steady]),
+        *steady,
         f"- {facts}",
         "- timing: median per variant over interleaved rounds (`optimizer_step.time_rounds`); phases: medians of "
         "each phase over the same steps; `sampled product`: the summed time of `values_grad.selected_weight_grad`'s "
@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
             rows = measure(args.preset, args.batch, args.tokens, args.steps, 1 if fast else 3)
         session.finish()
         report = format_report(rows, facts, command_line("benchmarks.values_grad_breakdown", argv, fast),
-                               session.loads, args.threads, session.line)
+                               session.loads, args.threads, session.lines)
     emit(report, args.out)
     return 0
 

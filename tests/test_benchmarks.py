@@ -238,6 +238,7 @@ def test_a_timing_session_warns_sets_threads_notes_loads_and_gives_them_back(
             session.finish()
             assert session.loads == ("3.0", "4.0")
             assert session.line is not None and "in 2 tries, after it" in session.line
+            assert session.lines == [session.line]
         assert torch.get_num_threads() == caller
         warned = capsys.readouterr().err
         assert "warning: the 1-minute load average is 3.0, above this benchmark's 1 thread(s)" in warned
@@ -245,7 +246,8 @@ def test_a_timing_session_warns_sets_threads_notes_loads_and_gives_them_back(
         with pytest.raises(RuntimeError, match="interrupted"), TimingSession(1, tries=2, timed=False) as session:
             raise RuntimeError("interrupted")
         assert torch.get_num_threads() == caller  # given back after an error too
-        assert session.line is None and capsys.readouterr().err == ""  # bytes only: no probe, no warning
+        assert session.line is None and session.lines == []  # bytes only: no probe
+        assert capsys.readouterr().err == ""  # and no warning
     finally:
         torch.set_num_threads(original)
 
