@@ -97,6 +97,8 @@ def selected_weight_grad(grad_out: torch.Tensor, x: torch.Tensor, flat: torch.Te
         raise ValueError(f"how must be one of {MODES}, got {how!r}")
     if flat.dtype != torch.int32:
         raise TypeError(f"flat must hold int32 positions, as CompactAdamW.indices does, got {flat.dtype}")
+    if step is not None and step.kind not in STEP_CODES:
+        raise ValueError(f"step.kind must be one of {tuple(STEP_CODES)}, got {step.kind!r}")
     n_in = x.shape[1]
     kernel = sparse_cpu.load() if sparse_cpu.usable(grad_out) and sparse_cpu.usable(x) else None
     if how == "auto":

@@ -7,6 +7,7 @@ from torch.nn import functional as F
 
 from sparsity import SparseConfig, masks, sparsify, values_grad
 from sparsity.compact import CompactAdamW
+from sparsity.rebuilt_inputs import RowStep
 from sparsity.train import fit
 
 
@@ -95,6 +96,9 @@ def test_every_product_is_the_dense_gradient_at_the_selected_entries(sparse_cpu_
         values_grad.selected_weight_grad(g, x, flat, "fast")
     with pytest.raises(TypeError, match="flat must hold int32 positions"):
         values_grad.selected_weight_grad(g, x, flat.long(), "sampled")
+    for how in values_grad.MODES:  # every route, the kernel's included, refuses a step it does not know
+        with pytest.raises(ValueError, match="step.kind must be one of \\('gelu', 'layer_norm'\\), got 'relu'"):
+            values_grad.selected_weight_grad(g, x, flat, how, RowStep("relu"))
 
 
 @pytest.mark.parametrize("shape", [(40, 50), (300, 200)])  # read in place (a narrow layer); through the block buffers
@@ -128,8 +132,6 @@ def test_a_steps_output_rebuilt_block_by_block_gives_the_same_bits_as_rebuilt_wh
     """With a row-wise step (``rebuilt_inputs.RowStep``) the product rebuilds the layer's input from the step's input
     one block of tokens at a time: the same bits as the whole input rebuilt first, whatever the thread count, on the
     kernel's blocks (two of 256 tokens and a short one) and on its narrow path, and through the torch fallback."""
-    from sparsity.rebuilt_inputs import RowStep
-
     gen = torch.Generator().manual_seed(3)
     (n_out, n_in), tokens = shape, 601
     g, u = torch.randn(tokens, n_out, generator=gen), torch.randn(tokens, n_in, generator=gen) * 2
